@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#pragma once
+
+// The daemon's configuration (TOML). Every key is known, typed and range-checked: an unknown key,
+// a wrong type or an out-of-range value is an error with its file:line:column, never ignored.
+// builtinDefault() is what runs with no configuration file: nothing listens on the device side,
+// no device is trusted, and the firewall denies by default.
+
+#include <chrono>
+#include <cstdint>
+#include <expected>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "policy/credentials.h"
+#include "policy/device.h"
+#include "policy/diagnostic.h"
+#include "policy/rate_limit.h"
+
+namespace iotgw::daemon {
+
+inline constexpr const char* kDefaultConfigPath = "/etc/iotgw/iotgw.toml";
+
+struct ListenerConfig {
+  bool enabled = false;
+  std::vector<policy::IpAddress> addresses;
+  uint16_t port = 0;
+  // TLS/DTLS listeners only.
+  std::filesystem::path certificate;
+  std::filesystem::path privateKey;
+  std::filesystem::path caFile;
+  std::filesystem::path crlFile;
+};
+
+struct UpstreamConfig {
+  bool enabled = false;
+  std::string host;
+  uint16_t port = 8883;
+  std::filesystem::path caFile;
+  std::filesystem::path certificate;
+  std::filesystem::path privateKey;
+  uint16_t keepaliveSeconds = 60;
+  std::string clientIdPrefix = "iotgw-";
+};
+
+struct DeviceSegment {
+  std::vector<std::string> interfaces;
+  std::vector<policy::IpPrefix> subnets;
+};
+
+struct FirewallConfig {
+  bool enabled = true;
+  bool keepRulesOnExit = true; // fail closed
+};
+
+struct Limits {
+  uint32_t maxConnections = 1024;
+  uint32_t maxConnectionsPerSource = 16;
+  uint32_t maxHandshakes = 64;
+  std::chrono::milliseconds handshakeTimeout{10'000};
+  std::chrono::milliseconds connectTimeout{10'000};
+  uint32_t maxPacketBytes = 256 * 1024;
+  uint32_t maxDevices = 10'000;
+  uint32_t maxQueuedMessages = 1000;
+  policy::ThrottleSettings authThrottle;
+};
+
+enum class EventTarget { Auto, Journal, Syslog, Stderr };
+
+struct EventsConfig {
+  EventTarget target = EventTarget::Auto;
+  uint32_t burst = 10;                       // events per device and type ...
+  std::chrono::seconds interval{60};         // ... per interval
+  std::chrono::seconds summaryInterval{60};  // how often suppressed counts are reported
+};
+
+struct Config {
+  std::filesystem::path source; // empty for the built-in default
+  std::filesystem::path stateDirectory = "/var/lib/iotgw";
+  std::filesystem::path devicesDirectory = "/etc/iotgw/devices.d";
+  DeviceSegment deviceSegment;
+  ListenerConfig mqtt;
+  ListenerConfig mqttTls;
+  ListenerConfig coap;
+  ListenerConfig coapDtls;
+  UpstreamConfig upstream;
+  FirewallConfig firewall;
+  Limits limits;
+  EventsConfig events;
+  std::vector<policy::CredentialPair> extraDefaultCredentials;
+
+  // Where device policies live: devices.d/ and the state directory's devices/ (those set over
+  // D-Bus).
+  [[nodiscard]] std::vector<std::filesystem::path> policyDirectories() const;
+};
+
+[[nodiscard]] Config builtinDefault();
+
+[[nodiscard]] std::expected<Config, policy::Diagnostics> parseConfig(std::string_view text,
+                                                                     const std::string& source);
+[[nodiscard]] std::expected<Config, policy::Diagnostics> loadConfig(const std::filesystem::path& p);
+
+[[nodiscard]] std::string_view toString(EventTarget t) noexcept;
+
+} // namespace iotgw::daemon

@@ -1,0 +1,214 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#include "daemon/daemon.h"
+
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <fmt/format.h>
+
+#include "daemon/notify.h"
+#include "iotgw/build_config.h"
+
+namespace iotgw::daemon {
+
+using policy::Event;
+using policy::EventType;
+
+std::expected<Snapshot, policy::Diagnostics> loadSnapshot(const Options& options) {
+  Config config;
+  if (options.configPath) {
+    auto c = loadConfig(*options.configPath);
+    if (!c) {
+      return std::unexpected(c.error());
+    }
+    config = std::move(*c);
+  } else if (std::error_code ec; std::filesystem::exists(kDefaultConfigPath, ec)) {
+    auto c = loadConfig(kDefaultConfigPath);
+    if (!c) {
+      return std::unexpected(c.error());
+    }
+    config = std::move(*c);
+  } else {
+    config = builtinDefault();
+  }
+  auto devices = policy::loadPolicyDirectories(config.policyDirectories(), config.limits.maxDevices);
+  if (!devices) {
+    return std::unexpected(devices.error());
+  }
+  auto set = policy::PolicySet::build(std::move(*devices));
+  if (!set) {
+    return std::unexpected(set.error());
+  }
+  auto defaults = std::make_shared<policy::DefaultCredentials>();
+  for (const auto& pair : config.extraDefaultCredentials) {
+    defaults->add(pair);
+  }
+  return Snapshot{std::make_shared<const Config>(std::move(config)), std::move(*set),
+                  std::move(defaults)};
+}
+
+std::expected<std::unique_ptr<Daemon>, std::string> Daemon::create(Options options) {
+  auto snapshot = loadSnapshot(options);
+  if (!snapshot) {
+    std::string all;
+    for (const auto& d : snapshot.error()) {
+      all += d.str() + "\n";
+    }
+    return std::unexpected(all);
+  }
+  auto reactor = io::Reactor::create();
+  if (!reactor) {
+    return std::unexpected("cannot create the event loop: " + reactor.error().message());
+  }
+  std::unique_ptr<Daemon> d(new Daemon(std::move(options), std::move(*snapshot), std::move(*reactor)));
+  if (auto err = d->setUp(); !err.empty()) {
+    return std::unexpected(err);
+  }
+  return d;
+}
+
+Daemon::Daemon(Options options, Snapshot snapshot, std::unique_ptr<io::Reactor> reactor)
+    : options_(std::move(options)), current_(std::move(snapshot)), reactor_(std::move(reactor)) {}
+
+Daemon::~Daemon() = default;
+
+std::string Daemon::setUp() {
+  const Config& config = *current_.config;
+  sink_ = std::make_unique<EventSink>(makeBackend(config.events.target), config.events);
+
+  // The state directory holds keys and persisted policies: owner only.
+  std::error_code ec;
+  std::filesystem::create_directories(config.stateDirectory, ec);
+  if (ec) {
+    return fmt::format("cannot create state directory {}: {}", config.stateDirectory.string(),
+                       ec.message());
+  }
+  ::chmod(config.stateDirectory.c_str(), 0700);
+
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGHUP);
+  if (::sigprocmask(SIG_BLOCK, &mask, nullptr) != 0) {
+    return "cannot block signals";
+  }
+  ::signal(SIGPIPE, SIG_IGN);
+  signalFd_ = io::UniqueFd(::signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC));
+  if (!signalFd_.valid()) {
+    return "cannot create signalfd";
+  }
+  if (auto e = reactor_->add(signalFd_.get(), EPOLLIN, [this](uint32_t) { onSignal(); })) {
+    return "cannot watch signals: " + e.message();
+  }
+
+  if (auto interval = notify::watchdogInterval()) {
+    const auto half = std::chrono::duration_cast<std::chrono::milliseconds>(*interval / 2);
+    const auto period = std::max(half, std::chrono::milliseconds(1));
+    if (auto t = reactor_->addTimer(period, period, [] { notify::watchdog(); }); !t) {
+      return "cannot arm the watchdog timer";
+    }
+  }
+  scheduleSummaries();
+  return {};
+}
+
+void Daemon::scheduleSummaries() {
+  if (summaryTimer_) {
+    reactor_->cancelTimer(*summaryTimer_);
+  }
+  const auto every =
+      std::chrono::duration_cast<std::chrono::milliseconds>(current_.config->events.summaryInterval);
+  if (auto t = reactor_->addTimer(every, every, [this] { sink_->flushSuppressed(); })) {
+    summaryTimer_ = *t;
+  }
+}
+
+std::string Daemon::statusLine() const {
+  const auto& c = *current_.config;
+  const size_t n = current_.policies->size();
+  return fmt::format("{} device{} enrolled, default deny; config {}", n, n == 1 ? "" : "s",
+                     c.source.empty() ? "built-in default" : c.source.string());
+}
+
+int Daemon::run() {
+  Event started;
+  started.type = EventType::DaemonStarted;
+  started.protocol = "daemon";
+  started.message = fmt::format(
+      "iotgwd {} started: {}; {} default credentials refused; events to {}", IOTGW_VERSION,
+      statusLine(), current_.defaultCredentials->size(), sink_->backend().name());
+  sink_->emit(started);
+  notify::ready(statusLine());
+
+  if (auto ec = reactor_->run()) {
+    Event failed;
+    failed.type = EventType::DaemonStopping;
+    failed.message = "event loop failed: " + ec.message();
+    sink_->emit(failed);
+    return 1;
+  }
+  sink_->flushSuppressed();
+  return exitCode_;
+}
+
+void Daemon::onSignal() {
+  signalfd_siginfo si{};
+  while (::read(signalFd_.get(), &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+    switch (si.ssi_signo) {
+    case SIGHUP:
+      reload();
+      break;
+    case SIGTERM:
+    case SIGINT: {
+      notify::stopping();
+      Event e;
+      e.type = EventType::DaemonStopping;
+      e.protocol = "daemon";
+      e.message = fmt::format("iotgwd stopping on {}", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+      sink_->emit(e);
+      reactor_->stop();
+      return;
+    }
+    default:
+      break;
+    }
+  }
+}
+
+void Daemon::reload() {
+  notify::reloading();
+  auto next = loadSnapshot(options_);
+  if (!next) {
+    const auto& diags = next.error();
+    Event e;
+    e.type = EventType::ConfigRejected;
+    e.protocol = "config";
+    e.action = "keep-running-config";
+    e.rule = diags.empty() ? "" : diags.front().str();
+    e.message = fmt::format("reload rejected, {} error{}; the running configuration stays in "
+                            "force: {}",
+                            diags.size(), diags.size() == 1 ? "" : "s",
+                            diags.empty() ? "" : diags.front().str());
+    sink_->emit(e);
+    notify::ready(statusLine());
+    return;
+  }
+  // Everything checked: swap the snapshots in one step.
+  current_ = std::move(*next);
+  ++reloads_;
+  sink_->reconfigure(current_.config->events);
+  scheduleSummaries();
+  Event e;
+  e.type = EventType::ConfigReloaded;
+  e.protocol = "config";
+  e.action = "apply";
+  e.message = fmt::format("reload {} applied: {}", reloads_, statusLine());
+  sink_->emit(e);
+  notify::ready(statusLine());
+}
+
+} // namespace iotgw::daemon

@@ -1,0 +1,306 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#include "policy/evaluator.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fmt/format.h>
+
+#include "policy/json.h"
+#include "policy/topic.h"
+#include "policy/utf8.h"
+
+namespace iotgw::policy {
+
+namespace {
+
+std::string_view asText(std::span<const uint8_t> b) {
+  return {reinterpret_cast<const char*>(b.data()), b.size()};
+}
+
+bool kindMatches(JsonKind kind, const JsonValue& v) {
+  switch (kind) {
+  case JsonKind::Any:
+    return true;
+  case JsonKind::Object:
+    return v.type == JsonType::Object;
+  case JsonKind::Array:
+    return v.type == JsonType::Array;
+  case JsonKind::String:
+    return v.type == JsonType::String;
+  case JsonKind::Number:
+    return v.type == JsonType::Number;
+  case JsonKind::Integer:
+    return v.type == JsonType::Number && std::trunc(v.number) == v.number;
+  case JsonKind::Boolean:
+    return v.type == JsonType::Boolean;
+  case JsonKind::Null:
+    return v.type == JsonType::Null;
+  }
+  return false;
+}
+
+std::optional<std::string> checkField(const JsonFieldRule& f, const JsonValue& v) {
+  if (!kindMatches(f.kind, v)) {
+    return fmt::format("field '{}' has the wrong type ({})", f.name, jsonTypeName(v.type));
+  }
+  if (v.type == JsonType::Number) {
+    if (f.min && v.number < *f.min) {
+      return fmt::format("field '{}' is below its minimum", f.name);
+    }
+    if (f.max && v.number > *f.max) {
+      return fmt::format("field '{}' is above its maximum", f.name);
+    }
+  }
+  if (v.type == JsonType::String) {
+    if (f.maxLength && v.string.size() > *f.maxLength) {
+      return fmt::format("field '{}' is longer than {} bytes", f.name, *f.maxLength);
+    }
+    if (!f.enumValues.empty() && std::ranges::find(f.enumValues, v.string) == f.enumValues.end()) {
+      return fmt::format("field '{}' is not one of the allowed values", f.name);
+    }
+  }
+  return std::nullopt;
+}
+
+// Does any pattern in `patterns`, with %c/%u substituted, match (or cover) `topic`?
+template <typename Test>
+bool anyPattern(const std::vector<std::string>& patterns, std::string_view clientId,
+                std::string_view username, Test&& test) {
+  for (const auto& pattern : patterns) {
+    if (auto concrete = substitutePattern(pattern, clientId, username)) {
+      if (test(*concrete)) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+const PayloadRule* payloadRuleFor(const DevicePolicy& p, const PublishFacts& f) {
+  for (const auto& rule : p.mqttRules.payloadRules) {
+    if (auto concrete = substitutePattern(rule.topic, f.clientId, f.username)) {
+      if (topicMatches(*concrete, f.topic)) {
+        return &rule;
+      }
+    }
+  }
+  return nullptr;
+}
+
+Decision deny(const DevicePolicy& p, std::string rule, std::string_view prov, std::string reason) {
+  return Decision::deny(std::move(rule), prov, std::move(reason), p.onViolation);
+}
+
+// Checks shared by both directions of a PUBLISH.
+std::optional<Decision> checkMessage(const DevicePolicy& p, const PublishFacts& f) {
+  const MqttRules& m = p.mqttRules;
+  if (f.payload.size() > m.maxPayloadBytes) {
+    return deny(p, "mqtt.max_payload_bytes", provision::kValidateInput,
+                fmt::format("payload of {} bytes exceeds the limit of {}", f.payload.size(),
+                            m.maxPayloadBytes));
+  }
+  if (auto e = validateTopicName(f.topic)) {
+    return deny(p, "mqtt.topic", provision::kValidateInput,
+                fmt::format("invalid topic name: {} ({})", describe(*e), clause(*e)));
+  }
+  return std::nullopt;
+}
+
+std::optional<Decision> checkPayloadRules(const DevicePolicy& p, const PublishFacts& f) {
+  if (const PayloadRule* rule = payloadRuleFor(p, f)) {
+    if (auto why = checkPayload(*rule, f.payload)) {
+      return deny(p, rule->id, provision::kValidateInput, *why);
+    }
+  }
+  return std::nullopt;
+}
+
+} // namespace
+
+std::optional<std::string> checkPayload(const PayloadRule& rule, std::span<const uint8_t> payload) {
+  switch (rule.format) {
+  case PayloadFormat::Binary:
+    return std::nullopt;
+  case PayloadFormat::Utf8:
+    if (!isValidUtf8(asText(payload))) {
+      return "payload is not well-formed UTF-8";
+    }
+    return std::nullopt;
+  case PayloadFormat::Json:
+    break;
+  }
+  auto doc = parseJson(asText(payload));
+  if (!doc) {
+    return fmt::format("payload is not valid JSON: {} at byte {}", doc.error().message,
+                       doc.error().offset);
+  }
+  if (!kindMatches(rule.kind, *doc)) {
+    return fmt::format("payload is a JSON {}, not the expected type", jsonTypeName(doc->type));
+  }
+  if (doc->type != JsonType::Object) {
+    return std::nullopt;
+  }
+  for (const auto& key : rule.required) {
+    if (doc->member(key) == nullptr) {
+      return fmt::format("payload lacks the required key '{}'", key);
+    }
+  }
+  for (const auto& field : rule.fields) {
+    if (const JsonValue* v = doc->member(field.name)) {
+      if (auto why = checkField(field, *v)) {
+        return why;
+      }
+    }
+  }
+  if (!rule.allowOtherKeys) {
+    for (const auto& [key, value] : doc->object) {
+      const bool known =
+          std::ranges::find(rule.required, key) != rule.required.end() ||
+          std::ranges::find(rule.fields, key, &JsonFieldRule::name) != rule.fields.end();
+      if (!known) {
+        return fmt::format("payload has a key the rule does not allow");
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+ConnectDecision evaluateConnect(const PolicySet& set, const DefaultCredentials& defaults,
+                                const ConnectFacts& f) {
+  const auto refuse = [](std::string rule, std::string_view prov, std::string reason,
+                         bool authFailure) {
+    return ConnectDecision{
+        Decision::deny(std::move(rule), prov, std::move(reason), ViolationAction::Disconnect),
+        nullptr, authFailure};
+  };
+  if (f.sourceLockedOut) {
+    return refuse("auth.lockout", provision::kBruteForce,
+                  "source is locked out after repeated failed logins", false);
+  }
+  // A universal default password is refused whoever presents it, enrolled or not.
+  if (f.username && defaults.matches(*f.username, f.password.value_or(""))) {
+    return refuse("credentials.default", provision::kNoDefaultPasswords,
+                  "login with a universal default credential", true);
+  }
+  if (f.password && !f.username) {
+    return refuse("mqtt.password-without-username", provision::kValidateInput,
+                  "password without a username", true);
+  }
+
+  const DevicePolicy* device = nullptr;
+  std::string how;
+  if (f.certificate != nullptr) {
+    device = set.findByCertificate(f.certificate->commonName, f.certificate->subjectAltNames);
+    how = "certificate";
+  } else if (f.username) {
+    device = set.findByUsername(*f.username);
+    how = "username";
+  } else if (f.peer) {
+    device = set.findByAddress(*f.peer);
+    how = "address";
+    // An address identifies a device only if it has no stronger credential configured.
+    if (device != nullptr && (device->mqtt.passwordHash || !device->certificate.commonName.empty() ||
+                              !device->certificate.subjectAltNames.empty())) {
+      return refuse("auth.missing-credentials", provision::kAuthenticatedAccess,
+                    "device must log in with its credentials", true);
+    }
+  }
+  if (device == nullptr) {
+    return refuse("default-deny", provision::kAuthenticatedAccess,
+                  fmt::format("no enrolled device matches this {}", how.empty() ? "client" : how),
+                  how == "username");
+  }
+  if (how == "username") {
+    if (!device->mqtt.passwordHash || !f.password || !device->mqtt.passwordHash->verify(*f.password)) {
+      return refuse("auth.password", provision::kAuthenticatedAccess, "wrong password", true);
+    }
+  }
+  if (f.certificate == nullptr && !device->addresses.empty() && f.peer &&
+      std::ranges::find(device->addresses, *f.peer) == device->addresses.end()) {
+    return refuse("device.addresses", provision::kAuthenticatedAccess,
+                  "device connected from an address not in its policy", false);
+  }
+  if (!device->mqtt.clientId.empty() && device->mqtt.clientId != f.clientId) {
+    return refuse("device.mqtt.client_id", provision::kAuthenticatedAccess,
+                  "client id does not match the device's", false);
+  }
+  ConnectDecision ok{Decision::allow("connect." + how), device, false};
+  return ok;
+}
+
+Decision evaluatePublish(const DevicePolicy& p, const PublishFacts& f) {
+  const MqttRules& m = p.mqttRules;
+  if (auto d = checkMessage(p, f)) {
+    return *d;
+  }
+  if (f.qos > m.maxQos) {
+    return deny(p, "mqtt.max_qos", provision::kValidateInput,
+                fmt::format("QoS {} exceeds the device's maximum {}", f.qos, m.maxQos));
+  }
+  if (f.retain && !m.retainAllowed) {
+    return deny(p, "mqtt.retain", provision::kValidateInput, "retained messages are not allowed");
+  }
+  if (!anyPattern(m.publish, f.clientId, f.username,
+                  [&](const std::string& filter) { return topicMatches(filter, f.topic); })) {
+    return deny(p, "mqtt.publish", provision::kValidateInput,
+                "topic is not in the device's publish list");
+  }
+  if (auto d = checkPayloadRules(p, f)) {
+    return *d;
+  }
+  return Decision::allow("mqtt.publish");
+}
+
+Decision evaluateSubscribe(const DevicePolicy& p, const SubscribeFacts& f) {
+  if (auto e = validateTopicFilter(f.filter)) {
+    return deny(p, "mqtt.topic", provision::kValidateInput,
+                fmt::format("invalid topic filter: {} ({})", describe(*e), clause(*e)));
+  }
+  if (!anyPattern(p.mqttRules.subscribe, f.clientId, f.username,
+                  [&](const std::string& allowed) { return filterCovers(allowed, f.filter); })) {
+    return deny(p, "mqtt.subscribe", provision::kValidateInput,
+                "filter is not within the device's subscribe list");
+  }
+  Decision d = Decision::allow("mqtt.subscribe");
+  d.grantedQos = std::min(f.requestedQos, p.mqttRules.maxQos);
+  return d;
+}
+
+Decision evaluateDelivery(const DevicePolicy& p, const PublishFacts& f) {
+  if (auto d = checkMessage(p, f)) {
+    return *d;
+  }
+  if (!anyPattern(p.mqttRules.subscribe, f.clientId, f.username,
+                  [&](const std::string& filter) { return topicMatches(filter, f.topic); })) {
+    return deny(p, "mqtt.subscribe", provision::kValidateInput,
+                "message topic is outside the device's subscribe list");
+  }
+  if (auto d = checkPayloadRules(p, f)) {
+    return *d;
+  }
+  return Decision::allow("mqtt.deliver");
+}
+
+Decision evaluateCoapRequest(const DevicePolicy& p, const CoapFacts& f) {
+  const CoapRules& c = p.coapRules;
+  if (f.payloadBytes > c.maxPayloadBytes) {
+    return deny(p, "coap.max_payload_bytes", provision::kValidateInput,
+                fmt::format("payload of {} bytes exceeds the limit of {}", f.payloadBytes,
+                            c.maxPayloadBytes));
+  }
+  if (f.contentFormat && !c.contentFormats.empty() &&
+      std::ranges::find(c.contentFormats, *f.contentFormat) == c.contentFormats.end()) {
+    return deny(p, "coap.content_formats", provision::kValidateInput,
+                fmt::format("content format {} is not allowed", *f.contentFormat));
+  }
+  for (const auto& rule : c.rules) {
+    if (std::ranges::find(rule.methods, f.method) != rule.methods.end() &&
+        coapPathMatches(rule.path, f.path)) {
+      return Decision::allow(rule.id);
+    }
+  }
+  return deny(p, "coap.rule", provision::kValidateInput,
+              fmt::format("{} on this path is not allowed", toString(f.method)));
+}
+
+} // namespace iotgw::policy

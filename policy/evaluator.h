@@ -1,0 +1,78 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#pragma once
+
+// The pure policy evaluator: facts in, a Decision out. No I/O, no logging, no clock, no
+// mutation; stateful limits (rate, lockout) are decided by their owners in rate_limit.h and
+// passed in as facts. Checks run cheapest first.
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "policy/credentials.h"
+#include "policy/decision.h"
+#include "policy/policy.h"
+#include "policy/policy_set.h"
+
+namespace iotgw::policy {
+
+struct CertificateFacts {
+  std::string commonName;
+  std::vector<std::string> subjectAltNames;
+};
+
+struct ConnectFacts {
+  std::string_view clientId;
+  std::optional<std::string_view> username;
+  std::optional<std::string_view> password;
+  const CertificateFacts* certificate = nullptr; // set when the peer presented a verified cert
+  std::optional<IpAddress> peer;
+  bool sourceLockedOut = false; // from AuthThrottle
+};
+
+struct ConnectDecision {
+  Decision decision;
+  const DevicePolicy* device = nullptr; // the device the session belongs to, when allowed
+  // True when the refusal should count as a failed authentication (for AuthThrottle).
+  bool authenticationFailure = false;
+};
+
+struct PublishFacts {
+  std::string_view clientId;
+  std::string_view username;
+  std::string_view topic;
+  uint8_t qos = 0;
+  bool retain = false;
+  std::span<const uint8_t> payload;
+};
+
+struct SubscribeFacts {
+  std::string_view clientId;
+  std::string_view username;
+  std::string_view filter;
+  uint8_t requestedQos = 0;
+};
+
+struct CoapFacts {
+  CoapMethod method = CoapMethod::Get;
+  std::string_view path; // "/a/b", already decoded from Uri-Path options
+  size_t payloadBytes = 0;
+  std::optional<uint16_t> contentFormat;
+};
+
+[[nodiscard]] ConnectDecision evaluateConnect(const PolicySet& set, const DefaultCredentials& defaults,
+                                              const ConnectFacts& f);
+// Device → broker.
+[[nodiscard]] Decision evaluatePublish(const DevicePolicy& p, const PublishFacts& f);
+[[nodiscard]] Decision evaluateSubscribe(const DevicePolicy& p, const SubscribeFacts& f);
+// Broker → device: the device's parser is the weak one, so its inbound traffic is checked too.
+[[nodiscard]] Decision evaluateDelivery(const DevicePolicy& p, const PublishFacts& f);
+[[nodiscard]] Decision evaluateCoapRequest(const DevicePolicy& p, const CoapFacts& f);
+
+// Checks a payload against one rule; returns the reason it fails, or nullopt.
+[[nodiscard]] std::optional<std::string> checkPayload(const PayloadRule& rule,
+                                                      std::span<const uint8_t> payload);
+
+} // namespace iotgw::policy

@@ -1,0 +1,130 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#pragma once
+
+// The per-device policy: who the device is, what it may say over MQTT and CoAP, where it may go on
+// the network, and what happens when it breaks a rule. Plain values, built by the parser in
+// policy_parser.h and read by the evaluator; never mutated once inside a PolicySet.
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "policy/credentials.h"
+#include "policy/device.h"
+#include "policy/json.h"
+
+namespace iotgw::policy {
+
+enum class ViolationAction { Drop, Disconnect, Quarantine };
+
+struct MqttIdentity {
+  std::string clientId; // empty: any client id the device presents
+  std::string username; // empty: the device authenticates by certificate only
+  std::optional<PasswordHash> passwordHash;
+};
+
+struct CertificateIdentity {
+  std::string commonName;
+  std::vector<std::string> subjectAltNames; // DNS or URI names
+};
+
+struct RateLimit {
+  double messagesPerSecond = 0; // 0: unlimited
+  double messageBurst = 0;
+  double bytesPerSecond = 0; // 0: unlimited
+  double byteBurst = 0;
+};
+
+enum class PayloadFormat { Binary, Utf8, Json };
+
+// What a JSON value or member must be. Any: not checked.
+enum class JsonKind { Any, Object, Array, String, Number, Integer, Boolean, Null };
+
+struct JsonFieldRule {
+  std::string name;
+  JsonKind kind = JsonKind::Any;
+  std::optional<double> min;
+  std::optional<double> max;
+  std::optional<size_t> maxLength;     // strings: bytes
+  std::vector<std::string> enumValues; // strings: the only values accepted
+};
+
+struct PayloadRule {
+  std::string id;    // "mqtt.payload[0]"
+  std::string topic; // a topic pattern (may use %c/%u)
+  PayloadFormat format = PayloadFormat::Binary;
+  JsonKind kind = JsonKind::Any; // the top-level JSON value
+  std::vector<std::string> required;
+  std::vector<JsonFieldRule> fields;
+  bool allowOtherKeys = true;
+};
+
+struct MqttRules {
+  std::vector<std::string> publish;   // topic patterns the device may publish to
+  std::vector<std::string> subscribe; // topic patterns it may subscribe to / receive from
+  uint8_t maxQos = 1;
+  uint32_t maxPayloadBytes = 16 * 1024;
+  bool retainAllowed = false;
+  RateLimit rate;
+  std::vector<PayloadRule> payloadRules;
+};
+
+enum class CoapMethod : uint8_t { Get = 1, Post = 2, Put = 3, Delete = 4, Fetch = 5, Patch = 6, IPatch = 7 };
+
+struct CoapRule {
+  std::string id;                   // "coap.rules[1]"
+  std::vector<CoapMethod> methods;
+  std::string path;                 // "/sensors/*", "/config/interval", "/fw/**"
+};
+
+struct CoapRules {
+  std::vector<CoapRule> rules;
+  uint32_t maxPayloadBytes = 1024;
+  std::vector<uint16_t> contentFormats; // empty: any
+};
+
+enum class Transport : uint8_t { Tcp = 6, Udp = 17 };
+
+struct Endpoint {
+  std::optional<IpPrefix> address; // nullopt for a service on the device itself
+  uint16_t port = 0;
+  Transport transport = Transport::Tcp;
+  bool operator==(const Endpoint&) const = default;
+};
+
+struct NetworkRules {
+  std::vector<Endpoint> outbound; // where the device may connect
+  std::vector<Endpoint> services; // services on the device that the gateway may reach
+};
+
+struct SourcePosition {
+  uint32_t line = 1;
+  uint32_t column = 1;
+};
+
+struct DevicePolicy {
+  explicit DevicePolicy(DeviceId deviceId) : id(std::move(deviceId)) {}
+  DeviceId id;
+  std::string sourceName; // where it came from: a file path or "dbus:<id>"
+  // Where identity keys were written ("device.id", "device.mac", "device.addresses[1]", ...),
+  // so that conflicts between documents can be reported at the right place.
+  std::map<std::string, SourcePosition, std::less<>> positions;
+  std::optional<MacAddress> mac;
+  std::vector<IpAddress> addresses;
+  MqttIdentity mqtt;
+  CertificateIdentity certificate;
+  DeviceMetadata metadata;
+  MqttRules mqttRules;
+  CoapRules coapRules;
+  NetworkRules network;
+  ViolationAction onViolation = ViolationAction::Drop;
+};
+
+[[nodiscard]] std::string_view toString(ViolationAction a) noexcept;
+[[nodiscard]] std::string_view toString(CoapMethod m) noexcept;
+[[nodiscard]] std::optional<CoapMethod> parseCoapMethod(std::string_view s) noexcept;
+[[nodiscard]] bool coapPathMatches(std::string_view pattern, std::string_view path) noexcept;
+
+} // namespace iotgw::policy

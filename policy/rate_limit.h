@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#pragma once
+
+// Time-based limits with injected time, so tests can step the clock.
+
+#include <chrono>
+#include <cstddef>
+#include <list>
+#include <string>
+#include <unordered_map>
+
+namespace iotgw::policy {
+
+using Clock = std::chrono::steady_clock;
+
+class TokenBucket {
+public:
+  TokenBucket() = default; // unlimited
+  TokenBucket(double ratePerSecond, double burst, Clock::time_point now)
+      : rate_(ratePerSecond), burst_(burst), tokens_(burst), last_(now) {}
+
+  [[nodiscard]] bool unlimited() const { return rate_ <= 0; }
+
+  // Takes `cost` tokens if available.
+  [[nodiscard]] bool take(double cost, Clock::time_point now) {
+    if (unlimited()) {
+      return true;
+    }
+    refill(now);
+    if (tokens_ < cost) {
+      return false;
+    }
+    tokens_ -= cost;
+    return true;
+  }
+
+private:
+  void refill(Clock::time_point now) {
+    if (now > last_) {
+      const double dt = std::chrono::duration<double>(now - last_).count();
+      tokens_ = std::min(burst_, tokens_ + dt * rate_);
+      last_ = now;
+    }
+  }
+
+  double rate_ = 0;
+  double burst_ = 0;
+  double tokens_ = 0;
+  Clock::time_point last_{};
+};
+
+struct ThrottleSettings {
+  unsigned failuresBeforeLockout = 5;
+  std::chrono::seconds failureWindow{60};
+  std::chrono::seconds lockout{300};
+  size_t maxTrackedSources = 4096;
+};
+
+// Failed-authentication throttling per source (EN 303 645 5.1-5): after N failures within the
+// window a source is locked out for the lockout time; each further lockout doubles it (up to
+// 16×). Memory is bounded: past maxTrackedSources the least recently seen source is forgotten.
+class AuthThrottle {
+public:
+  explicit AuthThrottle(ThrottleSettings s = {}) : s_(s) {}
+
+  [[nodiscard]] bool lockedOut(const std::string& source, Clock::time_point now) const;
+  // Records a failure; returns true if this failure started a lockout.
+  bool recordFailure(const std::string& source, Clock::time_point now);
+  void recordSuccess(const std::string& source);
+  [[nodiscard]] size_t tracked() const { return entries_.size(); }
+
+private:
+  struct Entry {
+    unsigned failures = 0;
+    Clock::time_point windowStart{};
+    Clock::time_point lockedUntil{};
+    unsigned lockouts = 0;
+    std::list<std::string>::iterator lru;
+  };
+  ThrottleSettings s_;
+  std::unordered_map<std::string, Entry> entries_;
+  std::list<std::string> lru_; // front: most recently seen
+};
+
+} // namespace iotgw::policy
