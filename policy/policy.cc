@@ -59,8 +59,12 @@ bool coapPathMatches(std::string_view pattern, std::string_view path) noexcept {
     if (pseg != "*" && pseg != tseg) {
       return false;
     }
-    if (ps == std::string_view::npos || ts == std::string_view::npos) {
-      return ps == std::string_view::npos && ts == std::string_view::npos;
+    if (ts == std::string_view::npos) {
+      // The path is used up: the pattern must end here too, or end in a final "**".
+      return ps == std::string_view::npos || pattern.substr(ps + 1) == "**";
+    }
+    if (ps == std::string_view::npos) {
+      return false;
     }
     pattern.remove_prefix(ps + 1);
     path.remove_prefix(ts + 1);

@@ -1,0 +1,213 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "daemon/config.h"
+
+using namespace iotgw::daemon;
+using iotgw::policy::Diagnostic;
+
+namespace {
+
+// Certificate paths must be readable; any readable file will do for the parser.
+std::string readableFile() {
+  static const std::string path = [] {
+    auto p = std::filesystem::temp_directory_path() / "iotgw-config-test.pem";
+    std::ofstream(p) << "not really a certificate\n";
+    return p.string();
+  }();
+  return path;
+}
+
+} // namespace
+
+TEST(Config, BuiltinDefaultIsSafe) {
+  const Config c = builtinDefault();
+  EXPECT_TRUE(c.source.empty());
+  EXPECT_FALSE(c.mqtt.enabled);
+  EXPECT_FALSE(c.mqttTls.enabled);
+  EXPECT_FALSE(c.coap.enabled);
+  EXPECT_FALSE(c.coapDtls.enabled);
+  EXPECT_FALSE(c.upstream.enabled);
+  EXPECT_TRUE(c.firewall.enabled);
+  EXPECT_TRUE(c.firewall.keepRulesOnExit);
+  EXPECT_EQ(c.mqtt.port, 1883);
+  EXPECT_EQ(c.mqttTls.port, 8883);
+  EXPECT_EQ(c.coap.port, 5683);
+  EXPECT_EQ(c.coapDtls.port, 5684);
+  EXPECT_EQ(c.stateDirectory, "/var/lib/iotgw");
+  EXPECT_EQ(c.devicesDirectory, "/etc/iotgw/devices.d");
+}
+
+TEST(Config, EmptyDocumentEqualsDefaults) {
+  auto c = parseConfig("", "empty.toml");
+  ASSERT_TRUE(c);
+  EXPECT_FALSE(c->mqtt.enabled);
+  EXPECT_EQ(c->mqtt.port, 1883);
+  EXPECT_EQ(c->limits.maxConnections, 1024u);
+}
+
+TEST(Config, ParsesEverySection) {
+  const std::string f = readableFile();
+  const std::string doc = R"(
+[daemon]
+state_directory = "/var/lib/iotgw-test"
+devices_directory = "/etc/iotgw-test/devices.d"
+
+[device_segment]
+interfaces = ["br-iot", "wlan1"]
+subnets = ["192.168.50.0/24", "fd00:50::/64"]
+
+[listeners.mqtt]
+addresses = ["192.168.50.1", "fd00:50::1"]
+port = 1884
+
+[listeners.mqtt_tls]
+addresses = ["0.0.0.0"]
+certificate = ")" + f + R"("
+private_key = ")" + f + R"("
+ca_file = ")" + f + R"("
+crl_file = ")" + f + R"("
+
+[listeners.coap]
+enabled = false
+
+[listeners.coap_dtls]
+enabled = false
+port = 15684
+
+[upstream]
+host = "broker.local"
+port = 8884
+ca_file = ")" + f + R"("
+certificate = ")" + f + R"("
+private_key = ")" + f + R"("
+keepalive_seconds = 30
+client_id_prefix = "gw1-"
+
+[firewall]
+enabled = false
+keep_rules_on_exit = false
+
+[limits]
+max_connections = 100
+max_connections_per_source = 4
+max_handshakes = 8
+handshake_timeout_ms = 2000
+connect_timeout_ms = 3000
+max_packet_bytes = 65536
+max_devices = 50
+max_queued_messages = 10
+auth_failures_before_lockout = 3
+auth_failure_window_seconds = 30
+auth_lockout_seconds = 120
+
+[events]
+target = "stderr"
+burst = 5
+interval_seconds = 10
+summary_interval_seconds = 30
+
+[[credentials.refuse]]
+username = "hub"
+password = "hub1234"
+)";
+  auto c = parseConfig(doc, "/etc/iotgw/iotgw.toml");
+  ASSERT_TRUE(c) << c.error().front().str();
+  EXPECT_EQ(c->stateDirectory, "/var/lib/iotgw-test");
+  EXPECT_EQ(c->deviceSegment.interfaces.size(), 2u);
+  EXPECT_EQ(c->deviceSegment.subnets.size(), 2u);
+  EXPECT_TRUE(c->mqtt.enabled);
+  EXPECT_EQ(c->mqtt.port, 1884);
+  EXPECT_EQ(c->mqtt.addresses.size(), 2u);
+  EXPECT_TRUE(c->mqttTls.enabled);
+  EXPECT_EQ(c->mqttTls.crlFile, f);
+  EXPECT_FALSE(c->coap.enabled);
+  EXPECT_EQ(c->coap.port, 5683);
+  EXPECT_EQ(c->coapDtls.port, 15684);
+  EXPECT_TRUE(c->upstream.enabled);
+  EXPECT_EQ(c->upstream.host, "broker.local");
+  EXPECT_EQ(c->upstream.port, 8884);
+  EXPECT_EQ(c->upstream.keepaliveSeconds, 30);
+  EXPECT_EQ(c->upstream.clientIdPrefix, "gw1-");
+  EXPECT_FALSE(c->firewall.enabled);
+  EXPECT_FALSE(c->firewall.keepRulesOnExit);
+  EXPECT_EQ(c->limits.maxConnections, 100u);
+  EXPECT_EQ(c->limits.maxConnectionsPerSource, 4u);
+  EXPECT_EQ(c->limits.handshakeTimeout, std::chrono::milliseconds(2000));
+  EXPECT_EQ(c->limits.maxQueuedMessages, 10u);
+  EXPECT_EQ(c->limits.authThrottle.failuresBeforeLockout, 3u);
+  EXPECT_EQ(c->limits.authThrottle.lockout, std::chrono::seconds(120));
+  EXPECT_EQ(c->events.target, EventTarget::Stderr);
+  EXPECT_EQ(c->events.burst, 5u);
+  ASSERT_EQ(c->extraDefaultCredentials.size(), 1u);
+  EXPECT_EQ(c->extraDefaultCredentials[0].username, "hub");
+  const auto dirs = c->policyDirectories();
+  ASSERT_EQ(dirs.size(), 2u);
+  EXPECT_EQ(dirs[1], "/var/lib/iotgw-test/devices");
+}
+
+struct BadConfig {
+  const char* name;
+  std::string text;
+  uint32_t line;
+  uint32_t column;
+  const char* messagePart;
+};
+
+void PrintTo(const BadConfig& d, std::ostream* os) { *os << d.name; }
+
+class ConfigRejects : public testing::TestWithParam<BadConfig> {};
+
+TEST_P(ConfigRejects, WithPosition) {
+  const auto& d = GetParam();
+  auto c = parseConfig(d.text, "gw.toml");
+  ASSERT_FALSE(c) << d.name;
+  const Diagnostic& first = c.error().front();
+  EXPECT_EQ(first.line, d.line) << first.str();
+  EXPECT_EQ(first.column, d.column) << first.str();
+  EXPECT_NE(first.message.find(d.messagePart), std::string::npos) << first.str();
+}
+
+const std::string kSegment = "[device_segment]\nsubnets = [\"192.168.50.0/24\"]\n"; // 2 lines
+
+INSTANTIATE_TEST_SUITE_P(
+    Documents, ConfigRejects,
+    testing::Values(
+        BadConfig{"Syntax", "[daemon\n", 1, 8, "expected"},
+        BadConfig{"UnknownSection", "[deamon]\n", 1, 2, "unknown key 'deamon'"},
+        BadConfig{"UnknownKey", "[daemon]\nstate_dir = \"/x\"\n", 2, 1, "unknown key 'daemon.state_dir'"},
+        BadConfig{"RelativeStateDir", "[daemon]\nstate_directory = \"var/lib\"\n", 2, 19, "absolute path"},
+        BadConfig{"StateDirWrongType", "[daemon]\nstate_directory = 1\n", 2, 19, "must be a string"},
+        BadConfig{"BadSubnet", "[device_segment]\nsubnets = [\"192.168.50.1/24\"]\n", 2, 12, "host bits"},
+        BadConfig{"BadInterface", "[device_segment]\ninterfaces = [\"br iot\"]\n", 2, 15, "interface name"},
+        BadConfig{"InterfaceTooLong", "[device_segment]\ninterfaces = [\"abcdefghijklmnop\"]\n", 2, 15, "longer than 15"},
+        BadConfig{"PortRange", kSegment + "[listeners.mqtt]\naddresses = [\"192.168.50.1\"]\nport = 0\n", 5, 8, "out of range [1, 65535]"},
+        BadConfig{"PortWrongType", kSegment + "[listeners.mqtt]\naddresses = [\"192.168.50.1\"]\nport = \"1883\"\n", 5, 8, "must be an integer"},
+        BadConfig{"ListenerNoAddresses", "[listeners.mqtt]\nport = 1883\n", 1, 1, "'listeners.mqtt.addresses'"},
+        BadConfig{"WildcardDeviceListener", kSegment + "[listeners.mqtt]\naddresses = [\"0.0.0.0\"]\n", 4, 14, "wildcard"},
+        BadConfig{"DeviceListenerOutsideSegment", kSegment + "[listeners.coap]\naddresses = [\"10.0.0.1\"]\n", 4, 14, "not inside any"},
+        BadConfig{"TlsListenerWithoutCert", "[listeners.mqtt_tls]\naddresses = [\"0.0.0.0\"]\n", 1, 1, "'listeners.mqtt_tls.certificate'"},
+        BadConfig{"UnreadableCert", "[listeners.mqtt_tls]\naddresses = [\"::\"]\ncertificate = \"/nonexistent/c.pem\"\nprivate_key = \"/nonexistent/k\"\nca_file = \"/nonexistent/ca\"\n", 3, 15, "cannot read"},
+        BadConfig{"UnknownListener", "[listeners.http]\nport = 80\n", 1, 12, "unknown key 'listeners.http'"},
+        BadConfig{"UpstreamNoHost", "[upstream]\nport = 8883\n", 1, 1, "'upstream.host'"},
+        BadConfig{"KeepaliveRange", "[upstream]\nenabled = false\nkeepalive_seconds = 1\n", 3, 21, "out of range"},
+        BadConfig{"FirewallNotBool", "[firewall]\nenabled = \"yes\"\n", 2, 11, "must be a boolean"},
+        BadConfig{"LimitZero", "[limits]\nmax_connections = 0\n", 2, 19, "out of range"},
+        BadConfig{"LimitNegative", "[limits]\nmax_devices = -5\n", 2, 15, "out of range"},
+        BadConfig{"PerSourceAboveTotal", "[limits]\nmax_connections = 4\nmax_connections_per_source = 8\n", 3, 30, "exceeds"},
+        BadConfig{"LimitFloat", "[limits]\nhandshake_timeout_ms = 1.5\n", 2, 24, "must be an integer"},
+        BadConfig{"UnknownLimit", "[limits]\nmax_sessions = 5\n", 2, 1, "unknown key 'limits.max_sessions'"},
+        BadConfig{"EventTarget", "[events]\ntarget = \"file\"\n", 2, 10, "\"auto\", \"journal\""},
+        BadConfig{"EventBurst", "[events]\nburst = 0\n", 2, 9, "out of range"},
+        BadConfig{"RefuseNeedsPassword", "[[credentials.refuse]]\nusername = \"x\"\n", 1, 1, "'credentials.refuse.password'"},
+        BadConfig{"RefuseNotArray", "[credentials]\nrefuse = \"admin:admin\"\n", 2, 10, "array of tables"},
+        BadConfig{"DaemonNotTable", "daemon = 5\n", 1, 10, "must be a table"}));
+
+TEST(Config, LoadReportsMissingFile) {
+  auto c = loadConfig("/nonexistent/iotgw.toml");
+  ASSERT_FALSE(c);
+  EXPECT_EQ(c.error().front().str(), "/nonexistent/iotgw.toml:1:1: cannot open /nonexistent/iotgw.toml");
+}

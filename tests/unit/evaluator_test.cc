@@ -1,0 +1,287 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+// Decision tables for the pure evaluator.
+#include <gtest/gtest.h>
+
+#include "policy/evaluator.h"
+#include "policy/policy_parser.h"
+#include "test_docs.h"
+
+using namespace iotgw::policy;
+
+namespace {
+
+std::span<const uint8_t> bytes(std::string_view s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+class Evaluator : public testing::Test {
+protected:
+  static void SetUpTestSuite() {
+    hash_ = new std::string(PasswordHash::create("s3cret-thermo", PasswordHash::kMinIterations)->str());
+  }
+  static void TearDownTestSuite() { delete hash_; }
+
+  void SetUp() override {
+    std::vector<DevicePolicy> devices;
+    auto thermo = parseDevicePolicy(iotgw::test::fullPolicy(*hash_), "thermo-01.toml");
+    ASSERT_TRUE(thermo) << thermo.error().front().str();
+    devices.push_back(std::move(*thermo));
+    auto plug = parseDevicePolicy(R"([device]
+id = "plug-7"
+mac = "02:00:00:00:00:07"
+addresses = ["192.168.50.7"]
+[mqtt]
+publish = ["plugs/%c/power"]
+max_qos = 0
+[violation]
+action = "disconnect"
+)",
+                                  "plug-7.toml");
+    ASSERT_TRUE(plug) << plug.error().front().str();
+    devices.push_back(std::move(*plug));
+    auto set = PolicySet::build(std::move(devices));
+    ASSERT_TRUE(set);
+    set_ = *set;
+    thermo_ = set_->find(*DeviceId::parse("thermo-01"));
+    plug_ = set_->find(*DeviceId::parse("plug-7"));
+    ASSERT_NE(thermo_, nullptr);
+    ASSERT_NE(plug_, nullptr);
+  }
+
+  PublishFacts pub(std::string_view topic, std::string_view payload, uint8_t qos = 0,
+                   bool retain = false) const {
+    return PublishFacts{"thermo-01", "thermo", topic, qos, retain, bytes(payload)};
+  }
+
+  static std::string* hash_;
+  std::shared_ptr<const PolicySet> set_;
+  const DevicePolicy* thermo_ = nullptr;
+  const DevicePolicy* plug_ = nullptr;
+  DefaultCredentials defaults_;
+};
+
+std::string* Evaluator::hash_ = nullptr;
+
+} // namespace
+
+TEST_F(Evaluator, ConnectTable) {
+  const auto peer = IpAddress::parse("192.168.50.10");
+  const auto plugPeer = IpAddress::parse("192.168.50.7");
+  const auto stranger = IpAddress::parse("192.168.50.99");
+  CertificateFacts cert{"thermo-01", {}};
+  CertificateFacts sanCert{"unrelated", {"urn:dev:thermo-01"}};
+  CertificateFacts unknownCert{"someone", {"else.hub.local"}};
+
+  struct Row {
+    const char* name;
+    ConnectFacts facts;
+    Verdict verdict;
+    const char* rule;
+    const char* provision;
+    const DevicePolicy* device;
+    bool authFailure;
+  };
+  const Row rows[] = {
+      {"good password", {"thermo-01", "thermo", "s3cret-thermo", nullptr, peer, false},
+       Verdict::Allow, "connect.username", "", thermo_, false},
+      {"wrong password", {"thermo-01", "thermo", "guess", nullptr, peer, false}, Verdict::Deny,
+       "auth.password", "5.5-4", nullptr, true},
+      {"no password", {"thermo-01", "thermo", std::nullopt, nullptr, peer, false}, Verdict::Deny,
+       "auth.password", "5.5-4", nullptr, true},
+      {"mirai default", {"x", "root", "xc3511", nullptr, stranger, false}, Verdict::Deny,
+       "credentials.default", "5.1-1", nullptr, true},
+      {"admin/admin", {"x", "admin", "admin", nullptr, peer, false}, Verdict::Deny,
+       "credentials.default", "5.1-1", nullptr, true},
+      {"locked out first", {"thermo-01", "thermo", "s3cret-thermo", nullptr, peer, true},
+       Verdict::Deny, "auth.lockout", "5.1-5", nullptr, false},
+      {"unknown user", {"c", "nobody", "pw", nullptr, peer, false}, Verdict::Deny, "default-deny",
+       "5.5-4", nullptr, true},
+      {"password without username", {"c", std::nullopt, "pw", nullptr, peer, false}, Verdict::Deny,
+       "mqtt.password-without-username", "5.13-1", nullptr, true},
+      {"wrong client id", {"thermo-02", "thermo", "s3cret-thermo", nullptr, peer, false},
+       Verdict::Deny, "device.mqtt.client_id", "5.5-4", nullptr, false},
+      {"wrong source address", {"thermo-01", "thermo", "s3cret-thermo", nullptr, stranger, false},
+       Verdict::Deny, "device.addresses", "5.5-4", nullptr, false},
+      {"certificate CN", {"thermo-01", std::nullopt, std::nullopt, &cert, std::nullopt, false},
+       Verdict::Allow, "connect.certificate", "", thermo_, false},
+      {"certificate SAN", {"thermo-01", std::nullopt, std::nullopt, &sanCert, stranger, false},
+       Verdict::Allow, "connect.certificate", "", thermo_, false},
+      {"unknown certificate", {"x", std::nullopt, std::nullopt, &unknownCert, peer, false},
+       Verdict::Deny, "default-deny", "5.5-4", nullptr, false},
+      {"address-only device", {"any", std::nullopt, std::nullopt, nullptr, plugPeer, false},
+       Verdict::Allow, "connect.address", "", plug_, false},
+      {"address of a device with a password", {"thermo-01", std::nullopt, std::nullopt, nullptr, peer, false},
+       Verdict::Deny, "auth.missing-credentials", "5.5-4", nullptr, true},
+      {"anonymous stranger", {"x", std::nullopt, std::nullopt, nullptr, stranger, false},
+       Verdict::Deny, "default-deny", "5.5-4", nullptr, false},
+  };
+  for (const auto& row : rows) {
+    const ConnectDecision d = evaluateConnect(*set_, defaults_, row.facts);
+    EXPECT_EQ(d.decision.verdict, row.verdict) << row.name << ": " << d.decision.reason;
+    EXPECT_EQ(d.decision.rule, row.rule) << row.name;
+    EXPECT_EQ(d.decision.provision, row.provision) << row.name;
+    EXPECT_EQ(d.device, row.device) << row.name;
+    EXPECT_EQ(d.authenticationFailure, row.authFailure) << row.name;
+  }
+}
+
+TEST_F(Evaluator, DefaultCredentialRefusedEvenWhenEnrolled) {
+  // A device whose configured password happens to be a universal default is still refused.
+  auto admin = parseDevicePolicy(R"([device]
+id = "cam-1"
+[device.mqtt]
+username = "admin"
+password_hash = ")" + PasswordHash::create("admin", PasswordHash::kMinIterations)->str() + R"("
+)",
+                                 "cam-1.toml");
+  ASSERT_TRUE(admin) << admin.error().front().str();
+  std::vector<DevicePolicy> v;
+  v.push_back(std::move(*admin));
+  auto set = PolicySet::build(std::move(v));
+  ASSERT_TRUE(set);
+  const auto d = evaluateConnect(**set, defaults_, {"cam-1", "admin", "admin", nullptr, std::nullopt, false});
+  EXPECT_FALSE(d.decision.allowed());
+  EXPECT_EQ(d.decision.provision, "5.1-1");
+}
+
+TEST_F(Evaluator, PublishTable) {
+  struct Row {
+    const char* name;
+    PublishFacts facts;
+    Verdict verdict;
+    const char* rule;
+  };
+  const std::string big(1025, 'x');
+  const Row rows[] = {
+      {"allowed telemetry", pub("devices/thermo-01/telemetry/temp", R"({"t": 21.5, "unit": "C"})", 1),
+       Verdict::Allow, "mqtt.publish"},
+      {"allowed state utf8", pub("devices/thermo-01/state", "on"), Verdict::Allow, "mqtt.publish"},
+      {"state invalid utf8", pub("devices/thermo-01/state", "\xff\xfe"), Verdict::Deny,
+       "mqtt.payload[1]"},
+      {"other device's topic", pub("devices/thermo-02/telemetry/temp", "{}"), Verdict::Deny,
+       "mqtt.publish"},
+      {"not in list", pub("devices/thermo-01/cmd/set", "1"), Verdict::Deny, "mqtt.publish"},
+      {"$SYS", pub("$SYS/broker/x", "1"), Verdict::Deny, "mqtt.publish"},
+      {"wildcard in name", pub("devices/thermo-01/telemetry/+", "1"), Verdict::Deny, "mqtt.topic"},
+      {"qos 2 above max", pub("devices/thermo-01/telemetry/x", "1", 2), Verdict::Deny, "mqtt.max_qos"},
+      {"retain allowed", pub("devices/thermo-01/telemetry/x", "1", 0, true), Verdict::Allow,
+       "mqtt.publish"},
+      {"oversize", pub("devices/thermo-01/telemetry/x", big), Verdict::Deny, "mqtt.max_payload_bytes"},
+      {"json broken", pub("devices/thermo-01/telemetry/temp", R"({"t": )"), Verdict::Deny,
+       "mqtt.payload[0]"},
+      {"json not object", pub("devices/thermo-01/telemetry/temp", "[1]"), Verdict::Deny,
+       "mqtt.payload[0]"},
+      {"json missing key", pub("devices/thermo-01/telemetry/temp", R"({"t": 1})"), Verdict::Deny,
+       "mqtt.payload[0]"},
+      {"json below min", pub("devices/thermo-01/telemetry/temp", R"({"t": -41, "unit": "C"})"),
+       Verdict::Deny, "mqtt.payload[0]"},
+      {"json above max", pub("devices/thermo-01/telemetry/temp", R"({"t": 85.6, "unit": "C"})"),
+       Verdict::Deny, "mqtt.payload[0]"},
+      {"json at max", pub("devices/thermo-01/telemetry/temp", R"({"t": 85.5, "unit": "F"})"),
+       Verdict::Allow, "mqtt.publish"},
+      {"json wrong type", pub("devices/thermo-01/telemetry/temp", R"({"t": "hot", "unit": "C"})"),
+       Verdict::Deny, "mqtt.payload[0]"},
+      {"json enum", pub("devices/thermo-01/telemetry/temp", R"({"t": 1, "unit": "K"})"),
+       Verdict::Deny, "mqtt.payload[0]"},
+      {"json integer", pub("devices/thermo-01/telemetry/temp", R"({"t": 1, "unit": "C", "seq": 1.5})"),
+       Verdict::Deny, "mqtt.payload[0]"},
+      {"json extra key", pub("devices/thermo-01/telemetry/temp", R"({"t": 1, "unit": "C", "cmd": "x"})"),
+       Verdict::Deny, "mqtt.payload[0]"},
+      {"json duplicate key", pub("devices/thermo-01/telemetry/temp", R"({"t": 1, "unit": "C", "t": 99})"),
+       Verdict::Deny, "mqtt.payload[0]"},
+      {"other telemetry binary", pub("devices/thermo-01/telemetry/raw", "\x00\x01"), Verdict::Allow,
+       "mqtt.publish"},
+  };
+  for (const auto& row : rows) {
+    const Decision d = evaluatePublish(*thermo_, row.facts);
+    EXPECT_EQ(d.verdict, row.verdict) << row.name << ": " << d.reason;
+    EXPECT_EQ(d.rule, row.rule) << row.name;
+    if (!d.allowed()) {
+      EXPECT_EQ(d.provision, "5.13-1") << row.name;
+      EXPECT_EQ(d.action, ViolationAction::Quarantine) << row.name;
+      EXPECT_FALSE(d.reason.empty()) << row.name;
+    }
+  }
+}
+
+TEST_F(Evaluator, ReasonsNeverEchoPayloads) {
+  const Decision d = evaluatePublish(
+      *thermo_, pub("devices/thermo-01/telemetry/temp", R"({"t": 1, "unit": "SECRET-VALUE"})"));
+  ASSERT_FALSE(d.allowed());
+  EXPECT_EQ(d.reason.find("SECRET"), std::string::npos) << d.reason;
+}
+
+TEST_F(Evaluator, RetainRefusedWhenNotAllowed) {
+  const PublishFacts f{"plug-7", "", "plugs/plug-7/power", 0, true, bytes("1")};
+  const Decision d = evaluatePublish(*plug_, f);
+  EXPECT_EQ(d.rule, "mqtt.retain");
+  EXPECT_EQ(d.action, ViolationAction::Disconnect);
+  const PublishFacts ok{"plug-7", "", "plugs/plug-7/power", 0, false, bytes("1")};
+  EXPECT_TRUE(evaluatePublish(*plug_, ok).allowed());
+  // %c with an unsafe client id matches nothing.
+  const PublishFacts evil{"+", "", "plugs/+/power", 0, false, bytes("1")};
+  EXPECT_FALSE(evaluatePublish(*plug_, evil).allowed());
+}
+
+TEST_F(Evaluator, SubscribeTable) {
+  struct Row {
+    const char* filter;
+    uint8_t qos;
+    Verdict verdict;
+    uint8_t granted;
+  };
+  const Row rows[] = {
+      {"devices/thermo-01/cmd/#", 1, Verdict::Allow, 1},
+      {"devices/thermo-01/cmd/set", 2, Verdict::Allow, 1}, // granted no more than max_qos
+      {"devices/thermo-01/cmd/+", 0, Verdict::Allow, 0},
+      {"broadcast/all", 1, Verdict::Allow, 1},
+      {"broadcast/#", 1, Verdict::Deny, 0},
+      {"devices/#", 0, Verdict::Deny, 0},
+      {"devices/+/cmd/#", 0, Verdict::Deny, 0},
+      {"#", 0, Verdict::Deny, 0},
+      {"$SYS/#", 0, Verdict::Deny, 0},
+      {"devices/thermo-01/cmd/#/x", 0, Verdict::Deny, 0},
+  };
+  for (const auto& row : rows) {
+    const Decision d = evaluateSubscribe(*thermo_, {"thermo-01", "thermo", row.filter, row.qos});
+    EXPECT_EQ(d.verdict, row.verdict) << row.filter << ": " << d.reason;
+    if (d.allowed()) {
+      EXPECT_EQ(d.grantedQos, row.granted) << row.filter;
+    }
+  }
+  EXPECT_EQ(evaluateSubscribe(*thermo_, {"thermo-01", "thermo", "a/#/b", 0}).rule, "mqtt.topic");
+}
+
+TEST_F(Evaluator, DeliveryToDeviceIsValidated) {
+  EXPECT_TRUE(evaluateDelivery(*thermo_, pub("devices/thermo-01/cmd/set", "1")).allowed());
+  EXPECT_FALSE(evaluateDelivery(*thermo_, pub("devices/thermo-02/cmd/set", "1")).allowed());
+  EXPECT_EQ(evaluateDelivery(*thermo_, pub("devices/thermo-01/cmd/set", std::string(2000, 'x'))).rule,
+            "mqtt.max_payload_bytes");
+}
+
+TEST_F(Evaluator, CoapTable) {
+  struct Row {
+    CoapMethod method;
+    const char* path;
+    size_t payload;
+    std::optional<uint16_t> cf;
+    Verdict verdict;
+    const char* rule;
+  };
+  const Row rows[] = {
+      {CoapMethod::Get, "/sensors/temp", 0, std::nullopt, Verdict::Allow, "coap.rule[0]"},
+      {CoapMethod::Put, "/sensors/temp", 0, std::nullopt, Verdict::Deny, "coap.rule"},
+      {CoapMethod::Get, "/sensors/temp/raw", 0, std::nullopt, Verdict::Deny, "coap.rule"},
+      {CoapMethod::Put, "/config/interval", 4, 0, Verdict::Allow, "coap.rule[1]"},
+      {CoapMethod::Post, "/config", 4, 50, Verdict::Allow, "coap.rule[1]"},
+      {CoapMethod::Delete, "/config/interval", 0, std::nullopt, Verdict::Deny, "coap.rule"},
+      {CoapMethod::Put, "/config/interval", 4, 42, Verdict::Deny, "coap.content_formats"},
+      {CoapMethod::Put, "/config/interval", 513, 0, Verdict::Deny, "coap.max_payload_bytes"},
+      {CoapMethod::Get, "/", 0, std::nullopt, Verdict::Deny, "coap.rule"},
+  };
+  for (const auto& row : rows) {
+    const Decision d = evaluateCoapRequest(*thermo_, {row.method, row.path, row.payload, row.cf});
+    EXPECT_EQ(d.verdict, row.verdict) << row.path;
+    EXPECT_EQ(d.rule, row.rule) << row.path;
+  }
+}

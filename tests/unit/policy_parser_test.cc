@@ -1,0 +1,245 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#include <gtest/gtest.h>
+
+#include "policy/policy_parser.h"
+#include "test_docs.h"
+
+using namespace iotgw::policy;
+
+namespace {
+
+std::string hashFor(const char* password) {
+  auto h = PasswordHash::create(password, PasswordHash::kMinIterations);
+  EXPECT_TRUE(h.has_value());
+  return h->str();
+}
+
+} // namespace
+
+TEST(PolicyParser, ParsesEveryConstruct) {
+  const auto doc = iotgw::test::fullPolicy(hashFor("s3cret-thermo"));
+  auto p = parseDevicePolicy(doc, "thermo-01.toml");
+  ASSERT_TRUE(p.has_value()) << (p ? "" : p.error().front().str());
+  EXPECT_EQ(p->id.str(), "thermo-01");
+  ASSERT_TRUE(p->mac);
+  EXPECT_EQ(p->mac->str(), "02:00:00:00:00:10");
+  ASSERT_EQ(p->addresses.size(), 2u);
+  EXPECT_EQ(p->addresses[0].str(), "192.168.50.10");
+  EXPECT_EQ(p->addresses[1].family, AF_INET6);
+  EXPECT_EQ(p->metadata.manufacturer, "Acme");
+  EXPECT_EQ(p->metadata.model, "T-100");
+  EXPECT_EQ(p->metadata.firmwareVersion, "1.2.3");
+  ASSERT_TRUE(p->metadata.supportUntil);
+  EXPECT_EQ(*p->metadata.supportUntil, (CivilDate{2027, 12, 31}));
+  EXPECT_EQ(p->metadata.vulnerabilityContact, "https://acme.example/security");
+  EXPECT_EQ(p->mqtt.clientId, "thermo-01");
+  EXPECT_EQ(p->mqtt.username, "thermo");
+  ASSERT_TRUE(p->mqtt.passwordHash);
+  EXPECT_TRUE(p->mqtt.passwordHash->verify("s3cret-thermo"));
+  EXPECT_FALSE(p->mqtt.passwordHash->verify("s3cret-thermO"));
+  EXPECT_EQ(p->certificate.commonName, "thermo-01");
+  EXPECT_EQ(p->certificate.subjectAltNames.size(), 2u);
+
+  const auto& m = p->mqttRules;
+  EXPECT_EQ(m.publish, (std::vector<std::string>{"devices/%c/telemetry/#", "devices/%c/state"}));
+  EXPECT_EQ(m.subscribe.size(), 2u);
+  EXPECT_EQ(m.maxQos, 1);
+  EXPECT_EQ(m.maxPayloadBytes, 1024u);
+  EXPECT_TRUE(m.retainAllowed);
+  EXPECT_DOUBLE_EQ(m.rate.messagesPerSecond, 5);
+  EXPECT_DOUBLE_EQ(m.rate.messageBurst, 20);
+  EXPECT_DOUBLE_EQ(m.rate.bytesPerSecond, 4096.5);
+  EXPECT_DOUBLE_EQ(m.rate.byteBurst, 16384);
+  ASSERT_EQ(m.payloadRules.size(), 2u);
+  const auto& pr = m.payloadRules[0];
+  EXPECT_EQ(pr.id, "mqtt.payload[0]");
+  EXPECT_EQ(pr.format, PayloadFormat::Json);
+  EXPECT_EQ(pr.kind, JsonKind::Object);
+  EXPECT_EQ(pr.required, (std::vector<std::string>{"t", "unit"}));
+  EXPECT_FALSE(pr.allowOtherKeys);
+  ASSERT_EQ(pr.fields.size(), 3u);
+  // toml++ keeps keys ordered by name.
+  EXPECT_EQ(pr.fields[0].name, "seq");
+  EXPECT_EQ(pr.fields[0].kind, JsonKind::Integer);
+  EXPECT_EQ(pr.fields[1].name, "t");
+  EXPECT_EQ(pr.fields[1].min, -40);
+  EXPECT_EQ(pr.fields[1].max, 85.5);
+  EXPECT_EQ(pr.fields[2].enumValues, (std::vector<std::string>{"C", "F"}));
+  EXPECT_EQ(pr.fields[2].maxLength, 1u);
+  EXPECT_EQ(m.payloadRules[1].format, PayloadFormat::Utf8);
+
+  const auto& c = p->coapRules;
+  EXPECT_EQ(c.maxPayloadBytes, 512u);
+  EXPECT_EQ(c.contentFormats, (std::vector<uint16_t>{0, 50}));
+  ASSERT_EQ(c.rules.size(), 2u);
+  EXPECT_EQ(c.rules[0].methods, (std::vector<CoapMethod>{CoapMethod::Get}));
+  EXPECT_EQ(c.rules[1].methods, (std::vector<CoapMethod>{CoapMethod::Put, CoapMethod::Post}));
+  EXPECT_EQ(c.rules[1].path, "/config/**");
+
+  ASSERT_EQ(p->network.outbound.size(), 3u);
+  EXPECT_EQ(toString(p->network.outbound[0]), "203.0.113.10:8883/tcp");
+  EXPECT_EQ(toString(p->network.outbound[1]), "198.51.100.0/24:123/udp");
+  EXPECT_EQ(toString(p->network.outbound[2]), "[2001:db8::1]:443/tcp");
+  ASSERT_EQ(p->network.services.size(), 2u);
+  EXPECT_EQ(toString(p->network.services[1]), "5683/udp");
+  EXPECT_EQ(p->onViolation, ViolationAction::Quarantine);
+}
+
+TEST(PolicyParser, MinimalDeviceGetsSafeDefaults) {
+  auto p = parseDevicePolicy(R"([device]
+id = "plug-7"
+mac = "02:00:00:00:00:07"
+addresses = ["192.168.50.7"]
+)",
+                             "plug-7.toml");
+  ASSERT_TRUE(p.has_value()) << p.error().front().str();
+  EXPECT_TRUE(p->mqttRules.publish.empty());
+  EXPECT_TRUE(p->mqttRules.subscribe.empty());
+  EXPECT_FALSE(p->mqttRules.retainAllowed);
+  EXPECT_TRUE(p->coapRules.rules.empty());
+  EXPECT_TRUE(p->network.outbound.empty());
+  EXPECT_EQ(p->onViolation, ViolationAction::Drop);
+}
+
+struct BadDoc {
+  const char* name;
+  std::string text;
+  uint32_t line;
+  uint32_t column;
+  const char* messagePart;
+};
+
+void PrintTo(const BadDoc& d, std::ostream* os) { *os << d.name; }
+
+class PolicyParserRejects : public testing::TestWithParam<BadDoc> {};
+
+TEST_P(PolicyParserRejects, WithPosition) {
+  const BadDoc& d = GetParam();
+  auto p = parseDevicePolicy(d.text, "dev.toml");
+  ASSERT_FALSE(p.has_value()) << d.name;
+  const Diagnostic& first = p.error().front();
+  EXPECT_EQ(first.source, "dev.toml");
+  EXPECT_EQ(first.line, d.line) << first.str();
+  EXPECT_EQ(first.column, d.column) << first.str();
+  EXPECT_NE(first.message.find(d.messagePart), std::string::npos) << first.str();
+}
+
+const std::string kHead = "[device]\nid = \"d1\"\nmac = \"02:00:00:00:00:01\"\n"
+                          "addresses = [\"192.168.50.9\"]\n"; // 4 lines
+
+INSTANTIATE_TEST_SUITE_P(
+    Documents, PolicyParserRejects,
+    testing::Values(
+        BadDoc{"SyntaxError", "[device\nid = 1", 1, 8, "expected"},
+        BadDoc{"MissingDeviceTable", "[mqtt]\nmax_qos = 1\n", 1, 1, "missing required key 'device'"},
+        BadDoc{"MissingId", "[device]\nmac = \"02:00:00:00:00:01\"\n", 1, 1, "'device.id'"},
+        BadDoc{"IdWrongType", "[device]\nid = 42\n", 2, 6, "must be a string"},
+        BadDoc{"IdUppercase", "[device]\nid = \"Thermo\"\n", 2, 6, "[a-z0-9._-]"},
+        BadDoc{"IdTooLong", "[device]\nid = \"" + std::string(64, 'a') + "\"\n", 2, 6, "longer than 63"},
+        BadDoc{"UnknownDeviceKeyAfterHead", kHead + "colour = \"red\"\n", 5, 1, "unknown key 'device.colour'"},
+        BadDoc{"UnknownTopKey", "colour = \"red\"\n" + kHead, 1, 1, "unknown key 'colour'"},
+        BadDoc{"UnknownDeviceKey", "[device]\nid = \"d1\"\nserial = \"x\"\n", 3, 1,
+               "unknown key 'device.serial'"},
+        BadDoc{"BadMac", "[device]\nid = \"d1\"\nmac = \"02:00:00:00:00\"\n", 3, 7, "device.mac"},
+        BadDoc{"BadAddress", "[device]\nid = \"d1\"\nmac = \"02:00:00:00:00:01\"\naddresses = [\"192.168.1.300\"]\n",
+               4, 14, "not an IPv4 or IPv6"},
+        BadDoc{"AddressesNeedMac", "[device]\nid = \"d1\"\naddresses = [\"192.168.1.3\"]\n", 3, 13,
+               "needs 'device.mac'"},
+        BadDoc{"NoIdentity", "[device]\nid = \"d1\"\n", 1, 1, "no way to be recognised"},
+        BadDoc{"BadSupportDate", kHead + "support_until = \"2027\"\n", 5, 17, "must be a date"},
+        BadDoc{"UsernameWithoutHash", "[device]\nid = \"d1\"\n[device.mqtt]\nusername = \"u\"\n", 3,
+               1, "without 'password_hash'"},
+        BadDoc{"BadHashScheme", "[device]\nid = \"d1\"\n[device.mqtt]\nusername = \"u\"\npassword_hash = \"md5$1$2$3\"\n",
+               5, 17, "scheme must be"},
+        BadDoc{"HashTooFewIterations", "[device]\nid = \"d1\"\n[device.mqtt]\nusername = \"u\"\npassword_hash = \"pbkdf2-sha256$1000$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"\n",
+               5, 17, "iteration count"},
+        BadDoc{"HashBadBase64", "[device]\nid = \"d1\"\n[device.mqtt]\nusername = \"u\"\npassword_hash = \"pbkdf2-sha256$10000$!!$AAAA\"\n",
+               5, 17, "salt"},
+        BadDoc{"PlainPasswordKey", "[device]\nid = \"d1\"\n[device.mqtt]\npassword = \"admin\"\n", 4, 1,
+               "unknown key 'device.mqtt.password'"},
+        BadDoc{"EmptyCertificate", kHead + "[device.certificate]\n", 5, 1, "needs 'common_name'"},
+        BadDoc{"PublishNotArray", kHead + "[mqtt]\npublish = \"a/b\"\n", 6, 11, "array of strings"},
+        BadDoc{"PublishMisplacedHash", kHead + "[mqtt]\npublish = [\"a/#/b\"]\n", 6, 12, "MQTT-4.7.1-2"},
+        BadDoc{"SubscribeMisplacedPlus", kHead + "[mqtt]\nsubscribe = [\"ok/x\", \"a+/b\"]\n", 6, 22,
+               "MQTT-4.7.1-3"},
+        BadDoc{"PartialSubstitution", kHead + "[mqtt]\npublish = [\"dev-%c/x\"]\n", 6, 12, "%c"},
+        BadDoc{"QosOutOfRange", kHead + "[mqtt]\nmax_qos = 3\n", 6, 11, "out of range [0, 2]"},
+        BadDoc{"QosWrongType", kHead + "[mqtt]\nmax_qos = 1.0\n", 6, 11, "must be an integer"},
+        BadDoc{"NegativePayloadLimit", kHead + "[mqtt]\nmax_payload_bytes = -1\n", 6, 21, "out of range"},
+        BadDoc{"RetainNotBool", kHead + "[mqtt]\nretain = \"no\"\n", 6, 10, "must be a boolean"},
+        BadDoc{"NegativeRate", kHead + "[mqtt.rate]\nmessages_per_second = -5\n", 6, 23, "[0, 1e9]"},
+        BadDoc{"UnknownRateKey", kHead + "[mqtt.rate]\nper_minute = 5\n", 6, 1, "unknown key 'mqtt.rate.per_minute'"},
+        BadDoc{"PayloadWithoutTopic", kHead + "[[mqtt.payload]]\nformat = \"json\"\n", 5, 1,
+               "'mqtt.payload[0].topic'"},
+        BadDoc{"PayloadBadFormat", kHead + "[[mqtt.payload]]\ntopic = \"a\"\nformat = \"xml\"\n", 7, 10,
+               "\"json\", \"utf8\" or \"binary\""},
+        BadDoc{"JsonKeyOnBinary", kHead + "[[mqtt.payload]]\ntopic = \"a\"\nformat = \"binary\"\nrequired = [\"x\"]\n",
+               8, 12, "applies only to format"},
+        BadDoc{"FieldBadType", kHead + "[[mqtt.payload]]\ntopic = \"a\"\nformat = \"json\"\n[mqtt.payload.fields.t]\ntype = \"float\"\n",
+               9, 8, "not a JSON type"},
+        BadDoc{"FieldMinAboveMax", kHead + "[[mqtt.payload]]\ntopic = \"a\"\nformat = \"json\"\n[mqtt.payload.fields.t]\ntype = \"number\"\nmin = 5\nmax = 1\n",
+               11, 7, "smaller than its min"},
+        BadDoc{"EnumOnNumber", kHead + "[[mqtt.payload]]\ntopic = \"a\"\nformat = \"json\"\n[mqtt.payload.fields.t]\ntype = \"number\"\nenum = [\"1\"]\n",
+               8, 1, "max_length/enum need type"},
+        BadDoc{"PayloadNotArrayOfTables", kHead + "[mqtt.payload]\ntopic = \"a\"\n", 5, 1,
+               "array of tables"},
+        BadDoc{"CoapBadMethod", kHead + "[[coap.rule]]\nmethods = [\"GET\", \"FETCHALL\"]\npath = \"/a\"\n", 6, 19,
+               "not a CoAP method"},
+        BadDoc{"CoapRelativePath", kHead + "[[coap.rule]]\nmethods = [\"GET\"]\npath = \"a/b\"\n", 7, 8,
+               "must start with '/'"},
+        BadDoc{"CoapDoubleStarInMiddle", kHead + "[[coap.rule]]\nmethods = [\"GET\"]\npath = \"/a/**/b\"\n", 7,
+               8, "'**' may only be the last"},
+        BadDoc{"CoapContentFormatRange", kHead + "[coap]\ncontent_formats = [0, 70000]\n", 6, 23,
+               "out of range"},
+        BadDoc{"EndpointWithoutProto", kHead + "[network]\noutbound = [\"203.0.113.10:8883\"]\n", 6, 13,
+               "address:port/proto"},
+        BadDoc{"EndpointPortZero", kHead + "[network]\noutbound = [\"203.0.113.10:0/tcp\"]\n", 6, 13,
+               "address:port/proto"},
+        BadDoc{"EndpointHostname", kHead + "[network]\noutbound = [\"cloud.example:443/tcp\"]\n", 6, 13,
+               "address:port/proto"},
+        BadDoc{"ServiceBadProto", kHead + "[network]\nservices = [\"80/sctp\"]\n", 6, 13, "port/proto"},
+        BadDoc{"BadViolationAction", kHead + "[violation]\naction = \"ignore\"\n", 6, 10,
+               "\"drop\", \"disconnect\" or \"quarantine\""},
+        BadDoc{"DuplicateKey", kHead + "[mqtt]\nmax_qos = 1\nmax_qos = 2\n", 7, 11, "cannot redefine"}));
+
+TEST(PolicyParser, ReportsEveryErrorInLineOrder) {
+  auto p = parseDevicePolicy(kHead + "[mqtt]\nmax_qos = 9\nretain = 1\n[violation]\naction = \"x\"\n",
+                             "dev.toml");
+  ASSERT_FALSE(p);
+  ASSERT_EQ(p.error().size(), 3u);
+  EXPECT_EQ(p.error()[0].line, 6u);
+  EXPECT_EQ(p.error()[1].line, 7u);
+  EXPECT_EQ(p.error()[2].line, 9u);
+  EXPECT_EQ(p.error()[0].str().rfind("dev.toml:6:11: ", 0), 0u);
+}
+
+TEST(PolicyParser, RefusesOversizeDocuments) {
+  PolicyLimits limits;
+  limits.maxDocumentBytes = 64;
+  auto p = parseDevicePolicy(kHead + std::string(100, '#'), "big.toml", limits);
+  ASSERT_FALSE(p);
+  EXPECT_NE(p.error().front().message.find("at most 64"), std::string::npos);
+}
+
+TEST(Endpoints, ParseAndPrint) {
+  EXPECT_FALSE(parseEndpoint("1.2.3.4:65536/tcp"));
+  EXPECT_FALSE(parseEndpoint("[::1:443/tcp"));
+  EXPECT_FALSE(parseEndpoint("10.0.0.1/8:443/tcp")); // host bits set
+  auto e = parseEndpoint("10.0.0.0/8:443/tcp");
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->address->length, 8);
+  EXPECT_EQ(toString(*e), "10.0.0.0/8:443/tcp");
+  EXPECT_EQ(toString(*parseService("23/tcp")), "23/tcp");
+}
+
+TEST(CoapPaths, MatchSegments) {
+  EXPECT_TRUE(coapPathMatches("/sensors/*", "/sensors/temp"));
+  EXPECT_FALSE(coapPathMatches("/sensors/*", "/sensors/temp/raw"));
+  EXPECT_FALSE(coapPathMatches("/sensors/*", "/sensors"));
+  EXPECT_TRUE(coapPathMatches("/fw/**", "/fw"));
+  EXPECT_TRUE(coapPathMatches("/fw/**", "/fw/a/b/c"));
+  EXPECT_FALSE(coapPathMatches("/fw/**", "/fwx"));
+  EXPECT_TRUE(coapPathMatches("/a", "/a"));
+  EXPECT_FALSE(coapPathMatches("/a", "/a/"));
+  EXPECT_FALSE(coapPathMatches("/a", "a"));
+}
