@@ -327,9 +327,7 @@ std::expected<Config, Diagnostics> parseConfig(std::string_view text, const std:
   ConfigParser parser(source, diags);
   Config c = parser.parse(*root);
   if (!diags.empty()) {
-    std::ranges::stable_sort(diags, [](const Diagnostic& a, const Diagnostic& b) {
-      return std::tie(a.line, a.column) < std::tie(b.line, b.column);
-    });
+    policy::sortByPosition(diags);
     return std::unexpected(std::move(diags));
   }
   return c;

@@ -227,9 +227,10 @@ bool DefaultCredentials::matches(std::string_view username,
                                  std::string_view password) const noexcept {
   bool hit = false;
   for (const auto& p : pairs_) {
-    // Non-short-circuit '&' so both comparisons always run.
-    const bool both = constantTimeEquals(p.username, username) & constantTimeEquals(p.password, password);
-    hit = hit | both;
+    // Both comparisons always run: no short-circuit between them.
+    const unsigned user = constantTimeEquals(p.username, username) ? 1u : 0u;
+    const unsigned pass = constantTimeEquals(p.password, password) ? 1u : 0u;
+    hit = hit || (user & pass) != 0;
   }
   return hit;
 }

@@ -22,4 +22,7 @@ struct Diagnostic {
 
 using Diagnostics = std::vector<Diagnostic>;
 
+// Orders diagnostics by line and column, keeping the order of those at the same position.
+void sortByPosition(Diagnostics& diags);
+
 } // namespace iotgw::policy

@@ -137,7 +137,7 @@ private:
       if (!value(v, depth + 1)) {
         return false;
       }
-      out.object.emplace_back(std::move(key), std::move(v));
+      out.object.push_back(JsonMember{std::move(key), std::move(v)});
       skipWs();
       if (pos_ >= s_.size()) {
         return fail("unterminated object");

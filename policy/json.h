@@ -16,6 +16,8 @@ namespace iotgw::policy {
 
 enum class JsonType { Null, Boolean, Number, String, Array, Object };
 
+struct JsonMember;
+
 struct JsonValue {
   JsonType type = JsonType::Null;
   bool boolean = false;
@@ -23,9 +25,14 @@ struct JsonValue {
   bool integral = false; // written without fraction or exponent
   std::string string;
   std::vector<JsonValue> array;
-  std::vector<std::pair<std::string, JsonValue>> object;
+  std::vector<JsonMember> object; // in document order; keys are unique
 
   [[nodiscard]] const JsonValue* member(std::string_view key) const;
+};
+
+struct JsonMember {
+  std::string key;
+  JsonValue value;
 };
 
 struct JsonError {

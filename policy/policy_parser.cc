@@ -532,9 +532,7 @@ parseDevicePolicy(std::string_view text, const std::string& sourceName, const Po
   PolicyParser parser(sourceName, limits, diags);
   auto policy = parser.parse(*root);
   if (!diags.empty() || !policy) {
-    std::stable_sort(diags.begin(), diags.end(), [](const Diagnostic& a, const Diagnostic& b) {
-      return std::tie(a.line, a.column) < std::tie(b.line, b.column);
-    });
+    sortByPosition(diags);
     return std::unexpected(std::move(diags));
   }
   return std::move(*policy);

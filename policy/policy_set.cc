@@ -6,6 +6,7 @@
 #include <fstream>
 #include <map>
 #include <system_error>
+#include <tuple>
 
 namespace iotgw::policy {
 
@@ -44,7 +45,9 @@ std::shared_ptr<const PolicySet> PolicySet::empty() {
 
 std::expected<std::shared_ptr<const PolicySet>, Diagnostics>
 PolicySet::build(std::vector<DevicePolicy> devices) {
-  std::ranges::stable_sort(devices, {}, [](const DevicePolicy& p) { return p.id; });
+  std::ranges::sort(devices, [](const DevicePolicy& a, const DevicePolicy& b) {
+    return std::tie(a.id, a.sourceName) < std::tie(b.id, b.sourceName);
+  });
   Diagnostics diags;
   std::map<std::string, const DevicePolicy*> ids;
   std::map<std::string, const DevicePolicy*> macs;

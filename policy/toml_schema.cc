@@ -1,13 +1,32 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "policy/toml_schema.h"
 
+#include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <fmt/format.h>
 
 namespace iotgw::policy {
 
 std::string Diagnostic::str() const {
   return fmt::format("{}:{}:{}: {}", source, line, column, message);
+}
+
+void sortByPosition(Diagnostics& diags) {
+  // std::stable_sort would do, but libstdc++ 12's implementation trips clang's C++23
+  // deprecation of get_temporary_buffer; the index is the tie-breaker instead.
+  std::vector<std::pair<size_t, Diagnostic>> indexed;
+  indexed.reserve(diags.size());
+  for (size_t i = 0; i < diags.size(); ++i) {
+    indexed.emplace_back(i, std::move(diags[i]));
+  }
+  std::sort(indexed.begin(), indexed.end(), [](const auto& a, const auto& b) {
+    return std::tie(a.second.line, a.second.column, a.first) <
+           std::tie(b.second.line, b.second.column, b.first);
+  });
+  for (size_t i = 0; i < diags.size(); ++i) {
+    diags[i] = std::move(indexed[i].second);
+  }
 }
 
 std::string_view typeName(const toml::node& n) {
