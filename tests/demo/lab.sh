@@ -1,0 +1,139 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-3.0-or-later
+# The demo lab: three network namespaces joined by veth pairs, with no route out of them.
+#
+#   iotgw-lan (home LAN host, 192.168.1.20)
+#        |  192.168.1.0/24
+#   iotgw-gw  (the hub: iotgwd, routing)        legacy device segment "br-iot"
+#        |  192.168.50.0/24
+#   iotgw-dev (legacy thermostat, 192.168.50.10: telnet and an HTTP admin page open)
+#
+# iotgwd runs in iotgw-gw with its built-in default (no configuration file), under a private
+# systemd-journald. The lab prints what the gateway allows and blocks; it grows as capabilities
+# land. Run as root inside a private mount namespace (packaging/run-demo.sh does this).
+#
+# usage: lab.sh BUILD_DIR
+set -euo pipefail
+
+build=$(realpath "${1:?usage: lab.sh BUILD_DIR}")
+iotgwd=$build/daemon/iotgwd
+probe=$build/tests/iotgw-policy-probe
+here=$(dirname "$(realpath "$0")")
+work=$(mktemp -d /tmp/iotgw-demo-XXXXXX)
+pids=()
+
+bold() { printf '\n\033[1m%s\033[0m\n' "$*"; }
+row() { printf '  %-58s %s\n' "$1" "$2"; }
+
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  for ns in iotgw-lan iotgw-gw iotgw-dev; do ip netns del "$ns" 2>/dev/null || true; done
+  rm -rf "$work"
+  if umount /etc/iotgw 2>/dev/null && [ "${etc_created:-0}" = 1 ]; then rmdir /etc/iotgw; fi
+}
+trap cleanup EXIT
+
+if [ "${IOTGW_DEMO_IN_NS:-}" != 1 ]; then
+  echo "lab.sh must run in a private mount namespace (use packaging/run-demo.sh)" >&2
+  exit 2
+fi
+
+# --- private journald; the host's /etc/iotgw and /var/lib hidden so the built-in default runs
+mount -t tmpfs tmpfs /run/systemd && mkdir -p /run/systemd/journal
+mkdir -p /run/log && mount -t tmpfs tmpfs /run/log
+[ -d /var/log/journal ] && mount -t tmpfs tmpfs /var/log/journal
+etc_created=0
+if [ ! -d /etc/iotgw ]; then mkdir /etc/iotgw && etc_created=1; fi
+mount -t tmpfs tmpfs /etc/iotgw
+mount -t tmpfs tmpfs /var/lib
+/lib/systemd/systemd-journald >/dev/null 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05; done
+
+# --- the lab network
+bold "Building the lab: home LAN host, gateway, legacy device (network namespaces, no route out)"
+for ns in iotgw-lan iotgw-gw iotgw-dev; do ip netns del "$ns" 2>/dev/null || true; ip netns add "$ns"; done
+ip link add gw-iot netns iotgw-gw type veth peer name eth0 netns iotgw-dev
+ip link add gw-lan netns iotgw-gw type veth peer name eth0 netns iotgw-lan
+ip -n iotgw-gw addr add 192.168.50.1/24 dev gw-iot
+ip -n iotgw-gw addr add 192.168.1.1/24 dev gw-lan
+ip -n iotgw-dev addr add 192.168.50.10/24 dev eth0
+ip -n iotgw-lan addr add 192.168.1.20/24 dev eth0
+ip -n iotgw-dev link set dev eth0 address 02:00:00:00:00:10
+for ns in iotgw-lan iotgw-gw iotgw-dev; do ip -n "$ns" link set lo up; done
+ip -n iotgw-gw link set gw-iot up; ip -n iotgw-gw link set gw-lan up
+ip -n iotgw-dev link set eth0 up; ip -n iotgw-lan link set eth0 up
+ip -n iotgw-dev route add default via 192.168.50.1
+ip -n iotgw-lan route add default via 192.168.1.1
+ip netns exec iotgw-gw sysctl -qw net.ipv4.ip_forward=1
+row "iotgw-lan  192.168.1.20" "home LAN client"
+row "iotgw-gw   192.168.1.1 | 192.168.50.1" "the hub, running iotgwd"
+row "iotgw-dev  192.168.50.10 (02:00:00:00:00:10)" "legacy thermostat: telnet :23, HTTP admin :80"
+
+# The legacy device's exposed services.
+for port in 23 80; do
+  ip netns exec iotgw-dev socat TCP-LISTEN:$port,reuseaddr,fork SYSTEM:'echo legacy-login:' >/dev/null 2>&1 &
+  pids+=($!)
+done
+
+# --- iotgwd with its built-in default
+bold "Starting iotgwd in the gateway with its built-in default (no configuration file)"
+notify=$work/notify.sock
+python3 - "$notify" > "$work/notify.log" <<'PY' &
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+while True:
+    print(s.recv(4096).decode().replace("\n", " | "), flush=True)
+PY
+pids+=($!)
+for _ in $(seq 100); do [ -S "$notify" ] && break; sleep 0.05; done
+ip netns exec iotgw-gw env NOTIFY_SOCKET="$notify" "$iotgwd" >"$work/iotgwd.out" 2>&1 &
+gwpid=$!
+pids+=($gwpid)
+for _ in $(seq 100); do grep -q READY=1 "$work/notify.log" && break; sleep 0.05; done
+row "sd_notify" "$(grep -m1 READY=1 "$work/notify.log" || echo 'no READY=1 (build without systemd)')"
+row "iotgwd --check-config" "$("$iotgwd" --check-config 2>&1)"
+sleep 0.3
+echo "  journal (SYSLOG_IDENTIFIER=iotgwd):"
+journalctl --no-pager -o short-iso SYSLOG_IDENTIFIER=iotgwd | sed 's/^/    /'
+journalctl --no-pager -o json SYSLOG_IDENTIFIER=iotgwd | python3 -c '
+import json, sys
+for line in sys.stdin:
+    e = json.loads(line)
+    fields = {k: v for k, v in e.items() if k.startswith("IOTGW_") or k in ("MESSAGE_ID", "PRIORITY")}
+    print("    fields:", " ".join(f"{k}={v}" for k, v in sorted(fields.items())))'
+
+# --- what crosses the network today
+probe_tcp() { # ns host port -> reachable | refused (nothing listens) | dropped (no answer)
+  local rc=0
+  ip netns exec "$1" timeout 2 bash -c "exec 3<>/dev/tcp/$2/$3" 2>/dev/null || rc=$?
+  case $rc in 0) echo reachable ;; 124) echo dropped ;; *) echo refused ;; esac
+}
+bold "Network reachability (nftables isolation lands with the firewall capability, issue #4)"
+row "lan -> device :23 telnet (Mirai's way in)" "$(probe_tcp iotgw-lan 192.168.50.10 23)   [target: blocked, 5.6-1]"
+row "lan -> device :80 HTTP admin page" "$(probe_tcp iotgw-lan 192.168.50.10 80)   [target: blocked, 5.5-5]"
+row "device -> gateway :1883 MQTT" "$(probe_tcp iotgw-dev 192.168.50.1 1883)   [built-in default: no device-side listener]"
+
+# --- what the policy engine decides for an enrolled legacy device
+bold "Policy engine decisions for an enrolled legacy thermostat (enforced on the wire by the MQTT/CoAP proxies)"
+mkdir -p "$work/devices.d"
+hash=$(echo demo-password | "$iotgwd" --hash-password)
+sed "s|@HASH@|$hash|" "$here/devices.d/thermo-01.toml" > "$work/devices.d/thermo-01.toml"
+"$probe" "$work/devices.d" demo-password
+
+# --- reload with a broken configuration keeps the running one
+bold "A broken configuration is rejected and the running one stays in force"
+printf '[limits]\nmax_connections = "lots"\n' > /etc/iotgw/iotgw.toml
+row "iotgwd --check-config" "$("$iotgwd" --check-config 2>&1 || true)"
+kill -HUP "$gwpid"
+sleep 0.5
+journalctl --no-pager -o cat MESSAGE_ID=ea544e8e870e44f3ac4cde967ee935ae | sed 's/^/    journal: /'
+row "iotgwd still running" "$(kill -0 "$gwpid" 2>/dev/null && echo yes || echo NO)"
+rm /etc/iotgw/iotgw.toml
+
+kill -TERM "$gwpid"
+wait "$gwpid" && rc=0 || rc=$?
+bold "iotgwd stopped (exit code $rc)"
+journalctl --no-pager -o cat MESSAGE_ID=34de99166a50412092525355db56601a | sed 's/^/    journal: /'
