@@ -281,6 +281,26 @@ Decision evaluateDelivery(const DevicePolicy& p, const PublishFacts& f) {
   return Decision::allow("mqtt.deliver");
 }
 
+MessageRateLimiter makeRateLimiter(const DevicePolicy& p, Clock::time_point now) {
+  const RateLimit& r = p.mqttRules.rate;
+  return MessageRateLimiter(r.messagesPerSecond, r.messageBurst, r.bytesPerSecond, r.byteBurst,
+                            now);
+}
+
+Decision rateDecision(const DevicePolicy& p, MessageRateLimiter::Result r) {
+  switch (r) {
+  case MessageRateLimiter::Result::Allowed:
+    return Decision::allow("mqtt.rate");
+  case MessageRateLimiter::Result::TooManyMessages:
+    return deny(p, "mqtt.rate.messages_per_second", provision::kTelemetryAnomaly,
+                fmt::format("more than {} messages per second", p.mqttRules.rate.messagesPerSecond));
+  case MessageRateLimiter::Result::TooManyBytes:
+    return deny(p, "mqtt.rate.bytes_per_second", provision::kTelemetryAnomaly,
+                fmt::format("more than {} bytes per second", p.mqttRules.rate.bytesPerSecond));
+  }
+  return deny(p, "mqtt.rate", provision::kTelemetryAnomaly, "rate limit");
+}
+
 Decision evaluateCoapRequest(const DevicePolicy& p, const CoapFacts& f) {
   const CoapRules& c = p.coapRules;
   if (f.payloadBytes > c.maxPayloadBytes) {

@@ -15,6 +15,7 @@
 #include "policy/decision.h"
 #include "policy/policy.h"
 #include "policy/policy_set.h"
+#include "policy/rate_limit.h"
 
 namespace iotgw::policy {
 
@@ -70,6 +71,11 @@ struct CoapFacts {
 // Broker → device: the device's parser is the weak one, so its inbound traffic is checked too.
 [[nodiscard]] Decision evaluateDelivery(const DevicePolicy& p, const PublishFacts& f);
 [[nodiscard]] Decision evaluateCoapRequest(const DevicePolicy& p, const CoapFacts& f);
+
+// Turns a rate limiter's verdict into a Decision for the device (rule "mqtt.rate", 5.10-1).
+[[nodiscard]] Decision rateDecision(const DevicePolicy& p, MessageRateLimiter::Result r);
+// A limiter with the device's [mqtt.rate] budgets.
+[[nodiscard]] MessageRateLimiter makeRateLimiter(const DevicePolicy& p, Clock::time_point now);
 
 // Checks a payload against one rule; returns the reason it fails, or nullopt.
 [[nodiscard]] std::optional<std::string> checkPayload(const PayloadRule& rule,

@@ -249,6 +249,16 @@ private:
       if (m.rate.bytesPerSecond > 0 && m.rate.byteBurst == 0) {
         m.rate.byteBurst = std::max(static_cast<double>(m.maxPayloadBytes), m.rate.bytesPerSecond);
       }
+      // Budgets that could never admit a message the policy otherwise allows are mistakes.
+      if (m.rate.messagesPerSecond > 0 && m.rate.messageBurst < 1) {
+        rr.error(*rate->get("message_burst"), "'mqtt.rate.message_burst' must be at least 1");
+      }
+      if (m.rate.bytesPerSecond > 0 && m.rate.byteBurst < static_cast<double>(m.maxPayloadBytes)) {
+        rr.error(rate->get("byte_burst") != nullptr ? *rate->get("byte_burst") : *rate,
+                 fmt::format("'mqtt.rate.byte_burst' is smaller than 'mqtt.max_payload_bytes' ({}): "
+                             "a message of allowed size could never pass",
+                             m.maxPayloadBytes));
+      }
       rr.finish();
     }
     const auto rules = r.tables("payload", limits_.maxPayloadRules);

@@ -49,6 +49,35 @@ private:
   Clock::time_point last_{};
 };
 
+// A device's message and byte budgets (its policy's [mqtt.rate]); both must allow a message.
+class MessageRateLimiter {
+public:
+  MessageRateLimiter() = default; // unlimited
+  MessageRateLimiter(double messagesPerSecond, double messageBurst, double bytesPerSecond,
+                     double byteBurst, Clock::time_point now)
+      : messages_(messagesPerSecond, messageBurst, now), bytes_(bytesPerSecond, byteBurst, now) {}
+
+  enum class Result { Allowed, TooManyMessages, TooManyBytes };
+
+  // Charges one message of `size` bytes. A refused message costs nothing, so a device that
+  // slows down recovers at once.
+  [[nodiscard]] Result take(size_t size, Clock::time_point now) {
+    TokenBucket messagesBefore = messages_;
+    if (!messages_.take(1, now)) {
+      return Result::TooManyMessages;
+    }
+    if (!bytes_.take(static_cast<double>(size), now)) {
+      messages_ = messagesBefore;
+      return Result::TooManyBytes;
+    }
+    return Result::Allowed;
+  }
+
+private:
+  TokenBucket messages_;
+  TokenBucket bytes_;
+};
+
 struct ThrottleSettings {
   unsigned failuresBeforeLockout = 5;
   std::chrono::seconds failureWindow{60};

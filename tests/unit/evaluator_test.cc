@@ -285,3 +285,32 @@ TEST_F(Evaluator, CoapTable) {
     EXPECT_EQ(d.rule, row.rule) << row.path;
   }
 }
+
+TEST_F(Evaluator, RateLimitFromPolicy) {
+  // thermo-01: 5 msg/s with a burst of 20; 4096.5 B/s with a burst of 16384.
+  const auto t0 = Clock::time_point{} + std::chrono::seconds(100);
+  auto limiter = makeRateLimiter(*thermo_, t0);
+  int allowed = 0;
+  for (int i = 0; i < 50; ++i) {
+    if (rateDecision(*thermo_, limiter.take(10, t0)).allowed()) {
+      ++allowed;
+    }
+  }
+  EXPECT_EQ(allowed, 20);
+  const Decision d = rateDecision(*thermo_, limiter.take(10, t0));
+  EXPECT_EQ(d.rule, "mqtt.rate.messages_per_second");
+  EXPECT_EQ(d.provision, "5.10-1");
+  EXPECT_EQ(d.action, ViolationAction::Quarantine);
+  // One second later five more messages fit; a large one trips the byte budget instead.
+  const auto t1 = t0 + std::chrono::seconds(1);
+  EXPECT_EQ(rateDecision(*thermo_, limiter.take(20000, t1)).rule, "mqtt.rate.bytes_per_second");
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_TRUE(rateDecision(*thermo_, limiter.take(10, t1)).allowed()) << i;
+  }
+  EXPECT_FALSE(rateDecision(*thermo_, limiter.take(10, t1)).allowed());
+  // A device without [mqtt.rate] is not limited.
+  auto unlimited = makeRateLimiter(*plug_, t0);
+  for (int i = 0; i < 10000; ++i) {
+    ASSERT_EQ(unlimited.take(1000, t0), MessageRateLimiter::Result::Allowed);
+  }
+}

@@ -168,6 +168,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadDoc{"NegativePayloadLimit", kHead + "[mqtt]\nmax_payload_bytes = -1\n", 6, 21, "out of range"},
         BadDoc{"RetainNotBool", kHead + "[mqtt]\nretain = \"no\"\n", 6, 10, "must be a boolean"},
         BadDoc{"NegativeRate", kHead + "[mqtt.rate]\nmessages_per_second = -5\n", 6, 23, "[0, 1e9]"},
+        BadDoc{"MessageBurstBelowOne", kHead + "[mqtt.rate]\nmessages_per_second = 1\nmessage_burst = 0.5\n", 7, 17, "at least 1"},
+        BadDoc{"ByteBurstBelowPayload", kHead + "[mqtt]\nmax_payload_bytes = 1000\n[mqtt.rate]\nbytes_per_second = 10\nbyte_burst = 500\n", 9, 14, "could never pass"},
         BadDoc{"UnknownRateKey", kHead + "[mqtt.rate]\nper_minute = 5\n", 6, 1, "unknown key 'mqtt.rate.per_minute'"},
         BadDoc{"PayloadWithoutTopic", kHead + "[[mqtt.payload]]\nformat = \"json\"\n", 5, 1,
                "'mqtt.payload[0].topic'"},
