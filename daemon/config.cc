@@ -114,23 +114,13 @@ public:
     }
     if (const auto* t = top.table("events")) {
       TableReader r(*t, "events", source_, diags_);
-      if (auto target = r.string("target")) {
-        if (*target == "auto") {
-          c.events.target = EventTarget::Auto;
-        } else if (*target == "journal") {
-          c.events.target = EventTarget::Journal;
-          if (!IOTGW_WITH_SYSTEMD) {
-            r.error(*t->get("target"),
-                    "'events.target' = \"journal\" needs a build with systemd support");
-          }
-        } else if (*target == "syslog") {
-          c.events.target = EventTarget::Syslog;
-        } else if (*target == "stderr") {
-          c.events.target = EventTarget::Stderr;
-        } else {
-          r.error(*t->get("target"), "'events.target' must be \"auto\", \"journal\", \"syslog\" "
-                                     "or \"stderr\"");
-        }
+      c.events.target = r.choice<EventTarget>("target", {{"auto", EventTarget::Auto},
+                                                         {"journal", EventTarget::Journal},
+                                                         {"syslog", EventTarget::Syslog},
+                                                         {"stderr", EventTarget::Stderr}})
+                            .value_or(EventTarget::Auto);
+      if (c.events.target == EventTarget::Journal && !IOTGW_WITH_SYSTEMD) {
+        r.error(*t->get("target"), "'events.target' = \"journal\" needs a build with systemd support");
       }
       if (auto b = r.integer("burst", 1, 100'000)) {
         c.events.burst = static_cast<uint32_t>(*b);

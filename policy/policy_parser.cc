@@ -89,18 +89,10 @@ public:
     }
     if (const auto* t = top.table("violation")) {
       TableReader v(*t, "violation", source_, diags_);
-      if (auto a = v.string("action")) {
-        if (*a == "drop") {
-          p.onViolation = ViolationAction::Drop;
-        } else if (*a == "disconnect") {
-          p.onViolation = ViolationAction::Disconnect;
-        } else if (*a == "quarantine") {
-          p.onViolation = ViolationAction::Quarantine;
-        } else {
-          v.error(*t->get("action"),
-                  "'violation.action' must be \"drop\", \"disconnect\" or \"quarantine\"");
-        }
-      }
+      p.onViolation = v.choice<ViolationAction>("action", {{"drop", ViolationAction::Drop},
+                                                           {"disconnect", ViolationAction::Disconnect},
+                                                           {"quarantine", ViolationAction::Quarantine}})
+                          .value_or(ViolationAction::Drop);
       v.finish();
     }
     top.finish();
@@ -280,17 +272,13 @@ private:
       }
       rule.topic = *topic;
     }
-    if (auto f = r.string("format", Need::Required)) {
-      if (*f == "json") {
-        rule.format = PayloadFormat::Json;
-      } else if (*f == "utf8") {
-        rule.format = PayloadFormat::Utf8;
-      } else if (*f == "binary") {
-        rule.format = PayloadFormat::Binary;
-      } else {
-        r.error(*t.get("format"), fmt::format("'{}.format' must be \"json\", \"utf8\" or \"binary\"", path));
-      }
+    if (t.get("format") == nullptr) {
+      r.error(t, fmt::format("missing required key '{}.format' (\"json\", \"utf8\" or \"binary\")", path));
     }
+    rule.format = r.choice<PayloadFormat>("format", {{"json", PayloadFormat::Json},
+                                                     {"utf8", PayloadFormat::Utf8},
+                                                     {"binary", PayloadFormat::Binary}})
+                      .value_or(PayloadFormat::Binary);
     const bool json = rule.format == PayloadFormat::Json;
     const auto needJson = [&](std::string_view key) {
       if (!json && t.get(key) != nullptr) {

@@ -6,9 +6,11 @@
 // value. Used by the daemon configuration and device policy parsers alike.
 
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <unordered_set>
 #include <vector>
 
@@ -46,6 +48,26 @@ public:
   [[nodiscard]] const toml::table* table(std::string_view key, Need need = Need::Optional);
   // An array of tables (TOML `[[key]]`).
   [[nodiscard]] std::vector<const toml::table*> tables(std::string_view key, size_t maxItems);
+  // A string that must be one of `options` (name, value); the error lists the names.
+  template <typename T>
+  [[nodiscard]] std::optional<T> choice(std::string_view key,
+                                        std::initializer_list<std::pair<std::string_view, T>> options) {
+    auto s = string(key);
+    if (!s) {
+      return std::nullopt;
+    }
+    std::string names;
+    for (const auto& [name, value] : options) {
+      if (*s == name) {
+        return value;
+      }
+      names += names.empty() ? "" : ", ";
+      names += "\"" + std::string(name) + "\"";
+    }
+    error(*table_.get(key), "'" + child(key) + "' must be one of " + names);
+    return std::nullopt;
+  }
+
   // A node of any type; the caller checks it.
   [[nodiscard]] const toml::node* any(std::string_view key);
 

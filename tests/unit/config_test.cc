@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include <gtest/gtest.h>
 
+#include "bad_document.h"
+
 #include <filesystem>
 #include <fstream>
 
@@ -149,26 +151,12 @@ password = "hub1234"
   EXPECT_EQ(dirs[1], "/var/lib/iotgw-test/devices");
 }
 
-struct BadConfig {
-  const char* name;
-  std::string text;
-  uint32_t line;
-  uint32_t column;
-  const char* messagePart;
-};
+using iotgw::test::BadDocument;
 
-void PrintTo(const BadConfig& d, std::ostream* os) { *os << d.name; }
-
-class ConfigRejects : public testing::TestWithParam<BadConfig> {};
+class ConfigRejects : public testing::TestWithParam<BadDocument> {};
 
 TEST_P(ConfigRejects, WithPosition) {
-  const auto& d = GetParam();
-  auto c = parseConfig(d.text, "gw.toml");
-  ASSERT_FALSE(c) << d.name;
-  const Diagnostic& first = c.error().front();
-  EXPECT_EQ(first.line, d.line) << first.str();
-  EXPECT_EQ(first.column, d.column) << first.str();
-  EXPECT_NE(first.message.find(d.messagePart), std::string::npos) << first.str();
+  iotgw::test::expectRejected(GetParam(), parseConfig(GetParam().text, "gw.toml"), "gw.toml");
 }
 
 const std::string kSegment = "[device_segment]\nsubnets = [\"192.168.50.0/24\"]\n"; // 2 lines
@@ -176,35 +164,35 @@ const std::string kSegment = "[device_segment]\nsubnets = [\"192.168.50.0/24\"]\
 INSTANTIATE_TEST_SUITE_P(
     Documents, ConfigRejects,
     testing::Values(
-        BadConfig{"Syntax", "[daemon\n", 1, 8, "expected"},
-        BadConfig{"UnknownSection", "[deamon]\n", 1, 2, "unknown key 'deamon'"},
-        BadConfig{"UnknownKey", "[daemon]\nstate_dir = \"/x\"\n", 2, 1, "unknown key 'daemon.state_dir'"},
-        BadConfig{"RelativeStateDir", "[daemon]\nstate_directory = \"var/lib\"\n", 2, 19, "absolute path"},
-        BadConfig{"StateDirWrongType", "[daemon]\nstate_directory = 1\n", 2, 19, "must be a string"},
-        BadConfig{"BadSubnet", "[device_segment]\nsubnets = [\"192.168.50.1/24\"]\n", 2, 12, "host bits"},
-        BadConfig{"BadInterface", "[device_segment]\ninterfaces = [\"br iot\"]\n", 2, 15, "interface name"},
-        BadConfig{"InterfaceTooLong", "[device_segment]\ninterfaces = [\"abcdefghijklmnop\"]\n", 2, 15, "longer than 15"},
-        BadConfig{"PortRange", kSegment + "[listeners.mqtt]\naddresses = [\"192.168.50.1\"]\nport = 0\n", 5, 8, "out of range [1, 65535]"},
-        BadConfig{"PortWrongType", kSegment + "[listeners.mqtt]\naddresses = [\"192.168.50.1\"]\nport = \"1883\"\n", 5, 8, "must be an integer"},
-        BadConfig{"ListenerNoAddresses", "[listeners.mqtt]\nport = 1883\n", 1, 1, "'listeners.mqtt.addresses'"},
-        BadConfig{"WildcardDeviceListener", kSegment + "[listeners.mqtt]\naddresses = [\"0.0.0.0\"]\n", 4, 14, "wildcard"},
-        BadConfig{"DeviceListenerOutsideSegment", kSegment + "[listeners.coap]\naddresses = [\"10.0.0.1\"]\n", 4, 14, "not inside any"},
-        BadConfig{"TlsListenerWithoutCert", "[listeners.mqtt_tls]\naddresses = [\"0.0.0.0\"]\n", 1, 1, "'listeners.mqtt_tls.certificate'"},
-        BadConfig{"UnreadableCert", "[listeners.mqtt_tls]\naddresses = [\"::\"]\ncertificate = \"/nonexistent/c.pem\"\nprivate_key = \"/nonexistent/k\"\nca_file = \"/nonexistent/ca\"\n", 3, 15, "cannot read"},
-        BadConfig{"UnknownListener", "[listeners.http]\nport = 80\n", 1, 12, "unknown key 'listeners.http'"},
-        BadConfig{"UpstreamNoHost", "[upstream]\nport = 8883\n", 1, 1, "'upstream.host'"},
-        BadConfig{"KeepaliveRange", "[upstream]\nenabled = false\nkeepalive_seconds = 1\n", 3, 21, "out of range"},
-        BadConfig{"FirewallNotBool", "[firewall]\nenabled = \"yes\"\n", 2, 11, "must be a boolean"},
-        BadConfig{"LimitZero", "[limits]\nmax_connections = 0\n", 2, 19, "out of range"},
-        BadConfig{"LimitNegative", "[limits]\nmax_devices = -5\n", 2, 15, "out of range"},
-        BadConfig{"PerSourceAboveTotal", "[limits]\nmax_connections = 4\nmax_connections_per_source = 8\n", 3, 30, "exceeds"},
-        BadConfig{"LimitFloat", "[limits]\nhandshake_timeout_ms = 1.5\n", 2, 24, "must be an integer"},
-        BadConfig{"UnknownLimit", "[limits]\nmax_sessions = 5\n", 2, 1, "unknown key 'limits.max_sessions'"},
-        BadConfig{"EventTarget", "[events]\ntarget = \"file\"\n", 2, 10, "\"auto\", \"journal\""},
-        BadConfig{"EventBurst", "[events]\nburst = 0\n", 2, 9, "out of range"},
-        BadConfig{"RefuseNeedsPassword", "[[credentials.refuse]]\nusername = \"x\"\n", 1, 1, "'credentials.refuse.password'"},
-        BadConfig{"RefuseNotArray", "[credentials]\nrefuse = \"admin:admin\"\n", 2, 10, "array of tables"},
-        BadConfig{"DaemonNotTable", "daemon = 5\n", 1, 10, "must be a table"}));
+        BadDocument{"Syntax", "[daemon\n", 1, 8, "expected"},
+        BadDocument{"UnknownSection", "[deamon]\n", 1, 2, "unknown key 'deamon'"},
+        BadDocument{"UnknownKey", "[daemon]\nstate_dir = \"/x\"\n", 2, 1, "unknown key 'daemon.state_dir'"},
+        BadDocument{"RelativeStateDir", "[daemon]\nstate_directory = \"var/lib\"\n", 2, 19, "absolute path"},
+        BadDocument{"StateDirWrongType", "[daemon]\nstate_directory = 1\n", 2, 19, "must be a string"},
+        BadDocument{"BadSubnet", "[device_segment]\nsubnets = [\"192.168.50.1/24\"]\n", 2, 12, "host bits"},
+        BadDocument{"BadInterface", "[device_segment]\ninterfaces = [\"br iot\"]\n", 2, 15, "interface name"},
+        BadDocument{"InterfaceTooLong", "[device_segment]\ninterfaces = [\"abcdefghijklmnop\"]\n", 2, 15, "longer than 15"},
+        BadDocument{"PortRange", kSegment + "[listeners.mqtt]\naddresses = [\"192.168.50.1\"]\nport = 0\n", 5, 8, "out of range [1, 65535]"},
+        BadDocument{"PortWrongType", kSegment + "[listeners.mqtt]\naddresses = [\"192.168.50.1\"]\nport = \"1883\"\n", 5, 8, "must be an integer"},
+        BadDocument{"ListenerNoAddresses", "[listeners.mqtt]\nport = 1883\n", 1, 1, "'listeners.mqtt.addresses'"},
+        BadDocument{"WildcardDeviceListener", kSegment + "[listeners.mqtt]\naddresses = [\"0.0.0.0\"]\n", 4, 14, "wildcard"},
+        BadDocument{"DeviceListenerOutsideSegment", kSegment + "[listeners.coap]\naddresses = [\"10.0.0.1\"]\n", 4, 14, "not inside any"},
+        BadDocument{"TlsListenerWithoutCert", "[listeners.mqtt_tls]\naddresses = [\"0.0.0.0\"]\n", 1, 1, "'listeners.mqtt_tls.certificate'"},
+        BadDocument{"UnreadableCert", "[listeners.mqtt_tls]\naddresses = [\"::\"]\ncertificate = \"/nonexistent/c.pem\"\nprivate_key = \"/nonexistent/k\"\nca_file = \"/nonexistent/ca\"\n", 3, 15, "cannot read"},
+        BadDocument{"UnknownListener", "[listeners.http]\nport = 80\n", 1, 12, "unknown key 'listeners.http'"},
+        BadDocument{"UpstreamNoHost", "[upstream]\nport = 8883\n", 1, 1, "'upstream.host'"},
+        BadDocument{"KeepaliveRange", "[upstream]\nenabled = false\nkeepalive_seconds = 1\n", 3, 21, "out of range"},
+        BadDocument{"FirewallNotBool", "[firewall]\nenabled = \"yes\"\n", 2, 11, "must be a boolean"},
+        BadDocument{"LimitZero", "[limits]\nmax_connections = 0\n", 2, 19, "out of range"},
+        BadDocument{"LimitNegative", "[limits]\nmax_devices = -5\n", 2, 15, "out of range"},
+        BadDocument{"PerSourceAboveTotal", "[limits]\nmax_connections = 4\nmax_connections_per_source = 8\n", 3, 30, "exceeds"},
+        BadDocument{"LimitFloat", "[limits]\nhandshake_timeout_ms = 1.5\n", 2, 24, "must be an integer"},
+        BadDocument{"UnknownLimit", "[limits]\nmax_sessions = 5\n", 2, 1, "unknown key 'limits.max_sessions'"},
+        BadDocument{"EventTarget", "[events]\ntarget = \"file\"\n", 2, 10, "must be one of \"auto\", \"journal\""},
+        BadDocument{"EventBurst", "[events]\nburst = 0\n", 2, 9, "out of range"},
+        BadDocument{"RefuseNeedsPassword", "[[credentials.refuse]]\nusername = \"x\"\n", 1, 1, "'credentials.refuse.password'"},
+        BadDocument{"RefuseNotArray", "[credentials]\nrefuse = \"admin:admin\"\n", 2, 10, "array of tables"},
+        BadDocument{"DaemonNotTable", "daemon = 5\n", 1, 10, "must be a table"}));
 
 TEST(Config, LoadReportsMissingFile) {
   auto c = loadConfig("/nonexistent/iotgw.toml");

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include <gtest/gtest.h>
 
+#include "bad_document.h"
+
 #include "policy/policy_parser.h"
 #include "test_docs.h"
 
@@ -101,27 +103,12 @@ addresses = ["192.168.50.7"]
   EXPECT_EQ(p->onViolation, ViolationAction::Drop);
 }
 
-struct BadDoc {
-  const char* name;
-  std::string text;
-  uint32_t line;
-  uint32_t column;
-  const char* messagePart;
-};
+using iotgw::test::BadDocument;
 
-void PrintTo(const BadDoc& d, std::ostream* os) { *os << d.name; }
-
-class PolicyParserRejects : public testing::TestWithParam<BadDoc> {};
+class PolicyParserRejects : public testing::TestWithParam<BadDocument> {};
 
 TEST_P(PolicyParserRejects, WithPosition) {
-  const BadDoc& d = GetParam();
-  auto p = parseDevicePolicy(d.text, "dev.toml");
-  ASSERT_FALSE(p.has_value()) << d.name;
-  const Diagnostic& first = p.error().front();
-  EXPECT_EQ(first.source, "dev.toml");
-  EXPECT_EQ(first.line, d.line) << first.str();
-  EXPECT_EQ(first.column, d.column) << first.str();
-  EXPECT_NE(first.message.find(d.messagePart), std::string::npos) << first.str();
+  iotgw::test::expectRejected(GetParam(), parseDevicePolicy(GetParam().text, "dev.toml"), "dev.toml");
 }
 
 const std::string kHead = "[device]\nid = \"d1\"\nmac = \"02:00:00:00:00:01\"\n"
@@ -130,79 +117,79 @@ const std::string kHead = "[device]\nid = \"d1\"\nmac = \"02:00:00:00:00:01\"\n"
 INSTANTIATE_TEST_SUITE_P(
     Documents, PolicyParserRejects,
     testing::Values(
-        BadDoc{"SyntaxError", "[device\nid = 1", 1, 8, "expected"},
-        BadDoc{"MissingDeviceTable", "[mqtt]\nmax_qos = 1\n", 1, 1, "missing required key 'device'"},
-        BadDoc{"MissingId", "[device]\nmac = \"02:00:00:00:00:01\"\n", 1, 1, "'device.id'"},
-        BadDoc{"IdWrongType", "[device]\nid = 42\n", 2, 6, "must be a string"},
-        BadDoc{"IdUppercase", "[device]\nid = \"Thermo\"\n", 2, 6, "[a-z0-9._-]"},
-        BadDoc{"IdTooLong", "[device]\nid = \"" + std::string(64, 'a') + "\"\n", 2, 6, "longer than 63"},
-        BadDoc{"UnknownDeviceKeyAfterHead", kHead + "colour = \"red\"\n", 5, 1, "unknown key 'device.colour'"},
-        BadDoc{"UnknownTopKey", "colour = \"red\"\n" + kHead, 1, 1, "unknown key 'colour'"},
-        BadDoc{"UnknownDeviceKey", "[device]\nid = \"d1\"\nserial = \"x\"\n", 3, 1,
+        BadDocument{"SyntaxError", "[device\nid = 1", 1, 8, "expected"},
+        BadDocument{"MissingDeviceTable", "[mqtt]\nmax_qos = 1\n", 1, 1, "missing required key 'device'"},
+        BadDocument{"MissingId", "[device]\nmac = \"02:00:00:00:00:01\"\n", 1, 1, "'device.id'"},
+        BadDocument{"IdWrongType", "[device]\nid = 42\n", 2, 6, "must be a string"},
+        BadDocument{"IdUppercase", "[device]\nid = \"Thermo\"\n", 2, 6, "[a-z0-9._-]"},
+        BadDocument{"IdTooLong", "[device]\nid = \"" + std::string(64, 'a') + "\"\n", 2, 6, "longer than 63"},
+        BadDocument{"UnknownDeviceKeyAfterHead", kHead + "colour = \"red\"\n", 5, 1, "unknown key 'device.colour'"},
+        BadDocument{"UnknownTopKey", "colour = \"red\"\n" + kHead, 1, 1, "unknown key 'colour'"},
+        BadDocument{"UnknownDeviceKey", "[device]\nid = \"d1\"\nserial = \"x\"\n", 3, 1,
                "unknown key 'device.serial'"},
-        BadDoc{"BadMac", "[device]\nid = \"d1\"\nmac = \"02:00:00:00:00\"\n", 3, 7, "device.mac"},
-        BadDoc{"BadAddress", "[device]\nid = \"d1\"\nmac = \"02:00:00:00:00:01\"\naddresses = [\"192.168.1.300\"]\n",
+        BadDocument{"BadMac", "[device]\nid = \"d1\"\nmac = \"02:00:00:00:00\"\n", 3, 7, "device.mac"},
+        BadDocument{"BadAddress", "[device]\nid = \"d1\"\nmac = \"02:00:00:00:00:01\"\naddresses = [\"192.168.1.300\"]\n",
                4, 14, "not an IPv4 or IPv6"},
-        BadDoc{"AddressesNeedMac", "[device]\nid = \"d1\"\naddresses = [\"192.168.1.3\"]\n", 3, 13,
+        BadDocument{"AddressesNeedMac", "[device]\nid = \"d1\"\naddresses = [\"192.168.1.3\"]\n", 3, 13,
                "needs 'device.mac'"},
-        BadDoc{"NoIdentity", "[device]\nid = \"d1\"\n", 1, 1, "no way to be recognised"},
-        BadDoc{"BadSupportDate", kHead + "support_until = \"2027\"\n", 5, 17, "must be a date"},
-        BadDoc{"UsernameWithoutHash", "[device]\nid = \"d1\"\n[device.mqtt]\nusername = \"u\"\n", 3,
+        BadDocument{"NoIdentity", "[device]\nid = \"d1\"\n", 1, 1, "no way to be recognised"},
+        BadDocument{"BadSupportDate", kHead + "support_until = \"2027\"\n", 5, 17, "must be a date"},
+        BadDocument{"UsernameWithoutHash", "[device]\nid = \"d1\"\n[device.mqtt]\nusername = \"u\"\n", 3,
                1, "without 'password_hash'"},
-        BadDoc{"BadHashScheme", "[device]\nid = \"d1\"\n[device.mqtt]\nusername = \"u\"\npassword_hash = \"md5$1$2$3\"\n",
+        BadDocument{"BadHashScheme", "[device]\nid = \"d1\"\n[device.mqtt]\nusername = \"u\"\npassword_hash = \"md5$1$2$3\"\n",
                5, 17, "scheme must be"},
-        BadDoc{"HashTooFewIterations", "[device]\nid = \"d1\"\n[device.mqtt]\nusername = \"u\"\npassword_hash = \"pbkdf2-sha256$1000$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"\n",
+        BadDocument{"HashTooFewIterations", "[device]\nid = \"d1\"\n[device.mqtt]\nusername = \"u\"\npassword_hash = \"pbkdf2-sha256$1000$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"\n",
                5, 17, "iteration count"},
-        BadDoc{"HashBadBase64", "[device]\nid = \"d1\"\n[device.mqtt]\nusername = \"u\"\npassword_hash = \"pbkdf2-sha256$10000$!!$AAAA\"\n",
+        BadDocument{"HashBadBase64", "[device]\nid = \"d1\"\n[device.mqtt]\nusername = \"u\"\npassword_hash = \"pbkdf2-sha256$10000$!!$AAAA\"\n",
                5, 17, "salt"},
-        BadDoc{"PlainPasswordKey", "[device]\nid = \"d1\"\n[device.mqtt]\npassword = \"admin\"\n", 4, 1,
+        BadDocument{"PlainPasswordKey", "[device]\nid = \"d1\"\n[device.mqtt]\npassword = \"admin\"\n", 4, 1,
                "unknown key 'device.mqtt.password'"},
-        BadDoc{"EmptyCertificate", kHead + "[device.certificate]\n", 5, 1, "needs 'common_name'"},
-        BadDoc{"PublishNotArray", kHead + "[mqtt]\npublish = \"a/b\"\n", 6, 11, "array of strings"},
-        BadDoc{"PublishMisplacedHash", kHead + "[mqtt]\npublish = [\"a/#/b\"]\n", 6, 12, "MQTT-4.7.1-2"},
-        BadDoc{"SubscribeMisplacedPlus", kHead + "[mqtt]\nsubscribe = [\"ok/x\", \"a+/b\"]\n", 6, 22,
+        BadDocument{"EmptyCertificate", kHead + "[device.certificate]\n", 5, 1, "needs 'common_name'"},
+        BadDocument{"PublishNotArray", kHead + "[mqtt]\npublish = \"a/b\"\n", 6, 11, "array of strings"},
+        BadDocument{"PublishMisplacedHash", kHead + "[mqtt]\npublish = [\"a/#/b\"]\n", 6, 12, "MQTT-4.7.1-2"},
+        BadDocument{"SubscribeMisplacedPlus", kHead + "[mqtt]\nsubscribe = [\"ok/x\", \"a+/b\"]\n", 6, 22,
                "MQTT-4.7.1-3"},
-        BadDoc{"PartialSubstitution", kHead + "[mqtt]\npublish = [\"dev-%c/x\"]\n", 6, 12, "%c"},
-        BadDoc{"QosOutOfRange", kHead + "[mqtt]\nmax_qos = 3\n", 6, 11, "out of range [0, 2]"},
-        BadDoc{"QosWrongType", kHead + "[mqtt]\nmax_qos = 1.0\n", 6, 11, "must be an integer"},
-        BadDoc{"NegativePayloadLimit", kHead + "[mqtt]\nmax_payload_bytes = -1\n", 6, 21, "out of range"},
-        BadDoc{"RetainNotBool", kHead + "[mqtt]\nretain = \"no\"\n", 6, 10, "must be a boolean"},
-        BadDoc{"NegativeRate", kHead + "[mqtt.rate]\nmessages_per_second = -5\n", 6, 23, "[0, 1e9]"},
-        BadDoc{"MessageBurstBelowOne", kHead + "[mqtt.rate]\nmessages_per_second = 1\nmessage_burst = 0.5\n", 7, 17, "at least 1"},
-        BadDoc{"ByteBurstBelowPayload", kHead + "[mqtt]\nmax_payload_bytes = 1000\n[mqtt.rate]\nbytes_per_second = 10\nbyte_burst = 500\n", 9, 14, "could never pass"},
-        BadDoc{"UnknownRateKey", kHead + "[mqtt.rate]\nper_minute = 5\n", 6, 1, "unknown key 'mqtt.rate.per_minute'"},
-        BadDoc{"PayloadWithoutTopic", kHead + "[[mqtt.payload]]\nformat = \"json\"\n", 5, 1,
+        BadDocument{"PartialSubstitution", kHead + "[mqtt]\npublish = [\"dev-%c/x\"]\n", 6, 12, "%c"},
+        BadDocument{"QosOutOfRange", kHead + "[mqtt]\nmax_qos = 3\n", 6, 11, "out of range [0, 2]"},
+        BadDocument{"QosWrongType", kHead + "[mqtt]\nmax_qos = 1.0\n", 6, 11, "must be an integer"},
+        BadDocument{"NegativePayloadLimit", kHead + "[mqtt]\nmax_payload_bytes = -1\n", 6, 21, "out of range"},
+        BadDocument{"RetainNotBool", kHead + "[mqtt]\nretain = \"no\"\n", 6, 10, "must be a boolean"},
+        BadDocument{"NegativeRate", kHead + "[mqtt.rate]\nmessages_per_second = -5\n", 6, 23, "[0, 1e9]"},
+        BadDocument{"MessageBurstBelowOne", kHead + "[mqtt.rate]\nmessages_per_second = 1\nmessage_burst = 0.5\n", 7, 17, "at least 1"},
+        BadDocument{"ByteBurstBelowPayload", kHead + "[mqtt]\nmax_payload_bytes = 1000\n[mqtt.rate]\nbytes_per_second = 10\nbyte_burst = 500\n", 9, 14, "could never pass"},
+        BadDocument{"UnknownRateKey", kHead + "[mqtt.rate]\nper_minute = 5\n", 6, 1, "unknown key 'mqtt.rate.per_minute'"},
+        BadDocument{"PayloadWithoutTopic", kHead + "[[mqtt.payload]]\nformat = \"json\"\n", 5, 1,
                "'mqtt.payload[0].topic'"},
-        BadDoc{"PayloadBadFormat", kHead + "[[mqtt.payload]]\ntopic = \"a\"\nformat = \"xml\"\n", 7, 10,
-               "\"json\", \"utf8\" or \"binary\""},
-        BadDoc{"JsonKeyOnBinary", kHead + "[[mqtt.payload]]\ntopic = \"a\"\nformat = \"binary\"\nrequired = [\"x\"]\n",
+        BadDocument{"PayloadBadFormat", kHead + "[[mqtt.payload]]\ntopic = \"a\"\nformat = \"xml\"\n", 7, 10,
+               "must be one of \"json\", \"utf8\", \"binary\""},
+        BadDocument{"JsonKeyOnBinary", kHead + "[[mqtt.payload]]\ntopic = \"a\"\nformat = \"binary\"\nrequired = [\"x\"]\n",
                8, 12, "applies only to format"},
-        BadDoc{"FieldBadType", kHead + "[[mqtt.payload]]\ntopic = \"a\"\nformat = \"json\"\n[mqtt.payload.fields.t]\ntype = \"float\"\n",
+        BadDocument{"FieldBadType", kHead + "[[mqtt.payload]]\ntopic = \"a\"\nformat = \"json\"\n[mqtt.payload.fields.t]\ntype = \"float\"\n",
                9, 8, "not a JSON type"},
-        BadDoc{"FieldMinAboveMax", kHead + "[[mqtt.payload]]\ntopic = \"a\"\nformat = \"json\"\n[mqtt.payload.fields.t]\ntype = \"number\"\nmin = 5\nmax = 1\n",
+        BadDocument{"FieldMinAboveMax", kHead + "[[mqtt.payload]]\ntopic = \"a\"\nformat = \"json\"\n[mqtt.payload.fields.t]\ntype = \"number\"\nmin = 5\nmax = 1\n",
                11, 7, "smaller than its min"},
-        BadDoc{"EnumOnNumber", kHead + "[[mqtt.payload]]\ntopic = \"a\"\nformat = \"json\"\n[mqtt.payload.fields.t]\ntype = \"number\"\nenum = [\"1\"]\n",
+        BadDocument{"EnumOnNumber", kHead + "[[mqtt.payload]]\ntopic = \"a\"\nformat = \"json\"\n[mqtt.payload.fields.t]\ntype = \"number\"\nenum = [\"1\"]\n",
                8, 1, "max_length/enum need type"},
-        BadDoc{"PayloadNotArrayOfTables", kHead + "[mqtt.payload]\ntopic = \"a\"\n", 5, 1,
+        BadDocument{"PayloadNotArrayOfTables", kHead + "[mqtt.payload]\ntopic = \"a\"\n", 5, 1,
                "array of tables"},
-        BadDoc{"CoapBadMethod", kHead + "[[coap.rule]]\nmethods = [\"GET\", \"FETCHALL\"]\npath = \"/a\"\n", 6, 19,
+        BadDocument{"CoapBadMethod", kHead + "[[coap.rule]]\nmethods = [\"GET\", \"FETCHALL\"]\npath = \"/a\"\n", 6, 19,
                "not a CoAP method"},
-        BadDoc{"CoapRelativePath", kHead + "[[coap.rule]]\nmethods = [\"GET\"]\npath = \"a/b\"\n", 7, 8,
+        BadDocument{"CoapRelativePath", kHead + "[[coap.rule]]\nmethods = [\"GET\"]\npath = \"a/b\"\n", 7, 8,
                "must start with '/'"},
-        BadDoc{"CoapDoubleStarInMiddle", kHead + "[[coap.rule]]\nmethods = [\"GET\"]\npath = \"/a/**/b\"\n", 7,
+        BadDocument{"CoapDoubleStarInMiddle", kHead + "[[coap.rule]]\nmethods = [\"GET\"]\npath = \"/a/**/b\"\n", 7,
                8, "'**' may only be the last"},
-        BadDoc{"CoapContentFormatRange", kHead + "[coap]\ncontent_formats = [0, 70000]\n", 6, 23,
+        BadDocument{"CoapContentFormatRange", kHead + "[coap]\ncontent_formats = [0, 70000]\n", 6, 23,
                "out of range"},
-        BadDoc{"EndpointWithoutProto", kHead + "[network]\noutbound = [\"203.0.113.10:8883\"]\n", 6, 13,
+        BadDocument{"EndpointWithoutProto", kHead + "[network]\noutbound = [\"203.0.113.10:8883\"]\n", 6, 13,
                "address:port/proto"},
-        BadDoc{"EndpointPortZero", kHead + "[network]\noutbound = [\"203.0.113.10:0/tcp\"]\n", 6, 13,
+        BadDocument{"EndpointPortZero", kHead + "[network]\noutbound = [\"203.0.113.10:0/tcp\"]\n", 6, 13,
                "address:port/proto"},
-        BadDoc{"EndpointHostname", kHead + "[network]\noutbound = [\"cloud.example:443/tcp\"]\n", 6, 13,
+        BadDocument{"EndpointHostname", kHead + "[network]\noutbound = [\"cloud.example:443/tcp\"]\n", 6, 13,
                "address:port/proto"},
-        BadDoc{"ServiceBadProto", kHead + "[network]\nservices = [\"80/sctp\"]\n", 6, 13, "port/proto"},
-        BadDoc{"BadViolationAction", kHead + "[violation]\naction = \"ignore\"\n", 6, 10,
-               "\"drop\", \"disconnect\" or \"quarantine\""},
-        BadDoc{"DuplicateKey", kHead + "[mqtt]\nmax_qos = 1\nmax_qos = 2\n", 7, 11, "cannot redefine"}));
+        BadDocument{"ServiceBadProto", kHead + "[network]\nservices = [\"80/sctp\"]\n", 6, 13, "port/proto"},
+        BadDocument{"BadViolationAction", kHead + "[violation]\naction = \"ignore\"\n", 6, 10,
+               "must be one of \"drop\", \"disconnect\", \"quarantine\""},
+        BadDocument{"DuplicateKey", kHead + "[mqtt]\nmax_qos = 1\nmax_qos = 2\n", 7, 11, "cannot redefine"}));
 
 TEST(PolicyParser, ReportsEveryErrorInLineOrder) {
   auto p = parseDevicePolicy(kHead + "[mqtt]\nmax_qos = 9\nretain = 1\n[violation]\naction = \"x\"\n",
