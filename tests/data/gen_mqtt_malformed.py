@@ -92,7 +92,7 @@ add("connect-v5-property-id-5-bytes", 5, "MQTT-1.5.5-1", connect(level=5, pr=pro
 add("connect-v5-subscription-identifier", 5, "MQTT-2.2.2.2", connect(level=5, pr=props(b"\x0b\x01")))
 add("connect-v5-assigned-client-id", 5, "MQTT-2.2.2.2", connect(level=5, pr=props(p_str(0x12, "x"))))
 add("remaining-length-5-bytes", 4, "MQTT-1.5.5-1", bytes([0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]))
-add("remaining-length-too-large", 4, "MQTT-3.2.2-15", bytes([0x30]) + vbi(100000))
+add("remaining-length-too-large", 4, "MQTT-3.2.2-15", bytes([0x30]) + vbi(10_000_000))
 add("connect-v5-remaining-length-5-bytes", 5, "MQTT-1.5.5-1", bytes([0x10, 0x80, 0x80, 0x80, 0x80, 0x01]))
 
 # PUBLISH

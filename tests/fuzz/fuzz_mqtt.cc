@@ -6,10 +6,61 @@
 #include <cstdlib>
 #include <span>
 
+#include "policy/policy_parser.h"
 #include "protocols/mqtt/codec.h"
+#include "protocols/mqtt/session.h"
 #include "protocols/mqtt/validate.h"
 
 using namespace iotgw::mqtt;
+
+namespace {
+
+// A session over the same bytes: whatever arrives, it must end in a consistent state.
+void fuzzSession(std::span<const uint8_t> stream) {
+  static const auto policies = [] {
+    auto p = iotgw::policy::parseDevicePolicy(R"([device]
+id = "plug"
+mac = "02:00:00:00:00:01"
+addresses = ["192.168.50.10"]
+[mqtt]
+publish = ["devices/%c/#", "t/+"]
+subscribe = ["devices/%c/cmd/#", "#"]
+max_qos = 2
+[[mqtt.payload]]
+topic = "t/json"
+format = "json"
+required = ["a"]
+)",
+                                              "fuzz.toml");
+    std::vector<iotgw::policy::DevicePolicy> v;
+    v.push_back(std::move(*p));
+    return *iotgw::policy::PolicySet::build(std::move(v));
+  }();
+  static const auto defaults = std::make_shared<iotgw::policy::DefaultCredentials>();
+  iotgw::policy::AuthThrottle throttle;
+  const auto t0 = Clock::time_point{} + std::chrono::seconds(1000);
+  Session session(SessionSettings{}, policies, defaults, throttle,
+                  PeerInfo{iotgw::policy::IpAddress::parse("192.168.50.10"), "fuzz", std::nullopt},
+                  t0);
+  Effects out;
+  // Feed in two pieces to exercise reassembly.
+  const size_t half = stream.size() / 2;
+  session.receive(stream.first(half), t0, out);
+  session.receive(stream.subspan(half), t0, out);
+  for (const auto& c : out.upstream) {
+    if (const auto* p = std::get_if<upstream::Publish>(&c)) {
+      session.upstreamAcked(p->token, out);
+    }
+  }
+  session.deliver("devices/plug/cmd/x", stream.first(std::min<size_t>(stream.size(), 64)), 1, false, out);
+  session.tick(t0 + std::chrono::hours(1), out);
+  if (session.state() != Session::State::Closed && session.device() == nullptr &&
+      session.state() != Session::State::AwaitingConnect) {
+    std::abort();
+  }
+}
+
+} // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) {
@@ -17,6 +68,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   Version version = (data[0] & 1) != 0 ? Version::V5 : Version::V311;
   std::span<const uint8_t> stream(data + 1, size - 1);
+  fuzzSession(stream);
   while (!stream.empty()) {
     auto frame = readFrame(stream, 64 * 1024);
     if (!frame || !*frame) {

@@ -1,0 +1,183 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#pragma once
+
+// The server side of one client's MQTT session: a state machine fed with the client's bytes, the
+// upstream's acknowledgements and messages, and the time. It carries out the policy evaluator's
+// decisions and says what to do in an Effects value — bytes for the client, commands for the
+// upstream session, security events, whether to close — and does no I/O itself, so it is tested
+// with scripted bytes and a fake upstream.
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "policy/credentials.h"
+#include "policy/evaluator.h"
+#include "policy/events.h"
+#include "policy/policy_set.h"
+#include "policy/rate_limit.h"
+#include "protocols/mqtt/codec.h"
+#include "protocols/mqtt/validate.h"
+
+namespace iotgw::mqtt {
+
+using Clock = policy::Clock;
+
+struct SessionSettings {
+  uint32_t maxPacketBytes = 256 * 1024;
+  std::chrono::milliseconds connectTimeout{10'000};
+  uint16_t receiveMaximum = 20;     // QoS > 0 messages a client may have unacknowledged
+  uint16_t sendMaximum = 20;        // ... and we may have towards it (3.1.1; 5.0 asks the client)
+  uint32_t maxQueuedToClient = 1000;
+  std::string upstreamClientIdPrefix = "iotgw-";
+};
+
+// Who is on the other end of the connection, as the transport knows it.
+struct PeerInfo {
+  std::optional<policy::IpAddress> address;
+  std::string label; // "192.168.50.10:53122", for events
+  std::optional<policy::CertificateFacts> certificate; // verified TLS client certificate
+};
+
+// What the session asks of its upstream (the broker side).
+namespace upstream {
+struct Open {
+  std::string clientId; // prefix + device id: one device cannot take another's identity
+  bool cleanStart = true;
+  uint16_t keepAlive = 60;
+  std::optional<Will> will;
+};
+struct Publish {
+  uint64_t token = 0; // echoed in Session::upstreamAcked for QoS > 0
+  std::string topic;
+  std::vector<uint8_t> payload;
+  uint8_t qos = 0;
+  bool retain = false;
+};
+struct Subscribe {
+  std::string filter;
+  uint8_t qos = 0;
+};
+struct Unsubscribe {
+  std::string filter;
+};
+struct Close {
+  bool publishWill = false;
+};
+using Command = std::variant<Open, Publish, Subscribe, Unsubscribe, Close>;
+} // namespace upstream
+
+struct Effects {
+  std::vector<uint8_t> toClient;
+  std::vector<upstream::Command> upstream;
+  std::vector<policy::Event> events;
+  bool closeClient = false;           // after writing toClient
+  bool quarantineRequested = false;   // the device's policy asked for it (firewall carries it out)
+  bool authenticationFailed = false;  // count it against the source (AuthThrottle)
+};
+
+struct SessionCounters {
+  uint64_t packetsIn = 0;
+  uint64_t publishesForwarded = 0;
+  uint64_t publishesDenied = 0;
+  uint64_t deliveries = 0;
+  uint64_t deliveriesDenied = 0;
+  uint64_t malformed = 0;
+  uint64_t dropped = 0; // deliveries dropped because the client's queue was full
+};
+
+class Session {
+public:
+  enum class State { AwaitingConnect, Connected, Closed };
+
+  Session(SessionSettings settings, std::shared_ptr<const policy::PolicySet> policies,
+          std::shared_ptr<const policy::DefaultCredentials> defaults, policy::AuthThrottle& throttle,
+          PeerInfo peer, Clock::time_point now);
+
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Bytes read from the client. Consumes every complete packet; keeps a partial one.
+  void receive(std::span<const uint8_t> bytes, Clock::time_point now, Effects& out);
+  // The broker acknowledged the forwarded message `token` (PUBACK, or PUBCOMP for QoS 2).
+  void upstreamAcked(uint64_t token, Effects& out);
+  // A message from the broker for this client.
+  void deliver(const std::string& topic, std::span<const uint8_t> payload, uint8_t qos, bool retain,
+               Effects& out);
+  // Keepalive and connect timeouts.
+  void tick(Clock::time_point now, Effects& out);
+  // The connection went away (reset, EOF): the will is published unless DISCONNECT said otherwise.
+  void connectionLost(Effects& out);
+
+  [[nodiscard]] State state() const { return state_; }
+  [[nodiscard]] const policy::DevicePolicy* device() const { return device_; }
+  [[nodiscard]] const SessionCounters& counters() const { return counters_; }
+  [[nodiscard]] std::optional<Version> version() const { return version_; }
+  // When tick() next needs to run.
+  [[nodiscard]] Clock::time_point deadline() const;
+
+private:
+  void handle(Packet&& p, Clock::time_point now, Effects& out);
+  void onConnect(Connect&& c, Clock::time_point now, Effects& out);
+  void onPublish(Publish&& p, Clock::time_point now, Effects& out);
+  void onAck(const Ack& a, Effects& out);
+  void onSubscribe(const Subscribe& s, Effects& out);
+  void onUnsubscribe(const Unsubscribe& u, Effects& out);
+  void protocolViolation(const CodecError& e, Effects& out);
+  void refuseConnect(uint8_t v5Code, uint8_t v311Code, Effects& out);
+  void violation(const policy::Decision& d, Effects& out);
+  void send(const Packet& p, Effects& out) const;
+  void close(bool publishWill, Effects& out);
+  void sendQueued(Effects& out);
+  [[nodiscard]] uint16_t nextPacketId();
+  [[nodiscard]] std::string deviceName() const;
+
+  SessionSettings settings_;
+  std::shared_ptr<const policy::PolicySet> policies_; // the snapshot this session started with
+  std::shared_ptr<const policy::DefaultCredentials> defaults_;
+  policy::AuthThrottle& throttle_;
+  PeerInfo peer_;
+  State state_ = State::AwaitingConnect;
+  std::optional<Version> version_;
+  const policy::DevicePolicy* device_ = nullptr;
+  std::string clientId_;
+  std::string username_;
+  uint16_t keepAlive_ = 0;
+  uint16_t clientReceiveMaximum_ = 20;
+  Clock::time_point connectDeadline_;
+  Clock::time_point lastPacket_;
+  std::vector<uint8_t> buffer_;
+  policy::MessageRateLimiter rate_;
+  bool willSuppressed_ = false;
+
+  // Client → broker, QoS > 0, awaiting the broker's acknowledgement: token → client packet.
+  struct Inbound {
+    uint16_t packetId;
+    uint8_t qos;
+  };
+  std::map<uint64_t, Inbound> awaitingBroker_;
+  uint64_t nextToken_ = 1;
+  // QoS 2 packet ids taken from the client, until its PUBREL (exactly once); the value says
+  // whether the message counts against Receive Maximum (it was forwarded).
+  std::map<uint16_t, bool> qos2Received_;
+  size_t unacknowledgedFromClient_ = 0;
+
+  // Broker → client, QoS > 0, awaiting the client's PUBACK / PUBREC / PUBCOMP.
+  struct Outbound {
+    uint8_t qos;
+    bool released = false; // PUBREL sent
+  };
+  std::map<uint16_t, Outbound> awaitingClient_;
+  std::vector<Publish> queuedToClient_;
+  uint16_t lastPacketId_ = 0;
+
+  SessionCounters counters_;
+};
+
+} // namespace iotgw::mqtt

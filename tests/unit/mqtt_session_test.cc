@@ -1,0 +1,445 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+// The MQTT session engine driven by scripted client bytes and a fake upstream.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "policy/policy_parser.h"
+#include "protocols/mqtt/session.h"
+
+using namespace iotgw::mqtt;
+using namespace iotgw::policy;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::vector<uint8_t> bytesOf(std::string_view s) { return {s.begin(), s.end()}; }
+
+std::string devicePolicy(const std::string& hash, const std::string& action) {
+  return R"([device]
+id = "thermo-01"
+mac = "02:00:00:00:00:10"
+addresses = ["192.168.50.10"]
+[device.mqtt]
+client_id = "thermo-01"
+username = "thermo"
+password_hash = ")" + hash + R"("
+[mqtt]
+publish = ["devices/%c/telemetry/#", "devices/%c/status"]
+subscribe = ["devices/%c/cmd/#"]
+max_qos = 2
+[mqtt.rate]
+messages_per_second = 1
+message_burst = 50
+[[mqtt.payload]]
+topic = "devices/%c/telemetry/temp"
+format = "json"
+required = ["t"]
+[violation]
+action = ")" + action + "\"\n";
+}
+
+class SessionTest : public testing::Test {
+protected:
+  static void SetUpTestSuite() {
+    hash_ = new std::string(PasswordHash::create("s3cret", PasswordHash::kMinIterations)->str());
+  }
+  static void TearDownTestSuite() { delete hash_; }
+
+  void makeSession(const std::string& action = "drop") {
+    auto p = parseDevicePolicy(devicePolicy(*hash_, action), "thermo-01.toml");
+    ASSERT_TRUE(p) << p.error().front().str();
+    std::vector<DevicePolicy> v;
+    v.push_back(std::move(*p));
+    policies_ = *PolicySet::build(std::move(v));
+    session_ = std::make_unique<Session>(SessionSettings{}, policies_,
+                                         std::make_shared<DefaultCredentials>(), throttle_, peer(),
+                                         now_);
+  }
+
+  static PeerInfo peer() {
+    return PeerInfo{IpAddress::parse("192.168.50.10"), "192.168.50.10:40000", std::nullopt};
+  }
+
+  // Sends packets, returns what the session did.
+  Effects send(const std::vector<Packet>& packets, Version v = Version::V311) {
+    std::vector<uint8_t> bytes;
+    for (const auto& p : packets) {
+      const auto b = encode(p, v);
+      bytes.insert(bytes.end(), b.begin(), b.end());
+    }
+    return sendBytes(bytes);
+  }
+  Effects sendBytes(std::span<const uint8_t> bytes) {
+    Effects out;
+    session_->receive(bytes, now_, out);
+    return out;
+  }
+
+  // Parses what the session wrote to the client.
+  static std::vector<Packet> replies(const Effects& e, Version v = Version::V311) {
+    std::vector<Packet> out;
+    std::span<const uint8_t> rest(e.toClient);
+    while (!rest.empty()) {
+      auto f = readFrame(rest, 1 << 20);
+      EXPECT_TRUE(f && *f);
+      if (!f || !*f) {
+        break;
+      }
+      auto p = decodePacket(**f, v);
+      EXPECT_TRUE(p.has_value());
+      out.push_back(*p);
+      rest = rest.subspan((*f)->size);
+    }
+    return out;
+  }
+
+  static Connect connect(Version v = Version::V311, std::string user = "thermo",
+                         std::string pass = "s3cret") {
+    Connect c;
+    c.version = v;
+    c.clientId = "thermo-01";
+    c.keepAlive = 10;
+    c.username = std::move(user);
+    c.password = bytesOf(pass);
+    return c;
+  }
+
+  Effects connected(Version v = Version::V311) {
+    Effects e = send({connect(v)}, v);
+    EXPECT_EQ(session_->state(), Session::State::Connected);
+    return e;
+  }
+
+  template <typename T> static std::vector<T> commands(const Effects& e) {
+    std::vector<T> out;
+    for (const auto& c : e.upstream) {
+      if (const auto* t = std::get_if<T>(&c)) {
+        out.push_back(*t);
+      }
+    }
+    return out;
+  }
+
+  static std::string* hash_;
+  Clock::time_point now_ = Clock::time_point{} + 1000s;
+  AuthThrottle throttle_;
+  std::shared_ptr<const PolicySet> policies_;
+  std::unique_ptr<Session> session_;
+};
+
+std::string* SessionTest::hash_ = nullptr;
+
+} // namespace
+
+TEST_F(SessionTest, ConnectsAndOpensUpstreamUnderTheDeviceIdentity) {
+  makeSession();
+  Effects e = connected();
+  auto r = replies(e);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(std::get<Connack>(r[0]).reasonCode, 0);
+  auto opens = commands<upstream::Open>(e);
+  ASSERT_EQ(opens.size(), 1u);
+  EXPECT_EQ(opens[0].clientId, "iotgw-thermo-01");
+  EXPECT_EQ(opens[0].keepAlive, 10);
+  EXPECT_EQ(session_->device()->id.str(), "thermo-01");
+  EXPECT_TRUE(e.events.empty());
+}
+
+TEST_F(SessionTest, DefaultCredentialRefusedNotAuthorized) {
+  makeSession();
+  for (Version v : {Version::V311, Version::V5}) {
+    makeSession();
+    Effects e = send({connect(v, "root", "xc3511")}, v);
+    auto r = replies(e, v);
+    ASSERT_EQ(r.size(), 1u);
+    EXPECT_EQ(std::get<Connack>(r[0]).reasonCode,
+              v == Version::V5 ? reason::kNotAuthorized : v311::kNotAuthorized);
+    EXPECT_TRUE(e.closeClient);
+    EXPECT_TRUE(e.upstream.empty());
+    ASSERT_EQ(e.events.size(), 1u);
+    EXPECT_EQ(e.events[0].type, EventType::DefaultCredentialRefused);
+    EXPECT_EQ(e.events[0].provision, "5.1-1");
+    EXPECT_EQ(e.events[0].peer, "192.168.50.10:40000");
+    EXPECT_TRUE(e.authenticationFailed);
+  }
+}
+
+TEST_F(SessionTest, RepeatedFailuresLockTheSourceOut) {
+  for (int i = 0; i < 5; ++i) {
+    makeSession();
+    Effects e = send({connect(Version::V311, "thermo", "guess")});
+    EXPECT_EQ(std::get<Connack>(replies(e)[0]).reasonCode, v311::kBadUserNameOrPassword);
+    if (i == 4) {
+      ASSERT_EQ(e.events.size(), 2u);
+      EXPECT_EQ(e.events[1].type, EventType::AuthenticationLockout);
+    }
+  }
+  makeSession();
+  Effects e = send({connect()}); // the right password, but locked out
+  EXPECT_EQ(std::get<Connack>(replies(e)[0]).reasonCode, v311::kNotAuthorized);
+  EXPECT_EQ(e.events[0].type, EventType::AuthenticationLockout);
+  EXPECT_EQ(e.events[0].provision, "5.1-5");
+  now_ += 301s;
+  makeSession();
+  EXPECT_EQ(std::get<Connack>(replies(send({connect()}))[0]).reasonCode, 0);
+}
+
+TEST_F(SessionTest, FirstPacketMustBeConnect) {
+  makeSession();
+  Effects e = send({Pingreq{}});
+  EXPECT_TRUE(e.closeClient);
+  EXPECT_TRUE(e.toClient.empty());
+  ASSERT_EQ(e.events.size(), 1u);
+  EXPECT_EQ(e.events[0].rule, "MQTT-3.1.0-1");
+}
+
+TEST_F(SessionTest, SecondConnectIsAViolation) {
+  makeSession();
+  connected();
+  Effects e = send({connect()});
+  EXPECT_TRUE(e.closeClient);
+  EXPECT_EQ(e.events.at(0).rule, "MQTT-3.1.0-2");
+  auto closes = commands<upstream::Close>(e);
+  ASSERT_EQ(closes.size(), 1u);
+  EXPECT_TRUE(closes[0].publishWill);
+}
+
+TEST_F(SessionTest, PubackOnlyAfterTheBrokerAcknowledged) {
+  makeSession();
+  connected();
+  Effects e = send({Publish{false, 0, false, "devices/thermo-01/telemetry/hum", 0, {}, bytesOf("40")},
+                    Publish{false, 1, false, "devices/thermo-01/telemetry/hum", 5, {}, bytesOf("41")}});
+  auto pubs = commands<upstream::Publish>(e);
+  ASSERT_EQ(pubs.size(), 2u);
+  EXPECT_EQ(pubs[0].qos, 0);
+  EXPECT_EQ(pubs[1].qos, 1);
+  EXPECT_NE(pubs[1].token, 0u);
+  EXPECT_TRUE(e.toClient.empty()) << "no PUBACK before the broker has the message";
+  Effects ack;
+  session_->upstreamAcked(pubs[1].token, ack);
+  auto r = replies(ack);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(std::get<Ack>(r[0]), (Ack{PacketType::Puback, 5, 0, {}}));
+  EXPECT_EQ(session_->counters().publishesForwarded, 2u);
+}
+
+TEST_F(SessionTest, DeniedPublishIsDroppedAndReported) {
+  makeSession("drop");
+  connected(Version::V5);
+  Effects e = send({Publish{false, 1, false, "devices/door-lock/cmd/open", 9, {}, bytesOf("1")}},
+                   Version::V5);
+  EXPECT_TRUE(commands<upstream::Publish>(e).empty());
+  auto r = replies(e, Version::V5);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(std::get<Ack>(r[0]).reasonCode, reason::kNotAuthorized);
+  ASSERT_EQ(e.events.size(), 1u);
+  EXPECT_EQ(e.events[0].type, EventType::AccessDenied);
+  EXPECT_EQ(e.events[0].device, "thermo-01");
+  EXPECT_EQ(e.events[0].rule, "mqtt.publish");
+  EXPECT_EQ(e.events[0].provision, "5.13-1");
+  EXPECT_FALSE(e.closeClient);
+  // A payload rule violation is a payload-rejected event.
+  Effects p = send({Publish{false, 0, false, "devices/thermo-01/telemetry/temp", 0, {}, bytesOf("{}")}},
+                   Version::V5);
+  EXPECT_EQ(p.events.at(0).type, EventType::PayloadRejected);
+  EXPECT_EQ(session_->counters().publishesDenied, 2u);
+}
+
+TEST_F(SessionTest, QuarantineActionClosesAndAsksForQuarantine) {
+  makeSession("quarantine");
+  connected();
+  Effects e = send({Publish{false, 0, false, "$SYS/broker/x", 0, {}, bytesOf("1")}});
+  EXPECT_TRUE(e.closeClient);
+  EXPECT_TRUE(e.quarantineRequested);
+  EXPECT_EQ(e.events.at(0).action, "quarantine");
+  EXPECT_TRUE(commands<upstream::Publish>(e).empty());
+}
+
+TEST_F(SessionTest, Qos2IsForwardedExactlyOnce) {
+  makeSession();
+  connected();
+  const Publish p{false, 2, false, "devices/thermo-01/status", 7, {}, bytesOf("on")};
+  Publish dup = p;
+  dup.dup = true;
+  Effects e1 = send({p, dup});
+  ASSERT_EQ(commands<upstream::Publish>(e1).size(), 1u);
+  const uint64_t token = commands<upstream::Publish>(e1)[0].token;
+  Effects ack;
+  session_->upstreamAcked(token, ack);
+  EXPECT_EQ(std::get<Ack>(replies(ack).at(0)), (Ack{PacketType::Pubrec, 7, 0, {}}));
+  Effects e2 = send({dup});
+  EXPECT_TRUE(commands<upstream::Publish>(e2).empty());
+  EXPECT_EQ(std::get<Ack>(replies(e2).at(0)).type, PacketType::Pubrec);
+  Effects e3 = send({Ack{PacketType::Pubrel, 7, 0, {}}});
+  EXPECT_EQ(std::get<Ack>(replies(e3).at(0)), (Ack{PacketType::Pubcomp, 7, 0, {}}));
+  // After PUBCOMP the identifier is free: the same id is a new message.
+  Effects e4 = send({p});
+  EXPECT_EQ(commands<upstream::Publish>(e4).size(), 1u);
+}
+
+TEST_F(SessionTest, SubscribeGrantsOnlyWhatThePolicyAllows) {
+  makeSession();
+  connected();
+  Effects e = send({Subscribe{3, {}, {Subscription{"devices/thermo-01/cmd/#", 2},
+                                      Subscription{"devices/#", 0}, Subscription{"#", 1}}}});
+  auto r = replies(e);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(std::get<SubAck>(r[0]).reasonCodes, (std::vector<uint8_t>{2, 0x80, 0x80}));
+  auto subs = commands<upstream::Subscribe>(e);
+  ASSERT_EQ(subs.size(), 1u);
+  EXPECT_EQ(subs[0].filter, "devices/thermo-01/cmd/#");
+  EXPECT_EQ(e.events.size(), 2u);
+}
+
+TEST_F(SessionTest, DeliveriesAreValidatedAndFlowControlled) {
+  makeSession();
+  Connect c = connect(Version::V5);
+  Property rm;
+  rm.id = PropertyId::ReceiveMaximum;
+  rm.number = 2;
+  c.properties.push_back(rm);
+  send({c}, Version::V5);
+  Effects e;
+  session_->deliver("devices/thermo-02/cmd/open", bytesOf("1"), 1, false, e);
+  EXPECT_TRUE(e.toClient.empty()) << "another device's command never reaches this one";
+  EXPECT_EQ(e.events.at(0).rule, "mqtt.subscribe");
+  Effects d;
+  for (int i = 0; i < 3; ++i) {
+    session_->deliver("devices/thermo-01/cmd/set", bytesOf("{}"), 1, false, d);
+  }
+  auto r = replies(d, Version::V5);
+  ASSERT_EQ(r.size(), 2u) << "Receive Maximum 2 holds the third";
+  const auto first = std::get<Publish>(r[0]).packetId;
+  Effects after = send({Ack{PacketType::Puback, first, 0, {}}}, Version::V5);
+  ASSERT_EQ(replies(after, Version::V5).size(), 1u);
+  EXPECT_EQ(session_->counters().deliveries, 3u);
+}
+
+TEST_F(SessionTest, KeepaliveExpiresAtOneAndAHalfTimes) {
+  makeSession();
+  connected(); // keep alive 10 s
+  Effects quiet;
+  now_ += 14900ms;
+  session_->tick(now_, quiet);
+  EXPECT_FALSE(quiet.closeClient);
+  now_ += 100ms;
+  Effects gone;
+  session_->tick(now_, gone);
+  EXPECT_TRUE(gone.closeClient);
+  ASSERT_EQ(commands<upstream::Close>(gone).size(), 1u);
+  EXPECT_TRUE(commands<upstream::Close>(gone)[0].publishWill);
+}
+
+TEST_F(SessionTest, NormalDisconnectDiscardsTheWill) {
+  makeSession();
+  connected();
+  Effects e = send({Disconnect{}});
+  ASSERT_EQ(commands<upstream::Close>(e).size(), 1u);
+  EXPECT_FALSE(commands<upstream::Close>(e)[0].publishWill);
+}
+
+TEST_F(SessionTest, WillOutsideThePolicyRefusesTheConnection) {
+  makeSession();
+  Connect c = connect();
+  c.will = Will{"devices/other/status", bytesOf("dead"), 0, false, {}};
+  Effects e = send({c});
+  EXPECT_EQ(std::get<Connack>(replies(e).at(0)).reasonCode, v311::kNotAuthorized);
+  EXPECT_TRUE(e.closeClient);
+  c.will->topic = "devices/thermo-01/status";
+  makeSession();
+  Effects ok = send({c});
+  ASSERT_EQ(commands<upstream::Open>(ok).size(), 1u);
+  EXPECT_EQ(commands<upstream::Open>(ok)[0].will->topic, "devices/thermo-01/status");
+}
+
+TEST_F(SessionTest, ConnectTimeout) {
+  makeSession();
+  Effects e;
+  now_ += 9s;
+  session_->tick(now_, e);
+  EXPECT_FALSE(e.closeClient);
+  now_ += 1s;
+  session_->tick(now_, e);
+  EXPECT_TRUE(e.closeClient);
+}
+
+TEST_F(SessionTest, ByteAtATime) {
+  makeSession();
+  const auto bytes = encode(connect(), Version::V311);
+  Effects all;
+  for (uint8_t b : bytes) {
+    Effects e = sendBytes(std::span(&b, 1));
+    all.toClient.insert(all.toClient.end(), e.toClient.begin(), e.toClient.end());
+  }
+  EXPECT_EQ(session_->state(), Session::State::Connected);
+  EXPECT_EQ(replies(all).size(), 1u);
+}
+
+TEST_F(SessionTest, ReceiveMaximumIsEnforced) {
+  makeSession();
+  connected(Version::V5);
+  std::vector<Packet> burst;
+  for (uint16_t id = 1; id <= 21; ++id) {
+    burst.push_back(Publish{false, 1, false, "devices/thermo-01/status", id, {}, bytesOf("x")});
+  }
+  Effects e = send(burst, Version::V5);
+  EXPECT_EQ(commands<upstream::Publish>(e).size(), 20u);
+  EXPECT_TRUE(e.closeClient);
+  auto r = replies(e, Version::V5);
+  EXPECT_EQ(std::get<Disconnect>(r.back()).reasonCode, reason::kReceiveMaximumExceeded);
+}
+
+TEST_F(SessionTest, RateLimitIsEnforced) {
+  makeSession();
+  connected();
+  std::vector<Packet> burst;
+  for (int i = 0; i < 60; ++i) {
+    burst.push_back(Publish{false, 0, false, "devices/thermo-01/status", 0, {}, bytesOf("x")});
+  }
+  Effects e = send(burst);
+  EXPECT_EQ(commands<upstream::Publish>(e).size(), 50u); // the burst
+  EXPECT_EQ(e.events.size(), 10u);
+  EXPECT_EQ(e.events[0].type, EventType::RateLimited);
+  EXPECT_EQ(e.events[0].provision, "5.10-1");
+}
+
+// Every malformed packet of tests/data/mqtt-malformed.txt, sent into a session (after a valid
+// CONNECT where the packet is not itself a CONNECT): a clean refusal, nothing forwarded, counted.
+TEST_F(SessionTest, MalformedCorpusIsRefusedCleanly) {
+  std::ifstream in(IOTGW_SOURCE_DIR "/tests/data/mqtt-malformed.txt");
+  std::string line;
+  size_t cases = 0;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') {
+      continue;
+    }
+    std::istringstream ss(line);
+    std::string name;
+    std::string clause;
+    std::string hex;
+    int v = 0;
+    ss >> name >> v >> clause >> hex;
+    std::vector<uint8_t> bytes;
+    for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+      bytes.push_back(static_cast<uint8_t>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+    }
+    makeSession();
+    const auto version = static_cast<Version>(v);
+    if (!name.starts_with("connect-") && !name.starts_with("remaining-length")) {
+      connected(version);
+    }
+    Effects e = sendBytes(bytes);
+    ++cases;
+    EXPECT_TRUE(e.closeClient) << name;
+    EXPECT_TRUE(commands<upstream::Publish>(e).empty()) << name;
+    EXPECT_TRUE(commands<upstream::Subscribe>(e).empty()) << name;
+    ASSERT_FALSE(e.events.empty()) << name;
+    EXPECT_EQ(e.events.back().type, EventType::MalformedPacket) << name;
+    EXPECT_EQ(e.events.back().rule, clause) << name;
+    EXPECT_EQ(session_->counters().malformed, 1u) << name;
+    EXPECT_EQ(session_->state(), Session::State::Closed) << name;
+  }
+  EXPECT_GE(cases, 100u);
+}
