@@ -53,6 +53,10 @@ public:
   [[nodiscard]] std::error_code add(int fd, uint32_t events, Handler handler);
   [[nodiscard]] std::error_code modify(int fd, uint32_t events);
   void remove(int fd);
+  // Drops the handler of a descriptor that someone else has already closed (the kernel removed it
+  // from epoll then), without touching epoll: the number may already belong to a new descriptor.
+  void forget(int fd) { handlers_.erase(fd); }
+  [[nodiscard]] bool watching(int fd) const { return handlers_.contains(fd); }
 
   // Calls `fn` after `delay`, then every `interval` if that is non-zero.
   [[nodiscard]] std::expected<TimerId, std::error_code>

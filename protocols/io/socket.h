@@ -1,0 +1,32 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#pragma once
+
+// Non-blocking TCP sockets for the reactor. Every descriptor is CLOEXEC; every connection gets
+// TCP_NODELAY (Nagle plus delayed ACKs stall small MQTT exchanges by ~40 ms).
+
+#include <cstdint>
+#include <expected>
+#include <string>
+#include <system_error>
+
+#include "policy/device.h"
+#include "protocols/io/reactor.h"
+
+namespace iotgw::io {
+
+struct Accepted {
+  UniqueFd fd;
+  policy::IpAddress address;
+  uint16_t port = 0;
+  [[nodiscard]] std::string label() const; // "192.168.50.10:40000", "[fd00::10]:40000"
+};
+
+[[nodiscard]] std::expected<UniqueFd, std::error_code> listenTcp(const policy::IpAddress& address,
+                                                                 uint16_t port, int backlog = 128);
+// Accepts one pending connection: nullopt-like EAGAIN is reported as an error code
+// std::errc::resource_unavailable_try_again.
+[[nodiscard]] std::expected<Accepted, std::error_code> acceptTcp(int listenFd);
+// The port a socket is bound to (for tests that bind port 0).
+[[nodiscard]] uint16_t boundPort(int fd);
+
+} // namespace iotgw::io

@@ -1,0 +1,99 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#pragma once
+
+// One client's session re-originated to the real broker with libmosquitto over mutual TLS,
+// driven from the daemon's reactor: mosquitto_socket / loop_read / loop_write / loop_misc, and
+// our own reconnect with jittered exponential backoff (libmosquitto's threaded loop dies with
+// TLS when the broker goes away; see shared notes).
+
+#include <chrono>
+#include <cstdint>
+#include <expected>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <span>
+#include <string>
+
+#include "protocols/io/reactor.h"
+#include "protocols/mqtt/session.h"
+
+struct mosquitto;
+struct mosquitto_message;
+
+namespace iotgw::mqtt {
+
+struct UpstreamSettings {
+  std::string host;
+  uint16_t port = 8883;
+  std::string caFile;
+  std::string certificate;
+  std::string privateKey;
+  size_t maxQueued = 1000; // QoS > 0 messages waiting for the broker
+};
+
+class UpstreamObserver {
+public:
+  virtual ~UpstreamObserver() = default;
+  virtual void upstreamAcked(uint64_t token) = 0;
+  virtual void upstreamMessage(const std::string& topic, std::span<const uint8_t> payload,
+                               uint8_t qos, bool retain) = 0;
+  virtual void upstreamConnected(bool connected, int code) = 0;
+};
+
+// Call once per process before creating upstreams.
+void initialiseMosquitto();
+
+class MosquittoUpstream {
+public:
+  [[nodiscard]] static std::expected<std::unique_ptr<MosquittoUpstream>, std::string>
+  create(io::Reactor& reactor, const UpstreamSettings& settings, const upstream::Open& open,
+         UpstreamObserver& observer);
+
+  MosquittoUpstream(const MosquittoUpstream&) = delete;
+  MosquittoUpstream& operator=(const MosquittoUpstream&) = delete;
+  ~MosquittoUpstream();
+
+  // False when the message cannot be taken (queue full, or QoS 0 while disconnected).
+  bool publish(const upstream::Publish& p);
+  void subscribe(const std::string& filter, uint8_t qos);
+  void unsubscribe(const std::string& filter);
+  // Ends the session: with a DISCONNECT (the broker discards the will), or by closing the
+  // connection (the broker publishes the will).
+  void close(bool publishWill);
+
+  // Keepalive, reconnect timer, write interest. Call a few times a second.
+  void service(Clock::time_point now);
+
+  [[nodiscard]] bool connected() const { return connected_; }
+  [[nodiscard]] size_t queued() const { return pending_.size(); }
+
+private:
+  MosquittoUpstream(io::Reactor& reactor, const UpstreamSettings& settings, UpstreamObserver& observer);
+
+  static void onConnect(mosquitto* m, void* self, int rc);
+  static void onDisconnect(mosquitto* m, void* self, int rc);
+  static void onPublish(mosquitto* m, void* self, int mid);
+  static void onMessage(mosquitto* m, void* self, const mosquitto_message* msg);
+
+  void onEvents(uint32_t events);
+  void syncSocket();
+  void scheduleReconnect(Clock::time_point now);
+
+  io::Reactor& reactor_;
+  UpstreamSettings settings_;
+  UpstreamObserver& observer_;
+  mosquitto* mosq_ = nullptr;
+  int registeredFd_ = -1;
+  bool wantWrite_ = false;
+  bool connected_ = false;
+  bool closing_ = false;
+  int attempts_ = 0;
+  std::optional<Clock::time_point> reconnectAt_;
+  std::map<int, uint64_t> pending_;                  // mid → token of a QoS > 0 publish
+  std::map<std::string, uint8_t> subscriptions_;     // re-subscribed after each reconnect
+  std::mt19937 rng_{std::random_device{}()};
+};
+
+} // namespace iotgw::mqtt
