@@ -147,7 +147,9 @@ public:
       r.finish();
     }
     top.finish();
-    crossCheck(root, c);
+    if (diags_.empty()) {
+      crossCheck(root, c);
+    }
     return c;
   }
 
@@ -268,7 +270,12 @@ private:
     r.finish();
   }
 
-  void crossCheck(const toml::table& /*root*/, const Config& c) {
+  void crossCheck(const toml::table& root, const Config& c) {
+    if (c.mqtt.enabled && !c.upstream.enabled) {
+      const toml::node* at = root["listeners"]["mqtt"].node();
+      diags_.push_back(Diagnostic{source_, at->source().begin.line, at->source().begin.column,
+                                  "'listeners.mqtt' forwards to a broker: configure [upstream]"});
+    }
     for (const auto& [node, address, listenerPath] : pendingDeviceSide_) {
       const bool inSegment = std::ranges::any_of(
           c.deviceSegment.subnets, [&](const policy::IpPrefix& p) { return p.contains(address); });

@@ -113,6 +113,15 @@ std::string Daemon::setUp() {
     }
   }
   scheduleSummaries();
+
+  if (config.mqtt.enabled) {
+    mqtt_ = std::make_unique<MqttService>(
+        *reactor_, *sink_, current_.config, [this] { return current_.policies; },
+        current_.defaultCredentials);
+    if (auto err = mqtt_->start(); !err.empty()) {
+      return err;
+    }
+  }
   return {};
 }
 
@@ -130,8 +139,13 @@ void Daemon::scheduleSummaries() {
 std::string Daemon::statusLine() const {
   const auto& c = *current_.config;
   const size_t n = current_.policies->size();
-  return fmt::format("{} device{} enrolled, default deny; config {}", n, n == 1 ? "" : "s",
-                     c.source.empty() ? "built-in default" : c.source.string());
+  std::string mqtt;
+  if (mqtt_) {
+    mqtt = fmt::format("; MQTT on port {}, {} connection{}", c.mqtt.port, mqtt_->connections(),
+                       mqtt_->connections() == 1 ? "" : "s");
+  }
+  return fmt::format("{} device{} enrolled, default deny; config {}{}", n, n == 1 ? "" : "s",
+                     c.source.empty() ? "built-in default" : c.source.string(), mqtt);
 }
 
 int Daemon::run() {
@@ -197,8 +211,12 @@ void Daemon::reload() {
     notify::ready(statusLine());
     return;
   }
-  // Everything checked: swap the snapshots in one step.
+  // Everything checked: swap the snapshots in one step. Sessions already running keep the
+  // snapshot they started with; listener and upstream settings take effect at restart.
   current_ = std::move(*next);
+  if (mqtt_) {
+    mqtt_->setDefaultCredentials(current_.defaultCredentials);
+  }
   ++reloads_;
   sink_->reconfigure(current_.config->events);
   scheduleSummaries();

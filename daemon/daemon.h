@@ -11,6 +11,7 @@
 
 #include "daemon/config.h"
 #include "daemon/event_sink.h"
+#include "daemon/mqtt_service.h"
 #include "policy/credentials.h"
 #include "policy/policy_set.h"
 #include "protocols/io/reactor.h"
@@ -55,6 +56,7 @@ private:
   Snapshot current_;
   std::unique_ptr<io::Reactor> reactor_;
   std::unique_ptr<EventSink> sink_;
+  std::unique_ptr<MqttService> mqtt_;
   io::UniqueFd signalFd_;
   std::optional<io::Reactor::TimerId> summaryTimer_;
   unsigned reloads_ = 0;

@@ -68,6 +68,9 @@ MosquittoUpstream::~MosquittoUpstream() {
 }
 
 void MosquittoUpstream::syncSocket() {
+  if (parked_) {
+    return;
+  }
   const int fd = mosquitto_socket(mosq_);
   if (registeredFd_ >= 0 && (fd != registeredFd_ || !reactor_.watching(fd))) {
     // libmosquitto closed it; the kernel has already dropped it from epoll.
@@ -100,13 +103,34 @@ void MosquittoUpstream::syncSocket() {
 }
 
 void MosquittoUpstream::onEvents(uint32_t events) {
+  int rc = MOSQ_ERR_SUCCESS;
   if ((events & (EPOLLIN | EPOLLERR | EPOLLHUP)) != 0) {
-    mosquitto_loop_read(mosq_, 1);
+    rc = mosquitto_loop_read(mosq_, 1);
   }
-  if ((events & EPOLLOUT) != 0 && mosquitto_socket(mosq_) >= 0) {
-    mosquitto_loop_write(mosq_, 1);
+  if (rc == MOSQ_ERR_SUCCESS && (events & EPOLLOUT) != 0 && mosquitto_socket(mosq_) >= 0) {
+    rc = mosquitto_loop_write(mosq_, 1);
+  }
+  if (!connected_ && mosquitto_socket(mosq_) >= 0 &&
+      (rc != MOSQ_ERR_SUCCESS || (events & (EPOLLERR | EPOLLHUP)) != 0)) {
+    // A connect that failed in its TLS phase: libmosquitto 2.0.11 neither closes the socket nor
+    // calls on_disconnect (loop_read returns net__socket_connect_tls's error as it is), so the
+    // socket would stay readable forever. Park it; the next reconnect closes it.
+    park();
+    scheduleReconnect(Clock::now());
+    if (!closeRequested_) {
+      observer_.upstreamConnected(false, rc);
+    }
+    return;
   }
   syncSocket();
+}
+
+void MosquittoUpstream::park() {
+  if (registeredFd_ >= 0) {
+    reactor_.remove(registeredFd_);
+    registeredFd_ = -1;
+  }
+  parked_ = true;
 }
 
 void MosquittoUpstream::scheduleReconnect(Clock::time_point now) {
@@ -123,13 +147,15 @@ void MosquittoUpstream::service(Clock::time_point now) {
   if (closing_) {
     return;
   }
+  finishIfDrained();
+  if (closing_) {
+    return;
+  }
   if (reconnectAt_ && now >= *reconnectAt_) {
     reconnectAt_.reset();
-    if (registeredFd_ >= 0) {
-      // reconnect closes the old socket and may open the new one under the same number.
-      reactor_.remove(registeredFd_);
-      registeredFd_ = -1;
-    }
+    // reconnect closes the old socket and may open the new one under the same number.
+    park();
+    parked_ = false;
     if (mosquitto_reconnect_async(mosq_) != MOSQ_ERR_SUCCESS) {
       scheduleReconnect(now);
     }
@@ -142,6 +168,15 @@ void MosquittoUpstream::service(Clock::time_point now) {
 bool MosquittoUpstream::publish(const upstream::Publish& p) {
   if (p.qos > 0 && pending_.size() >= settings_.maxQueued) {
     return false;
+  }
+  if (p.qos == 0 && !connected_) {
+    // libmosquitto drops QoS 0 while disconnected; the session has only just been opened (or
+    // the broker is coming back), so hold a bounded number until the CONNACK.
+    if (waiting_.size() >= settings_.maxQueued) {
+      return false;
+    }
+    waiting_.push_back(p);
+    return true;
   }
   int mid = 0;
   const int rc = mosquitto_publish(mosq_, &mid, p.topic.c_str(), static_cast<int>(p.payload.size()),
@@ -176,13 +211,32 @@ void MosquittoUpstream::unsubscribe(const std::string& filter) {
 }
 
 void MosquittoUpstream::close(bool publishWill) {
+  if (closeRequested_) {
+    return;
+  }
+  closeRequested_ = true;
+  publishWill_ = publishWill;
+  finishIfDrained();
+}
+
+bool MosquittoUpstream::drained() const {
+  return waiting_.empty() && pending_.empty() && !mosquitto_want_write(mosq_);
+}
+
+void MosquittoUpstream::finishIfDrained() {
+  if (!closeRequested_ || closing_ || !(drained() || !connected_)) {
+    return;
+  }
+  if (!connected_ && !waiting_.empty()) {
+    return; // still connecting: what the client sent goes first
+  }
   closing_ = true;
-  if (!publishWill && connected_) {
+  if (!publishWill_ && connected_) {
     mosquitto_disconnect(mosq_);
-    // Flush the DISCONNECT now; the object is destroyed at the end of this loop iteration.
     mosquitto_loop_write(mosq_, 1);
   }
   // Without DISCONNECT the broker sees the connection drop and publishes the will.
+  park();
 }
 
 void MosquittoUpstream::onConnect(mosquitto*, void* self, int rc) {
@@ -193,10 +247,17 @@ void MosquittoUpstream::onConnect(mosquitto*, void* self, int rc) {
     for (const auto& [filter, qos] : u->subscriptions_) {
       mosquitto_subscribe(u->mosq_, nullptr, filter.c_str(), qos);
     }
+    for (const auto& p : u->waiting_) {
+      mosquitto_publish(u->mosq_, nullptr, p.topic.c_str(), static_cast<int>(p.payload.size()),
+                        p.payload.data(), 0, p.retain);
+    }
+    u->waiting_.clear();
   } else {
     u->scheduleReconnect(Clock::now());
   }
-  u->observer_.upstreamConnected(rc == 0, rc);
+  if (!u->closeRequested_) {
+    u->observer_.upstreamConnected(rc == 0, rc);
+  }
 }
 
 void MosquittoUpstream::onDisconnect(mosquitto*, void* self, int rc) {
@@ -204,7 +265,9 @@ void MosquittoUpstream::onDisconnect(mosquitto*, void* self, int rc) {
   u->connected_ = false;
   if (!u->closing_) {
     u->scheduleReconnect(Clock::now());
-    u->observer_.upstreamConnected(false, rc);
+    if (!u->closeRequested_) {
+      u->observer_.upstreamConnected(false, rc);
+    }
   }
 }
 
@@ -216,12 +279,14 @@ void MosquittoUpstream::onPublish(mosquitto*, void* self, int mid) {
   }
   const uint64_t token = it->second;
   u->pending_.erase(it);
-  u->observer_.upstreamAcked(token);
+  if (!u->closeRequested_) {
+    u->observer_.upstreamAcked(token);
+  }
 }
 
 void MosquittoUpstream::onMessage(mosquitto*, void* self, const mosquitto_message* msg) {
   auto* u = static_cast<MosquittoUpstream*>(self);
-  if (msg == nullptr || msg->topic == nullptr || msg->payloadlen < 0) {
+  if (u->closeRequested_ || msg == nullptr || msg->topic == nullptr || msg->payloadlen < 0) {
     return;
   }
   u->observer_.upstreamMessage(

@@ -15,6 +15,7 @@
 #include <set>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "protocols/io/reactor.h"
 #include "protocols/mqtt/session.h"
@@ -59,9 +60,12 @@ public:
   bool publish(const upstream::Publish& p);
   void subscribe(const std::string& filter, uint8_t qos);
   void unsubscribe(const std::string& filter);
-  // Ends the session: with a DISCONNECT (the broker discards the will), or by closing the
-  // connection (the broker publishes the will).
+  // Ends the session once what the client sent has reached the broker: then with a DISCONNECT
+  // (the broker discards the will), or by closing the connection (the broker publishes the
+  // will). The observer hears nothing more after this call.
   void close(bool publishWill);
+  // Closed, and nothing left to send: the object may be destroyed.
+  [[nodiscard]] bool finished() const { return closing_; }
 
   // Keepalive, reconnect timer, write interest. Call a few times a second.
   void service(Clock::time_point now);
@@ -79,6 +83,9 @@ private:
 
   void onEvents(uint32_t events);
   void syncSocket();
+  void park();
+  [[nodiscard]] bool drained() const;
+  void finishIfDrained();
   void scheduleReconnect(Clock::time_point now);
 
   io::Reactor& reactor_;
@@ -88,10 +95,14 @@ private:
   int registeredFd_ = -1;
   bool wantWrite_ = false;
   bool connected_ = false;
-  bool closing_ = false;
+  bool closing_ = false;        // finished: nothing more will be sent
+  bool closeRequested_ = false; // the client is gone; drain, then finish
+  bool publishWill_ = false;
+  bool parked_ = false;         // socket not watched until the next reconnect
   int attempts_ = 0;
   std::optional<Clock::time_point> reconnectAt_;
   std::map<int, uint64_t> pending_;                  // mid → token of a QoS > 0 publish
+  std::vector<upstream::Publish> waiting_;           // QoS 0 held until connected
   std::map<std::string, uint8_t> subscriptions_;     // re-subscribed after each reconnect
   std::mt19937 rng_{std::random_device{}()};
 };

@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#pragma once
+
+// The MQTT capability wired into the daemon: the device-side listeners, one Session and one
+// upstream per client, limits on connections, and the events the sessions report.
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "daemon/config.h"
+#include "daemon/event_sink.h"
+#include "policy/credentials.h"
+#include "policy/policy_set.h"
+#include "policy/rate_limit.h"
+#include "protocols/io/reactor.h"
+#include "protocols/io/socket.h"
+#include "protocols/mqtt/session.h"
+#include "protocols/mqtt/upstream.h"
+
+namespace iotgw::daemon {
+
+struct MqttStats {
+  uint64_t accepted = 0;
+  uint64_t refusedByLimits = 0;
+  uint64_t forwarded = 0;
+  uint64_t denied = 0;
+  uint64_t malformed = 0;
+  uint64_t delivered = 0;
+};
+
+class MqttService {
+public:
+  using PolicySource = std::function<std::shared_ptr<const policy::PolicySet>()>;
+
+  MqttService(io::Reactor& reactor, EventSink& sink, std::shared_ptr<const Config> config,
+              PolicySource policies, std::shared_ptr<const policy::DefaultCredentials> defaults);
+  MqttService(const MqttService&) = delete;
+  MqttService& operator=(const MqttService&) = delete;
+  ~MqttService();
+
+  // Binds the device-side listeners; the error names the address that failed.
+  [[nodiscard]] std::string start();
+  // New sessions use the new credentials list; running ones keep the snapshot they started with.
+  void setDefaultCredentials(std::shared_ptr<const policy::DefaultCredentials> d) {
+    defaults_ = std::move(d);
+  }
+  [[nodiscard]] size_t connections() const { return connections_.size(); }
+  [[nodiscard]] const MqttStats& stats() const { return stats_; }
+  [[nodiscard]] std::vector<uint16_t> boundPorts() const;
+
+private:
+  struct Connection;
+
+  void onAccept(int listenFd);
+  void onClientEvents(Connection& c, uint32_t events);
+  void apply(Connection& c, mqtt::Effects& e);
+  void flush(Connection& c);
+  void closeConnection(Connection& c, bool publishWill);
+  void tick();
+  void sweep();
+
+  io::Reactor& reactor_;
+  EventSink& sink_;
+  std::shared_ptr<const Config> config_;
+  PolicySource policies_;
+  std::shared_ptr<const policy::DefaultCredentials> defaults_;
+  policy::AuthThrottle throttle_;
+  std::vector<io::UniqueFd> listeners_;
+  std::map<Connection*, std::unique_ptr<Connection>> connections_;
+  // Upstreams whose client has gone but which still deliver what it sent (bounded in time).
+  std::vector<std::pair<std::unique_ptr<mqtt::MosquittoUpstream>, mqtt::Clock::time_point>> draining_;
+  std::map<std::string, uint32_t> perSource_;
+  std::optional<io::Reactor::TimerId> timer_;
+  MqttStats stats_;
+};
+
+} // namespace iotgw::daemon

@@ -1,0 +1,134 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""A real mosquitto broker with a mutual-TLS listener, and certificates made at test time."""
+import os
+import socket
+import subprocess
+import time
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+class Pki:
+    """A CA, a broker certificate for 127.0.0.1, client certificates, and a rogue CA."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        os.makedirs(directory, exist_ok=True)
+        self._ca("ca")
+        self._ca("rogue-ca")
+        self.server = self._leaf("broker", "ca", "localhost", san="DNS:localhost,IP:127.0.0.1", server=True)
+        self.gateway = self._leaf("gateway", "ca", "iotgw-gateway")
+        self.app = self._leaf("app", "ca", "companion-app")
+        self.rogue = self._leaf("rogue", "rogue-ca", "companion-app")
+        self.ca = os.path.join(directory, "ca.crt")
+
+    def _ca(self, name):
+        openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{name}.key", cwd=self.dir)
+        openssl("req", "-x509", "-new", "-key", f"{name}.key", "-sha256", "-days", "2", "-subj",
+                f"/CN={name}", "-out", f"{name}.crt", cwd=self.dir)
+
+    def _leaf(self, name, ca, cn, san=None, server=False):
+        openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{name}.key", cwd=self.dir)
+        openssl("req", "-new", "-key", f"{name}.key", "-subj", f"/CN={cn}", "-out", f"{name}.csr", cwd=self.dir)
+        ext = os.path.join(self.dir, f"{name}.ext")
+        with open(ext, "w") as f:
+            f.write("basicConstraints=CA:FALSE\n")
+            f.write(f"extendedKeyUsage={'serverAuth' if server else 'clientAuth'}\n")
+            if san:
+                f.write(f"subjectAltName={san}\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+                "-CAcreateserial", "-days", "2", "-sha256", "-extfile", ext, "-out", f"{name}.crt", cwd=self.dir)
+        return (os.path.join(self.dir, f"{name}.crt"), os.path.join(self.dir, f"{name}.key"))
+
+
+class Broker:
+    """mosquitto with one listener on 127.0.0.1 that requires client certificates."""
+
+    def __init__(self, directory, pki, port=None):
+        self.dir = directory
+        self.pki = pki
+        self.port = port or free_port()
+        self.conf = os.path.join(directory, "mosquitto.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"""per_listener_settings false
+user root
+allow_anonymous true
+persistence false
+log_dest stderr
+log_type error
+log_type warning
+listener {self.port} 127.0.0.1
+cafile {pki.ca}
+certfile {pki.server[0]}
+keyfile {pki.server[1]}
+require_certificate true
+tls_version tlsv1.2
+""")
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.log = open(os.path.join(self.dir, "mosquitto.log"), "a")
+        self.proc = subprocess.Popen(["mosquitto", "-c", self.conf], stdout=self.log, stderr=self.log)
+        if not wait_port(self.port):
+            raise RuntimeError("mosquitto did not start: " + open(self.log.name).read())
+
+    def stop(self, sig=None):
+        if self.proc and self.proc.poll() is None:
+            if sig:
+                self.proc.send_signal(sig)
+            else:
+                self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.log.close()
+
+    def tls_args(self, who=None):
+        cert, key = who or self.pki.app
+        return ["-h", "127.0.0.1", "-p", str(self.port), "--cafile", self.pki.ca, "--cert", cert, "--key", key]
+
+
+class Subscriber:
+    """mosquitto_sub at the broker (over mutual TLS), collecting `topic payload` lines."""
+
+    def __init__(self, broker, topic, directory, qos=1):
+        self.out = os.path.join(directory, f"sub-{time.time_ns()}.txt")
+        self.f = open(self.out, "w")
+        self.proc = subprocess.Popen(["mosquitto_sub", *broker.tls_args(), "-t", topic, "-v", "-q", str(qos)],
+                                     stdout=self.f, stderr=subprocess.STDOUT)
+        time.sleep(0.5)  # let the SUBSCRIBE reach the broker
+
+    def lines(self):
+        self.f.flush()
+        return open(self.out).read().splitlines()
+
+    def wait_for(self, text, timeout=5.0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if any(text in line for line in self.lines()):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=5)
+        self.f.close()
