@@ -132,8 +132,143 @@ sleep 0.5
 journalctl --no-pager -o cat MESSAGE_ID=ea544e8e870e44f3ac4cde967ee935ae | sed 's/^/    journal: /'
 row "iotgwd still running" "$(kill -0 "$gwpid" 2>/dev/null && echo yes || echo NO)"
 rm /etc/iotgw/iotgw.toml
+kill -TERM "$gwpid"
+wait "$gwpid" && rc=0 || rc=$?
+bold "iotgwd (built-in default) stopped (exit code $rc)"
+journalctl --no-pager -o cat MESSAGE_ID=34de99166a50412092525355db56601a | sed 's/^/    journal: /'
+
+# --- part 2: the MQTT proxy with a configuration: the hub's broker behind mutual TLS
+bold "iotgwd as the thermostat's MQTT server, re-originating over mutual TLS to the hub's broker"
+pki=$work/pki
+mkdir -p "$pki"
+(
+  cd "$pki"
+  for ca in ca; do
+    openssl ecparam -name prime256v1 -genkey -noout -out $ca.key
+    openssl req -x509 -new -key $ca.key -sha256 -days 1 -subj "/CN=demo-hub-ca" -out $ca.crt
+  done
+  leaf() { # name cn ext
+    openssl ecparam -name prime256v1 -genkey -noout -out "$1.key"
+    openssl req -new -key "$1.key" -subj "/CN=$2" -out "$1.csr"
+    printf '%s\n' "$3" > "$1.ext"
+    openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -sha256 \
+      -extfile "$1.ext" -out "$1.crt"
+  }
+  leaf broker localhost "subjectAltName=IP:127.0.0.1"
+  leaf gateway iotgw-gateway "extendedKeyUsage=clientAuth"
+  leaf app companion-app "extendedKeyUsage=clientAuth"
+) >/dev/null 2>&1
+cat > "$work/mosquitto.conf" <<CONF
+user root
+allow_anonymous true
+persistence false
+log_dest stderr
+log_type error
+listener 8883 127.0.0.1
+cafile $pki/ca.crt
+certfile $pki/broker.crt
+keyfile $pki/broker.key
+require_certificate true
+CONF
+ip netns exec iotgw-gw mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
+pids+=($!)
+cat > /etc/iotgw/iotgw.toml <<CONF
+[device_segment]
+interfaces = ["gw-iot"]
+subnets = ["192.168.50.0/24"]
+
+[listeners.mqtt]
+addresses = ["192.168.50.1"]
+
+[upstream]
+host = "127.0.0.1"
+port = 8883
+ca_file = "$pki/ca.crt"
+certificate = "$pki/gateway.crt"
+private_key = "$pki/gateway.key"
+CONF
+mkdir -p /etc/iotgw/devices.d
+cp "$work/devices.d/thermo-01.toml" /etc/iotgw/devices.d/
+row "iotgwd --check-config" "$("$iotgwd" --check-config 2>&1)"
+: > "$work/notify.log"
+ip netns exec iotgw-gw env NOTIFY_SOCKET="$notify" "$iotgwd" >"$work/iotgwd2.out" 2>&1 &
+gwpid=$!
+pids+=($gwpid)
+for _ in $(seq 100); do grep -aq "MQTT on port" "$work/notify.log" && break; sleep 0.05; done
+row "sd_notify" "$(grep -a READY=1 "$work/notify.log" | tail -1 | tr -d '\0')"
+
+app_tls=(-h 127.0.0.1 -p 8883 --cafile "$pki/ca.crt" --cert "$pki/app.crt" --key "$pki/app.key")
+ip netns exec iotgw-gw mosquitto_sub "${app_tls[@]}" -t 'devices/#' -v >"$work/app.txt" 2>&1 &
+pids+=($!)
+sleep 0.5
+
+# The thermostat: one MQTT client (paho), as a real device has one connection.
+cat > "$work/device.py" <<'PY'
+import sys, time
+import paho.mqtt.client as paho
+
+def connect(user, password):
+    c = paho.Client(client_id="thermo-01", protocol=paho.MQTTv311)
+    c.username_pw_set(user, password)
+    result = {}
+    c.on_connect = lambda cl, u, f, rc: result.setdefault("rc", rc)
+    c.connect("192.168.50.1", 1883, keepalive=30)
+    c.loop_start()
+    for _ in range(100):
+        if "rc" in result:
+            break
+        time.sleep(0.05)
+    return c, result.get("rc")
+
+c, rc = connect("root", "xc3511")
+print("login root/xc3511:", paho.connack_string(rc) if rc is not None else "no answer", flush=True)
+c.loop_stop()
+c, rc = connect("thermo", "demo-password")
+print("login thermo/<its password>:", paho.connack_string(rc), flush=True)
+commands = []
+c.on_message = lambda cl, u, m: commands.append(m.payload.decode(errors="replace"))
+c.subscribe("devices/thermo-01/cmd/#", qos=1)
+for topic, payload in [("devices/thermo-01/telemetry/temp", '{"t":21.5,"unit":"C"}'),
+                       ("devices/door-lock/cmd/open", "1"),
+                       ("devices/thermo-01/telemetry/temp", '{"t":900,"unit":"C"}')]:
+    info = c.publish(topic, payload, qos=1)
+    info.wait_for_publish()
+    print(f"publish {topic} {payload}: acknowledged by the gateway", flush=True)
+print("subscribed", flush=True)
+time.sleep(3)
+for cmd in commands:
+    print("command received:", cmd, flush=True)
+c.loop_stop()
+c.disconnect()
+PY
+ip netns exec iotgw-dev /usr/bin/python3 "$work/device.py" >"$work/device.txt" 2>&1 &
+devpid=$!
+pids+=($devpid)
+for _ in $(seq 100); do grep -q subscribed "$work/device.txt" && break; sleep 0.1; done
+ip netns exec iotgw-gw mosquitto_pub "${app_tls[@]}" -t devices/thermo-01/cmd/setpoint -m '{"t":20}' -q 1
+ip netns exec iotgw-gw mosquitto_pub "${app_tls[@]}" -t devices/thermo-01/cmd/setpoint -m 'AAAA%n%n%n-overflow' -q 1
+wait "$devpid" || true
+echo "  the thermostat (a plaintext MQTT client on the device segment):"
+grep -v subscribed "$work/device.txt" | sed 's/^/    /'
+arrived() { grep -qF -- "$2" "$1" && echo "arrived" || echo "never arrived"; }
+echo "  at the broker (an app subscribed to devices/# over mutual TLS):"
+row "  reading {\"t\":21.5}" "$(arrived "$work/app.txt" '{"t":21.5,"unit":"C"}')"
+row "  devices/door-lock/cmd/open (another device's topic)" "$(arrived "$work/app.txt" 'door-lock')"
+row "  reading {\"t\":900} (out of range)" "$(arrived "$work/app.txt" '"t":900')"
+echo "  at the thermostat (commands from the broker, checked by iotgwd):"
+row "  command {\"t\":20}" "$(arrived "$work/device.txt" 'command received: {"t":20}')"
+row "  command 'AAAA%n%n%n-overflow' (not JSON)" "$(arrived "$work/device.txt" 'AAAA')"
+echo "  journal (security events of this run, as journalctl -o json shows them):"
+journalctl --no-pager -o json SYSLOG_IDENTIFIER=iotgwd | python3 -c '
+import json, sys
+for line in sys.stdin:
+    e = json.loads(line)
+    if e.get("IOTGW_EVENT") in ("daemon-started", "daemon-stopping", "config-rejected"):
+        continue
+    print("    {:<27} device={:<10} provision={:<7} rule={:<24} {}".format(
+        e.get("IOTGW_EVENT", ""), e.get("IOTGW_DEVICE", "-"), e.get("IOTGW_PROVISION", ""),
+        e.get("IOTGW_RULE", ""), e.get("MESSAGE", "")))'
 
 kill -TERM "$gwpid"
 wait "$gwpid" && rc=0 || rc=$?
 bold "iotgwd stopped (exit code $rc)"
-journalctl --no-pager -o cat MESSAGE_ID=34de99166a50412092525355db56601a | sed 's/^/    journal: /'
