@@ -271,10 +271,16 @@ private:
   }
 
   void crossCheck(const toml::table& root, const Config& c) {
-    if (c.mqtt.enabled && !c.upstream.enabled) {
-      const toml::node* at = root["listeners"]["mqtt"].node();
+    for (const char* name : {"mqtt", "mqtt_tls"}) {
+      const bool enabled = std::string_view(name) == "mqtt" ? c.mqtt.enabled : c.mqttTls.enabled;
+      if (!enabled || c.upstream.enabled) {
+        continue;
+      }
+      const toml::node* at = root["listeners"][name].node();
       diags_.push_back(Diagnostic{source_, at->source().begin.line, at->source().begin.column,
-                                  "'listeners.mqtt' forwards to a broker: configure [upstream]"});
+                                  fmt::format("'listeners.{}' forwards to a broker: configure "
+                                              "[upstream]",
+                                              name)});
     }
     for (const auto& [node, address, listenerPath] : pendingDeviceSide_) {
       const bool inSegment = std::ranges::any_of(

@@ -114,7 +114,7 @@ std::string Daemon::setUp() {
   }
   scheduleSummaries();
 
-  if (config.mqtt.enabled) {
+  if (config.mqtt.enabled || config.mqttTls.enabled) {
     mqtt_ = std::make_unique<MqttService>(
         *reactor_, *sink_, current_.config, [this] { return current_.policies; },
         current_.defaultCredentials);
@@ -211,8 +211,22 @@ void Daemon::reload() {
     notify::ready(statusLine());
     return;
   }
+  // The TLS context (certificate, CA, CRL) is rebuilt too; if that fails nothing changes.
+  if (mqtt_) {
+    if (auto err = mqtt_->reloadTls(*next->config); !err.empty()) {
+      Event e;
+      e.type = EventType::ConfigRejected;
+      e.protocol = "config";
+      e.action = "keep-running-config";
+      e.rule = err;
+      e.message = "reload rejected; the running configuration stays in force: " + err;
+      sink_->emit(e);
+      notify::ready(statusLine());
+      return;
+    }
+  }
   // Everything checked: swap the snapshots in one step. Sessions already running keep the
-  // snapshot they started with; listener and upstream settings take effect at restart.
+  // snapshot they started with; listener and upstream addresses take effect at restart.
   current_ = std::move(*next);
   if (mqtt_) {
     mqtt_->setDefaultCredentials(current_.defaultCredentials);

@@ -20,35 +20,37 @@ constexpr size_t kMaxOutput = 4 * 1024 * 1024; // a client that does not read is
 } // namespace
 
 struct MqttService::Connection final : mqtt::UpstreamObserver {
-  Connection(MqttService& s, io::Accepted a, mqtt::SessionSettings settings,
-             std::shared_ptr<const policy::PolicySet> policies)
-      : service(s), fd(std::move(a.fd)), source(a.address.str()), label(a.label()),
-        session(std::move(settings), std::move(policies), s.defaults_, s.throttle_,
-                mqtt::PeerInfo{a.address, a.label(), std::nullopt}, Clock::now()) {}
+  Connection(MqttService& s, io::Accepted a)
+      : service(s), fd(std::move(a.fd)), address(a.address), source(a.address.str()),
+        label(a.label()), accepted(Clock::now()) {}
 
   void upstreamAcked(uint64_t token) override {
     mqtt::Effects e;
-    session.upstreamAcked(token, e);
+    session->upstreamAcked(token, e);
     service.apply(*this, e);
   }
   void upstreamMessage(const std::string& topic, std::span<const uint8_t> payload, uint8_t qos,
                        bool retain) override {
     mqtt::Effects e;
-    session.deliver(topic, payload, qos, retain, e);
+    session->deliver(topic, payload, qos, retain, e);
     service.apply(*this, e);
   }
   void upstreamConnected(bool, int) override {}
 
   MqttService& service;
   io::UniqueFd fd;
+  policy::IpAddress address;
   std::string source;
   std::string label;
-  mqtt::Session session;
+  Clock::time_point accepted;
+  std::unique_ptr<tls::ServerStream> tls; // null on the plaintext listener
+  bool handshaking = false;
+  std::unique_ptr<mqtt::Session> session; // created once the transport is ready
   std::unique_ptr<mqtt::MosquittoUpstream> upstream;
   std::vector<uint8_t> output;
   bool closeAfterFlush = false;
   bool dead = false;
-  bool writeArmed = false;
+  uint32_t armed = 0;
 };
 
 MqttService::MqttService(io::Reactor& reactor, EventSink& sink, std::shared_ptr<const Config> config,
@@ -71,19 +73,45 @@ MqttService::~MqttService() {
   }
 }
 
+std::string MqttService::reloadTls(const Config& config) {
+  if (!config.mqttTls.enabled) {
+    return {};
+  }
+  const auto& l = config.mqttTls;
+  auto ctx = tls::ServerContext::create(
+      {l.certificate.string(), l.privateKey.string(), l.caFile.string(), l.crlFile.string()});
+  if (!ctx) {
+    return "mutual-TLS listener: " + ctx.error();
+  }
+  tlsContext_ = std::move(*ctx);
+  return {};
+}
+
 std::string MqttService::start() {
-  const auto& l = config_->mqtt;
-  for (const auto& address : l.addresses) {
-    auto fd = io::listenTcp(address, l.port);
-    if (!fd) {
-      return fmt::format("cannot listen on {} port {}: {}", address.str(), l.port,
-                         fd.error().message());
+  struct Bind {
+    const ListenerConfig* listener;
+    bool tls;
+  };
+  if (auto err = reloadTls(*config_); !err.empty()) {
+    return err;
+  }
+  for (const Bind& b : {Bind{&config_->mqtt, false}, Bind{&config_->mqttTls, true}}) {
+    if (!b.listener->enabled) {
+      continue;
     }
-    const int raw = fd->get();
-    if (auto ec = reactor_.add(raw, EPOLLIN, [this, raw](uint32_t) { onAccept(raw); })) {
-      return "cannot watch the MQTT listener: " + ec.message();
+    for (const auto& address : b.listener->addresses) {
+      auto fd = io::listenTcp(address, b.listener->port);
+      if (!fd) {
+        return fmt::format("cannot listen on {} port {}: {}", address.str(), b.listener->port,
+                           fd.error().message());
+      }
+      const int raw = fd->get();
+      const bool tls = b.tls;
+      if (auto ec = reactor_.add(raw, EPOLLIN, [this, raw, tls](uint32_t) { onAccept(raw, tls); })) {
+        return "cannot watch an MQTT listener: " + ec.message();
+      }
+      listeners_.push_back(std::move(*fd));
     }
-    listeners_.push_back(std::move(*fd));
   }
   auto t = reactor_.addTimer(std::chrono::milliseconds(100), std::chrono::milliseconds(100),
                              [this] { tick(); });
@@ -102,7 +130,7 @@ std::vector<uint16_t> MqttService::boundPorts() const {
   return ports;
 }
 
-void MqttService::onAccept(int listenFd) {
+void MqttService::onAccept(int listenFd, bool tls) {
   const auto& limits = config_->limits;
   for (int i = 0; i < 64; ++i) { // bounded work per wake-up
     auto a = io::acceptTcp(listenFd);
@@ -110,36 +138,109 @@ void MqttService::onAccept(int listenFd) {
       return; // EAGAIN, or a transient error such as EMFILE: try again on the next event
     }
     const std::string source = a->address.str();
-    if (connections_.size() >= limits.maxConnections ||
-        perSource_[source] >= limits.maxConnectionsPerSource) {
+    const char* limit = nullptr;
+    if (connections_.size() >= limits.maxConnections) {
+      limit = "limits.max_connections";
+    } else if (perSource_[source] >= limits.maxConnectionsPerSource) {
+      limit = "limits.max_connections_per_source";
+    } else if (tls && handshakes_ >= limits.maxHandshakes) {
+      limit = "limits.max_handshakes";
+    }
+    if (limit != nullptr) {
       ++stats_.refusedByLimits;
       Event e;
       e.type = EventType::RateLimited;
       e.peer = a->label();
-      e.protocol = "mqtt";
+      e.protocol = tls ? "mqtts" : "mqtt";
       e.provision = "5.9-3";
-      e.rule = connections_.size() >= limits.maxConnections ? "limits.max_connections"
-                                                            : "limits.max_connections_per_source";
+      e.rule = limit;
       e.action = "refuse";
-      e.message = "connection refused: connection limit reached";
+      e.message = "connection refused: limit reached";
       sink_.emit(std::move(e));
       continue; // the accepted descriptor closes here
     }
     ++stats_.accepted;
     ++perSource_[source];
-    mqtt::SessionSettings settings;
-    settings.maxPacketBytes = limits.maxPacketBytes;
-    settings.connectTimeout = limits.connectTimeout;
-    settings.maxQueuedToClient = limits.maxQueuedMessages;
-    settings.upstreamClientIdPrefix = config_->upstream.clientIdPrefix;
-    auto c = std::make_unique<Connection>(*this, std::move(*a), settings, policies_());
+    auto c = std::make_unique<Connection>(*this, std::move(*a));
     Connection* raw = c.get();
-    if (reactor_.add(raw->fd.get(), EPOLLIN | EPOLLRDHUP,
+    if (tls) {
+      auto stream = tls::ServerStream::create(tlsContext_, raw->fd.get());
+      if (!stream) {
+        --perSource_[source];
+        continue;
+      }
+      raw->tls = std::move(*stream);
+      raw->handshaking = true;
+      ++handshakes_;
+    } else {
+      startSession(*raw);
+    }
+    raw->armed = EPOLLIN | EPOLLRDHUP;
+    if (reactor_.add(raw->fd.get(), raw->armed,
                      [this, raw](uint32_t ev) { onClientEvents(*raw, ev); })) {
       --perSource_[source];
+      if (raw->handshaking) {
+        --handshakes_;
+      }
       continue;
     }
     connections_.emplace(raw, std::move(c));
+  }
+}
+
+void MqttService::startSession(Connection& c) {
+  const auto& limits = config_->limits;
+  mqtt::SessionSettings settings;
+  settings.maxPacketBytes = limits.maxPacketBytes;
+  settings.connectTimeout = limits.connectTimeout;
+  settings.maxQueuedToClient = limits.maxQueuedMessages;
+  settings.upstreamClientIdPrefix = config_->upstream.clientIdPrefix;
+  mqtt::PeerInfo peer{c.address, c.label, std::nullopt};
+  if (c.tls) {
+    // The identity comes from the verified certificate, never from packet contents.
+    peer.certificate = policy::CertificateFacts{c.tls->peer().commonName, c.tls->peer().subjectAltNames};
+  }
+  c.session = std::make_unique<mqtt::Session>(settings, policies_(), defaults_, throttle_,
+                                              std::move(peer), Clock::now());
+}
+
+void MqttService::onHandshake(Connection& c) {
+  const tls::IoStatus st = c.tls->handshake();
+  switch (st) {
+  case tls::IoStatus::Ok:
+    c.handshaking = false;
+    --handshakes_;
+    startSession(c);
+    flush(c);      // back to plain read interest
+    readClient(c); // application data may have arrived with the last handshake flight
+    return;
+  case tls::IoStatus::WantRead:
+  case tls::IoStatus::WantWrite: {
+    // WolfSSL writes handshake records through the socket itself; watch for writability only
+    // when its non-blocking send could not finish.
+    const uint32_t events =
+        EPOLLIN | EPOLLRDHUP | (st == tls::IoStatus::WantWrite ? EPOLLOUT : 0u);
+    if (events != c.armed) {
+      (void)reactor_.modify(c.fd.get(), events);
+      c.armed = events;
+    }
+    return;
+  }
+  case tls::IoStatus::Closed:
+  case tls::IoStatus::Failed: {
+    ++stats_.tlsHandshakesFailed;
+    Event e;
+    e.type = EventType::AuthenticationFailed;
+    e.peer = c.label;
+    e.protocol = "mqtts";
+    e.rule = "tls.handshake";
+    e.provision = "5.5-4";
+    e.action = "refuse";
+    e.message = "TLS handshake failed: " + c.tls->lastError();
+    sink_.emit(std::move(e));
+    closeConnection(c, false);
+    return;
+  }
   }
 }
 
@@ -147,37 +248,68 @@ void MqttService::onClientEvents(Connection& c, uint32_t events) {
   if (c.dead) {
     return;
   }
+  if (c.handshaking) {
+    onHandshake(c);
+    sweep();
+    return;
+  }
   if ((events & EPOLLOUT) != 0) {
     flush(c);
     if (c.dead) {
+      sweep();
       return;
     }
   }
   if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0) {
-    uint8_t buf[kReadChunk];
-    const ssize_t n = ::read(c.fd.get(), buf, sizeof buf);
-    if (n > 0) {
-      mqtt::Effects e;
-      c.session.receive(std::span(buf, static_cast<size_t>(n)), Clock::now(), e);
-      apply(c, e);
-    } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
-      mqtt::Effects e;
-      c.session.connectionLost(e);
-      apply(c, e);
-      closeConnection(c, true);
-    }
+    readClient(c);
   }
   sweep();
+}
+
+void MqttService::readClient(Connection& c) {
+  uint8_t buf[kReadChunk];
+  // With TLS, read until WolfSSL wants more from the socket: it may hold decrypted records.
+  for (int round = 0; round < 16 && !c.dead; ++round) {
+    size_t n = 0;
+    bool eof = false;
+    if (c.tls) {
+      const auto st = c.tls->read(std::span(buf, sizeof buf), n);
+      if (st == tls::IoStatus::WantRead || st == tls::IoStatus::WantWrite) {
+        return;
+      }
+      eof = st != tls::IoStatus::Ok;
+    } else {
+      const ssize_t r = ::read(c.fd.get(), buf, sizeof buf);
+      if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
+        return;
+      }
+      eof = r <= 0;
+      n = r > 0 ? static_cast<size_t>(r) : 0;
+    }
+    if (eof) {
+      mqtt::Effects e;
+      c.session->connectionLost(e);
+      apply(c, e);
+      closeConnection(c, true);
+      return;
+    }
+    mqtt::Effects e;
+    c.session->receive(std::span(buf, n), Clock::now(), e);
+    apply(c, e);
+    if (!c.tls) {
+      return; // level-triggered epoll calls again if more is waiting
+    }
+  }
 }
 
 void MqttService::apply(Connection& c, mqtt::Effects& e) {
   for (auto& ev : e.events) {
     sink_.emit(std::move(ev));
   }
-  if (e.quarantineRequested && c.session.device() != nullptr) {
+  if (e.quarantineRequested && c.session->device() != nullptr) {
     Event q;
     q.type = EventType::DeviceQuarantined;
-    q.device = c.session.device()->id.str();
+    q.device = c.session->device()->id.str();
     q.peer = c.label;
     q.protocol = "mqtt";
     q.action = "request";
@@ -231,24 +363,42 @@ void MqttService::flush(Connection& c) {
   if (c.dead) {
     return;
   }
-  while (!c.output.empty()) {
-    const ssize_t n = ::write(c.fd.get(), c.output.data(), c.output.size());
-    if (n > 0) {
-      c.output.erase(c.output.begin(), c.output.begin() + n);
-      continue;
+  bool wantWrite = false;
+  while (!c.output.empty() && !c.handshaking) {
+    size_t n = 0;
+    if (c.tls) {
+      const auto st = c.tls->write(c.output, n);
+      if (st == tls::IoStatus::WantWrite || st == tls::IoStatus::WantRead) {
+        wantWrite = st == tls::IoStatus::WantWrite;
+        break;
+      }
+      if (st != tls::IoStatus::Ok) {
+        closeConnection(c, true);
+        return;
+      }
+    } else {
+      const ssize_t r = ::write(c.fd.get(), c.output.data(), c.output.size());
+      if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
+        wantWrite = true;
+        break;
+      }
+      if (r <= 0) {
+        closeConnection(c, true);
+        return;
+      }
+      n = static_cast<size_t>(r);
     }
-    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-      break;
-    }
-    closeConnection(c, true);
-    return;
+    c.output.erase(c.output.begin(), c.output.begin() + static_cast<std::ptrdiff_t>(n));
   }
-  const bool wantWrite = !c.output.empty();
-  if (wantWrite != c.writeArmed) {
-    (void)reactor_.modify(c.fd.get(), EPOLLIN | EPOLLRDHUP | (wantWrite ? EPOLLOUT : 0u));
-    c.writeArmed = wantWrite;
+  if (c.handshaking) {
+    return; // onHandshake arms the descriptor as WolfSSL asks
   }
-  if (!wantWrite && c.closeAfterFlush) {
+  const uint32_t events = EPOLLIN | EPOLLRDHUP | (wantWrite ? EPOLLOUT : 0u);
+  if (events != c.armed) {
+    (void)reactor_.modify(c.fd.get(), events);
+    c.armed = events;
+  }
+  if (c.output.empty() && c.closeAfterFlush) {
     closeConnection(c, true);
   }
 }
@@ -257,26 +407,33 @@ void MqttService::closeConnection(Connection& c, bool publishWill) {
   if (c.dead) {
     return;
   }
-  if (c.session.state() != mqtt::Session::State::Closed) {
+  if (c.session && c.session->state() != mqtt::Session::State::Closed) {
     mqtt::Effects e;
-    c.session.connectionLost(e);
+    c.session->connectionLost(e);
     for (auto& ev : e.events) {
       sink_.emit(std::move(ev));
     }
   }
   if (c.upstream) {
-    c.upstream->close(publishWill && c.session.state() == mqtt::Session::State::Closed);
+    c.upstream->close(publishWill);
   }
+  if (c.handshaking) {
+    --handshakes_;
+    c.handshaking = false;
+  }
+  c.tls.reset(); // before the socket closes: close_notify goes out if the session was up
   reactor_.remove(c.fd.get());
   c.fd = io::UniqueFd();
   c.dead = true;
   if (auto it = perSource_.find(c.source); it != perSource_.end() && --it->second == 0) {
     perSource_.erase(it);
   }
-  const auto& k = c.session.counters();
-  stats_.denied += k.publishesDenied + k.deliveriesDenied;
-  stats_.malformed += k.malformed;
-  stats_.delivered += k.deliveries;
+  if (c.session) {
+    const auto& k = c.session->counters();
+    stats_.denied += k.publishesDenied + k.deliveriesDenied;
+    stats_.malformed += k.malformed;
+    stats_.delivered += k.deliveries;
+  }
 }
 
 void MqttService::tick() {
@@ -285,8 +442,15 @@ void MqttService::tick() {
     if (c->dead) {
       continue;
     }
+    if (c->handshaking) {
+      if (now - c->accepted > config_->limits.handshakeTimeout) {
+        ++stats_.tlsHandshakesFailed;
+        closeConnection(*c, false);
+      }
+      continue;
+    }
     mqtt::Effects e;
-    c->session.tick(now, e);
+    c->session->tick(now, e);
     apply(*c, e);
     if (c->upstream && !c->dead) {
       c->upstream->service(now);

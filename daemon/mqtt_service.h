@@ -19,11 +19,13 @@
 #include "protocols/io/socket.h"
 #include "protocols/mqtt/session.h"
 #include "protocols/mqtt/upstream.h"
+#include "protocols/tls/server.h"
 
 namespace iotgw::daemon {
 
 struct MqttStats {
   uint64_t accepted = 0;
+  uint64_t tlsHandshakesFailed = 0;
   uint64_t refusedByLimits = 0;
   uint64_t forwarded = 0;
   uint64_t denied = 0;
@@ -41,8 +43,11 @@ public:
   MqttService& operator=(const MqttService&) = delete;
   ~MqttService();
 
-  // Binds the device-side listeners; the error names the address that failed.
+  // Binds the device-side and mutual-TLS listeners; the error names what failed.
   [[nodiscard]] std::string start();
+  // Builds a TLS context from `config` (certificate, key, CA, CRL) for new connections;
+  // connections already up keep theirs. On error nothing changes.
+  [[nodiscard]] std::string reloadTls(const Config& config);
   // New sessions use the new credentials list; running ones keep the snapshot they started with.
   void setDefaultCredentials(std::shared_ptr<const policy::DefaultCredentials> d) {
     defaults_ = std::move(d);
@@ -54,7 +59,10 @@ public:
 private:
   struct Connection;
 
-  void onAccept(int listenFd);
+  void onAccept(int listenFd, bool tls);
+  void onHandshake(Connection& c);
+  void startSession(Connection& c);
+  void readClient(Connection& c);
   void onClientEvents(Connection& c, uint32_t events);
   void apply(Connection& c, mqtt::Effects& e);
   void flush(Connection& c);
@@ -69,6 +77,8 @@ private:
   std::shared_ptr<const policy::DefaultCredentials> defaults_;
   policy::AuthThrottle throttle_;
   std::vector<io::UniqueFd> listeners_;
+  std::shared_ptr<tls::ServerContext> tlsContext_;
+  uint32_t handshakes_ = 0;
   std::map<Connection*, std::unique_ptr<Connection>> connections_;
   // Upstreams whose client has gone but which still deliver what it sent (bounded in time).
   std::vector<std::pair<std::unique_ptr<mqtt::MosquittoUpstream>, mqtt::Clock::time_point>> draining_;

@@ -16,7 +16,7 @@ packages="
   libnftnl-dev libmnl-dev nftables
   libsdbus-c++-dev libsdbus-c++-bin dbus-daemon
   libsystemd-dev systemd
-  iproute2 socat ncat nmap openssl python3 procps util-linux mount coreutils
+  iproute2 socat ncat nmap openssl sslscan python3 procps util-linux mount coreutils
 "
 
 missing=""

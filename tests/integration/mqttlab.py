@@ -40,6 +40,33 @@ class Pki:
         self.app = self._leaf("app", "ca", "companion-app")
         self.rogue = self._leaf("rogue", "rogue-ca", "companion-app")
         self.ca = os.path.join(directory, "ca.crt")
+        self.crl = None
+
+    def leaf(self, name, cn, san=None):
+        """Another client certificate from the CA."""
+        return self._leaf(name, "ca", cn, san=san)
+
+    def revoke(self, *names):
+        """Writes ca.crl revoking the named certificates (openssl ca with a throw-away database)."""
+        d = self.dir
+        open(os.path.join(d, "index.txt"), "w").close()
+        with open(os.path.join(d, "ca.cnf"), "w") as f:
+            f.write(f"""[ca]
+default_ca = demo
+[demo]
+database = {d}/index.txt
+crlnumber = {d}/crlnumber
+default_md = sha256
+default_crl_days = 2
+""")
+        with open(os.path.join(d, "crlnumber"), "w") as f:
+            f.write("01\n")
+        for n in names:
+            openssl("ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.crt", "-revoke", f"{n}.crt", cwd=d)
+        openssl("ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.crt", "-gencrl", "-out", "ca.crl.new", cwd=d)
+        os.replace(os.path.join(d, "ca.crl.new"), os.path.join(d, "ca.crl"))
+        self.crl = os.path.join(d, "ca.crl")
+        return self.crl
 
     def _ca(self, name):
         openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{name}.key", cwd=self.dir)

@@ -1,0 +1,87 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#pragma once
+
+// The mutual-TLS server side with WolfSSL: TLS 1.2 and 1.3 only, AEAD suites only, a client
+// certificate required and verified against the configured CA (and CRL), non-blocking on the
+// reactor's descriptors. No OpenSSL header may be included next to this one (libmosquitto and
+// libcoap bring OpenSSL into the same process).
+
+#include <cstdint>
+#include <expected>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+struct WOLFSSL_CTX;
+struct WOLFSSL;
+
+namespace iotgw::tls {
+
+struct ServerSettings {
+  std::string certificate; // PEM, with its chain
+  std::string privateKey;
+  std::string caFile;      // client certificates must chain to this
+  std::string crlFile;     // optional; reloaded with the context
+};
+
+// The AEAD-only suites offered: TLS 1.3's three, and TLS 1.2 ECDHE with GCM or ChaCha20-Poly1305.
+extern const char* const kCipherList;
+
+// An immutable server context. A reload builds a new one; connections keep the context they
+// started with (WolfSSL counts the references).
+class ServerContext {
+public:
+  [[nodiscard]] static std::expected<std::shared_ptr<ServerContext>, std::string>
+  create(const ServerSettings& settings);
+  ServerContext(const ServerContext&) = delete;
+  ServerContext& operator=(const ServerContext&) = delete;
+  ~ServerContext();
+  [[nodiscard]] WOLFSSL_CTX* raw() const { return ctx_; }
+
+private:
+  explicit ServerContext(WOLFSSL_CTX* ctx) : ctx_(ctx) {}
+  WOLFSSL_CTX* ctx_;
+};
+
+struct PeerIdentity {
+  std::string commonName;
+  std::vector<std::string> subjectAltNames; // DNS and URI names, in certificate order
+};
+
+enum class IoStatus { Ok, WantRead, WantWrite, Closed, Failed };
+
+// One TLS connection over a non-blocking socket the caller owns.
+class ServerStream {
+public:
+  [[nodiscard]] static std::expected<std::unique_ptr<ServerStream>, std::string>
+  create(std::shared_ptr<ServerContext> ctx, int fd);
+  ServerStream(const ServerStream&) = delete;
+  ServerStream& operator=(const ServerStream&) = delete;
+  ~ServerStream();
+
+  // Advances the handshake. Ok: done, and peer() is valid.
+  [[nodiscard]] IoStatus handshake();
+  [[nodiscard]] bool established() const { return established_; }
+  // Reads up to buf.size() bytes; `n` receives the count when Ok.
+  [[nodiscard]] IoStatus read(std::span<uint8_t> buf, size_t& n);
+  [[nodiscard]] IoStatus write(std::span<const uint8_t> buf, size_t& n);
+  [[nodiscard]] const PeerIdentity& peer() const { return peer_; }
+  // WolfSSL's error for the last failure, for events ("-188 ASN_NO_SIGNER_E").
+  [[nodiscard]] std::string lastError() const;
+  [[nodiscard]] std::string protocolVersion() const;
+  [[nodiscard]] std::string cipher() const;
+
+private:
+  ServerStream(std::shared_ptr<ServerContext> ctx, WOLFSSL* ssl) : ctx_(std::move(ctx)), ssl_(ssl) {}
+  IoStatus status(int ret);
+  void readPeer();
+
+  std::shared_ptr<ServerContext> ctx_;
+  WOLFSSL* ssl_;
+  bool established_ = false;
+  int lastError_ = 0;
+  PeerIdentity peer_;
+};
+
+} // namespace iotgw::tls
