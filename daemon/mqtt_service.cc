@@ -16,6 +16,16 @@ using policy::EventType;
 
 namespace {
 constexpr size_t kReadChunk = 64 * 1024;
+
+void add(mqtt::SessionCounters& to, const mqtt::SessionCounters& k) {
+  to.packetsIn += k.packetsIn;
+  to.publishesForwarded += k.publishesForwarded;
+  to.publishesDenied += k.publishesDenied;
+  to.deliveries += k.deliveries;
+  to.deliveriesDenied += k.deliveriesDenied;
+  to.malformed += k.malformed;
+  to.dropped += k.dropped;
+}
 constexpr size_t kMaxOutput = 4 * 1024 * 1024; // a client that does not read is cut off
 } // namespace
 
@@ -433,7 +443,20 @@ void MqttService::closeConnection(Connection& c, bool publishWill) {
     stats_.denied += k.publishesDenied + k.deliveriesDenied;
     stats_.malformed += k.malformed;
     stats_.delivered += k.deliveries;
+    if (c.session->device() != nullptr) {
+      add(closedCounters_[c.session->device()->id.str()], k);
+    }
   }
+}
+
+std::map<std::string, mqtt::SessionCounters> MqttService::deviceCounters() const {
+  auto all = closedCounters_;
+  for (const auto& [ptr, c] : connections_) {
+    if (!c->dead && c->session && c->session->device() != nullptr) {
+      add(all[c->session->device()->id.str()], c->session->counters());
+    }
+  }
+  return all;
 }
 
 void MqttService::tick() {

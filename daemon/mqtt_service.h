@@ -55,6 +55,8 @@ public:
   [[nodiscard]] size_t connections() const { return connections_.size(); }
   [[nodiscard]] const MqttStats& stats() const { return stats_; }
   [[nodiscard]] std::vector<uint16_t> boundPorts() const;
+  // Per device: what its sessions forwarded, refused and received (closed sessions and live ones).
+  [[nodiscard]] std::map<std::string, mqtt::SessionCounters> deviceCounters() const;
 
 private:
   struct Connection;
@@ -85,6 +87,7 @@ private:
   std::map<std::string, uint32_t> perSource_;
   std::optional<io::Reactor::TimerId> timer_;
   MqttStats stats_;
+  std::map<std::string, mqtt::SessionCounters> closedCounters_;
 };
 
 } // namespace iotgw::daemon

@@ -62,6 +62,9 @@ struct PayloadRule {
 };
 
 struct MqttRules {
+  // Prepended to every topic and filter on the broker side ("%d" = device id), stripped from
+  // what the broker delivers; the device keeps its own topic names. Empty: no mapping.
+  std::string upstreamPrefix;
   std::vector<std::string> publish;   // topic patterns the device may publish to
   std::vector<std::string> subscribe; // topic patterns it may subscribe to / receive from
   uint8_t maxQos = 1;

@@ -219,6 +219,24 @@ private:
       m.maxPayloadBytes = static_cast<uint32_t>(*b);
     }
     m.retainAllowed = r.boolean("retain").value_or(false);
+    if (auto prefix = r.string("upstream_prefix", Need::Optional, 1024)) {
+      // Checked with a sample id: "%d" must be a whole level, the rest a topic name, ending in '/'.
+      std::string sample = *prefix;
+      if (const size_t at = sample.find("%d"); at != std::string::npos) {
+        sample.replace(at, 2, "device");
+      }
+      const bool wholeLevel = prefix->find("%d") == std::string::npos ||
+                              ((prefix->find("%d") == 0 || (*prefix)[prefix->find("%d") - 1] == '/') &&
+                               prefix->substr(prefix->find("%d") + 2, 1) == "/");
+      if (prefix->empty() || prefix->back() != '/' || !wholeLevel ||
+          sample.find('%') != std::string::npos || validateTopicName(sample + "x")) {
+        r.error(*t.get("upstream_prefix"),
+                "'mqtt.upstream_prefix' must be a topic prefix ending in '/', without wildcards, "
+                "where \"%d\" (the device id) may stand as a whole level");
+      } else {
+        m.upstreamPrefix = *prefix;
+      }
+    }
     if (const auto* rate = r.table("rate")) {
       TableReader rr(*rate, "mqtt.rate", source_, diags_);
       const auto positive = [&](std::string_view key, double& out) {

@@ -221,6 +221,10 @@ void Session::onConnect(Connect&& c, Clock::time_point now, Effects& out) {
     clientReceiveMaximum_ = settings_.sendMaximum;
   }
   rate_ = makeRateLimiter(*device_, now);
+  upstreamPrefix_ = device_->mqttRules.upstreamPrefix;
+  if (const size_t at = upstreamPrefix_.find("%d"); at != std::string::npos) {
+    upstreamPrefix_.replace(at, 2, device_->id.str());
+  }
   state_ = State::Connected;
 
   Connack ack{false, 0, {}};
@@ -235,6 +239,9 @@ void Session::onConnect(Connect&& c, Clock::time_point now, Effects& out) {
     ack.properties.push_back(number(PropertyId::SharedSubscriptionAvailable, 0));
   }
   send(ack, out);
+  if (c.will) {
+    c.will->topic = toUpstream(c.will->topic);
+  }
   out.upstream.emplace_back(upstream::Open{settings_.upstreamClientIdPrefix + device_->id.str(),
                                            c.cleanStart, c.keepAlive, std::move(c.will)});
 }
@@ -301,7 +308,7 @@ void Session::onPublish(Publish&& p, Clock::time_point now, Effects& out) {
     return;
   }
   ++counters_.publishesForwarded;
-  upstream::Publish fwd{0, std::move(p.topic), std::move(p.payload), p.qos, p.retain};
+  upstream::Publish fwd{0, toUpstream(p.topic), std::move(p.payload), p.qos, p.retain};
   if (p.qos > 0) {
     fwd.token = nextToken_++;
     awaitingBroker_.emplace(fwd.token, Inbound{p.packetId, p.qos});
@@ -380,7 +387,7 @@ void Session::onSubscribe(const Subscribe& s, Effects& out) {
     const Decision d = evaluateSubscribe(*device_, {clientId_, username_, sub.filter, sub.qos()});
     if (d.allowed()) {
       ack.reasonCodes.push_back(d.grantedQos);
-      out.upstream.emplace_back(upstream::Subscribe{sub.filter, d.grantedQos});
+      out.upstream.emplace_back(upstream::Subscribe{toUpstream(sub.filter), d.grantedQos});
     } else {
       ack.reasonCodes.push_back(v5 ? reason::kNotAuthorized : v311::kSubackFailure);
       violation(d, out);
@@ -399,7 +406,7 @@ void Session::onSubscribe(const Subscribe& s, Effects& out) {
 void Session::onUnsubscribe(const Unsubscribe& u, Effects& out) {
   SubAck ack{PacketType::Unsuback, u.packetId, {}, {}};
   for (const auto& f : u.filters) {
-    out.upstream.emplace_back(upstream::Unsubscribe{f});
+    out.upstream.emplace_back(upstream::Unsubscribe{toUpstream(f)});
     ack.reasonCodes.push_back(reason::kSuccess);
   }
   send(ack, out);
@@ -413,11 +420,17 @@ uint16_t Session::nextPacketId() {
   return lastPacketId_;
 }
 
-void Session::deliver(const std::string& topic, std::span<const uint8_t> payload, uint8_t qos,
-                      bool retain, Effects& out) {
+void Session::deliver(const std::string& brokerTopic, std::span<const uint8_t> payload,
+                      uint8_t qos, bool retain, Effects& out) {
   if (state_ != State::Connected) {
     return;
   }
+  // The device sees its own topic names: strip the mapping; anything outside it is not ours.
+  if (!brokerTopic.starts_with(upstreamPrefix_)) {
+    ++counters_.deliveriesDenied;
+    return;
+  }
+  const std::string topic = brokerTopic.substr(upstreamPrefix_.size());
   Decision d = evaluateDelivery(*device_, {clientId_, username_, topic, qos, retain, payload});
   if (!d.allowed()) {
     ++counters_.deliveriesDenied;

@@ -137,6 +137,7 @@ private:
   void sendQueued(Effects& out);
   [[nodiscard]] uint16_t nextPacketId();
   [[nodiscard]] std::string deviceName() const;
+  [[nodiscard]] std::string toUpstream(const std::string& topic) const { return upstreamPrefix_ + topic; }
 
   SessionSettings settings_;
   std::shared_ptr<const policy::PolicySet> policies_; // the snapshot this session started with
@@ -148,6 +149,7 @@ private:
   const policy::DevicePolicy* device_ = nullptr;
   std::string clientId_;
   std::string username_;
+  std::string upstreamPrefix_; // the policy's upstream_prefix with %d substituted
   uint16_t keepAlive_ = 0;
   uint16_t clientReceiveMaximum_ = 20;
   Clock::time_point connectDeadline_;

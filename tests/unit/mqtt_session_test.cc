@@ -47,8 +47,10 @@ protected:
   }
   static void TearDownTestSuite() { delete hash_; }
 
-  void makeSession(const std::string& action = "drop") {
-    auto p = parseDevicePolicy(devicePolicy(*hash_, action), "thermo-01.toml");
+  void makeSession(const std::string& action = "drop", const std::string& extraMqtt = "") {
+    std::string doc = devicePolicy(*hash_, action);
+    doc.replace(doc.find("[mqtt]\n"), 7, "[mqtt]\n" + extraMqtt);
+    auto p = parseDevicePolicy(doc, "thermo-01.toml");
     ASSERT_TRUE(p) << p.error().front().str();
     std::vector<DevicePolicy> v;
     v.push_back(std::move(*p));
@@ -442,4 +444,25 @@ TEST_F(SessionTest, MalformedCorpusIsRefusedCleanly) {
     EXPECT_EQ(session_->state(), Session::State::Closed) << name;
   }
   EXPECT_GE(cases, 100u);
+}
+
+TEST_F(SessionTest, TopicsAreMappedUnderThePolicyPrefix) {
+  makeSession("drop", "upstream_prefix = \"home/gw1/%d/\"\n");
+  Connect c = connect();
+  c.will = Will{"devices/thermo-01/status", bytesOf("gone"), 0, false, {}};
+  Effects e = send({c});
+  ASSERT_EQ(commands<upstream::Open>(e).size(), 1u);
+  EXPECT_EQ(commands<upstream::Open>(e)[0].will->topic, "home/gw1/thermo-01/devices/thermo-01/status");
+  Effects p = send({Publish{false, 0, false, "devices/thermo-01/status", 0, {}, bytesOf("on")},
+                    Subscribe{1, {}, {Subscription{"devices/thermo-01/cmd/#", 1}}}});
+  EXPECT_EQ(commands<upstream::Publish>(p).at(0).topic, "home/gw1/thermo-01/devices/thermo-01/status");
+  EXPECT_EQ(commands<upstream::Subscribe>(p).at(0).filter, "home/gw1/thermo-01/devices/thermo-01/cmd/#");
+  Effects d;
+  session_->deliver("home/gw1/thermo-01/devices/thermo-01/cmd/set", bytesOf("1"), 0, false, d);
+  auto r = replies(d);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(std::get<Publish>(r[0]).topic, "devices/thermo-01/cmd/set");
+  Effects other;
+  session_->deliver("home/gw1/door-lock/devices/thermo-01/cmd/set", bytesOf("1"), 0, false, other);
+  EXPECT_TRUE(other.toClient.empty());
 }

@@ -43,6 +43,7 @@ TEST(PolicyParser, ParsesEveryConstruct) {
   EXPECT_EQ(p->certificate.subjectAltNames.size(), 2u);
 
   const auto& m = p->mqttRules;
+  EXPECT_EQ(m.upstreamPrefix, "home/%d/");
   EXPECT_EQ(m.publish, (std::vector<std::string>{"devices/%c/telemetry/#", "devices/%c/state"}));
   EXPECT_EQ(m.subscribe.size(), 2u);
   EXPECT_EQ(m.maxQos, 1);
@@ -150,6 +151,9 @@ INSTANTIATE_TEST_SUITE_P(
         BadDocument{"SubscribeMisplacedPlus", kHead + "[mqtt]\nsubscribe = [\"ok/x\", \"a+/b\"]\n", 6, 22,
                "MQTT-4.7.1-3"},
         BadDocument{"PartialSubstitution", kHead + "[mqtt]\npublish = [\"dev-%c/x\"]\n", 6, 12, "%c"},
+        BadDocument{"UpstreamPrefixWildcard", kHead + "[mqtt]\nupstream_prefix = \"home/+/\"\n", 6, 19, "upstream_prefix"},
+        BadDocument{"UpstreamPrefixNoSlash", kHead + "[mqtt]\nupstream_prefix = \"home\"\n", 6, 19, "ending in '/'"},
+        BadDocument{"UpstreamPrefixPartialId", kHead + "[mqtt]\nupstream_prefix = \"home/x%d/\"\n", 6, 19, "whole level"},
         BadDocument{"QosOutOfRange", kHead + "[mqtt]\nmax_qos = 3\n", 6, 11, "out of range [0, 2]"},
         BadDocument{"QosWrongType", kHead + "[mqtt]\nmax_qos = 1.0\n", 6, 11, "must be an integer"},
         BadDocument{"NegativePayloadLimit", kHead + "[mqtt]\nmax_payload_bytes = -1\n", 6, 21, "out of range"},

@@ -31,6 +31,7 @@ common_name = "thermo-01"
 subject_alt_names = ["thermo-01.hub.local", "urn:dev:thermo-01"]
 
 [mqtt]
+upstream_prefix = "home/%d/"
 publish = ["devices/%c/telemetry/#", "devices/%c/state"]
 subscribe = ["devices/%c/cmd/#", "broadcast/+"]
 max_qos = 1
