@@ -227,8 +227,11 @@ void MosquittoUpstream::finishIfDrained() {
   if (!closeRequested_ || closing_ || !(drained() || !connected_)) {
     return;
   }
-  if (!connected_ && !waiting_.empty()) {
-    return; // still connecting: what the client sent goes first
+  const bool connecting = !connected_ && !parked_ && mosquitto_socket(mosq_) >= 0;
+  if (connecting && (!waiting_.empty() || !publishWill_)) {
+    // Still connecting: what the client sent goes first, and a clean end must be a DISCONNECT —
+    // dropping a connection the broker may already have accepted would publish the will.
+    return;
   }
   closing_ = true;
   if (!publishWill_ && connected_) {
