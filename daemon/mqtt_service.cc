@@ -45,7 +45,11 @@ struct MqttService::Connection final : mqtt::UpstreamObserver {
     session->deliver(topic, payload, qos, retain, e);
     service.apply(*this, e);
   }
-  void upstreamConnected(bool, int) override {}
+  void upstreamConnected(bool up, int) override {
+    if (up && paused) {
+      service.resume(*this);
+    }
+  }
 
   MqttService& service;
   io::UniqueFd fd;
@@ -60,6 +64,7 @@ struct MqttService::Connection final : mqtt::UpstreamObserver {
   std::vector<uint8_t> output;
   bool closeAfterFlush = false;
   bool dead = false;
+  bool paused = false; // not reading: the upstream is connecting and its queue is filling
   uint32_t armed = 0;
 };
 
@@ -84,6 +89,28 @@ MqttService::~MqttService() {
 }
 
 std::string MqttService::reloadTls(const Config& config) {
+  if (config.upstream.enabled) {
+    const auto& u = config.upstream;
+    auto up = mqtt::makeUpstreamSslContext(
+        {u.host, u.caFile.string(), u.certificate.string(), u.privateKey.string()});
+    if (!up) {
+      return "upstream TLS: " + up.error();
+    }
+    if (!config.mqttTls.enabled) {
+      upstreamContext_ = std::move(*up);
+      return {};
+    }
+    // Both contexts or neither: assign after the listener's context is built too.
+    const auto& l = config.mqttTls;
+    auto ctx = tls::ServerContext::create(
+        {l.certificate.string(), l.privateKey.string(), l.caFile.string(), l.crlFile.string()});
+    if (!ctx) {
+      return "mutual-TLS listener: " + ctx.error();
+    }
+    upstreamContext_ = std::move(*up);
+    tlsContext_ = std::move(*ctx);
+    return {};
+  }
   if (!config.mqttTls.enabled) {
     return {};
   }
@@ -276,20 +303,36 @@ void MqttService::onClientEvents(Connection& c, uint32_t events) {
   sweep();
 }
 
+void MqttService::resume(Connection& c) {
+  if (c.dead || !c.paused) {
+    return;
+  }
+  c.paused = false;
+  flush(c); // re-arms EPOLLIN
+  readClient(c);
+}
+
 void MqttService::readClient(Connection& c) {
   uint8_t buf[kReadChunk];
   // With TLS, read until WolfSSL wants more from the socket: it may hold decrypted records.
   for (int round = 0; round < 16 && !c.dead; ++round) {
+    if (c.upstream && !c.upstream->acceptsMore()) {
+      c.paused = true;
+      flush(c); // drops EPOLLIN until the upstream is connected
+      return;
+    }
+    // While the upstream connects, small reads keep what one read can add to its queue small.
+    const size_t chunk = c.upstream && !c.upstream->connected() ? 2048 : sizeof buf;
     size_t n = 0;
     bool eof = false;
     if (c.tls) {
-      const auto st = c.tls->read(std::span(buf, sizeof buf), n);
+      const auto st = c.tls->read(std::span(buf, chunk), n);
       if (st == tls::IoStatus::WantRead || st == tls::IoStatus::WantWrite) {
         return;
       }
       eof = st != tls::IoStatus::Ok;
     } else {
-      const ssize_t r = ::read(c.fd.get(), buf, sizeof buf);
+      const ssize_t r = ::read(c.fd.get(), buf, chunk);
       if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
         return;
       }
@@ -329,8 +372,13 @@ void MqttService::apply(Connection& c, mqtt::Effects& e) {
   for (auto& cmd : e.upstream) {
     if (auto* open = std::get_if<mqtt::upstream::Open>(&cmd)) {
       const auto& u = config_->upstream;
-      mqtt::UpstreamSettings us{u.host, u.port, u.caFile.string(), u.certificate.string(),
-                                u.privateKey.string(), config_->limits.maxQueuedMessages};
+      mqtt::UpstreamSettings us{u.host,
+                                u.port,
+                                u.caFile.string(),
+                                u.certificate.string(),
+                                u.privateKey.string(),
+                                config_->limits.maxQueuedMessages,
+                                upstreamContext_};
       auto created = mqtt::MosquittoUpstream::create(reactor_, us, *open, c);
       if (created) {
         c.upstream = std::move(*created);
@@ -403,7 +451,8 @@ void MqttService::flush(Connection& c) {
   if (c.handshaking) {
     return; // onHandshake arms the descriptor as WolfSSL asks
   }
-  const uint32_t events = EPOLLIN | EPOLLRDHUP | (wantWrite ? EPOLLOUT : 0u);
+  const uint32_t events =
+      (c.paused ? 0u : EPOLLIN | EPOLLRDHUP) | (wantWrite ? EPOLLOUT : 0u);
   if (events != c.armed) {
     (void)reactor_.modify(c.fd.get(), events);
     c.armed = events;
@@ -477,6 +526,9 @@ void MqttService::tick() {
     apply(*c, e);
     if (c->upstream && !c->dead) {
       c->upstream->service(now);
+      if (c->paused && c->upstream->acceptsMore()) {
+        resume(*c);
+      }
     }
   }
   for (auto& [upstream, deadline] : draining_) {

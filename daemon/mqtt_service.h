@@ -65,6 +65,7 @@ private:
   void onHandshake(Connection& c);
   void startSession(Connection& c);
   void readClient(Connection& c);
+  void resume(Connection& c);
   void onClientEvents(Connection& c, uint32_t events);
   void apply(Connection& c, mqtt::Effects& e);
   void flush(Connection& c);
@@ -80,6 +81,7 @@ private:
   policy::AuthThrottle throttle_;
   std::vector<io::UniqueFd> listeners_;
   std::shared_ptr<tls::ServerContext> tlsContext_;
+  mqtt::SslContext upstreamContext_;
   uint32_t handshakes_ = 0;
   std::map<Connection*, std::unique_ptr<Connection>> connections_;
   // Upstreams whose client has gone but which still deliver what it sent (bounded in time).

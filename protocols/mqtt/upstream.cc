@@ -28,13 +28,20 @@ MosquittoUpstream::create(io::Reactor& reactor, const UpstreamSettings& settings
   mosquitto_int_option(u->mosq_, MOSQ_OPT_TCP_NODELAY, 1);
   // Everything the broker has not acknowledged stays with us, bounded by maxQueued.
   mosquitto_max_inflight_messages_set(u->mosq_, 20);
-  if (const int rc = mosquitto_tls_set(u->mosq_, settings.caFile.c_str(), nullptr,
-                                       settings.certificate.c_str(), settings.privateKey.c_str(),
-                                       nullptr);
-      rc != MOSQ_ERR_SUCCESS) {
-    return std::unexpected(fmt::format("TLS set-up: {}", mosquitto_strerror(rc)));
+  if (settings.sslContext) {
+    // Ours as it is: libmosquitto 2.0 would otherwise re-apply its defaults to it on every
+    // connect (and insist on a CA file of its own).
+    mosquitto_int_option(u->mosq_, MOSQ_OPT_SSL_CTX_WITH_DEFAULTS, 0);
+    mosquitto_void_option(u->mosq_, MOSQ_OPT_SSL_CTX, settings.sslContext.get());
+  } else {
+    if (const int rc = mosquitto_tls_set(u->mosq_, settings.caFile.c_str(), nullptr,
+                                         settings.certificate.c_str(), settings.privateKey.c_str(),
+                                         nullptr);
+        rc != MOSQ_ERR_SUCCESS) {
+      return std::unexpected(fmt::format("TLS set-up: {}", mosquitto_strerror(rc)));
+    }
+    mosquitto_tls_opts_set(u->mosq_, 1 /* SSL_VERIFY_PEER */, "tlsv1.2", nullptr);
   }
-  mosquitto_tls_opts_set(u->mosq_, 1 /* SSL_VERIFY_PEER */, "tlsv1.2", nullptr);
   if (open.will) {
     const auto& w = *open.will;
     mosquitto_will_set(u->mosq_, w.topic.c_str(), static_cast<int>(w.payload.size()),

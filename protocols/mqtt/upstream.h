@@ -19,6 +19,7 @@
 
 #include "protocols/io/reactor.h"
 #include "protocols/mqtt/session.h"
+#include "protocols/mqtt/upstream_tls.h"
 
 struct mosquitto;
 struct mosquitto_message;
@@ -32,6 +33,7 @@ struct UpstreamSettings {
   std::string certificate;
   std::string privateKey;
   size_t maxQueued = 1000; // QoS > 0 messages waiting for the broker
+  SslContext sslContext;   // shared client context; when null, libmosquitto builds its own
 };
 
 class UpstreamObserver {
@@ -71,7 +73,12 @@ public:
   void service(Clock::time_point now);
 
   [[nodiscard]] bool connected() const { return connected_; }
-  [[nodiscard]] size_t queued() const { return pending_.size(); }
+  [[nodiscard]] size_t queued() const { return pending_.size() + waiting_.size(); }
+  // Whether the client should be read from: not while a session that is still connecting has
+  // a quarter of its queue filled (TCP then holds the client back instead of us dropping QoS 0).
+  [[nodiscard]] bool acceptsMore() const {
+    return connected_ || queued() < settings_.maxQueued / 4;
+  }
 
 private:
   MosquittoUpstream(io::Reactor& reactor, const UpstreamSettings& settings, UpstreamObserver& observer);

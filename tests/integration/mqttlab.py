@@ -42,9 +42,9 @@ class Pki:
         self.ca = os.path.join(directory, "ca.crt")
         self.crl = None
 
-    def leaf(self, name, cn, san=None):
-        """Another client certificate from the CA."""
-        return self._leaf(name, "ca", cn, san=san)
+    def leaf(self, name, cn, san=None, ca="ca", server=False):
+        """Another certificate from the CA (or from "rogue-ca")."""
+        return self._leaf(name, ca, cn, san=san, server=server)
 
     def revoke(self, *names):
         """Writes ca.crl revoking the named certificates (openssl ca with a throw-away database)."""
@@ -90,11 +90,13 @@ default_crl_days = 2
 class Broker:
     """mosquitto with one listener on 127.0.0.1 that requires client certificates."""
 
-    def __init__(self, directory, pki, port=None):
+    def __init__(self, directory, pki, port=None, server=None, name="mosquitto"):
         self.dir = directory
         self.pki = pki
         self.port = port or free_port()
-        self.conf = os.path.join(directory, "mosquitto.conf")
+        server = server or pki.server
+        self.conf = os.path.join(directory, f"{name}.conf")
+        self.logname = os.path.join(directory, f"{name}.log")
         with open(self.conf, "w") as f:
             f.write(f"""per_listener_settings false
 user root
@@ -105,8 +107,8 @@ log_type error
 log_type warning
 listener {self.port} 127.0.0.1
 cafile {pki.ca}
-certfile {pki.server[0]}
-keyfile {pki.server[1]}
+certfile {server[0]}
+keyfile {server[1]}
 require_certificate true
 tls_version tlsv1.2
 """)
@@ -114,7 +116,7 @@ tls_version tlsv1.2
         self.start()
 
     def start(self):
-        self.log = open(os.path.join(self.dir, "mosquitto.log"), "a")
+        self.log = open(self.logname, "a")
         self.proc = subprocess.Popen(["mosquitto", "-c", self.conf], stdout=self.log, stderr=self.log)
         if not wait_port(self.port):
             raise RuntimeError("mosquitto did not start: " + open(self.log.name).read())
