@@ -113,9 +113,18 @@ max_devices = 10000
 [events]
 target = "stderr"
 """)
-    gw = subprocess.Popen([IOTGWD, "--config", conf], stderr=subprocess.DEVNULL, preexec_fn=raise_fd_limit)
-    if not wait_port(port) or not wait_port(tls_port):
-        raise RuntimeError("iotgwd did not start")
+    def start_gateway():
+        """A fresh iotgwd: memory freed by an earlier measurement would hide the next one's growth."""
+        global gw
+        if gw:
+            gw.terminate()
+            gw.wait()
+        gw = subprocess.Popen([IOTGWD, "--config", conf], stderr=subprocess.DEVNULL, preexec_fn=raise_fd_limit)
+        if not wait_port(port) or not wait_port(tls_port):
+            raise RuntimeError("iotgwd did not start")
+        time.sleep(0.5)
+
+    start_gateway()
 
     app = f"tls:{pki.ca}:{pki.app[0]}:{pki.app[1]}"
     via_gateway = f"127.0.0.1:{port},user:bench:pw,id:bench"
@@ -153,8 +162,8 @@ target = "stderr"
     g1, b1 = rss_kib(gw.pid), rss_kib(broker.proc.pid)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    time.sleep(3)
     # mTLS at the gateway: each client a distinct certificate (a distinct device).
+    start_gateway()
     g2 = rss_kib(gw.pid)
     tls_holders = []
     for cert, key in tls_clients:
@@ -168,6 +177,7 @@ target = "stderr"
     for h in tls_holders:
         h.send_signal(signal.SIGKILL)
         h.wait()
+    start_gateway()
 
     count0 = "20000" if quick else "100000"
     count1 = "5000" if quick else "20000"
