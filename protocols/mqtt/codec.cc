@@ -105,48 +105,6 @@ private:
   size_t pos_ = 0;
 };
 
-enum class PropType { Byte, TwoByte, FourByte, VarInt, String, Binary, StringPair };
-
-std::optional<PropType> propertyType(uint32_t id) {
-  switch (static_cast<PropertyId>(id)) {
-  case PropertyId::PayloadFormatIndicator:
-  case PropertyId::RequestProblemInformation:
-  case PropertyId::RequestResponseInformation:
-  case PropertyId::MaximumQos:
-  case PropertyId::RetainAvailable:
-  case PropertyId::WildcardSubscriptionAvailable:
-  case PropertyId::SubscriptionIdentifierAvailable:
-  case PropertyId::SharedSubscriptionAvailable:
-    return PropType::Byte;
-  case PropertyId::ServerKeepAlive:
-  case PropertyId::ReceiveMaximum:
-  case PropertyId::TopicAliasMaximum:
-  case PropertyId::TopicAlias:
-    return PropType::TwoByte;
-  case PropertyId::MessageExpiryInterval:
-  case PropertyId::SessionExpiryInterval:
-  case PropertyId::WillDelayInterval:
-  case PropertyId::MaximumPacketSize:
-    return PropType::FourByte;
-  case PropertyId::SubscriptionIdentifier:
-    return PropType::VarInt;
-  case PropertyId::ContentType:
-  case PropertyId::ResponseTopic:
-  case PropertyId::AssignedClientIdentifier:
-  case PropertyId::AuthenticationMethod:
-  case PropertyId::ResponseInformation:
-  case PropertyId::ServerReference:
-  case PropertyId::ReasonString:
-    return PropType::String;
-  case PropertyId::CorrelationData:
-  case PropertyId::AuthenticationData:
-    return PropType::Binary;
-  case PropertyId::UserProperty:
-    return PropType::StringPair;
-  }
-  return std::nullopt;
-}
-
 std::expected<Properties, CodecError> readProperties(Reader& r) {
   auto length = r.varInt();
   if (!length) {
@@ -164,7 +122,7 @@ std::expected<Properties, CodecError> readProperties(Reader& r) {
     if (!id) {
       return std::unexpected(id.error());
     }
-    const auto type = propertyType(*id);
+    const auto type = propertyKind(*id);
     if (!type) {
       return std::unexpected(CodecError{"MQTT-2.2.2.2", reason::kMalformedPacket,
                                         "unknown property identifier"});
@@ -172,49 +130,49 @@ std::expected<Properties, CodecError> readProperties(Reader& r) {
     Property p;
     p.id = static_cast<PropertyId>(*id);
     switch (*type) {
-    case PropType::Byte:
+    case PropertyKind::Byte:
       if (auto v = pr.u8()) {
         p.number = *v;
       } else {
         return std::unexpected(v.error());
       }
       break;
-    case PropType::TwoByte:
+    case PropertyKind::TwoByte:
       if (auto v = pr.u16()) {
         p.number = *v;
       } else {
         return std::unexpected(v.error());
       }
       break;
-    case PropType::FourByte:
+    case PropertyKind::FourByte:
       if (auto v = pr.u32()) {
         p.number = *v;
       } else {
         return std::unexpected(v.error());
       }
       break;
-    case PropType::VarInt:
+    case PropertyKind::VarInt:
       if (auto v = pr.varInt()) {
         p.number = *v;
       } else {
         return std::unexpected(v.error());
       }
       break;
-    case PropType::String:
+    case PropertyKind::String:
       if (auto v = pr.string()) {
         p.text = std::move(*v);
       } else {
         return std::unexpected(v.error());
       }
       break;
-    case PropType::Binary:
+    case PropertyKind::Binary:
       if (auto v = pr.binary()) {
         p.binary = std::move(*v);
       } else {
         return std::unexpected(v.error());
       }
       break;
-    case PropType::StringPair: {
+    case PropertyKind::StringPair: {
       auto k = pr.string();
       if (!k) {
         return std::unexpected(k.error());

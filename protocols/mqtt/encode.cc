@@ -53,46 +53,26 @@ public:
 private:
   void property(const Property& p) {
     varInt(static_cast<uint32_t>(p.id));
-    switch (p.id) {
-    case PropertyId::PayloadFormatIndicator:
-    case PropertyId::RequestProblemInformation:
-    case PropertyId::RequestResponseInformation:
-    case PropertyId::MaximumQos:
-    case PropertyId::RetainAvailable:
-    case PropertyId::WildcardSubscriptionAvailable:
-    case PropertyId::SubscriptionIdentifierAvailable:
-    case PropertyId::SharedSubscriptionAvailable:
+    switch (propertyKind(static_cast<uint32_t>(p.id)).value_or(PropertyKind::Byte)) {
+    case PropertyKind::Byte:
       u8(static_cast<uint8_t>(p.number));
       break;
-    case PropertyId::ServerKeepAlive:
-    case PropertyId::ReceiveMaximum:
-    case PropertyId::TopicAliasMaximum:
-    case PropertyId::TopicAlias:
+    case PropertyKind::TwoByte:
       u16(static_cast<uint16_t>(p.number));
       break;
-    case PropertyId::MessageExpiryInterval:
-    case PropertyId::SessionExpiryInterval:
-    case PropertyId::WillDelayInterval:
-    case PropertyId::MaximumPacketSize:
+    case PropertyKind::FourByte:
       u32(p.number);
       break;
-    case PropertyId::SubscriptionIdentifier:
+    case PropertyKind::VarInt:
       varInt(p.number);
       break;
-    case PropertyId::ContentType:
-    case PropertyId::ResponseTopic:
-    case PropertyId::AssignedClientIdentifier:
-    case PropertyId::AuthenticationMethod:
-    case PropertyId::ResponseInformation:
-    case PropertyId::ServerReference:
-    case PropertyId::ReasonString:
+    case PropertyKind::String:
       string(p.text);
       break;
-    case PropertyId::CorrelationData:
-    case PropertyId::AuthenticationData:
+    case PropertyKind::Binary:
       prefixed(p.binary);
       break;
-    case PropertyId::UserProperty:
+    case PropertyKind::StringPair:
       string(p.text);
       string(p.value);
       break;

@@ -46,6 +46,46 @@ const Property* findProperty(const Properties& props, PropertyId id) {
   return it == props.end() ? nullptr : &*it;
 }
 
+std::optional<PropertyKind> propertyKind(uint32_t id) noexcept {
+  switch (static_cast<PropertyId>(id)) {
+  case PropertyId::PayloadFormatIndicator:
+  case PropertyId::RequestProblemInformation:
+  case PropertyId::RequestResponseInformation:
+  case PropertyId::MaximumQos:
+  case PropertyId::RetainAvailable:
+  case PropertyId::WildcardSubscriptionAvailable:
+  case PropertyId::SubscriptionIdentifierAvailable:
+  case PropertyId::SharedSubscriptionAvailable:
+    return PropertyKind::Byte;
+  case PropertyId::ServerKeepAlive:
+  case PropertyId::ReceiveMaximum:
+  case PropertyId::TopicAliasMaximum:
+  case PropertyId::TopicAlias:
+    return PropertyKind::TwoByte;
+  case PropertyId::MessageExpiryInterval:
+  case PropertyId::SessionExpiryInterval:
+  case PropertyId::WillDelayInterval:
+  case PropertyId::MaximumPacketSize:
+    return PropertyKind::FourByte;
+  case PropertyId::SubscriptionIdentifier:
+    return PropertyKind::VarInt;
+  case PropertyId::ContentType:
+  case PropertyId::ResponseTopic:
+  case PropertyId::AssignedClientIdentifier:
+  case PropertyId::AuthenticationMethod:
+  case PropertyId::ResponseInformation:
+  case PropertyId::ServerReference:
+  case PropertyId::ReasonString:
+    return PropertyKind::String;
+  case PropertyId::CorrelationData:
+  case PropertyId::AuthenticationData:
+    return PropertyKind::Binary;
+  case PropertyId::UserProperty:
+    return PropertyKind::StringPair;
+  }
+  return std::nullopt;
+}
+
 PacketType typeOf(const Packet& p) noexcept {
   struct Visitor {
     PacketType operator()(const Connect&) const { return PacketType::Connect; }

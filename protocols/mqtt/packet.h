@@ -66,6 +66,11 @@ enum class PropertyId : uint8_t {
   SharedSubscriptionAvailable = 0x2A,
 };
 
+// How a property's value is encoded (§2.2.2.2).
+enum class PropertyKind { Byte, TwoByte, FourByte, VarInt, String, Binary, StringPair };
+// nullopt for identifiers MQTT 5.0 does not define.
+[[nodiscard]] std::optional<PropertyKind> propertyKind(uint32_t id) noexcept;
+
 struct Property {
   PropertyId id{};
   uint32_t number = 0;          // byte, two-byte, four-byte and variable byte integers

@@ -18,7 +18,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
-from mqttlab import Broker, Pki, free_port, wait_port  # noqa: E402
+from mqttlab import Broker, Pki, free_port, gateway_config, wait_port  # noqa: E402
 
 build = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build/default")
 quick = "--quick" in sys.argv
@@ -84,27 +84,7 @@ try:
         device(f"tls-{i:04d}", f'[device.certificate]\ncommon_name = "tls-{i:04d}"')
     conf = os.path.join(root, "iotgw.toml")
     with open(conf, "w") as f:
-        f.write(f"""
-[daemon]
-state_directory = "{root}/state"
-devices_directory = "{devices}"
-[device_segment]
-subnets = ["127.0.0.0/8"]
-[listeners.mqtt]
-addresses = ["127.0.0.1"]
-port = {port}
-[listeners.mqtt_tls]
-addresses = ["127.0.0.1"]
-port = {tls_port}
-certificate = "{pki.server[0]}"
-private_key = "{pki.server[1]}"
-ca_file = "{pki.ca}"
-[upstream]
-host = "127.0.0.1"
-port = {broker.port}
-ca_file = "{pki.ca}"
-certificate = "{pki.gateway[0]}"
-private_key = "{pki.gateway[1]}"
+        f.write(gateway_config(root, broker, pki, port=port, tls_port=tls_port, devices=devices, extra="""
 [limits]
 max_connections = 10000
 max_connections_per_source = 10000
@@ -112,7 +92,7 @@ max_handshakes = 10000
 max_devices = 10000
 [events]
 target = "stderr"
-""")
+"""))
     def start_gateway():
         """A fresh iotgwd: memory freed by an earlier measurement would hide the next one's growth."""
         global gw

@@ -154,6 +154,21 @@ class NotifySocket:
         return got
 
 
+def wait_ready(notify, port, timeout=10.0):
+    """Readiness: READY=1 where the build has sd_notify, otherwise the listener accepting."""
+    if WITH_SYSTEMD:
+        if notify.wait_for("READY=1", timeout) is None:
+            return False
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
 class Daemon:
     def __init__(self, args, env=None, stderr=None):
         self.proc = subprocess.Popen([IOTGWD] + args, env=env, stdout=subprocess.PIPE,

@@ -161,3 +161,36 @@ class Subscriber:
         self.proc.terminate()
         self.proc.wait(timeout=5)
         self.f.close()
+
+
+def gateway_config(root, broker, pki, port=None, tls_port=None, devices=None, extra=""):
+    """iotgwd's configuration for these tests: a device-side listener on 127.0.0.1 (the device
+    segment is 127.0.0.0/8) and/or a mutual-TLS listener, the broker as upstream."""
+    text = f"""
+[daemon]
+state_directory = "{root}/state"
+devices_directory = "{devices or os.path.join(root, 'devices.d')}"
+[device_segment]
+subnets = ["127.0.0.0/8"]
+"""
+    if port:
+        text += f"""[listeners.mqtt]
+addresses = ["127.0.0.1"]
+port = {port}
+"""
+    if tls_port:
+        text += f"""[listeners.mqtt_tls]
+addresses = ["127.0.0.1"]
+port = {tls_port}
+certificate = "{pki.server[0]}"
+private_key = "{pki.server[1]}"
+ca_file = "{pki.ca}"
+""" + (f'crl_file = "{pki.crl}"\n' if pki.crl else "")
+    text += f"""[upstream]
+host = "127.0.0.1"
+port = {broker.port}
+ca_file = "{pki.ca}"
+certificate = "{pki.gateway[0]}"
+private_key = "{pki.gateway[1]}"
+"""
+    return text + extra

@@ -13,7 +13,7 @@ import time
 
 from iotgw_testlib import (Daemon, Journald, NotifySocket, check, cleanup, finish, hash_password,
                            in_private_mount_namespace, require_binary, tmpdir, write)
-from mqttlab import Broker, Pki, Subscriber, free_port, wait_port
+from mqttlab import Broker, Pki, Subscriber, free_port, gateway_config, wait_port
 
 DEFAULT_CREDENTIAL_ID = "82a5b708305e476e862d01e061731b22"
 MALFORMED_ID = "467ff063bbdb42a5a4c35834b4c78758"
@@ -32,33 +32,14 @@ try:
     broker = Broker(root, pki)
     port = free_port()
     conf = os.path.join(root, "iotgw.toml")
-    write(conf, f"""
-[daemon]
-state_directory = "{root}/state"
-devices_directory = "{root}/devices.d"
-
-[device_segment]
-subnets = ["127.0.0.0/8"]
-
-[listeners.mqtt]
-addresses = ["127.0.0.1"]
-port = {port}
-
-[upstream]
-host = "127.0.0.1"
-port = {broker.port}
-ca_file = "{pki.ca}"
-certificate = "{pki.gateway[0]}"
-private_key = "{pki.gateway[1]}"
-
+    write(conf, gateway_config(root, broker, pki, port=port, extra="""
 [limits]
 auth_failures_before_lockout = 1000
 max_connections_per_source = 64
-
 [events]
 target = "journal"
 burst = 1000
-""")
+"""))
     write(os.path.join(root, "devices.d", "thermo-01.toml"), f"""
 [device]
 id = "thermo-01"

@@ -9,8 +9,8 @@ import signal
 import subprocess
 import time
 
-from iotgw_testlib import Daemon, NotifySocket, check, cleanup, finish, require_binary, tmpdir, write
-from mqttlab import Broker, Pki, Subscriber, free_port, wait_port
+from iotgw_testlib import Daemon, NotifySocket, check, cleanup, finish, require_binary, tmpdir, write, wait_ready
+from mqttlab import Broker, Pki, Subscriber, free_port, gateway_config, wait_port
 
 require_binary()
 
@@ -26,30 +26,7 @@ try:
     broker = Broker(root, pki)
     port = free_port()
     conf = os.path.join(root, "iotgw.toml")
-    write(conf, f"""
-[daemon]
-state_directory = "{root}/state"
-devices_directory = "{root}/devices.d"
-
-[listeners.mqtt_tls]
-addresses = ["127.0.0.1"]
-port = {port}
-certificate = "{pki.server[0]}"
-private_key = "{pki.server[1]}"
-ca_file = "{pki.ca}"
-crl_file = "{crl}"
-
-[upstream]
-host = "127.0.0.1"
-port = {broker.port}
-ca_file = "{pki.ca}"
-certificate = "{pki.gateway[0]}"
-private_key = "{pki.gateway[1]}"
-
-[events]
-target = "stderr"
-burst = 1000
-""")
+    write(conf, gateway_config(root, broker, pki, tls_port=port, extra='[events]\ntarget = "stderr"\nburst = 1000\n'))
     for name, cn, topics in [("companion-app", "companion-app", "devices/#"),
                              ("companion-app-2", "companion-app-2", "devices/#"),
                              ("companion-app-3", "companion-app-3", "devices/#"),
@@ -67,8 +44,7 @@ max_qos = 1
     events = open(os.path.join(root, "iotgwd.err"), "w")
     notify = NotifySocket(root)
     d = Daemon(["--config", conf], env=dict(os.environ, NOTIFY_SOCKET=notify.path), stderr=events)
-    check(notify.wait_for("READY=1") is not None, "iotgwd ready with the mutual-TLS listener")
-    check(wait_port(port), "listener accepts")
+    check(wait_ready(notify, port), "iotgwd ready with the mutual-TLS listener")
     sub = Subscriber(broker, "devices/#", root)
 
     def pub(who, topic, message, extra=()):
@@ -158,7 +134,10 @@ max_qos = 1
     check(keeper.publish("devices/keeper", "before-reload", qos=1).wait_for_publish(5) is None or True, "keeper publishes")
     pki.revoke("lost-phone", "app2")
     d.signal(signal.SIGHUP)
-    check(notify.wait_for("READY=1") is not None, "reload done")
+    deadline = time.time() + 10
+    while time.time() < deadline and "IOTGW_EVENT=config-reloaded" not in log():
+        time.sleep(0.05)
+    check("IOTGW_EVENT=config-reloaded" in log(), "reload done")
     info = keeper.publish("devices/keeper", "after-reload", qos=1)
     info.wait_for_publish(5)
     check(info.is_published() and sub.wait_for("after-reload"), "the established session keeps working after the reload")

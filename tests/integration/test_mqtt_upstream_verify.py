@@ -7,8 +7,8 @@ import os
 import subprocess
 import time
 
-from iotgw_testlib import Daemon, NotifySocket, check, cleanup, finish, hash_password, require_binary, tmpdir, write
-from mqttlab import Broker, Pki, Subscriber, free_port, wait_port
+from iotgw_testlib import Daemon, NotifySocket, check, cleanup, finish, hash_password, require_binary, tmpdir, write, wait_ready
+from mqttlab import Broker, Pki, Subscriber, free_port, gateway_config, wait_port
 
 require_binary()
 
@@ -28,24 +28,7 @@ try:
         brokers.append(broker)
         port = free_port()
         conf = os.path.join(root, f"iotgw-{port}.toml")
-        write(conf, f"""
-[daemon]
-state_directory = "{root}/state"
-devices_directory = "{root}/devices.d"
-[device_segment]
-subnets = ["127.0.0.0/8"]
-[listeners.mqtt]
-addresses = ["127.0.0.1"]
-port = {port}
-[upstream]
-host = "127.0.0.1"
-port = {broker.port}
-ca_file = "{pki.ca}"
-certificate = "{pki.gateway[0]}"
-private_key = "{pki.gateway[1]}"
-[events]
-target = "stderr"
-""")
+        write(conf, gateway_config(root, broker, pki, port=port, extra='[events]\ntarget = "stderr"\n'))
         write(os.path.join(root, "devices.d", "thermo-01.toml"), f"""
 [device]
 id = "thermo-01"
@@ -59,7 +42,7 @@ publish = ["t/#"]
         notify = NotifySocket(os.path.join(root, f"n{port}"))
         d = Daemon(["--config", conf], env=dict(os.environ, NOTIFY_SOCKET=notify.path), stderr=subprocess.DEVNULL)
         daemons.append(d)
-        check(notify.wait_for("READY=1") is not None and wait_port(port), f"{case}: iotgwd ready")
+        check(wait_ready(notify, port), f"{case}: iotgwd ready")
         sub = Subscriber(broker, "t/#", root)
         subs.append(sub)
         r = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-i", "thermo-01", "-u", "thermo",

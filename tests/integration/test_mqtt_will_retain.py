@@ -9,8 +9,8 @@ import socket
 import subprocess
 import time
 
-from iotgw_testlib import Daemon, NotifySocket, check, cleanup, finish, hash_password, require_binary, tmpdir, write
-from mqttlab import Broker, Pki, Subscriber, free_port, wait_port
+from iotgw_testlib import Daemon, NotifySocket, check, cleanup, finish, hash_password, require_binary, tmpdir, write, wait_ready
+from mqttlab import Broker, Pki, Subscriber, free_port, gateway_config, wait_port
 
 require_binary()
 
@@ -38,24 +38,7 @@ try:
     broker = Broker(root, pki)
     port = free_port()
     conf = os.path.join(root, "iotgw.toml")
-    write(conf, f"""
-[daemon]
-state_directory = "{root}/state"
-devices_directory = "{root}/devices.d"
-[device_segment]
-subnets = ["127.0.0.0/8"]
-[listeners.mqtt]
-addresses = ["127.0.0.1"]
-port = {port}
-[upstream]
-host = "127.0.0.1"
-port = {broker.port}
-ca_file = "{pki.ca}"
-certificate = "{pki.gateway[0]}"
-private_key = "{pki.gateway[1]}"
-[events]
-target = "stderr"
-""")
+    write(conf, gateway_config(root, broker, pki, port=port, extra='[events]\ntarget = "stderr"\n'))
     write(os.path.join(root, "devices.d", "thermo-01.toml"), f"""
 [device]
 id = "thermo-01"
@@ -70,7 +53,7 @@ retain = true
 """)
     notify = NotifySocket(root)
     d = Daemon(["--config", conf], env=dict(os.environ, NOTIFY_SOCKET=notify.path), stderr=subprocess.DEVNULL)
-    check(notify.wait_for("READY=1") is not None and wait_port(port), "iotgwd ready")
+    check(wait_ready(notify, port), "iotgwd ready")
     sub = Subscriber(broker, "site-a/#", root)
 
     print("will on keepalive expiry")
