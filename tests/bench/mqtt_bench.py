@@ -4,7 +4,7 @@
 iotgwd, which forwards over mutual TLS to mosquitto, and (b) the same publisher straight to
 mosquitto over mutual TLS. Subscribers always sit at the broker. Prints figures and ratios.
 
-usage: mqtt_bench.py BUILD_DIR [--quick]
+usage: mqtt_bench.py BUILD_DIR [--quick] [--memory-only]
 """
 import base64
 import hashlib
@@ -22,6 +22,7 @@ from mqttlab import Broker, Pki, free_port, gateway_config, wait_port  # noqa: E
 
 build = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build/default")
 quick = "--quick" in sys.argv
+memory_only = "--memory-only" in sys.argv
 IOTGWD = os.path.join(build, "daemon", "iotgwd")
 LOAD = os.path.join(build, "tests", "mqtt_load")
 IDLE = 200 if quick else 1000
@@ -159,28 +160,29 @@ target = "stderr"
         h.wait()
     start_gateway()
 
-    count0 = "20000" if quick else "100000"
-    count1 = "5000" if quick else "20000"
-    for label, qos, count in (("QoS 0, 64 B", "0", count0), ("QoS 1, 64 B, 20 in flight", "1", count1)):
-        g = measured("throughput", via_gateway, "--count", count, "--size", "64", "--qos", qos, topic="bench/t")
-        d = measured("throughput", direct, "--count", count, "--size", "64", "--qos", qos, topic="bench/d")
-        n = int(g["received"])
-        results[label] = (float(g["rate"]), float(d["rate"]),
-                          g["cpu"]["iotgwd"] * 1e6 / max(n, 1), g["cpu"]["mosquitto"] * 1e6 / max(n, 1))
+    if not memory_only:
+        count0 = "20000" if quick else "100000"
+        count1 = "5000" if quick else "20000"
+        for label, qos, count in (("QoS 0, 64 B", "0", count0), ("QoS 1, 64 B, 20 in flight", "1", count1)):
+            g = measured("throughput", via_gateway, "--count", count, "--size", "64", "--qos", qos, topic="bench/t")
+            d = measured("throughput", direct, "--count", count, "--size", "64", "--qos", qos, topic="bench/d")
+            n = int(g["received"])
+            results[label] = (float(g["rate"]), float(d["rate"]),
+                              g["cpu"]["iotgwd"] * 1e6 / max(n, 1), g["cpu"]["mosquitto"] * 1e6 / max(n, 1))
 
-    lat_g = run(LOAD, "latency", via_gateway, sub, "--rate", "1000", "--seconds", "3" if quick else "10",
-                "--topic", "bench/l", "--sub-topic", "bench/l")
-    lat_d = run(LOAD, "latency", direct, sub, "--rate", "1000", "--seconds", "3" if quick else "10",
-                "--topic", "bench/m", "--sub-topic", "bench/m")
-
+        lat_g = run(LOAD, "latency", via_gateway, sub, "--rate", "1000", "--seconds", "3" if quick else "10",
+                    "--topic", "bench/l", "--sub-topic", "bench/l")
+        lat_d = run(LOAD, "latency", direct, sub, "--rate", "1000", "--seconds", "3" if quick else "10",
+                    "--topic", "bench/m", "--sub-topic", "bench/m")
     print(f"\nMQTT benchmarks ({'quick' if quick else 'full'}), {os.cpu_count()} cores, loopback")
     print(f"{'scenario':<34} {'gateway':>12} {'direct':>12} {'ratio':>7}")
-    for label, (rg, rd, cg, cb) in results.items():
+    for label, (rg, rd, cg, cb) in (results.items() if not memory_only else []):
         print(f"{('throughput ' + label):<34} {rg:>10.0f}/s {rd:>10.0f}/s {rg / rd:>7.2f}")
         print(f"{('CPU per message ' + label):<34} {cg:>10.1f}us {cb:>10.1f}us {cg / cb:>7.2f}   (iotgwd vs mosquitto, same run)")
-    print(f"{'latency at 1000/s, p50':<34} {float(lat_g['p50_us']):>10.0f}us {float(lat_d['p50_us']):>10.0f}us")
-    print(f"{'latency at 1000/s, p99':<34} {float(lat_g['p99_us']):>10.0f}us {float(lat_d['p99_us']):>10.0f}us"
-          f"   (p99 difference {(float(lat_g['p99_us']) - float(lat_d['p99_us'])) / 1000:.2f} ms)")
+    if not memory_only:
+        print(f"{'latency at 1000/s, p50':<34} {float(lat_g['p50_us']):>10.0f}us {float(lat_d['p50_us']):>10.0f}us")
+        print(f"{'latency at 1000/s, p99':<34} {float(lat_g['p99_us']):>10.0f}us {float(lat_d['p99_us']):>10.0f}us"
+            f"   (p99 difference {(float(lat_g['p99_us']) - float(lat_d['p99_us'])) / 1000:.2f} ms)")
     print(f"{'idle device (plaintext + its mTLS upstream)':<34} {(g1 - g0) / IDLE:>8.1f} KiB   mosquitto's side of it {(b1 - b0) / IDLE:.1f} KiB  (N={IDLE})")
     print(f"{'idle mTLS client at the gateway':<34} {(g3 - g2) / TLS_IDLE:>8.1f} KiB   mosquitto mTLS {(b3 - b2) / TLS_IDLE:.1f} KiB  (N={TLS_IDLE})")
 finally:
