@@ -136,6 +136,14 @@ std::string sarg(int argc, char** argv, const char* name, const char* def) {
   return def;
 }
 
+void finish(mosquitto* publisher, mosquitto* sub) {
+  for (mosquitto* m : {publisher, sub}) {
+    mosquitto_disconnect(m);
+    mosquitto_loop_stop(m, true);
+    mosquitto_destroy(m);
+  }
+}
+
 mosquitto* subscriber(const Endpoint& e, SubState& state, const std::string& topic, int qos) {
   mosquitto* s = connect(e, e.id.empty() ? "bench-sub" : e.id + "-sub", &state);
   mosquitto_message_callback_set(s, onMessage);
@@ -192,12 +200,7 @@ int throughput(int argc, char** argv) {
   std::printf("sent=%ld received=%lu seconds=%.3f rate=%.0f\n", count,
               static_cast<unsigned long>(sub.received.load()), secs,
               static_cast<double>(sub.received.load()) / secs);
-  mosquitto_disconnect(p);
-  mosquitto_disconnect(s);
-  mosquitto_loop_stop(p, true);
-  mosquitto_loop_stop(s, true);
-  mosquitto_destroy(p);
-  mosquitto_destroy(s);
+  finish(p, s);
   return 0;
 }
 
@@ -237,12 +240,7 @@ int latency(int argc, char** argv) {
   };
   std::printf("sent=%ld received=%zu p50_us=%.0f p99_us=%.0f max_us=%.0f\n", total, l.size(), pct(0.5),
               pct(0.99), l.empty() ? 0.0 : l.back());
-  mosquitto_disconnect(p);
-  mosquitto_disconnect(s);
-  mosquitto_loop_stop(p, true);
-  mosquitto_loop_stop(s, true);
-  mosquitto_destroy(p);
-  mosquitto_destroy(s);
+  finish(p, s);
   return 0;
 }
 

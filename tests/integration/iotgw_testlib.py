@@ -154,11 +154,8 @@ class NotifySocket:
         return got
 
 
-def wait_ready(notify, port, timeout=10.0):
-    """Readiness: READY=1 where the build has sd_notify, otherwise the listener accepting."""
-    if WITH_SYSTEMD:
-        if notify.wait_for("READY=1", timeout) is None:
-            return False
+def wait_port(port, timeout=10.0):
+    """Whether something accepts TCP connections on 127.0.0.1:port within `timeout`."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
@@ -167,6 +164,13 @@ def wait_ready(notify, port, timeout=10.0):
         except OSError:
             time.sleep(0.05)
     return False
+
+
+def wait_ready(notify, port, timeout=10.0):
+    """Readiness: READY=1 where the build has sd_notify, and the listener accepting."""
+    if WITH_SYSTEMD and notify.wait_for("READY=1", timeout) is None:
+        return False
+    return wait_port(port, timeout)
 
 
 class Daemon:
