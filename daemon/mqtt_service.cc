@@ -89,6 +89,8 @@ MqttService::~MqttService() {
 }
 
 std::string MqttService::reloadTls(const Config& config) {
+  // Build both contexts first; only when both are good do they replace the running ones.
+  mqtt::SslContext upstream;
   if (config.upstream.enabled) {
     const auto& u = config.upstream;
     auto up = mqtt::makeUpstreamSslContext(
@@ -96,31 +98,20 @@ std::string MqttService::reloadTls(const Config& config) {
     if (!up) {
       return "upstream TLS: " + up.error();
     }
-    if (!config.mqttTls.enabled) {
-      upstreamContext_ = std::move(*up);
-      return {};
-    }
-    // Both contexts or neither: assign after the listener's context is built too.
+    upstream = std::move(*up);
+  }
+  std::shared_ptr<tls::ServerContext> listener;
+  if (config.mqttTls.enabled) {
     const auto& l = config.mqttTls;
     auto ctx = tls::ServerContext::create(
         {l.certificate.string(), l.privateKey.string(), l.caFile.string(), l.crlFile.string()});
     if (!ctx) {
       return "mutual-TLS listener: " + ctx.error();
     }
-    upstreamContext_ = std::move(*up);
-    tlsContext_ = std::move(*ctx);
-    return {};
+    listener = std::move(*ctx);
   }
-  if (!config.mqttTls.enabled) {
-    return {};
-  }
-  const auto& l = config.mqttTls;
-  auto ctx = tls::ServerContext::create(
-      {l.certificate.string(), l.privateKey.string(), l.caFile.string(), l.crlFile.string()});
-  if (!ctx) {
-    return "mutual-TLS listener: " + ctx.error();
-  }
-  tlsContext_ = std::move(*ctx);
+  upstreamContext_ = std::move(upstream);
+  tlsContext_ = std::move(listener);
   return {};
 }
 
@@ -382,6 +373,18 @@ void MqttService::apply(Connection& c, mqtt::Effects& e) {
       auto created = mqtt::MosquittoUpstream::create(reactor_, us, *open, c);
       if (created) {
         c.upstream = std::move(*created);
+      } else {
+        // Without an upstream nothing the client sends could be delivered: say so and close.
+        Event ev;
+        ev.type = EventType::UpstreamUnavailable;
+        ev.device = c.session->device() != nullptr ? c.session->device()->id.str() : "";
+        ev.peer = c.label;
+        ev.protocol = "mqtt";
+        ev.rule = "upstream";
+        ev.action = "disconnect";
+        ev.message = "cannot open the upstream session: " + created.error();
+        sink_.emit(std::move(ev));
+        c.closeAfterFlush = true;
       }
     } else if (auto* pub = std::get_if<mqtt::upstream::Publish>(&cmd)) {
       if (c.upstream && c.upstream->publish(*pub)) {

@@ -10,7 +10,7 @@ namespace iotgw::policy {
 namespace {
 
 // Keep in step with systemd/iotgwd.catalog; a unit test checks that every id is there.
-constexpr std::array<EventTypeInfo, 17> kTypes = {{
+constexpr std::array<EventTypeInfo, 18> kTypes = {{
     {EventType::DaemonStarted, "daemon-started", "374298564b8a4ae3ada4bd102481fc30", LOG_NOTICE, ""},
     {EventType::DaemonStopping, "daemon-stopping", "34de99166a50412092525355db56601a", LOG_NOTICE, ""},
     {EventType::ConfigReloaded, "config-reloaded", "b29e8957707b4045838e586f6327ea49", LOG_NOTICE, ""},
@@ -40,6 +40,8 @@ constexpr std::array<EventTypeInfo, 17> kTypes = {{
      "5.6-1"},
     {EventType::EventsSuppressed, "events-suppressed", "5e97e4bf6285446593b840b5c897e586",
      LOG_NOTICE, ""},
+    {EventType::UpstreamUnavailable, "upstream-unavailable", "736e815b77c64f94948555a9570be238", LOG_ERR,
+     "5.9-1"},
 }};
 
 } // namespace

@@ -32,6 +32,7 @@ enum class EventType : uint8_t {
   FirewallRepaired,
   ExposedService,
   EventsSuppressed,
+  UpstreamUnavailable,
 };
 
 struct EventTypeInfo {

@@ -131,7 +131,9 @@ max_qos = 1
     keeper.connect("127.0.0.1", port, keepalive=30)
     keeper.loop_start()
     time.sleep(0.5)
-    check(keeper.publish("devices/keeper", "before-reload", qos=1).wait_for_publish(5) is None or True, "keeper publishes")
+    before = keeper.publish("devices/keeper", "before-reload", qos=1)
+    before.wait_for_publish(5)
+    check(before.is_published() and sub.wait_for("before-reload"), "the session publishes before the reload")
     pki.revoke("lost-phone", "app2")
     d.signal(signal.SIGHUP)
     deadline = time.time() + 10
