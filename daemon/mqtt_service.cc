@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "daemon/mqtt_service.h"
 
+#include <malloc.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -208,7 +209,7 @@ void MqttService::onAccept(int listenFd, bool tls) {
                      [this, raw](uint32_t ev) { onClientEvents(*raw, ev); })) {
       --perSource_[source];
       if (raw->handshaking) {
-        --handshakes_;
+        handshakeEnded();
       }
       continue;
     }
@@ -232,12 +233,32 @@ void MqttService::startSession(Connection& c) {
                                               std::move(peer), Clock::now());
 }
 
+void MqttService::handshakeEnded() {
+  --handshakes_;
+  lastHandshakeEnded_ = Clock::now();
+  handshakeCachesHeld_ = true;
+}
+
+void MqttService::releaseIdleMemory(Clock::time_point now) {
+  // Once handshakes have been quiet for a second: WolfSSL's per-key ECC tables (~200 KiB for each
+  // client certificate verified) go, and the heap gives its free pages back to the system, so an
+  // idle gateway's footprint follows its connections rather than its busiest burst.
+  if (!handshakeCachesHeld_ || handshakes_ != 0 || now - lastHandshakeEnded_ < std::chrono::seconds(1)) {
+    return;
+  }
+  handshakeCachesHeld_ = false;
+  tls::releaseHandshakeCaches();
+#ifdef __GLIBC__
+  ::malloc_trim(0); // musl (OpenWrt) returns memory on its own
+#endif
+}
+
 void MqttService::onHandshake(Connection& c) {
   const tls::IoStatus st = c.tls->handshake();
   switch (st) {
   case tls::IoStatus::Ok:
     c.handshaking = false;
-    --handshakes_;
+    handshakeEnded();
     startSession(c);
     flush(c);      // back to plain read interest
     readClient(c); // application data may have arrived with the last handshake flight
@@ -480,8 +501,8 @@ void MqttService::closeConnection(Connection& c, bool publishWill) {
     c.upstream->close(publishWill);
   }
   if (c.handshaking) {
-    --handshakes_;
     c.handshaking = false;
+    handshakeEnded();
   }
   c.tls.reset(); // before the socket closes: close_notify goes out if the session was up
   reactor_.remove(c.fd.get());
@@ -538,6 +559,7 @@ void MqttService::tick() {
     upstream->service(now);
   }
   sweep();
+  releaseIdleMemory(now);
 }
 
 void MqttService::sweep() {

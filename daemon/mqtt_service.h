@@ -63,6 +63,8 @@ private:
 
   void onAccept(int listenFd, bool tls);
   void onHandshake(Connection& c);
+  void handshakeEnded();
+  void releaseIdleMemory(mqtt::Clock::time_point now);
   void startSession(Connection& c);
   void readClient(Connection& c);
   void resume(Connection& c);
@@ -83,6 +85,8 @@ private:
   std::shared_ptr<tls::ServerContext> tlsContext_;
   mqtt::SslContext upstreamContext_;
   uint32_t handshakes_ = 0;
+  mqtt::Clock::time_point lastHandshakeEnded_{};
+  bool handshakeCachesHeld_ = false;
   std::map<Connection*, std::unique_ptr<Connection>> connections_;
   // Upstreams whose client has gone but which still deliver what it sent (bounded in time).
   std::vector<std::pair<std::unique_ptr<mqtt::MosquittoUpstream>, mqtt::Clock::time_point>> draining_;

@@ -5,6 +5,7 @@
 
 #include <wolfssl/ssl.h>
 #include <wolfssl/wolfcrypt/asn.h>
+#include <wolfssl/wolfcrypt/ecc.h>
 
 #include <fmt/format.h>
 
@@ -82,6 +83,8 @@ ServerContext::create(const ServerSettings& s) {
   return owner;
 }
 
+void releaseHandshakeCaches() { wc_ecc_fp_free(); }
+
 ServerContext::~ServerContext() { wolfSSL_CTX_free(ctx_); }
 
 std::expected<std::unique_ptr<ServerStream>, std::string>
@@ -130,7 +133,9 @@ IoStatus ServerStream::handshake() {
   }
   established_ = true;
   readPeer();
-  wolfSSL_FreeArrays(ssl_); // handshake secrets and buffers are no longer needed
+  // Handshake secrets, buffers, peer keys and suites are no longer needed.
+  wolfSSL_FreeArrays(ssl_);
+  (void)wolfSSL_FreeHandshakeResources(ssl_);
   return IoStatus::Ok;
 }
 

@@ -51,6 +51,12 @@ struct PeerIdentity {
 
 enum class IoStatus { Ok, WantRead, WantWrite, Closed, Failed };
 
+// Debian's WolfSSL is built with FP_ECC: every ECDSA verification leaves a fixed-point table of
+// about 200 KiB for the peer's public key in a per-thread cache, which grows with each new client
+// certificate. Call this when no handshake is in progress to give that memory back; the next
+// handshake rebuilds what it needs.
+void releaseHandshakeCaches();
+
 // One TLS connection over a non-blocking socket the caller owns.
 class ServerStream {
 public:
