@@ -100,6 +100,9 @@ struct Endpoint {
 struct NetworkRules {
   std::vector<Endpoint> outbound; // where the device may connect
   std::vector<Endpoint> services; // services on the device that the gateway may reach
+  // Device MQTT (1883/tcp) and CoAP (5683/udp) aimed at any other host is redirected to iotgwd's
+  // device-side listeners, so that a device hard-wired to a cloud broker still goes through it.
+  bool intercept = true;
 };
 
 struct SourcePosition {

@@ -437,6 +437,7 @@ private:
         }
       }
     }
+    n.intercept = r.boolean("intercept").value_or(true);
     r.finish();
   }
 

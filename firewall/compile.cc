@@ -1,0 +1,270 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#include "firewall/compile.h"
+
+#include <netinet/in.h>
+
+#include <linux/if_arp.h>
+#include <linux/netfilter.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace iotgw::firewall {
+
+namespace {
+
+using policy::DevicePolicy;
+using policy::IpAddress;
+using policy::IpPrefix;
+
+constexpr uint32_t kCtEstablishedOrRelated = (1u << 1) | (1u << 2); // NF_CT_STATE_BIT(0 / 1)
+constexpr uint16_t kDhcpServer = 67;
+constexpr uint16_t kDhcp6Server = 547;
+constexpr uint16_t kMqttPort = 1883;
+constexpr uint16_t kCoapPort = 5683;
+
+Value bytesOf(const IpAddress& a) {
+  const size_t n = a.family == AF_INET ? 4 : 16;
+  return Value{{a.bytes.begin(), a.bytes.begin() + static_cast<long>(n)}, std::nullopt};
+}
+Value prefixOf(const IpPrefix& p) {
+  Value v = bytesOf(p.address);
+  const uint8_t full = p.address.family == AF_INET ? 32 : 128;
+  if (p.length != full) {
+    v.prefix = p.length;
+  }
+  return v;
+}
+Value u8(uint8_t x) { return Value{{x}, std::nullopt}; }
+Value port(uint16_t p) { return Value{{static_cast<uint8_t>(p >> 8), static_cast<uint8_t>(p)}, std::nullopt}; }
+Value ifname(const std::string& name) {
+  Value v{std::vector<uint8_t>(16, 0), std::nullopt};
+  std::memcpy(v.bytes.data(), name.data(), std::min<size_t>(name.size(), 15));
+  return v;
+}
+Value mac(const policy::MacAddress& m) { return Value{{m.bytes.begin(), m.bytes.end()}, std::nullopt}; }
+
+Compare is(Field f, uint32_t v) { return Compare{f, v, false}; }
+
+// What differs between IPv4 and IPv6 in the table.
+struct Family {
+  int af;
+  uint8_t nfproto;
+  Field saddr;
+  Field daddr;
+  Field icmpType;
+  uint8_t icmpProto;
+  uint16_t dhcpServer;
+  const char* suffix;
+  std::vector<uint8_t> icmpTypes; // essential ICMP accepted between the gateway and devices
+};
+
+const Family kFamilies[] = {
+    // echo-reply, dest-unreachable, echo-request, time-exceeded, parameter-problem
+    {AF_INET, NFPROTO_IPV4, Field::Ip4Saddr, Field::Ip4Daddr, Field::IcmpType, IPPROTO_ICMP,
+     kDhcpServer, "4", {0, 3, 8, 11, 12}},
+    // dest-unreachable, packet-too-big, time-exceeded, parameter-problem, echo request/reply,
+    // router and neighbour solicitation/advertisement
+    {AF_INET6, NFPROTO_IPV6, Field::Ip6Saddr, Field::Ip6Daddr, Field::Icmp6Type, IPPROTO_ICMPV6,
+     kDhcp6Server, "6", {1, 2, 3, 4, 128, 129, 133, 134, 135, 136}},
+};
+
+std::string name(const char* base, const Family& f) { return std::string(base) + f.suffix; }
+
+Rule rule(std::vector<Expr> exprs, Verdict v, std::string comment, std::string target = {}) {
+  return Rule{std::move(exprs), v, std::move(target), std::move(comment)};
+}
+
+void addSets(Ruleset& rs, const policy::PolicySet& policies, const CompileOptions& o) {
+  Set ifaces{"dev_ifaces", {Field::Iifname}, false, false, {}};
+  for (const auto& i : o.interfaces) {
+    ifaces.elements.push_back(Element{{ifname(i)}, {}});
+  }
+  Set services{"gw_services", {Field::L4proto, Field::ThDport}, false, false, {}};
+  std::set<Service> gw(o.gatewayServices.begin(), o.gatewayServices.end());
+  gw.insert({IPPROTO_UDP, kDhcpServer});
+  gw.insert({IPPROTO_UDP, kDhcp6Server});
+  gw.insert({IPPROTO_UDP, 53});
+  gw.insert({IPPROTO_TCP, 53});
+  for (const auto& s : gw) {
+    services.elements.push_back(Element{{u8(s.protocol), port(s.port)}, {}});
+  }
+  std::sort(ifaces.elements.begin(), ifaces.elements.end());
+  ifaces.elements.erase(std::unique(ifaces.elements.begin(), ifaces.elements.end()),
+                        ifaces.elements.end());
+  rs.sets.push_back(std::move(ifaces));
+  rs.sets.push_back(std::move(services));
+
+  for (const auto& f : kFamilies) {
+    const Field addr = f.saddr;
+    Set icmp{name("icmp_ok", f), {f.icmpType}, false, false, {}};
+    for (uint8_t t : f.icmpTypes) {
+      icmp.elements.push_back(Element{{u8(t)}, {}});
+    }
+    Set bound{name("bound", f), {addr}, false, false, {}};
+    Set bind{name("bind", f), {addr, Field::EtherSaddr}, false, false, {}};
+    Set quarantine{name("quarantine", f), {addr}, false, false, {}};
+    Set intercept{name("intercept", f), {addr}, false, false, {}};
+    Set allow{name("allow", f), {addr, f.daddr, Field::L4proto, Field::ThDport}, true, false, {}};
+    Set svc{name("services", f), {f.daddr, Field::L4proto, Field::ThDport}, false, false, {}};
+    Set tx{name("tx", f), {addr}, false, true, {}};
+    Set rx{name("rx", f), {f.daddr}, false, true, {}};
+    for (const DevicePolicy& d : policies.devices()) {
+      const bool quarantined = o.quarantined.contains(d.id.str());
+      for (const IpAddress& a : d.addresses) {
+        if (a.family != f.af) {
+          continue;
+        }
+        const Value va = bytesOf(a);
+        if (d.mac) {
+          bound.elements.push_back(Element{{va}, {}});
+          bind.elements.push_back(Element{{va, mac(*d.mac)}, {}});
+        }
+        if (quarantined) {
+          quarantine.elements.push_back(Element{{va}, {}});
+        }
+        if (d.network.intercept) {
+          intercept.elements.push_back(Element{{va}, {}});
+        }
+        for (const auto& e : d.network.outbound) {
+          if (e.address && e.address->address.family == f.af) {
+            allow.elements.push_back(Element{
+                {va, prefixOf(*e.address), u8(static_cast<uint8_t>(e.transport)), port(e.port)}, {}});
+          }
+        }
+        for (const auto& e : d.network.services) {
+          svc.elements.push_back(
+              Element{{va, u8(static_cast<uint8_t>(e.transport)), port(e.port)}, {}});
+        }
+        tx.elements.push_back(Element{{va}, txCounterName(d.id)});
+        rx.elements.push_back(Element{{va}, rxCounterName(d.id)});
+      }
+    }
+    for (Set* s : {&icmp, &bound, &bind, &quarantine, &intercept, &allow, &svc, &tx, &rx}) {
+      std::sort(s->elements.begin(), s->elements.end());
+      s->elements.erase(std::unique(s->elements.begin(), s->elements.end()), s->elements.end());
+      rs.sets.push_back(std::move(*s));
+    }
+  }
+  for (const DevicePolicy& d : policies.devices()) {
+    if (!d.addresses.empty()) {
+      rs.counters.push_back(txCounterName(d.id));
+      rs.counters.push_back(rxCounterName(d.id));
+    }
+  }
+}
+
+void addChains(Ruleset& rs, const CompileOptions& o) {
+  const Lookup fromSegment{{Field::Iifname}, "dev_ifaces", false};
+  const Lookup toSegment{{Field::Oifname}, "dev_ifaces", false};
+  auto hooked = [](std::string n, Hook h, ChainType t, int32_t prio, std::vector<Rule> rules) {
+    return Chain{std::move(n), h, t, prio, std::move(rules)};
+  };
+  auto regular = [](std::string n, std::vector<Rule> rules) {
+    return Chain{std::move(n), Hook::None, ChainType::Filter, 0, std::move(rules)};
+  };
+
+  std::vector<Rule> pre, natPre, in, fwdOut, fwdIn, out, post;
+  for (const auto& f : kFamilies) {
+    const Compare fam = is(Field::Nfproto, f.nfproto);
+    pre.push_back(rule({fam, Lookup{{f.saddr}, name("bound", f), false},
+                        is(Field::Iiftype, ARPHRD_ETHER),
+                        Lookup{{f.saddr, Field::EtherSaddr}, name("bind", f), true}, Count{}},
+                       Verdict::Drop, "anti-spoofing: address not from its bound MAC"));
+    pre.push_back(rule({fam, CountByMap{f.saddr, name("tx", f)}}, Verdict::None,
+                       "per-device counter, from the device"));
+    post.push_back(rule({fam, CountByMap{f.daddr, name("rx", f)}}, Verdict::None,
+                        "per-device counter, to the device"));
+
+    for (auto [redirect, proto, dport] :
+         {std::tuple{o.mqttRedirectPort, uint8_t{IPPROTO_TCP}, kMqttPort},
+          std::tuple{o.coapRedirectPort, uint8_t{IPPROTO_UDP}, kCoapPort}}) {
+      if (redirect) {
+        natPre.push_back(rule({fromSegment, fam, Lookup{{f.saddr}, name("intercept", f), false},
+                               DaddrNotLocal{}, is(Field::L4proto, proto),
+                               is(Field::ThDport, dport), Redirect{*redirect}},
+                              Verdict::None,
+                              proto == IPPROTO_TCP ? "intercept device MQTT to iotgwd"
+                                                   : "intercept device CoAP to iotgwd"));
+      }
+    }
+
+    const Lookup fromQuarantined{{f.saddr}, name("quarantine", f), false};
+    const Lookup toQuarantined{{f.daddr}, name("quarantine", f), false};
+    in.push_back(rule({fam, fromQuarantined, is(Field::L4proto, IPPROTO_UDP),
+                       is(Field::ThDport, f.dhcpServer)},
+                      Verdict::Accept, "quarantine: DHCP only"));
+    in.push_back(rule({fam, fromQuarantined, Count{}}, Verdict::Drop, "quarantine"));
+    fwdOut.push_back(rule({fam, fromQuarantined, Count{}}, Verdict::Drop, "quarantine"));
+    fwdIn.push_back(rule({fam, toQuarantined, Count{}}, Verdict::Drop, "quarantine"));
+    out.push_back(rule({fam, toQuarantined, is(Field::L4proto, IPPROTO_UDP),
+                        is(Field::ThSport, f.dhcpServer)},
+                       Verdict::Accept, "quarantine: DHCP replies only"));
+    out.push_back(rule({fam, toQuarantined, Count{}}, Verdict::Drop, "quarantine"));
+  }
+
+  const CtStateIn replies{kCtEstablishedOrRelated};
+  in.push_back(rule({replies}, Verdict::Accept, "replies"));
+  in.push_back(rule({Lookup{{Field::L4proto, Field::ThDport}, "gw_services", false}},
+                    Verdict::Accept, "the gateway's device-side services, DHCP and DNS"));
+  out.push_back(rule({is(Field::Mark, kScanMark)}, Verdict::Accept, "exposure scan probes"));
+  out.push_back(rule({replies}, Verdict::Accept, "replies"));
+  out.push_back(rule({is(Field::L4proto, IPPROTO_UDP), is(Field::ThSport, kDhcpServer)},
+                     Verdict::Accept, "DHCP replies"));
+  out.push_back(rule({is(Field::L4proto, IPPROTO_UDP), is(Field::ThSport, kDhcp6Server)},
+                     Verdict::Accept, "DHCPv6 replies"));
+  for (const auto& f : kFamilies) {
+    const Compare fam = is(Field::Nfproto, f.nfproto);
+    const Lookup icmpOk{{f.icmpType}, name("icmp_ok", f), false};
+    in.push_back(rule({fam, is(Field::L4proto, f.icmpProto), icmpOk}, Verdict::Accept,
+                      "essential ICMP"));
+    out.push_back(rule({fam, is(Field::L4proto, f.icmpProto), icmpOk}, Verdict::Accept,
+                       "essential ICMP"));
+    out.push_back(rule({fam, Lookup{{f.daddr, Field::L4proto, Field::ThDport}, name("services", f),
+                                    false}},
+                       Verdict::Accept, "device services the gateway may reach"));
+    fwdOut.push_back(rule({fam, Lookup{{f.saddr, f.daddr, Field::L4proto, Field::ThDport},
+                                       name("allow", f), false}},
+                          Verdict::Accept, "device destinations its policy allows"));
+  }
+  in.push_back(rule({Count{}}, Verdict::Drop, "device segment: default deny"));
+  fwdOut.push_back(rule({Count{}}, Verdict::Drop, "device: not in its policy"));
+  fwdIn.push_back(rule({replies}, Verdict::Accept, "replies to what the device may start"));
+  fwdIn.push_back(rule({Count{}}, Verdict::Drop, "nothing reaches a device but the gateway"));
+  out.push_back(rule({Count{}}, Verdict::Drop, "gateway to device: default deny"));
+
+  // Base chains first (by hook), then the device chains they jump to.
+  rs.chains.push_back(hooked("prerouting", Hook::Prerouting, ChainType::Filter, -150,
+                             {rule({fromSegment}, Verdict::Jump, "", "from_devices")}));
+  rs.chains.push_back(hooked("nat_prerouting", Hook::Prerouting, ChainType::Nat, -100,
+                             std::move(natPre)));
+  rs.chains.push_back(hooked("input", Hook::Input, ChainType::Filter, 0,
+                             {rule({fromSegment}, Verdict::Jump, "", "device_input")}));
+  rs.chains.push_back(hooked("forward", Hook::Forward, ChainType::Filter, 0,
+                             {rule({fromSegment}, Verdict::Jump, "", "device_forward_out"),
+                              rule({toSegment}, Verdict::Jump, "", "device_forward_in")}));
+  rs.chains.push_back(hooked("output", Hook::Output, ChainType::Filter, 0,
+                             {rule({toSegment}, Verdict::Jump, "", "device_output")}));
+  rs.chains.push_back(hooked("postrouting", Hook::Postrouting, ChainType::Filter, 150,
+                             {rule({toSegment}, Verdict::Jump, "", "to_devices")}));
+  rs.chains.push_back(regular("from_devices", std::move(pre)));
+  rs.chains.push_back(regular("device_input", std::move(in)));
+  rs.chains.push_back(regular("device_forward_out", std::move(fwdOut)));
+  rs.chains.push_back(regular("device_forward_in", std::move(fwdIn)));
+  rs.chains.push_back(regular("device_output", std::move(out)));
+  rs.chains.push_back(regular("to_devices", std::move(post)));
+}
+
+} // namespace
+
+std::string txCounterName(const policy::DeviceId& id) { return "tx-" + id.str(); }
+std::string rxCounterName(const policy::DeviceId& id) { return "rx-" + id.str(); }
+
+Ruleset compile(const policy::PolicySet& policies, const CompileOptions& options) {
+  Ruleset rs;
+  addSets(rs, policies, options);
+  addChains(rs, options);
+  return rs;
+}
+
+} // namespace iotgw::firewall

@@ -1,0 +1,213 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#include "firewall/nft_text.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <linux/netfilter.h>
+
+#include <fmt/format.h>
+
+namespace iotgw::firewall {
+
+namespace {
+
+const char* fieldText(Field f) {
+  switch (f) {
+  case Field::Iifname: return "iifname";
+  case Field::Oifname: return "oifname";
+  case Field::Nfproto: return "meta nfproto";
+  case Field::L4proto: return "meta l4proto";
+  case Field::Iiftype: return "meta iiftype";
+  case Field::Mark: return "meta mark";
+  case Field::Ip4Saddr: return "ip saddr";
+  case Field::Ip4Daddr: return "ip daddr";
+  case Field::Ip6Saddr: return "ip6 saddr";
+  case Field::Ip6Daddr: return "ip6 daddr";
+  case Field::EtherSaddr: return "ether saddr";
+  case Field::ThSport: return "th sport";
+  case Field::ThDport: return "th dport";
+  case Field::IcmpType: return "icmp type";
+  case Field::Icmp6Type: return "icmpv6 type";
+  }
+  return "?";
+}
+
+const char* typeText(Field f) {
+  switch (f) {
+  case Field::Iifname:
+  case Field::Oifname: return "ifname";
+  case Field::Nfproto: return "nf_proto";
+  case Field::L4proto: return "inet_proto";
+  case Field::Iiftype: return "iface_type";
+  case Field::Mark: return "mark";
+  case Field::Ip4Saddr:
+  case Field::Ip4Daddr: return "ipv4_addr";
+  case Field::Ip6Saddr:
+  case Field::Ip6Daddr: return "ipv6_addr";
+  case Field::EtherSaddr: return "ether_addr";
+  case Field::ThSport:
+  case Field::ThDport: return "inet_service";
+  case Field::IcmpType: return "icmp_type";
+  case Field::Icmp6Type: return "icmpv6_type";
+  }
+  return "?";
+}
+
+std::string valueText(Field f, const Value& v) {
+  std::string out;
+  switch (f) {
+  case Field::Iifname:
+  case Field::Oifname: {
+    std::string name(v.bytes.begin(), v.bytes.end());
+    name.resize(name.find('\0') == std::string::npos ? name.size() : name.find('\0'));
+    out = fmt::format("\"{}\"", name);
+    break;
+  }
+  case Field::Ip4Saddr:
+  case Field::Ip4Daddr:
+  case Field::Ip6Saddr:
+  case Field::Ip6Daddr: {
+    char buf[INET6_ADDRSTRLEN] = {};
+    inet_ntop(v.bytes.size() == 4 ? AF_INET : AF_INET6, v.bytes.data(), buf, sizeof buf);
+    out = buf;
+    break;
+  }
+  case Field::EtherSaddr:
+    out = fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", v.bytes[0], v.bytes[1],
+                      v.bytes[2], v.bytes[3], v.bytes[4], v.bytes[5]);
+    break;
+  case Field::ThSport:
+  case Field::ThDport:
+    out = std::to_string((v.bytes[0] << 8) | v.bytes[1]);
+    break;
+  default: {
+    uint64_t x = 0;
+    for (uint8_t b : v.bytes) {
+      x = (x << 8) | b;
+    }
+    out = std::to_string(x);
+  }
+  }
+  if (v.prefix) {
+    out += fmt::format("/{}", *v.prefix);
+  }
+  return out;
+}
+
+std::string compareText(const Compare& c) {
+  std::string value;
+  switch (c.field) {
+  case Field::Nfproto: value = c.value == NFPROTO_IPV4 ? "ipv4" : "ipv6"; break;
+  case Field::Iiftype: value = c.value == 1 ? "ether" : std::to_string(c.value); break;
+  case Field::Mark: value = fmt::format("0x{:08x}", c.value); break;
+  default: value = std::to_string(c.value);
+  }
+  return fmt::format("{} {}{}", fieldText(c.field), c.negate ? "!= " : "", value);
+}
+
+std::string keyText(const std::vector<Field>& key, const char* (*text)(Field)) {
+  std::string out;
+  for (Field f : key) {
+    out += (out.empty() ? "" : " . ");
+    out += text(f);
+  }
+  return out;
+}
+
+struct ExprText {
+  std::string operator()(const Compare& c) const { return compareText(c); }
+  std::string operator()(const Lookup& l) const {
+    return fmt::format("{} {}@{}", keyText(l.key, fieldText), l.negate ? "!= " : "", l.set);
+  }
+  std::string operator()(const CtStateIn& s) const {
+    std::string names;
+    for (auto [bit, n] : {std::pair{1u, "invalid"}, {2u, "established"}, {4u, "related"},
+                          {8u, "new"}}) {
+      if ((s.mask & bit) != 0) {
+        names += (names.empty() ? "" : ",");
+        names += n;
+      }
+    }
+    return "ct state " + names;
+  }
+  std::string operator()(const DaddrNotLocal&) const { return "fib daddr type != local"; }
+  std::string operator()(const Count&) const { return "counter"; }
+  std::string operator()(const CountByMap& c) const {
+    return fmt::format("counter name {} map @{}", fieldText(c.key), c.map);
+  }
+  std::string operator()(const Redirect& r) const { return fmt::format("redirect to :{}", r.port); }
+};
+
+const char* hookText(Hook h) {
+  switch (h) {
+  case Hook::Prerouting: return "prerouting";
+  case Hook::Input: return "input";
+  case Hook::Forward: return "forward";
+  case Hook::Output: return "output";
+  case Hook::Postrouting: return "postrouting";
+  case Hook::None: break;
+  }
+  return "";
+}
+
+} // namespace
+
+std::string toNftScript(const Ruleset& rs) {
+  std::string out = fmt::format("table inet {} {{\n", kTableName);
+  for (const auto& c : rs.counters) {
+    out += fmt::format("\tcounter {} {{ }}\n", c);
+  }
+  for (const Set& s : rs.sets) {
+    out += fmt::format("\t{} {} {{\n\t\ttype {}{}\n", s.counterMap ? "map" : "set", s.name,
+                       keyText(s.key, typeText), s.counterMap ? " : counter" : "");
+    if (s.interval) {
+      out += "\t\tflags interval\n";
+    }
+    if (!s.elements.empty()) {
+      out += "\t\telements = {";
+      bool first = true;
+      for (const Element& e : s.elements) {
+        out += first ? " " : ",\n\t\t\t";
+        first = false;
+        for (size_t i = 0; i < e.key.size(); ++i) {
+          out += (i == 0 ? "" : " . ") + valueText(s.key[i], e.key[i]);
+        }
+        if (s.counterMap) {
+          out += fmt::format(" : \"{}\"", e.counter);
+        }
+      }
+      out += " }\n";
+    }
+    out += "\t}\n";
+  }
+  for (const Chain& c : rs.chains) {
+    out += fmt::format("\tchain {} {{\n", c.name);
+    if (c.hook != Hook::None) {
+      out += fmt::format("\t\ttype {} hook {} priority {}; policy accept;\n",
+                         c.type == ChainType::Nat ? "nat" : "filter", hookText(c.hook), c.priority);
+    }
+    for (const Rule& r : c.rules) {
+      std::string line;
+      for (const Expr& e : r.exprs) {
+        line += (line.empty() ? "" : " ") + std::visit(ExprText{}, e);
+      }
+      switch (r.verdict) {
+      case Verdict::Accept: line += " accept"; break;
+      case Verdict::Drop: line += " drop"; break;
+      case Verdict::Return: line += " return"; break;
+      case Verdict::Jump: line += " jump " + r.target; break;
+      case Verdict::None: break;
+      }
+      if (!r.comment.empty()) {
+        line += fmt::format(" comment \"{}\"", r.comment);
+      }
+      out += "\t\t" + line + "\n";
+    }
+    out += "\t}\n";
+  }
+  out += "}\n";
+  return out;
+}
+
+} // namespace iotgw::firewall

@@ -1,0 +1,212 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#include <gtest/gtest.h>
+
+#include <netinet/in.h>
+
+#include <fmt/format.h>
+
+#include "firewall/compile.h"
+#include "firewall/nft_text.h"
+#include "policy/policy_parser.h"
+
+using namespace iotgw;
+using firewall::Element;
+using firewall::Field;
+using firewall::Value;
+
+namespace {
+
+std::shared_ptr<const policy::PolicySet> policies(const std::vector<std::string>& docs) {
+  std::vector<policy::DevicePolicy> devices;
+  for (size_t i = 0; i < docs.size(); ++i) {
+    auto p = policy::parseDevicePolicy(docs[i], fmt::format("doc{}", i));
+    EXPECT_TRUE(p.has_value()) << (p ? "" : p.error().front().message);
+    devices.push_back(std::move(*p));
+  }
+  auto set = policy::PolicySet::build(std::move(devices));
+  EXPECT_TRUE(set.has_value());
+  return *set;
+}
+
+// Many devices, built directly (parsing 10,000 documents would only slow the test down).
+std::shared_ptr<const policy::PolicySet> manyDevices(size_t n) {
+  std::vector<policy::DevicePolicy> devices;
+  for (size_t i = 0; i < n; ++i) {
+    policy::DevicePolicy d(*policy::DeviceId::parse(fmt::format("dev-{:05}", i)));
+    d.addresses.push_back(
+        *policy::IpAddress::parse(fmt::format("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256)));
+    d.mac = *policy::MacAddress::parse(
+        fmt::format("02:00:00:{:02x}:{:02x}:{:02x}", i / 65536, (i / 256) % 256, i % 256));
+    d.network.outbound.push_back(*policy::parseEndpoint("192.0.2.10:8883/tcp"));
+    d.network.services.push_back(*policy::parseService("80/tcp"));
+    devices.push_back(std::move(d));
+  }
+  return *policy::PolicySet::build(std::move(devices));
+}
+
+firewall::CompileOptions options() {
+  firewall::CompileOptions o;
+  o.interfaces = {"br-iot"};
+  o.gatewayServices = {{IPPROTO_TCP, 1883}, {IPPROTO_UDP, 5683}};
+  o.mqttRedirectPort = 1883;
+  o.coapRedirectPort = 5683;
+  return o;
+}
+
+Value v(std::initializer_list<uint8_t> bytes, std::optional<uint8_t> prefix = std::nullopt) {
+  return Value{bytes, prefix};
+}
+
+const std::string kThermo = R"(
+[device]
+id = "thermo-01"
+mac = "02:00:00:00:00:10"
+addresses = ["192.168.50.10", "fd00:50::10"]
+[network]
+outbound = ["192.168.1.20:8883/tcp", "203.0.113.0/24:123/udp", "[2001:db8::1]:443/tcp"]
+services = ["80/tcp", "5683/udp"]
+)";
+
+const std::string kPlug = R"(
+[device]
+id = "plug-02"
+mac = "02:00:00:00:00:11"
+addresses = ["192.168.50.11"]
+[network]
+intercept = false
+)";
+
+// How many rules a packet can meet at most: each base chain's rules plus, for every jump, the
+// rules of the chain it jumps to.
+size_t longestPath(const firewall::Ruleset& rs) {
+  size_t total = 0;
+  for (const auto& c : rs.chains) {
+    if (c.hook == firewall::Hook::None) {
+      continue;
+    }
+    size_t n = c.rules.size();
+    for (const auto& r : c.rules) {
+      if (r.verdict == firewall::Verdict::Jump) {
+        n += rs.findChain(r.target)->rules.size();
+      }
+    }
+    total += n;
+  }
+  return total;
+}
+
+} // namespace
+
+TEST(FirewallCompile, DeviceFactsLandInTheirSets) {
+  const auto rs = firewall::compile(*policies({kThermo, kPlug}), options());
+  const Value thermo4 = v({192, 168, 50, 10});
+  const Value plug4 = v({192, 168, 50, 11});
+  const Value thermo6 = v({0xfd, 0, 0, 0x50, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10});
+
+  EXPECT_EQ(rs.findSet("bound4")->elements, (std::vector<Element>{{{thermo4}, {}}, {{plug4}, {}}}));
+  EXPECT_EQ(rs.findSet("bind4")->elements,
+            (std::vector<Element>{{{thermo4, v({2, 0, 0, 0, 0, 0x10})}, {}},
+                                  {{plug4, v({2, 0, 0, 0, 0, 0x11})}, {}}}));
+  EXPECT_EQ(rs.findSet("bind6")->elements,
+            (std::vector<Element>{{{thermo6, v({2, 0, 0, 0, 0, 0x10})}, {}}}));
+  // An outbound prefix is a range; a host is exact; each address family in its own set.
+  EXPECT_EQ(rs.findSet("allow4")->elements,
+            (std::vector<Element>{
+                {{thermo4, v({192, 168, 1, 20}), v({IPPROTO_TCP}), v({0x22, 0xb3})}, {}},
+                {{thermo4, v({203, 0, 113, 0}, 24), v({IPPROTO_UDP}), v({0, 123})}, {}}}));
+  ASSERT_EQ(rs.findSet("allow6")->elements.size(), 1u);
+  EXPECT_EQ(rs.findSet("services4")->elements,
+            (std::vector<Element>{{{thermo4, v({IPPROTO_TCP}), v({0, 80})}, {}},
+                                  {{thermo4, v({IPPROTO_UDP}), v({0x16, 0x33})}, {}}}));
+  // plug-02 turned interception off.
+  EXPECT_EQ(rs.findSet("intercept4")->elements, (std::vector<Element>{{{thermo4}, {}}}));
+  EXPECT_TRUE(rs.findSet("quarantine4")->elements.empty());
+  EXPECT_EQ(rs.findSet("tx4")->elements,
+            (std::vector<Element>{{{thermo4}, "tx-thermo-01"}, {{plug4}, "tx-plug-02"}}));
+  EXPECT_EQ(rs.counters, (std::vector<std::string>{"tx-plug-02", "rx-plug-02", "tx-thermo-01",
+                                                   "rx-thermo-01"}));
+  // DHCP, DHCPv6 and DNS are always there; the listeners come from the options.
+  EXPECT_EQ(rs.findSet("gw_services")->elements.size(), 6u);
+}
+
+TEST(FirewallCompile, QuarantineAddsEveryAddressOfTheDevice) {
+  auto o = options();
+  o.quarantined = {"thermo-01"};
+  const auto rs = firewall::compile(*policies({kThermo, kPlug}), o);
+  EXPECT_EQ(rs.findSet("quarantine4")->elements,
+            (std::vector<Element>{{{v({192, 168, 50, 10})}, {}}}));
+  EXPECT_EQ(rs.findSet("quarantine6")->elements.size(), 1u);
+}
+
+TEST(FirewallCompile, NoInterceptionWithoutAListener) {
+  auto o = options();
+  o.mqttRedirectPort.reset();
+  o.coapRedirectPort.reset();
+  const auto rs = firewall::compile(*policies({kThermo}), o);
+  EXPECT_TRUE(rs.findChain("nat_prerouting")->rules.empty());
+  EXPECT_EQ(firewall::compile(*policies({kThermo}), options()).findChain("nat_prerouting")->rules.size(),
+            4u); // MQTT and CoAP, IPv4 and IPv6
+}
+
+TEST(FirewallCompile, RulesPerPacketDoNotGrowWithDevices) {
+  const auto one = firewall::compile(*manyDevices(1), options());
+  const auto many = firewall::compile(*manyDevices(10'000), options());
+  ASSERT_EQ(one.chains.size(), many.chains.size());
+  for (size_t i = 0; i < one.chains.size(); ++i) {
+    EXPECT_EQ(one.chains[i], many.chains[i]) << one.chains[i].name;
+  }
+  EXPECT_EQ(longestPath(one), longestPath(many));
+  EXPECT_LE(longestPath(many), 50u); // every hook together, IPv4 and IPv6
+  // What grows is data: one element per device in each per-device set, two counters each.
+  EXPECT_EQ(many.findSet("bind4")->elements.size(), 10'000u);
+  EXPECT_EQ(many.findSet("allow4")->elements.size(), 10'000u);
+  EXPECT_EQ(many.counters.size(), 20'000u);
+}
+
+TEST(FirewallCompile, OneDeviceMoreIsAnElementDelta) {
+  const auto before = firewall::compile(*policies({kPlug}), options());
+  const auto after = firewall::compile(*policies({kPlug, kThermo}), options());
+  const auto d = firewall::diff(before, after);
+  ASSERT_TRUE(d.has_value());
+  EXPECT_TRUE(d->remove.empty());
+  EXPECT_TRUE(d->deleteCounters.empty());
+  EXPECT_EQ(d->addCounters, (std::vector<std::string>{"rx-thermo-01", "tx-thermo-01"}));
+  EXPECT_EQ(d->add.at("allow4").size(), 2u);
+  EXPECT_EQ(d->add.at("tx6").size(), 1u);
+  // And back again.
+  const auto back = firewall::diff(after, before);
+  ASSERT_TRUE(back.has_value());
+  EXPECT_TRUE(back->add.empty());
+  EXPECT_EQ(back->remove.at("bind4").size(), 1u);
+  EXPECT_EQ(back->remove.at("bind6").size(), 1u);
+  EXPECT_EQ(back->deleteCounters.size(), 2u);
+  // Nothing changed: an empty delta.
+  EXPECT_TRUE(firewall::diff(after, after)->empty());
+}
+
+TEST(FirewallCompile, StructuralChangesNeedTheWholeTable) {
+  auto o = options();
+  o.coapRedirectPort.reset();
+  const auto a = firewall::compile(*policies({kThermo}), options());
+  const auto b = firewall::compile(*policies({kThermo}), o);
+  EXPECT_FALSE(firewall::diff(a, b).has_value());
+}
+
+TEST(FirewallCompile, NftScriptNamesEveryPart) {
+  const std::string text = firewall::toNftScript(firewall::compile(*policies({kThermo}), options()));
+  for (const char* part : {
+           "table inet iotgw {",
+           "counter tx-thermo-01 { }",
+           "set allow4 {\n\t\ttype ipv4_addr . ipv4_addr . inet_proto . inet_service\n\t\tflags interval\n",
+           "192.168.50.10 . 203.0.113.0/24 . 17 . 123",
+           "map tx4 {\n\t\ttype ipv4_addr : counter\n\t\telements = { 192.168.50.10 : \"tx-thermo-01\" }",
+           "type filter hook prerouting priority -150; policy accept;",
+           "iifname @dev_ifaces jump from_devices",
+           "meta nfproto ipv4 ip saddr @bound4 meta iiftype ether ip saddr . ether saddr != @bind4 counter drop",
+           "fib daddr type != local meta l4proto 6 th dport 1883 redirect to :1883",
+           "ct state established,related accept",
+           "meta mark 0x696f7467 accept",
+       }) {
+    EXPECT_NE(text.find(part), std::string::npos) << part << "\n---\n" << text;
+  }
+}
