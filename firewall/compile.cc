@@ -105,7 +105,11 @@ void addSets(Ruleset& rs, const policy::PolicySet& policies, const CompileOption
     Set bind{name("bind", f), {addr, Field::EtherSaddr}, false, false, {}};
     Set quarantine{name("quarantine", f), {addr}, false, false, {}};
     Set intercept{name("intercept", f), {addr}, false, false, {}};
-    Set allow{name("allow", f), {addr, f.daddr, Field::L4proto, Field::ThDport}, true, false, {}};
+    // Exact destinations in a hash set; prefixes in an interval set, where the kernel's deletion
+    // cost grows with the set (pipapo), so that most devices never touch it.
+    Set allow{name("allow", f), {addr, f.daddr, Field::L4proto, Field::ThDport}, false, false, {}};
+    Set allowNet{name("allow_net", f), {addr, f.daddr, Field::L4proto, Field::ThDport}, true, false,
+                 {}};
     Set svc{name("services", f), {f.daddr, Field::L4proto, Field::ThDport}, false, false, {}};
     Set tx{name("tx", f), {addr}, false, true, {}};
     Set rx{name("rx", f), {f.daddr}, false, true, {}};
@@ -128,8 +132,10 @@ void addSets(Ruleset& rs, const policy::PolicySet& policies, const CompileOption
         }
         for (const auto& e : d.network.outbound) {
           if (e.address && e.address->address.family == f.af) {
-            allow.elements.push_back(Element{
-                {va, prefixOf(*e.address), u8(static_cast<uint8_t>(e.transport)), port(e.port)}, {}});
+            Value dst = prefixOf(*e.address);
+            Set& into = dst.prefix ? allowNet : allow;
+            into.elements.push_back(
+                Element{{va, std::move(dst), u8(static_cast<uint8_t>(e.transport)), port(e.port)}, {}});
           }
         }
         for (const auto& e : d.network.services) {
@@ -140,7 +146,7 @@ void addSets(Ruleset& rs, const policy::PolicySet& policies, const CompileOption
         rx.elements.push_back(Element{{va}, rxCounterName(d.id)});
       }
     }
-    for (Set* s : {&icmp, &bound, &bind, &quarantine, &intercept, &allow, &svc, &tx, &rx}) {
+    for (Set* s : {&icmp, &bound, &bind, &quarantine, &intercept, &allow, &allowNet, &svc, &tx, &rx}) {
       std::sort(s->elements.begin(), s->elements.end());
       s->elements.erase(std::unique(s->elements.begin(), s->elements.end()), s->elements.end());
       rs.sets.push_back(std::move(*s));
@@ -223,9 +229,11 @@ void addChains(Ruleset& rs, const CompileOptions& o) {
     out.push_back(rule({fam, Lookup{{f.daddr, Field::L4proto, Field::ThDport}, name("services", f),
                                     false}},
                        Verdict::Accept, "device services the gateway may reach"));
-    fwdOut.push_back(rule({fam, Lookup{{f.saddr, f.daddr, Field::L4proto, Field::ThDport},
-                                       name("allow", f), false}},
-                          Verdict::Accept, "device destinations its policy allows"));
+    for (const char* set : {"allow", "allow_net"}) {
+      fwdOut.push_back(rule({fam, Lookup{{f.saddr, f.daddr, Field::L4proto, Field::ThDport},
+                                         name(set, f), false}},
+                            Verdict::Accept, "device destinations its policy allows"));
+    }
   }
   in.push_back(rule({Count{}}, Verdict::Drop, "device segment: default deny"));
   fwdOut.push_back(rule({Count{}}, Verdict::Drop, "device: not in its policy"));

@@ -112,8 +112,12 @@ TEST(FirewallCompile, DeviceFactsLandInTheirSets) {
   // An outbound prefix is a range; a host is exact; each address family in its own set.
   EXPECT_EQ(rs.findSet("allow4")->elements,
             (std::vector<Element>{
-                {{thermo4, v({192, 168, 1, 20}), v({IPPROTO_TCP}), v({0x22, 0xb3})}, {}},
+                {{thermo4, v({192, 168, 1, 20}), v({IPPROTO_TCP}), v({0x22, 0xb3})}, {}}}));
+  EXPECT_EQ(rs.findSet("allow_net4")->elements,
+            (std::vector<Element>{
                 {{thermo4, v({203, 0, 113, 0}, 24), v({IPPROTO_UDP}), v({0, 123})}, {}}}));
+  EXPECT_FALSE(rs.findSet("allow4")->interval);
+  EXPECT_TRUE(rs.findSet("allow_net4")->interval);
   ASSERT_EQ(rs.findSet("allow6")->elements.size(), 1u);
   EXPECT_EQ(rs.findSet("services4")->elements,
             (std::vector<Element>{{{thermo4, v({IPPROTO_TCP}), v({0, 80})}, {}},
@@ -171,7 +175,8 @@ TEST(FirewallCompile, OneDeviceMoreIsAnElementDelta) {
   EXPECT_TRUE(d->remove.empty());
   EXPECT_TRUE(d->deleteCounters.empty());
   EXPECT_EQ(d->addCounters, (std::vector<std::string>{"rx-thermo-01", "tx-thermo-01"}));
-  EXPECT_EQ(d->add.at("allow4").size(), 2u);
+  EXPECT_EQ(d->add.at("allow4").size(), 1u);
+  EXPECT_EQ(d->add.at("allow_net4").size(), 1u);
   EXPECT_EQ(d->add.at("tx6").size(), 1u);
   // And back again.
   const auto back = firewall::diff(after, before);
@@ -197,7 +202,7 @@ TEST(FirewallCompile, NftScriptNamesEveryPart) {
   for (const char* part : {
            "table inet iotgw {",
            "counter tx-thermo-01 { }",
-           "set allow4 {\n\t\ttype ipv4_addr . ipv4_addr . inet_proto . inet_service\n\t\tflags interval\n",
+           "set allow_net4 {\n\t\ttype ipv4_addr . ipv4_addr . inet_proto . inet_service\n\t\tflags interval\n",
            "192.168.50.10 . 203.0.113.0/24 . 17 . 123",
            "map tx4 {\n\t\ttype ipv4_addr : counter\n\t\telements = { 192.168.50.10 : \"tx-thermo-01\" }",
            "type filter hook prerouting priority -150; policy accept;",

@@ -1,0 +1,809 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#include "firewall/netlink.h"
+
+// <netinet/in.h> before the kernel's netfilter headers, or struct in_addr is defined twice.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/nfnetlink.h>
+
+#include <libmnl/libmnl.h>
+#include <libnftnl/chain.h>
+#include <libnftnl/common.h>
+#include <libnftnl/expr.h>
+#include <libnftnl/gen.h>
+#include <libnftnl/object.h>
+#include <libnftnl/rule.h>
+#include <libnftnl/set.h>
+#include <libnftnl/table.h>
+#include <libnftnl/udata.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include <fmt/format.h>
+
+namespace iotgw::firewall {
+
+namespace {
+
+template <auto Free> struct Deleter {
+  template <typename T> void operator()(T* p) const { Free(p); }
+};
+using TablePtr = std::unique_ptr<nftnl_table, Deleter<nftnl_table_free>>;
+using ChainPtr = std::unique_ptr<nftnl_chain, Deleter<nftnl_chain_free>>;
+using RulePtr = std::unique_ptr<nftnl_rule, Deleter<nftnl_rule_free>>;
+using SetPtr = std::unique_ptr<nftnl_set, Deleter<nftnl_set_free>>;
+using ObjPtr = std::unique_ptr<nftnl_obj, Deleter<nftnl_obj_free>>;
+
+constexpr uint16_t kFamily = NFPROTO_INET;
+constexpr size_t kRequestBytes = 8192;
+constexpr size_t kReceiveBytes = 64 * 1024;
+
+// nft's datatype numbers, so that `nft list` shows our sets with their proper types.
+uint32_t datatype(Field f) {
+  switch (f) {
+  case Field::Iifname:
+  case Field::Oifname: return 41;
+  case Field::Nfproto: return 2;
+  case Field::L4proto: return 12;
+  case Field::Iiftype: return 21;
+  case Field::Mark: return 19;
+  case Field::Ip4Saddr:
+  case Field::Ip4Daddr: return 7;
+  case Field::Ip6Saddr:
+  case Field::Ip6Daddr: return 8;
+  case Field::EtherSaddr: return 9;
+  case Field::ThSport:
+  case Field::ThDport: return 13;
+  case Field::IcmpType: return 14;
+  case Field::Icmp6Type: return 29;
+  }
+  return 0;
+}
+
+uint32_t registers32(Field f) { return (fieldLength(f) + 3) / 4; }
+
+uint32_t keyLength(const std::vector<Field>& key) {
+  if (key.size() == 1) {
+    return fieldLength(key[0]);
+  }
+  uint32_t n = 0;
+  for (Field f : key) {
+    n += registers32(f) * 4;
+  }
+  return n;
+}
+
+// The element key as the kernel stores it: concatenated fields each padded to 32 bits. For an
+// interval, `end` gives the last value of the range (the prefix's host bits set).
+std::vector<uint8_t> keyBytes(const std::vector<Field>& key, const Element& e, bool end) {
+  std::vector<uint8_t> out;
+  for (size_t i = 0; i < key.size(); ++i) {
+    std::vector<uint8_t> v = e.key[i].bytes;
+    if (end && e.key[i].prefix) {
+      const size_t bits = *e.key[i].prefix;
+      for (size_t b = bits; b < v.size() * 8; ++b) {
+        v[b / 8] |= static_cast<uint8_t>(0x80u >> (b % 8));
+      }
+    }
+    if (key.size() > 1) {
+      v.resize(registers32(key[i]) * 4, 0);
+    }
+    out.insert(out.end(), v.begin(), v.end());
+  }
+  return out;
+}
+
+// --- rule expressions -----------------------------------------------------------------------
+
+void add(nftnl_rule* r, nftnl_expr* e) { nftnl_rule_add_expr(r, e); }
+
+void load(nftnl_rule* r, Field f, uint32_t reg) {
+  auto meta = [&](uint32_t key) {
+    nftnl_expr* e = nftnl_expr_alloc("meta");
+    nftnl_expr_set_u32(e, NFTNL_EXPR_META_KEY, key);
+    nftnl_expr_set_u32(e, NFTNL_EXPR_META_DREG, reg);
+    add(r, e);
+  };
+  auto payload = [&](uint32_t base, uint32_t offset) {
+    nftnl_expr* e = nftnl_expr_alloc("payload");
+    nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_BASE, base);
+    nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_OFFSET, offset);
+    nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_LEN, fieldLength(f));
+    nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_DREG, reg);
+    add(r, e);
+  };
+  switch (f) {
+  case Field::Iifname: meta(NFT_META_IIFNAME); break;
+  case Field::Oifname: meta(NFT_META_OIFNAME); break;
+  case Field::Nfproto: meta(NFT_META_NFPROTO); break;
+  case Field::L4proto: meta(NFT_META_L4PROTO); break;
+  case Field::Iiftype: meta(NFT_META_IIFTYPE); break;
+  case Field::Mark: meta(NFT_META_MARK); break;
+  case Field::Ip4Saddr: payload(NFT_PAYLOAD_NETWORK_HEADER, 12); break;
+  case Field::Ip4Daddr: payload(NFT_PAYLOAD_NETWORK_HEADER, 16); break;
+  case Field::Ip6Saddr: payload(NFT_PAYLOAD_NETWORK_HEADER, 8); break;
+  case Field::Ip6Daddr: payload(NFT_PAYLOAD_NETWORK_HEADER, 24); break;
+  case Field::EtherSaddr: payload(NFT_PAYLOAD_LL_HEADER, 6); break;
+  case Field::ThSport: payload(NFT_PAYLOAD_TRANSPORT_HEADER, 0); break;
+  case Field::ThDport: payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2); break;
+  case Field::IcmpType:
+  case Field::Icmp6Type: payload(NFT_PAYLOAD_TRANSPORT_HEADER, 0); break;
+  }
+}
+
+void cmp(nftnl_rule* r, uint32_t reg, uint32_t op, const void* data, uint32_t len) {
+  nftnl_expr* e = nftnl_expr_alloc("cmp");
+  nftnl_expr_set_u32(e, NFTNL_EXPR_CMP_SREG, reg);
+  nftnl_expr_set_u32(e, NFTNL_EXPR_CMP_OP, op);
+  nftnl_expr_set(e, NFTNL_EXPR_CMP_DATA, data, len);
+  add(r, e);
+}
+
+void compare(nftnl_rule* r, const Compare& c) {
+  load(r, c.field, NFT_REG_1);
+  const uint32_t op = c.negate ? NFT_CMP_NEQ : NFT_CMP_EQ;
+  switch (fieldLength(c.field)) {
+  case 1: {
+    const auto v = static_cast<uint8_t>(c.value);
+    cmp(r, NFT_REG_1, op, &v, 1);
+    break;
+  }
+  case 2: {
+    // Ports are in network order on the wire; meta iiftype is in host order.
+    const auto host = static_cast<uint16_t>(c.value);
+    const uint16_t v = (c.field == Field::ThDport || c.field == Field::ThSport) ? htons(host) : host;
+    cmp(r, NFT_REG_1, op, &v, 2);
+    break;
+  }
+  default: {
+    const uint32_t v = c.value;
+    cmp(r, NFT_REG_1, op, &v, 4);
+  }
+  }
+}
+
+// Loads a (possibly concatenated) key; returns the first register.
+uint32_t loadKey(nftnl_rule* r, const std::vector<Field>& key) {
+  if (key.size() == 1) {
+    load(r, key[0], NFT_REG_1);
+    return NFT_REG_1;
+  }
+  uint32_t reg = NFT_REG32_00;
+  for (Field f : key) {
+    load(r, f, reg);
+    reg += registers32(f);
+  }
+  return NFT_REG32_00;
+}
+
+struct SetIds {
+  const std::map<std::string, uint32_t, std::less<>>* ids;
+  uint32_t of(const std::string& name) const {
+    auto it = ids->find(name);
+    return it == ids->end() ? 0 : it->second;
+  }
+};
+
+struct ExprBuilder {
+  nftnl_rule* r;
+  SetIds sets;
+  void operator()(const Compare& c) const { compare(r, c); }
+  void operator()(const Lookup& l) const {
+    const uint32_t reg = loadKey(r, l.key);
+    nftnl_expr* e = nftnl_expr_alloc("lookup");
+    nftnl_expr_set_u32(e, NFTNL_EXPR_LOOKUP_SREG, reg);
+    nftnl_expr_set_str(e, NFTNL_EXPR_LOOKUP_SET, l.set.c_str());
+    if (uint32_t id = sets.of(l.set)) {
+      nftnl_expr_set_u32(e, NFTNL_EXPR_LOOKUP_SET_ID, id);
+    }
+    if (l.negate) {
+      nftnl_expr_set_u32(e, NFTNL_EXPR_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
+    }
+    add(r, e);
+  }
+  void operator()(const CtStateIn& s) const {
+    nftnl_expr* ct = nftnl_expr_alloc("ct");
+    nftnl_expr_set_u32(ct, NFTNL_EXPR_CT_KEY, NFT_CT_STATE);
+    nftnl_expr_set_u32(ct, NFTNL_EXPR_CT_DREG, NFT_REG_1);
+    add(r, ct);
+    nftnl_expr* bw = nftnl_expr_alloc("bitwise");
+    const uint32_t mask = s.mask;
+    const uint32_t zero = 0;
+    nftnl_expr_set_u32(bw, NFTNL_EXPR_BITWISE_SREG, NFT_REG_1);
+    nftnl_expr_set_u32(bw, NFTNL_EXPR_BITWISE_DREG, NFT_REG_1);
+    nftnl_expr_set_u32(bw, NFTNL_EXPR_BITWISE_LEN, 4);
+    nftnl_expr_set(bw, NFTNL_EXPR_BITWISE_MASK, &mask, 4);
+    nftnl_expr_set(bw, NFTNL_EXPR_BITWISE_XOR, &zero, 4);
+    add(r, bw);
+    cmp(r, NFT_REG_1, NFT_CMP_NEQ, &zero, 4);
+  }
+  void operator()(const DaddrNotLocal&) const {
+    nftnl_expr* e = nftnl_expr_alloc("fib");
+    nftnl_expr_set_u32(e, NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR);
+    nftnl_expr_set_u32(e, NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE);
+    nftnl_expr_set_u32(e, NFTNL_EXPR_FIB_DREG, NFT_REG_1);
+    add(r, e);
+    const uint32_t local = 2; // RTN_LOCAL
+    cmp(r, NFT_REG_1, NFT_CMP_NEQ, &local, 4);
+  }
+  void operator()(const Count&) const { add(r, nftnl_expr_alloc("counter")); }
+  void operator()(const CountByMap& c) const {
+    const uint32_t reg = loadKey(r, {c.key});
+    nftnl_expr* e = nftnl_expr_alloc("objref");
+    nftnl_expr_set_u32(e, NFTNL_EXPR_OBJREF_SET_SREG, reg);
+    nftnl_expr_set_str(e, NFTNL_EXPR_OBJREF_SET_NAME, c.map.c_str());
+    if (uint32_t id = sets.of(c.map)) {
+      nftnl_expr_set_u32(e, NFTNL_EXPR_OBJREF_SET_ID, id);
+    }
+    add(r, e);
+  }
+  void operator()(const Redirect& rd) const {
+    nftnl_expr* imm = nftnl_expr_alloc("immediate");
+    const uint16_t port = htons(rd.port);
+    nftnl_expr_set_u32(imm, NFTNL_EXPR_IMM_DREG, NFT_REG_1);
+    nftnl_expr_set(imm, NFTNL_EXPR_IMM_DATA, &port, sizeof port);
+    add(r, imm);
+    nftnl_expr* e = nftnl_expr_alloc("redir");
+    nftnl_expr_set_u32(e, NFTNL_EXPR_REDIR_REG_PROTO_MIN, NFT_REG_1);
+    add(r, e);
+  }
+};
+
+void verdict(nftnl_rule* r, const Rule& rule) {
+  int v = 0;
+  switch (rule.verdict) {
+  case Verdict::None: return;
+  case Verdict::Accept: v = NF_ACCEPT; break;
+  case Verdict::Drop: v = NF_DROP; break;
+  case Verdict::Jump: v = NFT_JUMP; break;
+  case Verdict::Return: v = NFT_RETURN; break;
+  }
+  nftnl_expr* e = nftnl_expr_alloc("immediate");
+  nftnl_expr_set_u32(e, NFTNL_EXPR_IMM_DREG, NFT_REG_VERDICT);
+  nftnl_expr_set_u32(e, NFTNL_EXPR_IMM_VERDICT, static_cast<uint32_t>(v));
+  if (rule.verdict == Verdict::Jump) {
+    nftnl_expr_set_str(e, NFTNL_EXPR_IMM_CHAIN, rule.target.c_str());
+  }
+  add(r, e);
+}
+
+uint32_t hookNumber(Hook h) {
+  switch (h) {
+  case Hook::Prerouting: return NF_INET_PRE_ROUTING;
+  case Hook::Input: return NF_INET_LOCAL_IN;
+  case Hook::Forward: return NF_INET_FORWARD;
+  case Hook::Output: return NF_INET_LOCAL_OUT;
+  case Hook::Postrouting: return NF_INET_POST_ROUTING;
+  case Hook::None: break;
+  }
+  return 0;
+}
+
+std::string errnoText(int err) { return std::strerror(err); }
+
+} // namespace
+
+// --- the batch --------------------------------------------------------------------------------
+
+// Netlink messages laid end to end in one buffer, framed by batch begin/end, sent with one
+// sendmsg. Each message gets room for the largest payload libnftnl writes into one message.
+namespace detail {
+class Batch {
+public:
+  explicit Batch(uint32_t& seq) : seq_(seq) {
+    begin_ = seq_;
+    nftnl_batch_begin(reserve(), seq_++);
+    commit();
+  }
+  // Room for the next message; call commit() once it is written.
+  [[nodiscard]] char* reserve() {
+    buf_.resize(used_ + kRoom);
+    return buf_.data() + used_;
+  }
+  nlmsghdr* header(uint16_t type, uint16_t flags) {
+    ++messages_;
+    return nftnl_nlmsg_build_hdr(reserve(), type, kFamily, flags, seq_++);
+  }
+  void commit() {
+    auto* nlh = reinterpret_cast<nlmsghdr*>(buf_.data() + used_);
+    used_ += NLMSG_ALIGN(nlh->nlmsg_len);
+  }
+  void end() {
+    nftnl_batch_end(reserve(), seq_++);
+    commit();
+  }
+  [[nodiscard]] const char* data() const { return buf_.data(); }
+  [[nodiscard]] size_t size() const { return used_; }
+  [[nodiscard]] size_t messages() const { return messages_; }
+
+private:
+  static constexpr size_t kRoom = 128 * 1024; // > 64 KiB of elements per message, plus headers
+  uint32_t& seq_;
+  uint32_t begin_ = 0;
+  std::vector<char> buf_;
+  size_t used_ = 0;
+  size_t messages_ = 0;
+};
+} // namespace detail
+
+using detail::Batch;
+
+namespace {
+
+void buildTable(nlmsghdr* nlh) {
+  TablePtr t(nftnl_table_alloc());
+  nftnl_table_set_str(t.get(), NFTNL_TABLE_NAME, kTableName);
+  nftnl_table_set_u32(t.get(), NFTNL_TABLE_FAMILY, kFamily);
+  nftnl_table_nlmsg_build_payload(nlh, t.get());
+}
+
+void buildCounter(nlmsghdr* nlh, const std::string& name) {
+  ObjPtr o(nftnl_obj_alloc());
+  nftnl_obj_set_str(o.get(), NFTNL_OBJ_TABLE, kTableName);
+  nftnl_obj_set_str(o.get(), NFTNL_OBJ_NAME, name.c_str());
+  nftnl_obj_set_u32(o.get(), NFTNL_OBJ_FAMILY, kFamily);
+  nftnl_obj_set_u32(o.get(), NFTNL_OBJ_TYPE, NFT_OBJECT_COUNTER);
+  nftnl_obj_nlmsg_build_payload(nlh, o.get());
+}
+
+SetPtr setObject(const Set& s, uint32_t id) {
+  SetPtr set(nftnl_set_alloc());
+  nftnl_set_set_str(set.get(), NFTNL_SET_TABLE, kTableName);
+  nftnl_set_set_str(set.get(), NFTNL_SET_NAME, s.name.c_str());
+  nftnl_set_set_u32(set.get(), NFTNL_SET_FAMILY, kFamily);
+  if (id != 0) {
+    nftnl_set_set_u32(set.get(), NFTNL_SET_ID, id);
+  }
+  return set;
+}
+
+void buildSet(nlmsghdr* nlh, const Set& s, uint32_t id) {
+  SetPtr set = setObject(s, id);
+  uint32_t type = 0;
+  for (Field f : s.key) {
+    type = (type << 6) | datatype(f);
+  }
+  uint32_t flags = 0;
+  if (s.interval) {
+    flags |= NFT_SET_INTERVAL;
+  }
+  if (s.key.size() > 1 && s.interval) {
+    // Field lengths make the kernel pick pipapo for ranges over concatenations; exact
+    // concatenations stay in a hash, whose deletions do not grow with the set.
+    flags |= NFT_SET_CONCAT;
+    uint8_t lengths[NFT_REG32_COUNT] = {};
+    for (size_t i = 0; i < s.key.size(); ++i) {
+      lengths[i] = static_cast<uint8_t>(fieldLength(s.key[i]));
+    }
+    nftnl_set_set_data(set.get(), NFTNL_SET_DESC_CONCAT, lengths, sizeof lengths);
+  }
+  if (s.counterMap) {
+    flags |= NFT_SET_OBJECT;
+    nftnl_set_set_u32(set.get(), NFTNL_SET_OBJ_TYPE, NFT_OBJECT_COUNTER);
+  }
+  nftnl_set_set_u32(set.get(), NFTNL_SET_FLAGS, flags);
+  nftnl_set_set_u32(set.get(), NFTNL_SET_KEY_TYPE, type);
+  if (s.key.size() == 1 && (s.key[0] == Field::Iifname || s.key[0] == Field::Oifname)) {
+    // Interface names are strings in host order; nft needs telling to show them as such.
+    nftnl_udata_buf* ud = nftnl_udata_buf_alloc(64);
+    nftnl_udata_put_u32(ud, NFTNL_UDATA_SET_KEYBYTEORDER, 1); // nft's BYTEORDER_HOST_ENDIAN
+    nftnl_set_set_data(set.get(), NFTNL_SET_USERDATA, nftnl_udata_buf_data(ud),
+                       nftnl_udata_buf_len(ud));
+    nftnl_udata_buf_free(ud);
+  }
+  nftnl_set_set_u32(set.get(), NFTNL_SET_KEY_LEN, keyLength(s.key));
+  nftnl_set_nlmsg_build_payload(nlh, set.get());
+}
+
+// NEWSETELEM / DELSETELEM messages for `elements` of set `s`, as many as the elements need.
+void buildElements(Batch& b, uint16_t type, uint16_t flags, const Set& s, uint32_t id,
+                   const std::vector<Element>& elements) {
+  if (elements.empty()) {
+    return;
+  }
+  SetPtr set = setObject(s, id);
+  for (const Element& e : elements) {
+    nftnl_set_elem* el = nftnl_set_elem_alloc();
+    const auto key = keyBytes(s.key, e, false);
+    nftnl_set_elem_set(el, NFTNL_SET_ELEM_KEY, key.data(), static_cast<uint32_t>(key.size()));
+    if (s.interval) {
+      const auto end = keyBytes(s.key, e, true);
+      nftnl_set_elem_set(el, NFTNL_SET_ELEM_KEY_END, end.data(), static_cast<uint32_t>(end.size()));
+    }
+    if (s.counterMap) {
+      nftnl_set_elem_set_str(el, NFTNL_SET_ELEM_OBJREF, e.counter.c_str());
+    }
+    nftnl_set_elem_add(set.get(), el);
+  }
+  nftnl_set_elems_iter* it = nftnl_set_elems_iter_create(set.get());
+  // The iterator's cursor never becomes NULL: the build call's return value says whether more
+  // elements are left (1) or not (0).
+  for (;;) {
+    nlmsghdr* nlh = b.header(type, flags);
+    const int more = nftnl_set_elems_nlmsg_build_payload_iter(nlh, it);
+    b.commit();
+    if (more <= 0) {
+      break;
+    }
+  }
+  nftnl_set_elems_iter_destroy(it);
+}
+
+void buildChain(nlmsghdr* nlh, const Chain& c) {
+  ChainPtr ch(nftnl_chain_alloc());
+  nftnl_chain_set_str(ch.get(), NFTNL_CHAIN_TABLE, kTableName);
+  nftnl_chain_set_str(ch.get(), NFTNL_CHAIN_NAME, c.name.c_str());
+  nftnl_chain_set_u32(ch.get(), NFTNL_CHAIN_FAMILY, kFamily);
+  if (c.hook != Hook::None) {
+    nftnl_chain_set_u32(ch.get(), NFTNL_CHAIN_HOOKNUM, hookNumber(c.hook));
+    nftnl_chain_set_s32(ch.get(), NFTNL_CHAIN_PRIO, c.priority);
+    nftnl_chain_set_str(ch.get(), NFTNL_CHAIN_TYPE, c.type == ChainType::Nat ? "nat" : "filter");
+    nftnl_chain_set_u32(ch.get(), NFTNL_CHAIN_POLICY, NF_ACCEPT);
+  }
+  nftnl_chain_nlmsg_build_payload(nlh, ch.get());
+}
+
+void buildRule(nlmsghdr* nlh, const Chain& c, const Rule& rule, SetIds ids) {
+  RulePtr r(nftnl_rule_alloc());
+  nftnl_rule_set_str(r.get(), NFTNL_RULE_TABLE, kTableName);
+  nftnl_rule_set_str(r.get(), NFTNL_RULE_CHAIN, c.name.c_str());
+  nftnl_rule_set_u32(r.get(), NFTNL_RULE_FAMILY, kFamily);
+  for (const Expr& e : rule.exprs) {
+    std::visit(ExprBuilder{r.get(), ids}, e);
+  }
+  verdict(r.get(), rule);
+  if (!rule.comment.empty()) {
+    nftnl_udata_buf* ud = nftnl_udata_buf_alloc(NFT_USERDATA_MAXLEN);
+    nftnl_udata_put_strz(ud, NFTNL_UDATA_RULE_COMMENT, rule.comment.c_str());
+    nftnl_rule_set_data(r.get(), NFTNL_RULE_USERDATA, nftnl_udata_buf_data(ud),
+                        nftnl_udata_buf_len(ud));
+    nftnl_udata_buf_free(ud);
+  }
+  nftnl_rule_nlmsg_build_payload(nlh, r.get());
+}
+
+} // namespace
+
+// --- Netlink ------------------------------------------------------------------------------------
+
+std::expected<std::unique_ptr<Netlink>, std::string> Netlink::open() {
+  mnl_socket* nl = mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC);
+  if (nl == nullptr) {
+    return std::unexpected("netlink socket: " + errnoText(errno));
+  }
+  if (mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0) {
+    const int err = errno;
+    mnl_socket_close(nl);
+    return std::unexpected("netlink bind: " + errnoText(err));
+  }
+  return std::unique_ptr<Netlink>(new Netlink(nl));
+}
+
+Netlink::Netlink(mnl_socket* nl)
+    : nl_(nl), portId_(mnl_socket_get_portid(nl)), seq_(static_cast<uint32_t>(::time(nullptr))) {}
+
+Netlink::~Netlink() { mnl_socket_close(nl_); }
+
+std::expected<BatchStats, std::string> Netlink::commit(Batch& b) {
+  b.end();
+  // The whole transaction goes in one sendmsg: the socket's send buffer must hold it.
+  const int fd = mnl_socket_get_fd(nl_);
+  const int want = static_cast<int>(b.size() + 64 * 1024);
+  int have = 0;
+  socklen_t len = sizeof have;
+  if (::getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &have, &len) == 0 && have < want) {
+    if (::setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &want, sizeof want) != 0) {
+      (void)::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &want, sizeof want);
+    }
+  }
+  if (mnl_socket_sendto(nl_, b.data(), b.size()) < 0) {
+    return std::unexpected("netlink send: " + errnoText(errno));
+  }
+  // Messages carry no ACK request: the kernel answers only errors. A GETGEN request sent after
+  // the batch is answered after the batch was processed, so its reply closes the answer.
+  char req[kRequestBytes];
+  const uint32_t fence = seq_++;
+  nlmsghdr* nlh = nftnl_nlmsg_build_hdr(req, NFT_MSG_GETGEN, AF_UNSPEC, 0, fence);
+  if (mnl_socket_sendto(nl_, nlh, nlh->nlmsg_len) < 0) {
+    return std::unexpected("netlink send: " + errnoText(errno));
+  }
+  std::string error;
+  std::vector<char> buf(kReceiveBytes);
+  for (;;) {
+    const ssize_t n = mnl_socket_recvfrom(nl_, buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return std::unexpected("netlink receive: " + errnoText(errno));
+    }
+    auto* h = reinterpret_cast<nlmsghdr*>(buf.data());
+    int left = static_cast<int>(n);
+    bool done = false;
+    for (; mnl_nlmsg_ok(h, left); h = mnl_nlmsg_next(h, &left)) {
+      if (h->nlmsg_type == NLMSG_ERROR) {
+        const auto* e = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(h));
+        if (e->error != 0 && error.empty()) {
+          error = errnoText(-e->error);
+        }
+        if (h->nlmsg_seq == fence) {
+          done = true;
+        }
+      } else if (h->nlmsg_seq == fence) {
+        done = true;
+      }
+    }
+    if (done) {
+      break;
+    }
+  }
+  if (!error.empty()) {
+    return std::unexpected("the kernel refused the nftables batch (nothing was applied): " + error);
+  }
+  return BatchStats{b.messages(), b.size()};
+}
+
+std::expected<BatchStats, std::string> Netlink::replace(const Ruleset& rs) {
+  Batch b(seq_);
+  // Create-if-missing, delete, create: one transaction that replaces whatever table is there.
+  buildTable(b.header(NFT_MSG_NEWTABLE, NLM_F_CREATE));
+  b.commit();
+  buildTable(b.header(NFT_MSG_DELTABLE, 0));
+  b.commit();
+  buildTable(b.header(NFT_MSG_NEWTABLE, NLM_F_CREATE));
+  b.commit();
+  for (const auto& c : rs.counters) {
+    buildCounter(b.header(NFT_MSG_NEWOBJ, NLM_F_CREATE), c);
+    b.commit();
+  }
+  std::map<std::string, uint32_t, std::less<>> ids;
+  for (const Set& s : rs.sets) {
+    const uint32_t id = static_cast<uint32_t>(ids.size() + 1);
+    ids.emplace(s.name, id);
+    buildSet(b.header(NFT_MSG_NEWSET, NLM_F_CREATE), s, id);
+    b.commit();
+    buildElements(b, NFT_MSG_NEWSETELEM, NLM_F_CREATE, s, id, s.elements);
+  }
+  // Chains before rules: a jump must find its chain.
+  for (const Chain& c : rs.chains) {
+    buildChain(b.header(NFT_MSG_NEWCHAIN, NLM_F_CREATE), c);
+    b.commit();
+  }
+  for (const Chain& c : rs.chains) {
+    for (const Rule& r : c.rules) {
+      buildRule(b.header(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND), c, r, SetIds{&ids});
+      b.commit();
+    }
+  }
+  return commit(b);
+}
+
+std::expected<BatchStats, std::string> Netlink::update(const ElementDelta& d, const Ruleset& target) {
+  Batch b(seq_);
+  for (const auto& c : d.addCounters) {
+    buildCounter(b.header(NFT_MSG_NEWOBJ, NLM_F_CREATE), c);
+    b.commit();
+  }
+  for (const auto& [name, elements] : d.remove) {
+    if (const Set* s = target.findSet(name)) {
+      buildElements(b, NFT_MSG_DELSETELEM, 0, *s, 0, elements);
+    }
+  }
+  for (const auto& [name, elements] : d.add) {
+    if (const Set* s = target.findSet(name)) {
+      buildElements(b, NFT_MSG_NEWSETELEM, NLM_F_CREATE, *s, 0, elements);
+    }
+  }
+  for (const auto& c : d.deleteCounters) {
+    buildCounter(b.header(NFT_MSG_DELOBJ, 0), c);
+    b.commit();
+  }
+  return commit(b);
+}
+
+std::expected<void, std::string> Netlink::remove() {
+  Batch b(seq_);
+  buildTable(b.header(NFT_MSG_NEWTABLE, NLM_F_CREATE));
+  b.commit();
+  buildTable(b.header(NFT_MSG_DELTABLE, 0));
+  b.commit();
+  if (auto r = commit(b); !r) {
+    return std::unexpected(r.error());
+  }
+  return {};
+}
+
+namespace {
+
+// Sends one request and runs `cb` on every answer until the dump ends.
+std::expected<void, std::string> request(mnl_socket* nl, uint32_t portId, nlmsghdr* nlh,
+                                         mnl_cb_t cb, void* data) {
+  if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0) {
+    return std::unexpected("netlink send: " + errnoText(errno));
+  }
+  const uint32_t seq = nlh->nlmsg_seq;
+  std::vector<char> buf(kReceiveBytes);
+  for (;;) {
+    const ssize_t n = mnl_socket_recvfrom(nl, buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return std::unexpected("netlink receive: " + errnoText(errno));
+    }
+    const int ret = mnl_cb_run(buf.data(), static_cast<size_t>(n), seq, portId, cb, data);
+    if (ret < 0) {
+      return std::unexpected(errnoText(errno));
+    }
+    if (ret == MNL_CB_STOP) {
+      return {};
+    }
+  }
+}
+
+} // namespace
+
+std::expected<bool, std::string> Netlink::tableExists() {
+  char buf[kRequestBytes];
+  nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETTABLE, kFamily, NLM_F_ACK, seq_++);
+  buildTable(nlh);
+  auto r = request(nl_, portId_, nlh, nullptr, nullptr);
+  if (r) {
+    return true;
+  }
+  if (errno == ENOENT) {
+    return false;
+  }
+  return std::unexpected(r.error());
+}
+
+std::expected<std::map<std::string, CounterValue>, std::string> Netlink::counters() {
+  char buf[kRequestBytes];
+  nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETOBJ, kFamily, NLM_F_DUMP, seq_++);
+  ObjPtr filter(nftnl_obj_alloc());
+  nftnl_obj_set_str(filter.get(), NFTNL_OBJ_TABLE, kTableName);
+  nftnl_obj_set_u32(filter.get(), NFTNL_OBJ_TYPE, NFT_OBJECT_COUNTER);
+  nftnl_obj_nlmsg_build_payload(nlh, filter.get());
+  std::map<std::string, CounterValue> out;
+  auto cb = [](const nlmsghdr* h, void* data) -> int {
+    ObjPtr o(nftnl_obj_alloc());
+    if (nftnl_obj_nlmsg_parse(h, o.get()) < 0) {
+      return MNL_CB_ERROR;
+    }
+    if (nftnl_obj_get_u32(o.get(), NFTNL_OBJ_TYPE) == NFT_OBJECT_COUNTER) {
+      auto& m = *static_cast<std::map<std::string, CounterValue>*>(data);
+      m[nftnl_obj_get_str(o.get(), NFTNL_OBJ_NAME)] =
+          CounterValue{nftnl_obj_get_u64(o.get(), NFTNL_OBJ_CTR_PKTS),
+                       nftnl_obj_get_u64(o.get(), NFTNL_OBJ_CTR_BYTES)};
+    }
+    return MNL_CB_OK;
+  };
+  if (auto r = request(nl_, portId_, nlh, cb, &out); !r) {
+    return std::unexpected("reading counters: " + r.error());
+  }
+  return out;
+}
+
+std::expected<uint32_t, std::string> Netlink::generation() {
+  char buf[kRequestBytes];
+  nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETGEN, AF_UNSPEC, 0, seq_++);
+  uint32_t gen = 0;
+  auto cb = [](const nlmsghdr* h, void* data) -> int {
+    std::unique_ptr<nftnl_gen, Deleter<nftnl_gen_free>> g(nftnl_gen_alloc());
+    if (nftnl_gen_nlmsg_parse(h, g.get()) < 0) {
+      return MNL_CB_ERROR;
+    }
+    *static_cast<uint32_t*>(data) = nftnl_gen_get_u32(g.get(), NFTNL_GEN_ID);
+    return MNL_CB_STOP;
+  };
+  if (auto r = request(nl_, portId_, nlh, cb, &gen); !r) {
+    return std::unexpected("reading the ruleset generation: " + r.error());
+  }
+  return gen;
+}
+
+namespace {
+// Calls f(attribute) for each attribute after the nfgenmsg header, until f returns false.
+template <typename F> void forEachAttribute(const nlmsghdr* h, F&& f) {
+  const auto* a = static_cast<const nlattr*>(mnl_nlmsg_get_payload_offset(h, sizeof(nfgenmsg)));
+  const auto* tail = static_cast<const char*>(mnl_nlmsg_get_payload_tail(h));
+  while (mnl_attr_ok(a, static_cast<int>(tail - reinterpret_cast<const char*>(a))) && f(a)) {
+    a = mnl_attr_next(a);
+  }
+}
+} // namespace
+
+// --- Monitor ------------------------------------------------------------------------------------
+
+std::expected<std::unique_ptr<Monitor>, std::string> Monitor::open() {
+  mnl_socket* nl = mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  if (nl == nullptr) {
+    return std::unexpected("netlink socket: " + errnoText(errno));
+  }
+  if (mnl_socket_bind(nl, 1u << (NFNLGRP_NFTABLES - 1), MNL_SOCKET_AUTOPID) < 0) {
+    const int err = errno;
+    mnl_socket_close(nl);
+    return std::unexpected("netlink bind to nftables notifications: " + errnoText(err));
+  }
+  // Our own 10,000-device batches notify every element; room for them, so that overruns stay
+  // rare (an overrun costs a generation check, not a missed change).
+  const int size = 16 * 1024 * 1024;
+  const int fd = mnl_socket_get_fd(nl);
+  if (::setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size) != 0) {
+    (void)::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+  }
+  return std::unique_ptr<Monitor>(new Monitor(nl));
+}
+
+Monitor::~Monitor() { mnl_socket_close(nl_); }
+
+int Monitor::fd() const { return mnl_socket_get_fd(nl_); }
+
+Monitor::Result Monitor::drain() {
+  Result result = Result::Quiet;
+  std::vector<char> buf(kReceiveBytes);
+  for (;;) {
+    const ssize_t n = ::recv(fd(), buf.data(), buf.size(), 0);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      if (errno == ENOBUFS) {
+        touched_ = false;
+        result = Result::Overrun;
+        continue;
+      }
+      return result; // EAGAIN: nothing more for now
+    }
+    auto* h = reinterpret_cast<nlmsghdr*>(buf.data());
+    int left = static_cast<int>(n);
+    for (; mnl_nlmsg_ok(h, left); h = mnl_nlmsg_next(h, &left)) {
+      if (NFNL_SUBSYS_ID(h->nlmsg_type) != NFNL_SUBSYS_NFTABLES) {
+        continue;
+      }
+      const uint16_t type = NFNL_MSG_TYPE(h->nlmsg_type);
+      const auto* gen = static_cast<const nfgenmsg*>(mnl_nlmsg_get_payload(h));
+      if (type == NFT_MSG_NEWGEN) {
+        uint32_t pid = 0;
+        std::string name;
+        forEachAttribute(h, [&](const nlattr* a) {
+          if (mnl_attr_get_type(a) == NFTA_GEN_PROC_PID) {
+            pid = ntohl(mnl_attr_get_u32(a));
+          } else if (mnl_attr_get_type(a) == NFTA_GEN_PROC_NAME) {
+            name = mnl_attr_get_str(a);
+          }
+          return true;
+        });
+        if (touched_ && pid != static_cast<uint32_t>(::getpid())) {
+          result = result == Result::Overrun ? Result::Overrun : Result::Changed;
+          lastChanger_ = name.empty() ? fmt::format("pid {}", pid) : fmt::format("{} (pid {})", name, pid);
+        }
+        touched_ = false;
+        continue;
+      }
+      if (gen->nfgen_family != NFPROTO_INET) {
+        continue;
+      }
+      // Tables, chains, rules, sets, elements, objects and flowtables all name their table in
+      // attribute 1.
+      forEachAttribute(h, [&](const nlattr* a) {
+        if (mnl_attr_get_type(a) == 1 && mnl_attr_get_payload_len(a) > 0 &&
+            std::strncmp(static_cast<const char*>(mnl_attr_get_payload(a)), kTableName,
+                         mnl_attr_get_payload_len(a)) == 0) {
+          touched_ = true;
+          return false;
+        }
+        return true;
+      });
+    }
+  }
+}
+
+} // namespace iotgw::firewall
