@@ -43,6 +43,7 @@ public:
     if (const auto* t = top.table("device_segment")) {
       TableReader r(*t, "device_segment", source_, diags_);
       if (auto ifs = r.strings("interfaces", Need::Optional, 64, 15)) {
+        c.deviceSegment.interfaces.clear(); // given: replaces the default
         const auto& arr = *t->get("interfaces")->as_array();
         for (size_t i = 0; i < ifs->size(); ++i) {
           const auto& name = (*ifs)[i];
@@ -271,6 +272,14 @@ private:
   }
 
   void crossCheck(const toml::table& root, const Config& c) {
+    if (c.firewall.enabled && c.deviceSegment.interfaces.empty()) {
+      const toml::node* at = root["firewall"].node();
+      at = at != nullptr ? at : root["device_segment"].node();
+      const auto pos = at != nullptr ? at->source().begin : toml::source_position{1, 1};
+      diags_.push_back(Diagnostic{source_, pos.line, pos.column,
+                                  "the firewall (on unless '[firewall] enabled = false') needs "
+                                  "'device_segment.interfaces' to tell device traffic apart"});
+    }
     for (const char* name : {"mqtt", "mqtt_tls"}) {
       const bool enabled = std::string_view(name) == "mqtt" ? c.mqtt.enabled : c.mqttTls.enabled;
       if (!enabled || c.upstream.enabled) {

@@ -45,7 +45,7 @@ struct UpstreamConfig {
 };
 
 struct DeviceSegment {
-  std::vector<std::string> interfaces;
+  std::vector<std::string> interfaces{"br-iot"}; // OpenWrt's name for an isolated device segment
   std::vector<policy::IpPrefix> subnets;
 };
 

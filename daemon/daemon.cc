@@ -114,10 +114,27 @@ std::string Daemon::setUp() {
   }
   scheduleSummaries();
 
+  // The table goes in before any listener accepts a device (fail closed: no table, no daemon).
+  if (config.firewall.enabled) {
+    firewall_ = std::make_unique<FirewallService>(*reactor_, *sink_,
+                                                  [this](const policy::DeviceId& id) {
+                                                    if (mqtt_) {
+                                                      mqtt_->closeDevice(id);
+                                                    }
+                                                  });
+    if (auto err = firewall_->start(config, current_.policies); !err.empty()) {
+      return err;
+    }
+  }
   if (config.mqtt.enabled || config.mqttTls.enabled) {
     mqtt_ = std::make_unique<MqttService>(
         *reactor_, *sink_, current_.config, [this] { return current_.policies; },
         current_.defaultCredentials);
+    if (firewall_) {
+      mqtt_->setQuarantineHandler([this](const policy::DeviceId& id, const std::string& rule) {
+        firewall_->quarantine(id, rule, "the device broke its policy, whose action is quarantine");
+      });
+    }
     if (auto err = mqtt_->start(); !err.empty()) {
       return err;
     }
@@ -144,8 +161,12 @@ std::string Daemon::statusLine() const {
     mqtt = fmt::format("; MQTT on port {}, {} connection{}", c.mqtt.port, mqtt_->connections(),
                        mqtt_->connections() == 1 ? "" : "s");
   }
-  return fmt::format("{} device{} enrolled, default deny; config {}{}", n, n == 1 ? "" : "s",
-                     c.source.empty() ? "built-in default" : c.source.string(), mqtt);
+  std::string fw = "; firewall off";
+  if (firewall_) {
+    fw = fmt::format("; table inet iotgw on {}", fmt::join(c.deviceSegment.interfaces, ","));
+  }
+  return fmt::format("{} device{} enrolled, default deny; config {}{}{}", n, n == 1 ? "" : "s",
+                     c.source.empty() ? "built-in default" : c.source.string(), fw, mqtt);
 }
 
 int Daemon::run() {
@@ -164,6 +185,9 @@ int Daemon::run() {
     failed.message = "event loop failed: " + ec.message();
     sink_->emit(failed);
     return 1;
+  }
+  if (firewall_) {
+    firewall_->stop();
   }
   sink_->flushSuppressed();
   return exitCode_;
@@ -211,17 +235,30 @@ void Daemon::reload() {
     notify::ready(statusLine());
     return;
   }
+  auto reject = [this](const std::string& err) {
+    Event e;
+    e.type = EventType::ConfigRejected;
+    e.protocol = "config";
+    e.action = "keep-running-config";
+    e.rule = err;
+    e.message = "reload rejected; the running configuration stays in force: " + err;
+    sink_->emit(e);
+    notify::ready(statusLine());
+  };
+  // The firewall first: one transaction, and nothing changed if the kernel refuses it.
+  if (firewall_) {
+    if (auto err = firewall_->apply(*next->config, next->policies); !err.empty()) {
+      reject(err);
+      return;
+    }
+  }
   // The TLS context (certificate, CA, CRL) is rebuilt too; if that fails nothing changes.
   if (mqtt_) {
     if (auto err = mqtt_->reloadTls(*next->config); !err.empty()) {
-      Event e;
-      e.type = EventType::ConfigRejected;
-      e.protocol = "config";
-      e.action = "keep-running-config";
-      e.rule = err;
-      e.message = "reload rejected; the running configuration stays in force: " + err;
-      sink_->emit(e);
-      notify::ready(statusLine());
+      if (firewall_) {
+        (void)firewall_->apply(*current_.config, current_.policies); // back to the running state
+      }
+      reject(err);
       return;
     }
   }

@@ -368,10 +368,17 @@ void MqttService::readClient(Connection& c) {
 }
 
 void MqttService::apply(Connection& c, mqtt::Effects& e) {
+  const std::string violated = e.events.empty() ? std::string("policy") : e.events.back().rule;
   for (auto& ev : e.events) {
     sink_.emit(std::move(ev));
   }
-  if (e.quarantineRequested && c.session->device() != nullptr) {
+  if (e.quarantineRequested && c.session->device() != nullptr && quarantine_) {
+    const policy::DeviceId id = c.session->device()->id;
+    quarantine_(id, violated); // closes this session too, through closeDevice
+    if (c.dead) {
+      return;
+    }
+  } else if (e.quarantineRequested && c.session->device() != nullptr) {
     Event q;
     q.type = EventType::DeviceQuarantined;
     q.device = c.session->device()->id.str();
@@ -483,6 +490,15 @@ void MqttService::flush(Connection& c) {
   }
   if (c.output.empty() && c.closeAfterFlush) {
     closeConnection(c, true);
+  }
+}
+
+void MqttService::closeDevice(const policy::DeviceId& id) {
+  for (auto& [ptr, c] : connections_) {
+    if (!c->dead && c->session && c->session->device() != nullptr &&
+        c->session->device()->id == id) {
+      closeConnection(*c, false); // swept by the caller's loop turn
+    }
   }
 }
 

@@ -52,6 +52,12 @@ public:
   void setDefaultCredentials(std::shared_ptr<const policy::DefaultCredentials> d) {
     defaults_ = std::move(d);
   }
+  // Who carries out a quarantine the device's policy asks for (the firewall); without one the
+  // request is only reported and the session closed.
+  using QuarantineHandler = std::function<void(const policy::DeviceId&, const std::string& rule)>;
+  void setQuarantineHandler(QuarantineHandler h) { quarantine_ = std::move(h); }
+  // Ends every session of the device (quarantine).
+  void closeDevice(const policy::DeviceId& id);
   [[nodiscard]] size_t connections() const { return connections_.size(); }
   [[nodiscard]] const MqttStats& stats() const { return stats_; }
   [[nodiscard]] std::vector<uint16_t> boundPorts() const;
@@ -79,6 +85,7 @@ private:
   EventSink& sink_;
   std::shared_ptr<const Config> config_;
   PolicySource policies_;
+  QuarantineHandler quarantine_;
   std::shared_ptr<const policy::DefaultCredentials> defaults_;
   policy::AuthThrottle throttle_;
   std::vector<io::UniqueFd> listeners_;

@@ -163,6 +163,8 @@ state_directory = "{root}/state"
 devices_directory = "{devices or os.path.join(root, 'devices.d')}"
 [device_segment]
 subnets = ["127.0.0.0/8"]
+[firewall]
+enabled = false
 """
     if port:
         text += f"""[listeners.mqtt]

@@ -171,6 +171,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadDocument{"StateDirWrongType", "[daemon]\nstate_directory = 1\n", 2, 19, "must be a string"},
         BadDocument{"BadSubnet", "[device_segment]\nsubnets = [\"192.168.50.1/24\"]\n", 2, 12, "host bits"},
         BadDocument{"BadInterface", "[device_segment]\ninterfaces = [\"br iot\"]\n", 2, 15, "interface name"},
+        BadDocument{"FirewallWithoutInterfaces", "[device_segment]\ninterfaces = []\n", 1, 1, "needs 'device_segment.interfaces'"},
+        BadDocument{"FirewallWithoutInterfacesPointsAtFirewall", "[device_segment]\ninterfaces = []\n[firewall]\nenabled = true\n", 3, 1, "needs 'device_segment.interfaces'"},
         BadDocument{"InterfaceTooLong", "[device_segment]\ninterfaces = [\"abcdefghijklmnop\"]\n", 2, 15, "longer than 15"},
         BadDocument{"PortRange", kSegment + "[listeners.mqtt]\naddresses = [\"192.168.50.1\"]\nport = 0\n", 5, 8, "out of range [1, 65535]"},
         BadDocument{"PortWrongType", kSegment + "[listeners.mqtt]\naddresses = [\"192.168.50.1\"]\nport = \"1883\"\n", 5, 8, "must be an integer"},

@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#pragma once
+
+// The firewall capability wired into the daemon: table `inet iotgw` kept equal to what the policy
+// snapshot and the quarantine list say, repaired when someone else changes it, and per-device
+// counters read back.
+//
+// Quarantine is persistent: one file per quarantined device in <state>/quarantine/, written when a
+// device is quarantined and read at start-up and on every reload (so an administrator releases a
+// device by removing its file and sending SIGHUP; D-Bus will call the same functions).
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "daemon/config.h"
+#include "daemon/event_sink.h"
+#include "firewall/compile.h"
+#include "firewall/netlink.h"
+#include "policy/policy_set.h"
+#include "protocols/io/reactor.h"
+
+namespace iotgw::daemon {
+
+struct FirewallStats {
+  uint64_t replacements = 0; // whole-table transactions
+  uint64_t updates = 0;      // element batches
+  uint64_t repairs = 0;      // after someone else changed the table
+};
+
+class FirewallService {
+public:
+  // Called with a device that was just quarantined: its sessions must end.
+  using SessionCloser = std::function<void(const policy::DeviceId&)>;
+
+  FirewallService(io::Reactor& reactor, EventSink& sink, SessionCloser closer);
+  FirewallService(const FirewallService&) = delete;
+  FirewallService& operator=(const FirewallService&) = delete;
+  ~FirewallService();
+
+  // Opens netlink, reads the quarantine list, replaces any existing table with ours and starts
+  // watching for changes. An error means the daemon must not run (fail closed).
+  [[nodiscard]] std::string start(const Config& config,
+                                  std::shared_ptr<const policy::PolicySet> policies);
+  // Brings the table to a new snapshot (and the quarantine list on disk): an element batch when
+  // only devices changed, the whole table otherwise. On error nothing changed.
+  [[nodiscard]] std::string apply(const Config& config,
+                                  std::shared_ptr<const policy::PolicySet> policies);
+  // Quarantine (EN 303 645 5.3-15): the device reaches DHCP only and its sessions end.
+  void quarantine(const policy::DeviceId& id, std::string_view rule, std::string_view reason);
+  [[nodiscard]] std::string release(const policy::DeviceId& id);
+  [[nodiscard]] bool quarantined(const policy::DeviceId& id) const {
+    return quarantined_.contains(id.str());
+  }
+  // At shutdown: the rules stay unless the configuration says otherwise.
+  void stop();
+
+  // Per device: packets and bytes from it (tx) and to it (rx), read from the kernel (5.10-1).
+  struct Traffic {
+    firewall::CounterValue tx;
+    firewall::CounterValue rx;
+  };
+  [[nodiscard]] std::expected<std::map<std::string, Traffic>, std::string> traffic();
+  [[nodiscard]] const FirewallStats& stats() const { return stats_; }
+
+private:
+  [[nodiscard]] firewall::CompileOptions options() const;
+  [[nodiscard]] std::string commit(firewall::Ruleset next);
+  [[nodiscard]] std::set<std::string> readQuarantineList() const;
+  void onNotification();
+  void repair(const std::string& who);
+
+  io::Reactor& reactor_;
+  EventSink& sink_;
+  SessionCloser closer_;
+  std::shared_ptr<const Config> config_;
+  std::shared_ptr<const policy::PolicySet> policies_;
+  std::set<std::string> quarantined_;
+  std::unique_ptr<firewall::Netlink> nl_;
+  std::unique_ptr<firewall::Monitor> monitor_;
+  firewall::Ruleset current_;
+  uint32_t generation_ = 0;
+  FirewallStats stats_;
+};
+
+} // namespace iotgw::daemon
