@@ -125,12 +125,34 @@ std::string FirewallService::apply(const Config& config,
     return "firewall: " + err;
   }
   policies_ = std::move(policies);
-  // Devices quarantined by hand (a file in the quarantine directory) lose their sessions too.
+  // Quarantines added or lifted by hand (a file in the quarantine directory).
   for (const auto& id : quarantined_) {
     if (!previousQuarantine.contains(id)) {
+      Event e;
+      e.type = EventType::DeviceQuarantined;
+      e.device = id;
+      e.protocol = "nftables";
+      e.rule = "administrator";
+      e.action = "quarantine";
+      e.message = fmt::format("{} quarantined by the administrator: it reaches DHCP only and its "
+                              "sessions were closed",
+                              id);
+      sink_.emit(std::move(e));
       if (auto d = policy::DeviceId::parse(id)) {
         closer_(*d);
       }
+    }
+  }
+  for (const auto& id : previousQuarantine) {
+    if (!quarantined_.contains(id)) {
+      Event e;
+      e.type = EventType::DeviceReleased;
+      e.device = id;
+      e.protocol = "nftables";
+      e.rule = "administrator";
+      e.action = "release";
+      e.message = fmt::format("{} released from quarantine: its policy applies again", id);
+      sink_.emit(std::move(e));
     }
   }
   return {};

@@ -56,7 +56,11 @@ bold "Building the lab: home LAN host, gateway, legacy device (network namespace
 for ns in iotgw-lan iotgw-gw iotgw-dev; do ip netns del "$ns" 2>/dev/null || true; ip netns add "$ns"; done
 ip link add gw-iot netns iotgw-gw type veth peer name eth0 netns iotgw-dev
 ip link add gw-lan netns iotgw-gw type veth peer name eth0 netns iotgw-lan
-ip -n iotgw-gw addr add 192.168.50.1/24 dev gw-iot
+# The device segment is a bridge, br-iot, as on OpenWrt; the device's veth is one of its ports.
+ip -n iotgw-gw link add br-iot type bridge
+ip -n iotgw-gw link set gw-iot master br-iot
+ip -n iotgw-gw link set br-iot up
+ip -n iotgw-gw addr add 192.168.50.1/24 dev br-iot
 ip -n iotgw-gw addr add 192.168.1.1/24 dev gw-lan
 ip -n iotgw-dev addr add 192.168.50.10/24 dev eth0
 ip -n iotgw-lan addr add 192.168.1.20/24 dev eth0
@@ -68,12 +72,17 @@ ip -n iotgw-dev route add default via 192.168.50.1
 ip -n iotgw-lan route add default via 192.168.1.1
 ip netns exec iotgw-gw sysctl -qw net.ipv4.ip_forward=1
 row "iotgw-lan  192.168.1.20" "home LAN client"
-row "iotgw-gw   192.168.1.1 | 192.168.50.1" "the hub, running iotgwd"
+row "iotgw-gw   192.168.1.1 | 192.168.50.1 (br-iot)" "the hub, running iotgwd"
 row "iotgw-dev  192.168.50.10 (02:00:00:00:00:10)" "legacy thermostat: telnet :23, HTTP admin :80"
 
-# The legacy device's exposed services.
+# The legacy device's exposed services, and two services on the LAN host (the thermostat's
+# policy lets it reach 192.168.1.20:8883 only).
 for port in 23 80; do
   ip netns exec iotgw-dev socat TCP-LISTEN:$port,reuseaddr,fork SYSTEM:'echo legacy-login:' >/dev/null 2>&1 &
+  pids+=($!)
+done
+for port in 22 8883; do
+  ip netns exec iotgw-lan socat TCP-LISTEN:$port,reuseaddr,fork SYSTEM:'echo lan' >/dev/null 2>&1 &
   pids+=($!)
 done
 
@@ -111,10 +120,13 @@ probe_tcp() { # ns host port -> reachable | refused (nothing listens) | dropped 
   ip netns exec "$1" timeout 2 bash -c "exec 3<>/dev/tcp/$2/$3" 2>/dev/null || rc=$?
   case $rc in 0) echo reachable ;; 124) echo dropped ;; *) echo refused ;; esac
 }
-bold "Network reachability (nftables isolation lands with the firewall capability, issue #4)"
-row "lan -> device :23 telnet (Mirai's way in)" "$(probe_tcp iotgw-lan 192.168.50.10 23)   [target: blocked, 5.6-1]"
-row "lan -> device :80 HTTP admin page" "$(probe_tcp iotgw-lan 192.168.50.10 80)   [target: blocked, 5.5-5]"
+bold "Network reachability with the built-in default: table inet iotgw on br-iot, no device trusted"
+row "lan -> device :23 telnet (Mirai's way in)" "$(probe_tcp iotgw-lan 192.168.50.10 23)   [5.6-1: blocked]"
+row "lan -> device :80 HTTP admin page" "$(probe_tcp iotgw-lan 192.168.50.10 80)   [5.5-5: blocked]"
+row "device -> lan :8883" "$(probe_tcp iotgw-dev 192.168.1.20 8883)   [not enrolled: nothing allowed]"
 row "device -> gateway :1883 MQTT" "$(probe_tcp iotgw-dev 192.168.50.1 1883)   [built-in default: no device-side listener]"
+echo "  nftables (the rules never name a device; devices are elements of sets and maps):"
+ip netns exec iotgw-gw nft list chain inet iotgw device_forward_out | grep -E 'allow|drop' | sed 's/^\s*/    /'
 
 # --- what the policy engine decides for an enrolled legacy device
 bold "Policy engine decisions for an enrolled legacy thermostat (enforced on the wire by the MQTT/CoAP proxies)"
@@ -174,7 +186,7 @@ ip netns exec iotgw-gw mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log
 pids+=($!)
 cat > /etc/iotgw/iotgw.toml <<CONF
 [device_segment]
-interfaces = ["gw-iot"]
+interfaces = ["br-iot"]
 subnets = ["192.168.50.0/24"]
 
 [listeners.mqtt]
@@ -268,6 +280,36 @@ for line in sys.stdin:
     print("    {:<27} device={:<10} provision={:<7} rule={:<24} {}".format(
         e.get("IOTGW_EVENT", ""), e.get("IOTGW_DEVICE", "-"), e.get("IOTGW_PROVISION", ""),
         e.get("IOTGW_RULE", ""), e.get("MESSAGE", "")))'
+
+# --- the firewall for the enrolled thermostat, then a quarantine and its release
+bold "The enrolled thermostat on the network: only what its policy names"
+row "lan -> device :23 telnet" "$(probe_tcp iotgw-lan 192.168.50.10 23)   [5.6-1: blocked]"
+row "device -> lan :8883 (its policy: outbound 192.168.1.20:8883/tcp)" "$(probe_tcp iotgw-dev 192.168.1.20 8883)"
+row "device -> lan :22 (not in its policy)" "$(probe_tcp iotgw-dev 192.168.1.20 22)"
+row "device -> gateway :1883 MQTT" "$(probe_tcp iotgw-dev 192.168.50.1 1883)"
+ip netns exec iotgw-gw nft list counter inet iotgw tx-thermo-01 | grep packets | sed 's/^\s*/  counter tx-thermo-01: /'
+
+bold "Quarantine (5.3-15): the administrator isolates the thermostat, then releases it"
+mkdir -p /var/lib/iotgw/quarantine
+echo 'reason = "demo"' > /var/lib/iotgw/quarantine/thermo-01
+kill -HUP "$gwpid"; sleep 0.5
+row "device -> lan :8883" "$(probe_tcp iotgw-dev 192.168.1.20 8883)   [quarantined]"
+row "device -> gateway :1883 MQTT" "$(probe_tcp iotgw-dev 192.168.50.1 1883)   [quarantined: DHCP only]"
+rm /var/lib/iotgw/quarantine/thermo-01
+kill -HUP "$gwpid"; sleep 0.5
+row "device -> lan :8883" "$(probe_tcp iotgw-dev 192.168.1.20 8883)   [released]"
+bold "Someone deletes the table (nft delete table inet iotgw): iotgwd puts it back"
+ip netns exec iotgw-gw nft delete table inet iotgw
+sleep 0.3
+row "table inet iotgw" "$(ip netns exec iotgw-gw nft list table inet iotgw >/dev/null 2>&1 && echo 'present again' || echo MISSING)"
+row "lan -> device :23 telnet" "$(probe_tcp iotgw-lan 192.168.50.10 23)"
+journalctl --no-pager -o json SYSLOG_IDENTIFIER=iotgwd | python3 -c '
+import json, sys
+for line in sys.stdin:
+    e = json.loads(line)
+    if e.get("IOTGW_EVENT") in ("device-quarantined", "device-released", "firewall-repaired"):
+        print("    {:<20} device={:<10} provision={:<6} {}".format(e.get("IOTGW_EVENT", ""),
+              e.get("IOTGW_DEVICE", "-"), e.get("IOTGW_PROVISION", ""), e.get("MESSAGE", "")))'
 
 kill -TERM "$gwpid"
 wait "$gwpid" && rc=0 || rc=$?
