@@ -108,6 +108,12 @@ public:
       TableReader r(*t, "firewall", source_, diags_);
       c.firewall.enabled = r.boolean("enabled").value_or(c.firewall.enabled);
       c.firewall.keepRulesOnExit = r.boolean("keep_rules_on_exit").value_or(true);
+      if (auto v = r.integer("scan_interval_seconds", 0, 7 * 24 * 3600)) {
+        c.firewall.scanInterval = std::chrono::seconds(*v);
+      }
+      if (auto v = r.integer("scan_probes_per_second", 1, 1000)) {
+        c.firewall.scanProbesPerSecond = static_cast<uint32_t>(*v);
+      }
       r.finish();
     }
     if (const auto* t = top.table("limits")) {

@@ -52,6 +52,10 @@ struct DeviceSegment {
 struct FirewallConfig {
   bool enabled = true;
   bool keepRulesOnExit = true; // fail closed
+  // The exposure scan of enrolled devices' well-known ports: how often (0: never) and how many
+  // probes per second at most.
+  std::chrono::seconds scanInterval{3600};
+  uint32_t scanProbesPerSecond = 20;
 };
 
 struct Limits {

@@ -125,6 +125,18 @@ std::string Daemon::setUp() {
     if (auto err = firewall_->start(config, current_.policies); !err.empty()) {
       return err;
     }
+    // The exposure scan: shortly after start, then every scan interval, with the policies in
+    // force at that moment.
+    if (config.firewall.scanInterval.count() > 0) {
+      scan_ = std::make_unique<ExposureScan>(*reactor_, *sink_);
+      const auto every =
+          std::chrono::duration_cast<std::chrono::milliseconds>(config.firewall.scanInterval);
+      if (!reactor_->addTimer(std::chrono::seconds(2), every, [this] {
+            scan_->start(current_.policies, current_.config->firewall.scanProbesPerSecond);
+          })) {
+        return "cannot arm the exposure scan timer";
+      }
+    }
   }
   if (config.mqtt.enabled || config.mqttTls.enabled) {
     mqtt_ = std::make_unique<MqttService>(

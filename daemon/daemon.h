@@ -11,6 +11,7 @@
 
 #include "daemon/config.h"
 #include "daemon/event_sink.h"
+#include "daemon/exposure_scan.h"
 #include "daemon/firewall_service.h"
 #include "daemon/mqtt_service.h"
 #include "policy/credentials.h"
@@ -58,6 +59,7 @@ private:
   std::unique_ptr<io::Reactor> reactor_;
   std::unique_ptr<EventSink> sink_;
   std::unique_ptr<FirewallService> firewall_;
+  std::unique_ptr<ExposureScan> scan_;
   std::unique_ptr<MqttService> mqtt_;
   io::UniqueFd signalFd_;
   std::optional<io::Reactor::TimerId> summaryTimer_;

@@ -175,6 +175,7 @@ certificate = "{pki.gateway[0]}"
 private_key = "{pki.gateway[1]}"
 [firewall]
 keep_rules_on_exit = false
+scan_probes_per_second = 100
 [events]
 target = "stderr"
 burst = 1000
@@ -208,6 +209,18 @@ burst = 1000
         open_ports = [line for line in scan.stdout.splitlines() if "/tcp" in line and " open " in line]
         check(scan.returncode == 0 and "/tcp" in scan.stdout and not open_ports,
               f"nmap from lan finds no open port on the device ({open_ports or 'none open'})")
+
+        print("exposure scan")
+        check(events.wait_for("IOTGW_RULE=exposure-scan:23/tcp", 15),
+              "the exposure scan finds telnet open on the device (event 5.6-1)")
+        telnet = [line for line in events.lines() if "exposure-scan:23/tcp" in line]
+        check(telnet and "Mirai" in telnet[0] and "IOTGW_PROVISION=5.6-1" in telnet[0],
+              "the telnet event names Mirai and provision 5.6-1")
+        found = sorted(int(line.split("exposure-scan:")[1].split("/")[0]) for line in events.lines()
+                       if "exposure-scan:" in line)
+        check(found == [21, 22, 23, 443, 554, 2323, 7547, 8080, 8443],
+              f"every open port the policy does not list is reported, and 80/tcp (listed) is not ({found})")
+        check(not reach("lan", DEVICE, 2323), "and the firewall keeps them unreachable from the LAN")
 
         print("interception and telemetry")
         sub = Subscriber(broker, "#", root)

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "firewall/compile.h"
+#include "firewall/exposure.h"
 #include "firewall/nft_text.h"
 #include "policy/policy_parser.h"
 
@@ -214,4 +215,19 @@ TEST(FirewallCompile, NftScriptNamesEveryPart) {
        }) {
     EXPECT_NE(text.find(part), std::string::npos) << part << "\n---\n" << text;
   }
+}
+
+TEST(FirewallExposure, OnlyUnlistedOpenPortsAreReported) {
+  const auto set = policies({kThermo}); // services 80/tcp and 5683/udp
+  const auto& thermo = set->devices().front();
+  using policy::Transport;
+  const std::vector<firewall::OpenPort> open{
+      {23, Transport::Tcp}, {80, Transport::Tcp}, {5683, Transport::Udp}, {80, Transport::Udp}};
+  const auto found = firewall::unexpectedServices(thermo, open);
+  ASSERT_EQ(found.size(), 2u);
+  EXPECT_EQ(found[0].open, (firewall::OpenPort{23, Transport::Tcp}));
+  EXPECT_EQ(found[0].service, "telnet");
+  EXPECT_NE(found[0].message.find("Mirai"), std::string::npos);
+  EXPECT_EQ(found[1].open, (firewall::OpenPort{80, Transport::Udp})); // 80/tcp is listed, not 80/udp
+  EXPECT_EQ(firewall::scanPorts().size(), 13u);
 }
