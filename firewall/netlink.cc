@@ -24,6 +24,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <vector>
 
 #include <fmt/format.h>
@@ -649,20 +650,6 @@ std::expected<void, std::string> request(mnl_socket* nl, uint32_t portId, nlmsgh
 }
 
 } // namespace
-
-std::expected<bool, std::string> Netlink::tableExists() {
-  char buf[kRequestBytes];
-  nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETTABLE, kFamily, NLM_F_ACK, seq_++);
-  buildTable(nlh);
-  auto r = request(nl_, portId_, nlh, nullptr, nullptr);
-  if (r) {
-    return true;
-  }
-  if (errno == ENOENT) {
-    return false;
-  }
-  return std::unexpected(r.error());
-}
 
 std::expected<std::map<std::string, CounterValue>, std::string> Netlink::counters() {
   char buf[kRequestBytes];

@@ -50,7 +50,6 @@ public:
                                                               const Ruleset& target);
   // Deletes the table; no error if it does not exist.
   [[nodiscard]] std::expected<void, std::string> remove();
-  [[nodiscard]] std::expected<bool, std::string> tableExists();
   // Named counters of the table.
   [[nodiscard]] std::expected<std::map<std::string, CounterValue>, std::string> counters();
   // The ruleset generation after the last transaction of any process.
