@@ -96,7 +96,6 @@ std::string FirewallService::commit(firewall::Ruleset next) {
       return {};
     }
     if (nl_->update(*delta, next)) {
-      ++stats_.updates;
       current_ = std::move(next);
       generation_ = nl_->generation().value_or(0);
       return {};
@@ -107,7 +106,6 @@ std::string FirewallService::commit(firewall::Ruleset next) {
   if (!r) {
     return r.error();
   }
-  ++stats_.replacements;
   current_ = std::move(next);
   generation_ = nl_->generation().value_or(0);
   return {};
@@ -128,16 +126,10 @@ std::string FirewallService::apply(const Config& config,
   // Quarantines added or lifted by hand (a file in the quarantine directory).
   for (const auto& id : quarantined_) {
     if (!previousQuarantine.contains(id)) {
-      Event e;
-      e.type = EventType::DeviceQuarantined;
-      e.device = id;
-      e.protocol = "nftables";
-      e.rule = "administrator";
-      e.action = "quarantine";
-      e.message = fmt::format("{} quarantined by the administrator: it reaches DHCP only and its "
-                              "sessions were closed",
-                              id);
-      sink_.emit(std::move(e));
+      emitQuarantineEvent(EventType::DeviceQuarantined, id, "administrator", "quarantine",
+                          fmt::format("{} quarantined by the administrator: it reaches DHCP only "
+                                      "and its sessions were closed",
+                                      id));
       if (auto d = policy::DeviceId::parse(id)) {
         closer_(*d);
       }
@@ -145,27 +137,28 @@ std::string FirewallService::apply(const Config& config,
   }
   for (const auto& id : previousQuarantine) {
     if (!quarantined_.contains(id)) {
-      Event e;
-      e.type = EventType::DeviceReleased;
-      e.device = id;
-      e.protocol = "nftables";
-      e.rule = "administrator";
-      e.action = "release";
-      e.message = fmt::format("{} released from quarantine: its policy applies again", id);
-      sink_.emit(std::move(e));
+      emitQuarantineEvent(EventType::DeviceReleased, id, "administrator", "release",
+                          fmt::format("{} released from quarantine: its policy applies again", id));
     }
   }
   return {};
 }
 
-void FirewallService::quarantine(const policy::DeviceId& id, std::string_view rule,
-                                 std::string_view reason) {
+void FirewallService::emitQuarantineEvent(EventType type, const std::string& id,
+                                          std::string_view rule, std::string_view action,
+                                          std::string message) {
   Event e;
-  e.type = EventType::DeviceQuarantined;
-  e.device = id.str();
+  e.type = type;
+  e.device = id;
   e.protocol = "nftables";
   e.rule = std::string(rule);
-  e.action = "quarantine";
+  e.action = std::string(action);
+  e.message = std::move(message);
+  sink_.emit(std::move(e));
+}
+
+void FirewallService::quarantine(const policy::DeviceId& id, std::string_view rule,
+                                 std::string_view reason) {
   if (quarantined_.contains(id.str())) {
     closer_(id);
     return;
@@ -182,14 +175,16 @@ void FirewallService::quarantine(const policy::DeviceId& id, std::string_view ru
   std::filesystem::rename(tmp, dir / id.str(), ec);
   quarantined_.insert(id.str());
   if (auto err = commit(firewall::compile(*policies_, options())); !err.empty()) {
-    e.action = "quarantine-failed";
-    e.message = fmt::format("quarantine of {} could not be applied ({}); its sessions were closed",
-                            id.str(), err);
+    emitQuarantineEvent(EventType::DeviceQuarantined, id.str(), rule, "quarantine-failed",
+                        fmt::format("quarantine of {} could not be applied ({}); its sessions "
+                                    "were closed",
+                                    id.str(), err));
   } else {
-    e.message = fmt::format("{} quarantined ({}): it reaches DHCP only and its sessions were closed",
-                            id.str(), reason);
+    emitQuarantineEvent(EventType::DeviceQuarantined, id.str(), rule, "quarantine",
+                        fmt::format("{} quarantined ({}): it reaches DHCP only and its sessions "
+                                    "were closed",
+                                    id.str(), reason));
   }
-  sink_.emit(std::move(e));
   closer_(id);
 }
 
@@ -204,13 +199,8 @@ std::string FirewallService::release(const policy::DeviceId& id) {
     quarantined_.insert(id.str());
     return err;
   }
-  Event e;
-  e.type = EventType::DeviceReleased;
-  e.device = id.str();
-  e.protocol = "nftables";
-  e.action = "release";
-  e.message = fmt::format("{} released from quarantine: its policy applies again", id.str());
-  sink_.emit(std::move(e));
+  emitQuarantineEvent(EventType::DeviceReleased, id.str(), "", "release",
+                      fmt::format("{} released from quarantine: its policy applies again", id.str()));
   return {};
 }
 
@@ -238,7 +228,6 @@ void FirewallService::repair(const std::string& who) {
   e.rule = "table inet iotgw";
   auto r = nl_->replace(current_);
   if (r) {
-    ++stats_.repairs;
     generation_ = nl_->generation().value_or(0);
     e.action = "repair";
     e.message = fmt::format("table inet iotgw was changed by {}; re-applied", who);

@@ -26,12 +26,6 @@
 
 namespace iotgw::daemon {
 
-struct FirewallStats {
-  uint64_t replacements = 0; // whole-table transactions
-  uint64_t updates = 0;      // element batches
-  uint64_t repairs = 0;      // after someone else changed the table
-};
-
 class FirewallService {
 public:
   // Called with a device that was just quarantined: its sessions must end.
@@ -65,12 +59,13 @@ public:
     firewall::CounterValue rx;
   };
   [[nodiscard]] std::expected<std::map<std::string, Traffic>, std::string> traffic();
-  [[nodiscard]] const FirewallStats& stats() const { return stats_; }
 
 private:
   [[nodiscard]] firewall::CompileOptions options() const;
   [[nodiscard]] std::string commit(firewall::Ruleset next);
   [[nodiscard]] std::set<std::string> readQuarantineList() const;
+  void emitQuarantineEvent(policy::EventType type, const std::string& id, std::string_view rule,
+                           std::string_view action, std::string message);
   void onNotification();
   void repair(const std::string& who);
 
@@ -84,7 +79,6 @@ private:
   std::unique_ptr<firewall::Monitor> monitor_;
   firewall::Ruleset current_;
   uint32_t generation_ = 0;
-  FirewallStats stats_;
 };
 
 } // namespace iotgw::daemon

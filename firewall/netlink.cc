@@ -299,7 +299,6 @@ namespace detail {
 class Batch {
 public:
   explicit Batch(uint32_t& seq) : seq_(seq) {
-    begin_ = seq_;
     nftnl_batch_begin(reserve(), seq_++);
     commit();
   }
@@ -327,7 +326,6 @@ public:
 private:
   static constexpr size_t kRoom = 128 * 1024; // > 64 KiB of elements per message, plus headers
   uint32_t& seq_;
-  uint32_t begin_ = 0;
   std::vector<char> buf_;
   size_t used_ = 0;
   size_t messages_ = 0;

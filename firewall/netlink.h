@@ -85,7 +85,6 @@ private:
   explicit Monitor(mnl_socket* nl) : nl_(nl) {}
   mnl_socket* nl_;
   bool touched_ = false; // since the last NEWGEN
-  std::string pendingChanger_;
   std::string lastChanger_;
 };
 
