@@ -114,6 +114,11 @@ public:
       if (auto v = r.integer("scan_probes_per_second", 1, 1000)) {
         c.firewall.scanProbesPerSecond = static_cast<uint32_t>(*v);
       }
+      if (auto v = r.integer("telemetry_interval_seconds", 0, 3600)) {
+        c.firewall.telemetryInterval = std::chrono::seconds(*v);
+      }
+      c.firewall.quarantineOnSurge =
+          r.choice<bool>("surge_action", {{"event", false}, {"quarantine", true}}).value_or(false);
       r.finish();
     }
     if (const auto* t = top.table("limits")) {

@@ -56,6 +56,10 @@ struct FirewallConfig {
   // probes per second at most.
   std::chrono::seconds scanInterval{3600};
   uint32_t scanProbesPerSecond = 20;
+  // Per-device counters read back this often (0: never) for rates and traffic-surge events
+  // (5.10-1); a surge can also quarantine the device.
+  std::chrono::seconds telemetryInterval{10};
+  bool quarantineOnSurge = false;
 };
 
 struct Limits {

@@ -137,6 +137,13 @@ std::string Daemon::setUp() {
         return "cannot arm the exposure scan timer";
       }
     }
+    if (config.firewall.telemetryInterval.count() > 0) {
+      const auto every =
+          std::chrono::duration_cast<std::chrono::milliseconds>(config.firewall.telemetryInterval);
+      if (!reactor_->addTimer(every, every, [this] { firewall_->sampleTraffic(); })) {
+        return "cannot arm the telemetry timer";
+      }
+    }
   }
   if (config.mqtt.enabled || config.mqttTls.enabled) {
     mqtt_ = std::make_unique<MqttService>(

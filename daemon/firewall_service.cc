@@ -245,21 +245,35 @@ void FirewallService::stop() {
   }
 }
 
-std::expected<std::map<std::string, FirewallService::Traffic>, std::string>
-FirewallService::traffic() {
+void FirewallService::sampleTraffic() {
   auto counters = nl_->counters();
   if (!counters) {
-    return std::unexpected(counters.error());
+    return; // the next interval tries again; a lost table is the monitor's business
   }
-  std::map<std::string, Traffic> out;
+  std::map<std::string, firewall::DeviceCounters> readings;
   for (const auto& [name, value] : *counters) {
     if (name.starts_with("tx-")) {
-      out[name.substr(3)].tx = value;
+      readings[name.substr(3)].tx = value;
     } else if (name.starts_with("rx-")) {
-      out[name.substr(3)].rx = value;
+      readings[name.substr(3)].rx = value;
     }
   }
-  return out;
+  for (const auto& s : watch_.sample(readings, firewall::TrafficWatch::Clock::now())) {
+    policy::Event e;
+    e.type = policy::EventType::TrafficSurge;
+    e.device = s.device;
+    e.rule = "telemetry:tx-rate";
+    e.protocol = "nftables";
+    e.action = config_->firewall.quarantineOnSurge ? "quarantine" : "log";
+    e.message = fmt::format("device {} suddenly sends {:.0f} KiB/s; its usual rate is {:.1f} KiB/s",
+                            s.device, s.txBytesPerSecond / 1024, s.baselineTxBytesPerSecond / 1024);
+    sink_.emit(std::move(e));
+    if (config_->firewall.quarantineOnSurge) {
+      if (auto id = policy::DeviceId::parse(s.device); id && !quarantined(*id)) {
+        quarantine(*id, "telemetry:tx-rate", "its outbound traffic surged");
+      }
+    }
+  }
 }
 
 } // namespace iotgw::daemon

@@ -21,6 +21,7 @@
 #include "daemon/event_sink.h"
 #include "firewall/compile.h"
 #include "firewall/netlink.h"
+#include "firewall/telemetry.h"
 #include "policy/policy_set.h"
 #include "protocols/io/reactor.h"
 
@@ -53,12 +54,12 @@ public:
   // At shutdown: the rules stay unless the configuration says otherwise.
   void stop();
 
-  // Per device: packets and bytes from it (tx) and to it (rx), read from the kernel (5.10-1).
-  struct Traffic {
-    firewall::CounterValue tx;
-    firewall::CounterValue rx;
-  };
-  [[nodiscard]] std::expected<std::map<std::string, Traffic>, std::string> traffic();
+  // Reads every device's packet and byte counters (from it: tx, to it: rx) from the kernel,
+  // updates the rates, and raises a traffic-surge event (5.10-1) for a device suddenly sending
+  // many times its usual rate (and quarantines it when the configuration says so).
+  void sampleTraffic();
+  // The last reading and rates, per device id.
+  [[nodiscard]] const firewall::TrafficWatch& traffic() const { return watch_; }
 
 private:
   [[nodiscard]] firewall::CompileOptions options() const;
@@ -79,6 +80,7 @@ private:
   std::unique_ptr<firewall::Monitor> monitor_;
   firewall::Ruleset current_;
   uint32_t generation_ = 0;
+  firewall::TrafficWatch watch_;
 };
 
 } // namespace iotgw::daemon

@@ -130,8 +130,10 @@ void addSets(Ruleset& rs, const policy::PolicySet& policies, const CompileOption
         if (d.network.intercept) {
           intercept.elements.push_back(Element{{va}, {}});
         }
+        // A quarantined device's destinations are withdrawn: the forward path then needs no
+        // quarantine lookup of its own (the default drop holds it).
         for (const auto& e : d.network.outbound) {
-          if (e.address && e.address->address.family == f.af) {
+          if (!quarantined && e.address && e.address->address.family == f.af) {
             Value dst = prefixOf(*e.address);
             Set& into = dst.prefix ? allowNet : allow;
             into.elements.push_back(
@@ -171,14 +173,21 @@ void addChains(Ruleset& rs, const CompileOptions& o) {
   };
 
   std::vector<Rule> pre, natPre, in, fwdOut, fwdIn, out, post;
+  // Everything from the segment, to the gateway or through it, first passes from_devices.
+  in.push_back(rule({}, Verdict::Jump, "", "from_devices"));
+  fwdOut.push_back(rule({}, Verdict::Jump, "", "from_devices"));
   for (const auto& f : kFamilies) {
     const Compare fam = is(Field::Nfproto, f.nfproto);
+    // A device's own address from its own MAC, the common case: counted, and done (two lookups).
+    pre.push_back(rule({fam, is(Field::Iiftype, ARPHRD_ETHER),
+                        Lookup{{f.saddr, Field::EtherSaddr}, name("bind", f), false},
+                        CountByMap{f.saddr, name("tx", f)}},
+                       Verdict::Return, "per-device counter, from the device"));
+    // A bound address from any other MAC (on an Ethernet-like interface) is spoofed. (Policies
+    // give addresses only with a MAC, so every enrolled address is bound.)
     pre.push_back(rule({fam, Lookup{{f.saddr}, name("bound", f), false},
-                        is(Field::Iiftype, ARPHRD_ETHER),
-                        Lookup{{f.saddr, Field::EtherSaddr}, name("bind", f), true}, Count{}},
+                        is(Field::Iiftype, ARPHRD_ETHER), Count{}},
                        Verdict::Drop, "anti-spoofing: address not from its bound MAC"));
-    pre.push_back(rule({fam, CountByMap{f.saddr, name("tx", f)}}, Verdict::None,
-                       "per-device counter, from the device"));
     post.push_back(rule({fam, CountByMap{f.daddr, name("rx", f)}}, Verdict::None,
                         "per-device counter, to the device"));
 
@@ -201,11 +210,10 @@ void addChains(Ruleset& rs, const CompileOptions& o) {
                        is(Field::ThDport, f.dhcpServer)},
                       Verdict::Accept, "quarantine: DHCP only"));
     in.push_back(rule({fam, fromQuarantined, Count{}}, Verdict::Drop, "quarantine"));
-    fwdOut.push_back(rule({fam, fromQuarantined, Count{}}, Verdict::Drop, "quarantine"));
     fwdIn.push_back(rule({fam, toQuarantined, Count{}}, Verdict::Drop, "quarantine"));
     out.push_back(rule({fam, toQuarantined, is(Field::L4proto, IPPROTO_UDP),
                         is(Field::ThSport, f.dhcpServer)},
-                       Verdict::Accept, "quarantine: DHCP replies only"));
+                       Verdict::Goto, "quarantine: DHCP replies only", "to_devices"));
     out.push_back(rule({fam, toQuarantined, Count{}}, Verdict::Drop, "quarantine"));
   }
 
@@ -213,22 +221,25 @@ void addChains(Ruleset& rs, const CompileOptions& o) {
   in.push_back(rule({replies}, Verdict::Accept, "replies"));
   in.push_back(rule({Lookup{{Field::L4proto, Field::ThDport}, "gw_services", false}},
                     Verdict::Accept, "the gateway's device-side services, DHCP and DNS"));
-  out.push_back(rule({is(Field::Mark, kScanMark)}, Verdict::Accept, "exposure scan probes"));
-  out.push_back(rule({replies}, Verdict::Accept, "replies"));
-  out.push_back(rule({is(Field::L4proto, IPPROTO_UDP), is(Field::ThSport, kDhcpServer)},
-                     Verdict::Accept, "DHCP replies"));
-  out.push_back(rule({is(Field::L4proto, IPPROTO_UDP), is(Field::ThSport, kDhcp6Server)},
-                     Verdict::Accept, "DHCPv6 replies"));
+  // What the gateway lets reach a device goes on to to_devices, which counts it and accepts.
+  const auto deliver = [](std::vector<Expr> exprs, std::string comment) {
+    return rule(std::move(exprs), Verdict::Goto, std::move(comment), "to_devices");
+  };
+  out.push_back(deliver({is(Field::Mark, kScanMark)}, "exposure scan probes"));
+  out.push_back(deliver({replies}, "replies"));
+  out.push_back(deliver({is(Field::L4proto, IPPROTO_UDP), is(Field::ThSport, kDhcpServer)},
+                        "DHCP replies"));
+  out.push_back(deliver({is(Field::L4proto, IPPROTO_UDP), is(Field::ThSport, kDhcp6Server)},
+                        "DHCPv6 replies"));
   for (const auto& f : kFamilies) {
     const Compare fam = is(Field::Nfproto, f.nfproto);
     const Lookup icmpOk{{f.icmpType}, name("icmp_ok", f), false};
     in.push_back(rule({fam, is(Field::L4proto, f.icmpProto), icmpOk}, Verdict::Accept,
                       "essential ICMP"));
-    out.push_back(rule({fam, is(Field::L4proto, f.icmpProto), icmpOk}, Verdict::Accept,
-                       "essential ICMP"));
-    out.push_back(rule({fam, Lookup{{f.daddr, Field::L4proto, Field::ThDport}, name("services", f),
-                                    false}},
-                       Verdict::Accept, "device services the gateway may reach"));
+    out.push_back(deliver({fam, is(Field::L4proto, f.icmpProto), icmpOk}, "essential ICMP"));
+    out.push_back(deliver({fam, Lookup{{f.daddr, Field::L4proto, Field::ThDport},
+                                       name("services", f), false}},
+                          "device services the gateway may reach"));
     for (const char* set : {"allow", "allow_net"}) {
       fwdOut.push_back(rule({fam, Lookup{{f.saddr, f.daddr, Field::L4proto, Field::ThDport},
                                          name(set, f), false}},
@@ -237,15 +248,21 @@ void addChains(Ruleset& rs, const CompileOptions& o) {
   }
   in.push_back(rule({Count{}}, Verdict::Drop, "device segment: default deny"));
   fwdOut.push_back(rule({Count{}}, Verdict::Drop, "device: not in its policy"));
-  fwdIn.push_back(rule({replies}, Verdict::Accept, "replies to what the device may start"));
+  fwdIn.push_back(deliver({replies}, "replies to what the device may start"));
+  post.push_back(rule({}, Verdict::Accept, "delivered"));
   fwdIn.push_back(rule({Count{}}, Verdict::Drop, "nothing reaches a device but the gateway"));
   out.push_back(rule({Count{}}, Verdict::Drop, "gateway to device: default deny"));
 
-  // Base chains first (by hook), then the device chains they jump to.
-  rs.chains.push_back(hooked("prerouting", Hook::Prerouting, ChainType::Filter, -150,
-                             {rule({fromSegment}, Verdict::Jump, "", "from_devices")}));
-  rs.chains.push_back(hooked("nat_prerouting", Hook::Prerouting, ChainType::Nat, -100,
-                             std::move(natPre)));
+  // Base chains first (by hook), then the device chains they jump to. Traffic that only passes
+  // through the gateway (device -> internet) meets one hook of ours, forward: no prerouting or
+  // postrouting filter chains, and the quarantine check is in the data (withdrawn destinations).
+  // A nat chain makes the kernel run NAT on every connection; only when something is intercepted.
+  const bool intercepting = !rs.findSet("intercept4")->elements.empty() ||
+                            !rs.findSet("intercept6")->elements.empty();
+  if (intercepting && !natPre.empty()) {
+    rs.chains.push_back(hooked("nat_prerouting", Hook::Prerouting, ChainType::Nat, -100,
+                               std::move(natPre)));
+  }
   rs.chains.push_back(hooked("input", Hook::Input, ChainType::Filter, 0,
                              {rule({fromSegment}, Verdict::Jump, "", "device_input")}));
   rs.chains.push_back(hooked("forward", Hook::Forward, ChainType::Filter, 0,
@@ -253,8 +270,6 @@ void addChains(Ruleset& rs, const CompileOptions& o) {
                               rule({toSegment}, Verdict::Jump, "", "device_forward_in")}));
   rs.chains.push_back(hooked("output", Hook::Output, ChainType::Filter, 0,
                              {rule({toSegment}, Verdict::Jump, "", "device_output")}));
-  rs.chains.push_back(hooked("postrouting", Hook::Postrouting, ChainType::Filter, 150,
-                             {rule({toSegment}, Verdict::Jump, "", "to_devices")}));
   rs.chains.push_back(regular("from_devices", std::move(pre)));
   rs.chains.push_back(regular("device_input", std::move(in)));
   rs.chains.push_back(regular("device_forward_out", std::move(fwdOut)));

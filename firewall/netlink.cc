@@ -264,12 +264,13 @@ void verdict(nftnl_rule* r, const Rule& rule) {
   case Verdict::Accept: v = NF_ACCEPT; break;
   case Verdict::Drop: v = NF_DROP; break;
   case Verdict::Jump: v = NFT_JUMP; break;
+  case Verdict::Goto: v = NFT_GOTO; break;
   case Verdict::Return: v = NFT_RETURN; break;
   }
   nftnl_expr* e = nftnl_expr_alloc("immediate");
   nftnl_expr_set_u32(e, NFTNL_EXPR_IMM_DREG, NFT_REG_VERDICT);
   nftnl_expr_set_u32(e, NFTNL_EXPR_IMM_VERDICT, static_cast<uint32_t>(v));
-  if (rule.verdict == Verdict::Jump) {
+  if (rule.verdict == Verdict::Jump || rule.verdict == Verdict::Goto) {
     nftnl_expr_set_str(e, NFTNL_EXPR_IMM_CHAIN, rule.target.c_str());
   }
   add(r, e);

@@ -192,12 +192,17 @@ std::string toNftScript(const Ruleset& rs) {
       for (const Expr& e : r.exprs) {
         line += (line.empty() ? "" : " ") + std::visit(ExprText{}, e);
       }
+      std::string verdict;
       switch (r.verdict) {
-      case Verdict::Accept: line += " accept"; break;
-      case Verdict::Drop: line += " drop"; break;
-      case Verdict::Return: line += " return"; break;
-      case Verdict::Jump: line += " jump " + r.target; break;
+      case Verdict::Accept: verdict = "accept"; break;
+      case Verdict::Drop: verdict = "drop"; break;
+      case Verdict::Return: verdict = "return"; break;
+      case Verdict::Jump: verdict = "jump " + r.target; break;
+      case Verdict::Goto: verdict = "goto " + r.target; break;
       case Verdict::None: break;
+      }
+      if (!verdict.empty()) {
+        line += (line.empty() ? "" : " ") + verdict;
       }
       if (!r.comment.empty()) {
         line += fmt::format(" comment \"{}\"", r.comment);

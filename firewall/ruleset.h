@@ -101,7 +101,7 @@ struct Redirect { // redirect to :port
   bool operator==(const Redirect&) const = default;
 };
 
-enum class Verdict : uint8_t { None, Accept, Drop, Jump, Return };
+enum class Verdict : uint8_t { None, Accept, Drop, Jump, Goto, Return };
 
 using Expr = std::variant<Compare, Lookup, CtStateIn, DaddrNotLocal, Count, CountByMap, Redirect>;
 

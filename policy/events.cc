@@ -10,7 +10,7 @@ namespace iotgw::policy {
 namespace {
 
 // Keep in step with systemd/iotgwd.catalog; a unit test checks that every id is there.
-constexpr std::array<EventTypeInfo, 18> kTypes = {{
+constexpr std::array<EventTypeInfo, 19> kTypes = {{
     {EventType::DaemonStarted, "daemon-started", "374298564b8a4ae3ada4bd102481fc30", LOG_NOTICE, ""},
     {EventType::DaemonStopping, "daemon-stopping", "34de99166a50412092525355db56601a", LOG_NOTICE, ""},
     {EventType::ConfigReloaded, "config-reloaded", "b29e8957707b4045838e586f6327ea49", LOG_NOTICE, ""},
@@ -42,6 +42,8 @@ constexpr std::array<EventTypeInfo, 18> kTypes = {{
      LOG_NOTICE, ""},
     {EventType::UpstreamUnavailable, "upstream-unavailable", "736e815b77c64f94948555a9570be238", LOG_ERR,
      "5.9-1"},
+    {EventType::TrafficSurge, "traffic-surge", "29ab130ecae04256a1e453ff86720a38", LOG_WARNING,
+     "5.10-1"},
 }};
 
 } // namespace

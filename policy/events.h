@@ -33,6 +33,7 @@ enum class EventType : uint8_t {
   ExposedService,
   EventsSuppressed,
   UpstreamUnavailable,
+  TrafficSurge,
 };
 
 struct EventTypeInfo {

@@ -5,9 +5,10 @@
 //   nft_load replace N [ROUNDS]  applies it through one libnftnl batch; prints timings
 //   nft_load churn N ROUNDS      with N enrolled, adds and removes one device ROUNDS times
 //   nft_load counters            the table's named counters
+//   --no-intercept (last)        devices without interception: the table has no nat chain
 //
-// Devices are dev-00000 ... at 10.x.y.z with MACs 02:00:00:x:y:z on interface "br-iot", each
-// allowed to 192.0.2.10:8883/tcp and reachable by the gateway on 80/tcp.
+// Devices are dev-00000 ... at 10.0.0.1 ... with MACs 02:00:00:00:00:01 ... on interface "br-iot", each
+// allowed to 192.0.2.10:8883/tcp and 192.0.2.10:9000/udp and reachable by the gateway on 80/tcp.
 #include <netinet/in.h>
 
 #include <algorithm>
@@ -29,14 +30,19 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
+bool gIntercept = true; // --no-intercept: no device's MQTT/CoAP is intercepted (no NAT)
+
 policy::DevicePolicy device(size_t i) {
   policy::DevicePolicy d(*policy::DeviceId::parse(fmt::format("dev-{:05}", i)));
+  const size_t h = i + 1; // host part: dev-00000 is 10.0.0.1
   d.addresses.push_back(
-      *policy::IpAddress::parse(fmt::format("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256)));
+      *policy::IpAddress::parse(fmt::format("10.{}.{}.{}", h / 65536, (h / 256) % 256, h % 256)));
   d.mac = *policy::MacAddress::parse(
-      fmt::format("02:00:00:{:02x}:{:02x}:{:02x}", i / 65536, (i / 256) % 256, i % 256));
+      fmt::format("02:00:00:{:02x}:{:02x}:{:02x}", h / 65536, (h / 256) % 256, h % 256));
   d.network.outbound.push_back(*policy::parseEndpoint("192.0.2.10:8883/tcp"));
+  d.network.outbound.push_back(*policy::parseEndpoint("192.0.2.10:9000/udp"));
   d.network.services.push_back(*policy::parseService("80/tcp"));
+  d.network.intercept = gIntercept;
   return d;
 }
 
@@ -66,6 +72,10 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fputs("usage: nft_load script|replace|churn|counters [N] [ROUNDS]\n", stderr);
     return 2;
+  }
+  if (std::string(argv[argc - 1]) == "--no-intercept") {
+    gIntercept = false;
+    --argc;
   }
   const std::string mode = argv[1];
   const size_t n = argc > 2 ? std::strtoul(argv[2], nullptr, 10) : 0;

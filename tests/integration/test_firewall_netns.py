@@ -176,6 +176,7 @@ private_key = "{pki.gateway[1]}"
 [firewall]
 keep_rules_on_exit = false
 scan_probes_per_second = 100
+telemetry_interval_seconds = 1
 [events]
 target = "stderr"
 burst = 1000
@@ -233,6 +234,16 @@ burst = 1000
         tx = subprocess.run(["nft", "list", "counter", "inet", "iotgw", "tx-thermo-01"], capture_output=True, text=True).stdout
         packets = int(tx.split("packets")[1].split()[0]) if "packets" in tx else 0
         check(packets > 0, f"per-device counter tx-thermo-01 counts the device's packets ({packets})")
+        # The device, quiet so far, floods a (denied) UDP port for 3 s: iotgwd reads the counters
+        # every second and reports the surge (5.10-1), once.
+        check(not events.wait_for("traffic-surge", 0.1), "no traffic surge while the device is quiet")
+        blast = subprocess.run(in_ns("dev", os.environ["UDP_BLAST"], WAN, "9", "3"), capture_output=True,
+                               text=True, timeout=20)
+        sent = int(blast.stdout.strip().split("=")[1]) if blast.returncode == 0 else 0
+        check(events.wait_for("traffic-surge", 3), f"a flood from the device ({sent} datagrams in 3 s) is a traffic-surge event")
+        surge = [line for line in events.lines() if "traffic-surge" in line]
+        check(len(surge) == 1 and "IOTGW_DEVICE=thermo-01" in surge[0] and "IOTGW_PROVISION=5.10-1" in surge[0],
+              f"one event, naming the device and provision 5.10-1 ({surge[:1]})")
 
         print("drift repair")
         t0 = time.time()

@@ -77,21 +77,34 @@ addresses = ["192.168.50.11"]
 intercept = false
 )";
 
-// How many rules a packet can meet at most: each base chain's rules plus, for every jump, the
-// rules of the chain it jumps to.
+const std::string kLamp = R"(
+[device]
+id = "lamp-03"
+mac = "02:00:00:00:00:12"
+addresses = ["192.168.50.12"]
+)";
+
+// How many rules a packet can meet at most (a bound): each base chain's rules plus, for every
+// jump, the rules of the chain it jumps to, plus those of the largest chain it may go to (a goto
+// ends the chain, so only one is taken).
+size_t rulesMet(const firewall::Ruleset& rs, const firewall::Chain& c) {
+  size_t n = c.rules.size();
+  size_t gotoMax = 0;
+  for (const auto& r : c.rules) {
+    if (r.verdict == firewall::Verdict::Jump) {
+      n += rulesMet(rs, *rs.findChain(r.target));
+    } else if (r.verdict == firewall::Verdict::Goto) {
+      gotoMax = std::max(gotoMax, rulesMet(rs, *rs.findChain(r.target)));
+    }
+  }
+  return n + gotoMax;
+}
 size_t longestPath(const firewall::Ruleset& rs) {
   size_t total = 0;
   for (const auto& c : rs.chains) {
-    if (c.hook == firewall::Hook::None) {
-      continue;
+    if (c.hook != firewall::Hook::None) {
+      total += rulesMet(rs, c);
     }
-    size_t n = c.rules.size();
-    for (const auto& r : c.rules) {
-      if (r.verdict == firewall::Verdict::Jump) {
-        n += rs.findChain(r.target)->rules.size();
-      }
-    }
-    total += n;
   }
   return total;
 }
@@ -143,12 +156,14 @@ TEST(FirewallCompile, QuarantineAddsEveryAddressOfTheDevice) {
   EXPECT_EQ(rs.findSet("quarantine6")->elements.size(), 1u);
 }
 
-TEST(FirewallCompile, NoInterceptionWithoutAListener) {
+TEST(FirewallCompile, NoNatWithoutAListenerOrAnInterceptedDevice) {
   auto o = options();
   o.mqttRedirectPort.reset();
   o.coapRedirectPort.reset();
   const auto rs = firewall::compile(*policies({kThermo}), o);
-  EXPECT_TRUE(rs.findChain("nat_prerouting")->rules.empty());
+  EXPECT_EQ(rs.findChain("nat_prerouting"), nullptr); // no NAT at all
+  // Nor when no device is intercepted (the plug opts out).
+  EXPECT_EQ(firewall::compile(*policies({kPlug}), options()).findChain("nat_prerouting"), nullptr);
   EXPECT_EQ(firewall::compile(*policies({kThermo}), options()).findChain("nat_prerouting")->rules.size(),
             4u); // MQTT and CoAP, IPv4 and IPv6
 }
@@ -161,7 +176,7 @@ TEST(FirewallCompile, RulesPerPacketDoNotGrowWithDevices) {
     EXPECT_EQ(one.chains[i], many.chains[i]) << one.chains[i].name;
   }
   EXPECT_EQ(longestPath(one), longestPath(many));
-  EXPECT_LE(longestPath(many), 50u); // every hook together, IPv4 and IPv6
+  EXPECT_LE(longestPath(many), 60u); // every hook and path together, IPv4 and IPv6
   // What grows is data: one element per device in each per-device set, two counters each.
   EXPECT_EQ(many.findSet("bind4")->elements.size(), 10'000u);
   EXPECT_EQ(many.findSet("allow4")->elements.size(), 10'000u);
@@ -169,8 +184,8 @@ TEST(FirewallCompile, RulesPerPacketDoNotGrowWithDevices) {
 }
 
 TEST(FirewallCompile, OneDeviceMoreIsAnElementDelta) {
-  const auto before = firewall::compile(*policies({kPlug}), options());
-  const auto after = firewall::compile(*policies({kPlug, kThermo}), options());
+  const auto before = firewall::compile(*policies({kPlug, kLamp}), options());
+  const auto after = firewall::compile(*policies({kPlug, kLamp, kThermo}), options());
   const auto d = firewall::diff(before, after);
   ASSERT_TRUE(d.has_value());
   EXPECT_TRUE(d->remove.empty());
@@ -188,6 +203,8 @@ TEST(FirewallCompile, OneDeviceMoreIsAnElementDelta) {
   EXPECT_EQ(back->deleteCounters.size(), 2u);
   // Nothing changed: an empty delta.
   EXPECT_TRUE(firewall::diff(after, after)->empty());
+  // The first intercepted device brings the nat chain: the whole table.
+  EXPECT_FALSE(firewall::diff(firewall::compile(*policies({kPlug}), options()), after).has_value());
 }
 
 TEST(FirewallCompile, StructuralChangesNeedTheWholeTable) {
@@ -206,12 +223,15 @@ TEST(FirewallCompile, NftScriptNamesEveryPart) {
            "set allow_net4 {\n\t\ttype ipv4_addr . ipv4_addr . inet_proto . inet_service\n\t\tflags interval\n",
            "192.168.50.10 . 203.0.113.0/24 . 17 . 123",
            "map tx4 {\n\t\ttype ipv4_addr : counter\n\t\telements = { 192.168.50.10 : \"tx-thermo-01\" }",
-           "type filter hook prerouting priority -150; policy accept;",
-           "iifname @dev_ifaces jump from_devices",
-           "meta nfproto ipv4 ip saddr @bound4 meta iiftype ether ip saddr . ether saddr != @bind4 counter drop",
+           "type filter hook forward priority 0; policy accept;",
+           "iifname @dev_ifaces jump device_forward_out",
+           "\t\tjump from_devices\n",
+           "ct state established,related goto to_devices",
+           "meta nfproto ipv4 meta iiftype ether ip saddr . ether saddr @bind4 counter name ip saddr map @tx4 return",
+           "meta nfproto ipv4 ip saddr @bound4 meta iiftype ether counter drop",
            "fib daddr type != local meta l4proto 6 th dport 1883 redirect to :1883",
            "ct state established,related accept",
-           "meta mark 0x696f7467 accept",
+           "meta mark 0x696f7467 goto to_devices",
        }) {
     EXPECT_NE(text.find(part), std::string::npos) << part << "\n---\n" << text;
   }
