@@ -145,6 +145,12 @@ public:
       }
       r.finish();
     }
+    if (const auto* t = top.table("dbus")) {
+      TableReader r(*t, "dbus", source_, diags_);
+      c.dbus.enabled = r.boolean("enabled").value_or(c.dbus.enabled);
+      c.dbus.adminGroup = r.string("admin_group", Need::Optional, 64).value_or(c.dbus.adminGroup);
+      r.finish();
+    }
     if (const auto* t = top.table("credentials")) {
       TableReader r(*t, "credentials", source_, diags_);
       for (const toml::table* pair : r.tables("refuse", 10'000)) {

@@ -83,6 +83,12 @@ struct EventsConfig {
   std::chrono::seconds summaryInterval{60};  // how often suppressed counts are reported
 };
 
+// The control API, org.iotgw.Gateway1 on the system bus.
+struct DbusConfig {
+  bool enabled = true;
+  std::string adminGroup = "iotgw-admin"; // who may change the gateway (besides root)
+};
+
 struct Config {
   std::filesystem::path source; // empty for the built-in default
   std::filesystem::path stateDirectory = "/var/lib/iotgw";
@@ -96,6 +102,7 @@ struct Config {
   FirewallConfig firewall;
   Limits limits;
   EventsConfig events;
+  DbusConfig dbus;
   std::vector<policy::CredentialPair> extraDefaultCredentials;
 
   // Where device policies live: devices.d/ and the state directory's devices/ (those set over

@@ -9,6 +9,7 @@
 #include <csignal>
 #include <fmt/format.h>
 
+#include "daemon/dbus_service.h"
 #include "daemon/notify.h"
 #include "iotgw/build_config.h"
 
@@ -151,11 +152,30 @@ std::string Daemon::setUp() {
         current_.defaultCredentials);
     if (firewall_) {
       mqtt_->setQuarantineHandler([this](const policy::DeviceId& id, const std::string& rule) {
-        firewall_->quarantine(id, rule, "the device broke its policy, whose action is quarantine");
+        (void)firewall_->quarantine(id, rule, // a failure is an event of its own
+                                    "the device broke its policy, whose action is quarantine");
       });
     }
     if (auto err = mqtt_->start(); !err.empty()) {
       return err;
+    }
+  }
+  // The control API last: by the time a caller can change anything, everything it changes runs.
+  if (config.dbus.enabled) {
+    auto d = DbusService::start(*reactor_, *this, config.dbus.adminGroup);
+    if (!d) {
+      if (d.error().find("FileExists") != std::string::npos) {
+        return "org.iotgw.Gateway1 is already owned on the system bus: is another iotgwd running?";
+      }
+      // No bus (yet) is not a reason to leave devices unprotected: run without the API.
+      dbusError_ = d.error();
+    } else {
+      dbus_ = std::move(*d);
+      sink_->setObserver([this](const Event& e) {
+        if (dbus_) {
+          dbus_->onEvent(e);
+        }
+      });
     }
   }
   return {};
@@ -184,8 +204,14 @@ std::string Daemon::statusLine() const {
   if (firewall_) {
     fw = fmt::format("; table inet iotgw on {}", fmt::join(c.deviceSegment.interfaces, ","));
   }
-  return fmt::format("{} device{} enrolled, default deny; config {}{}{}", n, n == 1 ? "" : "s",
-                     c.source.empty() ? "built-in default" : c.source.string(), fw, mqtt);
+  std::string api;
+  if (dbus_) {
+    api = "; D-Bus org.iotgw.Gateway1";
+  } else if (!dbusError_.empty()) {
+    api = "; no D-Bus API (" + dbusError_ + ")";
+  }
+  return fmt::format("{} device{} enrolled, default deny; config {}{}{}{}", n, n == 1 ? "" : "s",
+                     c.source.empty() ? "built-in default" : c.source.string(), fw, mqtt, api);
 }
 
 int Daemon::run() {
@@ -217,7 +243,7 @@ void Daemon::onSignal() {
   while (::read(signalFd_.get(), &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
     switch (si.ssi_signo) {
     case SIGHUP:
-      reload();
+      (void)reload(); // an error is an event; the running state stays
       break;
     case SIGTERM:
     case SIGINT: {
@@ -236,7 +262,7 @@ void Daemon::onSignal() {
   }
 }
 
-void Daemon::reload() {
+std::string Daemon::reload() {
   notify::reloading();
   auto next = loadSnapshot(options_);
   if (!next) {
@@ -252,7 +278,7 @@ void Daemon::reload() {
                             diags.empty() ? "" : diags.front().str());
     sink_->emit(e);
     notify::ready(statusLine());
-    return;
+    return diags.empty() ? "rejected" : diags.front().str();
   }
   auto reject = [this](const std::string& err) {
     Event e;
@@ -268,7 +294,7 @@ void Daemon::reload() {
   if (firewall_) {
     if (auto err = firewall_->apply(*next->config, next->policies); !err.empty()) {
       reject(err);
-      return;
+      return err;
     }
   }
   // The TLS context (certificate, CA, CRL) is rebuilt too; if that fails nothing changes.
@@ -278,7 +304,7 @@ void Daemon::reload() {
         (void)firewall_->apply(*current_.config, current_.policies); // back to the running state
       }
       reject(err);
-      return;
+      return err;
     }
   }
   // Everything checked: swap the snapshots in one step. Sessions already running keep the
@@ -297,6 +323,7 @@ void Daemon::reload() {
   e.message = fmt::format("reload {} applied: {}", reloads_, statusLine());
   sink_->emit(e);
   notify::ready(statusLine());
+  return {};
 }
 
 } // namespace iotgw::daemon

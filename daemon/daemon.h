@@ -4,12 +4,15 @@
 // Wiring: configuration and policy snapshots, the event loop, signals, readiness and watchdog,
 // and the event sink. Later capabilities (listeners, firewall, D-Bus) plug in here.
 
+#include <chrono>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 
 #include "daemon/config.h"
+#include "daemon/control.h"
 #include "daemon/event_sink.h"
 #include "daemon/exposure_scan.h"
 #include "daemon/firewall_service.h"
@@ -35,7 +38,9 @@ struct Snapshot {
 // Loads and checks everything; every diagnostic of every file on failure.
 [[nodiscard]] std::expected<Snapshot, policy::Diagnostics> loadSnapshot(const Options& options);
 
-class Daemon {
+class DbusService;
+
+class Daemon final : public Control {
 public:
   [[nodiscard]] static std::expected<std::unique_ptr<Daemon>, std::string> create(Options options);
   Daemon(const Daemon&) = delete;
@@ -45,12 +50,33 @@ public:
   // Runs the event loop until SIGTERM or SIGINT; returns the process exit code.
   int run();
 
+  // Control (device_admin.cc): what the D-Bus API asks.
+  [[nodiscard]] std::vector<DeviceSummary> listDevices() const override;
+  [[nodiscard]] std::expected<DeviceDetail, ControlError> device(std::string_view id) const override;
+  [[nodiscard]] ControlResult enrollDevice(std::string_view id, std::string_view policy) override;
+  [[nodiscard]] ControlResult setDevicePolicy(std::string_view id, std::string_view policy) override;
+  [[nodiscard]] ControlResult removeDevice(std::string_view id) override;
+  [[nodiscard]] ControlResult quarantineDevice(std::string_view id, std::string_view reason) override;
+  [[nodiscard]] ControlResult releaseDevice(std::string_view id) override;
+  [[nodiscard]] ControlResult reloadAll() override;
+  [[nodiscard]] GatewayStatus status() const override;
+
 private:
   Daemon(Options options, Snapshot snapshot, std::unique_ptr<io::Reactor> reactor);
 
   std::string setUp();
   void onSignal();
-  void reload();
+  // Re-reads everything; an error (empty: none) leaves the running state in force.
+  std::string reload();
+  // The device-admin path: a whole next set of devices is built, the firewall applied, then
+  // `persist` runs (the state file), and only then the snapshot is swapped. On any failure the
+  // running policy stays and the firewall is put back.
+  [[nodiscard]] ControlResult commitDevices(std::vector<policy::DevicePolicy> next,
+                                            const std::function<std::string()>& persist);
+  [[nodiscard]] std::expected<policy::DevicePolicy, ControlError>
+  parseForApi(std::string_view id, std::string_view text) const;
+  [[nodiscard]] bool fromApi(const policy::DevicePolicy& d) const;
+  [[nodiscard]] std::filesystem::path apiPolicyPath(const std::string& id) const;
   [[nodiscard]] std::string statusLine() const;
   void scheduleSummaries();
 
@@ -61,6 +87,9 @@ private:
   std::unique_ptr<FirewallService> firewall_;
   std::unique_ptr<ExposureScan> scan_;
   std::unique_ptr<MqttService> mqtt_;
+  std::unique_ptr<DbusService> dbus_;
+  std::string dbusError_; // why there is no control API, if there is none
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   io::UniqueFd signalFd_;
   std::optional<io::Reactor::TimerId> summaryTimer_;
   unsigned reloads_ = 0;

@@ -175,6 +175,9 @@ void EventSink::emit(Event e) {
   }
   ++emitted_;
   backend_->write(e);
+  if (observer_) {
+    observer_(e);
+  }
 }
 
 void EventSink::flushSuppressed() {

@@ -49,6 +49,10 @@ public:
   void flushSuppressed();
 
   void reconfigure(const EventsConfig& settings) { settings_ = settings; }
+  // Sees every event that was emitted (not those suppressed), after the backend: D-Bus signals.
+  void setObserver(std::function<void(const policy::Event&)> observer) {
+    observer_ = std::move(observer);
+  }
   [[nodiscard]] uint64_t emitted() const { return emitted_; }
   [[nodiscard]] uint64_t suppressed() const { return suppressedTotal_; }
   [[nodiscard]] EventBackend& backend() { return *backend_; }
@@ -64,6 +68,7 @@ private:
   std::map<Key, uint64_t> suppressed_;
   uint64_t emitted_ = 0;
   uint64_t suppressedTotal_ = 0;
+  std::function<void(const policy::Event&)> observer_;
 };
 
 } // namespace iotgw::daemon

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "daemon/firewall_service.h"
 
+#include "daemon/state_files.h"
+
 #include <netinet/in.h>
 #include <sys/epoll.h>
 #include <unistd.h>
@@ -157,24 +159,23 @@ void FirewallService::emitQuarantineEvent(EventType type, const std::string& id,
   sink_.emit(std::move(e));
 }
 
-void FirewallService::quarantine(const policy::DeviceId& id, std::string_view rule,
-                                 std::string_view reason) {
+std::string FirewallService::quarantine(const policy::DeviceId& id, std::string_view rule,
+                                        std::string_view reason) {
   if (quarantined_.contains(id.str())) {
     closer_(id);
-    return;
+    return {};
   }
   // Persist first: a quarantine must survive a restart.
-  std::error_code ec;
-  const auto dir = quarantineDirectory(*config_);
-  std::filesystem::create_directories(dir, ec);
-  const auto tmp = dir / ("." + id.str() + ".tmp");
-  {
-    std::ofstream f(tmp, std::ios::trunc);
-    f << fmt::format("time = {}\nrule = \"{}\"\nreason = \"{}\"\n", ::time(nullptr), rule, reason);
+  if (auto err = writeAtomically(quarantineDirectory(*config_) / id.str(),
+                                 fmt::format("time = {}\nrule = \"{}\"\nreason = \"{}\"\n",
+                                             ::time(nullptr), rule, reason));
+      !err.empty()) {
+    closer_(id);
+    return err;
   }
-  std::filesystem::rename(tmp, dir / id.str(), ec);
   quarantined_.insert(id.str());
-  if (auto err = commit(firewall::compile(*policies_, options())); !err.empty()) {
+  auto err = commit(firewall::compile(*policies_, options()));
+  if (!err.empty()) {
     emitQuarantineEvent(EventType::DeviceQuarantined, id.str(), rule, "quarantine-failed",
                         fmt::format("quarantine of {} could not be applied ({}); its sessions "
                                     "were closed",
@@ -186,14 +187,22 @@ void FirewallService::quarantine(const policy::DeviceId& id, std::string_view ru
                                     id.str(), reason));
   }
   closer_(id);
+  return err;
+}
+
+void FirewallService::forget(const policy::DeviceId& id) {
+  if (quarantined_.erase(id.str()) > 0) {
+    (void)removeDurably(quarantineDirectory(*config_) / id.str());
+  }
 }
 
 std::string FirewallService::release(const policy::DeviceId& id) {
   if (!quarantined_.contains(id.str())) {
     return {};
   }
-  std::error_code ec;
-  std::filesystem::remove(quarantineDirectory(*config_) / id.str(), ec);
+  if (auto err = removeDurably(quarantineDirectory(*config_) / id.str()); !err.empty()) {
+    return err;
+  }
   quarantined_.erase(id.str());
   if (auto err = commit(firewall::compile(*policies_, options())); !err.empty()) {
     quarantined_.insert(id.str());
@@ -270,7 +279,7 @@ void FirewallService::sampleTraffic() {
     sink_.emit(std::move(e));
     if (config_->firewall.quarantineOnSurge) {
       if (auto id = policy::DeviceId::parse(s.device); id && !quarantined(*id)) {
-        quarantine(*id, "telemetry:tx-rate", "its outbound traffic surged");
+        (void)quarantine(*id, "telemetry:tx-rate", "its outbound traffic surged"); // events tell
       }
     }
   }

@@ -46,8 +46,13 @@ public:
   [[nodiscard]] std::string apply(const Config& config,
                                   std::shared_ptr<const policy::PolicySet> policies);
   // Quarantine (EN 303 645 5.3-15): the device reaches DHCP only and its sessions end.
-  void quarantine(const policy::DeviceId& id, std::string_view rule, std::string_view reason);
+  // An error (empty: none) means the mark could not be persisted or applied; the sessions are
+  // closed either way.
+  std::string quarantine(const policy::DeviceId& id, std::string_view rule, std::string_view reason);
   [[nodiscard]] std::string release(const policy::DeviceId& id);
+  // A removed device: its quarantine mark goes too (the next apply has already dropped its
+  // elements and counters).
+  void forget(const policy::DeviceId& id);
   [[nodiscard]] bool quarantined(const policy::DeviceId& id) const {
     return quarantined_.contains(id.str());
   }

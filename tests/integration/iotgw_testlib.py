@@ -222,6 +222,9 @@ subnets = ["192.168.50.0/24"]
 [firewall]
 enabled = false  # the firewall's own tests run in network namespaces they make
 
+[dbus]
+enabled = false  # test_dbus.py runs a private bus
+
 [events]
 target = "{target}"
 burst = 50

@@ -165,6 +165,8 @@ devices_directory = "{devices or os.path.join(root, 'devices.d')}"
 subnets = ["127.0.0.0/8"]
 [firewall]
 enabled = false
+[dbus]
+enabled = false
 """
     if port:
         text += f"""[listeners.mqtt]

@@ -177,6 +177,8 @@ private_key = "{pki.gateway[1]}"
 keep_rules_on_exit = false
 scan_probes_per_second = 100
 telemetry_interval_seconds = 1
+[dbus]
+enabled = false
 [events]
 target = "stderr"
 burst = 1000

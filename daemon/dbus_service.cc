@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#include "daemon/dbus_service.h"
+
+#include <grp.h>
+#include <poll.h>
+#include <sys/epoll.h>
+
+#include <sdbus-c++/sdbus-c++.h>
+
+#include "iotgw/build_config.h"
+#include "org.iotgw.Gateway1_adaptor.h"
+
+namespace iotgw::daemon {
+
+namespace {
+
+constexpr const char* kInterface = "org.iotgw.Gateway1.Manager";
+
+// The one place where daemon errors become D-Bus errors.
+[[noreturn]] void raise(const ControlError& e) {
+  const char* name = "Failed";
+  switch (e.code) {
+  case ControlErrorCode::InvalidArgument: name = "InvalidArgument"; break;
+  case ControlErrorCode::InvalidPolicy: name = "InvalidPolicy"; break;
+  case ControlErrorCode::NoSuchDevice: name = "NoSuchDevice"; break;
+  case ControlErrorCode::DeviceExists: name = "DeviceExists"; break;
+  case ControlErrorCode::ReadOnly: name = "ReadOnly"; break;
+  case ControlErrorCode::Rejected: name = "Rejected"; break;
+  case ControlErrorCode::Failed: name = "Failed"; break;
+  }
+  throw sdbus::Error(std::string("org.iotgw.Gateway1.Error.") + name, e.message);
+}
+
+void check(const ControlResult& r) {
+  if (!r) {
+    raise(r.error());
+  }
+}
+
+} // namespace
+
+class GatewayObject final : public sdbus::AdaptorInterfaces<org::iotgw::Gateway1::Manager_adaptor> {
+public:
+  GatewayObject(sdbus::IConnection& c, Control& control, std::string adminGroup)
+      : AdaptorInterfaces(c, DbusService::kObjectPath), control_(control),
+        adminGroup_(std::move(adminGroup)) {
+    registerAdaptor();
+  }
+  ~GatewayObject() { unregisterAdaptor(); }
+
+  void deviceCountChanged() {
+    const uint32_t n = static_cast<uint32_t>(control_.listDevices().size());
+    if (n != lastCount_) {
+      lastCount_ = n;
+      getObject().emitPropertiesChangedSignal(kInterface, {"DeviceCount"});
+    }
+  }
+
+private:
+  // Root, or a member of the admin group (primary or supplementary), as the bus reports the
+  // caller's credentials. Anything unknown is a refusal.
+  void requireAdmin(const char* method) {
+    const sdbus::Message* m = getObject().getCurrentlyProcessedMessage();
+    bool allowed = false;
+    try {
+      allowed = m != nullptr && m->getCredsUid() == 0;
+      if (!allowed && m != nullptr) {
+        if (const group* g = ::getgrnam(adminGroup_.c_str())) {
+          for (gid_t gid : m->getCredsSupplementaryGids()) {
+            allowed = allowed || gid == g->gr_gid;
+          }
+          if (!allowed) {
+            try {
+              allowed = m->getCredsGid() == g->gr_gid;
+            } catch (const sdbus::Error&) {
+              // The primary group may be unknowable here (the bus did not say); the
+              // supplementary list decided.
+            }
+          }
+        }
+      }
+    } catch (const sdbus::Error&) {
+      allowed = false;
+    }
+    if (!allowed) {
+      throw sdbus::Error("org.iotgw.Gateway1.Error.AccessDenied",
+                         std::string(method) + " changes the gateway: only root and group " +
+                             adminGroup_ + " may call it");
+    }
+  }
+
+  std::vector<sdbus::Struct<std::string, std::string, bool>> ListDevices() override {
+    std::vector<sdbus::Struct<std::string, std::string, bool>> out;
+    for (const auto& d : control_.listDevices()) {
+      out.emplace_back(d.id, d.fromApi ? "api" : "file", d.quarantined);
+    }
+    return out;
+  }
+
+  std::tuple<std::string, std::map<std::string, sdbus::Variant>> GetDevice(const std::string& id) override {
+    auto d = control_.device(id);
+    if (!d) {
+      raise(d.error());
+    }
+    std::map<std::string, sdbus::Variant> state{
+        {"quarantined", sdbus::Variant(d->summary.quarantined)},
+        {"source", sdbus::Variant(std::string(d->summary.fromApi ? "api" : "file"))},
+        {"tx_packets", sdbus::Variant(d->txPackets)},
+        {"tx_bytes", sdbus::Variant(d->txBytes)},
+        {"rx_packets", sdbus::Variant(d->rxPackets)},
+        {"rx_bytes", sdbus::Variant(d->rxBytes)},
+        {"tx_bytes_per_second", sdbus::Variant(d->txBytesPerSecond)},
+        {"rx_bytes_per_second", sdbus::Variant(d->rxBytesPerSecond)},
+    };
+    return {d->policy, state};
+  }
+
+  void EnrollDevice(const std::string& id, const std::string& policy) override {
+    requireAdmin("EnrollDevice");
+    check(control_.enrollDevice(id, policy));
+    deviceCountChanged();
+  }
+  void SetDevicePolicy(const std::string& id, const std::string& policy) override {
+    requireAdmin("SetDevicePolicy");
+    check(control_.setDevicePolicy(id, policy));
+  }
+  void RemoveDevice(const std::string& id) override {
+    requireAdmin("RemoveDevice");
+    check(control_.removeDevice(id));
+    deviceCountChanged();
+  }
+  void Quarantine(const std::string& id, const std::string& reason) override {
+    requireAdmin("Quarantine");
+    check(control_.quarantineDevice(id, reason));
+  }
+  void Release(const std::string& id) override {
+    requireAdmin("Release");
+    check(control_.releaseDevice(id));
+  }
+  void Reload() override {
+    requireAdmin("Reload");
+    check(control_.reloadAll());
+    deviceCountChanged();
+  }
+
+  std::map<std::string, sdbus::Variant> GetStatus() override {
+    const GatewayStatus s = control_.status();
+    return {
+        {"version", sdbus::Variant(s.version)},
+        {"config", sdbus::Variant(s.config)},
+        {"devices", sdbus::Variant(s.devices)},
+        {"quarantined", sdbus::Variant(s.quarantined)},
+        {"mqtt_connections", sdbus::Variant(s.mqttConnections)},
+        {"firewall", sdbus::Variant(s.firewall)},
+        {"reloads", sdbus::Variant(s.reloads)},
+        {"uptime_seconds", sdbus::Variant(s.uptimeSeconds)},
+    };
+  }
+
+  std::string Version() override { return IOTGW_VERSION; }
+  uint32_t DeviceCount() override { return static_cast<uint32_t>(control_.listDevices().size()); }
+
+  Control& control_;
+  std::string adminGroup_;
+  uint32_t lastCount_ = static_cast<uint32_t>(-1);
+};
+
+std::expected<std::unique_ptr<DbusService>, std::string>
+DbusService::start(io::Reactor& reactor, Control& control, std::string adminGroup) {
+  std::unique_ptr<DbusService> s;
+  try {
+    s.reset(new DbusService(reactor, sdbus::createSystemBusConnection(kBusName)));
+    s->object_ = std::make_unique<GatewayObject>(*s->connection_, control, std::move(adminGroup));
+  } catch (const sdbus::Error& e) {
+    return std::unexpected(e.getName() + ": " + e.getMessage());
+  }
+  s->fd_ = s->connection_->getEventLoopPollData().fd;
+  if (auto ec = reactor.add(s->fd_, EPOLLIN, [p = s.get()](uint32_t) { p->process(); })) {
+    return std::unexpected("cannot watch the bus connection: " + ec.message());
+  }
+  s->process(); // NameAcquired and anything already queued
+  return s;
+}
+
+DbusService::DbusService(io::Reactor& reactor, std::unique_ptr<sdbus::IConnection> connection)
+    : reactor_(reactor), connection_(std::move(connection)) {}
+
+DbusService::~DbusService() {
+  if (timer_) {
+    reactor_.cancelTimer(*timer_);
+  }
+  if (fd_ >= 0) {
+    reactor_.remove(fd_);
+  }
+  object_.reset();
+  if (connection_) {
+    try {
+      connection_->releaseName(kBusName);
+    } catch (const sdbus::Error&) {
+      // Going away anyway; the bus drops the name with the connection.
+    }
+  }
+}
+
+void DbusService::process() {
+  try {
+    while (connection_->processPendingRequest()) {
+    }
+  } catch (const sdbus::Error&) {
+    // A broken message or connection: nothing of the daemon depends on it; keep serving.
+  }
+  rearm();
+}
+
+// sd-bus tells what to wait for next: readable, writable (replies queued) and a deadline.
+void DbusService::rearm() {
+  const auto pd = connection_->getEventLoopPollData();
+  uint32_t events = 0;
+  if (pd.events & POLLIN) {
+    events |= EPOLLIN;
+  }
+  if (pd.events & POLLOUT) {
+    events |= EPOLLOUT;
+  }
+  (void)reactor_.modify(fd_, events != 0 ? events : EPOLLIN);
+  if (timer_) {
+    reactor_.cancelTimer(*timer_);
+    timer_.reset();
+  }
+  if (auto rel = pd.getRelativeTimeout()) {
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(*rel) + std::chrono::milliseconds(1);
+    if (auto t = reactor_.addTimer(ms, std::chrono::milliseconds(0), [this] {
+          timer_.reset();
+          process();
+        })) {
+      timer_ = *t;
+    }
+  }
+}
+
+void DbusService::onEvent(const policy::Event& e) {
+  using policy::EventType;
+  try {
+    switch (e.type) {
+    case EventType::DeviceQuarantined:
+      object_->emitDeviceQuarantined(e.device, e.message);
+      break;
+    case EventType::DeviceReleased:
+      object_->emitDeviceChanged(e.device, "released");
+      break;
+    case EventType::DeviceChanged:
+      object_->emitDeviceChanged(e.device, e.action);
+      object_->deviceCountChanged();
+      break;
+    case EventType::ConfigReloaded:
+      object_->deviceCountChanged();
+      break;
+    case EventType::AccessDenied:
+    case EventType::PayloadRejected:
+    case EventType::RateLimited:
+    case EventType::MalformedPacket:
+    case EventType::ExposedService:
+    case EventType::TrafficSurge:
+      if (!e.device.empty()) {
+        object_->emitPolicyViolation(e.device, e.rule, e.provision, e.action);
+      }
+      break;
+    default:
+      return;
+    }
+  } catch (const sdbus::Error&) {
+    return; // a signal that cannot be sent is not worth stopping for
+  }
+  rearm();
+}
+
+} // namespace iotgw::daemon

@@ -1,0 +1,297 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+// The daemon's Control side: enrolment, policy changes, removal, quarantine, as asked over D-Bus.
+// Devices enrolled over the API live in <state_directory>/devices/<id>.toml, read at start-up and
+// on reload together with devices.d/ (one parser, one validator for both).
+#include <fmt/format.h>
+
+#include "daemon/daemon.h"
+#include "daemon/state_files.h"
+#include "iotgw/build_config.h"
+
+namespace iotgw::daemon {
+
+using policy::Event;
+using policy::EventType;
+
+namespace {
+
+ControlError err(ControlErrorCode c, std::string m) { return ControlError{c, std::move(m)}; }
+
+std::string joined(const policy::Diagnostics& diags) {
+  std::string out;
+  for (const auto& d : diags) {
+    out += (out.empty() ? "" : "\n") + d.str();
+  }
+  return out;
+}
+
+} // namespace
+
+std::filesystem::path Daemon::apiPolicyPath(const std::string& id) const {
+  return current_.config->stateDirectory / "devices" / (id + ".toml");
+}
+
+bool Daemon::fromApi(const policy::DevicePolicy& d) const {
+  return std::filesystem::path(d.sourceName) == apiPolicyPath(d.id.str());
+}
+
+std::vector<DeviceSummary> Daemon::listDevices() const {
+  std::vector<DeviceSummary> out;
+  for (const auto& d : current_.policies->devices()) {
+    out.push_back({d.id.str(), fromApi(d), firewall_ && firewall_->quarantined(d.id)});
+  }
+  return out;
+}
+
+std::expected<DeviceDetail, ControlError> Daemon::device(std::string_view idText) const {
+  const auto id = policy::DeviceId::parse(idText);
+  if (!id) {
+    return std::unexpected(err(ControlErrorCode::InvalidArgument, "not a device id"));
+  }
+  const auto* d = current_.policies->find(*id);
+  if (!d) {
+    return std::unexpected(err(ControlErrorCode::NoSuchDevice, "no device " + id->str()));
+  }
+  DeviceDetail out;
+  out.summary = {d->id.str(), fromApi(*d), firewall_ && firewall_->quarantined(d->id)};
+  auto text = policy::readFile(d->sourceName, 1 << 20);
+  out.policy = text ? std::move(*text) : "";
+  if (firewall_) {
+    const auto& counters = firewall_->traffic().counters();
+    if (auto c = counters.find(d->id.str()); c != counters.end()) {
+      out.txPackets = c->second.tx.packets;
+      out.txBytes = c->second.tx.bytes;
+      out.rxPackets = c->second.rx.packets;
+      out.rxBytes = c->second.rx.bytes;
+    }
+    const auto& rates = firewall_->traffic().rates();
+    if (auto r = rates.find(d->id.str()); r != rates.end()) {
+      out.txBytesPerSecond = r->second.txBytesPerSecond;
+      out.rxBytesPerSecond = r->second.rxBytesPerSecond;
+    }
+  }
+  return out;
+}
+
+std::expected<policy::DevicePolicy, ControlError> Daemon::parseForApi(std::string_view idText,
+                                                                      std::string_view text) const {
+  const auto id = policy::DeviceId::parse(idText);
+  if (!id) {
+    return std::unexpected(err(ControlErrorCode::InvalidArgument,
+                               fmt::format("'{}' is not a device id (letters, digits, '-', '_', "
+                                           "'.'; 1 to 64 characters)",
+                                           idText)));
+  }
+  auto parsed = policy::parseDevicePolicy(text, "policy");
+  if (!parsed) {
+    return std::unexpected(err(ControlErrorCode::InvalidPolicy, joined(parsed.error())));
+  }
+  if (parsed->id != *id) {
+    return std::unexpected(err(ControlErrorCode::InvalidPolicy,
+                               fmt::format("policy: the document's [device] id '{}' is not '{}'",
+                                           parsed->id.str(), id->str())));
+  }
+  parsed->sourceName = apiPolicyPath(id->str()).string();
+  return std::move(*parsed);
+}
+
+ControlResult Daemon::commitDevices(std::vector<policy::DevicePolicy> next,
+                                    const std::function<std::string()>& persist) {
+  if (next.size() > current_.config->limits.maxDevices) {
+    return std::unexpected(err(ControlErrorCode::Rejected,
+                               fmt::format("at most {} devices", current_.config->limits.maxDevices)));
+  }
+  auto set = policy::PolicySet::build(std::move(next));
+  if (!set) {
+    return std::unexpected(err(ControlErrorCode::Rejected, joined(set.error())));
+  }
+  if (firewall_) {
+    if (auto e = firewall_->apply(*current_.config, *set); !e.empty()) {
+      return std::unexpected(err(ControlErrorCode::Rejected, "firewall: " + e));
+    }
+  }
+  if (auto e = persist(); !e.empty()) {
+    if (firewall_) {
+      (void)firewall_->apply(*current_.config, current_.policies); // back to the running state
+    }
+    return std::unexpected(err(ControlErrorCode::Failed, e));
+  }
+  current_.policies = std::move(*set);
+  return {};
+}
+
+namespace {
+
+std::vector<policy::DevicePolicy> without(const policy::PolicySet& set, const policy::DeviceId& id) {
+  std::vector<policy::DevicePolicy> out;
+  for (const auto& d : set.devices()) {
+    if (d.id != id) {
+      out.push_back(d);
+    }
+  }
+  return out;
+}
+
+} // namespace
+
+ControlResult Daemon::enrollDevice(std::string_view idText, std::string_view text) {
+  auto parsed = parseForApi(idText, text);
+  if (!parsed) {
+    return std::unexpected(parsed.error());
+  }
+  const policy::DeviceId id = parsed->id;
+  if (current_.policies->find(id)) {
+    return std::unexpected(err(ControlErrorCode::DeviceExists, id.str() + " is already enrolled"));
+  }
+  auto next = current_.policies->devices();
+  next.push_back(std::move(*parsed));
+  const auto path = apiPolicyPath(id.str());
+  if (auto r = commitDevices(std::move(next), [&] { return writeAtomically(path, text); }); !r) {
+    return r;
+  }
+  Event e;
+  e.type = EventType::DeviceChanged;
+  e.device = id.str();
+  e.protocol = "dbus";
+  e.action = "enrolled";
+  e.message = fmt::format("{} enrolled over the control API", id.str());
+  sink_->emit(std::move(e));
+  return {};
+}
+
+ControlResult Daemon::setDevicePolicy(std::string_view idText, std::string_view text) {
+  auto parsed = parseForApi(idText, text);
+  if (!parsed) {
+    // A malformed id is the caller's mistake whatever the document says.
+    return std::unexpected(parsed.error());
+  }
+  const policy::DeviceId id = parsed->id;
+  const auto* running = current_.policies->find(id);
+  if (!running) {
+    return std::unexpected(err(ControlErrorCode::NoSuchDevice, "no device " + id.str()));
+  }
+  if (!fromApi(*running)) {
+    return std::unexpected(err(ControlErrorCode::ReadOnly,
+                               fmt::format("{} is defined by {}; change that file instead",
+                                           id.str(), running->sourceName)));
+  }
+  auto next = without(*current_.policies, id);
+  next.push_back(std::move(*parsed));
+  const auto path = apiPolicyPath(id.str());
+  if (auto r = commitDevices(std::move(next), [&] { return writeAtomically(path, text); }); !r) {
+    return r;
+  }
+  // Sessions run on the snapshot they started with: end them, so the device reconnects under
+  // the new policy rather than keeping what it may no longer do.
+  if (mqtt_) {
+    mqtt_->closeDevice(id);
+  }
+  Event e;
+  e.type = EventType::DeviceChanged;
+  e.device = id.str();
+  e.protocol = "dbus";
+  e.action = "updated";
+  e.message = fmt::format("{}'s policy replaced over the control API", id.str());
+  sink_->emit(std::move(e));
+  return {};
+}
+
+ControlResult Daemon::removeDevice(std::string_view idText) {
+  const auto id = policy::DeviceId::parse(idText);
+  if (!id) {
+    return std::unexpected(err(ControlErrorCode::InvalidArgument, "not a device id"));
+  }
+  const auto* running = current_.policies->find(*id);
+  if (!running) {
+    return std::unexpected(err(ControlErrorCode::NoSuchDevice, "no device " + id->str()));
+  }
+  if (!fromApi(*running)) {
+    return std::unexpected(err(ControlErrorCode::ReadOnly,
+                               fmt::format("{} is defined by {}; remove that file instead",
+                                           id->str(), running->sourceName)));
+  }
+  const auto path = apiPolicyPath(id->str());
+  if (auto r = commitDevices(without(*current_.policies, *id), [&] { return removeDurably(path); });
+      !r) {
+    return r;
+  }
+  // Erase (5.11-1): sessions and their queued messages, the quarantine mark; the firewall
+  // batch above already deleted its addresses and counters.
+  if (mqtt_) {
+    mqtt_->closeDevice(*id);
+  }
+  if (firewall_) {
+    firewall_->forget(*id);
+  }
+  Event e;
+  e.type = EventType::DeviceChanged;
+  e.device = id->str();
+  e.protocol = "dbus";
+  e.action = "removed";
+  e.message = fmt::format("{} removed over the control API; nothing of it is kept", id->str());
+  sink_->emit(std::move(e));
+  return {};
+}
+
+ControlResult Daemon::quarantineDevice(std::string_view idText, std::string_view reason) {
+  const auto id = policy::DeviceId::parse(idText);
+  if (!id) {
+    return std::unexpected(err(ControlErrorCode::InvalidArgument, "not a device id"));
+  }
+  if (reason.empty() || reason.size() > 200) {
+    return std::unexpected(err(ControlErrorCode::InvalidArgument, "a reason of 1 to 200 characters is needed"));
+  }
+  if (!current_.policies->find(*id)) {
+    return std::unexpected(err(ControlErrorCode::NoSuchDevice, "no device " + id->str()));
+  }
+  if (!firewall_) {
+    return std::unexpected(err(ControlErrorCode::Failed, "the firewall is off ([firewall] enabled = false)"));
+  }
+  if (auto e = firewall_->quarantine(*id, "dbus", reason); !e.empty()) {
+    return std::unexpected(err(ControlErrorCode::Failed, e));
+  }
+  return {};
+}
+
+ControlResult Daemon::releaseDevice(std::string_view idText) {
+  const auto id = policy::DeviceId::parse(idText);
+  if (!id) {
+    return std::unexpected(err(ControlErrorCode::InvalidArgument, "not a device id"));
+  }
+  if (!current_.policies->find(*id)) {
+    return std::unexpected(err(ControlErrorCode::NoSuchDevice, "no device " + id->str()));
+  }
+  if (!firewall_) {
+    return std::unexpected(err(ControlErrorCode::Failed, "the firewall is off ([firewall] enabled = false)"));
+  }
+  if (auto e = firewall_->release(*id); !e.empty()) {
+    return std::unexpected(err(ControlErrorCode::Failed, e));
+  }
+  return {};
+}
+
+ControlResult Daemon::reloadAll() {
+  if (auto e = reload(); !e.empty()) {
+    return std::unexpected(err(ControlErrorCode::Rejected, e));
+  }
+  return {};
+}
+
+GatewayStatus Daemon::status() const {
+  GatewayStatus s;
+  s.version = IOTGW_VERSION;
+  s.config = current_.config->source.empty() ? "built-in default" : current_.config->source.string();
+  s.devices = static_cast<uint32_t>(current_.policies->size());
+  for (const auto& d : current_.policies->devices()) {
+    s.quarantined += firewall_ && firewall_->quarantined(d.id) ? 1 : 0;
+  }
+  s.mqttConnections = mqtt_ ? static_cast<uint32_t>(mqtt_->connections()) : 0;
+  s.firewall = firewall_ != nullptr;
+  s.reloads = reloads_;
+  s.uptimeSeconds = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started_)
+          .count());
+  return s;
+}
+
+} // namespace iotgw::daemon

@@ -1,0 +1,19 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#pragma once
+
+// Files in the state directory that must survive a crash whole or not at all: written to a
+// temporary file beside the target, flushed, renamed over it, and the directory flushed, so a
+// reader (or the next start) sees the old content or the new, never half of either.
+
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+namespace iotgw::daemon {
+
+// Creates the directory (owner-only) if needed. An error is a readable sentence.
+[[nodiscard]] std::string writeAtomically(const std::filesystem::path& path, std::string_view content);
+// Removes the file (absent is fine) and flushes its directory.
+[[nodiscard]] std::string removeDurably(const std::filesystem::path& path);
+
+} // namespace iotgw::daemon

@@ -1,0 +1,297 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The control API with real parts: a private system-like dbus-daemon that includes the project's
+bus policy file (systemd/org.iotgw.Gateway1.conf), the real iotgwd on it (firewall on, in a
+network namespace of its own), and busctl and iotgwctl as clients, run as root, as `nobody`,
+as `nobody` in group iotgw, and as `nobody` in group iotgw-admin.
+
+The groups exist only in this test's mount namespace: /etc/group is a bind-mounted copy.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from iotgw_testlib import IOTGWD, check, finish, require_binary, tmpdir, write  # noqa: E402
+
+SRC = os.environ.get("IOTGW_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
+XML = os.path.join(SRC, "daemon", "dbus", "org.iotgw.Gateway1.xml")
+POLICY = os.path.join(SRC, "systemd", "org.iotgw.Gateway1.conf")
+IOTGWCTL = os.path.join(os.path.dirname(IOTGWD), "iotgwctl")
+GID_READ, GID_ADMIN = 64711, 64712
+NAME, PATH, IFACE = "org.iotgw.Gateway1", "/org/iotgw/Gateway1", "org.iotgw.Gateway1.Manager"
+
+BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={sock}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_destination="org.freedesktop.DBus"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+  </policy>
+  {extra}
+</busconfig>
+"""
+# A bus that lets anyone call anything: only iotgwd's own check stands between a caller and a change.
+OPEN_POLICY = """<policy context="default"><allow own="*"/><allow send_type="method_call"/></policy>"""
+
+THERMO = """[device]
+id = "thermo-01"
+mac = "02:00:00:00:00:10"
+addresses = ["192.168.50.10"]
+[mqtt]
+publish = ["devices/%c/telemetry/#"]
+[network]
+outbound = ["203.0.113.5:8883/tcp"]
+"""
+
+
+def bus(root, name, extra):
+    sock = os.path.join(root, f"{name}.sock")
+    conf = os.path.join(root, f"{name}.conf")
+    write(conf, BUS_CONF.format(sock=sock, extra=extra))
+    p = subprocess.Popen(["dbus-daemon", "--config-file", conf, "--nofork", "--print-address"],
+                         stdout=subprocess.PIPE, text=True)
+    address = p.stdout.readline().strip()
+    return p, address
+
+
+def caller(who):
+    """Command prefix running as root, nobody, nobody in iotgw, or nobody in iotgw-admin."""
+    groups = {"root": None, "nobody": "", "reader": str(GID_READ), "admin": str(GID_ADMIN)}[who]
+    if groups is None:
+        return []
+    return ["setpriv", "--reuid=nobody", "--regid=nogroup",
+            "--clear-groups" if not groups else f"--groups={groups}", "--"]
+
+
+def busctl(address, who, method, *args):
+    cmd = caller(who) + ["busctl", f"--address={address}", "call", NAME, PATH, IFACE, method, *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+    return r.returncode, r.stdout + r.stderr
+
+
+def ctl(address, who, *args, stdin=None):
+    env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=address)
+    r = subprocess.run(caller(who) + [IOTGWCTL, *args], capture_output=True, text=True, timeout=20,
+                       env=env, input=stdin)
+    return r.returncode, r.stdout, r.stderr
+
+
+def methods():
+    """Every method of the interface, with a valid-looking argument list for each."""
+    out = {}
+    for m in ET.parse(XML).getroot().iter("method"):
+        sig = "".join(a.get("type") for a in m.iter("arg") if a.get("direction") == "in")
+        values = {"s": "thermo-01", "": None}
+        args = [sig] + ["thermo-01", THERMO][:len(sig)] if sig else []
+        if m.get("name") == "Quarantine":
+            args = ["ss", "thermo-01", "a test"]
+        out[m.get("name")] = args
+        del values
+    return out
+
+
+def readers():
+    """Methods the bus policy lets group iotgw call."""
+    root = ET.parse(POLICY).getroot()
+    for p in root.iter("policy"):
+        if p.get("group") == "iotgw":
+            return {a.get("send_member") for a in p.iter("allow") if a.get("send_interface") == IFACE}
+    return set()
+
+
+def start_iotgwd(root, address, state, stderr):
+    conf = os.path.join(root, "iotgw.toml")
+    write(conf, f"""[daemon]
+state_directory = "{state}"
+devices_directory = "{root}/devices.d"
+[device_segment]
+interfaces = ["br-iot"]
+subnets = ["192.168.50.0/24"]
+[firewall]
+keep_rules_on_exit = false
+scan_interval_seconds = 0
+[dbus]
+admin_group = "iotgw-admin"
+[events]
+target = "stderr"
+burst = 1000
+""")
+    env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=address)
+    d = subprocess.Popen([IOTGWD, "--config", conf], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if busctl(address, "root", "GetStatus")[0] == 0:
+            return d
+        time.sleep(0.05)
+    return d
+
+
+def files_mentioning(directory, needle):
+    found = []
+    for base, _, names in os.walk(directory):
+        for n in names:
+            p = os.path.join(base, n)
+            if needle in n or needle.encode() in open(p, "rb").read():
+                found.append(p)
+    return found
+
+
+def inside():
+    root = tmpdir("iotgw-dbus-")
+    procs = []
+    d = None
+    try:
+        group = os.path.join(root, "group")
+        with open("/etc/group") as f:
+            write(group, f.read() + f"iotgw:x:{GID_READ}:\niotgw-admin:x:{GID_ADMIN}:\n")
+        subprocess.run(["mount", "--bind", group, "/etc/group"], check=True)
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        with open(POLICY) as f:
+            policy = f.read().split("<busconfig>")[1].split("</busconfig>")[0]
+        sysbus, address = bus(root, "system", policy)
+        procs.append(sysbus)
+        state = os.path.join(root, "state")
+        err = open(os.path.join(root, "iotgwd.err"), "w")
+        d = start_iotgwd(root, address, state, err)
+        check(busctl(address, "root", "GetStatus")[0] == 0, "iotgwd owns org.iotgw.Gateway1 on the private system bus")
+
+        print("access control, every method of the introspection XML")
+        all_methods = methods()
+        read_only = readers()
+        check(read_only == {"ListDevices", "GetDevice", "GetStatus"}, f"the bus policy's read-only methods ({sorted(read_only)})")
+        mutating = sorted(set(all_methods) - read_only)
+        check(len(mutating) >= 6, f"changing methods found in the XML: {mutating}")
+        for m in mutating:
+            rc, out = busctl(address, "nobody", m, *all_methods[m])
+            check(rc != 0 and "Access denied" in out, f"nobody: {m} denied ({out.strip()[:80]})")
+            rc, out = busctl(address, "reader", m, *all_methods[m])
+            check(rc != 0 and "Access denied" in out, f"group iotgw: {m} denied")
+        for m in sorted(read_only):
+            rc, out = busctl(address, "reader", m, *all_methods[m])
+            check("Access denied" not in out, f"group iotgw may call {m}")
+
+        print("iotgwctl as a member of iotgw-admin")
+        policy_file = os.path.join(root, "thermo-01.toml")
+        write(policy_file, THERMO)
+        rc, out, errtext = ctl(address, "admin", "enroll", "thermo-01", policy_file)
+        check(rc == 0, f"iotgwctl enroll as iotgw-admin ({errtext.strip()})")
+        rc, out, _ = ctl(address, "reader", "--json", "devices")
+        listed = json.loads(out) if rc == 0 else []
+        check(listed == [{"id": "thermo-01", "source": "api", "quarantined": False}], f"iotgwctl --json devices as iotgw ({out.strip()})")
+        rc, out, _ = ctl(address, "reader", "--json", "show", "thermo-01")
+        shown = json.loads(out) if rc == 0 else {}
+        check(shown.get("policy") == THERMO and shown.get("state", {}).get("source") == "api",
+              "iotgwctl --json show returns the policy document and state")
+        check(os.stat(os.path.join(state, "devices", "thermo-01.toml")).st_mode & 0o077 == 0,
+              "the policy is persisted owner-only in the state directory")
+        rc, out, errtext = ctl(address, "reader", "enroll", "plug-02", policy_file)
+        check(rc == 3 and "iotgw-admin" in errtext, f"iotgwctl: access denied is exit code 3 ({errtext.strip()})")
+        rc, out, errtext = ctl(address, "admin", "enroll", "thermo-01", policy_file)
+        check(rc == 2 and "already enrolled" in errtext, "enrolling an enrolled id: exit 2, says so")
+
+        print("invalid policy")
+        bad = THERMO.replace('outbound = ["203.0.113.5:8883/tcp"]', 'outbound = ["203.0.113.5:99999/tcp"]')
+        rc, out = busctl(address, "admin", "SetDevicePolicy", "ss", "thermo-01", bad)
+        check(rc != 0 and "policy:8:13:" in out, f"busctl SetDevicePolicy with a bad port: refused at line 8, column 13 ({out.strip()[:120]})")
+        rc, out, errtext = ctl(address, "admin", "set-policy", "thermo-01", "-", stdin=bad)
+        check(rc == 2 and "policy:8:13:" in errtext, f"iotgwctl set-policy: exit 2 and the position ({errtext.strip()[:120]})")
+        rc, out, _ = ctl(address, "root", "--json", "show", "thermo-01")
+        check(rc == 0 and json.loads(out)["policy"] == THERMO, "the running policy is unchanged")
+        rc, out, errtext = ctl(address, "admin", "set-policy", "thermo-01", "-",
+                               stdin=THERMO.replace('id = "thermo-01"', 'id = "other"'))
+        check(rc == 2 and "not 'thermo-01'" in errtext, "a document naming another id is refused")
+        good = THERMO.replace("8883/tcp", "8884/tcp")
+        rc, out, errtext = ctl(address, "admin", "set-policy", "thermo-01", "-", stdin=good)
+        check(rc == 0, f"a valid new policy is accepted ({errtext.strip()})")
+        table = subprocess.run(["nft", "list", "set", "inet", "iotgw", "allow4"], capture_output=True, text=True).stdout
+        check("8884" in table and "8883" not in table, "and the firewall follows it (allow4 names :8884)")
+
+        print("persistence across a restart")
+        d.send_signal(signal.SIGTERM)
+        check(d.wait(timeout=10) == 0, "iotgwd stops cleanly")
+        rc, _, errtext = ctl(address, "root", "status")
+        check(rc == 4 and "not running" in errtext, f"iotgwctl with iotgwd stopped: exit 4 ({errtext.strip()[:80]})")
+        d = start_iotgwd(root, address, state, err)
+        rc, out, _ = ctl(address, "root", "--json", "show", "thermo-01")
+        check(rc == 0 and json.loads(out)["policy"] == good, "after a restart the device and its policy are back")
+        rc, out, _ = ctl(address, "root", "--json", "status")
+        status = json.loads(out) if rc == 0 else {}
+        check(status.get("devices") == 1 and status.get("firewall") is True, f"iotgwctl --json status ({out.strip()})")
+
+        print("quarantine and erase")
+        rc, _, errtext = ctl(address, "admin", "quarantine", "thermo-01", "--reason", "test")
+        check(rc == 0 and os.path.exists(os.path.join(state, "quarantine", "thermo-01")), f"quarantine over D-Bus ({errtext.strip()})")
+        rc, _, _ = ctl(address, "admin", "release", "thermo-01")
+        check(rc == 0 and not os.path.exists(os.path.join(state, "quarantine", "thermo-01")), "release over D-Bus")
+        ctl(address, "admin", "quarantine", "thermo-01", "--reason", "before removal")
+        rc, _, errtext = ctl(address, "admin", "remove", "thermo-01")
+        check(rc == 0, f"iotgwctl remove ({errtext.strip()})")
+        left = files_mentioning(state, "thermo-01")
+        check(not left, f"nothing of the device remains in the state directory ({left})")
+        ruleset = subprocess.run(["nft", "list", "table", "inet", "iotgw"], capture_output=True, text=True).stdout
+        check("thermo-01" not in ruleset and "192.168.50.10" not in ruleset, "nor in the firewall (counters, sets)")
+        rc, _, errtext = ctl(address, "reader", "show", "thermo-01")
+        check(rc == 2 and "no device" in errtext, "show of a removed device: exit 2")
+        write(os.path.join(root, "devices.d", "lamp-03.toml"),
+              THERMO.replace("thermo-01", "lamp-03").replace(":10", ":13").replace(".10", ".13"))
+        rc, _, _ = ctl(address, "admin", "reload")
+        rc2, _, errtext = ctl(address, "admin", "remove", "lamp-03")
+        check(rc == 0 and rc2 == 2 and "devices.d" in errtext, "a devices.d/ device is read-only over the API")
+
+        print("iotgwd's own check, behind a bus that allows everything")
+        d.send_signal(signal.SIGTERM)
+        d.wait(timeout=10)
+        d = None
+        openbus, open_address = bus(root, "open", OPEN_POLICY)
+        procs.append(openbus)
+        d = start_iotgwd(root, open_address, os.path.join(root, "state2"), err)
+        for m in mutating:
+            rc, out = busctl(open_address, "nobody", m, *all_methods[m])
+            check(rc != 0 and "only root and group iotgw-admin" in out, f"iotgwd itself refuses {m} to nobody")
+        rc, out = busctl(open_address, "admin", "EnrollDevice", "ss", "thermo-01", THERMO)
+        check(rc == 0, f"and allows a member of iotgw-admin ({out.strip()[:80]})")
+    finally:
+        if d is not None:
+            d.send_signal(signal.SIGTERM)
+            try:
+                d.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                d.kill()
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=5)
+        subprocess.run(["umount", "/etc/group"], capture_output=True)
+        subprocess.run(["rm", "-rf", root])
+
+
+def main():
+    require_binary()
+    if os.environ.get("IOTGW_TEST_IN_NS") != "1":
+        if os.geteuid() != 0:
+            print("needs root (namespaces, private bus, nftables)", file=sys.stderr)
+            sys.exit(2)
+        env = dict(os.environ, IOTGW_TEST_IN_NS="1")
+        sys.exit(subprocess.call(["unshare", "-m", "-n", "--propagation", "private", sys.executable] + sys.argv, env=env))
+    inside()
+    finish()
+
+
+if __name__ == "__main__":
+    main()
