@@ -16,7 +16,7 @@ import time
 import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from iotgw_testlib import IOTGWD, check, finish, require_binary, tmpdir, write  # noqa: E402
+from iotgw_testlib import IOTGWD, check, finish, private_bus, require_binary, tmpdir, write  # noqa: E402
 
 SRC = os.environ.get("IOTGW_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 XML = os.path.join(SRC, "daemon", "dbus", "org.iotgw.Gateway1.xml")
@@ -25,28 +25,6 @@ IOTGWCTL = os.path.join(os.path.dirname(IOTGWD), "iotgwctl")
 GID_READ, GID_ADMIN = 64711, 64712
 NAME, PATH, IFACE = "org.iotgw.Gateway1", "/org/iotgw/Gateway1", "org.iotgw.Gateway1.Manager"
 
-BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={sock}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_destination="org.freedesktop.DBus"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-  </policy>
-  {extra}
-</busconfig>
-"""
 # A bus that lets anyone call anything: only iotgwd's own check stands between a caller and a change.
 OPEN_POLICY = """<policy context="default"><allow own="*"/><allow send_type="method_call"/></policy>"""
 
@@ -59,16 +37,6 @@ publish = ["devices/%c/telemetry/#"]
 [network]
 outbound = ["203.0.113.5:8883/tcp"]
 """
-
-
-def bus(root, name, extra):
-    sock = os.path.join(root, f"{name}.sock")
-    conf = os.path.join(root, f"{name}.conf")
-    write(conf, BUS_CONF.format(sock=sock, extra=extra))
-    p = subprocess.Popen(["dbus-daemon", "--config-file", conf, "--nofork", "--print-address"],
-                         stdout=subprocess.PIPE, text=True)
-    address = p.stdout.readline().strip()
-    return p, address
 
 
 def caller(who):
@@ -98,12 +66,10 @@ def methods():
     out = {}
     for m in ET.parse(XML).getroot().iter("method"):
         sig = "".join(a.get("type") for a in m.iter("arg") if a.get("direction") == "in")
-        values = {"s": "thermo-01", "": None}
         args = [sig] + ["thermo-01", THERMO][:len(sig)] if sig else []
         if m.get("name") == "Quarantine":
             args = ["ss", "thermo-01", "a test"]
         out[m.get("name")] = args
-        del values
     return out
 
 
@@ -165,7 +131,7 @@ def inside():
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
         with open(POLICY) as f:
             policy = f.read().split("<busconfig>")[1].split("</busconfig>")[0]
-        sysbus, address = bus(root, "system", policy)
+        sysbus, address = private_bus(root, "system", policy)
         procs.append(sysbus)
         state = os.path.join(root, "state")
         err = open(os.path.join(root, "iotgwd.err"), "w")
@@ -259,7 +225,7 @@ def inside():
         d.send_signal(signal.SIGTERM)
         d.wait(timeout=10)
         d = None
-        openbus, open_address = bus(root, "open", OPEN_POLICY)
+        openbus, open_address = private_bus(root, "open", OPEN_POLICY)
         procs.append(openbus)
         d = start_iotgwd(root, open_address, os.path.join(root, "state2"), err)
         for m in mutating:
