@@ -92,6 +92,12 @@ client_id_prefix = "gw1-"
 [firewall]
 enabled = false
 keep_rules_on_exit = false
+telemetry_interval_seconds = 30
+surge_action = "quarantine"
+
+[dbus]
+enabled = false
+admin_group = "netadmin"
 
 [limits]
 max_connections = 100
@@ -136,6 +142,10 @@ password = "hub1234"
   EXPECT_EQ(c->upstream.clientIdPrefix, "gw1-");
   EXPECT_FALSE(c->firewall.enabled);
   EXPECT_FALSE(c->firewall.keepRulesOnExit);
+  EXPECT_EQ(c->firewall.telemetryInterval, std::chrono::seconds(30));
+  EXPECT_TRUE(c->firewall.quarantineOnSurge);
+  EXPECT_FALSE(c->dbus.enabled);
+  EXPECT_EQ(c->dbus.adminGroup, "netadmin");
   EXPECT_EQ(c->limits.maxConnections, 100u);
   EXPECT_EQ(c->limits.maxConnectionsPerSource, 4u);
   EXPECT_EQ(c->limits.handshakeTimeout, std::chrono::milliseconds(2000));
@@ -185,6 +195,9 @@ INSTANTIATE_TEST_SUITE_P(
         BadDocument{"UpstreamNoHost", "[upstream]\nport = 8883\n", 1, 1, "'upstream.host'"},
         BadDocument{"KeepaliveRange", "[upstream]\nenabled = false\nkeepalive_seconds = 1\n", 3, 21, "out of range"},
         BadDocument{"FirewallNotBool", "[firewall]\nenabled = \"yes\"\n", 2, 11, "must be a boolean"},
+        BadDocument{"SurgeAction", "[firewall]\nsurge_action = \"block\"\n", 2, 16, "must be one of \"event\", \"quarantine\""},
+        BadDocument{"TelemetryRange", "[firewall]\ntelemetry_interval_seconds = 99999\n", 2, 30, "out of range"},
+        BadDocument{"UnknownDbusKey", "[dbus]\nname = \"x\"\n", 2, 1, "unknown key 'dbus.name'"},
         BadDocument{"LimitZero", "[limits]\nmax_connections = 0\n", 2, 19, "out of range"},
         BadDocument{"LimitNegative", "[limits]\nmax_devices = -5\n", 2, 15, "out of range"},
         BadDocument{"PerSourceAboveTotal", "[limits]\nmax_connections = 4\nmax_connections_per_source = 8\n", 3, 30, "exceeds"},
