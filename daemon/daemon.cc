@@ -168,7 +168,7 @@ std::string Daemon::setUp() {
         return "org.iotgw.Gateway1 is already owned on the system bus: is another iotgwd running?";
       }
       // No bus (yet) is not a reason to leave devices unprotected: run without the API.
-      dbusError_ = d.error();
+      dbusError_ = d.error().find("FileNotFound") != std::string::npos ? "no system bus" : d.error();
     } else {
       dbus_ = std::move(*d);
       sink_->setObserver([this](const Event& e) {
