@@ -76,6 +76,9 @@ private:
   [[nodiscard]] std::expected<policy::DevicePolicy, ControlError>
   parseForApi(std::string_view id, std::string_view text) const;
   [[nodiscard]] bool fromApi(const policy::DevicePolicy& d) const;
+  // The running policy of an enrolled device (InvalidArgument, NoSuchDevice otherwise).
+  [[nodiscard]] std::expected<const policy::DevicePolicy*, ControlError>
+  enrolled(std::string_view idText) const;
   [[nodiscard]] std::filesystem::path apiPolicyPath(const std::string& id) const;
   [[nodiscard]] std::string statusLine() const;
   void scheduleSummaries();

@@ -17,6 +17,16 @@ namespace {
 
 ControlError err(ControlErrorCode c, std::string m) { return ControlError{c, std::move(m)}; }
 
+void deviceChanged(EventSink& sink, const std::string& id, std::string action, std::string message) {
+  Event e;
+  e.type = EventType::DeviceChanged;
+  e.device = id;
+  e.protocol = "dbus";
+  e.action = std::move(action);
+  e.message = std::move(message);
+  sink.emit(std::move(e));
+}
+
 std::string joined(const policy::Diagnostics& diags) {
   std::string out;
   for (const auto& d : diags) {
@@ -35,6 +45,18 @@ bool Daemon::fromApi(const policy::DevicePolicy& d) const {
   return std::filesystem::path(d.sourceName) == apiPolicyPath(d.id.str());
 }
 
+std::expected<const policy::DevicePolicy*, ControlError>
+Daemon::enrolled(std::string_view idText) const {
+  const auto id = policy::DeviceId::parse(idText);
+  if (!id) {
+    return std::unexpected(err(ControlErrorCode::InvalidArgument, "not a device id"));
+  }
+  if (const auto* d = current_.policies->find(*id)) {
+    return d;
+  }
+  return std::unexpected(err(ControlErrorCode::NoSuchDevice, "no device " + id->str()));
+}
+
 std::vector<DeviceSummary> Daemon::listDevices() const {
   std::vector<DeviceSummary> out;
   for (const auto& d : current_.policies->devices()) {
@@ -44,14 +66,11 @@ std::vector<DeviceSummary> Daemon::listDevices() const {
 }
 
 std::expected<DeviceDetail, ControlError> Daemon::device(std::string_view idText) const {
-  const auto id = policy::DeviceId::parse(idText);
-  if (!id) {
-    return std::unexpected(err(ControlErrorCode::InvalidArgument, "not a device id"));
+  const auto found = enrolled(idText);
+  if (!found) {
+    return std::unexpected(found.error());
   }
-  const auto* d = current_.policies->find(*id);
-  if (!d) {
-    return std::unexpected(err(ControlErrorCode::NoSuchDevice, "no device " + id->str()));
-  }
+  const policy::DevicePolicy* d = *found;
   DeviceDetail out;
   out.summary = {d->id.str(), fromApi(*d), firewall_ && firewall_->quarantined(d->id)};
   auto text = policy::readFile(d->sourceName, 1 << 20);
@@ -149,13 +168,7 @@ ControlResult Daemon::enrollDevice(std::string_view idText, std::string_view tex
   if (auto r = commitDevices(std::move(next), [&] { return writeAtomically(path, text); }); !r) {
     return r;
   }
-  Event e;
-  e.type = EventType::DeviceChanged;
-  e.device = id.str();
-  e.protocol = "dbus";
-  e.action = "enrolled";
-  e.message = fmt::format("{} enrolled over the control API", id.str());
-  sink_->emit(std::move(e));
+  deviceChanged(*sink_, id.str(), "enrolled", fmt::format("{} enrolled over the control API", id.str()));
   return {};
 }
 
@@ -186,85 +199,67 @@ ControlResult Daemon::setDevicePolicy(std::string_view idText, std::string_view 
   if (mqtt_) {
     mqtt_->closeDevice(id);
   }
-  Event e;
-  e.type = EventType::DeviceChanged;
-  e.device = id.str();
-  e.protocol = "dbus";
-  e.action = "updated";
-  e.message = fmt::format("{}'s policy replaced over the control API", id.str());
-  sink_->emit(std::move(e));
+  deviceChanged(*sink_, id.str(), "updated",
+                fmt::format("{}'s policy replaced over the control API", id.str()));
   return {};
 }
 
 ControlResult Daemon::removeDevice(std::string_view idText) {
-  const auto id = policy::DeviceId::parse(idText);
-  if (!id) {
-    return std::unexpected(err(ControlErrorCode::InvalidArgument, "not a device id"));
+  const auto found = enrolled(idText);
+  if (!found) {
+    return std::unexpected(found.error());
   }
-  const auto* running = current_.policies->find(*id);
-  if (!running) {
-    return std::unexpected(err(ControlErrorCode::NoSuchDevice, "no device " + id->str()));
-  }
+  const policy::DevicePolicy* running = *found;
+  const policy::DeviceId id = running->id;
   if (!fromApi(*running)) {
     return std::unexpected(err(ControlErrorCode::ReadOnly,
                                fmt::format("{} is defined by {}; remove that file instead",
-                                           id->str(), running->sourceName)));
+                                           id.str(), running->sourceName)));
   }
-  const auto path = apiPolicyPath(id->str());
-  if (auto r = commitDevices(without(*current_.policies, *id), [&] { return removeDurably(path); });
+  const auto path = apiPolicyPath(id.str());
+  if (auto r = commitDevices(without(*current_.policies, id), [&] { return removeDurably(path); });
       !r) {
     return r;
   }
   // Erase (5.11-1): sessions and their queued messages, the quarantine mark; the firewall
   // batch above already deleted its addresses and counters.
   if (mqtt_) {
-    mqtt_->closeDevice(*id);
+    mqtt_->closeDevice(id);
   }
   if (firewall_) {
-    firewall_->forget(*id);
+    firewall_->forget(id);
   }
-  Event e;
-  e.type = EventType::DeviceChanged;
-  e.device = id->str();
-  e.protocol = "dbus";
-  e.action = "removed";
-  e.message = fmt::format("{} removed over the control API; nothing of it is kept", id->str());
-  sink_->emit(std::move(e));
+  deviceChanged(*sink_, id.str(), "removed",
+                fmt::format("{} removed over the control API; nothing of it is kept", id.str()));
   return {};
 }
 
 ControlResult Daemon::quarantineDevice(std::string_view idText, std::string_view reason) {
-  const auto id = policy::DeviceId::parse(idText);
-  if (!id) {
-    return std::unexpected(err(ControlErrorCode::InvalidArgument, "not a device id"));
-  }
   if (reason.empty() || reason.size() > 200) {
     return std::unexpected(err(ControlErrorCode::InvalidArgument, "a reason of 1 to 200 characters is needed"));
   }
-  if (!current_.policies->find(*id)) {
-    return std::unexpected(err(ControlErrorCode::NoSuchDevice, "no device " + id->str()));
+  const auto found = enrolled(idText);
+  if (!found) {
+    return std::unexpected(found.error());
   }
   if (!firewall_) {
     return std::unexpected(err(ControlErrorCode::Failed, "the firewall is off ([firewall] enabled = false)"));
   }
-  if (auto e = firewall_->quarantine(*id, "dbus", reason); !e.empty()) {
+  if (auto e = firewall_->quarantine((*found)->id, "dbus", reason); !e.empty()) {
     return std::unexpected(err(ControlErrorCode::Failed, e));
   }
   return {};
 }
 
 ControlResult Daemon::releaseDevice(std::string_view idText) {
-  const auto id = policy::DeviceId::parse(idText);
-  if (!id) {
-    return std::unexpected(err(ControlErrorCode::InvalidArgument, "not a device id"));
-  }
-  if (!current_.policies->find(*id)) {
-    return std::unexpected(err(ControlErrorCode::NoSuchDevice, "no device " + id->str()));
+  const auto found = enrolled(idText);
+  if (!found) {
+    return std::unexpected(found.error());
   }
   if (!firewall_) {
     return std::unexpected(err(ControlErrorCode::Failed, "the firewall is off ([firewall] enabled = false)"));
   }
-  if (auto e = firewall_->release(*id); !e.empty()) {
+  if (auto e = firewall_->release((*found)->id); !e.empty()) {
     return std::unexpected(err(ControlErrorCode::Failed, e));
   }
   return {};
