@@ -40,6 +40,11 @@ struct DeviceDetail {
   std::string policy; // the TOML document in force
   uint64_t txPackets = 0, txBytes = 0, rxPackets = 0, rxBytes = 0;
   double txBytesPerSecond = 0, rxBytesPerSecond = 0;
+  // The client certificate its upstream presents: "shared" (the gateway's) or "issued" (its own,
+  // from the gateway CA), with the issued one's serial and expiry (unix seconds).
+  std::string identity = "shared";
+  std::string certificateSerial;
+  int64_t certificateExpires = 0;
 };
 
 struct GatewayStatus {
@@ -51,6 +56,10 @@ struct GatewayStatus {
   bool firewall = false;
   uint32_t reloads = 0;
   uint64_t uptimeSeconds = 0;
+  std::string ca;               // the gateway CA's name
+  std::string caCertificate;    // where its certificate and CRL are (for the broker)
+  std::string crl;
+  uint32_t issuedIdentities = 0;
 };
 
 class Control {

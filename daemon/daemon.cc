@@ -88,6 +88,12 @@ std::string Daemon::setUp() {
                        ec.message());
   }
   ::chmod(config.stateDirectory.c_str(), 0700);
+  // The gateway CA: made on first start, with a key nobody else has (5.1-1).
+  auto ids = Identities::open(config.stateDirectory);
+  if (!ids) {
+    return "gateway CA: " + ids.error();
+  }
+  identities_ = std::move(*ids);
 
   sigset_t mask;
   sigemptyset(&mask);
@@ -146,10 +152,25 @@ std::string Daemon::setUp() {
       }
     }
   }
+  reconcileIdentities();
+  // The CRL is valid for 30 days: checked hourly, rewritten a week into its life.
+  if (!reactor_->addTimer(std::chrono::hours(1), std::chrono::hours(1), [this] {
+        if (auto e = identities_->refreshCrl(std::chrono::system_clock::now()); !e.empty()) {
+          Event ev;
+          ev.type = EventType::UpstreamUnavailable;
+          ev.protocol = "pki";
+          ev.rule = "crl";
+          ev.message = "cannot refresh the CRL: " + e;
+          sink_->emit(std::move(ev));
+        }
+      })) {
+    return "cannot arm the CRL timer";
+  }
   if (config.mqtt.enabled || config.mqttTls.enabled) {
     mqtt_ = std::make_unique<MqttService>(
         *reactor_, *sink_, current_.config, [this] { return current_.policies; },
         current_.defaultCredentials);
+    mqtt_->setIdentities(identities_.get());
     if (firewall_) {
       mqtt_->setQuarantineHandler([this](const policy::DeviceId& id, const std::string& rule) {
         (void)firewall_->quarantine(id, rule, // a failure is an event of its own
@@ -314,6 +335,7 @@ std::string Daemon::reload() {
     mqtt_->setDefaultCredentials(current_.defaultCredentials);
   }
   ++reloads_;
+  reconcileIdentities(); // a devices.d/ file may have come, gone, or changed its identity
   sink_->reconfigure(current_.config->events);
   scheduleSummaries();
   Event e;

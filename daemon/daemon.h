@@ -16,6 +16,7 @@
 #include "daemon/event_sink.h"
 #include "daemon/exposure_scan.h"
 #include "daemon/firewall_service.h"
+#include "daemon/identities.h"
 #include "daemon/mqtt_service.h"
 #include "policy/credentials.h"
 #include "policy/policy_set.h"
@@ -81,6 +82,11 @@ private:
   enrolled(std::string_view idText) const;
   [[nodiscard]] std::filesystem::path apiPolicyPath(const std::string& id) const;
   [[nodiscard]] std::string statusLine() const;
+  // Issues the identities the running policies ask for (and renews those near expiry), revokes
+  // those no device asks for any more; failures are events.
+  void reconcileIdentities();
+  // Issues (or renews) one device's identity, with its event; an error is a sentence.
+  [[nodiscard]] std::string issueIdentity(const std::string& id);
   void scheduleSummaries();
 
   Options options_;
@@ -89,6 +95,7 @@ private:
   std::unique_ptr<EventSink> sink_;
   std::unique_ptr<FirewallService> firewall_;
   std::unique_ptr<ExposureScan> scan_;
+  std::unique_ptr<Identities> identities_;
   std::unique_ptr<MqttService> mqtt_;
   std::unique_ptr<DbusService> dbus_;
   std::string dbusError_; // why there is no control API, if there is none

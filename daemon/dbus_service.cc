@@ -43,7 +43,8 @@ class GatewayObject final : public sdbus::AdaptorInterfaces<org::iotgw::Gateway1
 public:
   GatewayObject(sdbus::IConnection& c, Control& control, std::string adminGroup)
       : AdaptorInterfaces(c, DbusService::kObjectPath), control_(control),
-        adminGroup_(std::move(adminGroup)) {
+        adminGroup_(std::move(adminGroup)),
+        lastCount_(static_cast<uint32_t>(control_.listDevices().size())) {
     registerAdaptor();
   }
   ~GatewayObject() { unregisterAdaptor(); }
@@ -111,7 +112,12 @@ private:
         {"rx_bytes", sdbus::Variant(d->rxBytes)},
         {"tx_bytes_per_second", sdbus::Variant(d->txBytesPerSecond)},
         {"rx_bytes_per_second", sdbus::Variant(d->rxBytesPerSecond)},
+        {"identity", sdbus::Variant(d->identity)},
     };
+    if (!d->certificateSerial.empty()) {
+      state.emplace("certificate_serial", sdbus::Variant(d->certificateSerial));
+      state.emplace("certificate_expires", sdbus::Variant(d->certificateExpires));
+    }
     return {d->policy, state};
   }
 
@@ -154,6 +160,10 @@ private:
         {"firewall", sdbus::Variant(s.firewall)},
         {"reloads", sdbus::Variant(s.reloads)},
         {"uptime_seconds", sdbus::Variant(s.uptimeSeconds)},
+        {"ca", sdbus::Variant(s.ca)},
+        {"ca_certificate", sdbus::Variant(s.caCertificate)},
+        {"crl", sdbus::Variant(s.crl)},
+        {"issued_identities", sdbus::Variant(s.issuedIdentities)},
     };
   }
 
@@ -162,7 +172,7 @@ private:
 
   Control& control_;
   std::string adminGroup_;
-  uint32_t lastCount_ = static_cast<uint32_t>(-1);
+  uint32_t lastCount_; // what DeviceCount last said: a change is signalled only when it is one
 };
 
 std::expected<std::unique_ptr<DbusService>, std::string>

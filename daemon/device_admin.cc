@@ -2,6 +2,8 @@
 // The daemon's Control side: enrolment, policy changes, removal, quarantine, as asked over D-Bus.
 // Devices enrolled over the API live in <state_directory>/devices/<id>.toml, read at start-up and
 // on reload together with devices.d/ (one parser, one validator for both).
+#include <set>
+
 #include <fmt/format.h>
 
 #include "daemon/daemon.h"
@@ -36,6 +38,74 @@ std::string joined(const policy::Diagnostics& diags) {
 }
 
 } // namespace
+
+std::string Daemon::issueIdentity(const std::string& id) {
+  const bool renewal = identities_->find(id) != nullptr;
+  auto issued = identities_->issue(id);
+  if (!issued) {
+    Event e;
+    e.type = EventType::UpstreamUnavailable;
+    e.device = id;
+    e.provision = "5.1-1";
+    e.protocol = "pki";
+    e.rule = "mqtt.upstream_identity";
+    e.action = "identity-failed";
+    e.message = issued.error();
+    sink_->emit(std::move(e));
+    return issued.error();
+  }
+  const auto& s = (*issued)->summary;
+  Event e;
+  e.type = EventType::DeviceChanged;
+  e.device = id;
+  e.provision = "5.1-1";
+  e.protocol = "pki";
+  e.action = renewal ? "identity-renewed" : "identity-issued";
+  e.message = fmt::format("{} {} its own client certificate from {} (serial {}, valid {} days)", id,
+                          renewal ? "renewed" : "issued", identities_->ca().commonName(), s.serial,
+                          Identities::kDeviceValidity.count());
+  sink_->emit(std::move(e));
+  if (renewal && mqtt_) {
+    mqtt_->closeDevice(policy::DeviceId::parse(id).value()); // reconnects with the new one
+  }
+  return {};
+}
+
+void Daemon::reconcileIdentities() {
+  const auto now = std::chrono::system_clock::now();
+  std::set<std::string, std::less<>> wanted;
+  for (const auto& d : current_.policies->devices()) {
+    if (d.mqttRules.upstreamIdentity != policy::UpstreamIdentity::Issued) {
+      continue;
+    }
+    const std::string id = d.id.str();
+    wanted.insert(id);
+    const auto* have = identities_->find(id);
+    if (have == nullptr || have->summary.notAfter - now < std::chrono::days(30)) {
+      (void)issueIdentity(id); // a failure is an event; the device's upstream says why
+    }
+  }
+  for (const auto& holder : identities_->holders()) {
+    if (wanted.contains(holder)) {
+      continue;
+    }
+    Event e;
+    e.device = holder;
+    e.protocol = "pki";
+    e.provision = "5.11-1";
+    if (auto err = identities_->revoke(holder); !err.empty()) {
+      e.type = EventType::UpstreamUnavailable;
+      e.action = "revoke-failed";
+      e.message = err;
+    } else {
+      e.type = EventType::DeviceChanged;
+      e.action = "identity-revoked";
+      e.message = fmt::format("{}'s client certificate revoked (CRL {}) and its key deleted",
+                              holder, identities_->crlPath().string());
+    }
+    sink_->emit(std::move(e));
+  }
+}
 
 std::filesystem::path Daemon::apiPolicyPath(const std::string& id) const {
   return current_.config->stateDirectory / "devices" / (id + ".toml");
@@ -73,8 +143,16 @@ std::expected<DeviceDetail, ControlError> Daemon::device(std::string_view idText
   const policy::DevicePolicy* d = *found;
   DeviceDetail out;
   out.summary = {d->id.str(), fromApi(*d), firewall_ && firewall_->quarantined(d->id)};
-  auto text = policy::readFile(d->sourceName, 1 << 20);
-  out.policy = text ? std::move(*text) : "";
+  out.policy = d->document;
+  if (d->mqttRules.upstreamIdentity == policy::UpstreamIdentity::Issued) {
+    out.identity = "issued";
+    if (const auto* identity = identities_->find(d->id.str())) {
+      out.certificateSerial = identity->summary.serial;
+      out.certificateExpires = std::chrono::duration_cast<std::chrono::seconds>(
+                                   identity->summary.notAfter.time_since_epoch())
+                                   .count();
+    }
+  }
   if (firewall_) {
     const auto& counters = firewall_->traffic().counters();
     if (auto c = counters.find(d->id.str()); c != counters.end()) {
@@ -124,8 +202,27 @@ ControlResult Daemon::commitDevices(std::vector<policy::DevicePolicy> next,
   if (!set) {
     return std::unexpected(err(ControlErrorCode::Rejected, joined(set.error())));
   }
+  // Identities the next set asks for and nobody holds yet: issued first, so that a device is
+  // never enrolled without the identity its policy names. Undone if anything later fails.
+  std::vector<std::string> issued;
+  const auto undoIssued = [&] {
+    for (const auto& id : issued) {
+      (void)identities_->revoke(id);
+    }
+  };
+  for (const auto& d : (*set)->devices()) {
+    if (d.mqttRules.upstreamIdentity == policy::UpstreamIdentity::Issued &&
+        identities_->find(d.id.str()) == nullptr) {
+      if (auto e = issueIdentity(d.id.str()); !e.empty()) {
+        undoIssued();
+        return std::unexpected(err(ControlErrorCode::Failed, e));
+      }
+      issued.push_back(d.id.str());
+    }
+  }
   if (firewall_) {
     if (auto e = firewall_->apply(*current_.config, *set); !e.empty()) {
+      undoIssued();
       return std::unexpected(err(ControlErrorCode::Rejected, "firewall: " + e));
     }
   }
@@ -133,9 +230,11 @@ ControlResult Daemon::commitDevices(std::vector<policy::DevicePolicy> next,
     if (firewall_) {
       (void)firewall_->apply(*current_.config, current_.policies); // back to the running state
     }
+    undoIssued();
     return std::unexpected(err(ControlErrorCode::Failed, e));
   }
   current_.policies = std::move(*set);
+  reconcileIdentities(); // revokes what the previous set had and this one does not
   return {};
 }
 
@@ -221,16 +320,21 @@ ControlResult Daemon::removeDevice(std::string_view idText) {
       !r) {
     return r;
   }
-  // Erase (5.11-1): sessions and their queued messages, the quarantine mark; the firewall
-  // batch above already deleted its addresses and counters.
+  // Erase (5.11-1): sessions and their queued messages, counters, the quarantine mark; the
+  // firewall batch above already deleted its addresses and counters, and commitDevices revoked
+  // its certificate and deleted its key.
+  size_t dropped = 0;
   if (mqtt_) {
-    mqtt_->closeDevice(id);
+    dropped = mqtt_->forgetDevice(id);
   }
   if (firewall_) {
     firewall_->forget(id);
   }
   deviceChanged(*sink_, id.str(), "removed",
-                fmt::format("{} removed over the control API; nothing of it is kept", id.str()));
+                fmt::format("{} removed over the control API; nothing of it is kept{}", id.str(),
+                            dropped == 0 ? std::string()
+                                         : fmt::format(" ({} queued message{} dropped)", dropped,
+                                                       dropped == 1 ? "" : "s")));
   return {};
 }
 
@@ -283,6 +387,10 @@ GatewayStatus Daemon::status() const {
   s.mqttConnections = mqtt_ ? static_cast<uint32_t>(mqtt_->connections()) : 0;
   s.firewall = firewall_ != nullptr;
   s.reloads = reloads_;
+  s.ca = identities_->ca().commonName();
+  s.caCertificate = identities_->caCertificatePath().string();
+  s.crl = identities_->crlPath().string();
+  s.issuedIdentities = static_cast<uint32_t>(identities_->holders().size());
   s.uptimeSeconds = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started_)
           .count());

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -35,24 +36,83 @@ constexpr const char* kUsage = R"(usage: iotgwctl [--json] COMMAND [ARGS]
   quarantine ID --reason TEXT  cut a device off (DHCP only) and end its sessions
   release ID                   end a quarantine
   reload                       re-read the configuration and devices.d/ (as SIGHUP)
+  watch [--count N]            print the gateway's signals as they come (DeviceChanged,
+                               PolicyViolation, DeviceQuarantined, DeviceCount changes),
+                               one line each; stop after N of them
 
 --json: read commands print JSON. Exit codes: 0 ok, 1 failed, 2 invalid input,
 3 access denied, 4 iotgwd not running.
 )";
 
-class Gateway final : public sdbus::ProxyInterfaces<org::iotgw::Gateway1::Manager_proxy> {
+std::string json(const std::string& s);
+std::string jsonObject(const std::map<std::string, sdbus::Variant>& m);
+
+class Gateway final : public sdbus::ProxyInterfaces<org::iotgw::Gateway1::Manager_proxy,
+                                                    sdbus::Properties_proxy> {
 public:
   Gateway(sdbus::IConnection& c)
-      : ProxyInterfaces(c, "org.iotgw.Gateway1", "/org/iotgw/Gateway1") {
+      : ProxyInterfaces(c, "org.iotgw.Gateway1", "/org/iotgw/Gateway1"), connection_(c) {
     registerProxy();
   }
   ~Gateway() { unregisterProxy(); }
 
+  // `iotgwctl watch`: print signals until `count` of them (0: forever) have come.
+  void watch(bool asJson, unsigned count) {
+    asJson_ = asJson;
+    remaining_ = count;
+    watching_ = true;
+    connection_.enterEventLoop();
+  }
+
 private:
-  void onDeviceChanged(const std::string&, const std::string&) override {}
-  void onPolicyViolation(const std::string&, const std::string&, const std::string&,
-                         const std::string&) override {}
-  void onDeviceQuarantined(const std::string&, const std::string&) override {}
+  // One line per signal: "Signal field..." or a JSON object with the signal's argument names.
+  void print(const char* signal, std::initializer_list<std::pair<const char*, std::string>> args) {
+    if (!watching_) {
+      return;
+    }
+    std::string line = asJson_ ? fmt::format("{{\"signal\": {}", json(signal)) : signal;
+    for (const auto& [name, value] : args) {
+      line += asJson_ ? fmt::format(", {}: {}", json(name), value) : " " + value;
+    }
+    std::puts((line + (asJson_ ? "}" : "")).c_str());
+    std::fflush(stdout);
+    if (remaining_ != 0 && --remaining_ == 0) {
+      connection_.leaveEventLoop();
+    }
+  }
+  std::string quoted(const std::string& s) const { return asJson_ ? json(s) : s; }
+
+  void onDeviceChanged(const std::string& id, const std::string& what) override {
+    print("DeviceChanged", {{"id", quoted(id)}, {"change", quoted(what)}});
+  }
+  void onPolicyViolation(const std::string& id, const std::string& rule, const std::string& provision,
+                         const std::string& action) override {
+    print("PolicyViolation", {{"id", quoted(id)}, {"rule", quoted(rule)},
+                              {"provision", quoted(provision)}, {"action", quoted(action)}});
+  }
+  void onDeviceQuarantined(const std::string& id, const std::string& reason) override {
+    print("DeviceQuarantined", {{"id", quoted(id)}, {"reason", quoted(reason)}});
+  }
+  void onPropertiesChanged(const std::string& interface,
+                           const std::map<std::string, sdbus::Variant>& changed,
+                           const std::vector<std::string>&) override {
+    print("PropertiesChanged", {{"interface", quoted(interface)},
+                                {"changed", asJson_ ? jsonObject(changed) : [&] {
+                                   std::string out;
+                                   for (const auto& [k, v] : changed) {
+                                     out += (out.empty() ? "" : " ") + k + "=" +
+                                            (v.peekValueType() == "u"
+                                                 ? std::to_string(v.get<uint32_t>())
+                                                 : std::string("?"));
+                                   }
+                                   return out;
+                                 }()}});
+  }
+
+  sdbus::IConnection& connection_;
+  bool asJson_ = false;
+  bool watching_ = false;
+  unsigned remaining_ = 0;
 };
 
 std::string json(const std::string& s) {
@@ -81,6 +141,7 @@ std::string text(const sdbus::Variant& v) {
   if (sig == "b") return v.get<bool>() ? "true" : "false";
   if (sig == "u") return std::to_string(v.get<uint32_t>());
   if (sig == "t") return std::to_string(v.get<uint64_t>());
+  if (sig == "x") return std::to_string(v.get<int64_t>());
   if (sig == "d") return fmt::format("{:.1f}", v.get<double>());
   return "?";
 }
@@ -217,6 +278,24 @@ int run(Gateway& gw, bool asJson, const std::vector<std::string>& a) {
   if (cmd == "release" && need(1)) {
     gw.Release(a[1]);
     std::printf("%s released\n", a[1].c_str());
+    return Ok;
+  }
+  if (cmd == "watch" && (need(0) || (need(2) && a[1] == "--count"))) {
+    unsigned count = 0;
+    if (a.size() == 3) {
+      char* end = nullptr;
+      const unsigned long n = std::strtoul(a[2].c_str(), &end, 10);
+      if (end == a[2].c_str() || *end != '\0' || n == 0 || n > 1'000'000) {
+        return usage("--count needs a number from 1 to 1000000");
+      }
+      count = static_cast<unsigned>(n);
+    }
+    gw.Version(); // fails with "not running" now rather than waiting on silence
+    if (!asJson) {
+      std::puts("watching org.iotgw.Gateway1 (Ctrl-C to stop)");
+      std::fflush(stdout);
+    }
+    gw.watch(asJson, count);
     return Ok;
   }
   if (cmd == "reload" && need(0)) {

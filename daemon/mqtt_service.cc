@@ -113,6 +113,8 @@ std::string MqttService::reloadTls(const Config& config) {
   }
   upstreamContext_ = std::move(upstream);
   tlsContext_ = std::move(listener);
+  upstreamTls_ = config.upstream;
+  deviceContexts_.clear(); // built again from the new broker CA on first use
   return {};
 }
 
@@ -398,7 +400,25 @@ void MqttService::apply(Connection& c, mqtt::Effects& e) {
                                 u.privateKey.string(),
                                 config_->limits.maxQueuedMessages,
                                 upstreamContext_};
-      auto created = mqtt::MosquittoUpstream::create(reactor_, us, *open, c);
+      const policy::DevicePolicy* device = c.session->device();
+      std::expected<std::unique_ptr<mqtt::MosquittoUpstream>, std::string> created =
+          std::unexpected(std::string());
+      if (device != nullptr &&
+          device->mqttRules.upstreamIdentity == policy::UpstreamIdentity::Issued) {
+        // The device's own certificate: the broker sees this device, not the gateway.
+        auto ctx = deviceContext(device->id.str());
+        if (ctx) {
+          const auto* identity = identities_->find(device->id.str());
+          us.certificate = identity->certificate.string();
+          us.privateKey = identity->privateKey.string();
+          us.sslContext = *ctx;
+          created = mqtt::MosquittoUpstream::create(reactor_, us, *open, c);
+        } else {
+          created = std::unexpected("device identity: " + ctx.error());
+        }
+      } else {
+        created = mqtt::MosquittoUpstream::create(reactor_, us, *open, c);
+      }
       if (created) {
         c.upstream = std::move(*created);
       } else {
@@ -502,6 +522,50 @@ void MqttService::closeDevice(const policy::DeviceId& id) {
   }
 }
 
+size_t MqttService::forgetDevice(const policy::DeviceId& id) {
+  const std::string name = id.str();
+  size_t dropped = 0;
+  for (auto& [ptr, c] : connections_) {
+    if (c->session && c->session->device() != nullptr && c->session->device()->id == id) {
+      closeConnection(*c, false);
+      if (c->upstream) {
+        dropped += c->upstream->queued();
+        c->upstream.reset(); // not inside a libmosquitto callback: called from the control API
+      }
+    }
+  }
+  std::erase_if(draining_, [&](const Draining& d) {
+    if (d.device != name) {
+      return false;
+    }
+    dropped += d.upstream->queued();
+    return true;
+  });
+  closedCounters_.erase(name);
+  deviceContexts_.erase(name);
+  return dropped;
+}
+
+std::expected<mqtt::SslContext, std::string> MqttService::deviceContext(const std::string& device) {
+  const auto* identity = identities_ != nullptr ? identities_->find(device) : nullptr;
+  if (identity == nullptr) {
+    return std::unexpected("its policy asks for an issued identity, and none has been issued");
+  }
+  auto& cached = deviceContexts_[device];
+  if (cached.context && cached.serial == identity->summary.serial) {
+    return cached.context;
+  }
+  const auto& u = upstreamTls_;
+  auto ctx = mqtt::makeUpstreamSslContext({u.host, u.caFile.string(), identity->certificate.string(),
+                                           identity->privateKey.string()});
+  if (!ctx) {
+    deviceContexts_.erase(device);
+    return std::unexpected(ctx.error());
+  }
+  cached = {identity->summary.serial, *ctx};
+  return cached.context;
+}
+
 void MqttService::closeConnection(Connection& c, bool publishWill) {
   if (c.dead) {
     return;
@@ -571,8 +635,8 @@ void MqttService::tick() {
       }
     }
   }
-  for (auto& [upstream, deadline] : draining_) {
-    upstream->service(now);
+  for (auto& d : draining_) {
+    d.upstream->service(now);
   }
   sweep();
   releaseIdleMemory(now);
@@ -584,11 +648,15 @@ void MqttService::sweep() {
   const auto now = Clock::now();
   for (auto& [ptr, c] : connections_) {
     if (c->dead && c->upstream && !c->upstream->finished()) {
-      draining_.emplace_back(std::move(c->upstream), now + std::chrono::seconds(10));
+      const std::string device = c->session && c->session->device() != nullptr
+                                     ? c->session->device()->id.str()
+                                     : std::string();
+      draining_.push_back({std::move(c->upstream), now + std::chrono::seconds(10), device});
     }
   }
   std::erase_if(connections_, [](const auto& kv) { return kv.second->dead; });
-  std::erase_if(draining_, [now](const auto& d) { return d.first->finished() || now >= d.second; });
+  std::erase_if(draining_,
+                [now](const auto& d) { return d.upstream->finished() || now >= d.deadline; });
 }
 
 } // namespace iotgw::daemon

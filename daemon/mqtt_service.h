@@ -12,6 +12,7 @@
 
 #include "daemon/config.h"
 #include "daemon/event_sink.h"
+#include "daemon/identities.h"
 #include "policy/credentials.h"
 #include "policy/policy_set.h"
 #include "policy/rate_limit.h"
@@ -58,6 +59,11 @@ public:
   void setQuarantineHandler(QuarantineHandler h) { quarantine_ = std::move(h); }
   // Ends every session of the device (quarantine).
   void closeDevice(const policy::DeviceId& id);
+  // Erase (5.11-1): ends the device's sessions without delivering what they still queue, and
+  // drops its counters and TLS context. Returns how many queued messages were dropped.
+  size_t forgetDevice(const policy::DeviceId& id);
+  // Where the certificates of devices whose upstream presents their own identity come from.
+  void setIdentities(const Identities* identities) { identities_ = identities; }
   [[nodiscard]] size_t connections() const { return connections_.size(); }
   [[nodiscard]] const MqttStats& stats() const { return stats_; }
   [[nodiscard]] std::vector<uint16_t> boundPorts() const;
@@ -80,6 +86,8 @@ private:
   void closeConnection(Connection& c, bool publishWill);
   void tick();
   void sweep();
+  // The client context for a device's own identity (built once per certificate).
+  [[nodiscard]] std::expected<mqtt::SslContext, std::string> deviceContext(const std::string& device);
 
   io::Reactor& reactor_;
   EventSink& sink_;
@@ -91,12 +99,24 @@ private:
   std::vector<io::UniqueFd> listeners_;
   std::shared_ptr<tls::ServerContext> tlsContext_;
   mqtt::SslContext upstreamContext_;
+  UpstreamConfig upstreamTls_; // the broker CA and host the contexts were built for
   uint32_t handshakes_ = 0;
   mqtt::Clock::time_point lastHandshakeEnded_{};
   bool handshakeCachesHeld_ = false;
   std::map<Connection*, std::unique_ptr<Connection>> connections_;
   // Upstreams whose client has gone but which still deliver what it sent (bounded in time).
-  std::vector<std::pair<std::unique_ptr<mqtt::MosquittoUpstream>, mqtt::Clock::time_point>> draining_;
+  struct Draining {
+    std::unique_ptr<mqtt::MosquittoUpstream> upstream;
+    mqtt::Clock::time_point deadline;
+    std::string device;
+  };
+  std::vector<Draining> draining_;
+  const Identities* identities_ = nullptr;
+  struct DeviceContext {
+    std::string serial;
+    mqtt::SslContext context;
+  };
+  std::map<std::string, DeviceContext> deviceContexts_;
   std::map<std::string, uint32_t> perSource_;
   std::optional<io::Reactor::TimerId> timer_;
   MqttStats stats_;

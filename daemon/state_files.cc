@@ -26,7 +26,8 @@ std::string syncDirectory(const std::filesystem::path& dir) {
 
 } // namespace
 
-std::string writeAtomically(const std::filesystem::path& path, std::string_view content) {
+std::string writeAtomically(const std::filesystem::path& path, std::string_view content,
+                            mode_t mode) {
   const auto dir = path.parent_path();
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
@@ -37,6 +38,9 @@ std::string writeAtomically(const std::filesystem::path& path, std::string_view 
   const auto tmp = dir / ("." + path.filename().string() + ".tmp");
   {
     io::UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (fd.valid()) {
+      ::fchmod(fd.get(), mode); // not subject to the umask, unlike open's mode
+    }
     if (!fd.valid()) {
       return fmt::format("cannot write {}: {}", tmp.string(), std::strerror(errno));
     }

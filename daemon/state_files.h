@@ -5,14 +5,18 @@
 // temporary file beside the target, flushed, renamed over it, and the directory flushed, so a
 // reader (or the next start) sees the old content or the new, never half of either.
 
+#include <sys/types.h>
+
 #include <filesystem>
 #include <string>
 #include <string_view>
 
 namespace iotgw::daemon {
 
-// Creates the directory (owner-only) if needed. An error is a readable sentence.
-[[nodiscard]] std::string writeAtomically(const std::filesystem::path& path, std::string_view content);
+// Creates the directory (owner-only) if needed. The file gets `mode` (owner-only unless a public
+// file such as a CA certificate asks otherwise). An error is a readable sentence.
+[[nodiscard]] std::string writeAtomically(const std::filesystem::path& path, std::string_view content,
+                                          mode_t mode = 0600);
 // Removes the file (absent is fine) and flushes its directory.
 [[nodiscard]] std::string removeDurably(const std::filesystem::path& path);
 

@@ -61,7 +61,14 @@ struct PayloadRule {
   bool allowOtherKeys = true;
 };
 
+// Which client certificate the device's upstream session presents to the broker.
+enum class UpstreamIdentity {
+  Shared, // the gateway's own ([upstream] certificate): the broker sees the gateway
+  Issued, // one the gateway CA issued for this device alone (5.1-1, 5.4-4)
+};
+
 struct MqttRules {
+  UpstreamIdentity upstreamIdentity = UpstreamIdentity::Shared;
   // Prepended to every topic and filter on the broker side ("%d" = device id), stripped from
   // what the broker delivers; the device keeps its own topic names. Empty: no mapping.
   std::string upstreamPrefix;
@@ -114,6 +121,7 @@ struct DevicePolicy {
   explicit DevicePolicy(DeviceId deviceId) : id(std::move(deviceId)) {}
   DeviceId id;
   std::string sourceName; // where it came from: a file path or "dbus:<id>"
+  std::string document;   // the TOML text it was parsed from (what GetDevice shows)
   // Where identity keys were written ("device.id", "device.mac", "device.addresses[1]", ...),
   // so that conflicts between documents can be reported at the right place.
   std::map<std::string, SourcePosition, std::less<>> positions;

@@ -219,6 +219,10 @@ private:
       m.maxPayloadBytes = static_cast<uint32_t>(*b);
     }
     m.retainAllowed = r.boolean("retain").value_or(false);
+    m.upstreamIdentity = r.choice<UpstreamIdentity>("upstream_identity",
+                                                    {{"shared", UpstreamIdentity::Shared},
+                                                     {"issued", UpstreamIdentity::Issued}})
+                             .value_or(UpstreamIdentity::Shared);
     if (auto prefix = r.string("upstream_prefix", Need::Optional, 1024)) {
       // Checked with a sample id: "%d" must be a whole level, the rest a topic name, ending in '/'.
       std::string sample = *prefix;
@@ -552,6 +556,7 @@ parseDevicePolicy(std::string_view text, const std::string& sourceName, const Po
     sortByPosition(diags);
     return std::unexpected(std::move(diags));
   }
+  policy->document.assign(text);
   return std::move(*policy);
 }
 

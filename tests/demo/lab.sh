@@ -17,6 +17,7 @@ set -euo pipefail
 
 build=$(realpath "${1:?usage: lab.sh BUILD_DIR}")
 iotgwd=$build/daemon/iotgwd
+iotgwctl=$build/daemon/iotgwctl
 probe=$build/tests/iotgw-policy-probe
 here=$(dirname "$(realpath "$0")")
 work=$(mktemp -d /tmp/iotgw-demo-XXXXXX)
@@ -50,6 +51,35 @@ mount -t tmpfs tmpfs /var/lib
 /lib/systemd/systemd-journald >/dev/null 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05; done
+# A private system bus at the usual address, with the project's bus policy
+# (systemd/org.iotgw.Gateway1.conf): iotgwd and iotgwctl find it as they would on a hub.
+mkdir -p /run/dbus && mount -t tmpfs tmpfs /run/dbus
+cat > "$work/system-bus.conf" <<CONF
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path=/run/dbus/system_bus_socket</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_destination="org.freedesktop.DBus"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+  </policy>
+  <include>$(realpath "$here/../../systemd/org.iotgw.Gateway1.conf")</include>
+</busconfig>
+CONF
+dbus-daemon --config-file "$work/system-bus.conf" --nofork >/dev/null 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [ -S /run/dbus/system_bus_socket ] && break; sleep 0.05; done
 
 # --- the lab network
 bold "Building the lab: home LAN host, gateway, legacy device (network namespaces, no route out)"
@@ -170,20 +200,6 @@ mkdir -p "$pki"
   leaf gateway iotgw-gateway "extendedKeyUsage=clientAuth"
   leaf app companion-app "extendedKeyUsage=clientAuth"
 ) >/dev/null 2>&1
-cat > "$work/mosquitto.conf" <<CONF
-user root
-allow_anonymous true
-persistence false
-log_dest stderr
-log_type error
-listener 8883 127.0.0.1
-cafile $pki/ca.crt
-certfile $pki/broker.crt
-keyfile $pki/broker.key
-require_certificate true
-CONF
-ip netns exec iotgw-gw mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
-pids+=($!)
 cat > /etc/iotgw/iotgw.toml <<CONF
 [device_segment]
 interfaces = ["br-iot"]
@@ -199,8 +215,6 @@ ca_file = "$pki/ca.crt"
 certificate = "$pki/gateway.crt"
 private_key = "$pki/gateway.key"
 CONF
-mkdir -p /etc/iotgw/devices.d
-cp "$work/devices.d/thermo-01.toml" /etc/iotgw/devices.d/
 row "iotgwd --check-config" "$("$iotgwd" --check-config 2>&1)"
 : > "$work/notify.log"
 ip netns exec iotgw-gw env NOTIFY_SOCKET="$notify" "$iotgwd" >"$work/iotgwd2.out" 2>&1 &
@@ -208,6 +222,39 @@ gwpid=$!
 pids+=($gwpid)
 for _ in $(seq 100); do grep -aq "MQTT on port" "$work/notify.log" && break; sleep 0.05; done
 row "sd_notify" "$(grep -a READY=1 "$work/notify.log" | tail -1 | tr -d '\0')"
+
+# First start made the gateway's own CA (5.1-1): the hub's broker is told to trust it.
+row "gateway CA (made on first start)" "$(openssl x509 -in /var/lib/iotgw/ca/ca.pem -noout -subject | sed 's/subject=//')"
+row "its key" "$(stat -c '%A %U' /var/lib/iotgw/ca/ca.key)"
+cat "$pki/ca.crt" /var/lib/iotgw/ca/ca.pem > "$pki/trusted.pem"
+cat > "$work/mosquitto.conf" <<CONF
+user root
+allow_anonymous true
+persistence false
+log_dest stderr
+log_type error
+log_type notice
+listener 8883 127.0.0.1
+cafile $pki/trusted.pem
+certfile $pki/broker.crt
+keyfile $pki/broker.key
+require_certificate true
+use_identity_as_username true
+CONF
+ip netns exec iotgw-gw mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do ip netns exec iotgw-gw bash -c 'exec 3<>/dev/tcp/127.0.0.1/8883' 2>/dev/null && break; sleep 0.05; done
+
+# The companion app's way in: enrol the thermostat over D-Bus, with its own identity.
+bold "Enrolling the thermostat through iotgwctl (D-Bus org.iotgw.Gateway1, as the companion app does)"
+"$iotgwctl" watch > "$work/signals.txt" 2>&1 &
+watchpid=$!
+pids+=($watchpid)
+sleep 0.3
+row "iotgwctl enroll thermo-01 thermo-01.toml" "$("$iotgwctl" enroll thermo-01 "$work/devices.d/thermo-01.toml" 2>&1)"
+row "iotgwctl devices" "$("$iotgwctl" devices 2>&1 | tr -s ' ')"
+"$iotgwctl" show thermo-01 | sed -n '2,20p' | grep -E 'identity|certificate|source|quarantined' | sed 's/^ */    /'
+row "as nobody: iotgwctl remove thermo-01" "$( (setpriv --reuid=nobody --regid=nogroup --clear-groups "$iotgwctl" remove thermo-01 2>&1; echo "(exit $?)") | tr '\n' ' ')"
 
 app_tls=(-h 127.0.0.1 -p 8883 --cafile "$pki/ca.crt" --cert "$pki/app.crt" --key "$pki/app.key")
 ip netns exec iotgw-gw mosquitto_sub "${app_tls[@]}" -t 'devices/#' -v >"$work/app.txt" 2>&1 &
@@ -267,6 +314,7 @@ echo "  at the broker (an app subscribed to devices/# over mutual TLS):"
 row "  reading {\"t\":21.5}" "$(arrived "$work/app.txt" '{"t":21.5,"unit":"C"}')"
 row "  devices/door-lock/cmd/open (another device's topic)" "$(arrived "$work/app.txt" 'door-lock')"
 row "  reading {\"t\":900} (out of range)" "$(arrived "$work/app.txt" '"t":900')"
+row "  the broker knows the sender as" "$(grep -o "u'thermo-01'" "$work/mosquitto.log" | head -1 || echo '?')   [its own certificate, 5.4-4]"
 echo "  at the thermostat (commands from the broker, checked by iotgwd):"
 row "  command {\"t\":20}" "$(arrived "$work/device.txt" 'command received: {"t":20}')"
 row "  command 'AAAA%n%n%n-overflow' (not JSON)" "$(arrived "$work/device.txt" 'AAAA')"
@@ -290,13 +338,10 @@ row "device -> gateway :1883 MQTT" "$(probe_tcp iotgw-dev 192.168.50.1 1883)"
 ip netns exec iotgw-gw nft list counter inet iotgw tx-thermo-01 | grep packets | sed 's/^\s*/  counter tx-thermo-01: /'
 
 bold "Quarantine (5.3-15): the administrator isolates the thermostat, then releases it"
-mkdir -p /var/lib/iotgw/quarantine
-echo 'reason = "demo"' > /var/lib/iotgw/quarantine/thermo-01
-kill -HUP "$gwpid"; sleep 0.5
+row "iotgwctl quarantine thermo-01 --reason demo" "$("$iotgwctl" quarantine thermo-01 --reason demo 2>&1)"
 row "device -> lan :8883" "$(probe_tcp iotgw-dev 192.168.1.20 8883)   [quarantined]"
 row "device -> gateway :1883 MQTT" "$(probe_tcp iotgw-dev 192.168.50.1 1883)   [quarantined: DHCP only]"
-rm /var/lib/iotgw/quarantine/thermo-01
-kill -HUP "$gwpid"; sleep 0.5
+row "iotgwctl release thermo-01" "$("$iotgwctl" release thermo-01 2>&1)"
 row "device -> lan :8883" "$(probe_tcp iotgw-dev 192.168.1.20 8883)   [released]"
 bold "Someone deletes the table (nft delete table inet iotgw): iotgwd puts it back"
 ip netns exec iotgw-gw nft delete table inet iotgw
@@ -310,6 +355,15 @@ for line in sys.stdin:
     if e.get("IOTGW_EVENT") in ("device-quarantined", "device-released", "firewall-repaired"):
         print("    {:<20} device={:<10} provision={:<6} {}".format(e.get("IOTGW_EVENT", ""),
               e.get("IOTGW_DEVICE", "-"), e.get("IOTGW_PROVISION", ""), e.get("MESSAGE", "")))'
+
+bold "Removing the thermostat (5.11-1): nothing of it stays, its certificate is revoked"
+serial=$(openssl x509 -in /var/lib/iotgw/identities/thermo-01.pem -noout -serial | cut -d= -f2)
+row "iotgwctl remove thermo-01" "$("$iotgwctl" remove thermo-01 2>&1)"
+row "files naming thermo-01 under /var/lib/iotgw" "$(grep -rl thermo-01 /var/lib/iotgw | wc -l) (and $(find /var/lib/iotgw -name '*thermo-01*' | wc -l) named so)"
+row "serial $serial in the CRL" "$(openssl crl -in /var/lib/iotgw/ca/crl.pem -noout -text | tr -d ':' | grep -qi "$serial" && echo listed || echo 'NOT listed')"
+sleep 0.3
+echo "  D-Bus signals seen by iotgwctl watch during the demo:"
+sed -n '2,$p' "$work/signals.txt" | sed 's/^/    /'
 
 kill -TERM "$gwpid"
 wait "$gwpid" && rc=0 || rc=$?

@@ -9,6 +9,7 @@ The groups exist only in this test's mount namespace: /etc/group is a bind-mount
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -202,6 +203,11 @@ def inside():
         check(status.get("devices") == 1 and status.get("firewall") is True, f"iotgwctl --json status ({out.strip()})")
 
         print("quarantine and erase")
+        # A reader (group iotgw) watches the signals while an admin acts.
+        watcher = subprocess.Popen(caller("reader") + [IOTGWCTL, "--json", "watch", "--count", "5"],
+                                   env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=address),
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(0.3)  # its match rules in place first
         rc, _, errtext = ctl(address, "admin", "quarantine", "thermo-01", "--reason", "test")
         check(rc == 0 and os.path.exists(os.path.join(state, "quarantine", "thermo-01")), f"quarantine over D-Bus ({errtext.strip()})")
         rc, _, _ = ctl(address, "admin", "release", "thermo-01")
@@ -209,6 +215,19 @@ def inside():
         ctl(address, "admin", "quarantine", "thermo-01", "--reason", "before removal")
         rc, _, errtext = ctl(address, "admin", "remove", "thermo-01")
         check(rc == 0, f"iotgwctl remove ({errtext.strip()})")
+        try:
+            seen, _ = watcher.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            watcher.kill()
+            seen, _ = watcher.communicate()
+        signals = [json.loads(line) for line in seen.splitlines() if line.startswith("{")]
+        # DeviceQuarantined's reason is the event's sentence, which quotes the caller's reason.
+        check([(x["signal"], x.get("id"), x.get("change") or x.get("changed") or
+                re.sub(r".*\((.*)\).*", r"\1", x.get("reason", ""))) for x in signals] == [
+            ("DeviceQuarantined", "thermo-01", "test"), ("DeviceChanged", "thermo-01", "released"),
+            ("DeviceQuarantined", "thermo-01", "before removal"), ("DeviceChanged", "thermo-01", "removed"),
+            ("PropertiesChanged", None, {"DeviceCount": 0})],
+            f"a reader's iotgwctl watch saw DeviceQuarantined, DeviceChanged and DeviceCount in order ({seen!r})")
         left = files_mentioning(state, "thermo-01")
         check(not left, f"nothing of the device remains in the state directory ({left})")
         ruleset = subprocess.run(["nft", "list", "table", "inet", "iotgw"], capture_output=True, text=True).stdout

@@ -23,6 +23,7 @@ TEST(PolicyParser, ParsesEveryConstruct) {
   auto p = parseDevicePolicy(doc, "thermo-01.toml");
   ASSERT_TRUE(p.has_value()) << (p ? "" : p.error().front().str());
   EXPECT_EQ(p->id.str(), "thermo-01");
+  EXPECT_EQ(p->document, doc); // what GetDevice shows, even after the file changes
   ASSERT_TRUE(p->mac);
   EXPECT_EQ(p->mac->str(), "02:00:00:00:00:10");
   ASSERT_EQ(p->addresses.size(), 2u);
@@ -44,6 +45,7 @@ TEST(PolicyParser, ParsesEveryConstruct) {
 
   const auto& m = p->mqttRules;
   EXPECT_EQ(m.upstreamPrefix, "home/%d/");
+  EXPECT_EQ(m.upstreamIdentity, UpstreamIdentity::Issued);
   EXPECT_EQ(m.publish, (std::vector<std::string>{"devices/%c/telemetry/#", "devices/%c/state"}));
   EXPECT_EQ(m.subscribe.size(), 2u);
   EXPECT_EQ(m.maxQos, 1);
@@ -99,6 +101,7 @@ addresses = ["192.168.50.7"]
   EXPECT_TRUE(p->mqttRules.publish.empty());
   EXPECT_TRUE(p->mqttRules.subscribe.empty());
   EXPECT_FALSE(p->mqttRules.retainAllowed);
+  EXPECT_EQ(p->mqttRules.upstreamIdentity, UpstreamIdentity::Shared);
   EXPECT_TRUE(p->coapRules.rules.empty());
   EXPECT_TRUE(p->network.outbound.empty());
   EXPECT_EQ(p->onViolation, ViolationAction::Drop);
@@ -154,6 +157,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadDocument{"UpstreamPrefixWildcard", kHead + "[mqtt]\nupstream_prefix = \"home/+/\"\n", 6, 19, "upstream_prefix"},
         BadDocument{"UpstreamPrefixNoSlash", kHead + "[mqtt]\nupstream_prefix = \"home\"\n", 6, 19, "ending in '/'"},
         BadDocument{"UpstreamPrefixPartialId", kHead + "[mqtt]\nupstream_prefix = \"home/x%d/\"\n", 6, 19, "whole level"},
+        BadDocument{"UnknownUpstreamIdentity", kHead + "[mqtt]\nupstream_identity = \"own\"\n", 6, 21, "upstream_identity"},
         BadDocument{"QosOutOfRange", kHead + "[mqtt]\nmax_qos = 3\n", 6, 11, "out of range [0, 2]"},
         BadDocument{"QosWrongType", kHead + "[mqtt]\nmax_qos = 1.0\n", 6, 11, "must be an integer"},
         BadDocument{"NegativePayloadLimit", kHead + "[mqtt]\nmax_payload_bytes = -1\n", 6, 21, "out of range"},
