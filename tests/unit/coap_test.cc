@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "protocols/coap/message.h"
+#include "protocols/coap/reply.h"
 #include "protocols/coap/validate.h"
 
 namespace iotgw::coap {
@@ -231,6 +232,70 @@ TEST(CoapValidate, LargeBlocksAreNegotiatedDown) {
   r = validateRequest(big.m, small);
   ASSERT_TRUE(r && r->block2);
   EXPECT_EQ(r->block2->size(), 64u);
+}
+
+} // namespace
+} // namespace iotgw::coap
+
+namespace iotgw::coap {
+namespace {
+
+TEST(CoapReply, RefusalIsPiggybackedWithTheTokenAndATrimmedReason) {
+  const Bytes get = {0x42, 0x01, 0x1a, 0x2b, 0x7a, 0x21, 0xb1, 'x'};
+  auto request = parse(get);
+  ASSERT_TRUE(request.has_value());
+  const std::string reason = std::string(70, 'a') + "\xc3\xa9"; // 'é' straddles no cut here
+  // Messages are views into their datagram: keep each reply's bytes alive while reading it.
+  const Bytes replyBytes = refusalFor(*request, codes::kBadOption, reason);
+  auto reply = parse(replyBytes);
+  ASSERT_TRUE(reply.has_value());
+  EXPECT_EQ(reply->type, Type::Acknowledgement);
+  EXPECT_EQ(reply->code, codes::kBadOption);
+  EXPECT_EQ(reply->messageId, 0x1a2b);
+  EXPECT_EQ(Bytes(reply->token.begin(), reply->token.end()), Bytes({0x7a, 0x21}));
+  EXPECT_EQ(reply->payload.size(), kMaxDiagnosticBytes);
+  // A cut inside a UTF-8 sequence backs off to its start.
+  const Bytes cutBytes = refusalFor(*request, codes::kBadRequest, "ab\xc3\xa9", 3);
+  auto cut = parse(cutBytes);
+  ASSERT_TRUE(cut.has_value());
+  EXPECT_EQ(cut->payload.size(), 2u);
+  Message non = *request;
+  non.type = Type::NonConfirmable;
+  const Bytes nonBytes = refusalFor(non, codes::kNotFound, "");
+  auto nonReply = parse(nonBytes);
+  ASSERT_TRUE(nonReply.has_value());
+  EXPECT_EQ(nonReply->type, Type::NonConfirmable);
+  EXPECT_TRUE(nonReply->payload.empty());
+}
+
+TEST(CoapReply, ResetOnlyForConAndNon) {
+  const Bytes conBytes = {0x40, 0x01, 0x00, 0x09};
+  auto con = parse(conBytes);
+  ASSERT_TRUE(con.has_value());
+  const Bytes rstBytes = resetFor(*con);
+  auto rst = parse(rstBytes);
+  ASSERT_TRUE(rst.has_value());
+  EXPECT_EQ(rst->type, Type::Reset);
+  EXPECT_EQ(rst->messageId, 9);
+  EXPECT_TRUE(rst->isEmpty());
+  const Bytes ackBytes = {0x60, 0x00, 0x00, 0x09};
+  auto ack = parse(ackBytes);
+  ASSERT_TRUE(ack.has_value());
+  EXPECT_TRUE(resetFor(*ack).empty());
+}
+
+TEST(CoapReply, AmplificationBudgetIsThreeTimesWhatCameIn) {
+  AmplificationBudget b;
+  EXPECT_FALSE(b.allows(1)); // nothing received, nothing may go out
+  b.received(20);
+  EXPECT_TRUE(b.allows(60));
+  EXPECT_FALSE(b.allows(61));
+  b.sent(50);
+  EXPECT_TRUE(b.allows(10));
+  EXPECT_FALSE(b.allows(11));
+  b.received(7);
+  EXPECT_TRUE(b.allows(31));
+  EXPECT_FALSE(b.allows(32));
 }
 
 } // namespace

@@ -1,0 +1,35 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#include "protocols/coap/reply.h"
+
+#include <algorithm>
+
+namespace iotgw::coap {
+
+Bytes refusalFor(const Message& request, uint8_t code, std::string_view reason,
+                 size_t maxDiagnostic) {
+  Message out;
+  out.type = request.type == Type::Confirmable ? Type::Acknowledgement : Type::NonConfirmable;
+  out.code = code;
+  out.messageId = request.messageId; // a NON reply may reuse it: the peer matches by token
+  out.token = request.token;
+  // Cut at a character boundary so the diagnostic stays valid UTF-8.
+  size_t n = std::min(reason.size(), maxDiagnostic);
+  while (n > 0 && n < reason.size() && (static_cast<uint8_t>(reason[n]) & 0xc0) == 0x80) {
+    --n;
+  }
+  out.payload = View(reinterpret_cast<const uint8_t*>(reason.data()), n);
+  return encode(out);
+}
+
+Bytes resetFor(const Message& m) {
+  if (m.type == Type::Acknowledgement || m.type == Type::Reset) {
+    return {};
+  }
+  Message rst;
+  rst.type = Type::Reset;
+  rst.code = codes::kEmpty;
+  rst.messageId = m.messageId;
+  return encode(rst);
+}
+
+} // namespace iotgw::coap

@@ -1,0 +1,42 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#pragma once
+
+// What the proxy sends back on its own: the refusal of a request (piggybacked in the ACK of a
+// CON, a NON for a NON, same token, the reason as a diagnostic payload, RFC 7252 §5.5.2), and the
+// anti-amplification budget for a source that has not completed a handshake (RFC 9175 §2.4: never
+// more than three times what it sent).
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "protocols/coap/message.h"
+
+namespace iotgw::coap {
+
+// Diagnostic payloads are trimmed to this many bytes (they are for humans, and size counts).
+inline constexpr size_t kMaxDiagnosticBytes = 64;
+
+[[nodiscard]] Bytes refusalFor(const Message& request, uint8_t code, std::string_view reason,
+                               size_t maxDiagnostic = kMaxDiagnosticBytes);
+
+// An RST for a message we will not process at all (RFC 7252 §4.2, §4.3); nothing for an ACK or RST.
+[[nodiscard]] Bytes resetFor(const Message& m);
+
+class AmplificationBudget {
+public:
+  static constexpr size_t kFactor = 3;
+  void received(size_t bytes) noexcept { received_ += bytes; }
+  [[nodiscard]] bool allows(size_t bytes) const noexcept {
+    return sent_ + bytes <= kFactor * received_;
+  }
+  void sent(size_t bytes) noexcept { sent_ += bytes; }
+  [[nodiscard]] size_t receivedBytes() const noexcept { return received_; }
+  [[nodiscard]] size_t sentBytes() const noexcept { return sent_; }
+
+private:
+  size_t received_ = 0;
+  size_t sent_ = 0;
+};
+
+} // namespace iotgw::coap
