@@ -54,29 +54,9 @@ for _ in $(seq 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05;
 # A private system bus at the usual address, with the project's bus policy
 # (systemd/org.iotgw.Gateway1.conf): iotgwd and iotgwctl find it as they would on a hub.
 mkdir -p /run/dbus && mount -t tmpfs tmpfs /run/dbus
-cat > "$work/system-bus.conf" <<CONF
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path=/run/dbus/system_bus_socket</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_destination="org.freedesktop.DBus"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-  </policy>
-  <include>$(realpath "$here/../../systemd/org.iotgw.Gateway1.conf")</include>
-</busconfig>
-CONF
+sed -e 's|@SOCKET@|/run/dbus/system_bus_socket|' \
+    -e "s|@EXTRA@|<include>$(realpath "$here/../../systemd/org.iotgw.Gateway1.conf")</include>|" \
+    "$here/../integration/system-bus.conf.in" > "$work/system-bus.conf"
 dbus-daemon --config-file "$work/system-bus.conf" --nofork >/dev/null 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [ -S /run/dbus/system_bus_socket ] && break; sleep 0.05; done

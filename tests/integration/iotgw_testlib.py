@@ -235,28 +235,7 @@ def cleanup(path):
     shutil.rmtree(path, ignore_errors=True)
 
 
-PRIVATE_BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={sock}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_destination="org.freedesktop.DBus"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-  </policy>
-  {extra}
-</busconfig>
-"""
+PRIVATE_BUS_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "system-bus.conf.in")
 
 
 def private_bus(directory, name, extra):
@@ -264,7 +243,8 @@ def private_bus(directory, name, extra):
     example the project's org.iotgw.Gateway1.conf). Returns (process, address)."""
     sock = os.path.join(directory, f"{name}.sock")
     conf = os.path.join(directory, f"{name}.conf")
-    write(conf, PRIVATE_BUS_CONF.format(sock=sock, extra=extra))
+    template = open(PRIVATE_BUS_CONF).read()
+    write(conf, template.replace("@SOCKET@", sock).replace("@EXTRA@", extra))
     p = subprocess.Popen(["dbus-daemon", "--config-file", conf, "--nofork", "--print-address"],
                          stdout=subprocess.PIPE, text=True)
     return p, p.stdout.readline().strip()

@@ -79,9 +79,10 @@ default_crl_days = 2
 
 
 class Broker:
-    """mosquitto with one listener on 127.0.0.1 that requires client certificates."""
+    """mosquitto with one listener on 127.0.0.1 that requires client certificates: from `cafile`
+    (the test CA by default), with `extra` settings appended (an ACL, a crlfile, ...)."""
 
-    def __init__(self, directory, pki, port=None, server=None, name="mosquitto"):
+    def __init__(self, directory, pki, port=None, server=None, name="mosquitto", cafile=None, extra=""):
         self.dir = directory
         self.pki = pki
         self.port = port or free_port()
@@ -97,12 +98,12 @@ log_dest stderr
 log_type error
 log_type warning
 listener {self.port} 127.0.0.1
-cafile {pki.ca}
+cafile {cafile or pki.ca}
 certfile {server[0]}
 keyfile {server[1]}
 require_certificate true
 tls_version tlsv1.2
-""")
+""" + extra)
         self.proc = None
         self.start()
 

@@ -27,7 +27,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from iotgw_testlib import (IOTGWD, check, finish, hash_password, private_bus, require_binary,  # noqa: E402
                            tmpdir, wait_port, write)
-from mqttlab import Pki, Subscriber, free_port, gateway_config  # noqa: E402
+from mqttlab import Broker, Pki, Subscriber, free_port, gateway_config  # noqa: E402
 
 IOTGWCTL = os.path.join(os.path.dirname(IOTGWD), "iotgwctl")
 ROOT_MAY_OWN = ('<policy user="root"><allow own="org.iotgw.Gateway1"/>'
@@ -48,48 +48,18 @@ publish = ["telemetry/#"]
 """
 
 
-class Broker:
-    """mosquitto with mutual TLS that names clients by their certificate's CN and grants topics by
-    that name: `cafile` decides whom it trusts, `crlfile` whom it no longer does."""
+ACL = ("user thermo-01\ntopic write home/thermo-01/#\n"
+       "user plug-03\ntopic write home/plug-03/#\n"
+       "user companion-app\ntopic read #\n")
 
-    ACL = ("user thermo-01\ntopic write home/thermo-01/#\n"
-           "user plug-03\ntopic write home/plug-03/#\n"
-           "user companion-app\ntopic read #\n")
 
-    def __init__(self, root, name, pki, cafile, port, crlfile=None):
-        self.port = port
-        self.pki = pki
-        acl = os.path.join(root, f"{name}.acl")
-        write(acl, self.ACL)
-        conf = os.path.join(root, f"{name}.conf")
-        write(conf, f"""per_listener_settings false
-user root
-persistence false
-log_dest stderr
-log_type error
-log_type warning
-acl_file {acl}
-listener {port} 127.0.0.1
-cafile {cafile}
-certfile {pki.server[0]}
-keyfile {pki.server[1]}
-require_certificate true
-use_identity_as_username true
-""" + (f"crlfile {crlfile}\n" if crlfile else ""))
-        self.log = os.path.join(root, f"{name}.log")
-        self.proc = subprocess.Popen(["mosquitto", "-c", conf], stdout=open(self.log, "w"),
-                                     stderr=subprocess.STDOUT)
-        if not wait_port(port):
-            raise RuntimeError("mosquitto did not start: " + open(self.log).read())
-
-    def tls_args(self, who=None):
-        cert, key = who or self.pki.app
-        return ["-h", "127.0.0.1", "-p", str(self.port), "--cafile", self.pki.ca, "--cert", cert, "--key", key]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
+def start_broker(root, name, pki, cafile, port, crlfile=None):
+    """mosquitto that names clients by their certificate's CN and grants topics by that name:
+    `cafile` decides whom it trusts, `crlfile` whom it no longer does."""
+    acl = os.path.join(root, f"{name}.acl")
+    write(acl, ACL)
+    extra = f"use_identity_as_username true\nacl_file {acl}\n" + (f"crlfile {crlfile}\n" if crlfile else "")
+    return Broker(root, pki, port=port, name=name, cafile=cafile, extra=extra)
 
 
 def openssl(*args):
@@ -164,7 +134,7 @@ def main():
         # The broker trusts the test CA (the app, the gateway's shared certificate) and the gateway CA.
         bundle = os.path.join(root, "trusted.pem")
         write(bundle, open(pki.ca).read() + open(ca_pem).read())
-        broker = Broker(root, "broker", pki, bundle, broker_port)
+        broker = start_broker(root, "broker", pki, bundle, broker_port)
         brokers.append(broker)
 
         # 2. Enrolment issues the device its own certificate; the signals say so.
@@ -276,7 +246,7 @@ def main():
         check(rc == 0 and ": OK" in text, f"openssl: plug-03 is not: {text.strip()}")
 
         # A broker that uses the CRL refuses the saved copy and accepts plug-03.
-        strict = Broker(root, "strict", pki, ca_pem, free_port(), crlfile=crl)
+        strict = start_broker(root, "strict", pki, ca_pem, free_port(), crlfile=crl)
         brokers.append(strict)
 
         def pub_as(who):
