@@ -271,6 +271,10 @@ private:
     u32("max_packet_bytes", 64, 256 * 1024 * 1024, l.maxPacketBytes);
     u32("max_devices", 1, 1'000'000, l.maxDevices);
     u32("max_queued_messages", 0, 10'000'000, l.maxQueuedMessages);
+    ms("coap_request_timeout_ms", 100, 120'000, l.coapRequestTimeout);
+    if (auto v = r.integer("idle_session_seconds", 5, 86'400)) {
+      l.idleSession = std::chrono::seconds(*v);
+    }
     if (auto v = r.integer("auth_failures_before_lockout", 1, 1000)) {
       l.authThrottle.failuresBeforeLockout = static_cast<unsigned>(*v);
     }

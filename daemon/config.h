@@ -71,6 +71,10 @@ struct Limits {
   uint32_t maxPacketBytes = 256 * 1024;
   uint32_t maxDevices = 10'000;
   uint32_t maxQueuedMessages = 1000;
+  // How long the CoAP proxy waits for a device before answering 5.04 Gateway Timeout.
+  std::chrono::milliseconds coapRequestTimeout{5'000};
+  // DTLS sessions with nothing in flight are closed after this long without traffic.
+  std::chrono::seconds idleSession{300};
   policy::ThrottleSettings authThrottle;
 };
 

@@ -8,6 +8,7 @@
 #include <expected>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace iotgw::daemon {
@@ -60,6 +61,7 @@ struct GatewayStatus {
   std::string caCertificate;    // where its certificate and CRL are (for the broker)
   std::string crl;
   uint32_t issuedIdentities = 0;
+  std::vector<std::pair<std::string, uint64_t>> counters; // "coap_requests", ... (GetStatus keys)
 };
 
 class Control {

@@ -128,6 +128,9 @@ std::string Daemon::setUp() {
                                                     if (mqtt_) {
                                                       mqtt_->closeDevice(id);
                                                     }
+                                                    if (coap_) {
+                                                      coap_->closeDevice(id);
+                                                    }
                                                   });
     if (auto err = firewall_->start(config, current_.policies); !err.empty()) {
       return err;
@@ -166,7 +169,8 @@ std::string Daemon::setUp() {
       })) {
     return "cannot arm the CRL timer";
   }
-  if (config.mqtt.enabled || config.mqttTls.enabled) {
+  // CoAP pushes ride on the MQTT capability's upstream sessions, so it runs for them too.
+  if (config.mqtt.enabled || config.mqttTls.enabled || config.coap.enabled) {
     mqtt_ = std::make_unique<MqttService>(
         *reactor_, *sink_, current_.config, [this] { return current_.policies; },
         current_.defaultCredentials);
@@ -178,6 +182,14 @@ std::string Daemon::setUp() {
       });
     }
     if (auto err = mqtt_->start(); !err.empty()) {
+      return err;
+    }
+  }
+  if (config.coap.enabled || config.coapDtls.enabled) {
+    coap_ = std::make_unique<CoapService>(
+        *reactor_, *sink_, current_.config, [this] { return current_.policies; }, mqtt_.get(),
+        [this](const policy::DeviceId& id) { return firewall_ && firewall_->quarantined(id); });
+    if (auto err = coap_->start(); !err.empty()) {
       return err;
     }
   }

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 
+#include "daemon/coap_service.h"
 #include "daemon/config.h"
 #include "daemon/control.h"
 #include "daemon/event_sink.h"
@@ -97,6 +98,7 @@ private:
   std::unique_ptr<ExposureScan> scan_;
   std::unique_ptr<Identities> identities_;
   std::unique_ptr<MqttService> mqtt_;
+  std::unique_ptr<CoapService> coap_; // after mqtt_: it publishes through it
   std::unique_ptr<DbusService> dbus_;
   std::string dbusError_; // why there is no control API, if there is none
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();

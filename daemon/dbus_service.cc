@@ -151,7 +151,7 @@ private:
 
   std::map<std::string, sdbus::Variant> GetStatus() override {
     const GatewayStatus s = control_.status();
-    return {
+    std::map<std::string, sdbus::Variant> out{
         {"version", sdbus::Variant(s.version)},
         {"config", sdbus::Variant(s.config)},
         {"devices", sdbus::Variant(s.devices)},
@@ -165,6 +165,10 @@ private:
         {"crl", sdbus::Variant(s.crl)},
         {"issued_identities", sdbus::Variant(s.issuedIdentities)},
     };
+    for (const auto& [name, value] : s.counters) {
+      out.emplace(name, sdbus::Variant(value));
+    }
+    return out;
   }
 
   std::string Version() override { return IOTGW_VERSION; }

@@ -75,6 +75,24 @@ MqttService::MqttService(io::Reactor& reactor, EventSink& sink, std::shared_ptr<
     : reactor_(reactor), sink_(sink), config_(std::move(config)), policies_(std::move(policies)),
       defaults_(std::move(defaults)), throttle_(config_->limits.authThrottle) {}
 
+// One upstream session per device that pushes readings over CoAP (it has no MQTT session of its
+// own to ride on); closed after a minute without readings.
+struct MqttService::Pusher final : mqtt::UpstreamObserver {
+  std::unique_ptr<mqtt::MosquittoUpstream> upstream;
+  std::map<uint64_t, std::function<void(bool)>> waiting; // token → who hears of the PUBACK
+  mqtt::Clock::time_point lastUsed;
+
+  void upstreamAcked(uint64_t token) override {
+    if (auto it = waiting.find(token); it != waiting.end()) {
+      auto done = std::move(it->second);
+      waiting.erase(it);
+      done(true);
+    }
+  }
+  void upstreamMessage(const std::string&, std::span<const uint8_t>, uint8_t, bool) override {}
+  void upstreamConnected(bool, int) override {}
+};
+
 MqttService::~MqttService() {
   if (timer_) {
     reactor_.cancelTimer(*timer_);
@@ -392,33 +410,7 @@ void MqttService::apply(Connection& c, mqtt::Effects& e) {
   }
   for (auto& cmd : e.upstream) {
     if (auto* open = std::get_if<mqtt::upstream::Open>(&cmd)) {
-      const auto& u = config_->upstream;
-      mqtt::UpstreamSettings us{u.host,
-                                u.port,
-                                u.caFile.string(),
-                                u.certificate.string(),
-                                u.privateKey.string(),
-                                config_->limits.maxQueuedMessages,
-                                upstreamContext_};
-      const policy::DevicePolicy* device = c.session->device();
-      std::expected<std::unique_ptr<mqtt::MosquittoUpstream>, std::string> created =
-          std::unexpected(std::string());
-      if (device != nullptr &&
-          device->mqttRules.upstreamIdentity == policy::UpstreamIdentity::Issued) {
-        // The device's own certificate: the broker sees this device, not the gateway.
-        auto ctx = deviceContext(device->id.str());
-        if (ctx) {
-          const auto* identity = identities_->find(device->id.str());
-          us.certificate = identity->certificate.string();
-          us.privateKey = identity->privateKey.string();
-          us.sslContext = *ctx;
-          created = mqtt::MosquittoUpstream::create(reactor_, us, *open, c);
-        } else {
-          created = std::unexpected("device identity: " + ctx.error());
-        }
-      } else {
-        created = mqtt::MosquittoUpstream::create(reactor_, us, *open, c);
-      }
+      auto created = createUpstream(c.session->device(), *open, c);
       if (created) {
         c.upstream = std::move(*created);
       } else {
@@ -541,9 +533,77 @@ size_t MqttService::forgetDevice(const policy::DeviceId& id) {
     dropped += d.upstream->queued();
     return true;
   });
+  if (auto it = pushers_.find(name); it != pushers_.end()) {
+    dropped += it->second->upstream->queued();
+    pushers_.erase(it);
+  }
   closedCounters_.erase(name);
   deviceContexts_.erase(name);
   return dropped;
+}
+
+std::expected<std::unique_ptr<mqtt::MosquittoUpstream>, std::string>
+MqttService::createUpstream(const policy::DevicePolicy* device, const mqtt::upstream::Open& open,
+                            mqtt::UpstreamObserver& observer) {
+  const auto& u = config_->upstream;
+  mqtt::UpstreamSettings us{u.host,
+                            u.port,
+                            u.caFile.string(),
+                            u.certificate.string(),
+                            u.privateKey.string(),
+                            config_->limits.maxQueuedMessages,
+                            upstreamContext_};
+  if (device != nullptr && device->mqttRules.upstreamIdentity == policy::UpstreamIdentity::Issued) {
+    // The device's own certificate: the broker sees this device, not the gateway.
+    auto ctx = deviceContext(device->id.str());
+    if (!ctx) {
+      return std::unexpected("device identity: " + ctx.error());
+    }
+    const auto* identity = identities_->find(device->id.str());
+    us.certificate = identity->certificate.string();
+    us.privateKey = identity->privateKey.string();
+    us.sslContext = *ctx;
+  }
+  return mqtt::MosquittoUpstream::create(reactor_, us, open, observer);
+}
+
+std::string MqttService::publishFor(const policy::DevicePolicy& device, const std::string& topic,
+                                    std::span<const uint8_t> payload, uint8_t qos,
+                                    std::function<void(bool)> done) {
+  if (!config_->upstream.enabled) {
+    return "no upstream broker is configured";
+  }
+  const std::string id = device.id.str();
+  auto it = pushers_.find(id);
+  if (it == pushers_.end()) {
+    auto pusher = std::make_unique<Pusher>();
+    mqtt::upstream::Open open;
+    open.clientId = config_->upstream.clientIdPrefix + id + "-coap";
+    open.keepAlive = config_->upstream.keepaliveSeconds;
+    auto created = createUpstream(&device, open, *pusher);
+    if (!created) {
+      return "cannot open the upstream session: " + created.error();
+    }
+    pusher->upstream = std::move(*created);
+    it = pushers_.emplace(id, std::move(pusher)).first;
+  }
+  Pusher& p = *it->second;
+  p.lastUsed = mqtt::Clock::now();
+  mqtt::upstream::Publish pub;
+  pub.token = ++pushTokens_;
+  pub.topic = topic;
+  pub.payload.assign(payload.begin(), payload.end());
+  pub.qos = qos;
+  if (!p.upstream->publish(pub)) {
+    return qos > 0 ? "the upstream queue is full" : "the upstream session is not connected";
+  }
+  ++stats_.forwarded;
+  if (qos > 0) {
+    p.waiting.emplace(pub.token, std::move(done));
+  } else {
+    done(true);
+  }
+  return {};
 }
 
 std::expected<mqtt::SslContext, std::string> MqttService::deviceContext(const std::string& device) {
@@ -638,6 +698,14 @@ void MqttService::tick() {
   for (auto& d : draining_) {
     d.upstream->service(now);
   }
+  for (auto& [id, p] : pushers_) {
+    p->upstream->service(now);
+    if (p->waiting.empty() && p->upstream->queued() == 0 &&
+        now - p->lastUsed > std::chrono::seconds(60)) {
+      p->upstream->close(false);
+    }
+  }
+  std::erase_if(pushers_, [](const auto& kv) { return kv.second->upstream->finished(); });
   sweep();
   releaseIdleMemory(now);
 }

@@ -64,6 +64,12 @@ public:
   size_t forgetDevice(const policy::DeviceId& id);
   // Where the certificates of devices whose upstream presents their own identity come from.
   void setIdentities(const Identities* identities) { identities_ = identities; }
+  // Publishes a reading a device pushed over CoAP on the device's own upstream session (opened on
+  // demand, with its issued identity if it has one). `done(true)` runs once the broker has it
+  // (PUBACK for QoS 1; at once for QoS 0). An error (nothing taken) is a sentence.
+  [[nodiscard]] std::string publishFor(const policy::DevicePolicy& device, const std::string& topic,
+                                       std::span<const uint8_t> payload, uint8_t qos,
+                                       std::function<void(bool)> done);
   [[nodiscard]] size_t connections() const { return connections_.size(); }
   [[nodiscard]] const MqttStats& stats() const { return stats_; }
   [[nodiscard]] std::vector<uint16_t> boundPorts() const;
@@ -86,6 +92,9 @@ private:
   void closeConnection(Connection& c, bool publishWill);
   void tick();
   void sweep();
+  [[nodiscard]] std::expected<std::unique_ptr<mqtt::MosquittoUpstream>, std::string>
+  createUpstream(const policy::DevicePolicy* device, const mqtt::upstream::Open& open,
+                 mqtt::UpstreamObserver& observer);
   // The client context for a device's own identity (built once per certificate).
   [[nodiscard]] std::expected<mqtt::SslContext, std::string> deviceContext(const std::string& device);
 
@@ -118,6 +127,9 @@ private:
   };
   std::map<std::string, DeviceContext> deviceContexts_;
   std::map<std::string, uint32_t> perSource_;
+  struct Pusher;
+  std::map<std::string, std::unique_ptr<Pusher>> pushers_; // device id → its CoAP readings' upstream
+  uint64_t pushTokens_ = 0;
   std::optional<io::Reactor::TimerId> timer_;
   MqttStats stats_;
   std::map<std::string, mqtt::SessionCounters> closedCounters_;

@@ -301,7 +301,9 @@ Decision rateDecision(const DevicePolicy& p, MessageRateLimiter::Result r) {
   return deny(p, "mqtt.rate", provision::kTelemetryAnomaly, "rate limit");
 }
 
-Decision evaluateCoapRequest(const DevicePolicy& p, const CoapFacts& f) {
+namespace {
+
+std::optional<Decision> coapLimits(const DevicePolicy& p, const CoapFacts& f) {
   const CoapRules& c = p.coapRules;
   if (f.payloadBytes > c.maxPayloadBytes) {
     return deny(p, "coap.max_payload_bytes", provision::kValidateInput,
@@ -313,6 +315,16 @@ Decision evaluateCoapRequest(const DevicePolicy& p, const CoapFacts& f) {
     return deny(p, "coap.content_formats", provision::kValidateInput,
                 fmt::format("content format {} is not allowed", *f.contentFormat));
   }
+  return std::nullopt;
+}
+
+} // namespace
+
+Decision evaluateCoapRequest(const DevicePolicy& p, const CoapFacts& f) {
+  if (auto refused = coapLimits(p, f)) {
+    return *refused;
+  }
+  const CoapRules& c = p.coapRules;
   for (const auto& rule : c.rules) {
     if (std::ranges::find(rule.methods, f.method) != rule.methods.end() &&
         coapPathMatches(rule.path, f.path)) {
@@ -321,6 +333,50 @@ Decision evaluateCoapRequest(const DevicePolicy& p, const CoapFacts& f) {
   }
   return deny(p, "coap.rule", provision::kValidateInput,
               fmt::format("{} on this path is not allowed", toString(f.method)));
+}
+
+Decision evaluateCoapClient(const DevicePolicy& p, std::string_view client) {
+  const auto& allowed = p.coapRules.clients;
+  if (allowed.empty() || std::ranges::find(allowed, client) != allowed.end()) {
+    return Decision::allow("coap.clients");
+  }
+  return deny(p, "coap.clients", provision::kAuthenticatedAccess,
+              fmt::format("client '{}' may not reach this device", client));
+}
+
+Decision evaluateCoapPush(const DevicePolicy& p, const CoapFacts& f, const CoapPush** push) {
+  *push = nullptr;
+  if (f.method != CoapMethod::Post && f.method != CoapMethod::Put) {
+    return deny(p, "coap.push", provision::kValidateInput,
+                fmt::format("{} is not a push (POST or PUT)", toString(f.method)));
+  }
+  if (auto refused = coapLimits(p, f)) {
+    return *refused;
+  }
+  for (const auto& rule : p.coapRules.push) {
+    if (coapPathMatches(rule.path, f.path)) {
+      *push = &rule;
+      return Decision::allow(rule.id);
+    }
+  }
+  return deny(p, "coap.push", provision::kValidateInput, "no push rule for this path");
+}
+
+std::string coapPushTopic(const DevicePolicy& p, const CoapPush& push, std::string_view path) {
+  if (path.starts_with('/')) {
+    path.remove_prefix(1);
+  }
+  std::string out;
+  for (size_t i = 0; i < push.topic.size(); ++i) {
+    if (push.topic[i] == '%' && i + 1 < push.topic.size() &&
+        (push.topic[i + 1] == 'd' || push.topic[i + 1] == 'p')) {
+      out += push.topic[i + 1] == 'd' ? std::string_view(p.id.str()) : path;
+      ++i;
+    } else {
+      out.push_back(push.topic[i]);
+    }
+  }
+  return out;
 }
 
 } // namespace iotgw::policy

@@ -71,6 +71,15 @@ struct CoapFacts {
 // Broker → device: the device's parser is the weak one, so its inbound traffic is checked too.
 [[nodiscard]] Decision evaluateDelivery(const DevicePolicy& p, const PublishFacts& f);
 [[nodiscard]] Decision evaluateCoapRequest(const DevicePolicy& p, const CoapFacts& f);
+// Whether a DTLS client (its certificate's name) may reach the device at all (coap.clients).
+[[nodiscard]] Decision evaluateCoapClient(const DevicePolicy& p, std::string_view client);
+// A reading the device pushes to the gateway: POST or PUT on a [[coap.push]] path, within the
+// payload and content-format limits. On success `push` names the rule that maps it to a topic.
+[[nodiscard]] Decision evaluateCoapPush(const DevicePolicy& p, const CoapFacts& f,
+                                        const CoapPush** push);
+// The MQTT topic of a pushed reading: %d = device id, %p = path without its leading '/'.
+[[nodiscard]] std::string coapPushTopic(const DevicePolicy& p, const CoapPush& push,
+                                        std::string_view path);
 
 // Turns a rate limiter's verdict into a Decision for the device (rule "mqtt.rate", 5.10-1).
 [[nodiscard]] Decision rateDecision(const DevicePolicy& p, MessageRateLimiter::Result r);

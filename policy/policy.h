@@ -89,10 +89,24 @@ struct CoapRule {
   std::string path;                 // "/sensors/*", "/config/interval", "/fw/**"
 };
 
+// A reading the device pushes (POST/PUT to the gateway's device-side CoAP endpoint) and the MQTT
+// topic it is published to upstream.
+struct CoapPush {
+  std::string id;    // "coap.push[0]"
+  std::string path;  // a path pattern, as in CoapRule
+  std::string topic; // "%d" = device id, "%p" = the request path without its leading '/'
+  uint8_t qos = 1;
+};
+
 struct CoapRules {
-  std::vector<CoapRule> rules;
+  std::vector<CoapRule> rules; // what clients may ask of the device through the DTLS endpoint
   uint32_t maxPayloadBytes = 1024;
-  std::vector<uint16_t> contentFormats; // empty: any
+  std::vector<uint16_t> contentFormats; // both directions; empty: any
+  uint16_t port = 5683;                 // where the device's CoAP server listens
+  // Client identities (certificate SAN DNS name, or CN) that may reach the device; empty: any
+  // client the DTLS endpoint's CA vouches for.
+  std::vector<std::string> clients;
+  std::vector<CoapPush> push;
 };
 
 enum class Transport : uint8_t { Tcp = 6, Udp = 17 };

@@ -372,6 +372,20 @@ private:
     return f;
   }
 
+  static std::optional<std::string> coapPathPattern(TableReader& r, const toml::table& t,
+                                                    const std::string& path) {
+    auto pattern = r.string("path", Need::Required, 1024);
+    if (!pattern) {
+      return std::nullopt;
+    }
+    if (pattern->empty() || pattern->front() != '/') {
+      r.error(*t.get("path"), fmt::format("'{}.path' must start with '/'", path));
+    } else if (pattern->find("**") != std::string::npos && !pattern->ends_with("/**")) {
+      r.error(*t.get("path"), fmt::format("'{}.path': '**' may only be the last segment", path));
+    }
+    return pattern;
+  }
+
   void parseCoap(const toml::table& t, CoapRules& c) {
     TableReader r(t, "coap", source_, diags_);
     if (auto b = r.integer("max_payload_bytes", 0, 1024 * 1024)) {
@@ -381,6 +395,34 @@ private:
       for (auto v : *cf) {
         c.contentFormats.push_back(static_cast<uint16_t>(v));
       }
+    }
+    if (auto port = r.integer("port", 1, 65535)) {
+      c.port = static_cast<uint16_t>(*port);
+    }
+    if (auto clients = r.strings("clients", Need::Optional, 64, 253)) {
+      c.clients = *clients;
+    }
+    const auto pushes = r.tables("push", limits_.maxCoapRules);
+    for (size_t i = 0; i < pushes.size(); ++i) {
+      const std::string path = fmt::format("coap.push[{}]", i);
+      TableReader pr(*pushes[i], path, source_, diags_);
+      CoapPush push;
+      push.id = path;
+      if (auto pattern = coapPathPattern(pr, *pushes[i], path)) {
+        push.path = *pattern;
+      }
+      if (auto topic = pr.string("topic", Need::Required, 256)) {
+        if (topic->empty() || topic->find_first_of("+#") != std::string::npos) {
+          pr.error(*pushes[i]->get("topic"),
+                   fmt::format("'{}.topic' must be a topic name without wildcards", path));
+        }
+        push.topic = *topic;
+      }
+      if (auto qos = pr.integer("qos", 0, 1)) {
+        push.qos = static_cast<uint8_t>(*qos);
+      }
+      pr.finish();
+      c.push.push_back(std::move(push));
     }
     const auto rules = r.tables("rule", limits_.maxCoapRules);
     for (size_t i = 0; i < rules.size(); ++i) {
@@ -400,15 +442,8 @@ private:
           }
         }
       }
-      if (auto pathPattern = rr.string("path", Need::Required, 1024)) {
-        if (pathPattern->empty() || pathPattern->front() != '/') {
-          rr.error(*rules[i]->get("path"), fmt::format("'{}.path' must start with '/'", path));
-        } else if (pathPattern->find("**") != std::string::npos &&
-                   !pathPattern->ends_with("/**")) {
-          rr.error(*rules[i]->get("path"),
-                   fmt::format("'{}.path': '**' may only be the last segment", path));
-        }
-        rule.path = *pathPattern;
+      if (auto pattern = coapPathPattern(rr, *rules[i], path)) {
+        rule.path = *pattern;
       }
       rr.finish();
       c.rules.push_back(std::move(rule));

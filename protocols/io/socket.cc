@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <tuple>
 
 #include <fmt/format.h>
 
@@ -21,11 +22,46 @@ void setOption(int fd, int level, int name, int value) {
 }
 } // namespace
 
-std::string Accepted::label() const {
+std::string Accepted::label() const { return endpointLabel(address, port); }
+
+std::string endpointLabel(const policy::IpAddress& address, uint16_t port) {
   if (address.family == AF_INET6) {
     return fmt::format("[{}]:{}", address.str(), port);
   }
   return fmt::format("{}:{}", address.str(), port);
+}
+
+socklen_t toSockaddr(const policy::IpAddress& address, uint16_t port, sockaddr_storage& ss) {
+  ss = {};
+  if (address.family == AF_INET) {
+    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(port);
+    std::memcpy(&sin->sin_addr, address.bytes.data(), 4);
+    return sizeof(sockaddr_in);
+  }
+  auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  sin6->sin6_family = AF_INET6;
+  sin6->sin6_port = htons(port);
+  std::memcpy(&sin6->sin6_addr, address.bytes.data(), 16);
+  return sizeof(sockaddr_in6);
+}
+
+std::pair<policy::IpAddress, uint16_t> fromSockaddr(const sockaddr_storage& ss) {
+  policy::IpAddress a;
+  uint16_t port = 0;
+  if (ss.ss_family == AF_INET) {
+    const auto* sin = reinterpret_cast<const sockaddr_in*>(&ss);
+    a.family = AF_INET;
+    std::memcpy(a.bytes.data(), &sin->sin_addr, 4);
+    port = ntohs(sin->sin_port);
+  } else {
+    const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&ss);
+    a.family = AF_INET6;
+    std::memcpy(a.bytes.data(), &sin6->sin6_addr, 16);
+    port = ntohs(sin6->sin6_port);
+  }
+  return {a, port};
 }
 
 std::expected<UniqueFd, std::error_code> listenTcp(const policy::IpAddress& address, uint16_t port,
@@ -35,24 +71,29 @@ std::expected<UniqueFd, std::error_code> listenTcp(const policy::IpAddress& addr
     return std::unexpected(lastError());
   }
   setOption(fd.get(), SOL_SOCKET, SO_REUSEADDR, 1);
-  sockaddr_storage ss{};
-  socklen_t len = 0;
-  if (address.family == AF_INET) {
-    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons(port);
-    std::memcpy(&sin->sin_addr, address.bytes.data(), 4);
-    len = sizeof(sockaddr_in);
-  } else {
+  if (address.family == AF_INET6) {
     setOption(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, 1);
-    auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
-    sin6->sin6_family = AF_INET6;
-    sin6->sin6_port = htons(port);
-    std::memcpy(&sin6->sin6_addr, address.bytes.data(), 16);
-    len = sizeof(sockaddr_in6);
   }
+  sockaddr_storage ss{};
+  const socklen_t len = toSockaddr(address, port, ss);
   if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0 ||
       ::listen(fd.get(), backlog) != 0) {
+    return std::unexpected(lastError());
+  }
+  return fd;
+}
+
+std::expected<UniqueFd, std::error_code> bindUdp(const policy::IpAddress& address, uint16_t port) {
+  UniqueFd fd(::socket(address.family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) {
+    return std::unexpected(lastError());
+  }
+  if (address.family == AF_INET6) {
+    setOption(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, 1);
+  }
+  sockaddr_storage ss{};
+  const socklen_t len = toSockaddr(address, port, ss);
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) {
     return std::unexpected(lastError());
   }
   return fd;
@@ -68,17 +109,7 @@ std::expected<Accepted, std::error_code> acceptTcp(int listenFd) {
   }
   setOption(fd.get(), IPPROTO_TCP, TCP_NODELAY, 1);
   Accepted a;
-  if (ss.ss_family == AF_INET) {
-    const auto* sin = reinterpret_cast<const sockaddr_in*>(&ss);
-    a.address.family = AF_INET;
-    std::memcpy(a.address.bytes.data(), &sin->sin_addr, 4);
-    a.port = ntohs(sin->sin_port);
-  } else {
-    const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&ss);
-    a.address.family = AF_INET6;
-    std::memcpy(a.address.bytes.data(), &sin6->sin6_addr, 16);
-    a.port = ntohs(sin6->sin6_port);
-  }
+  std::tie(a.address, a.port) = fromSockaddr(ss);
   a.fd = std::move(fd);
   return a;
 }

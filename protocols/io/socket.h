@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #pragma once
 
-// Non-blocking TCP sockets for the reactor. Every descriptor is CLOEXEC; every connection gets
+// Non-blocking TCP and UDP sockets for the reactor. Every descriptor is CLOEXEC; every connection gets
 // TCP_NODELAY (Nagle plus delayed ACKs stall small MQTT exchanges by ~40 ms).
 
 #include <cstdint>
 #include <expected>
 #include <string>
 #include <system_error>
+#include <utility>
+
+#include <sys/socket.h>
 
 #include "policy/device.h"
 #include "protocols/io/reactor.h"
@@ -26,6 +29,13 @@ struct Accepted {
 // Accepts one pending connection: nullopt-like EAGAIN is reported as an error code
 // std::errc::resource_unavailable_try_again.
 [[nodiscard]] std::expected<Accepted, std::error_code> acceptTcp(int listenFd);
+// A non-blocking UDP socket bound to `address`:`port` (IPv6 sockets are v6-only).
+[[nodiscard]] std::expected<UniqueFd, std::error_code> bindUdp(const policy::IpAddress& address,
+                                                               uint16_t port);
+[[nodiscard]] socklen_t toSockaddr(const policy::IpAddress& address, uint16_t port,
+                                   sockaddr_storage& out);
+[[nodiscard]] std::pair<policy::IpAddress, uint16_t> fromSockaddr(const sockaddr_storage& ss);
+[[nodiscard]] std::string endpointLabel(const policy::IpAddress& address, uint16_t port);
 // The port a socket is bound to (for tests that bind port 0).
 [[nodiscard]] uint16_t boundPort(int fd);
 

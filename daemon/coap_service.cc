@@ -1,0 +1,1247 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#include "daemon/coap_service.h"
+
+#include <arpa/inet.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <unordered_map>
+
+#include <coap3/coap.h>
+#include <fmt/format.h>
+
+#include "daemon/mqtt_service.h"
+#include "policy/evaluator.h"
+#include "protocols/coap/message.h"
+#include "protocols/coap/reply.h"
+#include "protocols/coap/validate.h"
+#include "protocols/io/socket.h"
+
+namespace iotgw::daemon {
+
+using policy::Event;
+using policy::EventType;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr const char* kProtocol = "coap";
+
+// libcoap logs to stderr by default; only its errors are worth an operator's attention, and
+// IOTGW_COAP_DEBUG=1 shows everything (for debugging the proxy, never in production).
+void logHandler(coap_log_t level, const char* message) {
+  if (level <= LOG_ERR || std::getenv("IOTGW_COAP_DEBUG") != nullptr) {
+    fmt::print(stderr, "libcoap: {}", message);
+  }
+}
+
+void startLibcoap() {
+  static const bool started = [] {
+    coap_startup();
+    coap_set_log_handler(logHandler);
+    const bool debug = std::getenv("IOTGW_COAP_DEBUG") != nullptr;
+    coap_set_log_level(debug ? LOG_DEBUG : LOG_ERR);
+    coap_dtls_set_log_level(debug ? LOG_DEBUG : LOG_ERR);
+    return true;
+  }();
+  (void)started;
+}
+
+using coap::Bytes;
+using coap::View;
+
+Bytes tokenOf(const coap_pdu_t* pdu) {
+  const coap_bin_const_t t = coap_pdu_get_token(pdu);
+  return Bytes(t.s, t.s + t.length);
+}
+
+coap_bin_const_t binOf(const Bytes& b) { return coap_bin_const_t{b.size(), b.data()}; }
+
+bool hasOption(const coap_pdu_t* pdu, uint16_t number) {
+  coap_opt_iterator_t it;
+  return coap_check_option(pdu, number, &it) != nullptr;
+}
+
+// A libcoap PDU as our codec's message: views into the PDU, which must outlive it. The payload is
+// the whole body when libcoap reassembled a block-wise transfer (COAP_BLOCK_SINGLE_BODY); the
+// Block1 option of the last block then describes nothing we forward and is left out.
+coap::Message toMessage(const coap_pdu_t* pdu, bool dropBlock1) {
+  coap::Message m;
+  m.type = static_cast<coap::Type>(coap_pdu_get_type(pdu));
+  m.code = static_cast<uint8_t>(coap_pdu_get_code(pdu));
+  m.messageId = static_cast<uint16_t>(coap_pdu_get_mid(pdu));
+  const coap_bin_const_t t = coap_pdu_get_token(pdu);
+  m.token = View(t.s, t.length);
+  coap_opt_iterator_t it;
+  coap_option_iterator_init(pdu, &it, COAP_OPT_ALL);
+  while (coap_opt_t* o = coap_option_next(&it)) {
+    if (dropBlock1 && it.number == COAP_OPTION_BLOCK1) {
+      continue;
+    }
+    m.options.push_back({static_cast<uint16_t>(it.number),
+                         View(coap_opt_value(o), coap_opt_length(o))});
+  }
+  size_t len = 0, offset = 0, total = 0;
+  const uint8_t* data = nullptr;
+  if (coap_get_data_large(pdu, &len, &data, &offset, &total) && data != nullptr) {
+    m.payload = View(data, len);
+  }
+  return m;
+}
+
+uint8_t codeOfDenial(std::string_view rule) {
+  if (rule == "coap.max_payload_bytes") {
+    return coap::codes::kRequestEntityTooLarge;
+  }
+  if (rule == "coap.content_formats") {
+    return coap::codes::kUnsupportedContentFormat;
+  }
+  return coap::codes::kForbidden;
+}
+
+std::string codeText(uint8_t code) { return fmt::format("{}.{:02}", code >> 5, code & 0x1f); }
+
+// Heap copies of bodies handed to libcoap's large-data calls, freed when it is done with them.
+void releaseBody(coap_session_t*, void* body) { delete static_cast<Bytes*>(body); }
+
+std::optional<policy::IpAddress> addressOf(const coap_address_t* a) {
+  if (a == nullptr) {
+    return std::nullopt;
+  }
+  sockaddr_storage ss{};
+  std::memcpy(&ss, &a->addr, std::min<size_t>(a->size, sizeof ss));
+  if (ss.ss_family != AF_INET && ss.ss_family != AF_INET6) {
+    return std::nullopt;
+  }
+  return io::fromSockaddr(ss).first;
+}
+
+std::string labelOf(const coap_address_t* a) {
+  if (a == nullptr) {
+    return "?";
+  }
+  sockaddr_storage ss{};
+  std::memcpy(&ss, &a->addr, std::min<size_t>(a->size, sizeof ss));
+  const auto [ip, port] = io::fromSockaddr(ss);
+  return io::endpointLabel(ip, port);
+}
+
+} // namespace
+
+// ------------------------------------------------------------------------------------------------
+// The DTLS endpoint and the reverse proxy (libcoap).
+
+struct CoapService::Engine {
+  explicit Engine(CoapService& service) : svc(service) {}
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+  ~Engine();
+
+  // Who is on the other end of a DTLS session (from its certificate).
+  struct Peer {
+    std::string name;    // first SAN DNS name, or the subject CN
+    std::string address; // IP without port: per-source limits
+    std::string label;   // "name@address:port" for events
+    bool established = false;
+  };
+
+  // A request forwarded to a device and waiting for its answer.
+  struct Exchange {
+    coap_async_t* async = nullptr; // libcoap owns it; valid until the trigger has run
+    Bytes upToken;
+    Bytes downToken;
+    coap_mid_t downMid = 0;
+    coap_session_t* down = nullptr;
+    coap_session_t* up = nullptr;
+    std::string device;
+    std::string path;
+    std::string peer;
+    bool observe = false; // the client asked to observe
+    Clock::time_point deadline;
+    bool done = false;
+    // The answer, once checked.
+    uint8_t code = 0;
+    std::vector<std::pair<uint16_t, Bytes>> options; // relayed options, in number order
+    std::optional<uint16_t> contentFormat;
+    std::optional<uint32_t> maxAge;
+    Bytes payload;
+    bool relation = false; // an observe relationship took over the upstream token
+    std::string failure;   // why the device gave no answer, when it is known before the guard
+  };
+
+  // An observe relationship relayed from a device to a client.
+  struct Relation {
+    coap_session_t* down = nullptr; // referenced while the relation lives
+    coap_session_t* up = nullptr;
+    Bytes downToken;
+    std::string device;
+    std::string path;
+    std::string peer;
+    uint32_t sequence = 1;
+  };
+
+  CoapService& svc;
+  coap_context_t* ctx = nullptr;
+  int fd = -1;
+  std::unordered_map<coap_session_t*, Peer> peers;
+  std::map<std::string, uint32_t> perSource; // sessions with a verified certificate per IP
+  uint32_t verified = 0;
+  std::map<Bytes, std::unique_ptr<Exchange>> exchanges; // by upstream token
+  std::map<Bytes, std::unique_ptr<Relation>> relations; // by upstream token
+  std::map<std::string, coap_session_t*> upstreams;     // "ip:port" of a device → client session
+  std::vector<uint16_t> ports;
+  std::string certificateFile, keyFile, caFile;
+
+  std::string start();
+  void process();
+  void rearm();
+
+  // libcoap's callbacks (static trampolines below).
+  void handle(coap_resource_t* r, coap_session_t* s, const coap_pdu_t* req, const coap_string_t* q,
+              coap_pdu_t* resp);
+  void finish(coap_async_t* async, coap_resource_t* r, coap_session_t* s, const coap_pdu_t* req,
+              const coap_string_t* q, coap_pdu_t* resp);
+  coap_response_t response(coap_session_t* s, const coap_pdu_t* rcv);
+  void nack(coap_session_t* s, const coap_pdu_t* sent, coap_nack_reason_t reason);
+  void event(coap_session_t* s, coap_event_t ev);
+  int verify(const char* cn, coap_session_t* s, unsigned depth, int validated);
+
+  void refuse(coap_pdu_t* resp, uint8_t code, std::string_view reason);
+  void emit(EventType type, std::string device, std::string peer, std::string rule,
+            std::string provision, std::string action, std::string message);
+  [[nodiscard]] std::string peerLabel(coap_session_t* s) const;
+  [[nodiscard]] coap_session_t* upstreamFor(const policy::DevicePolicy& d);
+  // Checks a device's response against its policy; the refusal reason, or empty.
+  [[nodiscard]] std::string checkResponse(const policy::DevicePolicy* d, const coap_pdu_t* rcv,
+                                          Exchange& into);
+  void notify(Relation& rel, const Exchange& answer);
+  void endRelation(const Bytes& upToken);
+  void dropPeer(coap_session_t* s);
+  void closeDevice(const std::string& device);
+};
+
+namespace {
+
+CoapService::Engine* engineOf(coap_session_t* s) {
+  return static_cast<CoapService::Engine*>(coap_get_app_data(coap_session_get_context(s)));
+}
+
+void onRequest(coap_resource_t* r, coap_session_t* s, const coap_pdu_t* req,
+               const coap_string_t* q, coap_pdu_t* resp) {
+  engineOf(s)->handle(r, s, req, q, resp);
+}
+
+coap_response_t onResponse(coap_session_t* s, const coap_pdu_t*, const coap_pdu_t* rcv,
+                           const coap_mid_t) {
+  return engineOf(s)->response(s, rcv);
+}
+
+void onNack(coap_session_t* s, const coap_pdu_t* sent, const coap_nack_reason_t reason,
+            const coap_mid_t) {
+  engineOf(s)->nack(s, sent, reason);
+}
+
+int onEvent(coap_session_t* s, const coap_event_t ev) {
+  engineOf(s)->event(s, ev);
+  return 0;
+}
+
+int onCertificate(const char* cn, const uint8_t*, size_t, coap_session_t* s, unsigned depth,
+                  int validated, void* arg) {
+  return static_cast<CoapService::Engine*>(arg)->verify(cn, s, depth, validated);
+}
+
+} // namespace
+
+CoapService::Engine::~Engine() {
+  if (fd >= 0) {
+    svc.reactor_.remove(fd);
+  }
+  // Our references first, so that freeing the context frees the sessions.
+  for (auto& [token, rel] : relations) {
+    coap_session_release(rel->down);
+  }
+  relations.clear();
+  exchanges.clear();
+  if (ctx != nullptr) {
+    coap_free_context(ctx);
+  }
+}
+
+std::string CoapService::Engine::start() {
+  startLibcoap();
+  const Config& c = *svc.config_;
+  ctx = coap_new_context(nullptr);
+  if (ctx == nullptr) {
+    return "cannot create the CoAP context";
+  }
+  coap_set_app_data(ctx, this);
+  coap_context_set_block_mode(ctx, COAP_BLOCK_USE_LIBCOAP | COAP_BLOCK_SINGLE_BODY);
+  coap_context_set_max_handshake_sessions(ctx, c.limits.maxHandshakes);
+  coap_context_set_max_idle_sessions(ctx, c.limits.maxConnections);
+  coap_context_set_session_timeout(ctx, static_cast<unsigned>(c.limits.idleSession.count()));
+  coap_register_response_handler(ctx, onResponse);
+  coap_register_nack_handler(ctx, onNack);
+  coap_register_event_handler(ctx, onEvent);
+
+  // libcoap keeps these pointers and reads the files at each handshake.
+  certificateFile = c.coapDtls.certificate.string();
+  keyFile = c.coapDtls.privateKey.string();
+  caFile = c.coapDtls.caFile.string();
+  coap_dtls_pki_t pki{};
+  pki.version = COAP_DTLS_PKI_SETUP_VERSION;
+  pki.verify_peer_cert = 1;
+  pki.check_common_ca = 1;
+  pki.allow_self_signed = 0;
+  pki.allow_expired_certs = 0;
+  pki.cert_chain_validation = 1;
+  pki.cert_chain_verify_depth = 2;
+  pki.validate_cn_call_back = onCertificate;
+  pki.cn_call_back_arg = this;
+  pki.pki_key.key_type = COAP_PKI_KEY_PEM;
+  pki.pki_key.key.pem.ca_file = caFile.c_str();
+  pki.pki_key.key.pem.public_cert = certificateFile.c_str();
+  pki.pki_key.key.pem.private_key = keyFile.c_str();
+  if (coap_context_set_pki(ctx, &pki) == 0) {
+    return fmt::format("cannot load the DTLS certificate {}, key {} or CA {}", certificateFile, keyFile,
+                       caFile);
+  }
+  for (const auto& a : c.coapDtls.addresses) {
+    coap_address_t addr;
+    coap_address_init(&addr);
+    sockaddr_storage ss{};
+    const socklen_t len = io::toSockaddr(a, c.coapDtls.port, ss);
+    std::memcpy(&addr.addr, &ss, len);
+    addr.size = len;
+    if (coap_new_endpoint(ctx, &addr, COAP_PROTO_DTLS) == nullptr) {
+      return fmt::format("cannot bind CoAP over DTLS to {}", io::endpointLabel(a, c.coapDtls.port));
+    }
+    ports.push_back(c.coapDtls.port);
+  }
+  coap_resource_t* proxy = coap_resource_unknown_init2(onRequest, 0);
+  for (coap_request_t m : {COAP_REQUEST_GET, COAP_REQUEST_POST, COAP_REQUEST_PUT, COAP_REQUEST_DELETE,
+                           COAP_REQUEST_FETCH, COAP_REQUEST_PATCH, COAP_REQUEST_IPATCH}) {
+    coap_register_request_handler(proxy, m, onRequest);
+  }
+  coap_add_resource(ctx, proxy);
+
+  fd = coap_context_get_coap_fd(ctx);
+  if (fd < 0) {
+    return "libcoap has no epoll descriptor";
+  }
+  if (svc.reactor_.add(fd, EPOLLIN, [this](uint32_t) { process(); })) {
+    fd = -1;
+    return "cannot watch the CoAP descriptor";
+  }
+  rearm();
+  return {};
+}
+
+// libcoap's descriptor is an epoll set of its own sockets and a timerfd that
+// coap_io_prepare_epoll arms for its next retransmission, async guard or session expiry.
+void CoapService::Engine::process() { coap_io_process(ctx, COAP_IO_NO_WAIT); }
+
+void CoapService::Engine::rearm() {
+  coap_tick_t now = 0;
+  coap_ticks(&now);
+  (void)coap_io_prepare_epoll(ctx, now);
+}
+
+void CoapService::Engine::emit(EventType type, std::string device, std::string peer,
+                               std::string rule, std::string provision, std::string action,
+                               std::string message) {
+  Event e;
+  e.type = type;
+  e.device = std::move(device);
+  e.peer = std::move(peer);
+  e.protocol = kProtocol;
+  e.rule = std::move(rule);
+  e.provision = std::move(provision);
+  e.action = std::move(action);
+  e.message = std::move(message);
+  svc.sink_.emit(std::move(e));
+}
+
+std::string CoapService::Engine::peerLabel(coap_session_t* s) const {
+  if (auto it = peers.find(s); it != peers.end()) {
+    return it->second.label;
+  }
+  return labelOf(coap_session_get_addr_remote(s));
+}
+
+int CoapService::Engine::verify(const char* cn, coap_session_t* s, unsigned depth, int validated) {
+  if (validated == 0) {
+    return 0;
+  }
+  if (depth != 0) {
+    return 1; // the CA: OpenSSL has checked the chain
+  }
+  if (peers.contains(s)) {
+    return 1; // renegotiation: counted already
+  }
+  const auto& limits = svc.config_->limits;
+  const auto* remote = coap_session_get_addr_remote(s);
+  const auto ip = addressOf(remote);
+  const std::string source = ip ? ip->str() : "?";
+  const std::string label = fmt::format("{}@{}", cn != nullptr ? cn : "?", labelOf(remote));
+  const char* limit = nullptr;
+  if (verified >= limits.maxConnections) {
+    limit = "limits.max_connections";
+  } else if (perSource[source] >= limits.maxConnectionsPerSource) {
+    limit = "limits.max_connections_per_source";
+  }
+  if (limit != nullptr) {
+    ++svc.stats_.sessionsRefused;
+    emit(EventType::RateLimited, "", label, limit, "5.9-3", "refuse",
+         "DTLS session refused: limit reached");
+    return 0;
+  }
+  ++verified;
+  ++perSource[source];
+  peers.emplace(s, Peer{cn != nullptr ? cn : "", source, label, false});
+  return 1;
+}
+
+void CoapService::Engine::dropPeer(coap_session_t* s) {
+  auto it = peers.find(s);
+  if (it == peers.end()) {
+    return;
+  }
+  // The session's observe relationships end with it.
+  std::vector<Bytes> ended;
+  for (const auto& [token, rel] : relations) {
+    if (rel->down == s) {
+      ended.push_back(token);
+    }
+  }
+  for (const auto& t : ended) {
+    endRelation(t);
+  }
+  if (it->second.established) {
+    --svc.stats_.sessions;
+  }
+  --verified;
+  if (auto ps = perSource.find(it->second.address); ps != perSource.end() && --ps->second == 0) {
+    perSource.erase(ps);
+  }
+  peers.erase(it);
+}
+
+void CoapService::Engine::event(coap_session_t* s, coap_event_t ev) {
+  if (coap_session_get_type(s) == COAP_SESSION_TYPE_CLIENT) {
+    return; // our own sessions to devices
+  }
+  switch (ev) {
+  case COAP_EVENT_DTLS_CONNECTED:
+    if (auto it = peers.find(s); it != peers.end() && !it->second.established) {
+      it->second.established = true;
+      ++svc.stats_.sessions;
+      ++svc.stats_.sessionsOpened;
+    }
+    break;
+  case COAP_EVENT_DTLS_ERROR:
+    if (auto it = peers.find(s); it == peers.end() || !it->second.established) {
+      ++svc.stats_.handshakesFailed;
+      emit(EventType::AuthenticationFailed, "", labelOf(coap_session_get_addr_remote(s)),
+           "listeners.coap_dtls.ca_file", "5.5-4", "refuse",
+           "DTLS handshake failed: no client certificate, or not one from the configured CA");
+    }
+    dropPeer(s);
+    break;
+  case COAP_EVENT_DTLS_CLOSED:
+  case COAP_EVENT_SESSION_CLOSED:
+  case COAP_EVENT_SESSION_FAILED:
+  case COAP_EVENT_SERVER_SESSION_DEL:
+    dropPeer(s);
+    break;
+  default:
+    break;
+  }
+}
+
+void CoapService::Engine::refuse(coap_pdu_t* resp, uint8_t code, std::string_view reason) {
+  coap_pdu_set_code(resp, static_cast<coap_pdu_code_t>(code));
+  const std::string_view text = reason.substr(0, coap::kMaxDiagnosticBytes);
+  // Cut at a UTF-8 boundary: a diagnostic payload is UTF-8 (RFC 7252 §5.5.2).
+  size_t n = text.size();
+  if (n < reason.size()) {
+    while (n > 0 && (static_cast<uint8_t>(reason[n]) & 0xC0) == 0x80) {
+      --n;
+    }
+  }
+  coap_add_data(resp, n, reinterpret_cast<const uint8_t*>(text.data()));
+}
+
+coap_session_t* CoapService::Engine::upstreamFor(const policy::DevicePolicy& d) {
+  const auto& address = d.addresses.front();
+  const uint16_t port = d.coapRules.port;
+  const std::string key = io::endpointLabel(address, port);
+  if (auto it = upstreams.find(key); it != upstreams.end()) {
+    return it->second;
+  }
+  coap_address_t dst;
+  coap_address_init(&dst);
+  sockaddr_storage ss{};
+  const socklen_t len = io::toSockaddr(address, port, ss);
+  std::memcpy(&dst.addr, &ss, len);
+  dst.size = len;
+  coap_session_t* s = coap_new_client_session(ctx, nullptr, &dst, COAP_PROTO_UDP);
+  if (s == nullptr) {
+    return nullptr;
+  }
+  // Retransmit within the guard time: 1 s, then 2 s (RFC 7252's defaults would go on for 45 s).
+  coap_session_set_ack_timeout(s, coap_fixed_point_t{1, 0});
+  coap_session_set_max_retransmit(s, 2);
+  upstreams.emplace(key, s);
+  return s;
+}
+
+void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const coap_pdu_t* req,
+                                 const coap_string_t* q, coap_pdu_t* resp) {
+  const Bytes token = tokenOf(req);
+  if (coap_async_t* async = coap_find_async(s, binOf(token))) {
+    finish(async, r, s, req, q, resp);
+    return;
+  }
+  ++svc.stats_.requests;
+  const std::string peer = peerLabel(s);
+  const auto peerIt = peers.find(s);
+  if (peerIt == peers.end()) {
+    ++svc.stats_.denied; // cannot happen on a DTLS endpoint with verify_peer_cert
+    refuse(resp, coap::codes::kUnauthorized, "no client certificate");
+    return;
+  }
+  coap::Limits limits;
+  limits.maxPayloadBytes = limits.maxBodyBytes; // the device's own limit is its policy's
+  const coap::Message m = toMessage(req, true);
+  auto v = coap::validateRequest(m, limits);
+  if (!v) {
+    ++svc.stats_.malformed;
+    emit(EventType::MalformedPacket, "", peer, v.error().rule, "5.13-1", "refuse",
+         fmt::format("CoAP request refused with {}: {}", codeText(v.error().code), v.error().reason));
+    refuse(resp, v.error().code, v.error().reason);
+    return;
+  }
+  const auto policies = svc.policies_();
+  const auto id = v->segments.empty() ? std::nullopt : policy::DeviceId::parse(v->segments[0]);
+  const policy::DevicePolicy* device = id ? policies->find(*id) : nullptr;
+  if (device == nullptr) {
+    ++svc.stats_.denied;
+    emit(EventType::AccessDenied, "", peer, "coap.target", "5.13-1", "refuse",
+         fmt::format("CoAP request for {} names no enrolled device", v->path));
+    refuse(resp, coap::codes::kNotFound, "no such device: the path starts with a device id");
+    return;
+  }
+  const std::string deviceName = device->id.str();
+  if (svc.quarantined_ && svc.quarantined_(device->id)) {
+    ++svc.stats_.denied;
+    emit(EventType::AccessDenied, deviceName, peer, "quarantine", "5.3-15", "refuse",
+         "CoAP request for a quarantined device refused");
+    refuse(resp, coap::codes::kServiceUnavailable, "device is quarantined");
+    return;
+  }
+  std::string path;
+  for (size_t i = 1; i < v->segments.size(); ++i) {
+    path += '/';
+    path += v->segments[i];
+  }
+  if (path.empty()) {
+    path.push_back('/');
+  }
+  const auto method = static_cast<policy::CoapMethod>(v->method);
+  auto decision = policy::evaluateCoapClient(*device, peerIt->second.name);
+  if (decision.allowed()) {
+    policy::CoapFacts facts;
+    facts.method = method;
+    facts.path = path;
+    facts.payloadBytes = m.payload.size();
+    facts.contentFormat = v->contentFormat;
+    decision = policy::evaluateCoapRequest(*device, facts);
+  }
+  if (!decision.allowed()) {
+    ++svc.stats_.denied;
+    const uint8_t code = codeOfDenial(decision.rule);
+    emit(EventType::AccessDenied, deviceName, peer, decision.rule, std::string(decision.provision),
+         "refuse",
+         fmt::format("CoAP {} {} refused with {}: {}",
+                     policy::toString(method), path, codeText(code),
+                     decision.reason));
+    refuse(resp, code, decision.reason);
+    return;
+  }
+  if (device->addresses.empty()) {
+    ++svc.stats_.denied;
+    refuse(resp, coap::codes::kBadGateway, "the device's policy has no address");
+    return;
+  }
+  // Observe=1 deregisters: the relationship ends here, and the device hears of it when its next
+  // notification is refused with a reset.
+  if (v->observe && *v->observe == 1) {
+    std::vector<Bytes> ended;
+    for (const auto& [t, rel] : relations) {
+      if (rel->down == s && rel->downToken == token) {
+        ended.push_back(t);
+      }
+    }
+    for (const auto& t : ended) {
+      endRelation(t);
+    }
+  }
+  coap_session_t* up = upstreamFor(*device);
+  if (up == nullptr) {
+    refuse(resp, coap::codes::kBadGateway, "cannot reach the device");
+    return;
+  }
+  coap_pdu_t* pdu = coap_new_pdu(COAP_MESSAGE_CON, static_cast<coap_pdu_code_t>(v->method), up);
+  if (pdu == nullptr) {
+    refuse(resp, coap::codes::kInternalServerError, "out of memory");
+    return;
+  }
+  uint8_t tok[8];
+  size_t tokLen = 0;
+  coap_session_new_token(up, &tokLen, tok);
+  coap_add_token(pdu, tokLen, tok);
+  bool deviceSegment = true;
+  for (const auto& o : v->forward) {
+    if (o.number == coap::options::kUriPath && deviceSegment) {
+      deviceSegment = false; // the device's id is ours, not the device's
+      continue;
+    }
+    if (o.number == coap::options::kSize1 || o.number == coap::options::kSize2) {
+      continue; // libcoap states the sizes of what it sends
+    }
+    coap_add_option(pdu, o.number, o.value.size(), o.value.data());
+  }
+  if (!m.payload.empty()) {
+    auto* body = new Bytes(m.payload.begin(), m.payload.end());
+    if (coap_add_data_large_request(up, pdu, body->size(), body->data(), releaseBody, body) == 0) {
+      coap_delete_pdu(pdu);
+      refuse(resp, coap::codes::kInternalServerError, "cannot attach the payload");
+      return;
+    }
+  }
+  if (coap_send(up, pdu) == COAP_INVALID_MID) {
+    refuse(resp, coap::codes::kBadGateway, "cannot send to the device");
+    return;
+  }
+  const auto guard = svc.config_->limits.coapRequestTimeout;
+  coap_async_t* async =
+      coap_register_async(s, req, static_cast<coap_tick_t>(guard.count()) * COAP_TICKS_PER_SECOND / 1000);
+  if (async == nullptr) {
+    refuse(resp, coap::codes::kInternalServerError, "cannot track the request");
+    return;
+  }
+  auto ex = std::make_unique<Exchange>();
+  ex->async = async;
+  ex->upToken.assign(tok, tok + tokLen);
+  ex->downToken = token;
+  ex->downMid = coap_pdu_get_mid(req);
+  ex->down = s;
+  ex->up = up;
+  ex->device = deviceName;
+  ex->path = path;
+  ex->peer = peer;
+  ex->observe = v->observe && *v->observe == 0 && v->method == coap::codes::kGet;
+  // A little before libcoap's own timer, so that its trigger always finds the guard expired.
+  ex->deadline = Clock::now() + guard - std::chrono::milliseconds(20);
+  coap_async_set_app_data(async, ex.get());
+  exchanges[ex->upToken] = std::move(ex);
+  ++svc.stats_.forwarded;
+  // Nothing is sent yet: an empty NON is dropped by libcoap, so the client's CON stays
+  // unacknowledged until the device answers, and the answer is piggybacked on the ACK. A slow
+  // device only costs a retransmission of the request, which finds this exchange and waits too.
+  coap_pdu_set_type(resp, COAP_MESSAGE_NON);
+}
+
+void CoapService::Engine::finish(coap_async_t* async, coap_resource_t* r, coap_session_t* s,
+                                 const coap_pdu_t* req, const coap_string_t* q, coap_pdu_t* resp) {
+  auto* ex = static_cast<Exchange*>(coap_async_get_app_data(async));
+  if (ex == nullptr) {
+    refuse(resp, coap::codes::kInternalServerError, "lost track of the request");
+    return;
+  }
+  if (!ex->done && Clock::now() < ex->deadline) {
+    coap_pdu_set_type(resp, COAP_MESSAGE_NON); // the client repeated its request: still waiting
+    return;
+  }
+  // The answer goes in the ACK of the client's request (piggybacked), not as a separate CON:
+  // libcoap 4.3.1 clients cannot follow a block-wise body that starts in a separate response.
+  if (coap_pdu_get_type(req) == COAP_MESSAGE_CON) {
+    coap_pdu_set_type(resp, COAP_MESSAGE_ACK);
+    // The async's copy of the request has a new message id: answer the one the client sent.
+    coap_pdu_set_mid(resp, ex->downMid);
+  }
+  const auto it = exchanges.find(ex->upToken);
+  std::unique_ptr<Exchange> owned;
+  if (it != exchanges.end()) {
+    owned = std::move(it->second);
+    exchanges.erase(it);
+  }
+  if (!ex->done) {
+    ++svc.stats_.timeouts;
+    emit(EventType::UpstreamUnavailable, ex->device, ex->peer, "limits.coap_request_timeout_ms",
+         "5.9-1", "refuse",
+         ex->failure.empty()
+             ? fmt::format("device did not answer {} within {} ms: 5.04 to the client", ex->path,
+                           svc.config_->limits.coapRequestTimeout.count())
+             : fmt::format("device did not answer {} ({}): 5.04 to the client", ex->path,
+                           ex->failure));
+    refuse(resp, coap::codes::kGatewayTimeout, "the device did not answer in time");
+    return;
+  }
+  coap_pdu_set_code(resp, static_cast<coap_pdu_code_t>(ex->code));
+  if (ex->relation) {
+    if (auto rel = relations.find(ex->upToken); rel != relations.end()) {
+      uint8_t buf[4];
+      coap_add_option(resp, COAP_OPTION_OBSERVE,
+                      coap_encode_var_safe(buf, sizeof buf, rel->second->sequence++), buf);
+    }
+  }
+  const bool small = ex->payload.size() <= 1024 &&
+                     !hasOption(req, COAP_OPTION_BLOCK2);
+  if (small || ex->payload.empty()) {
+    for (const auto& [number, value] : ex->options) {
+      coap_add_option(resp, number, value.size(), value.data());
+    }
+    if (!ex->payload.empty()) {
+      coap_add_data(resp, ex->payload.size(), ex->payload.data());
+    }
+  } else {
+    // Block-wise to the client (RFC 7959): libcoap cuts the body and serves the later blocks.
+    for (const auto& [number, value] : ex->options) {
+      if (number != COAP_OPTION_CONTENT_FORMAT && number != COAP_OPTION_MAXAGE &&
+          number != COAP_OPTION_ETAG) {
+        coap_add_option(resp, number, value.size(), value.data());
+      }
+    }
+    auto* body = new Bytes(std::move(ex->payload));
+    coap_add_data_large_response(r, s, req, resp, q, ex->contentFormat.value_or(0),
+                                 ex->maxAge ? static_cast<int>(*ex->maxAge) : -1, 0, body->size(),
+                                 body->data(), releaseBody, body);
+  }
+  ++svc.stats_.answered;
+}
+
+std::string CoapService::Engine::checkResponse(const policy::DevicePolicy* d, const coap_pdu_t* rcv,
+                                               Exchange& into) {
+  const uint8_t code = static_cast<uint8_t>(coap_pdu_get_code(rcv));
+  const uint8_t cls = code >> 5;
+  if (cls != 2 && cls != 4 && cls != 5) {
+    return fmt::format("response code {} is not a response", codeText(code));
+  }
+  into.code = code;
+  into.options.clear();
+  into.contentFormat.reset();
+  into.maxAge.reset();
+  coap_opt_iterator_t it;
+  coap_option_iterator_init(rcv, &it, COAP_OPT_ALL);
+  while (coap_opt_t* o = coap_option_next(&it)) {
+    const auto number = static_cast<uint16_t>(it.number);
+    const View value(coap_opt_value(o), coap_opt_length(o));
+    switch (number) {
+    case COAP_OPTION_CONTENT_FORMAT:
+      if (value.size() > 2) {
+        return "malformed Content-Format";
+      }
+      into.contentFormat = static_cast<uint16_t>(coap::decodeUint(value));
+      into.options.emplace_back(number, Bytes(value.begin(), value.end()));
+      break;
+    case COAP_OPTION_MAXAGE:
+      if (value.size() > 4) {
+        return "malformed Max-Age";
+      }
+      into.maxAge = coap::decodeUint(value);
+      into.options.emplace_back(number, Bytes(value.begin(), value.end()));
+      break;
+    case COAP_OPTION_ETAG:
+      if (value.empty() || value.size() > 8) {
+        return "malformed ETag";
+      }
+      into.options.emplace_back(number, Bytes(value.begin(), value.end()));
+      break;
+    case COAP_OPTION_LOCATION_PATH:
+    case COAP_OPTION_LOCATION_QUERY:
+    case COAP_OPTION_OBSERVE:
+    case COAP_OPTION_BLOCK1:
+    case COAP_OPTION_BLOCK2:
+    case COAP_OPTION_SIZE1:
+    case COAP_OPTION_SIZE2:
+      break; // handled by libcoap, or replaced by our own (Observe)
+    default:
+      if (coap::options::critical(number)) {
+        return fmt::format("unknown critical option {} in the response", number);
+      }
+      break; // an unknown elective option is not relayed
+    }
+  }
+  size_t len = 0, offset = 0, total = 0;
+  const uint8_t* data = nullptr;
+  into.payload.clear();
+  if (coap_get_data_large(rcv, &len, &data, &offset, &total) && data != nullptr) {
+    if (total > coap::Limits{}.maxBodyBytes) {
+      return fmt::format("a body of {} bytes exceeds the limit of {}", total,
+                         coap::Limits{}.maxBodyBytes);
+    }
+    into.payload.assign(data, data + len);
+  }
+  if (d != nullptr && !into.payload.empty() && !d->coapRules.contentFormats.empty() && cls == 2) {
+    const auto& allowed = d->coapRules.contentFormats;
+    if (!into.contentFormat ||
+        std::find(allowed.begin(), allowed.end(), *into.contentFormat) == allowed.end()) {
+      return into.contentFormat
+                 ? fmt::format("content format {} is not allowed", *into.contentFormat)
+                 : std::string("a payload without Content-Format");
+    }
+  }
+  return {};
+}
+
+coap_response_t CoapService::Engine::response(coap_session_t* s, const coap_pdu_t* rcv) {
+  const Bytes token = tokenOf(rcv);
+  const auto policies = svc.policies_();
+  if (auto it = exchanges.find(token); it != exchanges.end() && !it->second->done) {
+    Exchange& ex = *it->second;
+    const auto id = policy::DeviceId::parse(ex.device);
+    const policy::DevicePolicy* d = id ? policies->find(*id) : nullptr;
+    if (std::string bad = checkResponse(d, rcv, ex); !bad.empty()) {
+      ++svc.stats_.badResponses;
+      emit(EventType::MalformedPacket, ex.device, labelOf(coap_session_get_addr_remote(s)),
+           "coap.response", "5.13-1", "refuse",
+           fmt::format("response to {} refused: {}; 5.02 to the client", ex.path, bad));
+      ex.code = coap::codes::kBadGateway;
+      ex.options.clear();
+      ex.contentFormat.reset();
+      ex.maxAge.reset();
+      const std::string_view text = "the device's response broke its policy";
+      ex.payload.assign(text.begin(), text.end());
+    } else if (ex.observe && (ex.code >> 5) == 2 &&
+               hasOption(rcv, COAP_OPTION_OBSERVE)) {
+      auto rel = std::make_unique<Relation>();
+      rel->down = coap_session_reference(ex.down);
+      rel->up = s;
+      rel->downToken = ex.downToken;
+      rel->device = ex.device;
+      rel->path = ex.path;
+      rel->peer = ex.peer;
+      relations[token] = std::move(rel);
+      ex.relation = true;
+      ++svc.stats_.observing;
+    }
+    ex.done = true;
+    coap_async_trigger(ex.async);
+    return COAP_RESPONSE_OK;
+  }
+  if (auto it = relations.find(token); it != relations.end()) {
+    Relation& rel = *it->second;
+    const auto id = policy::DeviceId::parse(rel.device);
+    const policy::DevicePolicy* d = id ? policies->find(*id) : nullptr;
+    Exchange answer;
+    if (d == nullptr) {
+      endRelation(token);
+      return COAP_RESPONSE_FAIL;
+    }
+    if (std::string bad = checkResponse(d, rcv, answer); !bad.empty()) {
+      ++svc.stats_.badResponses;
+      emit(EventType::MalformedPacket, rel.device, labelOf(coap_session_get_addr_remote(s)),
+           "coap.response", "5.13-1", "drop",
+           fmt::format("notification for {} dropped: {}", rel.path, bad));
+      return COAP_RESPONSE_OK;
+    }
+    notify(rel, answer);
+    if ((answer.code >> 5) != 2) {
+      endRelation(token); // an error ends the relationship (RFC 7641 §3.2)
+    }
+    return COAP_RESPONSE_OK;
+  }
+  // Nobody waits for it (a cancelled observation, an answer after the guard time): a reset
+  // tells the device to stop.
+  return COAP_RESPONSE_FAIL;
+}
+
+void CoapService::Engine::notify(Relation& rel, const Exchange& answer) {
+  const size_t room = coap_session_max_pdu_size(rel.down);
+  if (answer.payload.size() + 64 > room) {
+    ++svc.stats_.badResponses;
+    emit(EventType::MalformedPacket, rel.device, rel.peer, "coap.response", "5.13-1", "drop",
+         fmt::format("notification for {} of {} bytes is larger than one datagram; dropped",
+                     rel.path, answer.payload.size()));
+    return;
+  }
+  coap_pdu_t* pdu = coap_pdu_init(COAP_MESSAGE_CON, static_cast<coap_pdu_code_t>(answer.code),
+                                  coap_new_message_id(rel.down), room);
+  if (pdu == nullptr) {
+    return;
+  }
+  coap_add_token(pdu, rel.downToken.size(), rel.downToken.data());
+  uint8_t buf[4];
+  coap_add_option(pdu, COAP_OPTION_OBSERVE, coap_encode_var_safe(buf, sizeof buf, rel.sequence++), buf);
+  for (const auto& [number, value] : answer.options) {
+    coap_add_option(pdu, number, value.size(), value.data());
+  }
+  if (!answer.payload.empty()) {
+    coap_add_data(pdu, answer.payload.size(), answer.payload.data());
+  }
+  if (coap_send(rel.down, pdu) != COAP_INVALID_MID) {
+    ++svc.stats_.notifications;
+  }
+}
+
+void CoapService::Engine::endRelation(const Bytes& upToken) {
+  auto it = relations.find(upToken);
+  if (it == relations.end()) {
+    return;
+  }
+  coap_session_release(it->second->down);
+  relations.erase(it);
+  --svc.stats_.observing;
+}
+
+void CoapService::Engine::nack(coap_session_t* s, const coap_pdu_t* sent,
+                               coap_nack_reason_t reason) {
+  if (sent == nullptr) {
+    return;
+  }
+  const Bytes token = tokenOf(sent);
+  if (coap_session_get_type(s) == COAP_SESSION_TYPE_CLIENT) {
+    // A device did not acknowledge (or is unreachable): answer now rather than at the guard.
+    if (auto it = exchanges.find(token); it != exchanges.end() && !it->second->done) {
+      Exchange& ex = *it->second;
+      ex.deadline = Clock::now();
+      ex.failure = reason == COAP_NACK_ICMP_ISSUE ? "unreachable" : "no acknowledgement";
+      coap_async_trigger(ex.async);
+    }
+    return;
+  }
+  // A client reset or ignored a notification: it no longer observes.
+  std::vector<Bytes> ended;
+  for (const auto& [t, rel] : relations) {
+    if (rel->down == s && rel->downToken == token) {
+      ended.push_back(t);
+    }
+  }
+  for (const auto& t : ended) {
+    endRelation(t);
+  }
+}
+
+void CoapService::Engine::closeDevice(const std::string& device) {
+  std::vector<Bytes> ended;
+  for (const auto& [t, rel] : relations) {
+    if (rel->device == device) {
+      ended.push_back(t);
+    }
+  }
+  for (const auto& t : ended) {
+    endRelation(t);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The device-side endpoint: our own sockets and codec.
+
+struct CoapService::DeviceEndpoint {
+  explicit DeviceEndpoint(CoapService& service) : svc(service) {}
+  DeviceEndpoint(const DeviceEndpoint&) = delete;
+  DeviceEndpoint& operator=(const DeviceEndpoint&) = delete;
+  ~DeviceEndpoint() {
+    for (const auto& s : sockets) {
+      svc.reactor_.remove(s.get());
+    }
+  }
+
+  static constexpr size_t kMaxSources = 4096;
+  static constexpr size_t kMaxRecent = 4096;
+  static constexpr auto kExchangeLifetime = std::chrono::seconds(60);
+
+  struct Source {
+    coap::AmplificationBudget budget;
+    Clock::time_point lastSeen;
+  };
+  // A confirmable push seen recently: its answer, once there is one (deduplication, RFC 7252 §4.5).
+  struct Recent {
+    Bytes reply;
+    Clock::time_point expires;
+  };
+
+  CoapService& svc;
+  std::vector<io::UniqueFd> sockets;
+  std::unordered_map<std::string, Source> sources; // unauthenticated sources by IP
+  std::map<std::pair<std::string, uint16_t>, Recent> recent; // "ip:port", message id
+  uint8_t buffer[2048];
+
+  std::string start();
+  void onReadable(int fd);
+  // `size` is the datagram's real size; `datagram` holds at most the buffer's worth of it.
+  void handle(int fd, const sockaddr_storage& from, socklen_t fromLen, View datagram, size_t size);
+  // Sends to a device (no budget), or to an unknown source within its 3x budget.
+  void send(int fd, const sockaddr_storage& to, socklen_t toLen, const Bytes& bytes, Source* budget);
+  Source& sourceFor(const std::string& ip, Clock::time_point now);
+  void emit(EventType type, std::string device, std::string peer, std::string rule,
+            std::string provision, std::string action, std::string message);
+};
+
+std::string CoapService::DeviceEndpoint::start() {
+  const auto& c = svc.config_->coap;
+  for (const auto& a : c.addresses) {
+    auto fd = io::bindUdp(a, c.port);
+    if (!fd) {
+      return fmt::format("cannot bind device-side CoAP to {}: {}", io::endpointLabel(a, c.port),
+                         fd.error().message());
+    }
+    const int raw = fd->get();
+    if (svc.reactor_.add(raw, EPOLLIN, [this, raw](uint32_t) { onReadable(raw); })) {
+      return "cannot watch the device-side CoAP socket";
+    }
+    sockets.push_back(std::move(*fd));
+  }
+  return {};
+}
+
+void CoapService::DeviceEndpoint::emit(EventType type, std::string device, std::string peer,
+                                       std::string rule, std::string provision,
+                                       std::string action, std::string message) {
+  Event e;
+  e.type = type;
+  e.device = std::move(device);
+  e.peer = std::move(peer);
+  e.protocol = kProtocol;
+  e.rule = std::move(rule);
+  e.provision = std::move(provision);
+  e.action = std::move(action);
+  e.message = std::move(message);
+  svc.sink_.emit(std::move(e));
+}
+
+CoapService::DeviceEndpoint::Source& CoapService::DeviceEndpoint::sourceFor(const std::string& ip,
+                                                                           Clock::time_point now) {
+  if (sources.size() >= kMaxSources && !sources.contains(ip)) {
+    // Forget sources quiet for a minute; if that frees nothing, start over (a forgotten source
+    // starts with an empty budget, so forgetting never allows more than 3x).
+    std::erase_if(sources, [now](const auto& kv) { return now - kv.second.lastSeen > std::chrono::minutes(1); });
+    if (sources.size() >= kMaxSources) {
+      sources.clear();
+    }
+  }
+  Source& s = sources[ip];
+  s.lastSeen = now;
+  return s;
+}
+
+void CoapService::DeviceEndpoint::send(int fd, const sockaddr_storage& to, socklen_t toLen,
+                                       const Bytes& bytes, Source* budget) {
+  if (bytes.empty()) {
+    return;
+  }
+  if (budget != nullptr) {
+    if (!budget->budget.allows(bytes.size())) {
+      ++svc.stats_.budgetDrops;
+      return;
+    }
+    budget->budget.sent(bytes.size());
+    svc.stats_.unauthenticatedBytesOut += bytes.size();
+  }
+  (void)::sendto(fd, bytes.data(), bytes.size(), MSG_DONTWAIT,
+                 reinterpret_cast<const sockaddr*>(&to), toLen);
+}
+
+void CoapService::DeviceEndpoint::onReadable(int fd) {
+  for (int i = 0; i < 64; ++i) { // bounded work per wake-up
+    sockaddr_storage from{};
+    socklen_t fromLen = sizeof from;
+    const ssize_t n = ::recvfrom(fd, buffer, sizeof buffer, MSG_TRUNC | MSG_DONTWAIT,
+                                 reinterpret_cast<sockaddr*>(&from), &fromLen);
+    if (n < 0) {
+      return;
+    }
+    ++svc.stats_.datagrams;
+    // MSG_TRUNC reports the real size: a datagram larger than the buffer is refused whole.
+    const size_t size = static_cast<size_t>(n);
+    handle(fd, from, fromLen, View(buffer, std::min(size, sizeof buffer)), size);
+  }
+}
+
+void CoapService::DeviceEndpoint::handle(int fd, const sockaddr_storage& from, socklen_t fromLen,
+                                         View datagram, size_t size) {
+  const auto now = Clock::now();
+  const auto [ip, port] = io::fromSockaddr(from);
+  const std::string peer = io::endpointLabel(ip, port);
+  const auto policies = svc.policies_();
+  const policy::DevicePolicy* device = policies->findByAddress(ip);
+  Source* budget = nullptr;
+  if (device == nullptr) {
+    budget = &sourceFor(ip.str(), now);
+    budget->budget.received(size);
+    svc.stats_.unauthenticatedBytesIn += size;
+    ++svc.stats_.unknownSources;
+  }
+  const std::string deviceName = device != nullptr ? device->id.str() : std::string();
+  if (size > datagram.size()) {
+    ++svc.stats_.deviceMalformed;
+    emit(EventType::MalformedPacket, deviceName, peer, "coap.datagram", "5.13-1", "drop",
+         fmt::format("CoAP datagram of more than {} bytes dropped", sizeof buffer));
+    return;
+  }
+  auto parsed = coap::parse(datagram);
+  if (!parsed) {
+    ++svc.stats_.deviceMalformed;
+    emit(EventType::MalformedPacket, deviceName, peer, "coap.message", "5.13-1", "drop",
+         fmt::format("malformed CoAP datagram dropped: {}", coap::describe(parsed.error())));
+    return;
+  }
+  const coap::Message& m = *parsed;
+  if (m.type == coap::Type::Acknowledgement || m.type == coap::Type::Reset) {
+    return; // we send no confirmable messages from here: nothing to match
+  }
+  if (!m.isRequest()) {
+    // A CoAP ping (empty CON) or a stray response: a reset says we do not process it.
+    send(fd, from, fromLen, coap::resetFor(m), budget);
+    return;
+  }
+  if (device == nullptr) {
+    emit(EventType::AccessDenied, "", peer, "coap.source", "5.5-4", "refuse",
+         "CoAP request from an address that is no enrolled device refused");
+    send(fd, from, fromLen, coap::refusalFor(m, coap::codes::kForbidden, "not an enrolled device"),
+         budget);
+    return;
+  }
+  // A repeated confirmable request gets the answer the first one got (or nothing while it waits).
+  const auto key = std::make_pair(peer, m.messageId);
+  if (m.type == coap::Type::Confirmable) {
+    std::erase_if(recent, [now](const auto& kv) { return kv.second.expires <= now; });
+    if (auto it = recent.find(key); it != recent.end()) {
+      send(fd, from, fromLen, it->second.reply, nullptr);
+      return;
+    }
+  }
+  auto answer = [&](uint8_t code, std::string_view reason) {
+    Bytes reply = coap::refusalFor(m, code, reason);
+    if (m.type == coap::Type::Confirmable && recent.size() < kMaxRecent) {
+      recent[key] = Recent{reply, now + kExchangeLifetime};
+    }
+    send(fd, from, fromLen, reply, nullptr);
+  };
+  if (svc.quarantined_ && svc.quarantined_(device->id)) {
+    ++svc.stats_.pushesDenied;
+    answer(coap::codes::kServiceUnavailable, "device is quarantined");
+    return;
+  }
+  coap::Limits limits;
+  limits.maxPayloadBytes = device->coapRules.maxPayloadBytes;
+  limits.contentFormats = device->coapRules.contentFormats;
+  auto v = coap::validateRequest(m, limits);
+  if (!v) {
+    ++svc.stats_.deviceMalformed;
+    emit(EventType::MalformedPacket, deviceName, peer, v.error().rule, "5.13-1", "refuse",
+         fmt::format("CoAP push refused with {}: {}", codeText(v.error().code), v.error().reason));
+    answer(v.error().code, v.error().reason);
+    return;
+  }
+  if (v->block1 || v->block2) {
+    ++svc.stats_.pushesDenied;
+    answer(coap::codes::kRequestEntityTooLarge, "a reading fits in one datagram");
+    return;
+  }
+  policy::CoapFacts facts;
+  facts.method = static_cast<policy::CoapMethod>(v->method);
+  facts.path = v->path;
+  facts.payloadBytes = m.payload.size();
+  facts.contentFormat = v->contentFormat;
+  const policy::CoapPush* push = nullptr;
+  const auto decision = policy::evaluateCoapPush(*device, facts, &push);
+  if (!decision.allowed()) {
+    ++svc.stats_.pushesDenied;
+    const bool method = v->method != coap::codes::kPost && v->method != coap::codes::kPut;
+    const uint8_t code = method ? coap::codes::kMethodNotAllowed : codeOfDenial(decision.rule);
+    emit(EventType::AccessDenied, deviceName, peer, decision.rule, std::string(decision.provision),
+         "refuse",
+         fmt::format("CoAP push to {} refused with {}: {}", v->path, codeText(code), decision.reason));
+    answer(code, decision.reason);
+    return;
+  }
+  const std::string topic = policy::coapPushTopic(*device, *push, v->path);
+  if (svc.mqtt_ == nullptr) {
+    ++svc.stats_.pushesFailed;
+    answer(coap::codes::kServiceUnavailable, "no upstream broker");
+    return;
+  }
+  const bool confirmable = m.type == coap::Type::Confirmable;
+  if (confirmable) {
+    recent[key] = Recent{{}, now + kExchangeLifetime}; // in flight: repeats get nothing yet
+  }
+  // The 2.04 goes out when the broker has the reading (PUBACK): an acknowledged reading is
+  // never lost. A device that gives up before then retransmits or sends the next reading.
+  Bytes changed = coap::refusalFor(m, coap::code(2, 4), "");
+  const sockaddr_storage to = from;
+  auto done = [this, fd, to, fromLen, key, changed, confirmable](bool ok) {
+    if (!ok || !confirmable) {
+      return;
+    }
+    if (auto it = recent.find(key); it != recent.end()) {
+      it->second.reply = changed;
+    }
+    send(fd, to, fromLen, changed, nullptr);
+  };
+  const std::string error = svc.mqtt_->publishFor(*device, topic, m.payload, push->qos, done);
+  if (!error.empty()) {
+    ++svc.stats_.pushesFailed;
+    recent.erase(key);
+    emit(EventType::UpstreamUnavailable, deviceName, peer, "upstream", "5.9-1", "refuse",
+         fmt::format("CoAP push to {} not published: {}", v->path, error));
+    answer(coap::codes::kServiceUnavailable, error);
+    return;
+  }
+  ++svc.stats_.pushesPublished;
+}
+
+// ------------------------------------------------------------------------------------------------
+
+CoapService::CoapService(io::Reactor& reactor, EventSink& sink, std::shared_ptr<const Config> config,
+                         PolicySource policies, MqttService* mqtt, Quarantined quarantined)
+    : reactor_(reactor), sink_(sink), config_(std::move(config)), policies_(std::move(policies)),
+      mqtt_(mqtt), quarantined_(std::move(quarantined)) {}
+
+CoapService::~CoapService() = default;
+
+std::string CoapService::start() {
+  if (config_->coapDtls.enabled) {
+    engine_ = std::make_unique<Engine>(*this);
+    if (std::string error = engine_->start(); !error.empty()) {
+      engine_.reset();
+      return error;
+    }
+  }
+  if (config_->coap.enabled) {
+    devices_ = std::make_unique<DeviceEndpoint>(*this);
+    if (std::string error = devices_->start(); !error.empty()) {
+      devices_.reset();
+      return error;
+    }
+  }
+  return {};
+}
+
+void CoapService::closeDevice(const policy::DeviceId& id) {
+  if (engine_) {
+    engine_->closeDevice(id.str());
+    engine_->rearm();
+  }
+}
+
+std::vector<uint16_t> CoapService::boundPorts() const {
+  std::vector<uint16_t> ports;
+  if (engine_) {
+    ports = engine_->ports;
+  }
+  if (devices_) {
+    for (const auto& s : devices_->sockets) {
+      ports.push_back(io::boundPort(s.get()));
+    }
+  }
+  return ports;
+}
+
+} // namespace iotgw::daemon
