@@ -31,9 +31,17 @@ namespace {
 
 constexpr const char* kProtocol = "coap";
 
+// Datagrams inside DTLS sessions that libcoap could not parse as CoAP: it drops them before any
+// handler runs and says so only in its log, so the log handler counts them (one process, one
+// loop thread: a plain counter).
+uint64_t g_discardedPdus = 0;
+
 // libcoap logs to stderr by default; only its errors are worth an operator's attention, and
 // IOTGW_COAP_DEBUG=1 shows everything (for debugging the proxy, never in production).
 void logHandler(coap_log_t level, const char* message) {
+  if (level == LOG_WARNING && std::strstr(message, "discard malformed PDU") != nullptr) {
+    ++g_discardedPdus;
+  }
   if (level <= LOG_ERR || std::getenv("IOTGW_COAP_DEBUG") != nullptr) {
     fmt::print(stderr, "libcoap: {}", message);
   }
@@ -44,7 +52,7 @@ void startLibcoap() {
     coap_startup();
     coap_set_log_handler(logHandler);
     const bool debug = std::getenv("IOTGW_COAP_DEBUG") != nullptr;
-    coap_set_log_level(debug ? LOG_DEBUG : LOG_ERR);
+    coap_set_log_level(debug ? LOG_DEBUG : LOG_WARNING);
     coap_dtls_set_log_level(debug ? LOG_DEBUG : LOG_ERR);
     return true;
   }();
@@ -343,7 +351,15 @@ std::string CoapService::Engine::start() {
 
 // libcoap's descriptor is an epoll set of its own sockets and a timerfd that
 // coap_io_prepare_epoll arms for its next retransmission, async guard or session expiry.
-void CoapService::Engine::process() { coap_io_process(ctx, COAP_IO_NO_WAIT); }
+void CoapService::Engine::process() {
+  const uint64_t discarded = g_discardedPdus;
+  coap_io_process(ctx, COAP_IO_NO_WAIT);
+  if (const uint64_t n = g_discardedPdus - discarded; n > 0) {
+    svc.stats_.malformed += n;
+    emit(EventType::MalformedPacket, "", "", "coap.message", "5.13-1", "drop",
+         fmt::format("{} malformed CoAP datagram{} in DTLS sessions dropped", n, n == 1 ? "" : "s"));
+  }
+}
 
 void CoapService::Engine::rearm() {
   coap_tick_t now = 0;
