@@ -113,6 +113,20 @@ uint8_t codeOfDenial(std::string_view rule) {
 
 std::string codeText(uint8_t code) { return fmt::format("{}.{:02}", code >> 5, code & 0x1f); }
 
+void emitCoap(EventSink& sink, EventType type, std::string device, std::string peer,
+              std::string rule, std::string provision, std::string action, std::string message) {
+  Event e;
+  e.type = type;
+  e.device = std::move(device);
+  e.peer = std::move(peer);
+  e.protocol = kProtocol;
+  e.rule = std::move(rule);
+  e.provision = std::move(provision);
+  e.action = std::move(action);
+  e.message = std::move(message);
+  sink.emit(std::move(e));
+}
+
 // Heap copies of bodies handed to libcoap's large-data calls, freed when it is done with them.
 void releaseBody(coap_session_t*, void* body) { delete static_cast<Bytes*>(body); }
 
@@ -370,16 +384,8 @@ void CoapService::Engine::rearm() {
 void CoapService::Engine::emit(EventType type, std::string device, std::string peer,
                                std::string rule, std::string provision, std::string action,
                                std::string message) {
-  Event e;
-  e.type = type;
-  e.device = std::move(device);
-  e.peer = std::move(peer);
-  e.protocol = kProtocol;
-  e.rule = std::move(rule);
-  e.provision = std::move(provision);
-  e.action = std::move(action);
-  e.message = std::move(message);
-  svc.sink_.emit(std::move(e));
+  emitCoap(svc.sink_, type, std::move(device), std::move(peer), std::move(rule),
+           std::move(provision), std::move(action), std::move(message));
 }
 
 std::string CoapService::Engine::peerLabel(coap_session_t* s) const {
@@ -1020,16 +1026,8 @@ std::string CoapService::DeviceEndpoint::start() {
 void CoapService::DeviceEndpoint::emit(EventType type, std::string device, std::string peer,
                                        std::string rule, std::string provision,
                                        std::string action, std::string message) {
-  Event e;
-  e.type = type;
-  e.device = std::move(device);
-  e.peer = std::move(peer);
-  e.protocol = kProtocol;
-  e.rule = std::move(rule);
-  e.provision = std::move(provision);
-  e.action = std::move(action);
-  e.message = std::move(message);
-  svc.sink_.emit(std::move(e));
+  emitCoap(svc.sink_, type, std::move(device), std::move(peer), std::move(rule),
+           std::move(provision), std::move(action), std::move(message));
 }
 
 CoapService::DeviceEndpoint::Source& CoapService::DeviceEndpoint::sourceFor(const std::string& ip,
