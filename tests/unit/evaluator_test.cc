@@ -314,3 +314,69 @@ TEST_F(Evaluator, RateLimitFromPolicy) {
     ASSERT_EQ(unlimited.take(1000, t0), MessageRateLimiter::Result::Allowed);
   }
 }
+
+// CoAP pushes (device → gateway → MQTT) and the DTLS client list: parsed from a document, so
+// the parser's new keys are covered too.
+TEST(CoapPolicy, PushRulesClientsAndTopic) {
+  auto parsed = parseDevicePolicy(R"([device]
+id = "sensor-9"
+mac = "02:00:00:00:00:09"
+addresses = ["192.168.50.9"]
+[coap]
+port = 15683
+max_payload_bytes = 64
+content_formats = [50]
+clients = ["app.hub.local"]
+[[coap.push]]
+path = "/readings/*"
+topic = "home/%d/%p"
+[[coap.push]]
+path = "/alarm"
+topic = "alarms/%d"
+qos = 0
+)",
+                                  "sensor-9.toml");
+  ASSERT_TRUE(parsed.has_value());
+  const DevicePolicy& p = *parsed;
+  EXPECT_EQ(p.coapRules.port, 15683);
+  ASSERT_EQ(p.coapRules.push.size(), 2u);
+  EXPECT_EQ(p.coapRules.push[1].qos, 0);
+
+  EXPECT_TRUE(evaluateCoapClient(p, "app.hub.local").allowed());
+  const Decision other = evaluateCoapClient(p, "other.hub.local");
+  EXPECT_FALSE(other.allowed());
+  EXPECT_EQ(other.rule, "coap.clients");
+
+  const CoapPush* push = nullptr;
+  EXPECT_TRUE(evaluateCoapPush(p, {CoapMethod::Post, "/readings/temp", 10, 50}, &push).allowed());
+  ASSERT_NE(push, nullptr);
+  EXPECT_EQ(coapPushTopic(p, *push, "/readings/temp"), "home/sensor-9/readings/temp");
+  EXPECT_TRUE(evaluateCoapPush(p, {CoapMethod::Put, "/alarm", 1, 50}, &push).allowed());
+  EXPECT_EQ(coapPushTopic(p, *push, "/alarm"), "alarms/sensor-9");
+
+  EXPECT_EQ(evaluateCoapPush(p, {CoapMethod::Get, "/readings/temp", 0, std::nullopt}, &push).rule,
+            "coap.push");
+  EXPECT_EQ(push, nullptr);
+  EXPECT_EQ(evaluateCoapPush(p, {CoapMethod::Post, "/readings/a/b", 1, 50}, &push).rule, "coap.push");
+  EXPECT_EQ(evaluateCoapPush(p, {CoapMethod::Post, "/readings/t", 65, 50}, &push).rule,
+            "coap.max_payload_bytes");
+  EXPECT_EQ(evaluateCoapPush(p, {CoapMethod::Post, "/readings/t", 1, 0}, &push).rule,
+            "coap.content_formats");
+}
+
+TEST(CoapPolicy, PushTopicMustBeAName) {
+  const auto bad = parseDevicePolicy(R"([device]
+id = "sensor-9"
+addresses = []
+[[coap.push]]
+path = "/readings/*"
+topic = "home/+/x"
+)",
+                                     "sensor-9.toml");
+  ASSERT_FALSE(bad.has_value());
+  bool named = false;
+  for (const auto& d : bad.error()) {
+    named = named || d.message.find("without wildcards") != std::string::npos;
+  }
+  EXPECT_TRUE(named);
+}
