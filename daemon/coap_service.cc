@@ -242,6 +242,10 @@ struct CoapService::Engine {
                                           Exchange& into);
   void notify(Relation& rel, const Exchange& answer);
   void endRelation(const Bytes& upToken);
+  // Ends every relationship `match` picks (a session's, a device's, one client token's).
+  void endRelationsIf(const std::function<bool(const Relation&)>& match);
+  std::map<Bytes, std::unique_ptr<Relation>>::iterator
+  eraseRelation(std::map<Bytes, std::unique_ptr<Relation>>::iterator it);
   void dropPeer(coap_session_t* s);
   void closeDevice(const std::string& device);
 };
@@ -433,16 +437,7 @@ void CoapService::Engine::dropPeer(coap_session_t* s) {
   if (it == peers.end()) {
     return;
   }
-  // The session's observe relationships end with it.
-  std::vector<Bytes> ended;
-  for (const auto& [token, rel] : relations) {
-    if (rel->down == s) {
-      ended.push_back(token);
-    }
-  }
-  for (const auto& t : ended) {
-    endRelation(t);
-  }
+  endRelationsIf([s](const Relation& r) { return r.down == s; }); // they end with the session
   if (it->second.established) {
     --svc.stats_.sessions;
   }
@@ -603,15 +598,7 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
   // Observe=1 deregisters: the relationship ends here, and the device hears of it when its next
   // notification is refused with a reset.
   if (v->observe && *v->observe == 1) {
-    std::vector<Bytes> ended;
-    for (const auto& [t, rel] : relations) {
-      if (rel->down == s && rel->downToken == token) {
-        ended.push_back(t);
-      }
-    }
-    for (const auto& t : ended) {
-      endRelation(t);
-    }
+    endRelationsIf([&](const Relation& rel) { return rel.down == s && rel.downToken == token; });
   }
   coap_session_t* up = upstreamFor(*device);
   if (up == nullptr) {
@@ -912,14 +899,23 @@ void CoapService::Engine::notify(Relation& rel, const Exchange& answer) {
   }
 }
 
-void CoapService::Engine::endRelation(const Bytes& upToken) {
-  auto it = relations.find(upToken);
-  if (it == relations.end()) {
-    return;
-  }
+std::map<Bytes, std::unique_ptr<CoapService::Engine::Relation>>::iterator
+CoapService::Engine::eraseRelation(std::map<Bytes, std::unique_ptr<Relation>>::iterator it) {
   coap_session_release(it->second->down);
-  relations.erase(it);
   --svc.stats_.observing;
+  return relations.erase(it);
+}
+
+void CoapService::Engine::endRelation(const Bytes& upToken) {
+  if (auto it = relations.find(upToken); it != relations.end()) {
+    eraseRelation(it);
+  }
+}
+
+void CoapService::Engine::endRelationsIf(const std::function<bool(const Relation&)>& match) {
+  for (auto it = relations.begin(); it != relations.end();) {
+    it = match(*it->second) ? eraseRelation(it) : std::next(it);
+  }
 }
 
 void CoapService::Engine::nack(coap_session_t* s, const coap_pdu_t* sent,
@@ -939,27 +935,11 @@ void CoapService::Engine::nack(coap_session_t* s, const coap_pdu_t* sent,
     return;
   }
   // A client reset or ignored a notification: it no longer observes.
-  std::vector<Bytes> ended;
-  for (const auto& [t, rel] : relations) {
-    if (rel->down == s && rel->downToken == token) {
-      ended.push_back(t);
-    }
-  }
-  for (const auto& t : ended) {
-    endRelation(t);
-  }
+  endRelationsIf([&](const Relation& rel) { return rel.down == s && rel.downToken == token; });
 }
 
 void CoapService::Engine::closeDevice(const std::string& device) {
-  std::vector<Bytes> ended;
-  for (const auto& [t, rel] : relations) {
-    if (rel->device == device) {
-      ended.push_back(t);
-    }
-  }
-  for (const auto& t : ended) {
-    endRelation(t);
-  }
+  endRelationsIf([&](const Relation& r) { return r.device == device; });
 }
 
 // ------------------------------------------------------------------------------------------------
