@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <sys/epoll.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -47,9 +48,39 @@ void logHandler(coap_log_t level, const char* message) {
   }
 }
 
+// Random bytes from the kernel, drawn 256 at a time: libcoap wants one byte for the jitter of
+// every confirmable message it sends, and every forwarded request needs an unpredictable token
+// (RFC 9175 §4.2), which would otherwise cost a getrandom call per request. Loop thread only.
+int randomBytes(void* out, size_t len) {
+  static uint8_t pool[256];
+  static size_t left = 0;
+  auto* dst = static_cast<uint8_t*>(out);
+  while (len > 0) {
+    if (left == 0) {
+      size_t got = 0;
+      while (got < sizeof pool) {
+        const ssize_t n = getrandom(pool + got, sizeof pool - got, 0);
+        if (n < 0 && errno != EINTR) {
+          return 0;
+        }
+        got += n > 0 ? static_cast<size_t>(n) : 0;
+      }
+      left = sizeof pool;
+    }
+    const size_t take = std::min(len, left);
+    std::memcpy(dst, pool + sizeof pool - left, take);
+    std::memset(pool + sizeof pool - left, 0, take); // handed out once, never kept
+    left -= take;
+    dst += take;
+    len -= take;
+  }
+  return 1;
+}
+
 void startLibcoap() {
   static const bool started = [] {
     coap_startup();
+    coap_set_prng(randomBytes);
     coap_set_log_handler(logHandler);
     const bool debug = std::getenv("IOTGW_COAP_DEBUG") != nullptr;
     coap_set_log_level(debug ? LOG_DEBUG : LOG_WARNING);
@@ -183,6 +214,8 @@ struct CoapService::Engine {
     std::string path;
     std::string peer;
     bool observe = false; // the client asked to observe
+    bool confirmable = false; // the client's request was CON: the answer rides on its ACK
+    bool blockwise = false;   // the client asked for a Block2 block: libcoap must cut the body
     Clock::time_point deadline;
     bool done = false;
     // The answer, once checked.
@@ -193,6 +226,12 @@ struct CoapService::Engine {
     Bytes payload;
     bool relation = false; // an observe relationship took over the upstream token
     std::string failure;   // why the device gave no answer, when it is known before the guard
+
+    // A body libcoap must cut into blocks (RFC 7959): the client asked for a block, or the body
+    // is larger than any one datagram to a client should be.
+    [[nodiscard]] bool needsBlocks() const {
+      return !payload.empty() && (blockwise || payload.size() > 1024);
+    }
   };
 
   // An observe relationship relayed from a device to a client.
@@ -241,6 +280,11 @@ struct CoapService::Engine {
   [[nodiscard]] std::string checkResponse(const policy::DevicePolicy* d, const coap_pdu_t* rcv,
                                           Exchange& into);
   void notify(Relation& rel, const Exchange& answer);
+  // Adds a checked answer's Observe (when it opened a relationship), options and, unless
+  // libcoap is to cut the body into blocks, the body to `pdu`.
+  void addAnswer(coap_pdu_t* pdu, Exchange& ex, bool blocks);
+  // Sends a small answer to the client at once, without waiting for libcoap's async trigger.
+  bool answerNow(Exchange& ex);
   void endRelation(const Bytes& upToken);
   // Ends every relationship `match` picks (a session's, a device's, one client token's).
   void endRelationsIf(const std::function<bool(const Relation&)>& match);
@@ -369,9 +413,28 @@ std::string CoapService::Engine::start() {
 
 // libcoap's descriptor is an epoll set of its own sockets and a timerfd that
 // coap_io_prepare_epoll arms for its next retransmission, async guard or session expiry.
+//
+// coap_io_process would arm that timer before it looks for events as well as after handling
+// them; the events are read here and handed to coap_io_do_epoll, which handles them, runs the
+// due timers (async guards, retransmissions) and arms the timer once.
 void CoapService::Engine::process() {
   const uint64_t discarded = g_discardedPdus;
-  coap_io_process(ctx, COAP_IO_NO_WAIT);
+  constexpr int kBatch = 16;
+  epoll_event events[kBatch];
+  for (;;) {
+    const int ready = epoll_wait(fd, events, kBatch, 0);
+    if (ready < 0 && errno == EINTR) {
+      continue;
+    }
+    if (ready < 0) {
+      rearm(); // cannot happen on a valid descriptor; keep the timers running regardless
+      break;
+    }
+    coap_io_do_epoll(ctx, events, static_cast<size_t>(ready));
+    if (ready < kBatch) {
+      break;
+    }
+  }
   if (const uint64_t n = g_discardedPdus - discarded; n > 0) {
     svc.stats_.malformed += n;
     emit(EventType::MalformedPacket, "", "", "coap.message", "5.13-1", "drop",
@@ -610,9 +673,16 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
     refuse(resp, coap::codes::kInternalServerError, "out of memory");
     return;
   }
+  // Random, not libcoap's per-session counter: a neighbour on the device segment that spoofs the
+  // device's address must not be able to guess which answer iotgwd is waiting for.
   uint8_t tok[8];
-  size_t tokLen = 0;
-  coap_session_new_token(up, &tokLen, tok);
+  size_t tokLen = sizeof tok;
+  if (randomBytes(tok, tokLen) == 0 || exchanges.contains(Bytes(tok, tok + tokLen)) ||
+      relations.contains(Bytes(tok, tok + tokLen))) {
+    coap_delete_pdu(pdu);
+    refuse(resp, coap::codes::kInternalServerError, "no token for the device");
+    return;
+  }
   coap_add_token(pdu, tokLen, tok);
   bool deviceSegment = true;
   for (const auto& o : v->forward) {
@@ -655,6 +725,8 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
   ex->path = path;
   ex->peer = peer;
   ex->observe = v->observe && *v->observe == 0 && v->method == coap::codes::kGet;
+  ex->confirmable = coap_pdu_get_type(req) == COAP_MESSAGE_CON;
+  ex->blockwise = hasOption(req, COAP_OPTION_BLOCK2);
   // A little before libcoap's own timer, so that its trigger always finds the guard expired.
   ex->deadline = Clock::now() + guard - std::chrono::milliseconds(20);
   coap_async_set_app_data(async, ex.get());
@@ -703,36 +775,60 @@ void CoapService::Engine::finish(coap_async_t* async, coap_resource_t* r, coap_s
     return;
   }
   coap_pdu_set_code(resp, static_cast<coap_pdu_code_t>(ex->code));
-  if (ex->relation) {
-    if (auto rel = relations.find(ex->upToken); rel != relations.end()) {
-      uint8_t buf[4];
-      coap_add_option(resp, COAP_OPTION_OBSERVE,
-                      coap_encode_var_safe(buf, sizeof buf, rel->second->sequence++), buf);
-    }
-  }
-  const bool small = ex->payload.size() <= 1024 &&
-                     !hasOption(req, COAP_OPTION_BLOCK2);
-  if (small || ex->payload.empty()) {
-    for (const auto& [number, value] : ex->options) {
-      coap_add_option(resp, number, value.size(), value.data());
-    }
-    if (!ex->payload.empty()) {
-      coap_add_data(resp, ex->payload.size(), ex->payload.data());
-    }
+  if (!ex->needsBlocks()) {
+    addAnswer(resp, *ex, false);
   } else {
-    // Block-wise to the client (RFC 7959): libcoap cuts the body and serves the later blocks.
-    for (const auto& [number, value] : ex->options) {
-      if (number != COAP_OPTION_CONTENT_FORMAT && number != COAP_OPTION_MAXAGE &&
-          number != COAP_OPTION_ETAG) {
-        coap_add_option(resp, number, value.size(), value.data());
-      }
-    }
+    // Block-wise to the client (RFC 7959): libcoap cuts the body and serves the later blocks,
+    // and states the body's Content-Format, Max-Age and ETag itself.
+    addAnswer(resp, *ex, true);
     auto* body = new Bytes(std::move(ex->payload));
     coap_add_data_large_response(r, s, req, resp, q, ex->contentFormat.value_or(0),
                                  ex->maxAge ? static_cast<int>(*ex->maxAge) : -1, 0, body->size(),
                                  body->data(), releaseBody, body);
   }
   ++svc.stats_.answered;
+}
+
+void CoapService::Engine::addAnswer(coap_pdu_t* pdu, Exchange& ex, bool blocks) {
+  if (ex.relation) {
+    if (auto rel = relations.find(ex.upToken); rel != relations.end()) {
+      uint8_t buf[4];
+      coap_add_option(pdu, COAP_OPTION_OBSERVE,
+                      coap_encode_var_safe(buf, sizeof buf, rel->second->sequence++), buf);
+    }
+  }
+  for (const auto& [number, value] : ex.options) {
+    if (!blocks || (number != COAP_OPTION_CONTENT_FORMAT && number != COAP_OPTION_MAXAGE &&
+                    number != COAP_OPTION_ETAG)) {
+      coap_add_option(pdu, number, value.size(), value.data());
+    }
+  }
+  if (!blocks && !ex.payload.empty()) {
+    coap_add_data(pdu, ex.payload.size(), ex.payload.data());
+  }
+}
+
+// The common case, a small answer to a confirmable request, goes out from the response handler:
+// waiting for libcoap's async trigger would cost the loop another wake-up per request. The
+// async (which holds the client's session) is freed here, never inside its own trigger.
+bool CoapService::Engine::answerNow(Exchange& ex) {
+  if (!ex.confirmable || ex.needsBlocks()) {
+    return false;
+  }
+  coap_pdu_t* pdu = coap_pdu_init(COAP_MESSAGE_ACK, static_cast<coap_pdu_code_t>(ex.code),
+                                  ex.downMid, coap_session_max_pdu_size(ex.down));
+  if (pdu == nullptr) {
+    return false;
+  }
+  coap_add_token(pdu, ex.downToken.size(), ex.downToken.data());
+  addAnswer(pdu, ex, false);
+  if (coap_send(ex.down, pdu) == COAP_INVALID_MID) {
+    return false; // coap_send freed it; the async path answers at its trigger
+  }
+  ++svc.stats_.answered;
+  coap_free_async(ex.down, ex.async);
+  exchanges.erase(ex.upToken); // ex is gone
+  return true;
 }
 
 std::string CoapService::Engine::checkResponse(const policy::DevicePolicy* d, const coap_pdu_t* rcv,
@@ -841,7 +937,9 @@ coap_response_t CoapService::Engine::response(coap_session_t* s, const coap_pdu_
       ++svc.stats_.observing;
     }
     ex.done = true;
-    coap_async_trigger(ex.async);
+    if (!answerNow(ex)) { // on success, ex is gone
+      coap_async_trigger(ex.async);
+    }
     return COAP_RESPONSE_OK;
   }
   if (auto it = relations.find(token); it != relations.end()) {
