@@ -233,6 +233,19 @@ std::string Daemon::statusLine() const {
     mqtt = fmt::format("; MQTT on port {}, {} connection{}", c.mqtt.port, mqtt_->connections(),
                        mqtt_->connections() == 1 ? "" : "s");
   }
+  std::string coap;
+  if (coap_) {
+    std::vector<std::string> parts;
+    if (c.coapDtls.enabled) {
+      const uint64_t sessions = coap_->stats().sessions;
+      parts.push_back(fmt::format("DTLS on port {}, {} session{}", c.coapDtls.port, sessions,
+                                  sessions == 1 ? "" : "s"));
+    }
+    if (c.coap.enabled) {
+      parts.push_back(fmt::format("devices on port {}", c.coap.port));
+    }
+    coap = fmt::format("; CoAP {}", fmt::join(parts, ", "));
+  }
   std::string fw = "; firewall off";
   if (firewall_) {
     fw = fmt::format("; table inet iotgw on {}", fmt::join(c.deviceSegment.interfaces, ","));
@@ -243,8 +256,9 @@ std::string Daemon::statusLine() const {
   } else if (!dbusError_.empty()) {
     api = "; no D-Bus API (" + dbusError_ + ")";
   }
-  return fmt::format("{} device{} enrolled, default deny; config {}{}{}{}", n, n == 1 ? "" : "s",
-                     c.source.empty() ? "built-in default" : c.source.string(), fw, mqtt, api);
+  return fmt::format("{} device{} enrolled, default deny; config {}{}{}{}{}", n, n == 1 ? "" : "s",
+                     c.source.empty() ? "built-in default" : c.source.string(), fw, mqtt, coap,
+                     api);
 }
 
 int Daemon::run() {

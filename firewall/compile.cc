@@ -140,7 +140,7 @@ void addSets(Ruleset& rs, const policy::PolicySet& policies, const CompileOption
                 Element{{va, std::move(dst), u8(static_cast<uint8_t>(e.transport)), port(e.port)}, {}});
           }
         }
-        for (const auto& e : d.network.services) {
+        for (const auto& e : policy::gatewayServices(d)) {
           svc.elements.push_back(
               Element{{va, u8(static_cast<uint8_t>(e.transport)), port(e.port)}, {}});
         }

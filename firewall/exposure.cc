@@ -32,8 +32,9 @@ std::span<const ScanPort> scanPorts() noexcept { return kPorts; }
 std::vector<Exposure> unexpectedServices(const policy::DevicePolicy& device,
                                          std::span<const OpenPort> open) {
   std::vector<Exposure> out;
+  const auto expected = policy::gatewayServices(device);
   for (const OpenPort& o : open) {
-    const bool listed = std::ranges::any_of(device.network.services, [&](const policy::Endpoint& e) {
+    const bool listed = std::ranges::any_of(expected, [&](const policy::Endpoint& e) {
       return e.port == o.port && e.transport == o.transport;
     });
     if (listed) {

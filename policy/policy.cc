@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "policy/policy.h"
 
+#include <algorithm>
+
 namespace iotgw::policy {
 
 std::string_view toString(ViolationAction a) noexcept {
@@ -69,6 +71,17 @@ bool coapPathMatches(std::string_view pattern, std::string_view path) noexcept {
     pattern.remove_prefix(ps + 1);
     path.remove_prefix(ts + 1);
   }
+}
+
+std::vector<Endpoint> gatewayServices(const DevicePolicy& d) {
+  std::vector<Endpoint> out = d.network.services;
+  if (!d.coapRules.rules.empty()) {
+    const Endpoint coap{std::nullopt, d.coapRules.port, Transport::Udp};
+    if (std::ranges::find(out, coap) == out.end()) {
+      out.push_back(coap);
+    }
+  }
+  return out;
 }
 
 } // namespace iotgw::policy

@@ -154,5 +154,8 @@ struct DevicePolicy {
 [[nodiscard]] std::string_view toString(CoapMethod m) noexcept;
 [[nodiscard]] std::optional<CoapMethod> parseCoapMethod(std::string_view s) noexcept;
 [[nodiscard]] bool coapPathMatches(std::string_view pattern, std::string_view path) noexcept;
+// The services on a device the gateway itself reaches: `network.services`, and the device's CoAP
+// port when clients may reach it through the CoAP proxy (its `coap.rule`s), once each.
+[[nodiscard]] std::vector<Endpoint> gatewayServices(const DevicePolicy& d);
 
 } // namespace iotgw::policy

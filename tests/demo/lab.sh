@@ -83,7 +83,7 @@ ip -n iotgw-lan route add default via 192.168.1.1
 ip netns exec iotgw-gw sysctl -qw net.ipv4.ip_forward=1
 row "iotgw-lan  192.168.1.20" "home LAN client"
 row "iotgw-gw   192.168.1.1 | 192.168.50.1 (br-iot)" "the hub, running iotgwd"
-row "iotgw-dev  192.168.50.10 (02:00:00:00:00:10)" "legacy thermostat: telnet :23, HTTP admin :80"
+row "iotgw-dev  192.168.50.10 (02:00:00:00:00:10)" "legacy thermostat: telnet :23, HTTP admin :80, CoAP :5683"
 
 # The legacy device's exposed services, and two services on the LAN host (the thermostat's
 # policy lets it reach 192.168.1.20:8883 only).
@@ -179,6 +179,7 @@ mkdir -p "$pki"
   leaf broker localhost "subjectAltName=IP:127.0.0.1"
   leaf gateway iotgw-gateway "extendedKeyUsage=clientAuth"
   leaf app companion-app "extendedKeyUsage=clientAuth"
+  leaf gateway-dtls iotgw-gateway $'subjectAltName=IP:192.168.1.1\nextendedKeyUsage=serverAuth'
 ) >/dev/null 2>&1
 cat > /etc/iotgw/iotgw.toml <<CONF
 [device_segment]
@@ -187,6 +188,15 @@ subnets = ["192.168.50.0/24"]
 
 [listeners.mqtt]
 addresses = ["192.168.50.1"]
+
+[listeners.coap]
+addresses = ["192.168.50.1"]
+
+[listeners.coap_dtls]
+addresses = ["192.168.1.1"]
+certificate = "$pki/gateway-dtls.crt"
+private_key = "$pki/gateway-dtls.key"
+ca_file = "$pki/ca.crt"
 
 [upstream]
 host = "127.0.0.1"
@@ -306,6 +316,50 @@ for line in sys.stdin:
     if e.get("IOTGW_EVENT") in ("daemon-started", "daemon-stopping", "config-rejected"):
         continue
     print("    {:<27} device={:<10} provision={:<7} rule={:<24} {}".format(
+        e.get("IOTGW_EVENT", ""), e.get("IOTGW_DEVICE", "-"), e.get("IOTGW_PROVISION", ""),
+        e.get("IOTGW_RULE", ""), e.get("MESSAGE", "")))'
+
+# --- CoAP: the thermostat's plain CoAP server behind the DTLS reverse proxy
+bold "The thermostat's plain CoAP server, reached only through iotgwd's DTLS endpoint (coaps://192.168.1.1)"
+ip netns exec iotgw-dev coap-server-notls -A 192.168.50.10 -v 7 >"$work/coap-device.log" 2>&1 &
+pids+=($!)
+sleep 0.3
+coaps() { # method path [payload] [no-cert]: what coap-client-openssl prints, on one line
+  local args=(-B 6 -m "$1")
+  [ -n "${3:-}" ] && args+=(-e "$3")
+  [ "${4:-}" != no-cert ] && args+=(-C "$pki/ca.crt" -c "$pki/app.crt" -j "$pki/app.key")
+  ip netns exec iotgw-lan coap-client-openssl "${args[@]}" "coaps://192.168.1.1/thermo-01$2" 2>&1 |
+    grep -v '^$' | tr '\n' ' ' | sed 's/ $//'
+}
+plain() { # ns method url [payload]: the answer's code and text, from coap-client's own trace
+  local args=(-v 7 -B 3 -m "$2")
+  [ -n "${4:-}" ] && args+=(-e "$4")
+  ip netns exec "$1" coap-client-notls "${args[@]}" "$3" 2>&1 |
+    grep -E '^v:1 t:(ACK|CON|NON|RST) c:[2-5]\.' | tail -1 |
+    sed -E "s/^v:1 t:[A-Z]+ c:([0-9.]+).* :: '(.*)'\$/\1 \2/; s/^v:1 t:[A-Z]+ c:([0-9.]+) .*/\1/" |
+    grep . || echo "no answer"
+}
+row "lan -> device :5683/udp (plain CoAP, directly)" "$(plain iotgw-lan get coap://192.168.50.10/time)   [blocked]"
+row "app: GET coaps://192.168.1.1/thermo-01/time" "$(coaps get /time)"
+row "app: PUT /time 'Jan 1 1970' (would set its clock)" "$(coaps put /time 'Jan 1 1970')"
+row "app: GET /example_data (not in its policy)" "$(coaps get /example_data)"
+row "app without a client certificate: GET /time" "$(coaps get /time '' no-cert | grep -oE 'handshake failure|Alert [0-9]+' | head -1 || echo 'no answer')   [DTLS refused]"
+echo "  what the device itself received (its own log, coap-server-notls -v 7):"
+grep -E 'c:(GET|PUT|POST|DELETE)' "$work/coap-device.log" | sed 's/^/    /'
+
+bold "The thermostat pushes a reading over plain CoAP; iotgwd publishes it to the broker over mutual TLS"
+row "device: POST coap://192.168.50.1/readings" "$(plain iotgw-dev post coap://192.168.50.1/readings '{"t":21.7,"unit":"C"}')   [once the broker acknowledged it]"
+row "device: POST coap://192.168.50.1/firmware (no push rule)" "$(plain iotgw-dev post coap://192.168.50.1/firmware 'AAAA')"
+sleep 0.3
+row "at the broker: devices/thermo-01/telemetry/coap" "$(grep -F 'telemetry/coap' "$work/app.txt" || echo 'never arrived')"
+echo "  counters (iotgwctl status):"
+"$iotgwctl" status 2>&1 | grep -E 'coap_(requests|forwarded|answered|denied|pushes_published)' | sed 's/^ */    /'
+echo "  journal (CoAP events of this run):"
+journalctl --no-pager -o json SYSLOG_IDENTIFIER=iotgwd IOTGW_PROTOCOL=coap | python3 -c '
+import json, sys
+for line in sys.stdin:
+    e = json.loads(line)
+    print("    {:<22} device={:<10} provision={:<7} rule={:<16} {}".format(
         e.get("IOTGW_EVENT", ""), e.get("IOTGW_DEVICE", "-"), e.get("IOTGW_PROVISION", ""),
         e.get("IOTGW_RULE", ""), e.get("MESSAGE", "")))'
 

@@ -251,3 +251,41 @@ TEST(FirewallExposure, OnlyUnlistedOpenPortsAreReported) {
   EXPECT_EQ(found[1].open, (firewall::OpenPort{80, Transport::Udp})); // 80/tcp is listed, not 80/udp
   EXPECT_EQ(firewall::scanPorts().size(), 13u);
 }
+
+// A device with CoAP rules is reached by the CoAP proxy on its coap.port without listing it under
+// network.services: the gateway's output chain lets the proxy through, and the exposure scan does
+// not report the port. A device without rules gets neither.
+TEST(FirewallCompile, CoapRulesOpenTheDevicesCoapPortToTheGatewayOnly) {
+  constexpr const char* kCoapDevice = R"(
+[device]
+id = "sensor-03"
+mac = "02:00:00:00:00:13"
+addresses = ["192.168.50.13"]
+[coap]
+port = 5690
+[[coap.rule]]
+methods = ["GET"]
+path = "/temp"
+)";
+  constexpr const char* kNoRules = R"(
+[device]
+id = "sensor-04"
+mac = "02:00:00:00:00:14"
+addresses = ["192.168.50.14"]
+[coap]
+port = 5690
+)";
+  const auto set = policies({kCoapDevice, kNoRules});
+  const auto rs = firewall::compile(*set, options());
+  EXPECT_EQ(rs.findSet("services4")->elements,
+            (std::vector<Element>{{{v({192, 168, 50, 13}), v({IPPROTO_UDP}), v({0x16, 0x3a})}, {}}}));
+  EXPECT_TRUE(rs.findSet("allow4")->elements.empty()); // the device itself gains nothing
+
+  using policy::Transport;
+  const std::vector<firewall::OpenPort> open{{5690, Transport::Udp}, {5683, Transport::Udp}};
+  const auto withRules = firewall::unexpectedServices(*set->find(*policy::DeviceId::parse("sensor-03")), open);
+  ASSERT_EQ(withRules.size(), 1u);
+  EXPECT_EQ(withRules[0].open, (firewall::OpenPort{5683, Transport::Udp}));
+  EXPECT_EQ(firewall::unexpectedServices(*set->find(*policy::DeviceId::parse("sensor-04")), open).size(),
+            2u);
+}
