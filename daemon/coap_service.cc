@@ -14,6 +14,10 @@
 
 #include <coap3/coap.h>
 #include <fmt/format.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include "daemon/mqtt_service.h"
 #include "policy/evaluator.h"
@@ -256,6 +260,10 @@ struct CoapService::Engine {
   std::map<std::string, coap_session_t*> upstreams;     // "ip:port" of a device → client session
   std::vector<uint16_t> ports;
   std::string certificateFile, keyFile, caFile;
+  // listeners.coap_dtls.crl_file, read once at start; added to libcoap's certificate store when
+  // its first session is set up (the store is libcoap's, made with its OpenSSL context).
+  std::vector<std::unique_ptr<X509_CRL, decltype(&X509_CRL_free)>> crls;
+  X509_STORE* crlStore = nullptr;
 
   std::string start();
   void process();
@@ -270,6 +278,8 @@ struct CoapService::Engine {
   void nack(coap_session_t* s, const coap_pdu_t* sent, coap_nack_reason_t reason);
   void event(coap_session_t* s, coap_event_t ev);
   int verify(const char* cn, coap_session_t* s, unsigned depth, int validated);
+  std::string loadCrls(const std::string& file);
+  int setupTls(SSL* ssl);
 
   void refuse(coap_pdu_t* resp, uint8_t code, std::string_view reason);
   void emit(EventType type, std::string device, std::string peer, std::string rule,
@@ -325,6 +335,11 @@ int onCertificate(const char* cn, const uint8_t*, size_t, coap_session_t* s, uns
   return static_cast<CoapService::Engine*>(arg)->verify(cn, s, depth, validated);
 }
 
+// libcoap's hook after it set up a server session's SSL (openssl variant: an SSL*).
+int onTlsSetup(void* tls, coap_dtls_pki_t* setup) {
+  return static_cast<CoapService::Engine*>(setup->cn_call_back_arg)->setupTls(static_cast<SSL*>(tls));
+}
+
 } // namespace
 
 CoapService::Engine::~Engine() {
@@ -376,6 +391,15 @@ std::string CoapService::Engine::start() {
   pki.pki_key.key.pem.ca_file = caFile.c_str();
   pki.pki_key.key.pem.public_cert = certificateFile.c_str();
   pki.pki_key.key.pem.private_key = keyFile.c_str();
+  if (!c.coapDtls.crlFile.empty()) {
+    if (std::string err = loadCrls(c.coapDtls.crlFile.string()); !err.empty()) {
+      return err;
+    }
+    // A revoked client certificate fails the handshake; so does a client whose issuer has no CRL
+    // in the file, or an expired CRL (allow_no_crl and allow_expired_crl stay 0): fail closed.
+    pki.check_cert_revocation = 1;
+    pki.additional_tls_setup_call_back = onTlsSetup;
+  }
   if (coap_context_set_pki(ctx, &pki) == 0) {
     return fmt::format("cannot load the DTLS certificate {}, key {} or CA {}", certificateFile, keyFile,
                        caFile);
@@ -492,6 +516,39 @@ int CoapService::Engine::verify(const char* cn, coap_session_t* s, unsigned dept
   ++verified;
   ++perSource[source];
   peers.emplace(s, Peer{cn != nullptr ? cn : "", source, label, false});
+  return 1;
+}
+
+std::string CoapService::Engine::loadCrls(const std::string& file) {
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_file(file.c_str(), "r"), BIO_free);
+  if (!bio) {
+    return fmt::format("cannot read the DTLS listener's CRL {}", file);
+  }
+  while (X509_CRL* crl = PEM_read_bio_X509_CRL(bio.get(), nullptr, nullptr, nullptr)) {
+    crls.emplace_back(crl, X509_CRL_free);
+  }
+  const unsigned long last = ERR_peek_last_error();
+  ERR_clear_error();
+  if (crls.empty() || (last != 0 && ERR_GET_REASON(last) != PEM_R_NO_START_LINE)) {
+    return fmt::format("the DTLS listener's CRL {} holds no valid PEM CRL", file);
+  }
+  return {};
+}
+
+int CoapService::Engine::setupTls(SSL* ssl) {
+  X509_STORE* store = SSL_CTX_get_cert_store(SSL_get_SSL_CTX(ssl));
+  if (store == nullptr) {
+    return 0;
+  }
+  if (store != crlStore) {
+    for (const auto& crl : crls) {
+      if (X509_STORE_add_crl(store, crl.get()) != 1) {
+        ERR_clear_error();
+        return 0; // no session without the revocation list
+      }
+    }
+    crlStore = store;
+  }
   return 1;
 }
 

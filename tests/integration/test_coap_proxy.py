@@ -148,6 +148,8 @@ def main():
         app = pki.leaf("app-dtls", "app.hub.local", san="DNS:app.hub.local")
         other = pki.leaf("other-dtls", "other.hub.local", san="DNS:other.hub.local")
         broker = Broker(root, pki)
+        revoked = pki.leaf("revoked-dtls", "app.hub.local", san="DNS:app.hub.local")
+        crl = pki.revoke("revoked-dtls")
         bus, address = private_bus(root, "system", ROOT_MAY_OWN)
         procs.append(bus)
         env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=address)
@@ -218,6 +220,7 @@ port = {dtls}
 certificate = "{gw_cert[0]}"
 private_key = "{gw_cert[1]}"
 ca_file = "{pki.ca}"
+crl_file = "{crl}"
 [limits]
 coap_request_timeout_ms = {GUARD_MS}
 max_handshakes = 64
@@ -225,6 +228,13 @@ max_handshakes = 64
 target = "stderr"
 burst = 1000
 """).replace("[dbus]\nenabled = false", "[dbus]\nenabled = true"))
+        # A crl_file that holds no CRL (here: the CA certificate) stops iotgwd at start.
+        bad = os.path.join(root, "iotgw-bad-crl.toml")
+        write(bad, open(conf).read().replace(f'crl_file = "{crl}"', f'crl_file = "{pki.ca}"'))
+        r = subprocess.run([IOTGWD, "--config", bad], env=env, capture_output=True, text=True, timeout=20)
+        check(r.returncode != 0 and "holds no valid PEM CRL" in r.stderr,
+              f"a crl_file without a CRL: iotgwd refuses to start (exit {r.returncode}: "
+              f"{r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''!r})")
         err = open(os.path.join(root, "iotgwd.err"), "w")
         d = subprocess.Popen([IOTGWD, "--config", conf], env=env, stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.time() + 10
@@ -248,11 +258,13 @@ burst = 1000
         check("handshake failure" in out and "cannot send" in out, "no client certificate: the handshake fails")
         out = coap("-m", "get", f"{url}/time", cert=pki.rogue)
         check("unknown ca" in out, "a certificate from another CA: unknown ca")
+        out = coap("-m", "get", f"{url}/time", cert=revoked)
+        check("certificate revoked" in out, f"a certificate in crl_file: certificate revoked ({out.strip()[-80:]!r})")
         out = coap("-m", "get", f"{url}/time", cert=other)
         check("4.03" in out, f"a valid certificate the device's coap.clients does not name: 4.03 ({out.strip()!r})")
         after = counters()
-        check(after.get("coap_handshakes_failed", 0) - before.get("coap_handshakes_failed", 0) == 2,
-              "both failed handshakes counted")
+        check(after.get("coap_handshakes_failed", 0) - before.get("coap_handshakes_failed", 0) == 3,
+              "the three failed handshakes counted")
 
         print("policy")
         seen = len(device_requests())
