@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <unordered_map>
 
 #include <coap3/coap.h>
@@ -1124,10 +1125,15 @@ struct CoapService::DeviceEndpoint {
     Clock::time_point expires;
   };
 
+  using RecentKey = std::pair<std::string, uint16_t>; // "ip:port", message id
+
   CoapService& svc;
   std::vector<io::UniqueFd> sockets;
   std::unordered_map<std::string, Source> sources; // unauthenticated sources by IP
-  std::map<std::pair<std::string, uint16_t>, Recent> recent; // "ip:port", message id
+  std::map<RecentKey, Recent> recent;
+  // The same entries by expiry (one lifetime for all: insertion order), so that pruning looks at
+  // the expired ones only. An entry replaced in `recent` leaves a stale one here, skipped.
+  std::deque<std::pair<Clock::time_point, RecentKey>> recentOrder;
   uint8_t buffer[2048];
 
   std::string start();
@@ -1137,6 +1143,10 @@ struct CoapService::DeviceEndpoint {
   // Sends to a device (no budget), or to an unknown source within its 3x budget.
   void send(int fd, const sockaddr_storage& to, socklen_t toLen, const Bytes& bytes, Source* budget);
   Source& sourceFor(const std::string& ip, Clock::time_point now);
+  // Remembers a confirmable push's answer (empty while it waits for the broker); at most
+  // kMaxRecent entries, the oldest forgotten first.
+  void remember(const RecentKey& key, Bytes reply, Clock::time_point now);
+  void pruneRecent(Clock::time_point now);
   void emit(EventType type, std::string device, std::string peer, std::string rule,
             std::string provision, std::string action, std::string message);
 };
@@ -1178,6 +1188,25 @@ CoapService::DeviceEndpoint::Source& CoapService::DeviceEndpoint::sourceFor(cons
   Source& s = sources[ip];
   s.lastSeen = now;
   return s;
+}
+
+void CoapService::DeviceEndpoint::pruneRecent(Clock::time_point now) {
+  while (!recentOrder.empty() &&
+         (recentOrder.front().first <= now || recent.size() >= kMaxRecent)) {
+    const auto& [expires, key] = recentOrder.front();
+    if (auto it = recent.find(key); it != recent.end() && it->second.expires == expires) {
+      recent.erase(it);
+    }
+    recentOrder.pop_front();
+  }
+}
+
+void CoapService::DeviceEndpoint::remember(const RecentKey& key, Bytes reply,
+                                           Clock::time_point now) {
+  pruneRecent(now);
+  const auto expires = now + kExchangeLifetime;
+  recent.insert_or_assign(key, Recent{std::move(reply), expires});
+  recentOrder.emplace_back(expires, key);
 }
 
 void CoapService::DeviceEndpoint::send(int fd, const sockaddr_storage& to, socklen_t toLen,
@@ -1260,7 +1289,7 @@ void CoapService::DeviceEndpoint::handle(int fd, const sockaddr_storage& from, s
   // A repeated confirmable request gets the answer the first one got (or nothing while it waits).
   const auto key = std::make_pair(peer, m.messageId);
   if (m.type == coap::Type::Confirmable) {
-    std::erase_if(recent, [now](const auto& kv) { return kv.second.expires <= now; });
+    pruneRecent(now);
     if (auto it = recent.find(key); it != recent.end()) {
       send(fd, from, fromLen, it->second.reply, nullptr);
       return;
@@ -1268,8 +1297,8 @@ void CoapService::DeviceEndpoint::handle(int fd, const sockaddr_storage& from, s
   }
   auto answer = [&](uint8_t code, std::string_view reason) {
     Bytes reply = coap::refusalFor(m, code, reason);
-    if (m.type == coap::Type::Confirmable && recent.size() < kMaxRecent) {
-      recent[key] = Recent{reply, now + kExchangeLifetime};
+    if (m.type == coap::Type::Confirmable) {
+      remember(key, reply, now);
     }
     send(fd, from, fromLen, reply, nullptr);
   };
@@ -1319,7 +1348,7 @@ void CoapService::DeviceEndpoint::handle(int fd, const sockaddr_storage& from, s
   }
   const bool confirmable = m.type == coap::Type::Confirmable;
   if (confirmable) {
-    recent[key] = Recent{{}, now + kExchangeLifetime}; // in flight: repeats get nothing yet
+    remember(key, {}, now); // in flight: repeats get nothing yet
   }
   // The 2.04 goes out when the broker has the reading (PUBACK): an acknowledged reading is
   // never lost. A device that gives up before then retransmits or sends the next reading.
