@@ -261,10 +261,11 @@ struct CoapService::Engine {
   std::map<std::string, coap_session_t*> upstreams;     // "ip:port" of a device → client session
   std::vector<uint16_t> ports;
   std::string certificateFile, keyFile, caFile;
-  // listeners.coap_dtls.crl_file, read once at start; added to libcoap's certificate store when
-  // its first session is set up (the store is libcoap's, made with its OpenSSL context).
-  std::vector<std::unique_ptr<X509_CRL, decltype(&X509_CRL_free)>> crls;
-  X509_STORE* crlStore = nullptr;
+  // listeners.coap_dtls.crl_file, read at start and again on every reload. libcoap's certificate
+  // store (made with its OpenSSL context) asks lookupCrls for them, so a reload only swaps this.
+  using Crls = std::vector<std::unique_ptr<X509_CRL, decltype(&X509_CRL_free)>>;
+  Crls crls;
+  X509_STORE* crlStore = nullptr; // the store lookupCrls is installed in
 
   std::string start();
   void process();
@@ -279,8 +280,10 @@ struct CoapService::Engine {
   void nack(coap_session_t* s, const coap_pdu_t* sent, coap_nack_reason_t reason);
   void event(coap_session_t* s, coap_event_t ev);
   int verify(const char* cn, coap_session_t* s, unsigned depth, int validated);
-  std::string loadCrls(const std::string& file);
+  // Reads every CRL in `file` (none: crl_file not set); the error names what failed.
+  static std::string loadCrls(const std::string& file, Crls& into);
   int setupTls(SSL* ssl);
+  static STACK_OF(X509_CRL) * lookupCrls(const X509_STORE_CTX* ctx, const X509_NAME* issuer);
 
   void refuse(coap_pdu_t* resp, uint8_t code, std::string_view reason);
   void emit(EventType type, std::string device, std::string peer, std::string rule,
@@ -392,15 +395,13 @@ std::string CoapService::Engine::start() {
   pki.pki_key.key.pem.ca_file = caFile.c_str();
   pki.pki_key.key.pem.public_cert = certificateFile.c_str();
   pki.pki_key.key.pem.private_key = keyFile.c_str();
-  if (!c.coapDtls.crlFile.empty()) {
-    if (std::string err = loadCrls(c.coapDtls.crlFile.string()); !err.empty()) {
-      return err;
-    }
-    // A revoked client certificate fails the handshake; so does a client whose issuer has no CRL
-    // in the file, or an expired CRL (allow_no_crl and allow_expired_crl stay 0): fail closed.
-    pki.check_cert_revocation = 1;
-    pki.additional_tls_setup_call_back = onTlsSetup;
+  if (std::string err = loadCrls(c.coapDtls.crlFile.string(), crls); !err.empty()) {
+    return err;
   }
+  // Revocation is switched on per session by setupTls while there are CRLs (a reload may add or
+  // drop crl_file); allow_no_crl and allow_expired_crl stay 0: a client whose issuer has no CRL
+  // in the file, or whose CRL has expired, fails the handshake like a revoked one.
+  pki.additional_tls_setup_call_back = onTlsSetup;
   if (coap_context_set_pki(ctx, &pki) == 0) {
     return fmt::format("cannot load the DTLS certificate {}, key {} or CA {}", certificateFile, keyFile,
                        caFile);
@@ -520,20 +521,52 @@ int CoapService::Engine::verify(const char* cn, coap_session_t* s, unsigned dept
   return 1;
 }
 
-std::string CoapService::Engine::loadCrls(const std::string& file) {
+std::string CoapService::Engine::loadCrls(const std::string& file, Crls& into) {
+  into.clear();
+  if (file.empty()) {
+    return {};
+  }
   std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_file(file.c_str(), "r"), BIO_free);
   if (!bio) {
+    ERR_clear_error();
     return fmt::format("cannot read the DTLS listener's CRL {}", file);
   }
   while (X509_CRL* crl = PEM_read_bio_X509_CRL(bio.get(), nullptr, nullptr, nullptr)) {
-    crls.emplace_back(crl, X509_CRL_free);
+    into.emplace_back(crl, X509_CRL_free);
   }
   const unsigned long last = ERR_peek_last_error();
   ERR_clear_error();
-  if (crls.empty() || (last != 0 && ERR_GET_REASON(last) != PEM_R_NO_START_LINE)) {
+  if (into.empty() || (last != 0 && ERR_GET_REASON(last) != PEM_R_NO_START_LINE)) {
+    into.clear();
     return fmt::format("the DTLS listener's CRL {} holds no valid PEM CRL", file);
   }
   return {};
+}
+
+namespace {
+int crlIndex() {
+  static const int index = X509_STORE_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return index;
+}
+} // namespace
+
+// OpenSSL's verifier asks for the CRLs of a certificate's issuer; the caller frees the stack and
+// drops one reference of each CRL in it.
+STACK_OF(X509_CRL) * CoapService::Engine::lookupCrls(const X509_STORE_CTX* ctx,
+                                                      const X509_NAME* issuer) {
+  STACK_OF(X509_CRL)* out = sk_X509_CRL_new_null();
+  const auto* e = static_cast<const Engine*>(
+      X509_STORE_get_ex_data(X509_STORE_CTX_get0_store(ctx), crlIndex()));
+  if (out == nullptr || e == nullptr) {
+    return out;
+  }
+  for (const auto& crl : e->crls) {
+    if (X509_NAME_cmp(X509_CRL_get_issuer(crl.get()), issuer) == 0 &&
+        X509_CRL_up_ref(crl.get()) == 1 && sk_X509_CRL_push(out, crl.get()) == 0) {
+      X509_CRL_free(crl.get());
+    }
+  }
+  return out;
 }
 
 int CoapService::Engine::setupTls(SSL* ssl) {
@@ -542,13 +575,16 @@ int CoapService::Engine::setupTls(SSL* ssl) {
     return 0;
   }
   if (store != crlStore) {
-    for (const auto& crl : crls) {
-      if (X509_STORE_add_crl(store, crl.get()) != 1) {
-        ERR_clear_error();
-        return 0; // no session without the revocation list
-      }
+    if (crlIndex() < 0 || X509_STORE_set_ex_data(store, crlIndex(), this) != 1) {
+      ERR_clear_error();
+      return 0; // no session without the revocation check
     }
+    X509_STORE_set_lookup_crls(store, lookupCrls);
     crlStore = store;
+  }
+  if (!crls.empty() && X509_VERIFY_PARAM_set_flags(SSL_get0_param(ssl), X509_V_FLAG_CRL_CHECK) != 1) {
+    ERR_clear_error();
+    return 0;
   }
   return 1;
 }
@@ -1407,6 +1443,18 @@ void CoapService::closeDevice(const policy::DeviceId& id) {
     engine_->closeDevice(id.str());
     engine_->rearm();
   }
+}
+
+std::string CoapService::reloadCrl(const Config& config) {
+  if (!engine_) {
+    return {};
+  }
+  Engine::Crls next;
+  if (std::string err = Engine::loadCrls(config.coapDtls.crlFile.string(), next); !err.empty()) {
+    return err;
+  }
+  engine_->crls = std::move(next); // the next handshake checks against these
+  return {};
 }
 
 std::vector<uint16_t> CoapService::boundPorts() const {

@@ -74,6 +74,9 @@ public:
   [[nodiscard]] std::string start();
   // Ends the device's observe relationships and its upstream session (quarantine, removal).
   void closeDevice(const policy::DeviceId& id);
+  // Reads the DTLS listener's crl_file of a reloaded configuration and, if it is good, checks
+  // every later handshake against it (other listener settings take effect at restart).
+  [[nodiscard]] std::string reloadCrl(const Config& config);
   [[nodiscard]] const CoapStats& stats() const { return stats_; }
   // The ports actually bound (tests bind port 0): DTLS first, then device-side.
   [[nodiscard]] std::vector<uint16_t> boundPorts() const;

@@ -354,6 +354,19 @@ std::string Daemon::reload() {
       return err;
     }
   }
+  // The CoAP endpoint's CRL last: a bad one puts the others back.
+  if (coap_) {
+    if (auto err = coap_->reloadCrl(*next->config); !err.empty()) {
+      if (mqtt_) {
+        (void)mqtt_->reloadTls(*current_.config);
+      }
+      if (firewall_) {
+        (void)firewall_->apply(*current_.config, current_.policies);
+      }
+      reject(err);
+      return err;
+    }
+  }
   // Everything checked: swap the snapshots in one step. Sessions already running keep the
   // snapshot they started with; listener and upstream addresses take effect at restart.
   current_ = std::move(*next);

@@ -15,6 +15,7 @@ flood of ClientHellos from many addresses creates no session and leaves RSS flat
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -265,6 +266,28 @@ burst = 1000
         after = counters()
         check(after.get("coap_handshakes_failed", 0) - before.get("coap_handshakes_failed", 0) == 3,
               "the three failed handshakes counted")
+
+        print("CRL reload on SIGHUP")
+        pki.revoke("revoked-dtls", "other-dtls")
+        d.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        out = coap("-m", "get", f"{url}/time", cert=other)
+        check("certificate revoked" in out, "after SIGHUP, a newly revoked certificate fails the handshake")
+        out = coap("-m", "get", f"{url}/time")
+        check(":" in out and "4." not in out and "5." not in out, f"a valid certificate still works: {out.strip()!r}")
+        with open(crl, "w") as f:
+            f.write("not a CRL\n")
+        d.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        out = coap("-m", "get", f"{url}/time", cert=other)
+        check("certificate revoked" in out, "a reload with a broken crl_file is rejected: the running CRL stays")
+        with open(os.path.join(root, "iotgwd.err")) as f:
+            rejected = [line for line in f if "reload rejected" in line]
+        check(any("holds no valid PEM CRL" in line for line in rejected),
+              f"the config-rejected event names the CRL: {rejected[-1:]}")
+        out = coap("-m", "get", f"{url}/time")
+        check(":" in out and "4." not in out and "5." not in out, f"and valid clients are still served: {out.strip()!r}")
+        pki.revoke("revoked-dtls", "other-dtls")
 
         print("policy")
         seen = len(device_requests())
