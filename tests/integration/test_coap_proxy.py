@@ -254,6 +254,9 @@ burst = 1000
         print("authentication")
         out = coap("-m", "get", f"{url}/time")
         check(":" in out and "4." not in out and "5." not in out, f"GET /time with a valid certificate: {out.strip()!r}")
+        out = coap("-N", "-m", "get", f"{url}/time")  # non-confirmable: answered NON, through the async
+        check(re.fullmatch(r"[A-Z][a-z]{2} +\d+ \d\d:\d\d:\d\d", out.strip()) is not None,
+              f"a non-confirmable GET is answered too: {out.strip()!r}")
         before = counters()
         out = coap("-m", "get", f"{url}/time", cert=None)
         check("handshake failure" in out and "cannot send" in out, "no client certificate: the handshake fails")
