@@ -769,15 +769,14 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
   }
   // Random, not libcoap's per-session counter: a neighbour on the device segment that spoofs the
   // device's address must not be able to guess which answer iotgwd is waiting for.
-  uint8_t tok[8];
-  size_t tokLen = sizeof tok;
-  if (randomBytes(tok, tokLen) == 0 || exchanges.contains(Bytes(tok, tok + tokLen)) ||
-      relations.contains(Bytes(tok, tok + tokLen))) {
+  Bytes upToken(8);
+  if (randomBytes(upToken.data(), upToken.size()) == 0 || exchanges.contains(upToken) ||
+      relations.contains(upToken)) {
     coap_delete_pdu(pdu);
     refuse(resp, coap::codes::kInternalServerError, "no token for the device");
     return;
   }
-  coap_add_token(pdu, tokLen, tok);
+  coap_add_token(pdu, upToken.size(), upToken.data());
   bool deviceSegment = true;
   for (const auto& o : v->forward) {
     if (o.number == coap::options::kUriPath && deviceSegment) {
@@ -810,7 +809,7 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
   }
   auto ex = std::make_unique<Exchange>();
   ex->async = async;
-  ex->upToken.assign(tok, tok + tokLen);
+  ex->upToken = std::move(upToken);
   ex->downToken = token;
   ex->downMid = coap_pdu_get_mid(req);
   ex->down = s;
