@@ -149,6 +149,7 @@ public:
       TableReader r(*t, "dbus", source_, diags_);
       c.dbus.enabled = r.boolean("enabled").value_or(c.dbus.enabled);
       c.dbus.adminGroup = r.string("admin_group", Need::Optional, 64).value_or(c.dbus.adminGroup);
+      c.dbus.readerGroup = r.string("reader_group", Need::Optional, 64).value_or(c.dbus.readerGroup);
       r.finish();
     }
     if (const auto* t = top.table("credentials")) {
@@ -266,9 +267,18 @@ private:
     u32("max_connections", 1, 1'000'000, l.maxConnections);
     u32("max_connections_per_source", 1, 1'000'000, l.maxConnectionsPerSource);
     u32("max_handshakes", 1, 100'000, l.maxHandshakes);
+    u32("max_handshakes_per_source", 1, 100'000, l.maxHandshakesPerSource);
     ms("handshake_timeout_ms", 100, 600'000, l.handshakeTimeout);
+    ms("first_byte_timeout_ms", 100, 600'000, l.firstByteTimeout);
     ms("connect_timeout_ms", 100, 600'000, l.connectTimeout);
     u32("max_packet_bytes", 64, 256 * 1024 * 1024, l.maxPacketBytes);
+    u32("max_connect_bytes", 64, 256 * 1024 * 1024, l.maxConnectBytes);
+    u32("max_unauthenticated_bytes", 4096, 1024 * 1024 * 1024, l.maxUnauthenticatedBytes);
+    u32("max_password_checks", 1, 10'000, l.maxPasswordChecks);
+    u32("max_password_checks_per_source", 1, 10'000, l.maxPasswordChecksPerSource);
+    u32("max_subscriptions_per_session", 1, 1'000'000, l.maxSubscriptionsPerSession);
+    u32("max_filters_per_subscribe", 1, 65'535, l.maxFiltersPerSubscribe);
+    u32("max_queued_bytes", 1024, 1024 * 1024 * 1024, l.maxQueuedBytes);
     u32("max_devices", 1, 1'000'000, l.maxDevices);
     u32("max_queued_messages", 0, 10'000'000, l.maxQueuedMessages);
     ms("coap_request_timeout_ms", 100, 120'000, l.coapRequestTimeout);
@@ -283,6 +293,13 @@ private:
     }
     if (auto v = r.integer("auth_lockout_seconds", 1, 86'400)) {
       l.authThrottle.lockout = std::chrono::seconds(*v);
+    }
+    if (l.maxConnectBytes > l.maxPacketBytes) {
+      if (const toml::node* at = t.get("max_connect_bytes")) {
+        r.error(*at, "'limits.max_connect_bytes' exceeds 'limits.max_packet_bytes'");
+      } else {
+        l.maxConnectBytes = l.maxPacketBytes; // the default bound, below a small packet limit
+      }
     }
     if (l.maxConnectionsPerSource > l.maxConnections) {
       const toml::node* at = t.get("max_connections_per_source");

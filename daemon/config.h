@@ -66,9 +66,25 @@ struct Limits {
   uint32_t maxConnections = 1024;
   uint32_t maxConnectionsPerSource = 16;
   uint32_t maxHandshakes = 64;
+  uint32_t maxHandshakesPerSource = 4;
   std::chrono::milliseconds handshakeTimeout{10'000};
+  // A TLS client that has not sent its first byte by then is closed (an idle handshake).
+  std::chrono::milliseconds firstByteTimeout{3'000};
   std::chrono::milliseconds connectTimeout{10'000};
   uint32_t maxPacketBytes = 256 * 1024;
+  // Before a CONNECT has been accepted nobody is known: its packets may be this large at most,
+  // and all such connections together may hold this many bytes of partial packets (the slowest
+  // are closed first beyond it).
+  uint32_t maxConnectBytes = 8 * 1024;
+  uint32_t maxUnauthenticatedBytes = 4 * 1024 * 1024;
+  // Password checks (PBKDF2, ~0.1 s each) run off the event loop; at most this many wait or run,
+  // in total and per source. More CONNECTs are refused as "server unavailable" and counted.
+  uint32_t maxPasswordChecks = 16;
+  uint32_t maxPasswordChecksPerSource = 2;
+  uint32_t maxSubscriptionsPerSession = 100;
+  uint32_t maxFiltersPerSubscribe = 32;
+  // What a session may hold for its client that the client has not read (bytes of messages).
+  uint32_t maxQueuedBytes = 1024 * 1024;
   uint32_t maxDevices = 10'000;
   uint32_t maxQueuedMessages = 1000;
   // How long the CoAP proxy waits for a device before answering 5.04 Gateway Timeout.
@@ -91,6 +107,7 @@ struct EventsConfig {
 struct DbusConfig {
   bool enabled = true;
   std::string adminGroup = "iotgw-admin"; // who may change the gateway (besides root)
+  std::string readerGroup = "iotgw";      // who may read it (besides root and the admin group)
 };
 
 struct Config {

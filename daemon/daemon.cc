@@ -195,7 +195,7 @@ std::string Daemon::setUp() {
   }
   // The control API last: by the time a caller can change anything, everything it changes runs.
   if (config.dbus.enabled) {
-    auto d = DbusService::start(*reactor_, *this, config.dbus.adminGroup);
+    auto d = DbusService::start(*reactor_, *this, config.dbus.adminGroup, config.dbus.readerGroup);
     if (!d) {
       if (d.error().find("FileExists") != std::string::npos) {
         return "org.iotgw.Gateway1 is already owned on the system bus: is another iotgwd running?";

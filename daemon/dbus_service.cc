@@ -2,6 +2,9 @@
 #include "daemon/dbus_service.h"
 
 #include <grp.h>
+
+#include <algorithm>
+#include <optional>
 #include <poll.h>
 #include <sys/epoll.h>
 
@@ -41,9 +44,10 @@ void check(const ControlResult& r) {
 
 class GatewayObject final : public sdbus::AdaptorInterfaces<org::iotgw::Gateway1::Manager_adaptor> {
 public:
-  GatewayObject(sdbus::IConnection& c, Control& control, std::string adminGroup)
+  GatewayObject(sdbus::IConnection& c, Control& control, std::string adminGroup,
+                std::string readerGroup)
       : AdaptorInterfaces(c, DbusService::kObjectPath), control_(control),
-        adminGroup_(std::move(adminGroup)),
+        adminGroup_(std::move(adminGroup)), readerGroup_(std::move(readerGroup)),
         lastCount_(static_cast<uint32_t>(control_.listDevices().size())) {
     registerAdaptor();
   }
@@ -58,39 +62,59 @@ public:
   }
 
 private:
-  // Root, or a member of the admin group (primary or supplementary), as the bus reports the
-  // caller's credentials. Anything unknown is a refusal.
-  void requireAdmin(const char* method) {
+  // Whether the caller is root or a member (primary or supplementary) of one of `groups`, as the
+  // bus reports its credentials. Anything unknown is a refusal.
+  bool callerIsIn(std::initializer_list<const std::string*> groups) {
     const sdbus::Message* m = getObject().getCurrentlyProcessedMessage();
-    bool allowed = false;
     try {
-      allowed = m != nullptr && m->getCredsUid() == 0;
-      if (!allowed && m != nullptr) {
-        if (const group* g = ::getgrnam(adminGroup_.c_str())) {
-          for (gid_t gid : m->getCredsSupplementaryGids()) {
-            allowed = allowed || gid == g->gr_gid;
-          }
-          if (!allowed) {
-            try {
-              allowed = m->getCredsGid() == g->gr_gid;
-            } catch (const sdbus::Error&) {
-              // The primary group may be unknowable here (the bus did not say); the
-              // supplementary list decided.
-            }
+      if (m == nullptr) {
+        return false;
+      }
+      if (m->getCredsUid() == 0) {
+        return true;
+      }
+      const auto supplementary = m->getCredsSupplementaryGids();
+      std::optional<gid_t> primary;
+      try {
+        primary = m->getCredsGid();
+      } catch (const sdbus::Error&) {
+        // The primary group may be unknowable here (the bus did not say); the supplementary list
+        // decides.
+      }
+      for (const std::string* name : groups) {
+        if (const group* g = ::getgrnam(name->c_str())) {
+          if (primary == g->gr_gid || std::ranges::find(supplementary, g->gr_gid) != supplementary.end()) {
+            return true;
           }
         }
       }
     } catch (const sdbus::Error&) {
-      allowed = false;
+      return false;
     }
-    if (!allowed) {
+    return false;
+  }
+
+  void requireAdmin(const char* method) {
+    if (!callerIsIn({&adminGroup_})) {
       throw sdbus::Error("org.iotgw.Gateway1.Error.AccessDenied",
                          std::string(method) + " changes the gateway: only root and group " +
                              adminGroup_ + " may call it");
     }
   }
 
+  // Reading shows the devices, their policies and counters: the bus policy limits it to the
+  // reader and admin groups, and iotgwd checks again, as for changes, so that a bus configured
+  // more openly does not open it to everyone.
+  void requireReader(const char* method) {
+    if (!callerIsIn({&readerGroup_, &adminGroup_})) {
+      throw sdbus::Error("org.iotgw.Gateway1.Error.AccessDenied",
+                         std::string(method) + " reads the gateway's state: only root and groups " +
+                             readerGroup_ + " and " + adminGroup_ + " may call it");
+    }
+  }
+
   std::vector<sdbus::Struct<std::string, std::string, bool>> ListDevices() override {
+    requireReader("ListDevices");
     std::vector<sdbus::Struct<std::string, std::string, bool>> out;
     for (const auto& d : control_.listDevices()) {
       out.emplace_back(d.id, d.fromApi ? "api" : "file", d.quarantined);
@@ -99,6 +123,7 @@ private:
   }
 
   std::tuple<std::string, std::map<std::string, sdbus::Variant>> GetDevice(const std::string& id) override {
+    requireReader("GetDevice");
     auto d = control_.device(id);
     if (!d) {
       raise(d.error());
@@ -150,6 +175,7 @@ private:
   }
 
   std::map<std::string, sdbus::Variant> GetStatus() override {
+    requireReader("GetStatus");
     const GatewayStatus s = control_.status();
     std::map<std::string, sdbus::Variant> out{
         {"version", sdbus::Variant(s.version)},
@@ -176,15 +202,18 @@ private:
 
   Control& control_;
   std::string adminGroup_;
+  std::string readerGroup_;
   uint32_t lastCount_; // what DeviceCount last said: a change is signalled only when it is one
 };
 
 std::expected<std::unique_ptr<DbusService>, std::string>
-DbusService::start(io::Reactor& reactor, Control& control, std::string adminGroup) {
+DbusService::start(io::Reactor& reactor, Control& control, std::string adminGroup,
+                   std::string readerGroup) {
   std::unique_ptr<DbusService> s;
   try {
     s.reset(new DbusService(reactor, sdbus::createSystemBusConnection(kBusName)));
-    s->object_ = std::make_unique<GatewayObject>(*s->connection_, control, std::move(adminGroup));
+    s->object_ = std::make_unique<GatewayObject>(*s->connection_, control, std::move(adminGroup),
+                                                 std::move(readerGroup));
   } catch (const sdbus::Error& e) {
     return std::unexpected(e.getName() + ": " + e.getMessage());
   }

@@ -9,6 +9,7 @@
 #include "daemon/daemon.h"
 #include "daemon/state_files.h"
 #include "iotgw/build_config.h"
+#include "policy/policy_parser.h"
 
 namespace iotgw::daemon {
 
@@ -143,7 +144,7 @@ std::expected<DeviceDetail, ControlError> Daemon::device(std::string_view idText
   const policy::DevicePolicy* d = *found;
   DeviceDetail out;
   out.summary = {d->id.str(), fromApi(*d), firewall_ && firewall_->quarantined(d->id)};
-  out.policy = d->document;
+  out.policy = policy::redactSecrets(d->document); // readers never see a password hash
   if (d->mqttRules.upstreamIdentity == policy::UpstreamIdentity::Issued) {
     out.identity = "issued";
     if (const auto* identity = identities_->find(d->id.str())) {
@@ -415,6 +416,17 @@ GatewayStatus Daemon::status() const {
                   {"coap_unauthenticated_bytes_in", c.unauthenticatedBytesIn},
                   {"coap_unauthenticated_bytes_out", c.unauthenticatedBytesOut},
                   {"coap_budget_drops", c.budgetDrops}};
+  }
+  if (mqtt_) {
+    const MqttStats& m = mqtt_->stats();
+    for (const auto& [name, value] : {std::pair<const char*, uint64_t>{"mqtt_accepted", m.accepted},
+                                      {"mqtt_refused_by_limits", m.refusedByLimits},
+                                      {"mqtt_evicted_unauthenticated", m.evictedUnauthenticated},
+                                      {"mqtt_tls_handshakes_failed", m.tlsHandshakesFailed},
+                                      {"mqtt_password_checks", m.passwordChecks},
+                                      {"mqtt_password_checks_busy", m.passwordChecksBusy}}) {
+      s.counters.emplace_back(name, value);
+    }
   }
   s.firewall = firewall_ != nullptr;
   s.reloads = reloads_;

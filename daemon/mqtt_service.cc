@@ -5,7 +5,9 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -31,8 +33,8 @@ constexpr size_t kMaxOutput = 4 * 1024 * 1024; // a client that does not read is
 } // namespace
 
 struct MqttService::Connection final : mqtt::UpstreamObserver {
-  Connection(MqttService& s, io::Accepted a)
-      : service(s), fd(std::move(a.fd)), address(a.address), source(a.address.str()),
+  Connection(MqttService& s, io::Accepted a, uint64_t connectionId)
+      : service(s), id(connectionId), fd(std::move(a.fd)), address(a.address), source(a.address.str()),
         label(a.label()), accepted(Clock::now()) {}
 
   void upstreamAcked(uint64_t token) override {
@@ -53,6 +55,7 @@ struct MqttService::Connection final : mqtt::UpstreamObserver {
   }
 
   MqttService& service;
+  uint64_t id;
   io::UniqueFd fd;
   policy::IpAddress address;
   std::string source;
@@ -60,6 +63,10 @@ struct MqttService::Connection final : mqtt::UpstreamObserver {
   Clock::time_point accepted;
   std::unique_ptr<tls::ServerStream> tls; // null on the plaintext listener
   bool handshaking = false;
+  bool gotBytes = false;  // the client has sent something (TLS: its first handshake byte)
+  bool checking = false;  // its password is being checked off the loop
+  size_t heldBytes = 0;   // counted in unauthenticatedBytes_ while it is not authenticated
+  Clock::time_point partialSince{}; // when its oldest partial packet began to wait
   std::unique_ptr<mqtt::Session> session; // created once the transport is ready
   std::unique_ptr<mqtt::MosquittoUpstream> upstream;
   std::vector<uint8_t> output;
@@ -144,6 +151,13 @@ std::string MqttService::start() {
   if (auto err = reloadTls(*config_); !err.empty()) {
     return err;
   }
+  // Password checks take ~0.1 s of CPU each: a core is left to the loop.
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  auto worker = io::Worker::create(reactor_, std::clamp(cores - 1, 1u, 4u));
+  if (!worker) {
+    return "cannot start the password-check worker: " + worker.error().message();
+  }
+  worker_ = std::move(*worker);
   for (const Bind& b : {Bind{&config_->mqtt, false}, Bind{&config_->mqttTls, true}}) {
     if (!b.listener->enabled) {
       continue;
@@ -188,12 +202,20 @@ void MqttService::onAccept(int listenFd, bool tls) {
     }
     const std::string source = a->address.str();
     const char* limit = nullptr;
-    if (connections_.size() >= limits.maxConnections) {
-      limit = "limits.max_connections";
-    } else if (perSource_[source] >= limits.maxConnectionsPerSource) {
+    if (perSource_[source] >= limits.maxConnectionsPerSource) {
       limit = "limits.max_connections_per_source";
-    } else if (tls && handshakes_ >= limits.maxHandshakes) {
+    } else if (tls && handshakesPerSource_[source] >= limits.maxHandshakesPerSource) {
+      limit = "limits.max_handshakes_per_source";
+    } else if (connections_.size() >= limits.maxConnections && !evictUnauthenticated(false)) {
+      limit = "limits.max_connections";
+    } else if (tls && handshakes_ >= limits.maxHandshakes && !evictUnauthenticated(true)) {
       limit = "limits.max_handshakes";
+    }
+    if (perSource_[source] == 0) {
+      perSource_.erase(source);
+    }
+    if (tls && handshakesPerSource_[source] == 0) {
+      handshakesPerSource_.erase(source);
     }
     if (limit != nullptr) {
       ++stats_.refusedByLimits;
@@ -210,7 +232,7 @@ void MqttService::onAccept(int listenFd, bool tls) {
     }
     ++stats_.accepted;
     ++perSource_[source];
-    auto c = std::make_unique<Connection>(*this, std::move(*a));
+    auto c = std::make_unique<Connection>(*this, std::move(*a), nextConnectionId_++);
     Connection* raw = c.get();
     if (tls) {
       auto stream = tls::ServerStream::create(tlsContext_, raw->fd.get());
@@ -221,6 +243,7 @@ void MqttService::onAccept(int listenFd, bool tls) {
       raw->tls = std::move(*stream);
       raw->handshaking = true;
       ++handshakes_;
+      ++handshakesPerSource_[source];
     } else {
       startSession(*raw);
     }
@@ -229,20 +252,49 @@ void MqttService::onAccept(int listenFd, bool tls) {
                      [this, raw](uint32_t ev) { onClientEvents(*raw, ev); })) {
       --perSource_[source];
       if (raw->handshaking) {
-        handshakeEnded();
+        handshakeEnded(*raw);
       }
       continue;
     }
+    byId_.emplace(raw->id, raw);
     connections_.emplace(raw, std::move(c));
   }
+}
+
+bool MqttService::evictUnauthenticated(bool idleHandshakesOnly) {
+  // Devices whose password is being checked, and sessions already up, are never taken.
+  Connection* oldest = nullptr;
+  for (auto& [ptr, c] : connections_) {
+    if (c->dead || c->checking) {
+      continue;
+    }
+    const bool candidate =
+        idleHandshakesOnly ? c->handshaking && !c->gotBytes
+                           : c->handshaking || (c->session && c->session->state() ==
+                                                                  mqtt::Session::State::AwaitingConnect);
+    if (candidate && (oldest == nullptr || c->accepted < oldest->accepted)) {
+      oldest = c.get();
+    }
+  }
+  if (oldest == nullptr) {
+    return false;
+  }
+  ++stats_.evictedUnauthenticated;
+  closeConnection(*oldest, false);
+  sweep(); // out of the table now: the caller counts live connections
+  return true;
 }
 
 void MqttService::startSession(Connection& c) {
   const auto& limits = config_->limits;
   mqtt::SessionSettings settings;
   settings.maxPacketBytes = limits.maxPacketBytes;
+  settings.maxConnectBytes = limits.maxConnectBytes;
   settings.connectTimeout = limits.connectTimeout;
   settings.maxQueuedToClient = limits.maxQueuedMessages;
+  settings.maxQueuedBytesToClient = limits.maxQueuedBytes;
+  settings.maxSubscriptions = limits.maxSubscriptionsPerSession;
+  settings.maxFiltersPerSubscribe = limits.maxFiltersPerSubscribe;
   settings.upstreamClientIdPrefix = config_->upstream.clientIdPrefix;
   mqtt::PeerInfo peer{c.address, c.label, std::nullopt};
   if (c.tls) {
@@ -253,8 +305,12 @@ void MqttService::startSession(Connection& c) {
                                               std::move(peer), Clock::now());
 }
 
-void MqttService::handshakeEnded() {
+void MqttService::handshakeEnded(Connection& c) {
   --handshakes_;
+  if (auto it = handshakesPerSource_.find(c.source);
+      it != handshakesPerSource_.end() && --it->second == 0) {
+    handshakesPerSource_.erase(it);
+  }
   lastHandshakeEnded_ = Clock::now();
   handshakeCachesHeld_ = true;
 }
@@ -278,7 +334,7 @@ void MqttService::onHandshake(Connection& c) {
   switch (st) {
   case tls::IoStatus::Ok:
     c.handshaking = false;
-    handshakeEnded();
+    handshakeEnded(c);
     startSession(c);
     flush(c);      // back to plain read interest
     readClient(c); // application data may have arrived with the last handshake flight
@@ -318,6 +374,7 @@ void MqttService::onClientEvents(Connection& c, uint32_t events) {
     return;
   }
   if (c.handshaking) {
+    c.gotBytes = c.gotBytes || (events & EPOLLIN) != 0;
     onHandshake(c);
     sweep();
     return;
@@ -353,8 +410,12 @@ void MqttService::readClient(Connection& c) {
       flush(c); // drops EPOLLIN until the upstream is connected
       return;
     }
-    // While the upstream connects, small reads keep what one read can add to its queue small.
-    const size_t chunk = c.upstream && !c.upstream->connected() ? 2048 : sizeof buf;
+    // While the upstream connects, small reads keep what one read can add to its queue small;
+    // before the login, nothing larger than a CONNECT may be is read at once.
+    size_t chunk = c.upstream && !c.upstream->connected() ? 2048 : sizeof buf;
+    if (!c.session->authenticated()) {
+      chunk = std::min<size_t>(chunk, config_->limits.maxConnectBytes);
+    }
     size_t n = 0;
     bool eof = false;
     if (c.tls) {
@@ -381,6 +442,7 @@ void MqttService::readClient(Connection& c) {
     mqtt::Effects e;
     c.session->receive(std::span(buf, n), Clock::now(), e);
     apply(c, e);
+    accountHeldBytes(c);
     if (!c.tls) {
       return; // level-triggered epoll calls again if more is waiting
     }
@@ -407,6 +469,13 @@ void MqttService::apply(Connection& c, mqtt::Effects& e) {
     q.action = "request";
     q.message = "quarantine requested by the device's policy; its session was closed";
     sink_.emit(std::move(q));
+  }
+  if (e.passwordCheck) {
+    checkPassword(c, std::move(*e.passwordCheck));
+    e.passwordCheck.reset();
+    if (c.dead) {
+      return;
+    }
   }
   for (auto& cmd : e.upstream) {
     if (auto* open = std::get_if<mqtt::upstream::Open>(&cmd)) {
@@ -502,6 +571,76 @@ void MqttService::flush(Connection& c) {
   }
   if (c.output.empty() && c.closeAfterFlush) {
     closeConnection(c, true);
+  }
+}
+
+void MqttService::checkPassword(Connection& c, mqtt::PasswordCheck check) {
+  const auto& limits = config_->limits;
+  uint32_t& fromSource = passwordChecksPerSource_[c.source];
+  if (passwordChecks_ >= limits.maxPasswordChecks || fromSource >= limits.maxPasswordChecksPerSource) {
+    if (fromSource == 0) {
+      passwordChecksPerSource_.erase(c.source);
+    }
+    ++stats_.passwordChecksBusy;
+    mqtt::Effects e;
+    c.session->passwordChecked(mqtt::PasswordResult::Busy, Clock::now(), e);
+    apply(c, e);
+    return;
+  }
+  ++fromSource;
+  ++passwordChecks_;
+  ++stats_.passwordChecks;
+  c.checking = true;
+  // The job owns its copy of the hash and the password (wiped when it goes); the completion
+  // finds the connection again by its id, since it may have closed meanwhile.
+  auto job = std::make_shared<mqtt::PasswordCheck>(std::move(check));
+  auto matched = std::make_shared<bool>(false);
+  worker_->post([job, matched] { *matched = job->hash.verify(job->password); },
+                [this, id = c.id, source = c.source, matched] {
+                  --passwordChecks_;
+                  if (auto it = passwordChecksPerSource_.find(source);
+                      it != passwordChecksPerSource_.end() && --it->second == 0) {
+                    passwordChecksPerSource_.erase(it);
+                  }
+                  const auto found = byId_.find(id);
+                  if (found == byId_.end() || found->second->dead) {
+                    return;
+                  }
+                  Connection& conn = *found->second;
+                  conn.checking = false;
+                  mqtt::Effects e;
+                  conn.session->passwordChecked(*matched ? mqtt::PasswordResult::Matched
+                                                         : mqtt::PasswordResult::Mismatched,
+                                                Clock::now(), e);
+                  apply(conn, e);
+                  accountHeldBytes(conn);
+                  sweep();
+                });
+}
+
+void MqttService::accountHeldBytes(Connection& c) {
+  if (c.dead) {
+    return;
+  }
+  const size_t now = c.session && !c.session->authenticated() ? c.session->bufferedBytes() : 0;
+  if (now > 0 && c.heldBytes == 0) {
+    c.partialSince = Clock::now();
+  }
+  unauthenticatedBytes_ = unauthenticatedBytes_ - c.heldBytes + now;
+  c.heldBytes = now;
+  while (unauthenticatedBytes_ > config_->limits.maxUnauthenticatedBytes) {
+    Connection* slowest = nullptr;
+    for (auto& [ptr, other] : connections_) {
+      if (!other->dead && other->heldBytes > 0 &&
+          (slowest == nullptr || other->partialSince < slowest->partialSince)) {
+        slowest = other.get();
+      }
+    }
+    if (slowest == nullptr) {
+      return;
+    }
+    ++stats_.evictedUnauthenticated;
+    closeConnection(*slowest, false);
   }
 }
 
@@ -642,8 +781,10 @@ void MqttService::closeConnection(Connection& c, bool publishWill) {
   }
   if (c.handshaking) {
     c.handshaking = false;
-    handshakeEnded();
+    handshakeEnded(c);
   }
+  unauthenticatedBytes_ -= c.heldBytes;
+  c.heldBytes = 0;
   c.tls.reset(); // before the socket closes: close_notify goes out if the session was up
   reactor_.remove(c.fd.get());
   c.fd = io::UniqueFd();
@@ -679,7 +820,8 @@ void MqttService::tick() {
       continue;
     }
     if (c->handshaking) {
-      if (now - c->accepted > config_->limits.handshakeTimeout) {
+      if (now - c->accepted > config_->limits.handshakeTimeout ||
+          (!c->gotBytes && now - c->accepted > config_->limits.firstByteTimeout)) {
         ++stats_.tlsHandshakesFailed;
         closeConnection(*c, false);
       }
@@ -722,7 +864,12 @@ void MqttService::sweep() {
       draining_.push_back({std::move(c->upstream), now + std::chrono::seconds(10), device});
     }
   }
-  std::erase_if(connections_, [](const auto& kv) { return kv.second->dead; });
+  std::erase_if(connections_, [this](const auto& kv) {
+    if (kv.second->dead) {
+      byId_.erase(kv.second->id);
+    }
+    return kv.second->dead;
+  });
   std::erase_if(draining_,
                 [now](const auto& d) { return d.upstream->finished() || now >= d.deadline; });
 }

@@ -18,6 +18,7 @@
 #include "policy/rate_limit.h"
 #include "protocols/io/reactor.h"
 #include "protocols/io/socket.h"
+#include "protocols/io/worker.h"
 #include "protocols/mqtt/session.h"
 #include "protocols/mqtt/upstream.h"
 #include "protocols/tls/server.h"
@@ -32,6 +33,11 @@ struct MqttStats {
   uint64_t denied = 0;
   uint64_t malformed = 0;
   uint64_t delivered = 0;
+  // Unauthenticated connections closed to make room: the connection table or the handshake
+  // table was full, or their partial packets took more than limits.max_unauthenticated_bytes.
+  uint64_t evictedUnauthenticated = 0;
+  uint64_t passwordChecks = 0;      // run off the event loop
+  uint64_t passwordChecksBusy = 0;  // CONNECTs refused because too many checks were in progress
 };
 
 class MqttService {
@@ -80,8 +86,15 @@ private:
   struct Connection;
 
   void onAccept(int listenFd, bool tls);
+  // Makes room for a new connection (or handshake) by closing the oldest connection nobody has
+  // authenticated (for handshakes: the oldest that has not sent a byte). False: none to close.
+  bool evictUnauthenticated(bool idleHandshakesOnly);
   void onHandshake(Connection& c);
-  void handshakeEnded();
+  void handshakeEnded(Connection& c);
+  void checkPassword(Connection& c, mqtt::PasswordCheck check);
+  // Keeps the bytes held by unauthenticated connections within their budget, closing those whose
+  // partial packet has waited longest first (a slow sender's, never a device's single segment).
+  void accountHeldBytes(Connection& c);
   void releaseIdleMemory(mqtt::Clock::time_point now);
   void startSession(Connection& c);
   void readClient(Connection& c);
@@ -110,6 +123,13 @@ private:
   mqtt::SslContext upstreamContext_;
   UpstreamConfig upstreamTls_; // the broker CA and host the contexts were built for
   uint32_t handshakes_ = 0;
+  std::map<std::string, uint32_t> handshakesPerSource_;
+  std::unique_ptr<io::Worker> worker_; // password checks
+  uint32_t passwordChecks_ = 0;        // in flight (queued or running)
+  std::map<std::string, uint32_t> passwordChecksPerSource_;
+  size_t unauthenticatedBytes_ = 0;    // partial packets of connections not yet authenticated
+  uint64_t nextConnectionId_ = 1;
+  std::map<uint64_t, Connection*> byId_; // for completions that arrive after a connection closed
   mqtt::Clock::time_point lastHandshakeEnded_{};
   bool handshakeCachesHeld_ = false;
   std::map<Connection*, std::unique_ptr<Connection>> connections_;

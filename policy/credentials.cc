@@ -102,6 +102,19 @@ std::expected<std::vector<uint8_t>, std::string> base64Decode(std::string_view t
   return out;
 }
 
+const PasswordHash& PasswordHash::unmatchable() {
+  // Any stored value would do: finding a password whose PBKDF2 output is 32 given bytes is as hard
+  // as inverting SHA-256. The work per check is what matters, and it is the default iterations'.
+  static const PasswordHash h = [] {
+    PasswordHash x;
+    x.iterations_ = kDefaultIterations;
+    x.salt_.assign(kSaltBytes, 0x5a);
+    x.hash_.fill(0xa5);
+    return x;
+  }();
+  return h;
+}
+
 std::expected<PasswordHash, std::string> PasswordHash::parse(std::string_view text) {
   // Split into exactly four '$'-separated fields.
   std::array<std::string_view, 4> f{};

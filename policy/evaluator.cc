@@ -62,12 +62,19 @@ std::optional<std::string> checkField(const JsonFieldRule& f, const JsonValue& v
   return std::nullopt;
 }
 
-// Does any pattern in `patterns`, with %c/%u substituted, match (or cover) `topic`?
+// %d, %c and %u from verified identity only: the device id, the client id its policy pins, and
+// its user name when the session proved it with the password (`username` is what the session
+// verified, empty otherwise; anything else the client said is never used).
+TopicScope scopeOf(const DevicePolicy& p, std::string_view username) {
+  const bool verified = !username.empty() && username == p.mqtt.username;
+  return TopicScope{p.id.str(), p.mqtt.clientId, verified ? username : std::string_view()};
+}
+
+// Does any pattern in `patterns`, with %d/%c/%u substituted, match (or cover) `topic`?
 template <typename Test>
-bool anyPattern(const std::vector<std::string>& patterns, std::string_view clientId,
-                std::string_view username, Test&& test) {
+bool anyPattern(const std::vector<std::string>& patterns, const TopicScope& scope, Test&& test) {
   for (const auto& pattern : patterns) {
-    if (auto concrete = substitutePattern(pattern, clientId, username)) {
+    if (auto concrete = substitutePattern(pattern, scope)) {
       if (test(*concrete)) {
         return true;
       }
@@ -77,8 +84,9 @@ bool anyPattern(const std::vector<std::string>& patterns, std::string_view clien
 }
 
 const PayloadRule* payloadRuleFor(const DevicePolicy& p, const PublishFacts& f) {
+  const TopicScope scope = scopeOf(p, f.username);
   for (const auto& rule : p.mqttRules.payloadRules) {
-    if (auto concrete = substitutePattern(rule.topic, f.clientId, f.username)) {
+    if (auto concrete = substitutePattern(rule.topic, scope)) {
       if (topicMatches(*concrete, f.topic)) {
         return &rule;
       }
@@ -165,14 +173,35 @@ std::optional<std::string> checkPayload(const PayloadRule& rule, std::span<const
   return std::nullopt;
 }
 
+namespace {
+
+ConnectDecision refuse(std::string rule, std::string_view prov, std::string reason,
+                       bool authFailure) {
+  return ConnectDecision{
+      Decision::deny(std::move(rule), prov, std::move(reason), ViolationAction::Disconnect),
+      nullptr, authFailure, nullptr};
+}
+
+// The checks after the identity is settled: where the device may connect from and which client
+// id it must use. They come after the password, so that their answers tell nothing about a user
+// name to someone who does not know its password.
+ConnectDecision admit(const DevicePolicy* device, std::string_view how, const ConnectFacts& f) {
+  if (f.certificate == nullptr && !device->addresses.empty() && f.peer &&
+      std::ranges::find(device->addresses, *f.peer) == device->addresses.end()) {
+    return refuse("device.addresses", provision::kAuthenticatedAccess,
+                  "device connected from an address not in its policy", false);
+  }
+  if (!device->mqtt.clientId.empty() && device->mqtt.clientId != f.clientId) {
+    return refuse("device.mqtt.client_id", provision::kAuthenticatedAccess,
+                  "client id does not match the device's", false);
+  }
+  return ConnectDecision{Decision::allow(fmt::format("connect.{}", how)), device, false, nullptr};
+}
+
+} // namespace
+
 ConnectDecision evaluateConnect(const PolicySet& set, const DefaultCredentials& defaults,
                                 const ConnectFacts& f) {
-  const auto refuse = [](std::string rule, std::string_view prov, std::string reason,
-                         bool authFailure) {
-    return ConnectDecision{
-        Decision::deny(std::move(rule), prov, std::move(reason), ViolationAction::Disconnect),
-        nullptr, authFailure};
-  };
   if (f.sourceLockedOut) {
     return refuse("auth.lockout", provision::kBruteForce,
                   "source is locked out after repeated failed logins", false);
@@ -187,45 +216,55 @@ ConnectDecision evaluateConnect(const PolicySet& set, const DefaultCredentials& 
                   "password without a username", true);
   }
 
-  const DevicePolicy* device = nullptr;
-  std::string how;
   if (f.certificate != nullptr) {
-    device = set.findByCertificate(f.certificate->commonName, f.certificate->subjectAltNames);
-    how = "certificate";
-  } else if (f.username) {
-    device = set.findByUsername(*f.username);
-    how = "username";
-  } else if (f.peer) {
-    device = set.findByAddress(*f.peer);
-    how = "address";
-    // An address identifies a device only if it has no stronger credential configured.
-    if (device != nullptr && (device->mqtt.passwordHash || !device->certificate.commonName.empty() ||
-                              !device->certificate.subjectAltNames.empty())) {
-      return refuse("auth.missing-credentials", provision::kAuthenticatedAccess,
-                    "device must log in with its credentials", true);
+    const DevicePolicy* device =
+        set.findByCertificate(f.certificate->commonName, f.certificate->subjectAltNames);
+    if (device == nullptr) {
+      return refuse("default-deny", provision::kAuthenticatedAccess,
+                    "no enrolled device matches this certificate", false);
     }
+    return admit(device, "certificate", f);
   }
+  if (f.username) {
+    const DevicePolicy* device = set.findByUsername(*f.username);
+    // A user name guessed at from many sources is locked out, but not for the device's own
+    // enrolled address: guesses from elsewhere must not lock the real device out.
+    const bool ownAddress = device != nullptr && f.peer &&
+                            std::ranges::find(device->addresses, *f.peer) != device->addresses.end();
+    if (f.usernameLockedOut && !ownAddress) {
+      return refuse("auth.lockout", provision::kBruteForce,
+                    "user name is locked out after repeated failed logins", false);
+    }
+    // The answer hinges on the password: the caller verifies it (slow by design) and finishes
+    // with evaluateVerifiedConnect. An unknown user name is verified against a hash that matches
+    // nothing, so that it costs the same time and gets the same answer as a wrong password.
+    ConnectDecision pending{Decision::allow("auth.password"), device, false, nullptr};
+    pending.passwordHash = device != nullptr && device->mqtt.passwordHash
+                               ? &*device->mqtt.passwordHash
+                               : &PasswordHash::unmatchable();
+    return pending;
+  }
+  const DevicePolicy* device = f.peer ? set.findByAddress(*f.peer) : nullptr;
   if (device == nullptr) {
     return refuse("default-deny", provision::kAuthenticatedAccess,
-                  fmt::format("no enrolled device matches this {}", how.empty() ? "client" : how),
-                  how == "username");
+                  "no enrolled device matches this address", false);
   }
-  if (how == "username") {
-    if (!device->mqtt.passwordHash || !f.password || !device->mqtt.passwordHash->verify(*f.password)) {
-      return refuse("auth.password", provision::kAuthenticatedAccess, "wrong password", true);
-    }
+  // An address identifies a device only if it has no stronger credential configured.
+  if (device->mqtt.passwordHash || !device->certificate.commonName.empty() ||
+      !device->certificate.subjectAltNames.empty()) {
+    return refuse("auth.missing-credentials", provision::kAuthenticatedAccess,
+                  "device must log in with its credentials", true);
   }
-  if (f.certificate == nullptr && !device->addresses.empty() && f.peer &&
-      std::ranges::find(device->addresses, *f.peer) == device->addresses.end()) {
-    return refuse("device.addresses", provision::kAuthenticatedAccess,
-                  "device connected from an address not in its policy", false);
+  return admit(device, "address", f);
+}
+
+ConnectDecision evaluateVerifiedConnect(const ConnectDecision& pending, bool passwordMatched,
+                                        const ConnectFacts& f) {
+  if (pending.device == nullptr || !passwordMatched) {
+    return refuse("auth.password", provision::kAuthenticatedAccess,
+                  "wrong user name or password", true);
   }
-  if (!device->mqtt.clientId.empty() && device->mqtt.clientId != f.clientId) {
-    return refuse("device.mqtt.client_id", provision::kAuthenticatedAccess,
-                  "client id does not match the device's", false);
-  }
-  ConnectDecision ok{Decision::allow("connect." + how), device, false};
-  return ok;
+  return admit(pending.device, "username", f);
 }
 
 Decision evaluatePublish(const DevicePolicy& p, const PublishFacts& f) {
@@ -240,7 +279,7 @@ Decision evaluatePublish(const DevicePolicy& p, const PublishFacts& f) {
   if (f.retain && !m.retainAllowed) {
     return deny(p, "mqtt.retain", provision::kValidateInput, "retained messages are not allowed");
   }
-  if (!anyPattern(m.publish, f.clientId, f.username,
+  if (!anyPattern(m.publish, scopeOf(p, f.username),
                   [&](const std::string& filter) { return topicMatches(filter, f.topic); })) {
     return deny(p, "mqtt.publish", provision::kValidateInput,
                 "topic is not in the device's publish list");
@@ -256,7 +295,7 @@ Decision evaluateSubscribe(const DevicePolicy& p, const SubscribeFacts& f) {
     return deny(p, "mqtt.topic", provision::kValidateInput,
                 fmt::format("invalid topic filter: {} ({})", describe(*e), clause(*e)));
   }
-  if (!anyPattern(p.mqttRules.subscribe, f.clientId, f.username,
+  if (!anyPattern(p.mqttRules.subscribe, scopeOf(p, f.username),
                   [&](const std::string& allowed) { return filterCovers(allowed, f.filter); })) {
     return deny(p, "mqtt.subscribe", provision::kValidateInput,
                 "filter is not within the device's subscribe list");
@@ -270,7 +309,7 @@ Decision evaluateDelivery(const DevicePolicy& p, const PublishFacts& f) {
   if (auto d = checkMessage(p, f)) {
     return *d;
   }
-  if (!anyPattern(p.mqttRules.subscribe, f.clientId, f.username,
+  if (!anyPattern(p.mqttRules.subscribe, scopeOf(p, f.username),
                   [&](const std::string& filter) { return topicMatches(filter, f.topic); })) {
     return deny(p, "mqtt.subscribe", provision::kValidateInput,
                 "message topic is outside the device's subscribe list");

@@ -30,7 +30,8 @@ struct ConnectFacts {
   std::optional<std::string_view> password;
   const CertificateFacts* certificate = nullptr; // set when the peer presented a verified cert
   std::optional<IpAddress> peer;
-  bool sourceLockedOut = false; // from AuthThrottle
+  bool sourceLockedOut = false;   // from AuthThrottle
+  bool usernameLockedOut = false; // the user name presented is locked out (AuthThrottle)
 };
 
 struct ConnectDecision {
@@ -38,10 +39,16 @@ struct ConnectDecision {
   const DevicePolicy* device = nullptr; // the device the session belongs to, when allowed
   // True when the refusal should count as a failed authentication (for AuthThrottle).
   bool authenticationFailure = false;
+  // Set when the outcome hinges on a password: the caller checks `password` against this hash
+  // (PBKDF2, slow by design: off the event loop) and finishes with evaluateVerifiedConnect.
+  // `decision` means nothing until then. Points into the policy set, or at the hash that matches
+  // nothing (an unknown user name).
+  const PasswordHash* passwordHash = nullptr;
 };
 
+// `username` is the user name the session verified with its password (empty when it logged in
+// by certificate or address): the only one a pattern's %u may stand for.
 struct PublishFacts {
-  std::string_view clientId;
   std::string_view username;
   std::string_view topic;
   uint8_t qos = 0;
@@ -50,8 +57,7 @@ struct PublishFacts {
 };
 
 struct SubscribeFacts {
-  std::string_view clientId;
-  std::string_view username;
+  std::string_view username; // as in PublishFacts
   std::string_view filter;
   uint8_t requestedQos = 0;
 };
@@ -63,8 +69,14 @@ struct CoapFacts {
   std::optional<uint16_t> contentFormat;
 };
 
+// Everything but the password: lockouts, default credentials, who the client is. When the result
+// has a passwordHash, the decision waits for evaluateVerifiedConnect.
 [[nodiscard]] ConnectDecision evaluateConnect(const PolicySet& set, const DefaultCredentials& defaults,
                                               const ConnectFacts& f);
+// Finishes a login that waited for its password check (`pending` from evaluateConnect, with the
+// same facts). A wrong password and an unknown user name get the same refusal.
+[[nodiscard]] ConnectDecision evaluateVerifiedConnect(const ConnectDecision& pending,
+                                                      bool passwordMatched, const ConnectFacts& f);
 // Device → broker.
 [[nodiscard]] Decision evaluatePublish(const DevicePolicy& p, const PublishFacts& f);
 [[nodiscard]] Decision evaluateSubscribe(const DevicePolicy& p, const SubscribeFacts& f);

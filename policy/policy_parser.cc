@@ -496,6 +496,49 @@ private:
                                   "'device.addresses' needs 'device.mac': an address is only "
                                   "trusted when bound to the device's MAC (anti-spoofing)"});
     }
+    checkPlaceholders(root, p);
+  }
+
+  // A topic scope may only come from verified identity: %c stands for the client id the policy
+  // pins (a client id the device picks itself would let it choose its scope), %u for the user
+  // name it logs in with.
+  void checkPlaceholders(const toml::table& root, const DevicePolicy& p) {
+    const auto check = [&](const toml::node& at, std::string_view key, std::string_view pattern) {
+      const auto pos = at.source().begin;
+      if (patternUses(pattern, "%c") && p.mqtt.clientId.empty()) {
+        diags_.push_back(Diagnostic{
+            source_, pos.line, pos.column,
+            fmt::format("'{}' uses %c, but 'device.mqtt.client_id' is not set: the device would "
+                        "choose its own scope (pin its client id, or use %d, the device id)",
+                        key)});
+      }
+      if (patternUses(pattern, "%u") && p.mqtt.username.empty()) {
+        diags_.push_back(Diagnostic{
+            source_, pos.line, pos.column,
+            fmt::format("'{}' uses %u, but 'device.mqtt.username' is not set: %u stands only for "
+                        "the user name the device logs in with (use %d, the device id)",
+                        key)});
+      }
+    };
+    for (const char* key : {"publish", "subscribe"}) {
+      if (const toml::array* list = root["mqtt"][key].as_array()) {
+        for (const auto& item : *list) {
+          if (const auto* text = item.as_string()) {
+            check(item, fmt::format("mqtt.{}", key), text->get());
+          }
+        }
+      }
+    }
+    if (const toml::array* rules = root["mqtt"]["payload"].as_array()) {
+      for (size_t i = 0; i < rules->size(); ++i) {
+        if (const toml::node* topic = (*rules)[i].as_table() ? (*rules)[i].as_table()->get("topic")
+                                                              : nullptr) {
+          if (const auto* text = topic->as_string()) {
+            check(*topic, fmt::format("mqtt.payload[{}].topic", i), text->get());
+          }
+        }
+      }
+    }
   }
 
   const std::string& source_;
@@ -593,6 +636,61 @@ parseDevicePolicy(std::string_view text, const std::string& sourceName, const Po
   }
   policy->document.assign(text);
   return std::move(*policy);
+}
+
+std::string redactSecrets(std::string_view document) {
+  static constexpr std::string_view kKey = "password_hash";
+  static constexpr std::string_view kRedacted = "\"(redacted)\"";
+  std::vector<std::string> lines;
+  for (size_t start = 0; start <= document.size();) {
+    const size_t nl = document.find('\n', start);
+    const size_t end = nl == std::string_view::npos ? document.size() : nl;
+    lines.emplace_back(document.substr(start, end - start));
+    if (nl == std::string_view::npos) {
+      break;
+    }
+    start = nl + 1;
+  }
+  // Where the value is, as the parser sees it; a line that merely mentions the key elsewhere
+  // (a comment, a string) is left alone when the document parses.
+  std::optional<std::pair<size_t, size_t>> span; // first and last line, 0-based
+  try {
+    const toml::table doc = toml::parse(document);
+    if (const toml::node* v = doc["device"]["mqtt"][kKey].node()) {
+      span = {v->source().begin.line - 1, v->source().end.line - 1};
+    }
+  } catch (const toml::parse_error&) {
+    span.reset();
+  }
+  const auto redactLine = [&](std::string& line) {
+    const size_t eq = line.find('=', line.find(kKey));
+    if (eq != std::string::npos) {
+      line = line.substr(0, eq + 1) + " " + std::string(kRedacted);
+    }
+  };
+  if (span) {
+    for (size_t i = span->first; i <= span->second && i < lines.size(); ++i) {
+      if (i == span->first) {
+        redactLine(lines[i]);
+      } else {
+        lines[i].clear(); // the rest of a value written over several lines
+      }
+    }
+  } else {
+    for (auto& line : lines) {
+      if (line.find(kKey) != std::string::npos) {
+        redactLine(line);
+      }
+    }
+  }
+  std::string out;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    out += lines[i];
+    if (i + 1 < lines.size()) {
+      out += '\n';
+    }
+  }
+  return out;
 }
 
 } // namespace iotgw::policy

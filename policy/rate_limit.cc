@@ -5,20 +5,20 @@
 
 namespace iotgw::policy {
 
-bool AuthThrottle::lockedOut(const std::string& source, Clock::time_point now) const {
-  const auto it = entries_.find(source);
+bool FailureTable::lockedOut(const std::string& key, Clock::time_point now) const {
+  const auto it = entries_.find(key);
   return it != entries_.end() && now < it->second.lockedUntil;
 }
 
-bool AuthThrottle::recordFailure(const std::string& source, Clock::time_point now) {
-  auto it = entries_.find(source);
+bool FailureTable::recordFailure(const std::string& key, Clock::time_point now) {
+  auto it = entries_.find(key);
   if (it == entries_.end()) {
     if (entries_.size() >= s_.maxTrackedSources && !lru_.empty()) {
       entries_.erase(lru_.back());
       lru_.pop_back();
     }
-    lru_.push_front(source);
-    it = entries_.emplace(source, Entry{}).first;
+    lru_.push_front(key);
+    it = entries_.emplace(key, Entry{}).first;
     it->second.lru = lru_.begin();
     it->second.windowStart = now;
   } else {
@@ -41,12 +41,23 @@ bool AuthThrottle::recordFailure(const std::string& source, Clock::time_point no
   return false;
 }
 
-void AuthThrottle::recordSuccess(const std::string& source) {
-  const auto it = entries_.find(source);
+void FailureTable::clear(const std::string& key) {
+  const auto it = entries_.find(key);
   if (it != entries_.end()) {
     lru_.erase(it->second.lru);
     entries_.erase(it);
   }
+}
+
+AuthThrottle::Lockouts AuthThrottle::recordFailure(const std::string& source,
+                                                   const std::string& username,
+                                                   Clock::time_point now) {
+  Lockouts started;
+  started.source = sources_.recordFailure(source, now);
+  if (!username.empty()) {
+    started.user = users_.recordFailure(username, now);
+  }
+  return started;
 }
 
 } // namespace iotgw::policy

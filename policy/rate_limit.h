@@ -85,17 +85,17 @@ struct ThrottleSettings {
   size_t maxTrackedSources = 4096;
 };
 
-// Failed-authentication throttling per source (EN 303 645 5.1-5): after N failures within the
-// window a source is locked out for the lockout time; each further lockout doubles it (up to
-// 16×). Memory is bounded: past maxTrackedSources the least recently seen source is forgotten.
-class AuthThrottle {
+// One kind of key (source addresses, or user names) and its failed logins: after N failures
+// within the window the key is locked out for the lockout time; each further lockout doubles it
+// (up to 16x). Memory is bounded: past maxTrackedSources the least recently seen key is forgotten.
+class FailureTable {
 public:
-  explicit AuthThrottle(ThrottleSettings s = {}) : s_(s) {}
+  explicit FailureTable(ThrottleSettings s = {}) : s_(s) {}
 
-  [[nodiscard]] bool lockedOut(const std::string& source, Clock::time_point now) const;
+  [[nodiscard]] bool lockedOut(const std::string& key, Clock::time_point now) const;
   // Records a failure; returns true if this failure started a lockout.
-  bool recordFailure(const std::string& source, Clock::time_point now);
-  void recordSuccess(const std::string& source);
+  bool recordFailure(const std::string& key, Clock::time_point now);
+  void clear(const std::string& key);
   [[nodiscard]] size_t tracked() const { return entries_.size(); }
 
 private:
@@ -109,6 +109,38 @@ private:
   ThrottleSettings s_;
   std::unordered_map<std::string, Entry> entries_;
   std::list<std::string> lru_; // front: most recently seen
+};
+
+// Failed-authentication throttling (EN 303 645 5.1-5), counted per source and per user name.
+// A source that fails too often is locked out whatever user names it tries; a user name guessed
+// at too often (from any number of sources) is locked out too. A successful login clears only its
+// own user name's count: the source's failures stand, so one valid login cannot buy another round
+// of guesses at a different device's password.
+class AuthThrottle {
+public:
+  explicit AuthThrottle(ThrottleSettings s = {}) : sources_(s), users_(s) {}
+
+  [[nodiscard]] bool sourceLockedOut(const std::string& source, Clock::time_point now) const {
+    return sources_.lockedOut(source, now);
+  }
+  [[nodiscard]] bool userLockedOut(const std::string& username, Clock::time_point now) const {
+    return users_.lockedOut(username, now);
+  }
+  struct Lockouts {
+    bool source = false;
+    bool user = false;
+  };
+  // Records a failed login from `source`, naming `username` when it named one (empty: none).
+  // Says which lockouts this failure started.
+  Lockouts recordFailure(const std::string& source, const std::string& username,
+                         Clock::time_point now);
+  void recordSuccess(const std::string& username) { users_.clear(username); }
+  [[nodiscard]] size_t trackedSources() const { return sources_.tracked(); }
+  [[nodiscard]] size_t trackedUsers() const { return users_.tracked(); }
+
+private:
+  FailureTable sources_;
+  FailureTable users_;
 };
 
 } // namespace iotgw::policy

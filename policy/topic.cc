@@ -22,6 +22,9 @@ std::optional<TopicError> validateCommon(std::string_view s) noexcept {
   if (!isValidUtf8(s)) {
     return TopicError::BadUtf8;
   }
+  if (firstDiscouragedCodePoint(s)) {
+    return TopicError::ControlCharacter;
+  }
   return std::nullopt;
 }
 
@@ -53,7 +56,8 @@ std::optional<TopicError> validateFilterLevels(std::string_view filter, bool pat
       err = TopicError::MisplacedPlus;
       return false;
     }
-    if (pattern && level.find('%') != std::string_view::npos && level != "%c" && level != "%u") {
+    if (pattern && level.find('%') != std::string_view::npos && level != "%d" && level != "%c" &&
+        level != "%u") {
       err = TopicError::BadSubstitution;
       return false;
     }
@@ -90,6 +94,8 @@ std::string_view describe(TopicError e) noexcept {
     return "topic is not well-formed UTF-8";
   case TopicError::NulCharacter:
     return "topic contains U+0000";
+  case TopicError::ControlCharacter:
+    return "topic contains a control character or a Unicode non-character";
   case TopicError::WildcardInName:
     return "topic name contains a wildcard";
   case TopicError::MisplacedHash:
@@ -97,7 +103,7 @@ std::string_view describe(TopicError e) noexcept {
   case TopicError::MisplacedPlus:
     return "'+' must be a whole level of a filter";
   case TopicError::BadSubstitution:
-    return "'%' may only appear as a whole level \"%c\" or \"%u\"";
+    return "'%' may only appear as a whole level \"%d\", \"%c\" or \"%u\"";
   }
   return "invalid topic";
 }
@@ -112,6 +118,8 @@ std::string_view clause(TopicError e) noexcept {
     return "MQTT-1.5.3-1";
   case TopicError::NulCharacter:
     return "MQTT-1.5.3-2";
+  case TopicError::ControlCharacter:
+    return "MQTT-1.5.4";
   case TopicError::WildcardInName:
     return "MQTT-3.3.2-2";
   case TopicError::MisplacedHash:
@@ -200,17 +208,18 @@ bool filterCovers(std::string_view allowed, std::string_view requested) noexcept
   return rDone;
 }
 
-std::optional<std::string> substitutePattern(std::string_view pattern, std::string_view clientId,
-                                             std::string_view username) {
+std::optional<std::string> substitutePattern(std::string_view pattern, const TopicScope& scope) {
   const auto safe = [](std::string_view v) {
     return !v.empty() && v.find_first_of("/+#") == std::string_view::npos && v.front() != '$';
   };
   std::string out;
-  out.reserve(pattern.size() + clientId.size());
+  out.reserve(pattern.size() + scope.deviceId.size());
   bool ok = true;
   forEachLevel(pattern, [&](std::string_view level, bool last) {
-    if (level == "%c" || level == "%u") {
-      const std::string_view v = level == "%c" ? clientId : username;
+    if (level == "%d" || level == "%c" || level == "%u") {
+      const std::string_view v = level == "%d"   ? scope.deviceId
+                                 : level == "%c" ? scope.clientId
+                                                 : scope.username;
       if (!safe(v)) {
         ok = false;
         return false;
@@ -228,6 +237,10 @@ std::optional<std::string> substitutePattern(std::string_view pattern, std::stri
     return std::nullopt;
   }
   return out;
+}
+
+bool patternUses(std::string_view pattern, std::string_view placeholder) noexcept {
+  return !forEachLevel(pattern, [&](std::string_view level, bool) { return level != placeholder; });
 }
 
 } // namespace iotgw::policy

@@ -54,4 +54,32 @@ bool isValidUtf8(std::string_view s, bool allowNul) noexcept {
   return true;
 }
 
+std::optional<uint32_t> firstDiscouragedCodePoint(std::string_view s) noexcept {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  size_t i = 0;
+  while (i < n) {
+    const unsigned char c = p[i];
+    uint32_t cp = c;
+    size_t len = 1;
+    if (c >= 0xF0 && i + 3 < n) {
+      len = 4;
+      cp = (c & 0x07u) << 18 | (p[i + 1] & 0x3Fu) << 12 | (p[i + 2] & 0x3Fu) << 6 | (p[i + 3] & 0x3Fu);
+    } else if (c >= 0xE0 && i + 2 < n) {
+      len = 3;
+      cp = (c & 0x0Fu) << 12 | (p[i + 1] & 0x3Fu) << 6 | (p[i + 2] & 0x3Fu);
+    } else if (c >= 0xC0 && i + 1 < n) {
+      len = 2;
+      cp = (c & 0x1Fu) << 6 | (p[i + 1] & 0x3Fu);
+    }
+    const bool control = (cp >= 0x01 && cp <= 0x1F) || (cp >= 0x7F && cp <= 0x9F);
+    const bool nonCharacter = (cp >= 0xFDD0 && cp <= 0xFDEF) || (cp & 0xFFFEu) == 0xFFFEu;
+    if (control || nonCharacter) {
+      return cp;
+    }
+    i += len;
+  }
+  return std::nullopt;
+}
+
 } // namespace iotgw::policy

@@ -37,7 +37,7 @@ Session::Session(SessionSettings settings, std::shared_ptr<const policy::PolicyS
       lastPacket_(now) {}
 
 Clock::time_point Session::deadline() const {
-  if (state_ == State::AwaitingConnect) {
+  if (state_ == State::AwaitingConnect || state_ == State::Authenticating) {
     return connectDeadline_;
   }
   if (state_ == State::Connected && keepAlive_ > 0) {
@@ -66,12 +66,31 @@ void Session::receive(std::span<const uint8_t> bytes, Clock::time_point now, Eff
     return;
   }
   buffer_.insert(buffer_.end(), bytes.begin(), bytes.end());
+  if (state_ == State::Authenticating) {
+    // Packets sent right behind the CONNECT wait, unread, until its password is checked.
+    if (buffer_.size() > settings_.maxConnectBytes) {
+      protocolViolation({"limits.max_connect_bytes", reason::kPacketTooLarge,
+                         "more bytes before the CONNECT was accepted than limits.max_connect_bytes"},
+                        out);
+      buffer_.clear();
+    }
+    return;
+  }
   size_t consumed = 0;
-  while (state_ != State::Closed) {
+  while (state_ == State::AwaitingConnect || state_ == State::Connected) {
     const auto view = std::span<const uint8_t>(buffer_).subspan(consumed);
-    auto frame = readFrame(view, settings_.maxPacketBytes);
+    // Before the CONNECT is accepted nobody is known, and a packet may only be small.
+    const bool known = state_ == State::Connected;
+    auto frame = readFrame(view, known ? settings_.maxPacketBytes : settings_.maxConnectBytes);
     if (!frame) {
-      protocolViolation(frame.error(), out);
+      if (!known && frame.error().reasonCode == reason::kPacketTooLarge) {
+        protocolViolation({"limits.max_connect_bytes", reason::kPacketTooLarge,
+                           "packet before the CONNECT was accepted is larger than "
+                           "limits.max_connect_bytes"},
+                          out);
+      } else {
+        protocolViolation(frame.error(), out);
+      }
       break;
     }
     if (!*frame) {
@@ -97,10 +116,21 @@ void Session::receive(std::span<const uint8_t> bytes, Clock::time_point now, Eff
     lastPacket_ = now;
     handle(std::move(*packet), now, out);
   }
+  if (state_ != State::Closed) {
+    buffer_.erase(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(consumed));
+    if (state_ == State::Authenticating && buffer_.size() > settings_.maxConnectBytes) {
+      protocolViolation({"limits.max_connect_bytes", reason::kPacketTooLarge,
+                         "more bytes before the CONNECT was accepted than limits.max_connect_bytes"},
+                        out);
+    }
+  }
   if (state_ == State::Closed) {
     buffer_.clear();
-  } else {
-    buffer_.erase(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(consumed));
+  }
+  // An idle session keeps no read-sized buffer around (a thousand idle devices would hold 64 KiB
+  // each).
+  if (buffer_.empty() && buffer_.capacity() > 4096) {
+    std::vector<uint8_t>().swap(buffer_);
   }
 }
 
@@ -141,6 +171,20 @@ void Session::refuseConnect(uint8_t v5Code, uint8_t v311Code, Effects& out) {
   out.closeClient = true;
 }
 
+policy::ConnectFacts Session::connectFacts(const Connect& c) const {
+  policy::ConnectFacts facts;
+  facts.clientId = c.clientId;
+  if (c.username) {
+    facts.username = *c.username;
+  }
+  if (c.password) {
+    facts.password = text(*c.password);
+  }
+  facts.certificate = peer_.certificate ? &*peer_.certificate : nullptr;
+  facts.peer = peer_.address;
+  return facts;
+}
+
 void Session::onConnect(Connect&& c, Clock::time_point now, Effects& out) {
   if (state_ == State::Connected) {
     protocolViolation({"MQTT-3.1.0-2", reason::kProtocolError, "second CONNECT"}, out);
@@ -152,20 +196,54 @@ void Session::onConnect(Connect&& c, Clock::time_point now, Effects& out) {
     refuseConnect(reason::kBadAuthenticationMethod, v311::kNotAuthorized, out);
     return;
   }
-  const std::string source = sourceKey(peer_);
-  const std::string password = c.password ? std::string(text(*c.password)) : std::string();
-  policy::ConnectFacts facts;
-  facts.clientId = c.clientId;
-  if (c.username) {
-    facts.username = *c.username;
-  }
-  if (c.password) {
-    facts.password = password;
-  }
-  facts.certificate = peer_.certificate ? &*peer_.certificate : nullptr;
-  facts.peer = peer_.address;
-  facts.sourceLockedOut = throttle_.lockedOut(source, now);
+  policy::ConnectFacts facts = connectFacts(c);
+  facts.sourceLockedOut = throttle_.sourceLockedOut(sourceKey(peer_), now);
+  facts.usernameLockedOut = c.username && throttle_.userLockedOut(*c.username, now);
   const policy::ConnectDecision cd = evaluateConnect(*policies_, *defaults_, facts);
+  pendingConnect_ = std::move(c);
+  if (cd.passwordHash != nullptr) {
+    pendingDecision_ = cd;
+    const std::string password =
+        pendingConnect_->password ? std::string(text(*pendingConnect_->password)) : std::string();
+    out.passwordCheck.emplace(*cd.passwordHash, password);
+    state_ = State::Authenticating;
+    return;
+  }
+  finishConnect(cd, now, out);
+}
+
+void Session::passwordChecked(PasswordResult result, Clock::time_point now, Effects& out) {
+  if (state_ != State::Authenticating || !pendingConnect_) {
+    return; // closed meanwhile (connect timeout, connection lost)
+  }
+  state_ = State::AwaitingConnect;
+  if (result == PasswordResult::Busy) {
+    // Too many checks in progress: a cheap refusal, not a failed login. The client retries.
+    Event e;
+    e.type = EventType::RateLimited;
+    e.peer = peer_.label;
+    e.protocol = "mqtt";
+    e.provision = std::string(policy::provision::kBruteForce);
+    e.rule = "limits.max_password_checks";
+    e.action = "refuse";
+    e.message = "login refused: too many password checks in progress";
+    out.events.push_back(std::move(e));
+    pendingConnect_.reset();
+    refuseConnect(reason::kServerBusy, v311::kServerUnavailable, out);
+    return;
+  }
+  const policy::ConnectDecision cd = evaluateVerifiedConnect(
+      pendingDecision_, result == PasswordResult::Matched, connectFacts(*pendingConnect_));
+  finishConnect(cd, now, out);
+  if (state_ == State::Connected) {
+    receive({}, now, out); // what the client sent behind its CONNECT
+  }
+}
+
+void Session::finishConnect(const policy::ConnectDecision& cd, Clock::time_point now,
+                            Effects& out) {
+  const std::string source = sourceKey(peer_);
+  Connect& c = *pendingConnect_;
   if (!cd.decision.allowed()) {
     EventType type = EventType::AuthenticationFailed;
     uint8_t v5Code = reason::kNotAuthorized;
@@ -184,27 +262,42 @@ void Session::onConnect(Connect&& c, Clock::time_point now, Effects& out) {
     out.events.push_back(std::move(e));
     if (cd.authenticationFailure) {
       out.authenticationFailed = true;
-      if (throttle_.recordFailure(source, now)) {
+      const auto started = throttle_.recordFailure(source, c.username.value_or(""), now);
+      for (const bool user : {false, true}) {
+        if (user ? !started.user : !started.source) {
+          continue;
+        }
         Event lock;
         lock.type = EventType::AuthenticationLockout;
         lock.peer = peer_.label;
         lock.protocol = "mqtt";
         lock.rule = "auth.lockout";
         lock.action = "lockout";
-        lock.message = "source locked out after repeated failed logins";
+        lock.message = user ? "user name locked out after repeated failed logins"
+                            : "source locked out after repeated failed logins";
         out.events.push_back(std::move(lock));
       }
     }
+    pendingConnect_.reset();
     refuseConnect(v5Code, v311Code, out);
     return;
   }
-  throttle_.recordSuccess(source);
   device_ = cd.device;
   clientId_ = c.clientId;
-  username_ = c.username.value_or("");
+  const bool passwordLogin = cd.decision.rule == "connect.username";
+  username_ = passwordLogin ? c.username.value_or("") : std::string();
+  if (passwordLogin) {
+    throttle_.recordSuccess(username_); // the source's failures stand
+  }
+  acceptConnect(now, out);
+}
+
+void Session::acceptConnect(Clock::time_point now, Effects& out) {
+  Connect c = std::move(*pendingConnect_);
+  pendingConnect_.reset();
   if (c.will) {
-    const Decision wd = evaluatePublish(
-        *device_, {clientId_, username_, c.will->topic, c.will->qos, c.will->retain, c.will->payload});
+    const Decision wd =
+        evaluatePublish(*device_, {username_, c.will->topic, c.will->qos, c.will->retain, c.will->payload});
     if (!wd.allowed()) {
       out.events.push_back(policy::violationEvent(EventType::AccessDenied, wd, deviceName(),
                                                   peer_.label, "mqtt"));
@@ -213,14 +306,16 @@ void Session::onConnect(Connect&& c, Clock::time_point now, Effects& out) {
     }
   }
   keepAlive_ = c.keepAlive;
+  clientReceiveMaximum_ = settings_.sendMaximum;
   if (c.version == Version::V5) {
+    // The client may ask for fewer messages in flight towards it, never for more than we keep.
     if (const Property* rm = findProperty(c.properties, PropertyId::ReceiveMaximum)) {
-      clientReceiveMaximum_ = static_cast<uint16_t>(rm->number);
+      clientReceiveMaximum_ =
+          std::min(clientReceiveMaximum_, static_cast<uint16_t>(rm->number));
     }
-  } else {
-    clientReceiveMaximum_ = settings_.sendMaximum;
   }
   rate_ = makeRateLimiter(*device_, now);
+  lastPacket_ = now; // the keepalive runs from the CONNACK: the password check took its time
   upstreamPrefix_ = device_->mqttRules.upstreamPrefix;
   if (const size_t at = upstreamPrefix_.find("%d"); at != std::string::npos) {
     upstreamPrefix_.replace(at, 2, device_->id.str());
@@ -279,7 +374,7 @@ void Session::onPublish(Publish&& p, Clock::time_point now, Effects& out) {
   }
   Decision d = rateDecision(*device_, rate_.take(p.payload.size(), now));
   if (d.allowed()) {
-    d = evaluatePublish(*device_, {clientId_, username_, p.topic, p.qos, p.retain, p.payload});
+    d = evaluatePublish(*device_, {username_, p.topic, p.qos, p.retain, p.payload});
   }
   if (!d.allowed()) {
     ++counters_.publishesDenied;
@@ -293,7 +388,10 @@ void Session::onPublish(Publish&& p, Clock::time_point now, Effects& out) {
       } else if (p.qos == 2) {
         send(Ack{PacketType::Pubrec, p.packetId, v5 ? code : uint8_t{0}, {}}, out);
         if (!v5) {
-          qos2Received_.emplace(p.packetId, false); // 3.1.1 completes the flow with PUBREL
+          // 3.1.1 completes the flow with PUBREL; until then it counts against the receive
+          // maximum like a forwarded one, so a client cannot leave flows open without bound.
+          qos2Received_.emplace(p.packetId, true);
+          ++unacknowledgedFromClient_;
         }
       }
       return;
@@ -383,16 +481,43 @@ void Session::onSubscribe(const Subscribe& s, Effects& out) {
   const bool v5 = version_ == Version::V5;
   SubAck ack{PacketType::Suback, s.packetId, {}, {}};
   bool disconnect = false;
-  for (const auto& sub : s.subscriptions) {
-    const Decision d = evaluateSubscribe(*device_, {clientId_, username_, sub.filter, sub.qos()});
+  size_t overLimit = 0;
+  for (size_t i = 0; i < s.subscriptions.size(); ++i) {
+    const auto& sub = s.subscriptions[i];
+    // Bounded per packet and per session: each filter is state here and at the broker.
+    if (i >= settings_.maxFiltersPerSubscribe ||
+        (!subscriptions_.contains(sub.filter) && subscriptions_.size() >= settings_.maxSubscriptions)) {
+      ack.reasonCodes.push_back(v5 ? reason::kQuotaExceeded : v311::kSubackFailure);
+      ++overLimit;
+      continue;
+    }
+    const Decision d = evaluateSubscribe(*device_, {username_, sub.filter, sub.qos()});
     if (d.allowed()) {
       ack.reasonCodes.push_back(d.grantedQos);
+      subscriptions_.insert(sub.filter);
       out.upstream.emplace_back(upstream::Subscribe{toUpstream(sub.filter), d.grantedQos});
     } else {
       ack.reasonCodes.push_back(v5 ? reason::kNotAuthorized : v311::kSubackFailure);
       violation(d, out);
       disconnect = disconnect || d.action != ViolationAction::Drop;
     }
+  }
+  if (overLimit > 0) {
+    counters_.subscriptionsRefused += overLimit;
+    Event e;
+    e.type = EventType::RateLimited;
+    e.device = deviceName();
+    e.peer = peer_.label;
+    e.protocol = "mqtt";
+    e.provision = std::string(policy::provision::kValidateInput);
+    e.rule = s.subscriptions.size() > settings_.maxFiltersPerSubscribe
+                 ? "limits.max_filters_per_subscribe"
+                 : "limits.max_subscriptions_per_session";
+    e.action = "refuse";
+    e.message = fmt::format("{} subscription filter(s) refused: past the subscription limits "
+                            "({} per session, {} per SUBSCRIBE)",
+                            overLimit, settings_.maxSubscriptions, settings_.maxFiltersPerSubscribe);
+    out.events.push_back(std::move(e));
   }
   send(ack, out);
   if (disconnect) {
@@ -406,6 +531,9 @@ void Session::onSubscribe(const Subscribe& s, Effects& out) {
 void Session::onUnsubscribe(const Unsubscribe& u, Effects& out) {
   SubAck ack{PacketType::Unsuback, u.packetId, {}, {}};
   for (const auto& f : u.filters) {
+    // Forwarded even when this connection did not subscribe it: a persistent session at the
+    // broker may hold it from an earlier one.
+    subscriptions_.erase(f);
     out.upstream.emplace_back(upstream::Unsubscribe{toUpstream(f)});
     ack.reasonCodes.push_back(reason::kSuccess);
   }
@@ -431,7 +559,7 @@ void Session::deliver(const std::string& brokerTopic, std::span<const uint8_t> p
     return;
   }
   const std::string topic = brokerTopic.substr(upstreamPrefix_.size());
-  Decision d = evaluateDelivery(*device_, {clientId_, username_, topic, qos, retain, payload});
+  Decision d = evaluateDelivery(*device_, {username_, topic, qos, retain, payload});
   if (!d.allowed()) {
     ++counters_.deliveriesDenied;
     d.action = ViolationAction::Drop; // the broker's message is not the device's fault
@@ -445,10 +573,12 @@ void Session::deliver(const std::string& brokerTopic, std::span<const uint8_t> p
     send(p, out);
     return;
   }
-  if (queuedToClient_.size() >= settings_.maxQueuedToClient) {
+  if (queuedToClient_.size() >= settings_.maxQueuedToClient ||
+      queuedBytes_ + p.payload.size() > settings_.maxQueuedBytesToClient) {
     ++counters_.dropped;
     return;
   }
+  queuedBytes_ += p.payload.size();
   queuedToClient_.push_back(std::move(p));
   sendQueued(out);
 }
@@ -460,6 +590,7 @@ void Session::sendQueued(Effects& out) {
     p.packetId = nextPacketId();
     awaitingClient_.emplace(p.packetId, Outbound{p.qos, false});
     ++counters_.deliveries;
+    queuedBytes_ -= p.payload.size();
     send(p, out);
   }
   queuedToClient_.erase(queuedToClient_.begin(),
@@ -477,7 +608,8 @@ void Session::protocolViolation(const CodecError& e, Effects& out) {
   ev.action = "disconnect";
   ev.message = fmt::format("MQTT protocol violation ({}): {}", e.clause, e.what);
   out.events.push_back(std::move(ev));
-  if (state_ == State::AwaitingConnect) {
+  if (state_ == State::AwaitingConnect || state_ == State::Authenticating) {
+    pendingConnect_.reset();
     // A CONNECT that fails: 5.0 clients hear why in CONNACK; 3.1.1 defines codes for an
     // unsupported protocol level and a rejected client identifier only.
     if (version_ == Version::V5) {
@@ -495,7 +627,9 @@ void Session::protocolViolation(const CodecError& e, Effects& out) {
 }
 
 void Session::tick(Clock::time_point now, Effects& out) {
-  if (state_ == State::AwaitingConnect && now >= connectDeadline_) {
+  if ((state_ == State::AwaitingConnect || state_ == State::Authenticating) &&
+      now >= connectDeadline_) {
+    pendingConnect_.reset();
     state_ = State::Closed;
     out.closeClient = true;
     return;

@@ -31,10 +31,16 @@ using Clock = policy::Clock;
 
 struct SessionSettings {
   uint32_t maxPacketBytes = 256 * 1024;
+  // Until the CONNECT is accepted nobody is known: packets (and what waits behind a CONNECT
+  // whose password is being checked) may take this much at most.
+  uint32_t maxConnectBytes = 8 * 1024;
   std::chrono::milliseconds connectTimeout{10'000};
   uint16_t receiveMaximum = 20;     // QoS > 0 messages a client may have unacknowledged
-  uint16_t sendMaximum = 20;        // ... and we may have towards it (3.1.1; 5.0 asks the client)
+  uint16_t sendMaximum = 20;        // ... and we at most towards it (a 5.0 client may ask fewer)
   uint32_t maxQueuedToClient = 1000;
+  uint32_t maxQueuedBytesToClient = 1024 * 1024;
+  uint32_t maxSubscriptions = 100;   // distinct filters per session
+  uint32_t maxFiltersPerSubscribe = 32;
   std::string upstreamClientIdPrefix = "iotgw-";
 };
 
@@ -73,8 +79,25 @@ struct Close {
 using Command = std::variant<Open, Publish, Subscribe, Unsubscribe, Close>;
 } // namespace upstream
 
+// A password to check against a hash, off the event loop (PBKDF2 takes ~0.1 s by design). The
+// caller answers with Session::passwordChecked; the password is wiped when this is destroyed.
+struct PasswordCheck {
+  policy::PasswordHash hash;
+  std::string password;
+
+  PasswordCheck(policy::PasswordHash h, std::string p) : hash(std::move(h)), password(std::move(p)) {}
+  PasswordCheck(const PasswordCheck&) = delete;
+  PasswordCheck& operator=(const PasswordCheck&) = delete;
+  PasswordCheck(PasswordCheck&& o) noexcept = default;
+  PasswordCheck& operator=(PasswordCheck&&) noexcept = default;
+  ~PasswordCheck() { policy::secureWipe(password.data(), password.size()); }
+};
+
+enum class PasswordResult { Matched, Mismatched, Busy };
+
 struct Effects {
   std::vector<uint8_t> toClient;
+  std::optional<PasswordCheck> passwordCheck; // run it, then call passwordChecked
   std::vector<upstream::Command> upstream;
   std::vector<policy::Event> events;
   bool closeClient = false;           // after writing toClient
@@ -90,11 +113,14 @@ struct SessionCounters {
   uint64_t deliveriesDenied = 0;
   uint64_t malformed = 0;
   uint64_t dropped = 0; // deliveries dropped because the client's queue was full
+  uint64_t subscriptionsRefused = 0; // filters past the subscription limits
 };
 
 class Session {
 public:
-  enum class State { AwaitingConnect, Connected, Closed };
+  // Authenticating: the CONNECT waits for its password check; what the client sends meanwhile
+  // waits unread (bounded by maxConnectBytes).
+  enum class State { AwaitingConnect, Authenticating, Connected, Closed };
 
   Session(SessionSettings settings, std::shared_ptr<const policy::PolicySet> policies,
           std::shared_ptr<const policy::DefaultCredentials> defaults, policy::AuthThrottle& throttle,
@@ -110,12 +136,18 @@ public:
   // A message from the broker for this client.
   void deliver(const std::string& topic, std::span<const uint8_t> payload, uint8_t qos, bool retain,
                Effects& out);
+  // The outcome of the Effects::passwordCheck this session asked for (Busy: it could not be run).
+  void passwordChecked(PasswordResult result, Clock::time_point now, Effects& out);
   // Keepalive and connect timeouts.
   void tick(Clock::time_point now, Effects& out);
   // The connection went away (reset, EOF): the will is published unless DISCONNECT said otherwise.
   void connectionLost(Effects& out);
 
   [[nodiscard]] State state() const { return state_; }
+  // Whether the CONNECT has been accepted (until then the client is nobody).
+  [[nodiscard]] bool authenticated() const { return state_ == State::Connected; }
+  // Bytes of partial packets held for the client.
+  [[nodiscard]] size_t bufferedBytes() const { return buffer_.size(); }
   [[nodiscard]] const policy::DevicePolicy* device() const { return device_; }
   [[nodiscard]] const SessionCounters& counters() const { return counters_; }
   [[nodiscard]] std::optional<Version> version() const { return version_; }
@@ -125,6 +157,9 @@ public:
 private:
   void handle(Packet&& p, Clock::time_point now, Effects& out);
   void onConnect(Connect&& c, Clock::time_point now, Effects& out);
+  [[nodiscard]] policy::ConnectFacts connectFacts(const Connect& c) const;
+  void finishConnect(const policy::ConnectDecision& cd, Clock::time_point now, Effects& out);
+  void acceptConnect(Clock::time_point now, Effects& out);
   void onPublish(Publish&& p, Clock::time_point now, Effects& out);
   void onAck(const Ack& a, Effects& out);
   void onSubscribe(const Subscribe& s, Effects& out);
@@ -148,7 +183,10 @@ private:
   std::optional<Version> version_;
   const policy::DevicePolicy* device_ = nullptr;
   std::string clientId_;
-  std::string username_;
+  std::string username_; // verified with the password; empty for certificate and address logins
+  // The CONNECT whose password is being checked, and what evaluateConnect said before the check.
+  std::optional<Connect> pendingConnect_;
+  policy::ConnectDecision pendingDecision_;
   std::string upstreamPrefix_; // the policy's upstream_prefix with %d substituted
   uint16_t keepAlive_ = 0;
   uint16_t clientReceiveMaximum_ = 20;
@@ -177,6 +215,8 @@ private:
   };
   std::map<uint16_t, Outbound> awaitingClient_;
   std::vector<Publish> queuedToClient_;
+  size_t queuedBytes_ = 0;
+  std::set<std::string> subscriptions_; // the client's filters (its own topic names)
   uint16_t lastPacketId_ = 0;
 
   SessionCounters counters_;

@@ -84,6 +84,12 @@ std::optional<CodecError> checkString(std::string_view s, std::string_view claus
     return CodecError{clause, reason::kMalformedPacket,
                       "string is not well-formed UTF-8 or contains U+0000"};
   }
+  // §1.5.4 lets a receiver treat these as malformed; the devices behind us are the parsers
+  // least likely to survive them, and libmosquitto refuses some of them upstream.
+  if (policy::firstDiscouragedCodePoint(s)) {
+    return CodecError{"MQTT-1.5.4", reason::kMalformedPacket,
+                      "string contains a control character or a Unicode non-character"};
+  }
   return std::nullopt;
 }
 
@@ -157,6 +163,7 @@ CodecError topicError(TopicError e, bool filter) {
   switch (e) {
   case TopicError::BadUtf8:
   case TopicError::NulCharacter:
+  case TopicError::ControlCharacter:
     return CodecError{policy::clause(e), reason::kMalformedPacket, policy::describe(e)};
   default:
     return CodecError{policy::clause(e), code, policy::describe(e)};

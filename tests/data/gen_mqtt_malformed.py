@@ -66,6 +66,15 @@ add("connect-client-id-surrogate", 4, "MQTT-3.1.3-4", connect(cid=b"\xed\xa0\x80
 add("connect-empty-client-id-persistent", 4, "MQTT-3.1.3-8", connect(flags=0x00, cid=b""))
 add("connect-client-id-300-bytes", 4, "MQTT-3.1.3-5", connect(cid=b"a" * 300))
 add("connect-username-bad-utf8", 4, "MQTT-3.1.3-11", connect(flags=0x82, payload_extra=s(b"\xff\xfe")))
+# MQTT 5 §1.5.4 (3.1.1 §1.5.3): control characters and non-characters may be treated as malformed;
+# the parsers behind the gateway are the ones most likely to break on them.
+add("connect-client-id-control-u0001", 4, "MQTT-1.5.4", connect(cid=b"dev\x01"))
+add("connect-client-id-control-u009b", 4, "MQTT-1.5.4", connect(cid=b"dev\xc2\x9b"))
+add("connect-username-control-u007f", 4, "MQTT-1.5.4", connect(flags=0x82, payload_extra=s(b"u\x7f")))
+add("connect-username-noncharacter-ufffe", 4, "MQTT-1.5.4", connect(flags=0x82, payload_extra=s(b"u\xef\xbf\xbe")))
+add("connect-will-topic-control-u000a", 4, "MQTT-1.5.4", connect(flags=0x06, payload_extra=s("a/\nb") + s("bye")))
+add("connect-v5-will-topic-noncharacter-ufdd0", 5, "MQTT-1.5.4", connect(level=5, flags=0x06, payload_extra=props() + s(b"a/\xef\xb7\x90") + s("bye")))
+add("connect-v5-user-property-control", 5, "MQTT-1.5.4", connect(level=5, pr=props(p_user("k", b"v\x1b[2J"))))
 add("connect-will-topic-wildcard", 4, "MQTT-3.3.2-2", connect(flags=0x06, payload_extra=s("a/+") + s("bye")))
 add("connect-will-topic-empty", 4, "MQTT-4.7.3-1", connect(flags=0x06, payload_extra=s("") + s("bye")))
 add("connect-client-id-truncated", 4, "MQTT-1.5", pkt(0x10, s("MQTT") + bytes([4, 2]) + u16(60) + u16(10) + b"abc"))
@@ -92,7 +101,8 @@ add("connect-v5-property-id-5-bytes", 5, "MQTT-1.5.5-1", connect(level=5, pr=pro
 add("connect-v5-subscription-identifier", 5, "MQTT-2.2.2.2", connect(level=5, pr=props(b"\x0b\x01")))
 add("connect-v5-assigned-client-id", 5, "MQTT-2.2.2.2", connect(level=5, pr=props(p_str(0x12, "x"))))
 add("remaining-length-5-bytes", 4, "MQTT-1.5.5-1", bytes([0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]))
-add("remaining-length-too-large", 4, "MQTT-3.2.2-15", bytes([0x30]) + vbi(10_000_000))
+# After the login (before it, the much smaller limits.max_connect_bytes refuses it).
+add("publish-v4-remaining-length-too-large", 4, "MQTT-3.2.2-15", bytes([0x30]) + vbi(10_000_000))
 add("connect-v5-remaining-length-5-bytes", 5, "MQTT-1.5.5-1", bytes([0x10, 0x80, 0x80, 0x80, 0x80, 0x01]))
 
 # PUBLISH
@@ -111,6 +121,10 @@ for v in (4, 5):
     add(f"publish-{t}-qos1-missing-packet-id", v, "MQTT-1.5", pkt(0x32, s("a")))
     add(f"publish-{t}-empty-topic", v, "MQTT-4.7.3-1", publish("", v=v))
     add(f"publish-{t}-topic-5-byte-utf8", v, "MQTT-1.5.3-1", publish(b"\xf8\x88\x80\x80\x80", v=v))
+    add(f"publish-{t}-topic-control-u0007", v, "MQTT-1.5.4", publish(b"a/\x07", v=v))
+    add(f"publish-{t}-topic-control-u0085", v, "MQTT-1.5.4", publish(b"a/\xc2\x85", v=v))
+    add(f"publish-{t}-topic-noncharacter-uffff", v, "MQTT-1.5.4", publish(b"a/\xef\xbf\xbf", v=v))
+    add(f"publish-{t}-topic-noncharacter-u10fffe", v, "MQTT-1.5.4", publish(b"a/\xf4\x8f\xbf\xbe", v=v))
 add("publish-v5-subscription-identifier", 5, "MQTT-2.2.2.2", publish("a", v=5, pr=props(b"\x0b\x01")))
 add("publish-v5-topic-alias-0", 5, "MQTT-3.3.2-8", publish("a", v=5, pr=props(p_u16(0x23, 0))))
 add("publish-v5-topic-alias-above-maximum", 5, "MQTT-3.3.2-9", publish("a", v=5, pr=props(p_u16(0x23, 5))))
@@ -155,6 +169,7 @@ for v in (4, 5):
     add(f"subscribe-{t}-plus-not-alone", v, "MQTT-4.7.1-3", subscribe([("a+", 0)], v=v))
     add(f"subscribe-{t}-empty-filter", v, "MQTT-4.7.3-1", subscribe([("", 0)], v=v))
     add(f"subscribe-{t}-filter-bad-utf8", v, "MQTT-1.5.3-1", subscribe([(b"\xc3\x28", 0)], v=v))
+    add(f"subscribe-{t}-filter-control-u001f", v, "MQTT-1.5.4", subscribe([(b"a/\x1f/#", 0)], v=v))
     add(f"subscribe-{t}-filter-nul", v, "MQTT-1.5.3-2", subscribe([(b"a\x00/b", 0)], v=v))
     add(f"subscribe-{t}-second-filter-invalid", v, "MQTT-4.7.1-3", subscribe([("ok/+", 0), ("x/y+", 1)], v=v))
     add(f"subscribe-{t}-share-empty-name", v, "MQTT-4.8.2-2", subscribe([("$share//a", 0)], v=v))
@@ -179,6 +194,7 @@ for v in (4, 5):
     add(f"unsubscribe-{t}-no-filter", v, "MQTT-3.10.3-2", unsubscribe([], v=v))
     add(f"unsubscribe-{t}-hash-in-middle", v, "MQTT-4.7.1-2", unsubscribe(["a/#/b"], v=v))
     add(f"unsubscribe-{t}-filter-bad-utf8", v, "MQTT-1.5.3-1", unsubscribe([b"\xe0\x80\x80"], v=v))
+    add(f"unsubscribe-{t}-filter-control-u0001", v, "MQTT-1.5.4", unsubscribe([b"a/\x01"], v=v))
 add("unsubscribe-filter-truncated", 4, "MQTT-1.5", pkt(0xA2, u16(1) + u16(9)))
 add("unsubscribe-v5-session-expiry-property", 5, "MQTT-2.2.2.2", unsubscribe(["a"], v=5, pr=props(p_u32(0x11, 1))))
 

@@ -56,16 +56,24 @@ int main(int argc, char** argv) {
   const auto peer = IpAddress::parse("192.168.50.10");
   const auto stranger = IpAddress::parse("192.168.50.66");
 
+  // What the session does: the password is checked (off the event loop in iotgwd) in between.
+  const auto login = [&](const ConnectFacts& f) {
+    const ConnectDecision pending = evaluateConnect(**set, defaults, f);
+    if (pending.passwordHash == nullptr) {
+      return pending;
+    }
+    return evaluateVerifiedConnect(pending, pending.passwordHash->verify(f.password.value_or("")), f);
+  };
   fmt::print("MQTT logins\n");
   show("CONNECT root / xc3511 (Mirai's first guess)",
        evaluateConnect(**set, defaults, {"thermo-01", "root", "xc3511", nullptr, stranger, false}).decision);
   show("CONNECT admin / admin",
        evaluateConnect(**set, defaults, {"thermo-01", "admin", "admin", nullptr, peer, false}).decision);
   show("CONNECT thermo / wrong-password",
-       evaluateConnect(**set, defaults, {"thermo-01", "thermo", "hunter2", nullptr, peer, false}).decision);
+       login({"thermo-01", "thermo", "hunter2", nullptr, peer, false}).decision);
   show("CONNECT anonymous from an unknown host",
        evaluateConnect(**set, defaults, {"x", std::nullopt, std::nullopt, nullptr, stranger, false}).decision);
-  const auto ok = evaluateConnect(**set, defaults, {"thermo-01", "thermo", password, nullptr, peer, false});
+  const auto ok = login({"thermo-01", "thermo", password, nullptr, peer, false});
   show("CONNECT thermo / (its own password) from 192.168.50.10", ok.decision);
   if (ok.device == nullptr) {
     return 1;
@@ -76,7 +84,7 @@ int main(int argc, char** argv) {
   const auto pub = [&](const std::string& topic, const std::string& payload, uint8_t qos = 0,
                        bool retain = false) {
     show(fmt::format("PUBLISH {} {}", topic, payload.size() > 24 ? "<" + std::to_string(payload.size()) + " bytes>" : payload),
-         evaluatePublish(thermo, {"thermo-01", "thermo", topic, qos, retain, bytes(payload)}));
+         evaluatePublish(thermo, {"thermo", topic, qos, retain, bytes(payload)}));
   };
   pub("devices/thermo-01/telemetry/temp", R"({"t":21.5,"unit":"C"})", 1);
   pub("devices/thermo-01/telemetry/temp", R"({"t":900,"unit":"C"})");
@@ -85,15 +93,15 @@ int main(int argc, char** argv) {
   pub("devices/thermo-01/telemetry/temp", R"({"t":21.5,"unit":"C"})", 2);
   pub("devices/thermo-01/state", "online", 0, true);
   pub("devices/thermo-01/telemetry/temp", std::string(4096, 'A'));
-  show("SUBSCRIBE #", evaluateSubscribe(thermo, {"thermo-01", "thermo", "#", 0}));
-  show("SUBSCRIBE $SYS/#", evaluateSubscribe(thermo, {"thermo-01", "thermo", "$SYS/#", 0}));
-  const Decision sub = evaluateSubscribe(thermo, {"thermo-01", "thermo", "devices/thermo-01/cmd/#", 2});
+  show("SUBSCRIBE #", evaluateSubscribe(thermo, {"thermo", "#", 0}));
+  show("SUBSCRIBE $SYS/#", evaluateSubscribe(thermo, {"thermo", "$SYS/#", 0}));
+  const Decision sub = evaluateSubscribe(thermo, {"thermo", "devices/thermo-01/cmd/#", 2});
   show(fmt::format("SUBSCRIBE devices/thermo-01/cmd/# QoS 2 (granted QoS {})", sub.grantedQos), sub);
 
   fmt::print("Messages to the device (its parser is the weak one)\n");
   const auto deliver = [&](const std::string& topic, const std::string& payload) {
     show(fmt::format("deliver {} {}", topic, payload),
-         evaluateDelivery(thermo, {"thermo-01", "thermo", topic, 0, false, bytes(payload)}));
+         evaluateDelivery(thermo, {"thermo", topic, 0, false, bytes(payload)}));
   };
   deliver("devices/thermo-01/cmd/setpoint", R"({"t":20})");
   deliver("devices/thermo-01/cmd/setpoint", R"({"t":20,"t":99})");

@@ -28,11 +28,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   const auto bytes = std::span(reinterpret_cast<const uint8_t*>(payload.data()), payload.size());
   for (const auto& pattern : p->mqttRules.publish) {
-    if (auto topic = iotgw::policy::substitutePattern(pattern, "dev", "user")) {
-      iotgw::policy::PublishFacts f{"dev", "user", *topic, 0, false, bytes};
+    if (auto topic = iotgw::policy::substitutePattern(pattern, {"dev", "dev", "user"})) {
+      iotgw::policy::PublishFacts f{"user", *topic, 0, false, bytes};
       (void)iotgw::policy::evaluatePublish(*p, f);
       (void)iotgw::policy::evaluateDelivery(*p, f);
-      (void)iotgw::policy::evaluateSubscribe(*p, {"dev", "user", *topic, 1});
+      (void)iotgw::policy::evaluateSubscribe(*p, {"user", *topic, 1});
     }
   }
   for (const auto& rule : p->coapRules.rules) {

@@ -201,7 +201,7 @@ addresses = ["{address}"]
 model = "legacy sensor"
 
 [mqtt]
-publish = ["devices/%c/telemetry/#"]
+publish = ["devices/%d/telemetry/#"]
 """
 
 

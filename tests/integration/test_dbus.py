@@ -17,7 +17,8 @@ import time
 import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from iotgw_testlib import IOTGWD, check, finish, private_bus, require_binary, tmpdir, write  # noqa: E402
+from iotgw_testlib import (IOTGWD, check, finish, hash_password, private_bus, require_binary,  # noqa: E402
+                           tmpdir, write)
 
 SRC = os.environ.get("IOTGW_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 XML = os.path.join(SRC, "daemon", "dbus", "org.iotgw.Gateway1.xml")
@@ -34,7 +35,7 @@ id = "thermo-01"
 mac = "02:00:00:00:00:10"
 addresses = ["192.168.50.10"]
 [mqtt]
-publish = ["devices/%c/telemetry/#"]
+publish = ["devices/%d/telemetry/#"]
 [network]
 outbound = ["203.0.113.5:8883/tcp"]
 """
@@ -252,6 +253,28 @@ def inside():
             check(rc != 0 and "only root and group iotgw-admin" in out, f"iotgwd itself refuses {m} to nobody")
         rc, out = busctl(open_address, "admin", "EnrollDevice", "ss", "thermo-01", THERMO)
         check(rc == 0, f"and allows a member of iotgw-admin ({out.strip()[:80]})")
+        for m in sorted(read_only):
+            rc, out = busctl(open_address, "nobody", m, *all_methods[m])
+            check(rc != 0 and "only root and groups iotgw and iotgw-admin" in out,
+                  f"iotgwd itself refuses the reading {m} to nobody ({out.strip()[:80]})")
+            rc, out = busctl(open_address, "reader", m, *all_methods[m])
+            check(rc == 0, f"and allows {m} to a member of iotgw ({out.strip()[:80]})")
+
+        print("secrets never leave over D-Bus")
+        secret = hash_password("s3cret-plug")
+        plug = THERMO.replace("thermo-01", "plug-02").replace(":10", ":12").replace(".10", ".12") + \
+            f'[device.mqtt]\nusername = "plug"\npassword_hash = "{secret}"  # set by the installer\n'
+        rc, out = busctl(open_address, "admin", "EnrollDevice", "ss", "plug-02", plug)
+        check(rc == 0, f"a device with a password is enrolled ({out.strip()[:80]})")
+        rc, out = busctl(open_address, "reader", "GetDevice", "s", "plug-02")
+        check(rc == 0 and secret not in out and secret.split("$")[-1] not in out,
+              "GetDevice does not return the password hash")
+        check('password_hash = \\"(redacted)\\"' in out and 'username = \\"plug\\"' in out,
+              f"it says where it was redacted and keeps the rest of the document ({out[:60]}...)")
+        rc, out, _ = ctl(open_address, "reader", "--json", "show", "plug-02")
+        shown = json.loads(out) if rc == 0 else {}
+        check(shown.get("policy") == plug.replace(f'"{secret}"  # set by the installer', '"(redacted)"'),
+              "iotgwctl show prints the document with only the hash replaced")
     finally:
         if d is not None:
             d.send_signal(signal.SIGTERM)

@@ -24,7 +24,7 @@ id = "lamp-{n}"
 mac = "02:00:00:00:01:{n:02x}"
 addresses = ["192.168.50.{n}"]
 [mqtt]
-publish = ["devices/%c/state"]
+publish = ["devices/%d/state"]
 """
 
 

@@ -30,7 +30,7 @@ try:
     for name, cn, topics in [("companion-app", "companion-app", "devices/#"),
                              ("companion-app-2", "companion-app-2", "devices/#"),
                              ("companion-app-3", "companion-app-3", "devices/#"),
-                             ("cam-01", "cam-01", "devices/%c/#")]:
+                             ("cam-01", "cam-01", "devices/%d/#")]:
         write(os.path.join(root, "devices.d", f"{name}.toml"), f"""
 [device]
 id = "{name}"

@@ -31,7 +31,7 @@ id = "plug-7"
 mac = "02:00:00:00:00:07"
 addresses = ["192.168.50.7"]
 [mqtt]
-publish = ["plugs/%c/power"]
+publish = ["plugs/%d/power"]
 max_qos = 0
 [violation]
 action = "disconnect"
@@ -50,7 +50,7 @@ action = "disconnect"
 
   PublishFacts pub(std::string_view topic, std::string_view payload, uint8_t qos = 0,
                    bool retain = false) const {
-    return PublishFacts{"thermo-01", "thermo", topic, qos, retain, bytes(payload)};
+    return PublishFacts{"thermo", topic, qos, retain, bytes(payload)};
   }
 
   static std::string* hash_;
@@ -94,8 +94,14 @@ TEST_F(Evaluator, ConnectTable) {
        "credentials.default", "5.1-1", nullptr, true},
       {"locked out first", {"thermo-01", "thermo", "s3cret-thermo", nullptr, peer, true},
        Verdict::Deny, "auth.lockout", "5.1-5", nullptr, false},
-      {"unknown user", {"c", "nobody", "pw", nullptr, peer, false}, Verdict::Deny, "default-deny",
+      // The same answer as a wrong password, after the same work (a hash that matches nothing).
+      {"unknown user", {"c", "nobody", "pw", nullptr, peer, false}, Verdict::Deny, "auth.password",
        "5.5-4", nullptr, true},
+      {"user name locked out", {"thermo-01", "thermo", "s3cret-thermo", nullptr, stranger, false, true},
+       Verdict::Deny, "auth.lockout", "5.1-5", nullptr, false},
+      {"user name locked out, from its own address",
+       {"thermo-01", "thermo", "s3cret-thermo", nullptr, peer, false, true}, Verdict::Allow,
+       "connect.username", "", thermo_, false},
       {"password without username", {"c", std::nullopt, "pw", nullptr, peer, false}, Verdict::Deny,
        "mqtt.password-without-username", "5.13-1", nullptr, true},
       {"wrong client id", {"thermo-02", "thermo", "s3cret-thermo", nullptr, peer, false},
@@ -116,7 +122,12 @@ TEST_F(Evaluator, ConnectTable) {
        Verdict::Deny, "default-deny", "5.5-4", nullptr, false},
   };
   for (const auto& row : rows) {
-    const ConnectDecision d = evaluateConnect(*set_, defaults_, row.facts);
+    ConnectDecision d = evaluateConnect(*set_, defaults_, row.facts);
+    if (d.passwordHash != nullptr) {
+      // What the session does off the event loop.
+      d = evaluateVerifiedConnect(d, d.passwordHash->verify(row.facts.password.value_or("")),
+                                  row.facts);
+    }
     EXPECT_EQ(d.decision.verdict, row.verdict) << row.name << ": " << d.decision.reason;
     EXPECT_EQ(d.decision.rule, row.rule) << row.name;
     EXPECT_EQ(d.decision.provision, row.provision) << row.name;
@@ -212,15 +223,52 @@ TEST_F(Evaluator, ReasonsNeverEchoPayloads) {
 }
 
 TEST_F(Evaluator, RetainRefusedWhenNotAllowed) {
-  const PublishFacts f{"plug-7", "", "plugs/plug-7/power", 0, true, bytes("1")};
+  const PublishFacts f{"", "plugs/plug-7/power", 0, true, bytes("1")};
   const Decision d = evaluatePublish(*plug_, f);
   EXPECT_EQ(d.rule, "mqtt.retain");
   EXPECT_EQ(d.action, ViolationAction::Disconnect);
-  const PublishFacts ok{"plug-7", "", "plugs/plug-7/power", 0, false, bytes("1")};
+  const PublishFacts ok{"", "plugs/plug-7/power", 0, false, bytes("1")};
   EXPECT_TRUE(evaluatePublish(*plug_, ok).allowed());
-  // %c with an unsafe client id matches nothing.
-  const PublishFacts evil{"+", "", "plugs/+/power", 0, false, bytes("1")};
-  EXPECT_FALSE(evaluatePublish(*plug_, evil).allowed());
+  // %d is the device's own id: another plug's topic is not within it.
+  const PublishFacts other{"", "plugs/plug-8/power", 0, false, bytes("1")};
+  EXPECT_FALSE(evaluatePublish(*plug_, other).allowed());
+}
+
+TEST_F(Evaluator, PasswordCheckIsLeftToTheCaller) {
+  const auto peer = IpAddress::parse("192.168.50.10");
+  const ConnectFacts known{"thermo-01", "thermo", "guess", nullptr, peer, false};
+  const ConnectFacts unknown{"thermo-01", "nobody", "guess", nullptr, peer, false};
+  const ConnectDecision k = evaluateConnect(*set_, defaults_, known);
+  const ConnectDecision u = evaluateConnect(*set_, defaults_, unknown);
+  ASSERT_NE(k.passwordHash, nullptr);
+  ASSERT_NE(u.passwordHash, nullptr);
+  EXPECT_EQ(k.device, thermo_);
+  EXPECT_EQ(u.passwordHash, &PasswordHash::unmatchable());
+  EXPECT_EQ(u.passwordHash->iterations(), PasswordHash::kDefaultIterations);
+  // Even a "matched" answer for an unknown user name is a refusal.
+  EXPECT_EQ(evaluateVerifiedConnect(u, true, unknown).decision.rule, "auth.password");
+  EXPECT_EQ(evaluateVerifiedConnect(k, true, known).device, thermo_);
+}
+
+TEST_F(Evaluator, UserNamePlaceholderOnlyFromAVerifiedLogin) {
+  auto dev = parseDevicePolicy(R"([device]
+id = "dev-c"
+[device.certificate]
+common_name = "dev-c"
+[device.mqtt]
+username = "dev-c"
+password_hash = ")" + *hash_ + R"("
+[mqtt]
+publish = ["users/%u/#", "devices/%d/#"]
+)",
+                               "dev-c.toml");
+  ASSERT_TRUE(dev) << dev.error().front().str();
+  // Logged in with its password: %u is its own user name.
+  EXPECT_TRUE(evaluatePublish(*dev, {"dev-c", "users/dev-c/x", 0, false, bytes("1")}).allowed());
+  // Another name, or none (a certificate login), never stands for %u.
+  EXPECT_FALSE(evaluatePublish(*dev, {"dev-b", "users/dev-b/x", 0, false, bytes("1")}).allowed());
+  EXPECT_FALSE(evaluatePublish(*dev, {"", "users/dev-c/x", 0, false, bytes("1")}).allowed());
+  EXPECT_TRUE(evaluatePublish(*dev, {"", "devices/dev-c/x", 0, false, bytes("1")}).allowed());
 }
 
 TEST_F(Evaluator, SubscribeTable) {
@@ -243,13 +291,13 @@ TEST_F(Evaluator, SubscribeTable) {
       {"devices/thermo-01/cmd/#/x", 0, Verdict::Deny, 0},
   };
   for (const auto& row : rows) {
-    const Decision d = evaluateSubscribe(*thermo_, {"thermo-01", "thermo", row.filter, row.qos});
+    const Decision d = evaluateSubscribe(*thermo_, {"thermo", row.filter, row.qos});
     EXPECT_EQ(d.verdict, row.verdict) << row.filter << ": " << d.reason;
     if (d.allowed()) {
       EXPECT_EQ(d.grantedQos, row.granted) << row.filter;
     }
   }
-  EXPECT_EQ(evaluateSubscribe(*thermo_, {"thermo-01", "thermo", "a/#/b", 0}).rule, "mqtt.topic");
+  EXPECT_EQ(evaluateSubscribe(*thermo_, {"thermo", "a/#/b", 0}).rule, "mqtt.topic");
 }
 
 TEST_F(Evaluator, DeliveryToDeviceIsValidated) {

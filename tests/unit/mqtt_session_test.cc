@@ -55,7 +55,7 @@ protected:
     std::vector<DevicePolicy> v;
     v.push_back(std::move(*p));
     policies_ = *PolicySet::build(std::move(v));
-    session_ = std::make_unique<Session>(SessionSettings{}, policies_,
+    session_ = std::make_unique<Session>(settings_, policies_,
                                          std::make_shared<DefaultCredentials>(), throttle_, peer(),
                                          now_);
   }
@@ -76,7 +76,30 @@ protected:
   Effects sendBytes(std::span<const uint8_t> bytes) {
     Effects out;
     session_->receive(bytes, now_, out);
+    checkPasswords(out);
     return out;
+  }
+
+  // What the service does with a password check: here at once, on this thread.
+  void checkPasswords(Effects& out) {
+    while (out.passwordCheck) {
+      const bool ok = out.passwordCheck->hash.verify(out.passwordCheck->password);
+      out.passwordCheck.reset();
+      ++passwordChecks_;
+      Effects more;
+      session_->passwordChecked(ok ? PasswordResult::Matched : PasswordResult::Mismatched, now_,
+                                more);
+      merge(out, std::move(more));
+    }
+  }
+  static void merge(Effects& out, Effects&& more) {
+    out.toClient.insert(out.toClient.end(), more.toClient.begin(), more.toClient.end());
+    std::move(more.upstream.begin(), more.upstream.end(), std::back_inserter(out.upstream));
+    std::move(more.events.begin(), more.events.end(), std::back_inserter(out.events));
+    out.closeClient = out.closeClient || more.closeClient;
+    out.quarantineRequested = out.quarantineRequested || more.quarantineRequested;
+    out.authenticationFailed = out.authenticationFailed || more.authenticationFailed;
+    out.passwordCheck = std::move(more.passwordCheck);
   }
 
   // Parses what the session wrote to the client.
@@ -125,6 +148,8 @@ protected:
   }
 
   static std::string* hash_;
+  int passwordChecks_ = 0;
+  SessionSettings settings_;
   Clock::time_point now_ = Clock::time_point{} + 1000s;
   AuthThrottle throttle_;
   std::shared_ptr<const PolicySet> policies_;
@@ -174,8 +199,10 @@ TEST_F(SessionTest, RepeatedFailuresLockTheSourceOut) {
     Effects e = send({connect(Version::V311, "thermo", "guess")});
     EXPECT_EQ(std::get<Connack>(replies(e)[0]).reasonCode, v311::kBadUserNameOrPassword);
     if (i == 4) {
-      ASSERT_EQ(e.events.size(), 2u);
+      // The source and the user name, both guessed at five times.
+      ASSERT_EQ(e.events.size(), 3u);
       EXPECT_EQ(e.events[1].type, EventType::AuthenticationLockout);
+      EXPECT_EQ(e.events[2].type, EventType::AuthenticationLockout);
     }
   }
   makeSession();
@@ -465,4 +492,169 @@ TEST_F(SessionTest, TopicsAreMappedUnderThePolicyPrefix) {
   Effects other;
   session_->deliver("home/gw1/door-lock/devices/thermo-01/cmd/set", bytesOf("1"), 0, false, other);
   EXPECT_TRUE(other.toClient.empty());
+}
+
+TEST_F(SessionTest, PasswordIsCheckedOffTheSessionAndPipelinedPacketsWait) {
+  makeSession();
+  std::vector<uint8_t> bytes = encode(connect(), Version::V311);
+  const auto pub = encode(Publish{false, 1, false, "devices/thermo-01/status", 5, {}, bytesOf("on")},
+                          Version::V311);
+  bytes.insert(bytes.end(), pub.begin(), pub.end());
+  Effects e;
+  session_->receive(bytes, now_, e);
+  // Nothing happens until the check's answer: no CONNACK, no upstream, the PUBLISH unread.
+  ASSERT_TRUE(e.passwordCheck.has_value());
+  EXPECT_EQ(session_->state(), Session::State::Authenticating);
+  EXPECT_FALSE(session_->authenticated());
+  EXPECT_TRUE(e.toClient.empty());
+  EXPECT_TRUE(e.upstream.empty());
+  EXPECT_EQ(session_->bufferedBytes(), pub.size());
+  const bool ok = e.passwordCheck->hash.verify(e.passwordCheck->password);
+  EXPECT_TRUE(ok);
+  Effects done;
+  session_->passwordChecked(PasswordResult::Matched, now_, done);
+  EXPECT_EQ(session_->state(), Session::State::Connected);
+  EXPECT_EQ(std::get<Connack>(replies(done).at(0)).reasonCode, 0);
+  EXPECT_EQ(commands<upstream::Open>(done).size(), 1u);
+  ASSERT_EQ(commands<upstream::Publish>(done).size(), 1u); // the PUBLISH that waited
+  EXPECT_EQ(session_->bufferedBytes(), 0u);
+}
+
+TEST_F(SessionTest, UnknownUserNameIsCheckedAndAnsweredLikeAWrongPassword) {
+  for (Version v : {Version::V311, Version::V5}) {
+    uint8_t codes[2] = {};
+    int i = 0;
+    for (const char* user : {"thermo", "nobody"}) {
+      makeSession();
+      const int before = passwordChecks_;
+      Effects e = send({connect(v, user, "guess")}, v);
+      EXPECT_EQ(passwordChecks_, before + 1) << user; // the same work for both
+      codes[i++] = std::get<Connack>(replies(e, v).at(0)).reasonCode;
+      EXPECT_TRUE(e.authenticationFailed);
+    }
+    EXPECT_EQ(codes[0], codes[1]);
+    EXPECT_EQ(codes[0], v == Version::V5 ? reason::kBadUserNameOrPassword
+                                         : v311::kBadUserNameOrPassword);
+  }
+}
+
+TEST_F(SessionTest, BusyPasswordCheckIsACheapRefusalNotAFailure) {
+  for (Version v : {Version::V311, Version::V5}) {
+    makeSession();
+    Effects e;
+    session_->receive(encode(connect(v), v), now_, e);
+    ASSERT_TRUE(e.passwordCheck.has_value());
+    Effects busy;
+    session_->passwordChecked(PasswordResult::Busy, now_, busy);
+    EXPECT_EQ(std::get<Connack>(replies(busy, v).at(0)).reasonCode,
+              v == Version::V5 ? reason::kServerBusy : v311::kServerUnavailable);
+    EXPECT_TRUE(busy.closeClient);
+    EXPECT_FALSE(busy.authenticationFailed);
+    ASSERT_EQ(busy.events.size(), 1u);
+    EXPECT_EQ(busy.events[0].rule, "limits.max_password_checks");
+  }
+  // No failure was counted: the right password still logs in.
+  makeSession();
+  EXPECT_EQ(std::get<Connack>(replies(send({connect()})).at(0)).reasonCode, 0);
+}
+
+TEST_F(SessionTest, PacketsBeforeTheLoginAreSmall) {
+  settings_.maxConnectBytes = 1024;
+  makeSession();
+  // A CONNECT header claiming more than the pre-login bound is refused from the header alone.
+  const std::vector<uint8_t> header = {0x10, 0xfc, 0xff, 0x0f}; // remaining length 262,140
+  Effects e = sendBytes(header);
+  EXPECT_TRUE(e.closeClient);
+  ASSERT_EQ(e.events.size(), 1u);
+  EXPECT_EQ(e.events[0].rule, "limits.max_connect_bytes");
+  // Once logged in, the session's own limit applies.
+  makeSession();
+  connected();
+  Effects big = send({Publish{false, 0, false, "devices/thermo-01/status", 0, {},
+                              std::vector<uint8_t>(4000, 'x')}});
+  EXPECT_FALSE(big.closeClient);
+  EXPECT_EQ(commands<upstream::Publish>(big).size(), 1u);
+  // What waits behind a CONNECT under check is bounded too.
+  makeSession();
+  Effects pending;
+  session_->receive(encode(connect(), Version::V311), now_, pending);
+  ASSERT_TRUE(pending.passwordCheck.has_value());
+  Effects flood;
+  session_->receive(std::vector<uint8_t>(2000, 0xc0), now_, flood);
+  EXPECT_TRUE(flood.closeClient);
+  EXPECT_EQ(flood.events.at(0).rule, "limits.max_connect_bytes");
+}
+
+TEST_F(SessionTest, SubscriptionsAreBoundedPerSessionAndPerPacket) {
+  settings_.maxSubscriptions = 3;
+  settings_.maxFiltersPerSubscribe = 2;
+  for (Version v : {Version::V311, Version::V5}) {
+    makeSession();
+    connected(v);
+    const uint8_t failure = v == Version::V5 ? reason::kQuotaExceeded : v311::kSubackFailure;
+    const auto sub = [&](uint16_t id, std::vector<std::string> filters) {
+      Subscribe s{id, {}, {}};
+      for (auto& f : filters) {
+        s.subscriptions.push_back(Subscription{std::move(f), 1});
+      }
+      Effects e = send({s}, v);
+      return std::make_pair(std::get<SubAck>(replies(e, v).at(0)).reasonCodes,
+                            commands<upstream::Subscribe>(e).size());
+    };
+    // Three filters in one packet: the third is past the per-packet bound.
+    auto [codes, forwarded] =
+        sub(1, {"devices/thermo-01/cmd/a", "devices/thermo-01/cmd/b", "devices/thermo-01/cmd/c"});
+    EXPECT_EQ(codes, (std::vector<uint8_t>{1, 1, failure}));
+    EXPECT_EQ(forwarded, 2u);
+    // A repeat of a filter held already does not count again; a fourth distinct one is refused.
+    std::tie(codes, forwarded) = sub(2, {"devices/thermo-01/cmd/a", "devices/thermo-01/cmd/c"});
+    EXPECT_EQ(codes, (std::vector<uint8_t>{1, 1}));
+    std::tie(codes, forwarded) = sub(3, {"devices/thermo-01/cmd/d"});
+    EXPECT_EQ(codes, (std::vector<uint8_t>{failure}));
+    EXPECT_EQ(forwarded, 0u);
+    EXPECT_EQ(session_->counters().subscriptionsRefused, 2u);
+    // Unsubscribing makes room.
+    send({Unsubscribe{4, {}, {"devices/thermo-01/cmd/a"}}}, v);
+    std::tie(codes, forwarded) = sub(5, {"devices/thermo-01/cmd/d"});
+    EXPECT_EQ(codes, (std::vector<uint8_t>{1}));
+  }
+}
+
+TEST_F(SessionTest, DroppedQos2FlowsCountAgainstTheReceiveMaximum) {
+  settings_.receiveMaximum = 3;
+  makeSession();
+  connected();
+  for (uint16_t id = 1; id <= 3; ++id) {
+    // Outside the publish list: dropped, acknowledged with PUBREC, left open by the client.
+    Effects e = send({Publish{false, 2, false, "devices/thermo-01/elsewhere", id, {}, bytesOf("x")}});
+    EXPECT_FALSE(e.closeClient);
+  }
+  Effects e = send({Publish{false, 2, false, "devices/thermo-01/elsewhere", 4, {}, bytesOf("x")}});
+  EXPECT_TRUE(e.closeClient);
+  EXPECT_EQ(e.events.back().rule, "MQTT-3.3.4-9");
+  // Released flows free their place.
+  makeSession();
+  connected();
+  for (uint16_t id = 1; id <= 6; ++id) {
+    send({Publish{false, 2, false, "devices/thermo-01/elsewhere", id, {}, bytesOf("x")}});
+    Effects r = send({Ack{PacketType::Pubrel, id, 0, {}}});
+    EXPECT_FALSE(r.closeClient);
+  }
+}
+
+TEST_F(SessionTest, FlowTowardsTheClientIsOursToBound) {
+  settings_.sendMaximum = 2;
+  settings_.maxQueuedBytesToClient = 10;
+  makeSession();
+  Connect c = connect(Version::V5);
+  c.properties.push_back(Property{PropertyId::ReceiveMaximum, 65535, {}, {}, {}});
+  send({c}, Version::V5);
+  ASSERT_EQ(session_->state(), Session::State::Connected);
+  Effects d;
+  for (int i = 0; i < 5; ++i) {
+    session_->deliver("devices/thermo-01/cmd/x", bytesOf("abcd"), 1, false, d);
+  }
+  // Two in flight (our maximum, whatever the client offered), two queued (8 bytes), one dropped.
+  EXPECT_EQ(replies(d, Version::V5).size(), 2u);
+  EXPECT_EQ(session_->counters().dropped, 1u);
 }

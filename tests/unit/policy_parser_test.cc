@@ -154,6 +154,17 @@ INSTANTIATE_TEST_SUITE_P(
         BadDocument{"SubscribeMisplacedPlus", kHead + "[mqtt]\nsubscribe = [\"ok/x\", \"a+/b\"]\n", 6, 22,
                "MQTT-4.7.1-3"},
         BadDocument{"PartialSubstitution", kHead + "[mqtt]\npublish = [\"dev-%c/x\"]\n", 6, 12, "%c"},
+        // A scope the device would choose itself: %c without a pinned client id, %u without a
+        // login.
+        BadDocument{"ClientIdPlaceholderUnpinned",
+                    kHead + "[mqtt]\npublish = [\"ok/x\", \"devices/%c/x\"]\n", 6, 20,
+                    "'mqtt.publish' uses %c, but 'device.mqtt.client_id' is not set"},
+        BadDocument{"UserPlaceholderWithoutLogin",
+                    kHead + "[mqtt]\nsubscribe = [\"users/%u/#\"]\n", 6, 14,
+                    "'mqtt.subscribe' uses %u, but 'device.mqtt.username' is not set"},
+        BadDocument{"PayloadTopicClientIdUnpinned",
+                    kHead + "[[mqtt.payload]]\ntopic = \"d/%c\"\nformat = \"utf8\"\n", 6, 9,
+                    "'mqtt.payload[0].topic' uses %c"},
         BadDocument{"UpstreamPrefixWildcard", kHead + "[mqtt]\nupstream_prefix = \"home/+/\"\n", 6, 19, "upstream_prefix"},
         BadDocument{"UpstreamPrefixNoSlash", kHead + "[mqtt]\nupstream_prefix = \"home\"\n", 6, 19, "ending in '/'"},
         BadDocument{"UpstreamPrefixPartialId", kHead + "[mqtt]\nupstream_prefix = \"home/x%d/\"\n", 6, 19, "whole level"},

@@ -27,12 +27,12 @@ TEST(TokenBucket, ZeroRateIsUnlimited) {
   }
 }
 
-TEST(AuthThrottle, LocksOutAfterFailuresAndDoubles) {
+TEST(FailureTable, LocksOutAfterFailuresAndDoubles) {
   ThrottleSettings s;
   s.failuresBeforeLockout = 3;
   s.failureWindow = 60s;
   s.lockout = 10s;
-  AuthThrottle t(s);
+  FailureTable t(s);
   const auto t0 = Clock::time_point{} + 1000s;
   EXPECT_FALSE(t.recordFailure("10.0.0.1", t0));
   EXPECT_FALSE(t.recordFailure("10.0.0.1", t0 + 1s));
@@ -50,27 +50,66 @@ TEST(AuthThrottle, LocksOutAfterFailuresAndDoubles) {
   EXPECT_FALSE(t.lockedOut("10.0.0.1", t0 + 40s));
 }
 
-TEST(AuthThrottle, FailuresOutsideWindowDoNotAccumulate) {
+TEST(FailureTable, FailuresOutsideWindowDoNotAccumulate) {
   ThrottleSettings s;
   s.failuresBeforeLockout = 2;
   s.failureWindow = 10s;
-  AuthThrottle t(s);
+  FailureTable t(s);
   const auto t0 = Clock::time_point{} + 1000s;
   EXPECT_FALSE(t.recordFailure("a", t0));
   EXPECT_FALSE(t.recordFailure("a", t0 + 11s));
   EXPECT_TRUE(t.recordFailure("a", t0 + 12s));
 }
 
-TEST(AuthThrottle, SuccessClearsAndMemoryIsBounded) {
+TEST(FailureTable, ClearAndMemoryIsBounded) {
   ThrottleSettings s;
   s.maxTrackedSources = 100;
-  AuthThrottle t(s);
+  FailureTable t(s);
   const auto t0 = Clock::time_point{} + 1000s;
   for (int i = 0; i < 10000; ++i) {
     t.recordFailure("src-" + std::to_string(i), t0);
   }
   EXPECT_EQ(t.tracked(), 100u);
   t.recordFailure("x", t0);
-  t.recordSuccess("x");
+  t.clear("x");
   EXPECT_EQ(t.tracked(), 99u);
+}
+
+TEST(AuthThrottle, SuccessClearsOnlyItsOwnUserName) {
+  ThrottleSettings s;
+  s.failuresBeforeLockout = 3;
+  s.lockout = 10s;
+  AuthThrottle t(s);
+  const auto t0 = Clock::time_point{} + 1000s;
+  // Guesses at one device's password between valid logins of another, from one source.
+  EXPECT_FALSE(t.recordFailure("10.0.0.1", "victim", t0).source);
+  t.recordSuccess("other");
+  EXPECT_FALSE(t.recordFailure("10.0.0.1", "victim", t0 + 1s).source);
+  t.recordSuccess("other");
+  const auto started = t.recordFailure("10.0.0.1", "victim", t0 + 2s);
+  EXPECT_TRUE(started.source);
+  EXPECT_TRUE(started.user);
+  EXPECT_TRUE(t.sourceLockedOut("10.0.0.1", t0 + 3s));
+  EXPECT_TRUE(t.userLockedOut("victim", t0 + 3s));
+  EXPECT_FALSE(t.userLockedOut("other", t0 + 3s));
+  EXPECT_FALSE(t.sourceLockedOut("10.0.0.1", t0 + 13s));
+}
+
+TEST(AuthThrottle, UserNameGuessedFromManySources) {
+  ThrottleSettings s;
+  s.failuresBeforeLockout = 3;
+  AuthThrottle t(s);
+  const auto t0 = Clock::time_point{} + 1000s;
+  EXPECT_FALSE(t.recordFailure("10.0.0.1", "victim", t0).user);
+  EXPECT_FALSE(t.recordFailure("10.0.0.2", "victim", t0).user);
+  const auto started = t.recordFailure("10.0.0.3", "victim", t0);
+  EXPECT_TRUE(started.user);
+  EXPECT_FALSE(started.source);
+  EXPECT_FALSE(t.sourceLockedOut("10.0.0.3", t0));
+  EXPECT_TRUE(t.userLockedOut("victim", t0));
+  // A failure naming no user name counts against the source only.
+  EXPECT_FALSE(t.recordFailure("10.0.0.4", "", t0).user);
+  EXPECT_EQ(t.trackedUsers(), 1u);
+  t.recordSuccess("victim");
+  EXPECT_FALSE(t.userLockedOut("victim", t0));
 }

@@ -5,7 +5,11 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <thread>
+
 #include "protocols/io/reactor.h"
+#include "protocols/io/worker.h"
 
 using namespace iotgw::io;
 using namespace std::chrono_literals;
@@ -59,4 +63,51 @@ TEST(Reactor, DispatchesFdEventsAndHandlerMayRemoveItself) {
   EXPECT_EQ(calls, 1);
   // Adding a bad descriptor is an error, not a crash.
   EXPECT_TRUE((*r)->add(-1, EPOLLIN, [](uint32_t) {}));
+}
+
+TEST(Worker, RunsJobsOffTheLoopAndCompletionsOnIt) {
+  auto r = Reactor::create();
+  ASSERT_TRUE(r);
+  auto w = Worker::create(**r, 2);
+  ASSERT_TRUE(w);
+  const auto loop = std::this_thread::get_id();
+  std::atomic<int> offLoop{0};
+  int completed = 0;
+  bool completionsOnLoop = true;
+  for (int i = 0; i < 20; ++i) {
+    (*w)->post(
+        [&] {
+          if (std::this_thread::get_id() != loop) {
+            ++offLoop;
+          }
+          std::this_thread::sleep_for(1ms);
+        },
+        [&] {
+          completionsOnLoop = completionsOnLoop && std::this_thread::get_id() == loop;
+          if (++completed == 20) {
+            (*r)->stop();
+          }
+        });
+  }
+  EXPECT_EQ((*w)->pending(), 20u);
+  ASSERT_TRUE((*r)->addTimer(5s, 0ms, [&] { (*r)->stop(); })); // a guard, should it hang
+  EXPECT_FALSE((*r)->run());
+  EXPECT_EQ(completed, 20);
+  EXPECT_EQ(offLoop.load(), 20);
+  EXPECT_TRUE(completionsOnLoop);
+  EXPECT_EQ((*w)->pending(), 0u);
+}
+
+TEST(Worker, CompletionsOfADestroyedWorkerNeverRun) {
+  auto r = Reactor::create();
+  ASSERT_TRUE(r);
+  bool ran = false;
+  {
+    auto w = Worker::create(**r, 1);
+    ASSERT_TRUE(w);
+    (*w)->post([] { std::this_thread::sleep_for(20ms); }, [&] { ran = true; });
+  } // joins the thread; the completion is dropped
+  ASSERT_TRUE((*r)->addTimer(50ms, 0ms, [&] { (*r)->stop(); }));
+  EXPECT_FALSE((*r)->run());
+  EXPECT_FALSE(ran);
 }

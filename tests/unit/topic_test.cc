@@ -64,28 +64,42 @@ TEST(TopicValidation, NamesHaveNoWildcards) {
   EXPECT_EQ(validateTopicName("a/+"), TopicError::WildcardInName);
   EXPECT_EQ(validateTopicName("a/#"), TopicError::WildcardInName);
   EXPECT_EQ(validateTopicName("a+b"), TopicError::WildcardInName);
+  // MQTT 5 §1.5.4: control characters and non-characters may be treated as malformed.
+  EXPECT_EQ(validateTopicName("a/\x07" "b"), TopicError::ControlCharacter);
+  EXPECT_EQ(validateTopicName("a/\x7f"), TopicError::ControlCharacter);
+  EXPECT_EQ(validateTopicName("a/\xc2\x85"), TopicError::ControlCharacter);     // U+0085
+  EXPECT_EQ(validateTopicName("a/\xef\xbf\xbe"), TopicError::ControlCharacter); // U+FFFE
+  EXPECT_EQ(validateTopicName("a/\xef\xb7\x90"), TopicError::ControlCharacter); // U+FDD0
+  EXPECT_EQ(validateTopicName("a/\xf4\x8f\xbf\xbf"), TopicError::ControlCharacter); // U+10FFFF
+  EXPECT_EQ(validateTopicFilter("a/\x1f/#"), TopicError::ControlCharacter);
+  EXPECT_FALSE(validateTopicName("caf\xc3\xa9/\xc2\xa0/\xef\xbf\xbd")); // é, NBSP, U+FFFD
+  EXPECT_EQ(clause(TopicError::ControlCharacter), "MQTT-1.5.4");
   EXPECT_FALSE(validateTopicName("$SYS/x"));
   EXPECT_EQ(clause(TopicError::WildcardInName), "MQTT-3.3.2-2");
 }
 
 TEST(TopicPattern, SubstitutesWholeLevels) {
-  EXPECT_EQ(substitutePattern("devices/%c/state", "thermo-01", "u"), "devices/thermo-01/state");
-  EXPECT_EQ(substitutePattern("users/%u/#", "c", "alice"), "users/alice/#");
-  EXPECT_EQ(substitutePattern("%c", "x", "y"), "x");
+  EXPECT_EQ(substitutePattern("devices/%c/state", {"dev", "thermo-01", "u"}), "devices/thermo-01/state");
+  EXPECT_EQ(substitutePattern("users/%u/#", {"dev", "c", "alice"}), "users/alice/#");
+  EXPECT_EQ(substitutePattern("%c", {"dev", "x", "y"}), "x");
+  EXPECT_EQ(substitutePattern("devices/%d/#", {"plug-7", "", ""}), "devices/plug-7/#");
+  EXPECT_FALSE(validateTopicPattern("devices/%d/%u"));
+  EXPECT_TRUE(patternUses("a/%c/b", "%c"));
+  EXPECT_FALSE(patternUses("a/%d/b", "%c"));
   EXPECT_FALSE(validateTopicPattern("devices/%c/#"));
   EXPECT_EQ(validateTopicPattern("devices/x%c/#"), TopicError::BadSubstitution);
   EXPECT_EQ(validateTopicPattern("devices/%x"), TopicError::BadSubstitution);
 }
 
 TEST(TopicPattern, RefusesValuesThatWouldWidenTheRule) {
-  EXPECT_FALSE(substitutePattern("devices/%c/state", "a/b", "u"));
-  EXPECT_FALSE(substitutePattern("devices/%c/state", "#", "u"));
-  EXPECT_FALSE(substitutePattern("devices/%c/state", "+", "u"));
-  EXPECT_FALSE(substitutePattern("devices/%c/state", "", "u"));
-  EXPECT_FALSE(substitutePattern("%u/x", "c", "$SYS"));
-  EXPECT_FALSE(substitutePattern("users/%u", "c", ""));
+  EXPECT_FALSE(substitutePattern("devices/%c/state", {"dev", "a/b", "u"}));
+  EXPECT_FALSE(substitutePattern("devices/%c/state", {"dev", "#", "u"}));
+  EXPECT_FALSE(substitutePattern("devices/%c/state", {"dev", "+", "u"}));
+  EXPECT_FALSE(substitutePattern("devices/%c/state", {"dev", "", "u"}));
+  EXPECT_FALSE(substitutePattern("%u/x", {"dev", "c", "$SYS"}));
+  EXPECT_FALSE(substitutePattern("users/%u", {"dev", "c", ""}));
   // A pattern without substitutions is unaffected by unsafe values.
-  EXPECT_EQ(substitutePattern("fixed/topic", "a/b", ""), "fixed/topic");
+  EXPECT_EQ(substitutePattern("fixed/topic", {"dev", "a/b", ""}), "fixed/topic");
 }
 
 struct CoverCase {
