@@ -30,6 +30,7 @@ void add(mqtt::SessionCounters& to, const mqtt::SessionCounters& k) {
   to.dropped += k.dropped;
 }
 constexpr size_t kMaxOutput = 4 * 1024 * 1024; // a client that does not read is cut off
+constexpr std::ptrdiff_t kMaxDrainingPerDevice = 4;
 } // namespace
 
 struct MqttService::Connection final : mqtt::UpstreamObserver {
@@ -861,6 +862,13 @@ void MqttService::sweep() {
       const std::string device = c->session && c->session->device() != nullptr
                                      ? c->session->device()->id.str()
                                      : std::string();
+      // A device that reconnects in a loop must not pile up upstream connections: past a few
+      // draining for it, the oldest goes (what it still held was never acknowledged to the
+      // device, which sends it again).
+      const auto mine = [&](const Draining& d) { return d.device == device; };
+      if (std::ranges::count_if(draining_, mine) >= kMaxDrainingPerDevice) {
+        draining_.erase(std::ranges::find_if(draining_, mine));
+      }
       draining_.push_back({std::move(c->upstream), now + std::chrono::seconds(10), device});
     }
   }

@@ -8,8 +8,11 @@ asks for, with the default limits, against the real iotgwd and a real mosquitto:
    packet) each filter is refused with the failure code (0x80, 5.0: 0x97), never reaches the
    broker, and neither iotgwd's nor the broker's memory grows with the count.
 2. QoS 2 messages that policy drops, never released (no PUBREL): the flows it may leave open are
-   bounded by the receive maximum; past it the session is closed as a protocol violation."""
+   bounded by the receive maximum; past it the session is closed as a protocol violation.
+3. a device reconnecting in a loop while the broker never answers: the upstream connections its
+   closed sessions leave draining are bounded per device."""
 import os
+import socket
 import time
 
 from iotgw_testlib import (Daemon, NotifySocket, check, cleanup, finish, in_private_mount_namespace,
@@ -98,6 +101,32 @@ max_qos = 2
     check(closed and pubrecs <= 100, "the open QoS 2 flows are bounded and the session closed past them")
     c.close()
     check(d.alive(), "iotgwd is still running")
+    d.stop()
+
+    print("3. a reconnect storm while the broker does not answer")
+    # A broker that accepts connections and never says a word: each upstream stays half open.
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(1024)
+    conf2 = os.path.join(root, "blackhole.toml")
+    write(conf2, gateway_config(root, broker, pki, port=port, devices=devices).replace(
+        f"port = {broker.port}", f"port = {hole.getsockname()[1]}"))
+    os.makedirs(os.path.join(root, "second"), exist_ok=True)
+    notify2 = NotifySocket(os.path.join(root, "second"))
+    d = Daemon(["--config", conf2], env=dict(os.environ, NOTIFY_SOCKET=notify2.path))
+    check(notify2.wait_for("READY=1", 15) is not None, "iotgwd ready, its broker a black hole")
+    base_fds = len(os.listdir(f"/proc/{d.proc.pid}/fd"))
+    for i in range(200):
+        c = w.Client(port, source="127.0.14.1", timeout=5)
+        c.connack(w.connect("dev-s"))
+        c.send(w.publish("devices/dev-s/telemetry/t", "x", qos=0))
+        c.close()
+    time.sleep(0.5)
+    held = len(os.listdir(f"/proc/{d.proc.pid}/fd")) - base_fds
+    print(f"   after 200 reconnects: iotgwd holds {held} more descriptors")
+    check(held <= 16, f"the upstreams a reconnecting device leaves behind are bounded ({held})")
+    check(d.alive(), "iotgwd is still running")
+    hole.close()
 finally:
     if d:
         d.stop()
