@@ -60,7 +60,8 @@ def start(name, extra="", env=None):
     write(conf, gateway_config(root, broker, pki, port=port, devices=devices, extra=extra))
     os.makedirs(os.path.join(root, name), exist_ok=True)
     notify = NotifySocket(os.path.join(root, name))
-    d = Daemon(["--config", conf], env=dict(os.environ, NOTIFY_SOCKET=notify.path, **(env or {})))
+    d = Daemon(["--config", conf],
+               env=w.measurable_env(dict(os.environ, NOTIFY_SOCKET=notify.path, **(env or {}))))
     procs.append(d)
     ready = notify.wait_for("READY=1", 15)
     check(ready is not None, f"{name}: iotgwd ready")
