@@ -16,7 +16,7 @@ import socket
 import time
 
 from iotgw_testlib import (Daemon, NotifySocket, check, cleanup, finish, in_private_mount_namespace,
-                           require_binary, tmpdir, write)
+                           require_binary, tmpdir, wait_ready, write)
 from mqttlab import Broker, Pki, free_port, gateway_config
 import mqttwire as w
 
@@ -48,7 +48,7 @@ max_qos = 2
 """)
     notify = NotifySocket(root)
     d = Daemon(["--config", conf], env=dict(os.environ, NOTIFY_SOCKET=notify.path))
-    check(notify.wait_for("READY=1", 15) is not None, "iotgwd ready")
+    check(wait_ready(notify, port), "iotgwd ready")
 
     print("1. subscriptions per session")
     for name, version, failure in (("dev-s", 4, 0x80), ("dev-t", 5, 0x97)):
@@ -116,7 +116,7 @@ max_qos = 2
     os.makedirs(os.path.join(root, "second"), exist_ok=True)
     notify2 = NotifySocket(os.path.join(root, "second"))
     d = Daemon(["--config", conf2], env=dict(os.environ, NOTIFY_SOCKET=notify2.path))
-    check(notify2.wait_for("READY=1", 15) is not None, "iotgwd ready, its broker a black hole")
+    check(wait_ready(notify2, port), "iotgwd ready, its broker a black hole")
     base_fds = len(os.listdir(f"/proc/{d.proc.pid}/fd"))
     for i in range(200):
         c = w.Client(port, source="127.0.14.1", timeout=5)

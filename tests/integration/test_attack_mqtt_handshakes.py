@@ -10,7 +10,7 @@ import threading
 import time
 
 from iotgw_testlib import (Daemon, NotifySocket, check, cleanup, finish, in_private_mount_namespace,
-                           require_binary, tmpdir, write)
+                           require_binary, tmpdir, wait_ready, write)
 from mqttlab import Broker, Pki, free_port, gateway_config
 import mqttwire as w
 
@@ -30,7 +30,7 @@ try:
     os.makedirs(os.path.join(root, "devices.d"), exist_ok=True)
     notify = NotifySocket(root)
     d = Daemon(["--config", conf], env=dict(os.environ, NOTIFY_SOCKET=notify.path))
-    check(notify.wait_for("READY=1", 15) is not None, "iotgwd ready with its mutual-TLS listener")
+    check(wait_ready(notify, tls_port), "iotgwd ready with its mutual-TLS listener")
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(pki.ca)

@@ -19,8 +19,9 @@ import statistics
 import threading
 import time
 
-from iotgw_testlib import (Daemon, NotifySocket, check, cleanup, finish, hash_password,
-                           in_private_mount_namespace, require_binary, tmpdir, write)
+from iotgw_testlib import (WITH_SYSTEMD, Daemon, NotifySocket, check, cleanup, finish,
+                           hash_password, in_private_mount_namespace, require_binary, tmpdir,
+                           wait_ready, write)
 from mqttlab import Broker, Pki, Subscriber, free_port, gateway_config
 import mqttwire as w
 
@@ -63,8 +64,7 @@ def start(name, extra="", env=None):
     d = Daemon(["--config", conf],
                env=w.measurable_env(dict(os.environ, NOTIFY_SOCKET=notify.path, **(env or {}))))
     procs.append(d)
-    ready = notify.wait_for("READY=1", 15)
-    check(ready is not None, f"{name}: iotgwd ready")
+    check(wait_ready(notify, port, 15), f"{name}: iotgwd ready")
     return d, port, notify
 
 
@@ -249,8 +249,9 @@ auth_failures_before_lockout = 1000
     check(left == 0, f"every flooding connection was answered ({left} left)")
     check(worst_rtt < 0.1, f"the connected device's PINGREQ round trip stayed under 100 ms "
                            f"({worst_rtt * 1000:.1f} ms)")
-    check(len(dogs) >= 4 and worst_gap < 1.0,
-          f"WATCHDOG=1 kept arriving every 0.5 s (largest gap {worst_gap:.2f} s)")
+    if WITH_SYSTEMD:  # without systemd (OpenWrt's build) there is no watchdog to feed
+        check(len(dogs) >= 4 and worst_gap < 1.0,
+              f"WATCHDOG=1 kept arriving every 0.5 s (largest gap {worst_gap:.2f} s)")
     device.close()
 
     print("3. the username oracle")
