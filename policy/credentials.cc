@@ -3,6 +3,8 @@
 
 #include "policy/credentials.h"
 
+#include <algorithm>
+
 #include <charconv>
 #include <fmt/format.h>
 
@@ -102,16 +104,13 @@ std::expected<std::vector<uint8_t>, std::string> base64Decode(std::string_view t
   return out;
 }
 
-const PasswordHash& PasswordHash::unmatchable() {
+PasswordHash PasswordHash::unmatchable(uint32_t iterations) {
   // Any stored value would do: finding a password whose PBKDF2 output is 32 given bytes is as hard
-  // as inverting SHA-256. The work per check is what matters, and it is the default iterations'.
-  static const PasswordHash h = [] {
-    PasswordHash x;
-    x.iterations_ = kDefaultIterations;
-    x.salt_.assign(kSaltBytes, 0x5a);
-    x.hash_.fill(0xa5);
-    return x;
-  }();
+  // as inverting SHA-256. The work per check is what matters.
+  PasswordHash h;
+  h.iterations_ = std::clamp(iterations, kMinIterations, kMaxIterations);
+  h.salt_.assign(kSaltBytes, 0x5a);
+  h.hash_.fill(0xa5);
   return h;
 }
 

@@ -37,9 +37,9 @@ public:
   [[nodiscard]] static std::expected<PasswordHash, std::string>
   create(std::string_view password, uint32_t iterations = kDefaultIterations);
 
-  // A hash of the default strength that no password matches: an unknown user name is checked
-  // against it, so that it takes as long as a known one with a wrong password.
-  [[nodiscard]] static const PasswordHash& unmatchable();
+  // A hash of `iterations` that no password matches: an unknown user name is checked against
+  // one, so that it takes as long as a known one with a wrong password.
+  [[nodiscard]] static PasswordHash unmatchable(uint32_t iterations);
 
   [[nodiscard]] bool verify(std::string_view password) const;
   [[nodiscard]] std::string str() const;

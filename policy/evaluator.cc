@@ -84,12 +84,12 @@ bool anyPattern(const std::vector<std::string>& patterns, const TopicScope& scop
 }
 
 const PayloadRule* payloadRuleFor(const DevicePolicy& p, const PublishFacts& f) {
+  // A rule whose placeholder has no value in this session (%u after a certificate login) still
+  // applies, to every value of that level: a payload rule restricts, so it fails closed.
   const TopicScope scope = scopeOf(p, f.username);
   for (const auto& rule : p.mqttRules.payloadRules) {
-    if (auto concrete = substitutePattern(rule.topic, scope)) {
-      if (topicMatches(*concrete, f.topic)) {
-        return &rule;
-      }
+    if (topicMatches(widenPattern(rule.topic, scope), f.topic)) {
+      return &rule;
     }
   }
   return nullptr;
@@ -185,7 +185,7 @@ ConnectDecision refuse(std::string rule, std::string_view prov, std::string reas
 // The checks after the identity is settled: where the device may connect from and which client
 // id it must use. They come after the password, so that their answers tell nothing about a user
 // name to someone who does not know its password.
-ConnectDecision admit(const DevicePolicy* device, std::string_view how, const ConnectFacts& f) {
+ConnectDecision admit(const DevicePolicy* device, Login login, const ConnectFacts& f) {
   if (f.certificate == nullptr && !device->addresses.empty() && f.peer &&
       std::ranges::find(device->addresses, *f.peer) == device->addresses.end()) {
     return refuse("device.addresses", provision::kAuthenticatedAccess,
@@ -195,7 +195,12 @@ ConnectDecision admit(const DevicePolicy* device, std::string_view how, const Co
     return refuse("device.mqtt.client_id", provision::kAuthenticatedAccess,
                   "client id does not match the device's", false);
   }
-  return ConnectDecision{Decision::allow(fmt::format("connect.{}", how)), device, false, nullptr};
+  const char* rule = login == Login::Certificate ? "connect.certificate"
+                     : login == Login::Password  ? "connect.username"
+                                                 : "connect.address";
+  ConnectDecision ok{Decision::allow(rule), device, false, nullptr};
+  ok.login = login;
+  return ok;
 }
 
 } // namespace
@@ -223,7 +228,7 @@ ConnectDecision evaluateConnect(const PolicySet& set, const DefaultCredentials& 
       return refuse("default-deny", provision::kAuthenticatedAccess,
                     "no enrolled device matches this certificate", false);
     }
-    return admit(device, "certificate", f);
+    return admit(device, Login::Certificate, f);
   }
   if (f.username) {
     const DevicePolicy* device = set.findByUsername(*f.username);
@@ -238,10 +243,13 @@ ConnectDecision evaluateConnect(const PolicySet& set, const DefaultCredentials& 
     // The answer hinges on the password: the caller verifies it (slow by design) and finishes
     // with evaluateVerifiedConnect. An unknown user name is verified against a hash that matches
     // nothing, so that it costs the same time and gets the same answer as a wrong password.
-    ConnectDecision pending{Decision::allow("auth.password"), device, false, nullptr};
+    // Until then the decision is a refusal: a caller that forgot the check logs nobody in.
+    ConnectDecision pending = refuse("auth.pending", provision::kAuthenticatedAccess,
+                                     "the password has not been checked yet", false);
+    pending.device = device;
     pending.passwordHash = device != nullptr && device->mqtt.passwordHash
                                ? &*device->mqtt.passwordHash
-                               : &PasswordHash::unmatchable();
+                               : &set.unmatchableHash();
     return pending;
   }
   const DevicePolicy* device = f.peer ? set.findByAddress(*f.peer) : nullptr;
@@ -255,7 +263,7 @@ ConnectDecision evaluateConnect(const PolicySet& set, const DefaultCredentials& 
     return refuse("auth.missing-credentials", provision::kAuthenticatedAccess,
                   "device must log in with its credentials", true);
   }
-  return admit(device, "address", f);
+  return admit(device, Login::Address, f);
 }
 
 ConnectDecision evaluateVerifiedConnect(const ConnectDecision& pending, bool passwordMatched,
@@ -264,7 +272,7 @@ ConnectDecision evaluateVerifiedConnect(const ConnectDecision& pending, bool pas
     return refuse("auth.password", provision::kAuthenticatedAccess,
                   "wrong user name or password", true);
   }
-  return admit(pending.device, "username", f);
+  return admit(pending.device, Login::Password, f);
 }
 
 Decision evaluatePublish(const DevicePolicy& p, const PublishFacts& f) {

@@ -34,6 +34,9 @@ struct ConnectFacts {
   bool usernameLockedOut = false; // the user name presented is locked out (AuthThrottle)
 };
 
+// How a client proved who it is.
+enum class Login { None, Certificate, Password, Address };
+
 struct ConnectDecision {
   Decision decision;
   const DevicePolicy* device = nullptr; // the device the session belongs to, when allowed
@@ -41,9 +44,10 @@ struct ConnectDecision {
   bool authenticationFailure = false;
   // Set when the outcome hinges on a password: the caller checks `password` against this hash
   // (PBKDF2, slow by design: off the event loop) and finishes with evaluateVerifiedConnect.
-  // `decision` means nothing until then. Points into the policy set, or at the hash that matches
-  // nothing (an unknown user name).
+  // Until then `decision` is a refusal. Points into the policy set (an unknown user name's: at
+  // its hash that matches nothing).
   const PasswordHash* passwordHash = nullptr;
+  Login login = Login::None; // when allowed
 };
 
 // `username` is the user name the session verified with its password (empty when it logged in

@@ -77,6 +77,17 @@ PolicySet::build(std::vector<DevicePolicy> devices) {
   }
   auto set = std::shared_ptr<PolicySet>(new PolicySet());
   set->devices_ = std::move(devices);
+  // Unknown user names are checked against a hash as costly as most enrolled ones.
+  std::map<uint32_t, size_t> iterations;
+  for (const auto& p : set->devices_) {
+    if (p.mqtt.passwordHash) {
+      ++iterations[p.mqtt.passwordHash->iterations()];
+    }
+  }
+  const auto common = std::ranges::max_element(
+      iterations, [](const auto& a, const auto& b) { return a.second < b.second; });
+  set->unmatchable_ = PasswordHash::unmatchable(
+      common != iterations.end() ? common->first : PasswordHash::kDefaultIterations);
   return std::shared_ptr<const PolicySet>(std::move(set));
 }
 

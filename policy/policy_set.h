@@ -35,10 +35,14 @@ public:
                                                       std::span<const std::string> sans) const;
   [[nodiscard]] const std::vector<DevicePolicy>& devices() const { return devices_; }
   [[nodiscard]] size_t size() const { return devices_.size(); }
+  // What an unknown user name's password is checked against: a hash that matches nothing, with
+  // the iteration count most enrolled devices use, so that the check takes as long as theirs.
+  [[nodiscard]] const PasswordHash& unmatchableHash() const { return unmatchable_; }
 
 private:
   PolicySet() = default;
   std::vector<DevicePolicy> devices_; // sorted by id
+  PasswordHash unmatchable_ = PasswordHash::unmatchable(PasswordHash::kDefaultIterations);
 };
 
 // Reads every "*.toml" in each directory (in name order; a missing directory is empty) and parses

@@ -8,6 +8,7 @@
 #include <list>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 namespace iotgw::policy {
 
@@ -87,7 +88,8 @@ struct ThrottleSettings {
 
 // One kind of key (source addresses, or user names) and its failed logins: after N failures
 // within the window the key is locked out for the lockout time; each further lockout doubles it
-// (up to 16x). Memory is bounded: past maxTrackedSources the least recently seen key is forgotten.
+// (up to 16x). Memory is bounded: past maxTrackedSources the least recently seen key that is not
+// locked out is forgotten (a flood of new keys must not wash a lockout away).
 class FailureTable {
 public:
   explicit FailureTable(ThrottleSettings s = {}) : s_(s) {}
@@ -95,7 +97,9 @@ public:
   [[nodiscard]] bool lockedOut(const std::string& key, Clock::time_point now) const;
   // Records a failure; returns true if this failure started a lockout.
   bool recordFailure(const std::string& key, Clock::time_point now);
-  void clear(const std::string& key);
+  // Forgets the failures counted towards the next lockout; a lockout in force, and how often the
+  // key was locked out before, stay.
+  void forgive(const std::string& key);
   [[nodiscard]] size_t tracked() const { return entries_.size(); }
 
 private:
@@ -106,6 +110,8 @@ private:
     unsigned lockouts = 0;
     std::list<std::string>::iterator lru;
   };
+  void makeRoom(Clock::time_point now);
+
   ThrottleSettings s_;
   std::unordered_map<std::string, Entry> entries_;
   std::list<std::string> lru_; // front: most recently seen
@@ -113,19 +119,24 @@ private:
 
 // Failed-authentication throttling (EN 303 645 5.1-5), counted per source and per user name.
 // A source that fails too often is locked out whatever user names it tries; a user name guessed
-// at too often (from any number of sources) is locked out too. A successful login clears only its
-// own user name's count: the source's failures stand, so one valid login cannot buy another round
-// of guesses at a different device's password.
+// at too often (from any number of sources) is locked out too — except from the sources it has
+// logged in from before, so that guesses from elsewhere cannot lock the real device out. A
+// successful login forgives only its own user name's failures, never the source's: one valid
+// login cannot buy another round of guesses at a different device's password.
 class AuthThrottle {
 public:
-  explicit AuthThrottle(ThrottleSettings s = {}) : sources_(s), users_(s) {}
+  // User names longer than this are never enrolled (the policy parser's bound): they are counted
+  // against their source only, and take no room in the tables.
+  static constexpr size_t kMaxUsernameBytes = 256;
+
+  explicit AuthThrottle(ThrottleSettings s = {}) : s_(s), sources_(s), users_(s) {}
 
   [[nodiscard]] bool sourceLockedOut(const std::string& source, Clock::time_point now) const {
     return sources_.lockedOut(source, now);
   }
-  [[nodiscard]] bool userLockedOut(const std::string& username, Clock::time_point now) const {
-    return users_.lockedOut(username, now);
-  }
+  // Whether `username` is locked out for a login from `source`.
+  [[nodiscard]] bool userLockedOut(const std::string& username, const std::string& source,
+                                   Clock::time_point now) const;
   struct Lockouts {
     bool source = false;
     bool user = false;
@@ -134,13 +145,23 @@ public:
   // Says which lockouts this failure started.
   Lockouts recordFailure(const std::string& source, const std::string& username,
                          Clock::time_point now);
-  void recordSuccess(const std::string& username) { users_.clear(username); }
+  void recordSuccess(const std::string& source, const std::string& username);
+  // Whether some login from `source` has succeeded (recently enough to be remembered).
+  [[nodiscard]] bool knownSource(const std::string& source) const {
+    return known_.contains(source);
+  }
   [[nodiscard]] size_t trackedSources() const { return sources_.tracked(); }
   [[nodiscard]] size_t trackedUsers() const { return users_.tracked(); }
 
 private:
+  static constexpr size_t kKnownNamesPerSource = 4;
+
+  ThrottleSettings s_;
   FailureTable sources_;
   FailureTable users_;
+  // Sources that logged in, and as whom (bounded: maxTrackedSources sources, a few names each).
+  std::unordered_map<std::string, std::vector<std::string>> known_;
+  std::list<std::string> knownOrder_; // front: most recent
 };
 
 } // namespace iotgw::policy

@@ -208,10 +208,18 @@ bool filterCovers(std::string_view allowed, std::string_view requested) noexcept
   return rDone;
 }
 
-std::optional<std::string> substitutePattern(std::string_view pattern, const TopicScope& scope) {
-  const auto safe = [](std::string_view v) {
-    return !v.empty() && v.find_first_of("/+#") == std::string_view::npos && v.front() != '$';
-  };
+namespace {
+
+// A value that can stand for a whole level without widening the rule or reaching system topics.
+bool safeLevel(std::string_view v) {
+  return !v.empty() && v.find_first_of("/+#") == std::string_view::npos && v.front() != '$';
+}
+
+// Rebuilds `pattern` with its placeholders replaced: `fill(value)` says what an unsafe value
+// becomes (nullopt: the whole substitution fails).
+template <typename Fill>
+std::optional<std::string> replacePlaceholders(std::string_view pattern, const TopicScope& scope,
+                                               Fill&& fill) {
   std::string out;
   out.reserve(pattern.size() + scope.deviceId.size());
   bool ok = true;
@@ -220,11 +228,12 @@ std::optional<std::string> substitutePattern(std::string_view pattern, const Top
       const std::string_view v = level == "%d"   ? scope.deviceId
                                  : level == "%c" ? scope.clientId
                                                  : scope.username;
-      if (!safe(v)) {
+      const std::optional<std::string_view> put = safeLevel(v) ? std::optional(v) : fill(v);
+      if (!put) {
         ok = false;
         return false;
       }
-      out.append(v);
+      out.append(*put);
     } else {
       out.append(level);
     }
@@ -237,6 +246,19 @@ std::optional<std::string> substitutePattern(std::string_view pattern, const Top
     return std::nullopt;
   }
   return out;
+}
+
+} // namespace
+
+std::optional<std::string> substitutePattern(std::string_view pattern, const TopicScope& scope) {
+  return replacePlaceholders(pattern, scope,
+                             [](std::string_view) { return std::optional<std::string_view>(); });
+}
+
+std::string widenPattern(std::string_view pattern, const TopicScope& scope) {
+  return *replacePlaceholders(pattern, scope, [](std::string_view) {
+    return std::optional<std::string_view>("+");
+  });
 }
 
 bool patternUses(std::string_view pattern, std::string_view placeholder) noexcept {

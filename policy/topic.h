@@ -56,6 +56,10 @@ struct TopicScope {
 [[nodiscard]] std::optional<std::string> substitutePattern(std::string_view pattern,
                                                            const TopicScope& scope);
 
+// Like substitutePattern, but a placeholder without a safe value becomes "+": for rules that
+// restrict (payload rules), which must then cover more topics, never fewer.
+[[nodiscard]] std::string widenPattern(std::string_view pattern, const TopicScope& scope);
+
 // Whether `pattern` names `placeholder` ("%c") as one of its levels.
 [[nodiscard]] bool patternUses(std::string_view pattern, std::string_view placeholder) noexcept;
 

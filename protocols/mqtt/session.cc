@@ -31,10 +31,11 @@ Property number(PropertyId id, uint32_t v) {
 
 Session::Session(SessionSettings settings, std::shared_ptr<const policy::PolicySet> policies,
                  std::shared_ptr<const policy::DefaultCredentials> defaults,
-                 policy::AuthThrottle& throttle, PeerInfo peer, Clock::time_point now)
+                 policy::AuthThrottle& throttle, PeerInfo peer, Clock::time_point now,
+                 SubscriptionMemory* subscriptionMemory)
     : settings_(std::move(settings)), policies_(std::move(policies)), defaults_(std::move(defaults)),
       throttle_(throttle), peer_(std::move(peer)), connectDeadline_(now + settings_.connectTimeout),
-      lastPacket_(now) {}
+      lastPacket_(now), subscriptionMemory_(subscriptionMemory) {}
 
 Clock::time_point Session::deadline() const {
   if (state_ == State::AwaitingConnect || state_ == State::Authenticating) {
@@ -56,7 +57,9 @@ void Session::send(const Packet& p, Effects& out) const {
 void Session::close(bool publishWill, Effects& out) {
   if (state_ == State::Connected) {
     out.upstream.emplace_back(upstream::Close{publishWill && !willSuppressed_});
+    rememberSubscriptions();
   }
+  dropPendingConnect();
   state_ = State::Closed;
   out.closeClient = true;
 }
@@ -69,9 +72,7 @@ void Session::receive(std::span<const uint8_t> bytes, Clock::time_point now, Eff
   if (state_ == State::Authenticating) {
     // Packets sent right behind the CONNECT wait, unread, until its password is checked.
     if (buffer_.size() > settings_.maxConnectBytes) {
-      protocolViolation({"limits.max_connect_bytes", reason::kPacketTooLarge,
-                         "more bytes before the CONNECT was accepted than limits.max_connect_bytes"},
-                        out);
+      tooMuchBeforeLogin(out);
       buffer_.clear();
     }
     return;
@@ -84,10 +85,7 @@ void Session::receive(std::span<const uint8_t> bytes, Clock::time_point now, Eff
     auto frame = readFrame(view, known ? settings_.maxPacketBytes : settings_.maxConnectBytes);
     if (!frame) {
       if (!known && frame.error().reasonCode == reason::kPacketTooLarge) {
-        protocolViolation({"limits.max_connect_bytes", reason::kPacketTooLarge,
-                           "packet before the CONNECT was accepted is larger than "
-                           "limits.max_connect_bytes"},
-                          out);
+        tooMuchBeforeLogin(out);
       } else {
         protocolViolation(frame.error(), out);
       }
@@ -119,9 +117,7 @@ void Session::receive(std::span<const uint8_t> bytes, Clock::time_point now, Eff
   if (state_ != State::Closed) {
     buffer_.erase(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(consumed));
     if (state_ == State::Authenticating && buffer_.size() > settings_.maxConnectBytes) {
-      protocolViolation({"limits.max_connect_bytes", reason::kPacketTooLarge,
-                         "more bytes before the CONNECT was accepted than limits.max_connect_bytes"},
-                        out);
+      tooMuchBeforeLogin(out);
     }
   }
   if (state_ == State::Closed) {
@@ -198,18 +194,45 @@ void Session::onConnect(Connect&& c, Clock::time_point now, Effects& out) {
   }
   policy::ConnectFacts facts = connectFacts(c);
   facts.sourceLockedOut = throttle_.sourceLockedOut(sourceKey(peer_), now);
-  facts.usernameLockedOut = c.username && throttle_.userLockedOut(*c.username, now);
+  facts.usernameLockedOut = c.username && throttle_.userLockedOut(*c.username, sourceKey(peer_), now);
   const policy::ConnectDecision cd = evaluateConnect(*policies_, *defaults_, facts);
   pendingConnect_ = std::move(c);
   if (cd.passwordHash != nullptr) {
     pendingDecision_ = cd;
-    const std::string password =
-        pendingConnect_->password ? std::string(text(*pendingConnect_->password)) : std::string();
-    out.passwordCheck.emplace(*cd.passwordHash, password);
+    const auto& password = pendingConnect_->password;
+    out.passwordCheck.emplace(*cd.passwordHash,
+                              password ? text(*password) : std::string_view());
     state_ = State::Authenticating;
     return;
   }
   finishConnect(cd, now, out);
+}
+
+void Session::dropPendingConnect() {
+  if (pendingConnect_ && pendingConnect_->password) {
+    policy::secureWipe(pendingConnect_->password->data(), pendingConnect_->password->size());
+  }
+  pendingConnect_.reset();
+}
+
+bool Session::lockedOut(const Connect& c, Clock::time_point now) const {
+  const std::string source = sourceKey(peer_);
+  if (throttle_.sourceLockedOut(source, now)) {
+    return true;
+  }
+  if (!c.username || !throttle_.userLockedOut(*c.username, source, now)) {
+    return false;
+  }
+  // As in evaluateConnect: the device's own enrolled address is not locked out by its user name.
+  const policy::DevicePolicy* d = pendingDecision_.device;
+  return d == nullptr || !peer_.address ||
+         std::ranges::find(d->addresses, *peer_.address) == d->addresses.end();
+}
+
+void Session::tooMuchBeforeLogin(Effects& out) {
+  protocolViolation({"limits.max_connect_bytes", reason::kPacketTooLarge,
+                     "more bytes before the CONNECT was accepted than limits.max_connect_bytes"},
+                    out);
 }
 
 void Session::passwordChecked(PasswordResult result, Clock::time_point now, Effects& out) {
@@ -228,12 +251,19 @@ void Session::passwordChecked(PasswordResult result, Clock::time_point now, Effe
     e.action = "refuse";
     e.message = "login refused: too many password checks in progress";
     out.events.push_back(std::move(e));
-    pendingConnect_.reset();
+    dropPendingConnect();
     refuseConnect(reason::kServerBusy, v311::kServerUnavailable, out);
     return;
   }
-  const policy::ConnectDecision cd = evaluateVerifiedConnect(
-      pendingDecision_, result == PasswordResult::Matched, connectFacts(*pendingConnect_));
+  policy::ConnectFacts facts = connectFacts(*pendingConnect_);
+  // A lockout that began while this check ran (guesses in parallel) holds for it too.
+  if (lockedOut(*pendingConnect_, now)) {
+    facts.sourceLockedOut = true;
+    finishConnect(evaluateConnect(*policies_, *defaults_, facts), now, out);
+    return;
+  }
+  const policy::ConnectDecision cd =
+      evaluateVerifiedConnect(pendingDecision_, result == PasswordResult::Matched, facts);
   finishConnect(cd, now, out);
   if (state_ == State::Connected) {
     receive({}, now, out); // what the client sent behind its CONNECT
@@ -278,23 +308,26 @@ void Session::finishConnect(const policy::ConnectDecision& cd, Clock::time_point
         out.events.push_back(std::move(lock));
       }
     }
-    pendingConnect_.reset();
+    dropPendingConnect();
     refuseConnect(v5Code, v311Code, out);
     return;
   }
   device_ = cd.device;
   clientId_ = c.clientId;
-  const bool passwordLogin = cd.decision.rule == "connect.username";
+  const bool passwordLogin = cd.login == policy::Login::Password;
   username_ = passwordLogin ? c.username.value_or("") : std::string();
   if (passwordLogin) {
-    throttle_.recordSuccess(username_); // the source's failures stand
+    throttle_.recordSuccess(source, username_); // the source's failures stand
   }
   acceptConnect(now, out);
 }
 
 void Session::acceptConnect(Clock::time_point now, Effects& out) {
   Connect c = std::move(*pendingConnect_);
-  pendingConnect_.reset();
+  dropPendingConnect();
+  if (c.password) {
+    policy::secureWipe(c.password->data(), c.password->size());
+  }
   if (c.will) {
     const Decision wd =
         evaluatePublish(*device_, {username_, c.will->topic, c.will->qos, c.will->retain, c.will->payload});
@@ -321,6 +354,18 @@ void Session::acceptConnect(Clock::time_point now, Effects& out) {
     upstreamPrefix_.replace(at, 2, device_->id.str());
   }
   state_ = State::Connected;
+  persistent_ = !c.cleanStart;
+  if (subscriptionMemory_ != nullptr) {
+    // A persistent session at the broker still holds what earlier connections subscribed.
+    if (persistent_) {
+      subscriptions_ = (*subscriptionMemory_)[device_->id.str()];
+      for (const auto& f : subscriptions_) {
+        subscriptionBytes_ += f.size();
+      }
+    } else {
+      subscriptionMemory_->erase(device_->id.str());
+    }
+  }
 
   Connack ack{false, 0, {}};
   if (c.version == Version::V5) {
@@ -485,8 +530,10 @@ void Session::onSubscribe(const Subscribe& s, Effects& out) {
   for (size_t i = 0; i < s.subscriptions.size(); ++i) {
     const auto& sub = s.subscriptions[i];
     // Bounded per packet and per session: each filter is state here and at the broker.
+    const bool known = subscriptions_.contains(sub.filter);
     if (i >= settings_.maxFiltersPerSubscribe ||
-        (!subscriptions_.contains(sub.filter) && subscriptions_.size() >= settings_.maxSubscriptions)) {
+        (!known && (subscriptions_.size() >= settings_.maxSubscriptions ||
+                    subscriptionBytes_ + sub.filter.size() > settings_.maxSubscriptionBytes))) {
       ack.reasonCodes.push_back(v5 ? reason::kQuotaExceeded : v311::kSubackFailure);
       ++overLimit;
       continue;
@@ -494,7 +541,9 @@ void Session::onSubscribe(const Subscribe& s, Effects& out) {
     const Decision d = evaluateSubscribe(*device_, {username_, sub.filter, sub.qos()});
     if (d.allowed()) {
       ack.reasonCodes.push_back(d.grantedQos);
-      subscriptions_.insert(sub.filter);
+      if (subscriptions_.insert(sub.filter).second) {
+        subscriptionBytes_ += sub.filter.size();
+      }
       out.upstream.emplace_back(upstream::Subscribe{toUpstream(sub.filter), d.grantedQos});
     } else {
       ack.reasonCodes.push_back(v5 ? reason::kNotAuthorized : v311::kSubackFailure);
@@ -528,12 +577,25 @@ void Session::onSubscribe(const Subscribe& s, Effects& out) {
   }
 }
 
+void Session::rememberSubscriptions() {
+  if (subscriptionMemory_ != nullptr && persistent_ && device_ != nullptr) {
+    (*subscriptionMemory_)[device_->id.str()] = subscriptions_;
+  }
+}
+
 void Session::onUnsubscribe(const Unsubscribe& u, Effects& out) {
   SubAck ack{PacketType::Unsuback, u.packetId, {}, {}};
-  for (const auto& f : u.filters) {
+  for (size_t i = 0; i < u.filters.size(); ++i) {
+    const auto& f = u.filters[i];
+    if (i >= settings_.maxFiltersPerSubscribe) {
+      ack.reasonCodes.push_back(reason::kUnspecifiedError); // 3.1.1 carries no codes
+      continue;
+    }
     // Forwarded even when this connection did not subscribe it: a persistent session at the
     // broker may hold it from an earlier one.
-    subscriptions_.erase(f);
+    if (subscriptions_.erase(f) > 0) {
+      subscriptionBytes_ -= f.size();
+    }
     out.upstream.emplace_back(upstream::Unsubscribe{toUpstream(f)});
     ack.reasonCodes.push_back(reason::kSuccess);
   }
@@ -573,12 +635,13 @@ void Session::deliver(const std::string& brokerTopic, std::span<const uint8_t> p
     send(p, out);
     return;
   }
+  const size_t bytes = p.topic.size() + p.payload.size();
   if (queuedToClient_.size() >= settings_.maxQueuedToClient ||
-      queuedBytes_ + p.payload.size() > settings_.maxQueuedBytesToClient) {
+      queuedBytes_ + bytes > settings_.maxQueuedBytesToClient) {
     ++counters_.dropped;
     return;
   }
-  queuedBytes_ += p.payload.size();
+  queuedBytes_ += bytes;
   queuedToClient_.push_back(std::move(p));
   sendQueued(out);
 }
@@ -590,7 +653,7 @@ void Session::sendQueued(Effects& out) {
     p.packetId = nextPacketId();
     awaitingClient_.emplace(p.packetId, Outbound{p.qos, false});
     ++counters_.deliveries;
-    queuedBytes_ -= p.payload.size();
+    queuedBytes_ -= p.topic.size() + p.payload.size();
     send(p, out);
   }
   queuedToClient_.erase(queuedToClient_.begin(),
@@ -609,7 +672,7 @@ void Session::protocolViolation(const CodecError& e, Effects& out) {
   ev.message = fmt::format("MQTT protocol violation ({}): {}", e.clause, e.what);
   out.events.push_back(std::move(ev));
   if (state_ == State::AwaitingConnect || state_ == State::Authenticating) {
-    pendingConnect_.reset();
+    dropPendingConnect();
     // A CONNECT that fails: 5.0 clients hear why in CONNACK; 3.1.1 defines codes for an
     // unsupported protocol level and a rejected client identifier only.
     if (version_ == Version::V5) {
@@ -629,7 +692,7 @@ void Session::protocolViolation(const CodecError& e, Effects& out) {
 void Session::tick(Clock::time_point now, Effects& out) {
   if ((state_ == State::AwaitingConnect || state_ == State::Authenticating) &&
       now >= connectDeadline_) {
-    pendingConnect_.reset();
+    dropPendingConnect();
     state_ = State::Closed;
     out.closeClient = true;
     return;

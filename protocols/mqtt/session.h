@@ -39,10 +39,17 @@ struct SessionSettings {
   uint16_t sendMaximum = 20;        // ... and we at most towards it (a 5.0 client may ask fewer)
   uint32_t maxQueuedToClient = 1000;
   uint32_t maxQueuedBytesToClient = 1024 * 1024;
-  uint32_t maxSubscriptions = 100;   // distinct filters per session
-  uint32_t maxFiltersPerSubscribe = 32;
+  uint32_t maxSubscriptions = 100;   // distinct filters per session ...
+  uint32_t maxSubscriptionBytes = 64 * 1024; // ... and their bytes
+  uint32_t maxFiltersPerSubscribe = 32;      // per SUBSCRIBE and per UNSUBSCRIBE
   std::string upstreamClientIdPrefix = "iotgw-";
 };
+
+// The filters a device's persistent upstream sessions hold at the broker, as far as iotgwd knows
+// (device id → filters): a client that reconnects without a clean start finds its subscriptions
+// counted again, so that reconnecting cannot grow the broker's session past the bounds. Owned by
+// the caller, shared by the sessions it creates.
+using SubscriptionMemory = std::map<std::string, std::set<std::string>>;
 
 // Who is on the other end of the connection, as the transport knows it.
 struct PeerInfo {
@@ -85,12 +92,21 @@ struct PasswordCheck {
   policy::PasswordHash hash;
   std::string password;
 
-  PasswordCheck(policy::PasswordHash h, std::string p) : hash(std::move(h)), password(std::move(p)) {}
+  PasswordCheck(policy::PasswordHash h, std::string_view p) : hash(std::move(h)), password(p) {}
   PasswordCheck(const PasswordCheck&) = delete;
   PasswordCheck& operator=(const PasswordCheck&) = delete;
-  PasswordCheck(PasswordCheck&& o) noexcept = default;
-  PasswordCheck& operator=(PasswordCheck&&) noexcept = default;
-  ~PasswordCheck() { policy::secureWipe(password.data(), password.size()); }
+  // A move leaves nothing of the password behind (a short one lives inside the string object).
+  PasswordCheck(PasswordCheck&& o) noexcept : hash(std::move(o.hash)), password(o.password) {
+    o.wipe();
+  }
+  PasswordCheck& operator=(PasswordCheck&&) = delete;
+  ~PasswordCheck() { wipe(); }
+
+private:
+  void wipe() noexcept {
+    policy::secureWipe(password.data(), password.size());
+    password.clear();
+  }
 };
 
 enum class PasswordResult { Matched, Mismatched, Busy };
@@ -124,7 +140,7 @@ public:
 
   Session(SessionSettings settings, std::shared_ptr<const policy::PolicySet> policies,
           std::shared_ptr<const policy::DefaultCredentials> defaults, policy::AuthThrottle& throttle,
-          PeerInfo peer, Clock::time_point now);
+          PeerInfo peer, Clock::time_point now, SubscriptionMemory* subscriptionMemory = nullptr);
 
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -148,6 +164,10 @@ public:
   [[nodiscard]] bool authenticated() const { return state_ == State::Connected; }
   // Bytes of partial packets held for the client.
   [[nodiscard]] size_t bufferedBytes() const { return buffer_.size(); }
+  // The device a login in progress names (before the CONNECT is accepted), or nullptr.
+  [[nodiscard]] const policy::DevicePolicy* pendingDevice() const {
+    return pendingConnect_ ? pendingDecision_.device : nullptr;
+  }
   [[nodiscard]] const policy::DevicePolicy* device() const { return device_; }
   [[nodiscard]] const SessionCounters& counters() const { return counters_; }
   [[nodiscard]] std::optional<Version> version() const { return version_; }
@@ -160,6 +180,10 @@ private:
   [[nodiscard]] policy::ConnectFacts connectFacts(const Connect& c) const;
   void finishConnect(const policy::ConnectDecision& cd, Clock::time_point now, Effects& out);
   void acceptConnect(Clock::time_point now, Effects& out);
+  void dropPendingConnect(); // wipes its password
+  [[nodiscard]] bool lockedOut(const Connect& c, Clock::time_point now) const;
+  void tooMuchBeforeLogin(Effects& out);
+  void rememberSubscriptions();
   void onPublish(Publish&& p, Clock::time_point now, Effects& out);
   void onAck(const Ack& a, Effects& out);
   void onSubscribe(const Subscribe& s, Effects& out);
@@ -217,6 +241,9 @@ private:
   std::vector<Publish> queuedToClient_;
   size_t queuedBytes_ = 0;
   std::set<std::string> subscriptions_; // the client's filters (its own topic names)
+  size_t subscriptionBytes_ = 0;
+  SubscriptionMemory* subscriptionMemory_;
+  bool persistent_ = false; // the upstream session outlives this connection (no clean start)
   uint16_t lastPacketId_ = 0;
 
   SessionCounters counters_;

@@ -243,8 +243,11 @@ TEST_F(Evaluator, PasswordCheckIsLeftToTheCaller) {
   ASSERT_NE(k.passwordHash, nullptr);
   ASSERT_NE(u.passwordHash, nullptr);
   EXPECT_EQ(k.device, thermo_);
-  EXPECT_EQ(u.passwordHash, &PasswordHash::unmatchable());
-  EXPECT_EQ(u.passwordHash->iterations(), PasswordHash::kDefaultIterations);
+  EXPECT_EQ(u.passwordHash, &set_->unmatchableHash());
+  // As costly as the enrolled devices' hashes (these tests' use the minimum).
+  EXPECT_EQ(u.passwordHash->iterations(), k.passwordHash->iterations());
+  // Until the check, the decision is a refusal.
+  EXPECT_FALSE(k.decision.allowed());
   // Even a "matched" answer for an unknown user name is a refusal.
   EXPECT_EQ(evaluateVerifiedConnect(u, true, unknown).decision.rule, "auth.password");
   EXPECT_EQ(evaluateVerifiedConnect(k, true, known).device, thermo_);
@@ -269,6 +272,29 @@ publish = ["users/%u/#", "devices/%d/#"]
   EXPECT_FALSE(evaluatePublish(*dev, {"dev-b", "users/dev-b/x", 0, false, bytes("1")}).allowed());
   EXPECT_FALSE(evaluatePublish(*dev, {"", "users/dev-c/x", 0, false, bytes("1")}).allowed());
   EXPECT_TRUE(evaluatePublish(*dev, {"", "devices/dev-c/x", 0, false, bytes("1")}).allowed());
+}
+
+TEST_F(Evaluator, PayloadRuleWithoutItsPlaceholderStillApplies) {
+  auto dev = parseDevicePolicy(R"([device]
+id = "dev-c"
+[device.certificate]
+common_name = "dev-c"
+[device.mqtt]
+username = "dev-c"
+password_hash = ")" + *hash_ + R"("
+[mqtt]
+publish = ["sensors/#"]
+[[mqtt.payload]]
+topic = "sensors/%u/temp"
+format = "json"
+)",
+                               "dev-c.toml");
+  ASSERT_TRUE(dev) << dev.error().front().str();
+  // Logged in by certificate, %u has no value: the rule covers every user-name level, so the
+  // payload is still checked (it fails closed, never open).
+  EXPECT_EQ(evaluatePublish(*dev, {"", "sensors/anyone/temp", 0, false, bytes("not json")}).rule,
+            "mqtt.payload[0]");
+  EXPECT_TRUE(evaluatePublish(*dev, {"", "sensors/anyone/temp", 0, false, bytes("{}")}).allowed());
 }
 
 TEST_F(Evaluator, SubscribeTable) {

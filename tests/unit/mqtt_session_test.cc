@@ -47,6 +47,13 @@ protected:
   }
   static void TearDownTestSuite() { delete hash_; }
 
+  // A new session (a reconnect) with the same policies and the same subscription memory.
+  void makeSessionKeepingMemory() {
+    session_ = std::make_unique<Session>(settings_, policies_,
+                                         std::make_shared<DefaultCredentials>(), throttle_, peer(),
+                                         now_, &memory_);
+  }
+
   void makeSession(const std::string& action = "drop", const std::string& extraMqtt = "") {
     std::string doc = devicePolicy(*hash_, action);
     doc.replace(doc.find("[mqtt]\n"), 7, "[mqtt]\n" + extraMqtt);
@@ -57,7 +64,7 @@ protected:
     policies_ = *PolicySet::build(std::move(v));
     session_ = std::make_unique<Session>(settings_, policies_,
                                          std::make_shared<DefaultCredentials>(), throttle_, peer(),
-                                         now_);
+                                         now_, &memory_);
   }
 
   static PeerInfo peer() {
@@ -99,7 +106,10 @@ protected:
     out.closeClient = out.closeClient || more.closeClient;
     out.quarantineRequested = out.quarantineRequested || more.quarantineRequested;
     out.authenticationFailed = out.authenticationFailed || more.authenticationFailed;
-    out.passwordCheck = std::move(more.passwordCheck);
+    out.passwordCheck.reset();
+    if (more.passwordCheck) {
+      out.passwordCheck.emplace(std::move(*more.passwordCheck));
+    }
   }
 
   // Parses what the session wrote to the client.
@@ -150,6 +160,7 @@ protected:
   static std::string* hash_;
   int passwordChecks_ = 0;
   SessionSettings settings_;
+  SubscriptionMemory memory_;
   Clock::time_point now_ = Clock::time_point{} + 1000s;
   AuthThrottle throttle_;
   std::shared_ptr<const PolicySet> policies_;
@@ -644,7 +655,7 @@ TEST_F(SessionTest, DroppedQos2FlowsCountAgainstTheReceiveMaximum) {
 
 TEST_F(SessionTest, FlowTowardsTheClientIsOursToBound) {
   settings_.sendMaximum = 2;
-  settings_.maxQueuedBytesToClient = 10;
+  settings_.maxQueuedBytesToClient = 60; // two messages of 27 bytes (topic and payload)
   makeSession();
   Connect c = connect(Version::V5);
   c.properties.push_back(Property{PropertyId::ReceiveMaximum, 65535, {}, {}, {}});
@@ -654,7 +665,64 @@ TEST_F(SessionTest, FlowTowardsTheClientIsOursToBound) {
   for (int i = 0; i < 5; ++i) {
     session_->deliver("devices/thermo-01/cmd/x", bytesOf("abcd"), 1, false, d);
   }
-  // Two in flight (our maximum, whatever the client offered), two queued (8 bytes), one dropped.
+  // Two in flight (our maximum, whatever the client offered), two queued (54 bytes), one dropped.
   EXPECT_EQ(replies(d, Version::V5).size(), 2u);
   EXPECT_EQ(session_->counters().dropped, 1u);
+}
+
+TEST_F(SessionTest, PersistentSessionsKeepTheirSubscriptionsCounted) {
+  settings_.maxSubscriptions = 2;
+  const auto subscribeOne = [&](uint16_t id, const std::string& f) {
+    Effects e = send({Subscribe{id, {}, {Subscription{f, 1}}}});
+    return std::get<SubAck>(replies(e).at(0)).reasonCodes.at(0);
+  };
+  const auto reconnect = [&](bool clean) {
+    send({Disconnect{}});
+    makeSessionKeepingMemory();
+    Connect c = connect();
+    c.cleanStart = clean;
+    send({c});
+    ASSERT_EQ(session_->state(), Session::State::Connected);
+  };
+  makeSession();
+  Connect c = connect();
+  c.cleanStart = false;
+  send({c});
+  EXPECT_EQ(subscribeOne(1, "devices/thermo-01/cmd/a"), 1);
+  EXPECT_EQ(subscribeOne(2, "devices/thermo-01/cmd/b"), 1);
+  // The broker still holds both: reconnecting without a clean start does not make room.
+  reconnect(false);
+  EXPECT_EQ(subscribeOne(3, "devices/thermo-01/cmd/c"), v311::kSubackFailure);
+  EXPECT_EQ(subscribeOne(4, "devices/thermo-01/cmd/a"), 1); // already held
+  // A clean start empties the broker's session, and the count.
+  reconnect(true);
+  EXPECT_EQ(subscribeOne(5, "devices/thermo-01/cmd/c"), 1);
+}
+
+TEST_F(SessionTest, UnsubscribeIsBoundedPerPacket) {
+  settings_.maxFiltersPerSubscribe = 2;
+  makeSession();
+  connected(Version::V5);
+  Effects e = send({Unsubscribe{1, {}, {"devices/thermo-01/cmd/a", "devices/thermo-01/cmd/b",
+                                        "devices/thermo-01/cmd/c"}}},
+                   Version::V5);
+  EXPECT_EQ(std::get<SubAck>(replies(e, Version::V5).at(0)).reasonCodes,
+            (std::vector<uint8_t>{0, 0, reason::kUnspecifiedError}));
+  EXPECT_EQ(commands<upstream::Unsubscribe>(e).size(), 2u);
+}
+
+TEST_F(SessionTest, ALockoutThatBeginsDuringTheCheckHoldsForIt) {
+  makeSession();
+  Effects e;
+  session_->receive(encode(connect(), Version::V311), now_, e);
+  ASSERT_TRUE(e.passwordCheck.has_value());
+  // Meanwhile, parallel guesses from the same source lock it out.
+  for (int i = 0; i < 5; ++i) {
+    throttle_.recordFailure("192.168.50.10", "thermo", now_);
+  }
+  Effects done;
+  session_->passwordChecked(PasswordResult::Matched, now_, done);
+  EXPECT_EQ(std::get<Connack>(replies(done).at(0)).reasonCode, v311::kNotAuthorized);
+  EXPECT_EQ(done.events.at(0).type, EventType::AuthenticationLockout);
+  EXPECT_NE(session_->state(), Session::State::Connected);
 }

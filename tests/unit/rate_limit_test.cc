@@ -61,18 +61,22 @@ TEST(FailureTable, FailuresOutsideWindowDoNotAccumulate) {
   EXPECT_TRUE(t.recordFailure("a", t0 + 12s));
 }
 
-TEST(FailureTable, ClearAndMemoryIsBounded) {
+TEST(FailureTable, MemoryIsBoundedAndLockoutsOutliveFloods) {
   ThrottleSettings s;
   s.maxTrackedSources = 100;
+  s.failuresBeforeLockout = 2;
   FailureTable t(s);
   const auto t0 = Clock::time_point{} + 1000s;
+  t.recordFailure("victim", t0);
+  EXPECT_TRUE(t.recordFailure("victim", t0));
   for (int i = 0; i < 10000; ++i) {
     t.recordFailure("src-" + std::to_string(i), t0);
   }
   EXPECT_EQ(t.tracked(), 100u);
-  t.recordFailure("x", t0);
-  t.clear("x");
-  EXPECT_EQ(t.tracked(), 99u);
+  EXPECT_TRUE(t.lockedOut("victim", t0 + 1s)); // ten thousand new keys did not wash it away
+  // Forgiving clears the count towards the next lockout, not the lockout in force.
+  t.forgive("victim");
+  EXPECT_TRUE(t.lockedOut("victim", t0 + 1s));
 }
 
 TEST(AuthThrottle, SuccessClearsOnlyItsOwnUserName) {
@@ -83,15 +87,15 @@ TEST(AuthThrottle, SuccessClearsOnlyItsOwnUserName) {
   const auto t0 = Clock::time_point{} + 1000s;
   // Guesses at one device's password between valid logins of another, from one source.
   EXPECT_FALSE(t.recordFailure("10.0.0.1", "victim", t0).source);
-  t.recordSuccess("other");
+  t.recordSuccess("10.0.0.1", "other");
   EXPECT_FALSE(t.recordFailure("10.0.0.1", "victim", t0 + 1s).source);
-  t.recordSuccess("other");
+  t.recordSuccess("10.0.0.1", "other");
   const auto started = t.recordFailure("10.0.0.1", "victim", t0 + 2s);
   EXPECT_TRUE(started.source);
   EXPECT_TRUE(started.user);
   EXPECT_TRUE(t.sourceLockedOut("10.0.0.1", t0 + 3s));
-  EXPECT_TRUE(t.userLockedOut("victim", t0 + 3s));
-  EXPECT_FALSE(t.userLockedOut("other", t0 + 3s));
+  EXPECT_TRUE(t.userLockedOut("victim", "10.0.0.9", t0 + 3s));
+  EXPECT_FALSE(t.userLockedOut("other", "10.0.0.9", t0 + 3s));
   EXPECT_FALSE(t.sourceLockedOut("10.0.0.1", t0 + 13s));
 }
 
@@ -100,16 +104,22 @@ TEST(AuthThrottle, UserNameGuessedFromManySources) {
   s.failuresBeforeLockout = 3;
   AuthThrottle t(s);
   const auto t0 = Clock::time_point{} + 1000s;
+  t.recordSuccess("10.0.0.50", "victim"); // where the device itself logs in from
   EXPECT_FALSE(t.recordFailure("10.0.0.1", "victim", t0).user);
   EXPECT_FALSE(t.recordFailure("10.0.0.2", "victim", t0).user);
   const auto started = t.recordFailure("10.0.0.3", "victim", t0);
   EXPECT_TRUE(started.user);
   EXPECT_FALSE(started.source);
   EXPECT_FALSE(t.sourceLockedOut("10.0.0.3", t0));
-  EXPECT_TRUE(t.userLockedOut("victim", t0));
-  // A failure naming no user name counts against the source only.
+  EXPECT_TRUE(t.userLockedOut("victim", "10.0.0.4", t0));
+  // The device's own source still gets in, and its login does not lift the lockout for others.
+  EXPECT_FALSE(t.userLockedOut("victim", "10.0.0.50", t0));
+  t.recordSuccess("10.0.0.50", "victim");
+  EXPECT_TRUE(t.userLockedOut("victim", "10.0.0.4", t0));
+  EXPECT_TRUE(t.knownSource("10.0.0.50"));
+  EXPECT_FALSE(t.knownSource("10.0.0.4"));
+  // A failure naming no user name, or an impossibly long one, counts against the source only.
   EXPECT_FALSE(t.recordFailure("10.0.0.4", "", t0).user);
+  EXPECT_FALSE(t.recordFailure("10.0.0.4", std::string(5000, 'x'), t0).user);
   EXPECT_EQ(t.trackedUsers(), 1u);
-  t.recordSuccess("victim");
-  EXPECT_FALSE(t.userLockedOut("victim", t0));
 }
