@@ -16,6 +16,8 @@ const char* const kCipherList =
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:"
     "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305";
 
+const char* const kGroupList = "X25519:P-256:P-384";
+
 namespace {
 
 void initialise() {
@@ -49,9 +51,11 @@ ServerContext::create(const ServerSettings& s) {
     return fail("cipher list", rc);
   }
   // Key exchange groups, most preferred first: X25519 (constant time, no point validation to get
-  // wrong), then the NIST curves constrained clients tend to have.
-  int groups[] = {WOLFSSL_ECC_X25519, WOLFSSL_ECC_SECP256R1, WOLFSSL_ECC_SECP384R1};
-  if (int rc = wolfSSL_CTX_set_groups(ctx, groups, 3); rc != WOLFSSL_SUCCESS) {
+  // wrong), then the NIST curves constrained clients tend to have. wolfSSL_CTX_set_groups alone
+  // ranks TLS 1.3's groups but leaves TLS 1.2's ECDHE free to pick any curve the client offers
+  // (P-521, X448, brainpool, secp256k1); the curves list also disables every other curve, which
+  // the TLS 1.2 server consults when it picks its curve, and sets the same TLS 1.3 groups.
+  if (int rc = wolfSSL_CTX_set1_curves_list(ctx, kGroupList); rc != WOLFSSL_SUCCESS) {
     return fail("key exchange groups", rc);
   }
   if (int rc = wolfSSL_CTX_use_certificate_chain_file(ctx, s.certificate.c_str());

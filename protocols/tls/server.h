@@ -27,6 +27,8 @@ struct ServerSettings {
 
 // The AEAD-only suites offered: TLS 1.3's three, and TLS 1.2 ECDHE with GCM or ChaCha20-Poly1305.
 extern const char* const kCipherList;
+// The key exchange groups, in order of preference, for TLS 1.2's ECDHE and TLS 1.3 alike.
+extern const char* const kGroupList;
 
 // An immutable server context. A reload builds a new one; connections keep the context they
 // started with (WolfSSL counts the references).
