@@ -9,6 +9,7 @@ handshake, each a failed TLS handshake with its authentication-failed event. The
 certificates (DNS name in any case, URI) log in."""
 import os
 import re
+import signal
 import subprocess
 import time
 
@@ -134,6 +135,9 @@ publish = ["devices/dev-s/#"]
     # (The readiness probe's bare connect before them was a failed handshake of its own.)
     handshakes = len(re.findall(r"IOTGW_RULE=tls\.handshake", log())) - handshakes_before
     check(handshakes == len(not_clients), f"failed handshakes counted: {handshakes} of {len(not_clients)}")
+
+    d.signal(signal.SIGTERM)
+    check(d.stop() == 0, "iotgwd exits cleanly")
 finally:
     if sub:
         sub.stop()
