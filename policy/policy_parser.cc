@@ -48,7 +48,9 @@ std::optional<JsonKind> parseJsonKind(std::string_view s) {
 
 // ASCII case-insensitive equality, for the type prefixes of subjectAltNames.
 bool equalsIgnoringCase(std::string_view a, std::string_view b) {
-  const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; };
+  const auto lower = [](char c) {
+    return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
+  };
   return std::ranges::equal(a, b, [&](char x, char y) { return lower(x) == lower(y); });
 }
 

@@ -25,8 +25,8 @@ Diagnostic at(const DevicePolicy& p, const std::string& key, std::string message
 // Claims `value` for device `p`; reports a conflict if another device has it already, naming it
 // as `shown` when that is given (the value as written, when `value` is its normalised form).
 void claim(std::map<std::string, const DevicePolicy*>& owners, const std::string& value,
-           const DevicePolicy& p, const std::string& key, std::string_view what,
-           Diagnostics& diags, std::string_view shown = {}) {
+           const DevicePolicy& p, const std::string& key, std::string_view what, Diagnostics& diags,
+           std::string_view shown = {}) {
   if (value.empty()) {
     return;
   }

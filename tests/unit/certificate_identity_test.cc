@@ -19,7 +19,8 @@ std::string certificateDevice(const std::string& id, const std::string& certific
 }
 
 std::vector<SubjectAltName> namesOf(const std::string& list) {
-  auto p = parseDevicePolicy(certificateDevice("d1", "subject_alt_names = " + list + "\n"), "d1.toml");
+  auto p =
+      parseDevicePolicy(certificateDevice("d1", "subject_alt_names = " + list + "\n"), "d1.toml");
   EXPECT_TRUE(p) << (p ? "" : p.error().front().str());
   return p ? p->certificate.subjectAltNames : std::vector<SubjectAltName>{};
 }
@@ -27,7 +28,8 @@ std::vector<SubjectAltName> namesOf(const std::string& list) {
 SubjectAltName dns(std::string v) { return {SanType::Dns, std::move(v)}; }
 SubjectAltName uri(std::string v) { return {SanType::Uri, std::move(v)}; }
 
-std::shared_ptr<const PolicySet> setOf(const std::vector<std::pair<std::string, std::string>>& docs) {
+std::shared_ptr<const PolicySet>
+setOf(const std::vector<std::pair<std::string, std::string>>& docs) {
   std::vector<DevicePolicy> devices;
   for (const auto& [id, cert] : docs) {
     auto p = parseDevicePolicy(certificateDevice(id, cert), id + ".toml");
@@ -61,9 +63,9 @@ TEST(CertificateIdentity, PrefixesSayTheKind) {
 
 TEST(CertificateIdentity, ReferenceDocumentKeepsItsMeaning) {
   // Written before names had kinds: the DNS name and the URN keep meaning what they meant.
-  auto p = parseDevicePolicy(iotgw::test::fullPolicy(
-                                 PasswordHash::create("x", PasswordHash::kMinIterations)->str()),
-                             "thermo-01.toml");
+  auto p = parseDevicePolicy(
+      iotgw::test::fullPolicy(PasswordHash::create("x", PasswordHash::kMinIterations)->str()),
+      "thermo-01.toml");
   ASSERT_TRUE(p) << p.error().front().str();
   EXPECT_EQ(p->certificate.subjectAltNames,
             (std::vector{dns("thermo-01.hub.local"), uri("urn:dev:thermo-01")}));
@@ -79,34 +81,51 @@ TEST_P(CertificateNameRejected, WithPosition) {
 INSTANTIATE_TEST_SUITE_P(
     Documents, CertificateNameRejected,
     testing::Values(
-        BadDocument{"Email", certificateDevice("d1", "subject_alt_names = [\"a.b\", \"email:dev-s.hub.local\"]\n"),
-                    4, 29, "email names never identify a device"},
-        BadDocument{"EmailAnyCase", certificateDevice("d1", "subject_alt_names = [\"a.b\", \"EMAIL:x@y\"]\n"),
-                    4, 29, "email names never identify a device"},
-        BadDocument{"Ip", certificateDevice("d1", "subject_alt_names = [\"a.b\", \"IP:192.168.50.9\"]\n"),
+        BadDocument{
+            "Email",
+            certificateDevice("d1", "subject_alt_names = [\"a.b\", \"email:dev-s.hub.local\"]\n"),
+            4, 29, "email names never identify a device"},
+        BadDocument{"EmailAnyCase",
+                    certificateDevice("d1", "subject_alt_names = [\"a.b\", \"EMAIL:x@y\"]\n"), 4,
+                    29, "email names never identify a device"},
+        BadDocument{"Ip",
+                    certificateDevice("d1", "subject_alt_names = [\"a.b\", \"IP:192.168.50.9\"]\n"),
                     4, 29, "IP names never identify a device"},
-        BadDocument{"DirName", certificateDevice("d1", "subject_alt_names = [\"a.b\", \"dirName:CN=x\"]\n"),
-                    4, 29, "dirName names never identify a device"},
-        BadDocument{"Wildcard", certificateDevice("d1", "subject_alt_names = [\"a.b\", \"*.hub.local\"]\n"),
-                    4, 29, "a wildcard never names a device"},
-        BadDocument{"DnsWithColon", certificateDevice("d1", "subject_alt_names = [\"a.b\", \"DNS:urn:dev:x\"]\n"),
+        BadDocument{"DirName",
+                    certificateDevice("d1", "subject_alt_names = [\"a.b\", \"dirName:CN=x\"]\n"), 4,
+                    29, "dirName names never identify a device"},
+        BadDocument{"Wildcard",
+                    certificateDevice("d1", "subject_alt_names = [\"a.b\", \"*.hub.local\"]\n"), 4,
+                    29, "a wildcard never names a device"},
+        BadDocument{"DnsWithColon",
+                    certificateDevice("d1", "subject_alt_names = [\"a.b\", \"DNS:urn:dev:x\"]\n"),
                     4, 29, "not a valid DNS name"},
-        BadDocument{"DnsTrailingDot", certificateDevice("d1", "subject_alt_names = [\"a.b\", \"dev.hub.\"]\n"),
+        BadDocument{"DnsTrailingDot",
+                    certificateDevice("d1", "subject_alt_names = [\"a.b\", \"dev.hub.\"]\n"), 4, 29,
+                    "1 to 63 characters"},
+        BadDocument{"DnsSpace",
+                    certificateDevice("d1", "subject_alt_names = [\"a.b\", \"dev hub\"]\n"), 4, 29,
+                    "only letters, digits"},
+        BadDocument{"DnsHyphenEdge",
+                    certificateDevice("d1", "subject_alt_names = [\"a.b\", \"-dev.hub\"]\n"), 4, 29,
+                    "neither starts nor ends"},
+        BadDocument{"DnsLabelTooLong",
+                    certificateDevice("d1", "subject_alt_names = [\"a.b\", \"" +
+                                                std::string(64, 'a') + ".hub\"]\n"),
                     4, 29, "1 to 63 characters"},
-        BadDocument{"DnsSpace", certificateDevice("d1", "subject_alt_names = [\"a.b\", \"dev hub\"]\n"),
-                    4, 29, "only letters, digits"},
-        BadDocument{"DnsHyphenEdge", certificateDevice("d1", "subject_alt_names = [\"a.b\", \"-dev.hub\"]\n"),
-                    4, 29, "neither starts nor ends"},
-        BadDocument{"DnsLabelTooLong", certificateDevice("d1", "subject_alt_names = [\"a.b\", \"" + std::string(64, 'a') + ".hub\"]\n"),
-                    4, 29, "1 to 63 characters"},
-        BadDocument{"UriWithoutScheme", certificateDevice("d1", "subject_alt_names = [\"a.b\", \"URI:dev-s.hub.local\"]\n"),
-                    4, 29, "not a valid URI"},
-        BadDocument{"UriBadScheme", certificateDevice("d1", "subject_alt_names = [\"a.b\", \"1urn:dev:x\"]\n"),
-                    4, 29, "scheme"},
-        BadDocument{"UriEmptyRest", certificateDevice("d1", "subject_alt_names = [\"a.b\", \"urn:\"]\n"),
-                    4, 29, "not a valid URI"},
-        BadDocument{"UriSpace", certificateDevice("d1", "subject_alt_names = [\"a.b\", \"urn:dev: x\"]\n"),
-                    4, 29, "no spaces"},
+        BadDocument{
+            "UriWithoutScheme",
+            certificateDevice("d1", "subject_alt_names = [\"a.b\", \"URI:dev-s.hub.local\"]\n"), 4,
+            29, "not a valid URI"},
+        BadDocument{"UriBadScheme",
+                    certificateDevice("d1", "subject_alt_names = [\"a.b\", \"1urn:dev:x\"]\n"), 4,
+                    29, "scheme"},
+        BadDocument{"UriEmptyRest",
+                    certificateDevice("d1", "subject_alt_names = [\"a.b\", \"urn:\"]\n"), 4, 29,
+                    "not a valid URI"},
+        BadDocument{"UriSpace",
+                    certificateDevice("d1", "subject_alt_names = [\"a.b\", \"urn:dev: x\"]\n"), 4,
+                    29, "no spaces"},
         BadDocument{"EmptyList", certificateDevice("d1", "subject_alt_names = []\n"), 3, 1,
                     "needs 'common_name' or 'subject_alt_names'"}),
     [](const testing::TestParamInfo<BadDocument>& doc) { return std::string(doc.param.name); });
@@ -128,21 +147,29 @@ TEST(CertificateIdentity, NamesAreUniquePerKind) {
     return built ? std::string() : built.error().front().str();
   };
   // DNS names without regard to case, reported at the entry that repeats one.
-  EXPECT_EQ(conflict("subject_alt_names = [\"a.b\", \"dev.hub\"]\n",
-                     "subject_alt_names = [\"c.d\", \"DNS:Dev.Hub\"]\n"),
-            "two.toml:4:29: certificate DNS name \"dev.hub\" already belongs to device 'one' (one.toml)");
-  EXPECT_EQ(conflict("subject_alt_names = [\"urn:dev:x\"]\n", "subject_alt_names = [\"URI:urn:dev:x\"]\n"),
-            "two.toml:4:22: certificate URI \"urn:dev:x\" already belongs to device 'one' (one.toml)");
+  EXPECT_EQ(
+      conflict("subject_alt_names = [\"a.b\", \"dev.hub\"]\n",
+               "subject_alt_names = [\"c.d\", \"DNS:Dev.Hub\"]\n"),
+      "two.toml:4:29: certificate DNS name \"dev.hub\" already belongs to device 'one' (one.toml)");
+  EXPECT_EQ(
+      conflict("subject_alt_names = [\"urn:dev:x\"]\n",
+               "subject_alt_names = [\"URI:urn:dev:x\"]\n"),
+      "two.toml:4:22: certificate URI \"urn:dev:x\" already belongs to device 'one' (one.toml)");
   // URIs exactly: case makes another URI.
-  EXPECT_EQ(conflict("subject_alt_names = [\"urn:dev:x\"]\n", "subject_alt_names = [\"urn:dev:X\"]\n"), "");
+  EXPECT_EQ(
+      conflict("subject_alt_names = [\"urn:dev:x\"]\n", "subject_alt_names = [\"urn:dev:X\"]\n"),
+      "");
   // A CN and a DNS name are one namespace: a certificate with both would name two devices.
-  EXPECT_EQ(conflict("common_name = \"dev.hub\"\n", "subject_alt_names = [\"DEV.hub\"]\n"),
-            "two.toml:4:22: certificate DNS name \"dev.hub\" already belongs to device 'one' (one.toml)");
-  EXPECT_EQ(conflict("common_name = \"dev.hub\"\n", "subject_alt_names = [\"URI:urn:dev.hub\"]\n"), "");
-  // One device may repeat its own name in its CN and its SANs.
-  EXPECT_EQ(conflict("common_name = \"dev.hub\"\nsubject_alt_names = [\"dev.hub\", \"DNS:DEV.HUB\"]\n",
-                     "common_name = \"other\"\n"),
+  EXPECT_EQ(
+      conflict("common_name = \"dev.hub\"\n", "subject_alt_names = [\"DEV.hub\"]\n"),
+      "two.toml:4:22: certificate DNS name \"dev.hub\" already belongs to device 'one' (one.toml)");
+  EXPECT_EQ(conflict("common_name = \"dev.hub\"\n", "subject_alt_names = [\"URI:urn:dev.hub\"]\n"),
             "");
+  // One device may repeat its own name in its CN and its SANs.
+  EXPECT_EQ(
+      conflict("common_name = \"dev.hub\"\nsubject_alt_names = [\"dev.hub\", \"DNS:DEV.HUB\"]\n",
+               "common_name = \"other\"\n"),
+      "");
 }
 
 TEST(CertificateIdentity, LookupComparesNamesOfTheSameKind) {
