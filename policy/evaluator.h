@@ -19,9 +19,11 @@
 
 namespace iotgw::policy {
 
+// A verified client certificate: its subject CN and its DNS and URI subjectAltNames (the only
+// kinds that can name a device), in certificate order.
 struct CertificateFacts {
   std::string commonName;
-  std::vector<std::string> subjectAltNames;
+  std::vector<SubjectAltName> subjectAltNames;
 };
 
 struct ConnectFacts {

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "policy/json.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cstdint>
+#include <set>
 
 #include "policy/utf8.h"
 
@@ -36,6 +38,56 @@ std::string_view jsonTypeName(JsonType t) noexcept {
 }
 
 namespace {
+
+// Finds a key among an object's members so far. A device's reading has a handful of keys, and a
+// scan of those is cheapest; an object past kScanKeys keys gets an ordered index, so that a
+// hostile payload of tens of thousands of keys costs O(n log n) instead of comparing every key
+// with every earlier one. Ordered, not hashed: the keys are the attacker's, and a hash table with
+// a fixed seed can be flooded with colliding keys back into quadratic time.
+class KeyIndex {
+public:
+  explicit KeyIndex(const std::vector<JsonMember>& members) : members_(members) {}
+
+  [[nodiscard]] bool contains(std::string_view key) const {
+    if (!indexed_) {
+      return std::ranges::any_of(members_, [&](const JsonMember& m) { return m.key == key; });
+    }
+    return index_.contains(key);
+  }
+
+  // Call after each member is appended.
+  void added() {
+    if (indexed_) {
+      index_.insert(members_.size() - 1);
+      return;
+    }
+    if (members_.size() > kScanKeys) {
+      for (size_t i = 0; i < members_.size(); ++i) {
+        index_.insert(i);
+      }
+      indexed_ = true;
+    }
+  }
+
+private:
+  static constexpr size_t kScanKeys = 16;
+
+  // Orders positions in `members` by their keys. Positions, not string_views: the vector may
+  // reallocate as members are added, and a moved short string's characters move with it.
+  struct ByKey {
+    using is_transparent = void;
+    const std::vector<JsonMember>* members;
+    [[nodiscard]] std::string_view key(size_t i) const { return (*members)[i].key; }
+    [[nodiscard]] static std::string_view key(std::string_view k) { return k; }
+    template <typename A, typename B> bool operator()(const A& a, const B& b) const {
+      return key(a) < key(b);
+    }
+  };
+
+  const std::vector<JsonMember>& members_;
+  std::set<size_t, ByKey> index_{ByKey{&members_}};
+  bool indexed_ = false;
+};
 
 class Parser {
 public:
@@ -115,6 +167,7 @@ private:
       ++pos_;
       return true;
     }
+    KeyIndex keys(out.object);
     while (true) {
       skipWs();
       if (pos_ >= s_.size() || s_[pos_] != '"') {
@@ -124,7 +177,8 @@ private:
       if (!string(key)) {
         return false;
       }
-      if (out.member(key) != nullptr) {
+      // Checked before the value is parsed, so the error and its offset are those of the key.
+      if (keys.contains(key)) {
         return fail("duplicate object key");
       }
       skipWs();
@@ -138,6 +192,7 @@ private:
         return false;
       }
       out.object.push_back(JsonMember{std::move(key), std::move(v)});
+      keys.added();
       skipWs();
       if (pos_ >= s_.size()) {
         return fail("unterminated object");

@@ -14,6 +14,7 @@
 #include "policy/credentials.h"
 #include "policy/device.h"
 #include "policy/json.h"
+#include "policy/subject_alt_name.h"
 
 namespace iotgw::policy {
 
@@ -25,9 +26,11 @@ struct MqttIdentity {
   std::optional<PasswordHash> passwordHash;
 };
 
+// What a device's client certificate says it is. A certificate whose names point at two
+// devices names neither.
 struct CertificateIdentity {
-  std::string commonName;
-  std::vector<std::string> subjectAltNames; // DNS or URI names
+  std::string commonName;                      // compared exactly
+  std::vector<SubjectAltName> subjectAltNames; // each compared with names of its own kind
 };
 
 struct RateLimit {

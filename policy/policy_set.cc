@@ -22,17 +22,19 @@ Diagnostic at(const DevicePolicy& p, const std::string& key, std::string message
   return Diagnostic{p.sourceName, pos.line, pos.column, std::move(message)};
 }
 
-// Claims `value` for device `p`; reports a conflict if another device has it already.
+// Claims `value` for device `p`; reports a conflict if another device has it already, naming it
+// as `shown` when that is given (the value as written, when `value` is its normalised form).
 void claim(std::map<std::string, const DevicePolicy*>& owners, const std::string& value,
-           const DevicePolicy& p, const std::string& key, std::string_view what,
-           Diagnostics& diags) {
+           const DevicePolicy& p, const std::string& key, std::string_view what, Diagnostics& diags,
+           std::string_view shown = {}) {
   if (value.empty()) {
     return;
   }
   auto [it, inserted] = owners.emplace(value, &p);
   if (!inserted && it->second != &p) {
     diags.push_back(at(p, key,
-                       fmt::format("{} \"{}\" already belongs to device '{}' ({})", what, value,
+                       fmt::format("{} \"{}\" already belongs to device '{}' ({})", what,
+                                   shown.empty() ? std::string_view(value) : shown,
                                    it->second->id.str(), it->second->sourceName)));
   }
 }
@@ -55,6 +57,7 @@ PolicySet::build(std::vector<DevicePolicy> devices) {
   std::map<std::string, const DevicePolicy*> clientIds;
   std::map<std::string, const DevicePolicy*> usernames;
   std::map<std::string, const DevicePolicy*> certNames;
+  std::map<std::string, const DevicePolicy*> certUris;
   for (const auto& p : devices) {
     claim(ids, p.id.str(), p, "device.id", "device id", diags);
     if (p.mac) {
@@ -66,10 +69,17 @@ PolicySet::build(std::vector<DevicePolicy> devices) {
     }
     claim(clientIds, p.mqtt.clientId, p, "device.mqtt.client_id", "MQTT client id", diags);
     claim(usernames, p.mqtt.username, p, "device.mqtt.username", "MQTT username", diags);
-    claim(certNames, p.certificate.commonName, p, "device.certificate.common_name",
-          "certificate name", diags);
-    for (const auto& san : p.certificate.subjectAltNames) {
-      claim(certNames, san, p, "device.certificate.subject_alt_names", "certificate name", diags);
+    // CNs and DNS names share one namespace, without regard to case: CAs tend to write a name
+    // into both, and a certificate with one device's CN and another's DNS name names neither.
+    // URIs have their own.
+    claim(certNames, lowerCaseDnsName(p.certificate.commonName), p,
+          "device.certificate.common_name", "certificate name", diags, p.certificate.commonName);
+    for (size_t i = 0; i < p.certificate.subjectAltNames.size(); ++i) {
+      const auto& san = p.certificate.subjectAltNames[i];
+      const bool dns = san.type == SanType::Dns;
+      claim(dns ? certNames : certUris, san.value, p,
+            fmt::format("device.certificate.subject_alt_names[{}]", i),
+            dns ? "certificate DNS name" : "certificate URI", diags);
     }
   }
   if (!diags.empty()) {
@@ -88,6 +98,15 @@ PolicySet::build(std::vector<DevicePolicy> devices) {
       iterations, [](const auto& a, const auto& b) { return a.second < b.second; });
   set->unmatchable_ = PasswordHash::unmatchable(
       common != iterations.end() ? common->first : PasswordHash::kDefaultIterations);
+  for (size_t i = 0; i < set->devices_.size(); ++i) {
+    const auto& c = set->devices_[i].certificate;
+    if (!c.commonName.empty()) {
+      set->byCommonName_.emplace(c.commonName, i);
+    }
+    for (const auto& san : c.subjectAltNames) {
+      set->bySubjectAltName_.emplace(san, i);
+    }
+  }
   return std::shared_ptr<const PolicySet>(std::move(set));
 }
 
@@ -118,19 +137,27 @@ const DevicePolicy* PolicySet::findByAddress(const IpAddress& a) const {
 }
 
 const DevicePolicy* PolicySet::findByCertificate(std::string_view cn,
-                                                 std::span<const std::string> sans) const {
-  for (const auto& p : devices_) {
-    const auto& c = p.certificate;
-    if (!c.commonName.empty() && c.commonName == cn) {
-      return &p;
-    }
-    for (const auto& san : sans) {
-      if (std::ranges::find(c.subjectAltNames, san) != c.subjectAltNames.end()) {
-        return &p;
-      }
+                                                 std::span<const SubjectAltName> sans) const {
+  const DevicePolicy* found = nullptr;
+  bool ambiguous = false;
+  const auto named = [&](size_t index) {
+    const DevicePolicy* p = &devices_[index];
+    ambiguous = ambiguous || (found != nullptr && found != p);
+    found = p;
+  };
+  if (!cn.empty()) {
+    if (const auto it = byCommonName_.find(cn); it != byCommonName_.end()) {
+      named(it->second);
     }
   }
-  return nullptr;
+  for (const auto& san : sans) {
+    const SubjectAltName key{san.type,
+                             san.type == SanType::Dns ? lowerCaseDnsName(san.value) : san.value};
+    if (const auto it = bySubjectAltName_.find(key); it != bySubjectAltName_.end()) {
+      named(it->second);
+    }
+  }
+  return ambiguous ? nullptr : found;
 }
 
 std::expected<std::string, std::string> readFile(const std::filesystem::path& p, size_t maxBytes) {

@@ -9,7 +9,9 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "policy/diagnostic.h"
@@ -30,9 +32,12 @@ public:
   [[nodiscard]] const DevicePolicy* find(const DeviceId& id) const;
   [[nodiscard]] const DevicePolicy* findByUsername(std::string_view username) const;
   [[nodiscard]] const DevicePolicy* findByAddress(const IpAddress& a) const;
-  // A TLS peer: its certificate's CN or any of its SANs naming a device.
+  // A TLS peer: the device its certificate names, by its CN (a policy's common_name, exactly)
+  // or by a DNS or URI subjectAltName (a policy's subject_alt_names of the same kind; DNS names
+  // without regard to case). Null when nothing names a device, and when its names point at more
+  // than one: a certificate that is two devices at once is neither.
   [[nodiscard]] const DevicePolicy* findByCertificate(std::string_view cn,
-                                                      std::span<const std::string> sans) const;
+                                                      std::span<const SubjectAltName> sans) const;
   [[nodiscard]] const std::vector<DevicePolicy>& devices() const { return devices_; }
   [[nodiscard]] size_t size() const { return devices_.size(); }
   // What an unknown user name's password is checked against: a hash that matches nothing, with
@@ -43,6 +48,9 @@ private:
   PolicySet() = default;
   std::vector<DevicePolicy> devices_; // sorted by id
   PasswordHash unmatchable_ = PasswordHash::unmatchable(PasswordHash::kDefaultIterations);
+  // Certificate names, as positions in devices_ (for findByCertificate). DNS names in lower case.
+  std::map<std::string, size_t, std::less<>> byCommonName_;
+  std::map<SubjectAltName, size_t> bySubjectAltName_;
 };
 
 // Reads every "*.toml" in each directory (in name order; a missing directory is empty) and parses

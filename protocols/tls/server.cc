@@ -7,6 +7,7 @@
 #include <wolfssl/wolfcrypt/asn.h>
 #include <wolfssl/wolfcrypt/ecc.h>
 
+#include <algorithm>
 #include <fmt/format.h>
 
 namespace iotgw::tls {
@@ -15,6 +16,8 @@ const char* const kCipherList =
     "TLS13-AES128-GCM-SHA256:TLS13-AES256-GCM-SHA384:TLS13-CHACHA20-POLY1305-SHA256:"
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:"
     "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305";
+
+const char* const kGroupList = "X25519:P-256:P-384";
 
 namespace {
 
@@ -27,6 +30,49 @@ std::string errorText(int code) {
   char buf[WOLFSSL_MAX_ERROR_SZ] = {};
   wolfSSL_ERR_error_string_n(static_cast<unsigned long>(code), buf, sizeof buf);
   return fmt::format("{} {}", code, buf);
+}
+
+// WolfSSL accepts as a client certificate anything that chains to the CA: the CA certificate
+// itself, another CA certificate, a leaf without extended key usage or with anyExtendedKeyUsage
+// (it refuses one whose extended key usage lacks clientAuth only when the extension is there).
+// The leaf's own checks run in the verify callback, which must see every leaf, verified or not.
+#ifndef WOLFSSL_ALWAYS_VERIFY_CB
+#error "the client certificate checks need WolfSSL built with WOLFSSL_ALWAYS_VERIFY_CB"
+#endif
+
+// Why a leaf that verified is still no client certificate, or nullptr. Decoded with WolfSSL's own
+// parser, from the bytes it verified.
+const char* clientCertificateProblem(const WOLFSSL_BUFFER_INFO& der) {
+  auto cert = std::make_unique<DecodedCert>();
+  wc_InitDecodedCert(cert.get(), der.buffer, der.length, nullptr);
+  const int rc = wc_ParseCert(cert.get(), CERT_TYPE, NO_VERIFY, nullptr);
+  const char* problem = nullptr;
+  if (rc != 0) {
+    problem = "the certificate cannot be decoded";
+  } else if (cert->isCA) {
+    problem = "a CA certificate (basicConstraints CA:TRUE) is not a client certificate";
+  } else if (!cert->extExtKeyUsageSet || (cert->extExtKeyUsage & EXTKEYUSE_CLIENT_AUTH) == 0) {
+    problem = "the certificate has no clientAuth extended key usage";
+  }
+  wc_FreeDecodedCert(cert.get());
+  return problem;
+}
+
+// `userCtx` is the stream's refusal text (wolfSSL_SetCertCbCtx).
+int verifyPeer(int verified, WOLFSSL_X509_STORE_CTX* store) {
+  if (verified == 0) {
+    return 0; // WolfSSL's own verdict (unknown CA, revoked, expired, ...) stands
+  }
+  if (store->error_depth != 0 || store->certs == nullptr || store->totalCerts < 1) {
+    return 1; // the chain above the leaf: WolfSSL's checks are the ones that matter
+  }
+  if (const char* problem = clientCertificateProblem(store->certs[0])) {
+    if (store->userCtx != nullptr) {
+      *static_cast<std::string*>(store->userCtx) = problem;
+    }
+    return 0;
+  }
+  return 1;
 }
 
 } // namespace
@@ -49,9 +95,11 @@ ServerContext::create(const ServerSettings& s) {
     return fail("cipher list", rc);
   }
   // Key exchange groups, most preferred first: X25519 (constant time, no point validation to get
-  // wrong), then the NIST curves constrained clients tend to have.
-  int groups[] = {WOLFSSL_ECC_X25519, WOLFSSL_ECC_SECP256R1, WOLFSSL_ECC_SECP384R1};
-  if (int rc = wolfSSL_CTX_set_groups(ctx, groups, 3); rc != WOLFSSL_SUCCESS) {
+  // wrong), then the NIST curves constrained clients tend to have. wolfSSL_CTX_set_groups alone
+  // ranks TLS 1.3's groups but leaves TLS 1.2's ECDHE free to pick any curve the client offers
+  // (P-521, X448, brainpool, secp256k1); the curves list also disables every other curve, which
+  // the TLS 1.2 server consults when it picks its curve, and sets the same TLS 1.3 groups.
+  if (int rc = wolfSSL_CTX_set1_curves_list(ctx, kGroupList); rc != WOLFSSL_SUCCESS) {
     return fail("key exchange groups", rc);
   }
   if (int rc = wolfSSL_CTX_use_certificate_chain_file(ctx, s.certificate.c_str());
@@ -66,7 +114,8 @@ ServerContext::create(const ServerSettings& s) {
       rc != WOLFSSL_SUCCESS) {
     return fail("CA file " + s.caFile, rc);
   }
-  wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_PEER | WOLFSSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_PEER | WOLFSSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+                         verifyPeer);
   // Memory per connection: no TLS 1.3 tickets and no session cache (devices reconnect rarely;
   // a full handshake is ~1 ms), so nothing per session outlives its connection.
   wolfSSL_CTX_no_ticket_TLSv13(ctx);
@@ -98,6 +147,7 @@ ServerStream::create(std::shared_ptr<ServerContext> ctx, int fd) {
     return std::unexpected("wolfSSL_set_fd failed");
   }
   wolfSSL_set_using_nonblock(ssl, 1);
+  wolfSSL_SetCertCbCtx(ssl, &s->refusal_);
   return s;
 }
 
@@ -149,8 +199,33 @@ void ServerStream::readPeer() {
                                         sizeof cn) > 0) {
     peer_.commonName = cn;
   }
-  while (const char* alt = wolfSSL_X509_get_next_altname(cert)) {
-    peer_.subjectAltNames.emplace_back(alt);
+  // By kind: wolfSSL_X509_get_next_altname hands out e-mail addresses and URIs as if they were
+  // DNS names.
+  auto* names = static_cast<WOLF_STACK_OF(WOLFSSL_GENERAL_NAME)*>(
+      wolfSSL_X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  const int count = names != nullptr ? wolfSSL_sk_GENERAL_NAME_num(names) : 0;
+  for (int i = 0; i < count; ++i) {
+    const WOLFSSL_GENERAL_NAME* name = wolfSSL_sk_GENERAL_NAME_value(names, i);
+    if (name == nullptr || (name->type != ASN_DNS_TYPE && name->type != ASN_URI_TYPE)) {
+      continue;
+    }
+    WOLFSSL_ASN1_STRING* text = name->d.ia5;
+    const unsigned char* data = wolfSSL_ASN1_STRING_data(text);
+    const int length = wolfSSL_ASN1_STRING_length(text);
+    if (data == nullptr || length <= 0) {
+      continue;
+    }
+    std::string value(reinterpret_cast<const char*>(data), static_cast<size_t>(length));
+    // IA5String is ASCII; a NUL or control character ("dev.hub.local\0.evil") names nothing.
+    if (!std::ranges::all_of(value, [](char c) { return c > ' ' && c < 0x7f; })) {
+      continue;
+    }
+    peer_.subjectAltNames.push_back(policy::SubjectAltName{
+        name->type == ASN_DNS_TYPE ? policy::SanType::Dns : policy::SanType::Uri,
+        std::move(value)});
+  }
+  if (names != nullptr) {
+    wolfSSL_GENERAL_NAMES_free(names);
   }
   wolfSSL_X509_free(cert);
 }
@@ -175,7 +250,10 @@ IoStatus ServerStream::write(std::span<const uint8_t> buf, size_t& n) {
   return status(ret);
 }
 
-std::string ServerStream::lastError() const { return errorText(lastError_); }
+std::string ServerStream::lastError() const {
+  return refusal_.empty() ? errorText(lastError_)
+                          : fmt::format("{}: {}", errorText(lastError_), refusal_);
+}
 std::string ServerStream::protocolVersion() const { return wolfSSL_get_version(ssl_); }
 std::string ServerStream::cipher() const {
   const char* c = wolfSSL_get_cipher_name(ssl_);

@@ -3,8 +3,9 @@
 
 // The mutual-TLS server side with WolfSSL: TLS 1.2 and 1.3 only, AEAD suites only, a client
 // certificate required and verified against the configured CA (and CRL), non-blocking on the
-// reactor's descriptors. No OpenSSL header may be included next to this one (libmosquitto and
-// libcoap bring OpenSSL into the same process).
+// reactor's descriptors. The peer's certificate must be a client certificate: not a CA, and with
+// the clientAuth extended key usage. No OpenSSL header may be included next to this one
+// (libmosquitto and libcoap bring OpenSSL into the same process).
 
 #include <cstdint>
 #include <expected>
@@ -12,6 +13,8 @@
 #include <span>
 #include <string>
 #include <vector>
+
+#include "policy/subject_alt_name.h"
 
 struct WOLFSSL_CTX;
 struct WOLFSSL;
@@ -27,6 +30,8 @@ struct ServerSettings {
 
 // The AEAD-only suites offered: TLS 1.3's three, and TLS 1.2 ECDHE with GCM or ChaCha20-Poly1305.
 extern const char* const kCipherList;
+// The key exchange groups, in order of preference, for TLS 1.2's ECDHE and TLS 1.3 alike.
+extern const char* const kGroupList;
 
 // An immutable server context. A reload builds a new one; connections keep the context they
 // started with (WolfSSL counts the references).
@@ -46,7 +51,9 @@ private:
 
 struct PeerIdentity {
   std::string commonName;
-  std::vector<std::string> subjectAltNames; // DNS and URI names, in certificate order
+  // Its DNS names and URIs, in certificate order. Other kinds (e-mail addresses, IP addresses,
+  // directory names) are left out: they never name a device.
+  std::vector<policy::SubjectAltName> subjectAltNames;
 };
 
 enum class IoStatus { Ok, WantRead, WantWrite, Closed, Failed };
@@ -73,7 +80,8 @@ public:
   [[nodiscard]] IoStatus read(std::span<uint8_t> buf, size_t& n);
   [[nodiscard]] IoStatus write(std::span<const uint8_t> buf, size_t& n);
   [[nodiscard]] const PeerIdentity& peer() const { return peer_; }
-  // WolfSSL's error for the last failure, for events ("-188 ASN_NO_SIGNER_E").
+  // WolfSSL's error for the last failure, for events ("-188 ASN_NO_SIGNER_E"), and why the
+  // certificate was refused when it verified but is no client certificate.
   [[nodiscard]] std::string lastError() const;
   [[nodiscard]] std::string protocolVersion() const;
   [[nodiscard]] std::string cipher() const;
@@ -87,6 +95,7 @@ private:
   WOLFSSL* ssl_;
   bool established_ = false;
   int lastError_ = 0;
+  std::string refusal_; // set by the verify callback
   PeerIdentity peer_;
 };
 

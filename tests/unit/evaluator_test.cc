@@ -69,8 +69,10 @@ TEST_F(Evaluator, ConnectTable) {
   const auto plugPeer = IpAddress::parse("192.168.50.7");
   const auto stranger = IpAddress::parse("192.168.50.99");
   CertificateFacts cert{"thermo-01", {}};
-  CertificateFacts sanCert{"unrelated", {"urn:dev:thermo-01"}};
-  CertificateFacts unknownCert{"someone", {"else.hub.local"}};
+  CertificateFacts sanCert{"unrelated", {{SanType::Uri, "urn:dev:thermo-01"}}};
+  CertificateFacts unknownCert{"someone", {{SanType::Dns, "else.hub.local"}}};
+  // The device's URI as a DNS name is not the device.
+  CertificateFacts wrongKindCert{"someone", {{SanType::Dns, "urn:dev:thermo-01"}}};
 
   struct Row {
     const char* name;
@@ -114,6 +116,9 @@ TEST_F(Evaluator, ConnectTable) {
        Verdict::Allow, "connect.certificate", "", thermo_, false},
       {"unknown certificate", {"x", std::nullopt, std::nullopt, &unknownCert, peer, false},
        Verdict::Deny, "default-deny", "5.5-4", nullptr, false},
+      {"certificate SAN of the wrong kind",
+       {"x", std::nullopt, std::nullopt, &wrongKindCert, peer, false}, Verdict::Deny,
+       "default-deny", "5.5-4", nullptr, false},
       {"address-only device", {"any", std::nullopt, std::nullopt, nullptr, plugPeer, false},
        Verdict::Allow, "connect.address", "", plug_, false},
       {"address of a device with a password", {"thermo-01", std::nullopt, std::nullopt, nullptr, peer, false},
