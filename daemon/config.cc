@@ -294,13 +294,26 @@ private:
     if (auto v = r.integer("auth_lockout_seconds", 1, 86'400)) {
       l.authThrottle.lockout = std::chrono::seconds(*v);
     }
-    if (l.maxConnectBytes > l.maxPacketBytes) {
-      if (const toml::node* at = t.get("max_connect_bytes")) {
-        r.error(*at, "'limits.max_connect_bytes' exceeds 'limits.max_packet_bytes'");
-      } else {
-        l.maxConnectBytes = l.maxPacketBytes; // the default bound, below a small packet limit
+    // A bound for one source above the bound for all, or a budget smaller than one packet, would
+    // never work as written.
+    // A default that the configuration's own bound undercuts follows it.
+    const auto atMost = [&](uint32_t& part, uint32_t whole, std::string_view partKey,
+                            std::string_view wholeKey) {
+      if (part <= whole) {
+        return;
       }
-    }
+      if (const toml::node* at = t.get(partKey)) {
+        r.error(*at, fmt::format("'limits.{}' exceeds 'limits.{}'", partKey, wholeKey));
+      } else {
+        part = whole;
+      }
+    };
+    atMost(l.maxConnectBytes, l.maxPacketBytes, "max_connect_bytes", "max_packet_bytes");
+    atMost(l.maxHandshakesPerSource, l.maxHandshakes, "max_handshakes_per_source", "max_handshakes");
+    atMost(l.maxPasswordChecksPerSource, l.maxPasswordChecks, "max_password_checks_per_source",
+           "max_password_checks");
+    atMost(l.maxConnectBytes, l.maxUnauthenticatedBytes, "max_connect_bytes",
+           "max_unauthenticated_bytes");
     if (l.maxConnectionsPerSource > l.maxConnections) {
       const toml::node* at = t.get("max_connections_per_source");
       r.error(at != nullptr ? *at : static_cast<const toml::node&>(t),

@@ -31,6 +31,19 @@ void add(mqtt::SessionCounters& to, const mqtt::SessionCounters& k) {
 }
 constexpr size_t kMaxOutput = 4 * 1024 * 1024; // a client that does not read is cut off
 constexpr std::ptrdiff_t kMaxDrainingPerDevice = 4;
+
+io::AdmissionLimits admissionLimits(const Limits& l) {
+  io::AdmissionLimits a;
+  a.maxConnections = l.maxConnections;
+  a.maxConnectionsPerSource = l.maxConnectionsPerSource;
+  a.maxHandshakes = l.maxHandshakes;
+  a.maxHandshakesPerSource = l.maxHandshakesPerSource;
+  a.firstByteTimeout = l.firstByteTimeout;
+  a.maxUnauthenticatedBytes = l.maxUnauthenticatedBytes;
+  a.maxChecks = l.maxPasswordChecks;
+  a.maxChecksPerSource = l.maxPasswordChecksPerSource;
+  return a;
+}
 } // namespace
 
 struct MqttService::Connection final : mqtt::UpstreamObserver {
@@ -64,10 +77,6 @@ struct MqttService::Connection final : mqtt::UpstreamObserver {
   Clock::time_point accepted;
   std::unique_ptr<tls::ServerStream> tls; // null on the plaintext listener
   bool handshaking = false;
-  bool gotBytes = false;  // the client has sent something (TLS: its first handshake byte)
-  bool checking = false;  // its password is being checked off the loop
-  size_t heldBytes = 0;   // counted in unauthenticatedBytes_ while it is not authenticated
-  Clock::time_point partialSince{}; // when its oldest partial packet began to wait
   std::unique_ptr<mqtt::Session> session; // created once the transport is ready
   std::unique_ptr<mqtt::MosquittoUpstream> upstream;
   std::vector<uint8_t> output;
@@ -81,7 +90,8 @@ MqttService::MqttService(io::Reactor& reactor, EventSink& sink, std::shared_ptr<
                          PolicySource policies,
                          std::shared_ptr<const policy::DefaultCredentials> defaults)
     : reactor_(reactor), sink_(sink), config_(std::move(config)), policies_(std::move(policies)),
-      defaults_(std::move(defaults)), throttle_(config_->limits.authThrottle) {}
+      defaults_(std::move(defaults)), throttle_(config_->limits.authThrottle),
+      admission_(admissionLimits(config_->limits)) {}
 
 // One upstream session per device that pushes readings over CoAP (it has no MQTT session of its
 // own to ride on); closed after a minute without readings.
@@ -154,7 +164,7 @@ std::string MqttService::start() {
   }
   // Password checks take ~0.1 s of CPU each: a core is left to the loop.
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  auto worker = io::Worker::create(reactor_, std::clamp(cores - 1, 1u, 4u));
+  auto worker = io::Worker::create(reactor_, std::clamp(cores - 1, 1u, 2u));
   if (!worker) {
     return "cannot start the password-check worker: " + worker.error().message();
   }
@@ -195,66 +205,45 @@ std::vector<uint16_t> MqttService::boundPorts() const {
 }
 
 void MqttService::onAccept(int listenFd, bool tls) {
-  const auto& limits = config_->limits;
   for (int i = 0; i < 64; ++i) { // bounded work per wake-up
     auto a = io::acceptTcp(listenFd);
     if (!a) {
       return; // EAGAIN, or a transient error such as EMFILE: try again on the next event
     }
-    const std::string source = a->address.str();
-    const char* limit = nullptr;
-    if (perSource_[source] >= limits.maxConnectionsPerSource) {
-      limit = "limits.max_connections_per_source";
-    } else if (tls && handshakesPerSource_[source] >= limits.maxHandshakesPerSource) {
-      limit = "limits.max_handshakes_per_source";
-    } else if (connections_.size() >= limits.maxConnections && !evictUnauthenticated(false)) {
-      limit = "limits.max_connections";
-    } else if (tls && handshakes_ >= limits.maxHandshakes && !evictUnauthenticated(true)) {
-      limit = "limits.max_handshakes";
-    }
-    if (perSource_[source] == 0) {
-      perSource_.erase(source);
-    }
-    if (tls && handshakesPerSource_[source] == 0) {
-      handshakesPerSource_.erase(source);
-    }
-    if (limit != nullptr) {
+    const uint64_t id = nextConnectionId_++;
+    const auto verdict = admission_.admit(id, a->address.str(), tls, Clock::now());
+    if (verdict.refusedBy != nullptr) {
       ++stats_.refusedByLimits;
       Event e;
       e.type = EventType::RateLimited;
       e.peer = a->label();
       e.protocol = tls ? "mqtts" : "mqtt";
       e.provision = "5.9-3";
-      e.rule = limit;
+      e.rule = verdict.refusedBy;
       e.action = "refuse";
       e.message = "connection refused: limit reached";
       sink_.emit(std::move(e));
       continue; // the accepted descriptor closes here
     }
+    evict(verdict.evict);
     ++stats_.accepted;
-    ++perSource_[source];
-    auto c = std::make_unique<Connection>(*this, std::move(*a), nextConnectionId_++);
+    auto c = std::make_unique<Connection>(*this, std::move(*a), id);
     Connection* raw = c.get();
     if (tls) {
       auto stream = tls::ServerStream::create(tlsContext_, raw->fd.get());
       if (!stream) {
-        --perSource_[source];
+        admission_.closed(id);
         continue;
       }
       raw->tls = std::move(*stream);
       raw->handshaking = true;
-      ++handshakes_;
-      ++handshakesPerSource_[source];
     } else {
       startSession(*raw);
     }
     raw->armed = EPOLLIN | EPOLLRDHUP;
     if (reactor_.add(raw->fd.get(), raw->armed,
                      [this, raw](uint32_t ev) { onClientEvents(*raw, ev); })) {
-      --perSource_[source];
-      if (raw->handshaking) {
-        handshakeEnded(*raw);
-      }
+      admission_.closed(id);
       continue;
     }
     byId_.emplace(raw->id, raw);
@@ -262,28 +251,13 @@ void MqttService::onAccept(int listenFd, bool tls) {
   }
 }
 
-bool MqttService::evictUnauthenticated(bool idleHandshakesOnly) {
-  // Devices whose password is being checked, and sessions already up, are never taken.
-  Connection* oldest = nullptr;
-  for (auto& [ptr, c] : connections_) {
-    if (c->dead || c->checking) {
-      continue;
-    }
-    const bool candidate =
-        idleHandshakesOnly ? c->handshaking && !c->gotBytes
-                           : c->handshaking || (c->session && c->session->state() ==
-                                                                  mqtt::Session::State::AwaitingConnect);
-    if (candidate && (oldest == nullptr || c->accepted < oldest->accepted)) {
-      oldest = c.get();
+void MqttService::evict(const std::vector<io::Admission::Id>& ids) {
+  for (const auto id : ids) {
+    if (const auto it = byId_.find(id); it != byId_.end() && !it->second->dead) {
+      ++stats_.evictedUnauthenticated;
+      closeConnection(*it->second, false);
     }
   }
-  if (oldest == nullptr) {
-    return false;
-  }
-  ++stats_.evictedUnauthenticated;
-  closeConnection(*oldest, false);
-  sweep(); // out of the table now: the caller counts live connections
-  return true;
 }
 
 void MqttService::startSession(Connection& c) {
@@ -303,15 +277,11 @@ void MqttService::startSession(Connection& c) {
     peer.certificate = policy::CertificateFacts{c.tls->peer().commonName, c.tls->peer().subjectAltNames};
   }
   c.session = std::make_unique<mqtt::Session>(settings, policies_(), defaults_, throttle_,
-                                              std::move(peer), Clock::now());
+                                              std::move(peer), Clock::now(), &subscriptions_);
 }
 
 void MqttService::handshakeEnded(Connection& c) {
-  --handshakes_;
-  if (auto it = handshakesPerSource_.find(c.source);
-      it != handshakesPerSource_.end() && --it->second == 0) {
-    handshakesPerSource_.erase(it);
-  }
+  admission_.handshakeEnded(c.id);
   lastHandshakeEnded_ = Clock::now();
   handshakeCachesHeld_ = true;
 }
@@ -320,7 +290,7 @@ void MqttService::releaseIdleMemory(Clock::time_point now) {
   // Once handshakes have been quiet for a second: WolfSSL's per-key ECC tables (~200 KiB for each
   // client certificate verified) go, and the heap gives its free pages back to the system, so an
   // idle gateway's footprint follows its connections rather than its busiest burst.
-  if (!handshakeCachesHeld_ || handshakes_ != 0 || now - lastHandshakeEnded_ < std::chrono::seconds(1)) {
+  if (!handshakeCachesHeld_ || admission_.handshakes() != 0 || now - lastHandshakeEnded_ < std::chrono::seconds(1)) {
     return;
   }
   handshakeCachesHeld_ = false;
@@ -375,7 +345,9 @@ void MqttService::onClientEvents(Connection& c, uint32_t events) {
     return;
   }
   if (c.handshaking) {
-    c.gotBytes = c.gotBytes || (events & EPOLLIN) != 0;
+    if ((events & EPOLLIN) != 0) {
+      admission_.sawBytes(c.id);
+    }
     onHandshake(c);
     sweep();
     return;
@@ -576,39 +548,28 @@ void MqttService::flush(Connection& c) {
 }
 
 void MqttService::checkPassword(Connection& c, mqtt::PasswordCheck check) {
-  const auto& limits = config_->limits;
-  uint32_t& fromSource = passwordChecksPerSource_[c.source];
-  if (passwordChecks_ >= limits.maxPasswordChecks || fromSource >= limits.maxPasswordChecksPerSource) {
-    if (fromSource == 0) {
-      passwordChecksPerSource_.erase(c.source);
-    }
+  // A source that has logged in before has room kept for it, and goes first.
+  const bool known = throttle_.knownSource(c.source);
+  if (!admission_.startCheck(c.id, known)) {
     ++stats_.passwordChecksBusy;
     mqtt::Effects e;
     c.session->passwordChecked(mqtt::PasswordResult::Busy, Clock::now(), e);
     apply(c, e);
     return;
   }
-  ++fromSource;
-  ++passwordChecks_;
   ++stats_.passwordChecks;
-  c.checking = true;
   // The job owns its copy of the hash and the password (wiped when it goes); the completion
   // finds the connection again by its id, since it may have closed meanwhile.
   auto job = std::make_shared<mqtt::PasswordCheck>(std::move(check));
   auto matched = std::make_shared<bool>(false);
   worker_->post([job, matched] { *matched = job->hash.verify(job->password); },
-                [this, id = c.id, source = c.source, matched] {
-                  --passwordChecks_;
-                  if (auto it = passwordChecksPerSource_.find(source);
-                      it != passwordChecksPerSource_.end() && --it->second == 0) {
-                    passwordChecksPerSource_.erase(it);
-                  }
+                [this, id = c.id, matched] {
+                  admission_.endCheck(id);
                   const auto found = byId_.find(id);
                   if (found == byId_.end() || found->second->dead) {
                     return;
                   }
                   Connection& conn = *found->second;
-                  conn.checking = false;
                   mqtt::Effects e;
                   conn.session->passwordChecked(*matched ? mqtt::PasswordResult::Matched
                                                          : mqtt::PasswordResult::Mismatched,
@@ -616,32 +577,26 @@ void MqttService::checkPassword(Connection& c, mqtt::PasswordCheck check) {
                   apply(conn, e);
                   accountHeldBytes(conn);
                   sweep();
-                });
+                },
+                known ? io::Worker::Priority::First : io::Worker::Priority::Normal);
 }
 
 void MqttService::accountHeldBytes(Connection& c) {
-  if (c.dead) {
+  if (c.dead || !c.session) {
     return;
   }
-  const size_t now = c.session && !c.session->authenticated() ? c.session->bufferedBytes() : 0;
-  if (now > 0 && c.heldBytes == 0) {
-    c.partialSince = Clock::now();
+  if (c.session->authenticated()) {
+    admission_.authenticated(c.id);
+    return;
   }
-  unauthenticatedBytes_ = unauthenticatedBytes_ - c.heldBytes + now;
-  c.heldBytes = now;
-  while (unauthenticatedBytes_ > config_->limits.maxUnauthenticatedBytes) {
-    Connection* slowest = nullptr;
-    for (auto& [ptr, other] : connections_) {
-      if (!other->dead && other->heldBytes > 0 &&
-          (slowest == nullptr || other->partialSince < slowest->partialSince)) {
-        slowest = other.get();
-      }
+  evict(admission_.held(c.id, c.session->bufferedBytes(), Clock::now()));
+}
+
+void MqttService::closeLoginsInProgress() {
+  for (auto& [ptr, c] : connections_) {
+    if (!c->dead && c->session && !c->session->authenticated()) {
+      closeConnection(*c, false);
     }
-    if (slowest == nullptr) {
-      return;
-    }
-    ++stats_.evictedUnauthenticated;
-    closeConnection(*slowest, false);
   }
 }
 
@@ -652,6 +607,7 @@ void MqttService::closeDevice(const policy::DeviceId& id) {
       closeConnection(*c, false); // swept by the caller's loop turn
     }
   }
+  closeLoginsInProgress();
 }
 
 size_t MqttService::forgetDevice(const policy::DeviceId& id) {
@@ -666,6 +622,8 @@ size_t MqttService::forgetDevice(const policy::DeviceId& id) {
       }
     }
   }
+  closeLoginsInProgress();
+  subscriptions_.erase(name);
   std::erase_if(draining_, [&](const Draining& d) {
     if (d.device != name) {
       return false;
@@ -784,15 +742,12 @@ void MqttService::closeConnection(Connection& c, bool publishWill) {
     c.handshaking = false;
     handshakeEnded(c);
   }
-  unauthenticatedBytes_ -= c.heldBytes;
-  c.heldBytes = 0;
+  admission_.closed(c.id);
   c.tls.reset(); // before the socket closes: close_notify goes out if the session was up
   reactor_.remove(c.fd.get());
   c.fd = io::UniqueFd();
   c.dead = true;
-  if (auto it = perSource_.find(c.source); it != perSource_.end() && --it->second == 0) {
-    perSource_.erase(it);
-  }
+
   if (c.session) {
     const auto& k = c.session->counters();
     stats_.denied += k.publishesDenied + k.deliveriesDenied;
@@ -816,13 +771,18 @@ std::map<std::string, mqtt::SessionCounters> MqttService::deviceCounters() const
 
 void MqttService::tick() {
   const auto now = Clock::now();
+  for (const auto id : admission_.silentHandshakes(now)) {
+    if (const auto it = byId_.find(id); it != byId_.end() && !it->second->dead) {
+      ++stats_.tlsHandshakesFailed; // a client that never said a word
+      closeConnection(*it->second, false);
+    }
+  }
   for (auto& [ptr, c] : connections_) {
     if (c->dead) {
       continue;
     }
     if (c->handshaking) {
-      if (now - c->accepted > config_->limits.handshakeTimeout ||
-          (!c->gotBytes && now - c->accepted > config_->limits.firstByteTimeout)) {
+      if (now - c->accepted > config_->limits.handshakeTimeout) {
         ++stats_.tlsHandshakesFailed;
         closeConnection(*c, false);
       }

@@ -16,6 +16,7 @@
 #include "policy/credentials.h"
 #include "policy/policy_set.h"
 #include "policy/rate_limit.h"
+#include "protocols/io/admission.h"
 #include "protocols/io/reactor.h"
 #include "protocols/io/socket.h"
 #include "protocols/io/worker.h"
@@ -86,15 +87,17 @@ private:
   struct Connection;
 
   void onAccept(int listenFd, bool tls);
-  // Makes room for a new connection (or handshake) by closing the oldest connection nobody has
-  // authenticated (for handshakes: the oldest that has not sent a byte). False: none to close.
-  bool evictUnauthenticated(bool idleHandshakesOnly);
+  // Closes connections the admission bookkeeping gave up to make room.
+  void evict(const std::vector<io::Admission::Id>& ids);
   void onHandshake(Connection& c);
   void handshakeEnded(Connection& c);
   void checkPassword(Connection& c, mqtt::PasswordCheck check);
-  // Keeps the bytes held by unauthenticated connections within their budget, closing those whose
-  // partial packet has waited longest first (a slow sender's, never a device's single segment).
+  // Tells the admission bookkeeping what the connection holds before its login (or that it has
+  // logged in), and closes what it gives up to keep within the budget.
   void accountHeldBytes(Connection& c);
+  // Closes every connection still logging in (a device's policy changed or it went away: a login
+  // in progress must not finish under the old one).
+  void closeLoginsInProgress();
   void releaseIdleMemory(mqtt::Clock::time_point now);
   void startSession(Connection& c);
   void readClient(Connection& c);
@@ -122,12 +125,9 @@ private:
   std::shared_ptr<tls::ServerContext> tlsContext_;
   mqtt::SslContext upstreamContext_;
   UpstreamConfig upstreamTls_; // the broker CA and host the contexts were built for
-  uint32_t handshakes_ = 0;
-  std::map<std::string, uint32_t> handshakesPerSource_;
+  io::Admission admission_;
   std::unique_ptr<io::Worker> worker_; // password checks
-  uint32_t passwordChecks_ = 0;        // in flight (queued or running)
-  std::map<std::string, uint32_t> passwordChecksPerSource_;
-  size_t unauthenticatedBytes_ = 0;    // partial packets of connections not yet authenticated
+  mqtt::SubscriptionMemory subscriptions_; // what devices' persistent upstream sessions hold
   uint64_t nextConnectionId_ = 1;
   std::map<uint64_t, Connection*> byId_; // for completions that arrive after a connection closed
   mqtt::Clock::time_point lastHandshakeEnded_{};
@@ -146,7 +146,6 @@ private:
     mqtt::SslContext context;
   };
   std::map<std::string, DeviceContext> deviceContexts_;
-  std::map<std::string, uint32_t> perSource_;
   struct Pusher;
   std::map<std::string, std::unique_ptr<Pusher>> pushers_; // device id → its CoAP readings' upstream
   uint64_t pushTokens_ = 0;

@@ -747,58 +747,47 @@ parseDevicePolicy(std::string_view text, const std::string& sourceName, const Po
   return std::move(*policy);
 }
 
+namespace {
+
+// The byte offset in `text` of (line, column), both 1-based, columns counting code points (as
+// toml++ reports them).
+size_t byteOffset(std::string_view text, size_t line, size_t column) {
+  size_t at = 0;
+  for (size_t l = 1; l < line && at < text.size(); ++l) {
+    const size_t nl = text.find('\n', at);
+    at = nl == std::string_view::npos ? text.size() : nl + 1;
+  }
+  for (size_t c = 1; c < column && at < text.size() && text[at] != '\n'; ++c) {
+    ++at;
+    while (at < text.size() && (static_cast<unsigned char>(text[at]) & 0xC0) == 0x80) {
+      ++at; // continuation bytes of the same code point
+    }
+  }
+  return at;
+}
+
+} // namespace
+
 std::string redactSecrets(std::string_view document) {
-  static constexpr std::string_view kKey = "password_hash";
-  static constexpr std::string_view kRedacted = "\"(redacted)\"";
-  std::vector<std::string> lines;
-  for (size_t start = 0; start <= document.size();) {
-    const size_t nl = document.find('\n', start);
-    const size_t end = nl == std::string_view::npos ? document.size() : nl;
-    lines.emplace_back(document.substr(start, end - start));
-    if (nl == std::string_view::npos) {
-      break;
-    }
-    start = nl + 1;
-  }
-  // Where the value is, as the parser sees it; a line that merely mentions the key elsewhere
-  // (a comment, a string) is left alone when the document parses.
-  std::optional<std::pair<size_t, size_t>> span; // first and last line, 0-based
+  toml::table doc;
   try {
-    const toml::table doc = toml::parse(document);
-    if (const toml::node* v = doc["device"]["mqtt"][kKey].node()) {
-      span = {v->source().begin.line - 1, v->source().end.line - 1};
-    }
+    doc = toml::parse(document);
   } catch (const toml::parse_error&) {
-    span.reset();
+    // Never the case for a document in force; nothing of it is shown rather than a secret.
+    return "# this document cannot be read back, so it is not shown\n";
   }
-  const auto redactLine = [&](std::string& line) {
-    const size_t eq = line.find('=', line.find(kKey));
-    if (eq != std::string::npos) {
-      line = line.substr(0, eq + 1) + " " + std::string(kRedacted);
-    }
-  };
-  if (span) {
-    for (size_t i = span->first; i <= span->second && i < lines.size(); ++i) {
-      if (i == span->first) {
-        redactLine(lines[i]);
-      } else {
-        lines[i].clear(); // the rest of a value written over several lines
-      }
-    }
-  } else {
-    for (auto& line : lines) {
-      if (line.find(kKey) != std::string::npos) {
-        redactLine(line);
-      }
-    }
+  const toml::node* value = doc["device"]["mqtt"]["password_hash"].node();
+  if (value == nullptr) {
+    return std::string(document);
   }
-  std::string out;
-  for (size_t i = 0; i < lines.size(); ++i) {
-    out += lines[i];
-    if (i + 1 < lines.size()) {
-      out += '\n';
-    }
-  }
+  // Exactly the value's text, wherever and however it is written (inline tables, escaped keys,
+  // multi-line strings): everything else stays as written, and the result is still TOML.
+  const auto& where = value->source();
+  const size_t from = byteOffset(document, where.begin.line, where.begin.column);
+  const size_t to = byteOffset(document, where.end.line, where.end.column);
+  std::string out(document.substr(0, from));
+  out += "\"(redacted)\"";
+  out += document.substr(std::max(from, to));
   return out;
 }
 

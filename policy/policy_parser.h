@@ -32,10 +32,10 @@ parseDevicePolicy(std::string_view text, const std::string& sourceName,
 [[nodiscard]] std::optional<Endpoint> parseService(std::string_view text);
 [[nodiscard]] std::string toString(const Endpoint& e);
 
-// The document with its secrets replaced by "(redacted)": `device.mqtt.password_hash` (a salted
-// hash, but one an attacker can brute-force offline). For readers of a policy, who need to see
-// everything else as it was written. A document that does not parse comes back unchanged only if
-// it has no such key; otherwise every line naming it is redacted.
+// The document with its secrets replaced by "(redacted)": the value of
+// `device.mqtt.password_hash` (a salted hash, but one an attacker could attack offline), however
+// it is written. For readers of a policy, who see everything else as it was written. A document
+// that does not parse is not shown at all.
 [[nodiscard]] std::string redactSecrets(std::string_view document);
 
 } // namespace iotgw::policy

@@ -22,8 +22,12 @@ std::expected<std::unique_ptr<Worker>, std::error_code> Worker::create(Reactor& 
   if (auto ec = reactor.add(raw->wake_.get(), EPOLLIN, [raw](uint32_t) { raw->complete(); })) {
     return std::unexpected(ec);
   }
-  for (unsigned i = 0; i < std::max(1u, threads); ++i) {
-    raw->threads_.emplace_back([raw] { raw->run(); });
+  try {
+    for (unsigned i = 0; i < std::max(1u, threads); ++i) {
+      raw->threads_.emplace_back([raw] { raw->run(); });
+    }
+  } catch (const std::system_error& e) {
+    return std::unexpected(e.code()); // out of tasks (TasksMax=): the destructor joins any begun
   }
   return w;
 }
@@ -40,17 +44,24 @@ Worker::~Worker() {
   reactor_.remove(wake_.get());
 }
 
-void Worker::post(std::function<void()> job, std::function<void()> done) {
+void Worker::post(std::function<void()> job, std::function<void()> done, Priority priority) {
   {
     std::lock_guard lock(mutex_);
-    queue_.push_back({std::move(job), std::move(done)});
+    Task task{std::move(job), std::move(done)};
+    if (priority == Priority::First) {
+      queue_.push_front(std::move(task));
+    } else {
+      queue_.push_back(std::move(task));
+    }
   }
   ++pending_;
   ready_.notify_one();
 }
 
 void Worker::run() {
-  // Best effort: a service manager's system call filter may refuse it, and that is fine.
+  // Best effort: the shipped unit's system call filter refuses it (@resources), and then the
+  // workers run at the loop's priority; what keeps the loop responsive is the cap on checks in
+  // progress and leaving a core to the loop.
   (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::syscall(SYS_gettid)), 10);
   while (true) {
     Task task;

@@ -32,9 +32,12 @@ public:
   // Stops and joins the threads; jobs not yet run are dropped and their completions never run.
   ~Worker();
 
-  // `job` runs on a worker thread, then `done` on the loop thread. Callers bound how much they
-  // post (pending() tells how many have not completed).
-  void post(std::function<void()> job, std::function<void()> done);
+  enum class Priority { Normal, First };
+  // `job` runs on a worker thread, then `done` on the loop thread; a job posted First runs before
+  // every Normal one still waiting. Callers bound how much they post (pending() tells how many
+  // have not completed).
+  void post(std::function<void()> job, std::function<void()> done,
+            Priority priority = Priority::Normal);
   [[nodiscard]] size_t pending() const { return pending_; }
 
 private:

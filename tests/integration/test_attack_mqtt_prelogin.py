@@ -183,6 +183,16 @@ auth_failures_before_lockout = 1000
 """, env={"WATCHDOG_USEC": "1000000"})
     device = w.Client(port, source="127.0.2.1", timeout=120)
     check(device.connack(w.connect("sensor-01")) == 0, "the sensor is connected")
+
+    def thermo_login():
+        """The thermostat logs in with its password; returns (CONNACK code, seconds)."""
+        c = w.Client(port, source="127.0.2.2", timeout=30)
+        t = time.monotonic()
+        code = c.connack(w.connect("thermo-01", "thermo", "s3cret-thermo"))
+        c.close()
+        return code, time.monotonic() - t
+
+    check(thermo_login()[0] == 0, "the thermostat has logged in before (from its usual address)")
     stop = threading.Event()
     rtts = []
     dogs = []
@@ -220,6 +230,9 @@ auth_failures_before_lockout = 1000
             s.setblocking(False)
             sel.register(s, selectors.EVENT_READ)
             conns.append(s)
+    during = {}
+    relogin = threading.Thread(target=lambda: during.update(r=thermo_login()))
+    relogin.start()
     codes = {}
     left = len(conns)
     while left and time.monotonic() - t0 < 90:
@@ -235,6 +248,7 @@ auth_failures_before_lockout = 1000
             s.close()
             left -= 1
     flood_time = time.monotonic() - t0
+    relogin.join()
     time.sleep(1.5)
     stop.set()
     for t in threads:
@@ -247,6 +261,9 @@ auth_failures_before_lockout = 1000
           f"PINGREQ round trip max {worst_rtt * 1000:.1f} ms over {len(rtts)} pings; "
           f"WATCHDOG=1 gap max {worst_gap:.2f} s over {len(dogs)} notifications")
     check(left == 0, f"every flooding connection was answered ({left} left)")
+    code, took = during.get("r", (None, 99.0))
+    print(f"  the thermostat's login during the flood: CONNACK {code} after {took:.2f} s")
+    check(code == 0 and took < 2.0, "the thermostat logs in during the flood, within 2 s")
     check(worst_rtt < 0.1, f"the connected device's PINGREQ round trip stayed under 100 ms "
                            f"({worst_rtt * 1000:.1f} ms)")
     if WITH_SYSTEMD:  # without systemd (OpenWrt's build) there is no watchdog to feed

@@ -201,6 +201,10 @@ INSTANTIATE_TEST_SUITE_P(
         BadDocument{"LimitZero", "[limits]\nmax_connections = 0\n", 2, 19, "out of range"},
         BadDocument{"LimitNegative", "[limits]\nmax_devices = -5\n", 2, 15, "out of range"},
         BadDocument{"PerSourceAboveTotal", "[limits]\nmax_connections = 4\nmax_connections_per_source = 8\n", 3, 30, "exceeds"},
+        BadDocument{"HandshakesPerSourceAboveTotal", "[limits]\nmax_handshakes = 4\nmax_handshakes_per_source = 8\n", 3, 29, "'limits.max_handshakes_per_source' exceeds"},
+        BadDocument{"ChecksPerSourceAboveTotal", "[limits]\nmax_password_checks = 1\nmax_password_checks_per_source = 2\n", 3, 34, "exceeds 'limits.max_password_checks'"},
+        BadDocument{"ConnectBytesAbovePacket", "[limits]\nmax_packet_bytes = 1024\nmax_connect_bytes = 2048\n", 3, 21, "exceeds 'limits.max_packet_bytes'"},
+        BadDocument{"ConnectBytesAboveBudget", "[limits]\nmax_unauthenticated_bytes = 4096\nmax_connect_bytes = 8192\n", 3, 21, "exceeds 'limits.max_unauthenticated_bytes'"},
         BadDocument{"LimitFloat", "[limits]\nhandshake_timeout_ms = 1.5\n", 2, 24, "must be an integer"},
         BadDocument{"UnknownLimit", "[limits]\nmax_sessions = 5\n", 2, 1, "unknown key 'limits.max_sessions'"},
         BadDocument{"EventTarget", "[events]\ntarget = \"file\"\n", 2, 10, "must be one of \"auto\", \"journal\""},
@@ -213,4 +217,19 @@ TEST(Config, LoadReportsMissingFile) {
   auto c = loadConfig("/nonexistent/iotgw.toml");
   ASSERT_FALSE(c);
   EXPECT_EQ(c.error().front().str(), "/nonexistent/iotgw.toml:1:1: cannot open /nonexistent/iotgw.toml");
+}
+
+TEST(Config, PreLoginDefaultsFollowSmallerBounds) {
+  auto c = parseConfig("[limits]\nmax_handshakes = 2\nmax_packet_bytes = 1024\n"
+                       "max_password_checks = 1\n",
+                       "t.toml");
+  ASSERT_TRUE(c) << c.error().front().str();
+  EXPECT_EQ(c->limits.maxHandshakesPerSource, 2u);
+  EXPECT_EQ(c->limits.maxConnectBytes, 1024u);
+  EXPECT_EQ(c->limits.maxPasswordChecksPerSource, 1u);
+  auto d = parseConfig("", "t.toml");
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->limits.maxConnectBytes, 8192u);
+  EXPECT_EQ(d->limits.maxUnauthenticatedBytes, 4u * 1024 * 1024);
+  EXPECT_EQ(d->limits.maxSubscriptionsPerSession, 100u);
 }

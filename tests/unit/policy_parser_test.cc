@@ -251,3 +251,32 @@ TEST(CoapPaths, MatchSegments) {
   EXPECT_FALSE(coapPathMatches("/a", "/a/"));
   EXPECT_FALSE(coapPathMatches("/a", "a"));
 }
+
+TEST(RedactSecrets, ReplacesExactlyThePasswordHashWhereverItIsWritten) {
+  const std::string hash = "pbkdf2-sha256$100000$c2FsdHNhbHRzYWx0c2FsdA==$aGFzaGhhc2g=";
+  struct Case {
+    std::string in;
+    std::string out;
+  };
+  const Case cases[] = {
+      {"[device.mqtt]\npassword_hash = \"" + hash + "\"  # set at install\nusername = \"u\"\n",
+       "[device.mqtt]\npassword_hash = \"(redacted)\"  # set at install\nusername = \"u\"\n"},
+      {"[device]\nmqtt = { username = \"é\", password_hash = '" + hash + "', client_id = \"c\" }\n",
+       "[device]\nmqtt = { username = \"é\", password_hash = \"(redacted)\", client_id = \"c\" }\n"},
+      {"[device.mqtt]\n\"password\\u005Fhash\" = \"" + hash + "\"\n",
+       "[device.mqtt]\n\"password\\u005Fhash\" = \"(redacted)\"\n"},
+      {"[device.mqtt]\npassword_hash = \"\"\"\n" + hash + "\"\"\"\nusername = \"u\"\n",
+       "[device.mqtt]\npassword_hash = \"(redacted)\"\nusername = \"u\"\n"},
+      // A mention elsewhere is not the key.
+      {"# password_hash = \"x\"\n[device]\nid = \"password_hash\"\n",
+       "# password_hash = \"x\"\n[device]\nid = \"password_hash\"\n"},
+  };
+  for (const auto& c : cases) {
+    const std::string out = redactSecrets(c.in);
+    EXPECT_EQ(out, c.out);
+    EXPECT_EQ(out.find(hash), std::string::npos);
+    EXPECT_EQ(out.find("aGFzaGhhc2g"), std::string::npos);
+  }
+  EXPECT_EQ(redactSecrets("[device\npassword_hash = \"" + hash + "\"\n").find(hash),
+            std::string::npos);
+}

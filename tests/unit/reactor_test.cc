@@ -5,7 +5,9 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <thread>
 
 #include "protocols/io/reactor.h"
@@ -110,4 +112,37 @@ TEST(Worker, CompletionsOfADestroyedWorkerNeverRun) {
   ASSERT_TRUE((*r)->addTimer(50ms, 0ms, [&] { (*r)->stop(); }));
   EXPECT_FALSE((*r)->run());
   EXPECT_FALSE(ran);
+}
+
+TEST(Worker, FirstJobsOvertakeWaitingOnes) {
+  auto r = Reactor::create();
+  ASSERT_TRUE(r);
+  auto w = Worker::create(**r, 1);
+  ASSERT_TRUE(w);
+  std::vector<int> order;
+  std::mutex m;
+  const auto job = [&](int n) {
+    return [&, n] {
+      std::this_thread::sleep_for(5ms);
+      std::lock_guard lock(m);
+      order.push_back(n);
+    };
+  };
+  int completed = 0;
+  const auto done = [&] {
+    if (++completed == 4) {
+      (*r)->stop();
+    }
+  };
+  (*w)->post(job(1), done); // running while the others are posted
+  (*w)->post(job(2), done);
+  (*w)->post(job(3), done);
+  (*w)->post(job(4), done, Worker::Priority::First);
+  ASSERT_TRUE((*r)->addTimer(5s, 0ms, [&] { (*r)->stop(); }));
+  EXPECT_FALSE((*r)->run());
+  ASSERT_EQ(order.size(), 4u);
+  const auto at = [&](int n) { return std::ranges::find(order, n) - order.begin(); };
+  EXPECT_LT(at(4), at(2)); // ahead of those waiting when it came
+  EXPECT_LT(at(4), at(3));
+  EXPECT_LT(at(2), at(3));
 }
