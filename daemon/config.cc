@@ -149,7 +149,8 @@ public:
       TableReader r(*t, "dbus", source_, diags_);
       c.dbus.enabled = r.boolean("enabled").value_or(c.dbus.enabled);
       c.dbus.adminGroup = r.string("admin_group", Need::Optional, 64).value_or(c.dbus.adminGroup);
-      c.dbus.readerGroup = r.string("reader_group", Need::Optional, 64).value_or(c.dbus.readerGroup);
+      c.dbus.readerGroup =
+          r.string("reader_group", Need::Optional, 64).value_or(c.dbus.readerGroup);
       r.finish();
     }
     if (const auto* t = top.table("credentials")) {
@@ -309,7 +310,8 @@ private:
       }
     };
     atMost(l.maxConnectBytes, l.maxPacketBytes, "max_connect_bytes", "max_packet_bytes");
-    atMost(l.maxHandshakesPerSource, l.maxHandshakes, "max_handshakes_per_source", "max_handshakes");
+    atMost(l.maxHandshakesPerSource, l.maxHandshakes, "max_handshakes_per_source",
+           "max_handshakes");
     atMost(l.maxPasswordChecksPerSource, l.maxPasswordChecks, "max_password_checks_per_source",
            "max_password_checks");
     atMost(l.maxConnectBytes, l.maxUnauthenticatedBytes, "max_connect_bytes",

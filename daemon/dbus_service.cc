@@ -2,11 +2,11 @@
 #include "daemon/dbus_service.h"
 
 #include <grp.h>
+#include <poll.h>
+#include <sys/epoll.h>
 
 #include <algorithm>
 #include <optional>
-#include <poll.h>
-#include <sys/epoll.h>
 
 #include <sdbus-c++/sdbus-c++.h>
 
@@ -83,7 +83,8 @@ private:
       }
       for (const std::string* name : groups) {
         if (const group* g = ::getgrnam(name->c_str())) {
-          if (primary == g->gr_gid || std::ranges::find(supplementary, g->gr_gid) != supplementary.end()) {
+          if (primary == g->gr_gid ||
+              std::ranges::find(supplementary, g->gr_gid) != supplementary.end()) {
             return true;
           }
         }

@@ -31,8 +31,7 @@ public:
   // Connects to the system bus (DBUS_SYSTEM_BUS_ADDRESS, else the standard socket), owns the
   // name and publishes the object. The error says why not (no bus, name taken, not allowed).
   [[nodiscard]] static std::expected<std::unique_ptr<DbusService>, std::string>
-  start(io::Reactor& reactor, Control& control, std::string adminGroup,
-        std::string readerGroup);
+  start(io::Reactor& reactor, Control& control, std::string adminGroup, std::string readerGroup);
   DbusService(const DbusService&) = delete;
   DbusService& operator=(const DbusService&) = delete;
   ~DbusService();

@@ -11,6 +11,8 @@
 
 #include <fmt/format.h>
 
+#include "daemon/mqtt_push.h"
+
 namespace iotgw::daemon {
 
 using mqtt::Clock;
@@ -48,8 +50,8 @@ io::AdmissionLimits admissionLimits(const Limits& l) {
 
 struct MqttService::Connection final : mqtt::UpstreamObserver {
   Connection(MqttService& s, io::Accepted a, uint64_t connectionId)
-      : service(s), id(connectionId), fd(std::move(a.fd)), address(a.address), source(a.address.str()),
-        label(a.label()), accepted(Clock::now()) {}
+      : service(s), id(connectionId), fd(std::move(a.fd)), address(a.address),
+        source(a.address.str()), label(a.label()), accepted(Clock::now()) {}
 
   void upstreamAcked(uint64_t token) override {
     mqtt::Effects e;
@@ -86,30 +88,12 @@ struct MqttService::Connection final : mqtt::UpstreamObserver {
   uint32_t armed = 0;
 };
 
-MqttService::MqttService(io::Reactor& reactor, EventSink& sink, std::shared_ptr<const Config> config,
-                         PolicySource policies,
+MqttService::MqttService(io::Reactor& reactor, EventSink& sink,
+                         std::shared_ptr<const Config> config, PolicySource policies,
                          std::shared_ptr<const policy::DefaultCredentials> defaults)
     : reactor_(reactor), sink_(sink), config_(std::move(config)), policies_(std::move(policies)),
       defaults_(std::move(defaults)), throttle_(config_->limits.authThrottle),
       admission_(admissionLimits(config_->limits)) {}
-
-// One upstream session per device that pushes readings over CoAP (it has no MQTT session of its
-// own to ride on); closed after a minute without readings.
-struct MqttService::Pusher final : mqtt::UpstreamObserver {
-  std::unique_ptr<mqtt::MosquittoUpstream> upstream;
-  std::map<uint64_t, std::function<void(bool)>> waiting; // token → who hears of the PUBACK
-  mqtt::Clock::time_point lastUsed;
-
-  void upstreamAcked(uint64_t token) override {
-    if (auto it = waiting.find(token); it != waiting.end()) {
-      auto done = std::move(it->second);
-      waiting.erase(it);
-      done(true);
-    }
-  }
-  void upstreamMessage(const std::string&, std::span<const uint8_t>, uint8_t, bool) override {}
-  void upstreamConnected(bool, int) override {}
-};
 
 MqttService::~MqttService() {
   if (timer_) {
@@ -290,7 +274,8 @@ void MqttService::releaseIdleMemory(Clock::time_point now) {
   // Once handshakes have been quiet for a second: WolfSSL's per-key ECC tables (~200 KiB for each
   // client certificate verified) go, and the heap gives its free pages back to the system, so an
   // idle gateway's footprint follows its connections rather than its busiest burst.
-  if (!handshakeCachesHeld_ || admission_.handshakes() != 0 || now - lastHandshakeEnded_ < std::chrono::seconds(1)) {
+  if (!handshakeCachesHeld_ || admission_.handshakes() != 0 ||
+      now - lastHandshakeEnded_ < std::chrono::seconds(1)) {
     return;
   }
   handshakeCachesHeld_ = false;
@@ -384,7 +369,7 @@ void MqttService::readClient(Connection& c) {
       return;
     }
     // While the upstream connects, small reads keep what one read can add to its queue small;
-    // before the login, nothing larger than a CONNECT may be is read at once.
+    // before the login, no more than a CONNECT may take is read at once.
     size_t chunk = c.upstream && !c.upstream->connected() ? 2048 : sizeof buf;
     if (!c.session->authenticated()) {
       chunk = std::min<size_t>(chunk, config_->limits.maxConnectBytes);
@@ -665,45 +650,6 @@ MqttService::createUpstream(const policy::DevicePolicy* device, const mqtt::upst
   return mqtt::MosquittoUpstream::create(reactor_, us, open, observer);
 }
 
-std::string MqttService::publishFor(const policy::DevicePolicy& device, const std::string& topic,
-                                    std::span<const uint8_t> payload, uint8_t qos,
-                                    std::function<void(bool)> done) {
-  if (!config_->upstream.enabled) {
-    return "no upstream broker is configured";
-  }
-  const std::string id = device.id.str();
-  auto it = pushers_.find(id);
-  if (it == pushers_.end()) {
-    auto pusher = std::make_unique<Pusher>();
-    mqtt::upstream::Open open;
-    open.clientId = config_->upstream.clientIdPrefix + id + "-coap";
-    open.keepAlive = config_->upstream.keepaliveSeconds;
-    auto created = createUpstream(&device, open, *pusher);
-    if (!created) {
-      return "cannot open the upstream session: " + created.error();
-    }
-    pusher->upstream = std::move(*created);
-    it = pushers_.emplace(id, std::move(pusher)).first;
-  }
-  Pusher& p = *it->second;
-  p.lastUsed = mqtt::Clock::now();
-  mqtt::upstream::Publish pub;
-  pub.token = ++pushTokens_;
-  pub.topic = topic;
-  pub.payload.assign(payload.begin(), payload.end());
-  pub.qos = qos;
-  if (!p.upstream->publish(pub)) {
-    return qos > 0 ? "the upstream queue is full" : "the upstream session is not connected";
-  }
-  ++stats_.forwarded;
-  if (qos > 0) {
-    p.waiting.emplace(pub.token, std::move(done));
-  } else {
-    done(true);
-  }
-  return {};
-}
-
 std::expected<mqtt::SslContext, std::string> MqttService::deviceContext(const std::string& device) {
   const auto* identity = identities_ != nullptr ? identities_->find(device) : nullptr;
   if (identity == nullptr) {
@@ -801,14 +747,7 @@ void MqttService::tick() {
   for (auto& d : draining_) {
     d.upstream->service(now);
   }
-  for (auto& [id, p] : pushers_) {
-    p->upstream->service(now);
-    if (p->waiting.empty() && p->upstream->queued() == 0 &&
-        now - p->lastUsed > std::chrono::seconds(60)) {
-      p->upstream->close(false);
-    }
-  }
-  std::erase_if(pushers_, [](const auto& kv) { return kv.second->upstream->finished(); });
+  servicePushers(now);
   sweep();
   releaseIdleMemory(now);
 }

@@ -37,8 +37,8 @@ struct MqttStats {
   // Unauthenticated connections closed to make room: the connection table or the handshake
   // table was full, or their partial packets took more than limits.max_unauthenticated_bytes.
   uint64_t evictedUnauthenticated = 0;
-  uint64_t passwordChecks = 0;      // run off the event loop
-  uint64_t passwordChecksBusy = 0;  // CONNECTs refused because too many checks were in progress
+  uint64_t passwordChecks = 0;     // run off the event loop
+  uint64_t passwordChecksBusy = 0; // CONNECTs refused because too many checks were in progress
 };
 
 class MqttService {
@@ -107,6 +107,7 @@ private:
   void flush(Connection& c);
   void closeConnection(Connection& c, bool publishWill);
   void tick();
+  void servicePushers(mqtt::Clock::time_point now); // mqtt_push.cc
   void sweep();
   [[nodiscard]] std::expected<std::unique_ptr<mqtt::MosquittoUpstream>, std::string>
   createUpstream(const policy::DevicePolicy* device, const mqtt::upstream::Open& open,
@@ -126,7 +127,7 @@ private:
   mqtt::SslContext upstreamContext_;
   UpstreamConfig upstreamTls_; // the broker CA and host the contexts were built for
   io::Admission admission_;
-  std::unique_ptr<io::Worker> worker_; // password checks
+  std::unique_ptr<io::Worker> worker_;     // password checks
   mqtt::SubscriptionMemory subscriptions_; // what devices' persistent upstream sessions hold
   uint64_t nextConnectionId_ = 1;
   std::map<uint64_t, Connection*> byId_; // for completions that arrive after a connection closed

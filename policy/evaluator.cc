@@ -234,8 +234,9 @@ ConnectDecision evaluateConnect(const PolicySet& set, const DefaultCredentials& 
     const DevicePolicy* device = set.findByUsername(*f.username);
     // A user name guessed at from many sources is locked out, but not for the device's own
     // enrolled address: guesses from elsewhere must not lock the real device out.
-    const bool ownAddress = device != nullptr && f.peer &&
-                            std::ranges::find(device->addresses, *f.peer) != device->addresses.end();
+    const bool ownAddress =
+        device != nullptr && f.peer &&
+        std::ranges::find(device->addresses, *f.peer) != device->addresses.end();
     if (f.usernameLockedOut && !ownAddress) {
       return refuse("auth.lockout", provision::kBruteForce,
                     "user name is locked out after repeated failed logins", false);
@@ -269,8 +270,8 @@ ConnectDecision evaluateConnect(const PolicySet& set, const DefaultCredentials& 
 ConnectDecision evaluateVerifiedConnect(const ConnectDecision& pending, bool passwordMatched,
                                         const ConnectFacts& f) {
   if (pending.device == nullptr || !passwordMatched) {
-    return refuse("auth.password", provision::kAuthenticatedAccess,
-                  "wrong user name or password", true);
+    return refuse("auth.password", provision::kAuthenticatedAccess, "wrong user name or password",
+                  true);
   }
   return admit(pending.device, Login::Password, f);
 }

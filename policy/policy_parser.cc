@@ -640,8 +640,8 @@ private:
     }
     if (const toml::array* rules = root["mqtt"]["payload"].as_array()) {
       for (size_t i = 0; i < rules->size(); ++i) {
-        if (const toml::node* topic = (*rules)[i].as_table() ? (*rules)[i].as_table()->get("topic")
-                                                              : nullptr) {
+        if (const toml::node* topic =
+                (*rules)[i].as_table() ? (*rules)[i].as_table()->get("topic") : nullptr) {
           if (const auto* text = topic->as_string()) {
             check(*topic, fmt::format("mqtt.payload[{}].topic", i), text->get());
           }

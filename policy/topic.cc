@@ -256,9 +256,8 @@ std::optional<std::string> substitutePattern(std::string_view pattern, const Top
 }
 
 std::string widenPattern(std::string_view pattern, const TopicScope& scope) {
-  return *replacePlaceholders(pattern, scope, [](std::string_view) {
-    return std::optional<std::string_view>("+");
-  });
+  return *replacePlaceholders(
+      pattern, scope, [](std::string_view) { return std::optional<std::string_view>("+"); });
 }
 
 bool patternUses(std::string_view pattern, std::string_view placeholder) noexcept {

@@ -64,7 +64,8 @@ std::optional<uint32_t> firstDiscouragedCodePoint(std::string_view s) noexcept {
     size_t len = 1;
     if (c >= 0xF0 && i + 3 < n) {
       len = 4;
-      cp = (c & 0x07u) << 18 | (p[i + 1] & 0x3Fu) << 12 | (p[i + 2] & 0x3Fu) << 6 | (p[i + 3] & 0x3Fu);
+      cp = (c & 0x07u) << 18 | (p[i + 1] & 0x3Fu) << 12 | (p[i + 2] & 0x3Fu) << 6 |
+           (p[i + 3] & 0x3Fu);
     } else if (c >= 0xE0 && i + 2 < n) {
       len = 3;
       cp = (c & 0x0Fu) << 12 | (p[i + 1] & 0x3Fu) << 6 | (p[i + 2] & 0x3Fu);

@@ -97,7 +97,8 @@ private:
   Counts perSource_;
   Counts handshakesPerSource_;
   Counts checksPerSource_;
-  std::unordered_map<Id, std::string> checking_; // checks in progress, by connection, to their source
+  std::unordered_map<Id, std::string>
+      checking_; // checks in progress, by connection, to their source
   uint32_t handshakes_ = 0;
   uint32_t checks_ = 0;
   size_t heldBytes_ = 0;

@@ -33,9 +33,10 @@ Session::Session(SessionSettings settings, std::shared_ptr<const policy::PolicyS
                  std::shared_ptr<const policy::DefaultCredentials> defaults,
                  policy::AuthThrottle& throttle, PeerInfo peer, Clock::time_point now,
                  SubscriptionMemory* subscriptionMemory)
-    : settings_(std::move(settings)), policies_(std::move(policies)), defaults_(std::move(defaults)),
-      throttle_(throttle), peer_(std::move(peer)), connectDeadline_(now + settings_.connectTimeout),
-      lastPacket_(now), subscriptionMemory_(subscriptionMemory) {}
+    : settings_(std::move(settings)), policies_(std::move(policies)),
+      defaults_(std::move(defaults)), throttle_(throttle), peer_(std::move(peer)),
+      connectDeadline_(now + settings_.connectTimeout), lastPacket_(now),
+      subscriptionMemory_(subscriptionMemory) {}
 
 Clock::time_point Session::deadline() const {
   if (state_ == State::AwaitingConnect || state_ == State::Authenticating) {
@@ -194,14 +195,14 @@ void Session::onConnect(Connect&& c, Clock::time_point now, Effects& out) {
   }
   policy::ConnectFacts facts = connectFacts(c);
   facts.sourceLockedOut = throttle_.sourceLockedOut(sourceKey(peer_), now);
-  facts.usernameLockedOut = c.username && throttle_.userLockedOut(*c.username, sourceKey(peer_), now);
+  facts.usernameLockedOut =
+      c.username && throttle_.userLockedOut(*c.username, sourceKey(peer_), now);
   const policy::ConnectDecision cd = evaluateConnect(*policies_, *defaults_, facts);
   pendingConnect_ = std::move(c);
   if (cd.passwordHash != nullptr) {
     pendingDecision_ = cd;
     const auto& password = pendingConnect_->password;
-    out.passwordCheck.emplace(*cd.passwordHash,
-                              password ? text(*password) : std::string_view());
+    out.passwordCheck.emplace(*cd.passwordHash, password ? text(*password) : std::string_view());
     state_ = State::Authenticating;
     return;
   }
@@ -329,8 +330,8 @@ void Session::acceptConnect(Clock::time_point now, Effects& out) {
     policy::secureWipe(c.password->data(), c.password->size());
   }
   if (c.will) {
-    const Decision wd =
-        evaluatePublish(*device_, {username_, c.will->topic, c.will->qos, c.will->retain, c.will->payload});
+    const Decision wd = evaluatePublish(
+        *device_, {username_, c.will->topic, c.will->qos, c.will->retain, c.will->payload});
     if (!wd.allowed()) {
       out.events.push_back(policy::violationEvent(EventType::AccessDenied, wd, deviceName(),
                                                   peer_.label, "mqtt"));
@@ -343,8 +344,7 @@ void Session::acceptConnect(Clock::time_point now, Effects& out) {
   if (c.version == Version::V5) {
     // The client may ask for fewer messages in flight towards it, never for more than we keep.
     if (const Property* rm = findProperty(c.properties, PropertyId::ReceiveMaximum)) {
-      clientReceiveMaximum_ =
-          std::min(clientReceiveMaximum_, static_cast<uint16_t>(rm->number));
+      clientReceiveMaximum_ = std::min(clientReceiveMaximum_, static_cast<uint16_t>(rm->number));
     }
   }
   rate_ = makeRateLimiter(*device_, now);
@@ -563,9 +563,10 @@ void Session::onSubscribe(const Subscribe& s, Effects& out) {
                  ? "limits.max_filters_per_subscribe"
                  : "limits.max_subscriptions_per_session";
     e.action = "refuse";
-    e.message = fmt::format("{} subscription filter(s) refused: past the subscription limits "
-                            "({} per session, {} per SUBSCRIBE)",
-                            overLimit, settings_.maxSubscriptions, settings_.maxFiltersPerSubscribe);
+    e.message =
+        fmt::format("{} subscription filter(s) refused: past the subscription limits "
+                    "({} per session, {} per SUBSCRIBE)",
+                    overLimit, settings_.maxSubscriptions, settings_.maxFiltersPerSubscribe);
     out.events.push_back(std::move(e));
   }
   send(ack, out);

@@ -39,7 +39,7 @@ struct SessionSettings {
   uint16_t sendMaximum = 20;        // ... and we at most towards it (a 5.0 client may ask fewer)
   uint32_t maxQueuedToClient = 1000;
   uint32_t maxQueuedBytesToClient = 1024 * 1024;
-  uint32_t maxSubscriptions = 100;   // distinct filters per session ...
+  uint32_t maxSubscriptions = 100;           // distinct filters per session ...
   uint32_t maxSubscriptionBytes = 64 * 1024; // ... and their bytes
   uint32_t maxFiltersPerSubscribe = 32;      // per SUBSCRIBE and per UNSUBSCRIBE
   std::string upstreamClientIdPrefix = "iotgw-";
@@ -139,8 +139,9 @@ public:
   enum class State { AwaitingConnect, Authenticating, Connected, Closed };
 
   Session(SessionSettings settings, std::shared_ptr<const policy::PolicySet> policies,
-          std::shared_ptr<const policy::DefaultCredentials> defaults, policy::AuthThrottle& throttle,
-          PeerInfo peer, Clock::time_point now, SubscriptionMemory* subscriptionMemory = nullptr);
+          std::shared_ptr<const policy::DefaultCredentials> defaults,
+          policy::AuthThrottle& throttle, PeerInfo peer, Clock::time_point now,
+          SubscriptionMemory* subscriptionMemory = nullptr);
 
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;

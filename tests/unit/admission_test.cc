@@ -42,7 +42,7 @@ TEST(Admission, AFullTableClosesTheOldestConnectionStillLoggingIn) {
   ASSERT_EQ(a.admit(2, "10.0.0.2", false, t0 + 1s).refusedBy, nullptr);
   ASSERT_EQ(a.admit(3, "10.0.0.3", false, t0 + 2s).refusedBy, nullptr);
   ASSERT_EQ(a.admit(4, "10.0.0.4", false, t0 + 3s).refusedBy, nullptr);
-  a.authenticated(1);          // logged in: never closed to make room
+  a.authenticated(1);                  // logged in: never closed to make room
   ASSERT_TRUE(a.startCheck(2, false)); // its password is being checked: neither
   const auto v = a.admit(5, "10.0.0.5", false, t0 + 4s);
   EXPECT_EQ(v.refusedBy, nullptr);
