@@ -19,9 +19,12 @@
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
+#include "daemon/coap_dtls_gate.h"
 #include "daemon/mqtt_service.h"
 #include "policy/evaluator.h"
+#include "policy/topic.h"
 #include "protocols/coap/message.h"
 #include "protocols/coap/reply.h"
 #include "protocols/coap/validate.h"
@@ -178,6 +181,25 @@ std::optional<policy::IpAddress> addressOf(const coap_address_t* a) {
   return io::fromSockaddr(ss).first;
 }
 
+// Why a verified client certificate (the DER at depth 0) is still no client certificate, or empty.
+std::string clientCertificateProblem(View der) {
+  const unsigned char* p = der.data();
+  std::unique_ptr<X509, decltype(&X509_free)> x(
+      d2i_X509(nullptr, &p, static_cast<long>(der.size())), X509_free);
+  if (!x) {
+    ERR_clear_error();
+    return "the client certificate cannot be read";
+  }
+  if (X509_check_ca(x.get()) != 0) {
+    return "the client presented a CA certificate (basicConstraints CA:TRUE), not its own";
+  }
+  if ((X509_get_extension_flags(x.get()) & EXFLAG_XKUSAGE) == 0 ||
+      (X509_get_extended_key_usage(x.get()) & XKU_SSL_CLIENT) == 0) {
+    return "the client certificate is not for TLS clients (no clientAuth extended key usage)";
+  }
+  return {};
+}
+
 std::string labelOf(const coap_address_t* a) {
   if (a == nullptr) {
     return "?";
@@ -253,9 +275,19 @@ struct CoapService::Engine {
   CoapService& svc;
   coap_context_t* ctx = nullptr;
   int fd = -1;
+  std::unique_ptr<DtlsGate> gate; // in front of the endpoint: see coap_dtls_gate.h
   std::unordered_map<coap_session_t*, Peer> peers;
   std::map<std::string, uint32_t> perSource; // sessions with a verified certificate per IP
   uint32_t verified = 0;
+  // Why a handshake's client certificate was refused (the listener key at fault and the reason),
+  // until its failure is reported. At most the handshakes libcoap runs at once (a backstop of
+  // twice limits.max_handshakes).
+  struct Refusal {
+    std::string rule;
+    std::string reason;
+  };
+  std::unordered_map<coap_session_t*, Refusal> refusals;
+  void refuseCertificate(coap_session_t* s, std::string rule, std::string reason);
   std::map<Bytes, std::unique_ptr<Exchange>> exchanges; // by upstream token
   std::map<Bytes, std::unique_ptr<Relation>> relations; // by upstream token
   std::map<std::string, coap_session_t*> upstreams;     // "ip:port" of a device → client session
@@ -279,10 +311,16 @@ struct CoapService::Engine {
   coap_response_t response(coap_session_t* s, const coap_pdu_t* rcv);
   void nack(coap_session_t* s, const coap_pdu_t* sent, coap_nack_reason_t reason);
   void event(coap_session_t* s, coap_event_t ev);
-  int verify(const char* cn, coap_session_t* s, unsigned depth, int validated);
+  int verify(const char* cn, View der, coap_session_t* s, unsigned depth, int validated);
   // Reads every CRL in `file` (none: crl_file not set); the error names what failed.
   static std::string loadCrls(const std::string& file, Crls& into);
   int setupTls(SSL* ssl);
+  // libcoap's certificate verify callback, with what OpenSSL refused recorded for the event.
+  static int recordVerify(int ok, X509_STORE_CTX* store);
+  static SSL_verify_cb& libcoapVerify() {
+    static SSL_verify_cb cb = nullptr;
+    return cb;
+  }
   static STACK_OF(X509_CRL) * lookupCrls(const X509_STORE_CTX* ctx, const X509_NAME* issuer);
 
   void refuse(coap_pdu_t* resp, uint8_t code, std::string_view reason);
@@ -334,9 +372,10 @@ int onEvent(coap_session_t* s, const coap_event_t ev) {
   return 0;
 }
 
-int onCertificate(const char* cn, const uint8_t*, size_t, coap_session_t* s, unsigned depth,
-                  int validated, void* arg) {
-  return static_cast<CoapService::Engine*>(arg)->verify(cn, s, depth, validated);
+int onCertificate(const char* cn, const uint8_t* der, size_t length, coap_session_t* s,
+                  unsigned depth, int validated, void* arg) {
+  return static_cast<CoapService::Engine*>(arg)->verify(cn, View(der, der != nullptr ? length : 0),
+                                                         s, depth, validated);
 }
 
 // libcoap's hook after it set up a server session's SSL (openssl variant: an SSL*).
@@ -364,13 +403,27 @@ CoapService::Engine::~Engine() {
 std::string CoapService::Engine::start() {
   startLibcoap();
   const Config& c = *svc.config_;
-  ctx = coap_new_context(nullptr);
-  if (ctx == nullptr) {
-    return "cannot create the CoAP context";
+  coap::dtls::Admission::Settings admission;
+  admission.maxPending = c.limits.maxHandshakes;
+  admission.maxPendingPerAddress = c.limits.maxConnectionsPerSource;
+  admission.pendingLifetime = c.limits.handshakeTimeout;
+  gate = std::make_unique<DtlsGate>(admission);
+  {
+    const DtlsGate::ContextRecorder recorder;
+    ctx = coap_new_context(nullptr);
+    if (ctx == nullptr) {
+      return "cannot create the CoAP context";
+    }
+    if (std::string err = gate->attach(ctx, recorder.created()); !err.empty()) {
+      return err;
+    }
   }
   coap_set_app_data(ctx, this);
   coap_context_set_block_mode(ctx, COAP_BLOCK_USE_LIBCOAP | COAP_BLOCK_SINGLE_BODY);
-  coap_context_set_max_handshake_sessions(ctx, c.limits.maxHandshakes);
+  // The gate bounds half-open handshakes (limits.max_handshakes) and never lets one in that it
+  // has not room for, so libcoap's own limit, which would ignore a proven client, is only a
+  // backstop it never reaches.
+  coap_context_set_max_handshake_sessions(ctx, 2 * c.limits.maxHandshakes + 1);
   coap_context_set_max_idle_sessions(ctx, c.limits.maxConnections);
   coap_context_set_session_timeout(ctx, static_cast<unsigned>(c.limits.idleSession.count()));
   coap_register_response_handler(ctx, onResponse);
@@ -413,8 +466,12 @@ std::string CoapService::Engine::start() {
     const socklen_t len = io::toSockaddr(a, c.coapDtls.port, ss);
     std::memcpy(&addr.addr, &ss, len);
     addr.size = len;
+    const auto before = DtlsGate::epollMembers(coap_context_get_coap_fd(ctx));
     if (coap_new_endpoint(ctx, &addr, COAP_PROTO_DTLS) == nullptr) {
       return fmt::format("cannot bind CoAP over DTLS to {}", io::endpointLabel(a, c.coapDtls.port));
+    }
+    if (std::string err = gate->addEndpoint(coap_context_get_coap_fd(ctx), before); !err.empty()) {
+      return err;
     }
     ports.push_back(c.coapDtls.port);
   }
@@ -442,7 +499,8 @@ std::string CoapService::Engine::start() {
 //
 // coap_io_process would arm that timer before it looks for events as well as after handling
 // them; the events are read here and handed to coap_io_do_epoll, which handles them, runs the
-// due timers (async guards, retransmissions) and arms the timer once.
+// due timers (async guards, retransmissions) and arms the timer once. The DTLS gate sees the
+// endpoint's events first and leaves in only those whose next datagram libcoap may read.
 void CoapService::Engine::process() {
   const uint64_t discarded = g_discardedPdus;
   constexpr int kBatch = 16;
@@ -456,7 +514,9 @@ void CoapService::Engine::process() {
       rearm(); // cannot happen on a valid descriptor; keep the timers running regardless
       break;
     }
-    coap_io_do_epoll(ctx, events, static_cast<size_t>(ready));
+    const size_t pass = gate->screen(events, static_cast<size_t>(ready));
+    coap_io_do_epoll(ctx, events, pass);
+    gate->endBatch();
     if (ready < kBatch) {
       break;
     }
@@ -488,12 +548,20 @@ std::string CoapService::Engine::peerLabel(coap_session_t* s) const {
   return labelOf(coap_session_get_addr_remote(s));
 }
 
-int CoapService::Engine::verify(const char* cn, coap_session_t* s, unsigned depth, int validated) {
+int CoapService::Engine::verify(const char* cn, View der, coap_session_t* s, unsigned depth,
+                                int validated) {
   if (validated == 0) {
     return 0;
   }
   if (depth != 0) {
     return 1; // the CA: OpenSSL has checked the chain
+  }
+  // OpenSSL takes the CA's own certificate, presented by whoever holds its key, as a valid chain
+  // of one, and leaves the extended key usage to the purpose check, which lets a certificate
+  // without one through: a client must show an end-entity certificate issued for TLS clients.
+  if (std::string problem = clientCertificateProblem(der); !problem.empty()) {
+    refuseCertificate(s, "listeners.coap_dtls.client_certificate", std::move(problem));
+    return 0;
   }
   if (peers.contains(s)) {
     return 1; // renegotiation: counted already
@@ -586,7 +654,44 @@ int CoapService::Engine::setupTls(SSL* ssl) {
     ERR_clear_error();
     return 0;
   }
+  // libcoap has just installed its verify callback (which calls ours only for chains OpenSSL
+  // accepted); ours goes around it to learn why OpenSSL refused the others.
+  if (SSL_verify_cb cb = SSL_get_verify_callback(ssl); cb != nullptr && cb != recordVerify) {
+    libcoapVerify() = cb;
+    SSL_set_verify(ssl, SSL_get_verify_mode(ssl), recordVerify);
+  }
   return 1;
+}
+
+int CoapService::Engine::recordVerify(int ok, X509_STORE_CTX* store) {
+  const SSL_verify_cb inner = libcoapVerify();
+  ok = inner != nullptr ? inner(ok, store) : ok;
+  if (ok != 0) {
+    return ok;
+  }
+  auto* ssl = static_cast<SSL*>(
+      X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  auto* e = static_cast<Engine*>(
+      X509_STORE_get_ex_data(X509_STORE_CTX_get0_store(store), crlIndex()));
+  auto* s = ssl != nullptr ? static_cast<coap_session_t*>(SSL_get_app_data(ssl)) : nullptr;
+  if (e == nullptr || s == nullptr || e->refusals.contains(s)) {
+    return ok; // ours gave the reason already (CERT_REJECTED)
+  }
+  const int err = X509_STORE_CTX_get_error(store);
+  const bool crl = err == X509_V_ERR_CERT_REVOKED || err == X509_V_ERR_UNABLE_TO_GET_CRL ||
+                   err == X509_V_ERR_CRL_HAS_EXPIRED || err == X509_V_ERR_CRL_NOT_YET_VALID;
+  e->refuseCertificate(s, crl ? "listeners.coap_dtls.crl_file" : "listeners.coap_dtls.ca_file",
+                       fmt::format("the client certificate does not verify: {} (depth {})",
+                                   X509_verify_cert_error_string(err),
+                                   X509_STORE_CTX_get_error_depth(store)));
+  return ok;
+}
+
+void CoapService::Engine::refuseCertificate(coap_session_t* s, std::string rule,
+                                            std::string reason) {
+  if (refusals.size() < 2 * static_cast<size_t>(svc.config_->limits.maxHandshakes) + 1) {
+    refusals[s] = Refusal{std::move(rule), std::move(reason)}; // reported at DTLS_ERROR
+  }
 }
 
 void CoapService::Engine::dropPeer(coap_session_t* s) {
@@ -611,6 +716,7 @@ void CoapService::Engine::event(coap_session_t* s, coap_event_t ev) {
   }
   switch (ev) {
   case COAP_EVENT_DTLS_CONNECTED:
+    gate->connected(s);
     if (auto it = peers.find(s); it != peers.end() && !it->second.established) {
       it->second.established = true;
       ++svc.stats_.sessions;
@@ -620,16 +726,27 @@ void CoapService::Engine::event(coap_session_t* s, coap_event_t ev) {
   case COAP_EVENT_DTLS_ERROR:
     if (auto it = peers.find(s); it == peers.end() || !it->second.established) {
       ++svc.stats_.handshakesFailed;
-      emit(EventType::AuthenticationFailed, "", labelOf(coap_session_get_addr_remote(s)),
-           "listeners.coap_dtls.ca_file", "5.5-4", "refuse",
-           "DTLS handshake failed: no client certificate, or not one from the configured CA");
+      if (auto r = refusals.find(s); r != refusals.end()) {
+        ++svc.stats_.certificatesRefused;
+        emit(EventType::AuthenticationFailed, "", labelOf(coap_session_get_addr_remote(s)),
+             r->second.rule, "5.5-4", "refuse",
+             fmt::format("DTLS handshake failed: {}", r->second.reason));
+      } else {
+        emit(EventType::AuthenticationFailed, "", labelOf(coap_session_get_addr_remote(s)),
+             "listeners.coap_dtls.ca_file", "5.5-4", "refuse",
+             "DTLS handshake failed: no client certificate, or not one from the configured CA");
+      }
     }
+    refusals.erase(s);
+    gate->closed(s);
     dropPeer(s);
     break;
   case COAP_EVENT_DTLS_CLOSED:
   case COAP_EVENT_SESSION_CLOSED:
   case COAP_EVENT_SESSION_FAILED:
   case COAP_EVENT_SERVER_SESSION_DEL:
+    refusals.erase(s);
+    gate->closed(s);
     dropPeer(s);
     break;
   default:
@@ -1376,6 +1493,18 @@ void CoapService::DeviceEndpoint::handle(int fd, const sockaddr_storage& from, s
     return;
   }
   const std::string topic = policy::coapPushTopic(*device, *push, v->path);
+  // A path segment of '+' or '#' (or one holding them) would put a wildcard into the topic name:
+  // no broker takes that as a PUBLISH, and it is the request's fault, not the upstream's.
+  if (const auto bad = policy::validateTopicName(topic)) {
+    ++svc.stats_.pushesBadTopic;
+    emit(EventType::MalformedPacket, deviceName, peer, "coap.push.topic", "5.13-1", "refuse",
+         fmt::format("CoAP push to {} refused with 4.00: the topic it maps to is not a valid MQTT "
+                     "topic name ({}, {})",
+                     v->path, policy::describe(*bad), policy::clause(*bad)));
+    answer(coap::codes::kBadRequest,
+           fmt::format("not a valid MQTT topic name: {}", policy::describe(*bad)));
+    return;
+  }
   if (svc.mqtt_ == nullptr) {
     ++svc.stats_.pushesFailed;
     answer(coap::codes::kServiceUnavailable, "no upstream broker");
@@ -1454,6 +1583,40 @@ std::string CoapService::reloadCrl(const Config& config) {
   }
   engine_->crls = std::move(next); // the next handshake checks against these
   return {};
+}
+
+std::vector<std::pair<std::string, uint64_t>> CoapService::counters() const {
+  const CoapStats& c = stats_;
+  const DtlsGateStats g = engine_ && engine_->gate ? engine_->gate->stats() : DtlsGateStats{};
+  return {{"coap_sessions", c.sessions},
+          {"coap_sessions_opened", c.sessionsOpened},
+          {"coap_sessions_refused", c.sessionsRefused},
+          {"coap_handshakes_failed", c.handshakesFailed},
+          {"coap_certificates_refused", c.certificatesRefused},
+          {"coap_hello_verify_sent", g.helloVerifySent},
+          {"coap_dtls_admitted", g.admitted},
+          {"coap_dtls_dropped", g.dropped + g.malformedHellos},
+          {"coap_handshakes_evicted", g.evicted},
+          {"coap_handshakes_expired", g.expired},
+          {"coap_requests", c.requests},
+          {"coap_malformed", c.malformed},
+          {"coap_denied", c.denied},
+          {"coap_forwarded", c.forwarded},
+          {"coap_answered", c.answered},
+          {"coap_timeouts", c.timeouts},
+          {"coap_bad_responses", c.badResponses},
+          {"coap_observing", c.observing},
+          {"coap_notifications", c.notifications},
+          {"coap_device_datagrams", c.datagrams},
+          {"coap_device_malformed", c.deviceMalformed},
+          {"coap_unknown_sources", c.unknownSources},
+          {"coap_pushes_denied", c.pushesDenied},
+          {"coap_pushes_published", c.pushesPublished},
+          {"coap_pushes_failed", c.pushesFailed},
+          {"coap_pushes_bad_topic", c.pushesBadTopic},
+          {"coap_unauthenticated_bytes_in", c.unauthenticatedBytesIn},
+          {"coap_unauthenticated_bytes_out", c.unauthenticatedBytesOut},
+          {"coap_budget_drops", c.budgetDrops}};
 }
 
 std::vector<uint16_t> CoapService::boundPorts() const {

@@ -21,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "daemon/config.h"
@@ -38,6 +39,7 @@ struct CoapStats {
   uint64_t sessionsOpened = 0;  // handshakes completed
   uint64_t sessionsRefused = 0; // over limits.max_connections or max_connections_per_source
   uint64_t handshakesFailed = 0;
+  uint64_t certificatesRefused = 0; // a CA certificate, or one not for TLS clients (of the failed)
   uint64_t requests = 0;     // requests that reached the proxy
   uint64_t malformed = 0;    // refused by validation (4.00, 4.02, 4.13, 4.15, 5.05)
   uint64_t denied = 0;       // refused by policy (4.03, 4.04, 5.03)
@@ -54,6 +56,7 @@ struct CoapStats {
   uint64_t pushesDenied = 0;
   uint64_t pushesPublished = 0;
   uint64_t pushesFailed = 0;    // the upstream could not take it (5.03)
+  uint64_t pushesBadTopic = 0;  // the path would make no valid MQTT topic name (4.00)
   uint64_t unauthenticatedBytesIn = 0;
   uint64_t unauthenticatedBytesOut = 0;
   uint64_t budgetDrops = 0;     // replies not sent: they would have broken the 3x budget
@@ -78,6 +81,8 @@ public:
   // every later handshake against it (other listener settings take effect at restart).
   [[nodiscard]] std::string reloadCrl(const Config& config);
   [[nodiscard]] const CoapStats& stats() const { return stats_; }
+  // Every counter under its GetStatus name ("coap_requests", ...).
+  [[nodiscard]] std::vector<std::pair<std::string, uint64_t>> counters() const;
   // The ports actually bound (tests bind port 0): DTLS first, then device-side.
   [[nodiscard]] std::vector<uint16_t> boundPorts() const;
 
