@@ -9,7 +9,9 @@
 //   (coaps://gateway/<device-id>/<path on the device>), is validated (protocols/coap/validate.h),
 //   checked against the device's [coap] policy, and forwarded as plain CoAP from the gateway to
 //   the device with a guard timeout. The response is checked before it is relayed. Observe and
-//   block-wise transfers work through the proxy.
+//   block-wise transfers work through the proxy; what one session may make the proxy hold is
+//   bounded (observe relationships, requests waiting for devices, block-wise bodies: README).
+//   A stateless cookie exchange runs in front of libcoap (coap_dtls_gate.h).
 // * The device-side endpoint (5683, device segment only) is our own socket and codec: enrolled
 //   devices (known by their address) POST/PUT readings on their [[coap.push]] paths, which are
 //   published upstream over the MQTT capability's mutual-TLS session. To a source that is not an
@@ -48,7 +50,10 @@ struct CoapStats {
   uint64_t timeouts = 0;     // the device was silent: 5.04
   uint64_t badResponses = 0; // the device's response broke its policy: 5.02
   uint64_t observing = 0;    // observe relationships now
+  uint64_t observeRefused = 0; // registrations served without Observe (limits.coap_max_observe*)
   uint64_t notifications = 0;
+  uint64_t rateLimited = 0;    // refused with 4.29 or 5.03 and Max-Age: a bound was reached
+  uint64_t sessionsClosed = 0; // closed for going on past a bound after being refused
   // The device-side endpoint.
   uint64_t datagrams = 0;
   uint64_t deviceMalformed = 0; // unparseable or invalid

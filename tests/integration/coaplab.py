@@ -69,9 +69,10 @@ def leaf_with(pki, name, cn, ext, ca="ca"):
 
 
 def device_policy(devices, dev_port, name="legacy-sensor", address="127.0.0.2", extra=""):
+    mac = "02:00:00:00:00:%02x" % (sum(name.encode()) % 200 + 32)
     write(os.path.join(devices, f"{name}.toml"), f"""[device]
 id = "{name}"
-mac = "02:00:00:00:00:20"
+mac = "{mac}"
 addresses = ["{address}"]
 [coap]
 port = {dev_port}
@@ -317,3 +318,151 @@ def stall(lab, dst, port, hello, addresses):
                                     *addresses),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
+
+
+# CoAP messages, RFC 7252 §3, as the tests write them by hand.
+def opt(delta, value):
+    """One CoAP option (delta from the previous number)."""
+    def nib(n):
+        if n < 13:
+            return n, b""
+        if n < 269:
+            return 13, bytes([n - 13])
+        return 14, (n - 269).to_bytes(2, "big")
+    d, dx = nib(delta)
+    ln, lx = nib(len(value))
+    return bytes([d << 4 | ln]) + dx + lx + value
+
+
+def options(*numbered):
+    """Options given as (number, value) pairs, in ascending order."""
+    out, last = b"", 0
+    for number, value in numbered:
+        out += opt(number - last, value)
+        last = number
+    return out
+
+
+def uint(n):
+    return n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b""
+
+
+def request(code, opts=b"", payload=b"", mid=1, token=b"\x42", type_=0):
+    head = bytes([0x40 | type_ << 4 | len(token), code]) + mid.to_bytes(2, "big") + token
+    return head + opts + (b"\xff" + payload if payload else b"")
+
+
+def code_of(reply_hex):
+    """The response code of a reply as "c.dd"."""
+    c = int(reply_hex[2:4], 16)
+    return f"{c >> 5}.{c & 31:02d}"
+
+
+class Probe:
+    """coap_dtls_probe in a DTLS session with the gateway: raw CoAP inside an authenticated
+    session."""
+
+    def __init__(self, port, certs, wait_ms=300):
+        self.proc = subprocess.Popen([PROBE, str(port), certs.ca, certs.app[0], certs.app[1], str(wait_ms)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.connected = self.proc.stdout.readline().strip() == "connected"
+
+    def _replies(self):
+        out = []
+        for line in iter(self.proc.stdout.readline, ""):
+            line = line.strip()
+            if line == "end":
+                break
+            if line.startswith("reply "):
+                out.append(line[6:])
+        return out
+
+    def send(self, datagram):
+        """Sends one datagram; the replies within the wait time."""
+        self.proc.stdin.write(datagram.hex() + "\n")
+        self.proc.stdin.flush()
+        return self._replies()
+
+    def burst(self, datagrams):
+        """Sends them all at once; every reply until the wait time passes with none."""
+        self.proc.stdin.write("".join("!" + d.hex() + "\n" for d in datagrams) + "wait\n")
+        self.proc.stdin.flush()
+        return self._replies()
+
+    def close(self):
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class FakeDevice:
+    """A legacy CoAP device (plain UDP) with two resources: /big, a body of `size` bytes served
+    block-wise (RFC 7959) as asked, and /endless, whose every block says more follow. Counts the
+    requests it gets."""
+
+    def __init__(self, address, port, size=10_000):
+        import threading
+        self.body = os.urandom(size // 2).hex().encode()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((address, port))
+        self.sock.settimeout(0.2)
+        self.requests = 0
+        self.running = True
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def parse(d):
+        tkl = d[0] & 15
+        token, i, number, path, block2 = d[4:4 + tkl], 4 + tkl, 0, [], None
+        while i < len(d) and d[i] != 0xff:
+            delta, length = d[i] >> 4, d[i] & 15
+            i += 1
+            if delta == 13:
+                delta, i = d[i] + 13, i + 1
+            elif delta == 14:
+                delta, i = int.from_bytes(d[i:i + 2], "big") + 269, i + 2
+            if length == 13:
+                length, i = d[i] + 13, i + 1
+            elif length == 14:
+                length, i = int.from_bytes(d[i:i + 2], "big") + 269, i + 2
+            number += delta
+            value = d[i:i + length]
+            i += length
+            if number == 11:
+                path.append(value.decode(errors="replace"))
+            elif number == 23:
+                block2 = int.from_bytes(value, "big")
+        return token, "/".join(path), block2
+
+    def run(self):
+        while self.running:
+            try:
+                d, peer = self.sock.recvfrom(4096)
+            except socket.timeout:
+                continue
+            if len(d) < 4 or d[0] >> 6 != 1 or (d[0] >> 4) & 3 != 0:
+                continue  # only confirmable requests are answered
+            self.requests += 1
+            token, path, block2 = self.parse(d)
+            num, szx = (block2 >> 4, min(block2 & 7, 6)) if block2 is not None else (0, 6)
+            size = 1 << (szx + 4)
+            if path == "endless":
+                chunk, more = b"x" * size, True
+            else:
+                chunk = self.body[num * size:(num + 1) * size]
+                more = (num + 1) * size < len(self.body)
+            reply = (bytes([0x60 | len(token), 0x45]) + d[2:4] + token
+                     + opt(12, b"") + opt(23 - 12, uint(num << 4 | (8 if more else 0) | szx))
+                     + b"\xff" + chunk)
+            self.sock.sendto(reply, peer)
+
+    def stop(self):
+        self.running = False
+        self.thread.join()
+        self.sock.close()
