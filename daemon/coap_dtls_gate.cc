@@ -105,7 +105,7 @@ void readPacketInfo(msghdr& m, int fd, Datagram& d) {
 
 // Answers from the address the datagram was sent to (a socket bound to a wildcard address has
 // several), as libcoap does.
-void sendFrom(int fd, const Datagram& d, const coap::Bytes& bytes) {
+void sendFrom(int fd, const Datagram& d, View bytes) {
   iovec iov{const_cast<uint8_t*>(bytes.data()), bytes.size()};
   alignas(cmsghdr) uint8_t control[CMSG_SPACE(sizeof(in6_pktinfo))] = {};
   msghdr m{};
@@ -346,8 +346,8 @@ std::optional<DtlsGate::Verdict> DtlsGate::screenOne(const Endpoint& ep) {
   // No cookie, or one from an older secret or another address: a fresh one (RFC 6347 §4.2.1
   // treats a bad cookie like none). Nothing is kept about the peer.
   if (const auto cookie = jar_.make(peerBytes)) {
-    sendFrom(ep.fd, d,
-             coap::dtls::helloVerifyRequest(*hello, View(cookie->data(), cookie->size())));
+    const auto hvr = coap::dtls::helloVerifyRequest(*hello, View(cookie->data(), cookie->size()));
+    sendFrom(ep.fd, d, hvr.view());
     ++stats_.helloVerifySent;
   }
   return consume();

@@ -12,7 +12,7 @@
 // through) and:
 //
 // * answers a ClientHello from an unproven peer with its own HelloVerifyRequest, whose cookie is
-//   an HMAC of the peer's address and port under a secret replaced every minute, and drops the
+//   a MAC of the peer's address and port under a secret replaced every minute, and drops the
 //   datagram: a forged source costs one 44-byte answer and no state;
 // * admits a peer whose ClientHello returns a valid cookie (it receives at its address) into a
 //   bounded table of half-open handshakes (protocols/coap/dtls_admission.h), where a full table

@@ -505,6 +505,17 @@ void CoapService::Engine::runDeferred() {
     emit(EventType::RateLimited, "", p->second.label, "coap.block1", "5.9-3", "close",
          "DTLS session closed: it went on starting block-wise uploads after 4.29");
     endRelationsIf([s](const Relation& r) { return r.down == s; });
+    // Nothing may be sent on the session once it is failed (libcoap would start a client
+    // handshake on it): its requests still waiting for devices are dropped with it, and the
+    // devices' answers to them are reset.
+    for (auto it = exchanges.begin(); it != exchanges.end();) {
+      if (it->second->down == s && it->second->async != nullptr) {
+        coap_free_async(s, it->second->async);
+        it = exchanges.erase(it);
+      } else {
+        ++it;
+      }
+    }
     coap_session_disconnected(s, COAP_NACK_TLS_FAILED);
   }
 }

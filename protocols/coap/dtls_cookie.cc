@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cstring>
 
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
@@ -50,12 +49,6 @@ private:
   View v_;
 };
 
-void put(Bytes& out, uint32_t value, size_t n) {
-  for (size_t i = n; i > 0; --i) {
-    out.push_back(static_cast<uint8_t>(value >> (8 * (i - 1))));
-  }
-}
-
 } // namespace
 
 std::expected<ClientHello, HelloError> parseClientHello(View head, size_t size) noexcept {
@@ -92,56 +85,67 @@ std::expected<ClientHello, HelloError> parseClientHello(View head, size_t size) 
   return hello;
 }
 
-Bytes helloVerifyRequest(const ClientHello& hello, View cookie) {
+HelloVerifyRequest helloVerifyRequest(const ClientHello& hello, View cookie) {
+  HelloVerifyRequest out;
+  cookie = cookie.first(std::min<size_t>(cookie.size(), 255));
   const size_t body = 2 + 1 + cookie.size();
-  Bytes out;
-  out.reserve(kRecordHeaderBytes + kHandshakeHeaderBytes + body);
-  out.push_back(kHandshake);
-  out.push_back(kDtlsMajor);
-  out.push_back(kDtls10Minor);
-  out.insert(out.end(), hello.sequence.begin(), hello.sequence.end()); // RFC 6347 §4.2.1
-  put(out, static_cast<uint32_t>(kHandshakeHeaderBytes + body), 2);
-  out.push_back(kHelloVerifyRequestType);
-  put(out, static_cast<uint32_t>(body), 3);
-  put(out, 0, 2); // message_seq
-  put(out, 0, 3); // fragment offset
-  put(out, static_cast<uint32_t>(body), 3);
-  out.push_back(kDtlsMajor);
-  out.push_back(kDtls10Minor);
-  out.push_back(static_cast<uint8_t>(cookie.size()));
-  out.insert(out.end(), cookie.begin(), cookie.end());
+  size_t at = 0;
+  auto put = [&](uint32_t value, size_t n) {
+    for (size_t i = n; i > 0; --i) {
+      out.bytes[at++] = static_cast<uint8_t>(value >> (8 * (i - 1)));
+    }
+  };
+  put(kHandshake, 1);
+  put(kDtlsMajor << 8 | kDtls10Minor, 2);
+  for (uint8_t b : hello.sequence) { // RFC 6347 §4.2.1: the ClientHello's record sequence number
+    out.bytes[at++] = b;
+  }
+  put(static_cast<uint32_t>(kHandshakeHeaderBytes + body), 2);
+  put(kHelloVerifyRequestType, 1);
+  put(static_cast<uint32_t>(body), 3);
+  put(0, 2); // message_seq
+  put(0, 3); // fragment offset
+  put(static_cast<uint32_t>(body), 3);
+  put(kDtlsMajor << 8 | kDtls10Minor, 2);
+  put(static_cast<uint32_t>(cookie.size()), 1);
+  std::copy(cookie.begin(), cookie.end(), out.bytes.begin() + static_cast<ptrdiff_t>(at));
+  out.size = at + cookie.size();
   return out;
 }
 
-// One secret as a ready HMAC: initialised with the key once, re-initialised without it for each
-// cookie, so that a flood of ClientHellos costs no allocation and no algorithm lookup per packet.
+// One secret as a ready AES-256 key. A cookie is the CBC-MAC of the client's identity padded to
+// two blocks (its length in the last byte): for messages of one fixed length, as these are, a
+// secure PRF. HMAC through OpenSSL's EVP interface would do as well but costs two allocations per
+// cookie (it copies its digest contexts); the block cipher costs none, so a flood of ClientHellos
+// allocates nothing.
 struct CookieJar::Key {
-  std::unique_ptr<EVP_MAC, decltype(&EVP_MAC_free)> mac{nullptr, EVP_MAC_free};
-  std::unique_ptr<EVP_MAC_CTX, decltype(&EVP_MAC_CTX_free)> ctx{nullptr, EVP_MAC_CTX_free};
+  std::unique_ptr<EVP_CIPHER_CTX, decltype(&EVP_CIPHER_CTX_free)> ctx{nullptr, EVP_CIPHER_CTX_free};
 
   bool init(const Secret& secret) {
-    mac.reset(EVP_MAC_fetch(nullptr, "HMAC", nullptr));
-    if (!mac) {
-      return false;
-    }
-    ctx.reset(EVP_MAC_CTX_new(mac.get()));
-    char digest[] = "SHA256";
-    const OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
-                                 OSSL_PARAM_END};
-    return ctx && EVP_MAC_init(ctx.get(), secret.data(), secret.size(), params) == 1;
+    ctx.reset(EVP_CIPHER_CTX_new());
+    return ctx &&
+           EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_ecb(), nullptr, secret.data(), nullptr) == 1 &&
+           EVP_CIPHER_CTX_set_padding(ctx.get(), 0) == 1;
   }
 
   std::optional<Cookie> make(View client) const {
-    uint8_t full[EVP_MAX_MD_SIZE];
-    size_t len = 0;
-    if (EVP_MAC_init(ctx.get(), nullptr, 0, nullptr) != 1 ||
-        EVP_MAC_update(ctx.get(), client.data(), client.size()) != 1 ||
-        EVP_MAC_final(ctx.get(), full, &len, sizeof full) != 1 || len < kCookieBytes) {
+    if (client.size() >= 32) {
       return std::nullopt;
     }
+    uint8_t in[32] = {};
+    std::copy(client.begin(), client.end(), in);
+    in[31] = static_cast<uint8_t>(client.size());
     Cookie c;
-    std::memcpy(c.data(), full, c.size());
-    OPENSSL_cleanse(full, sizeof full);
+    int len = 0;
+    if (EVP_EncryptUpdate(ctx.get(), c.data(), &len, in, 16) != 1 || len != 16) {
+      return std::nullopt;
+    }
+    for (size_t i = 0; i < 16; ++i) {
+      c[i] ^= in[16 + i];
+    }
+    if (EVP_EncryptUpdate(ctx.get(), c.data(), &len, c.data(), 16) != 1 || len != 16) {
+      return std::nullopt;
+    }
     return c;
   }
 };

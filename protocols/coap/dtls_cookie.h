@@ -43,17 +43,24 @@ struct ClientHello {
 [[nodiscard]] std::expected<ClientHello, HelloError> parseClientHello(View head,
                                                                       size_t size) noexcept;
 
-// A HelloVerifyRequest (record and message) answering `hello` with `cookie`: DTLS 1.0 as record
-// and server version and message_seq 0, as OpenSSL and RFC 6347 §4.2.1 have it, so that every
-// client version understands it.
-[[nodiscard]] Bytes helloVerifyRequest(const ClientHello& hello, View cookie);
+// A HelloVerifyRequest (record and message) answering `hello` with `cookie` (at most 255 bytes):
+// DTLS 1.0 as record and server version and message_seq 0, as OpenSSL and RFC 6347 §4.2.1 have
+// it, so that every client version understands it. Built in place: a flood of ClientHellos costs
+// no allocation.
+struct HelloVerifyRequest {
+  std::array<uint8_t, kRecordHeaderBytes + kHandshakeHeaderBytes + 3 + 255> bytes{};
+  size_t size = 0;
+  [[nodiscard]] View view() const { return View(bytes.data(), size); }
+};
+[[nodiscard]] HelloVerifyRequest helloVerifyRequest(const ClientHello& hello, View cookie);
 
 using Cookie = std::array<uint8_t, kCookieBytes>;
 using Secret = std::array<uint8_t, 32>;
 
-// Cookies are a truncated HMAC-SHA256 of the client's address under a secret that is replaced
-// every `lifetime`; the previous secret is still accepted, so a cookie is good for one to two
-// lifetimes and a client between its two ClientHellos never sees a rotation fail it.
+// Cookies are a MAC (AES-256 CBC-MAC over the fixed-length client identity) of the client's
+// address under a secret that is replaced every `lifetime`; the previous secret is still
+// accepted, so a cookie is good for one to two lifetimes and a client between its two
+// ClientHellos never sees a rotation fail it. Making one allocates nothing.
 class CookieJar {
 public:
   using Clock = std::chrono::steady_clock;
@@ -69,7 +76,8 @@ public:
   // be set up (the jar then makes no cookies and accepts none).
   [[nodiscard]] bool rotate(const Secret& fresh, Clock::time_point now);
 
-  // `client` identifies the client (its address and port, as the caller encodes them).
+  // `client` identifies the client (its address and port, as the caller encodes them; always
+  // the same length, under 32 bytes).
   // nullopt only when no secret is set or the MAC fails.
   [[nodiscard]] std::optional<Cookie> make(View client) const;
   [[nodiscard]] bool verify(View client, View cookie) const;

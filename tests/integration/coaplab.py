@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from iotgw_testlib import IOTGWD, private_bus, write
+from iotgw_testlib import IOTGWD, check, private_bus, write
 from mqttlab import Pki
 
 IOTGWCTL = os.path.join(os.path.dirname(IOTGWD), "iotgwctl")
@@ -115,12 +115,12 @@ burst = 1000
 class Gateway:
     """iotgwd (optionally inside a namespace) on a private system bus, for its counters."""
 
-    def __init__(self, root, conf, netns=None):
+    def __init__(self, root, conf, netns=None, env=None):
         self.root = root
         if os.path.exists(os.path.join(root, "system.sock")):
             os.unlink(os.path.join(root, "system.sock"))  # a gateway before this one
         self.bus, address = private_bus(root, "system", ROOT_MAY_OWN)
-        self.env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=address)
+        self.env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=address, **(env or {}))
         self.errpath = os.path.join(root, "iotgwd.err")
         self.err = open(self.errpath, "w")
         cmd = [IOTGWD, "--config", conf]
@@ -161,16 +161,20 @@ class Gateway:
         return open(self.errpath).read().splitlines()
 
     def stop(self):
+        """Stops iotgwd; a non-zero exit or a sanitizer's report is a failed expectation."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
         self.bus.terminate()
         self.bus.wait(timeout=10)
+        reports = [e for e in self.events() if "Sanitizer" in e or "runtime error:" in e]
         self.err.close()
+        check(self.proc.returncode == 0 and not reports,
+              f"iotgwd stopped cleanly (exit {self.proc.returncode}){': ' + reports[0] if reports else ''}")
 
 
 def coap_client(certs, url, *args, cert=None, netns=None, wait=5, timeout=30):

@@ -72,7 +72,8 @@ TEST(DtlsHello, OpenSslFollowsOurHelloVerifyRequestWithTheCookie) {
   ASSERT_TRUE(hello.has_value());
   const auto cookie = jar.make(kClient);
   ASSERT_TRUE(cookie.has_value());
-  const Bytes hvr = helloVerifyRequest(*hello, View(cookie->data(), cookie->size()));
+  const auto made = helloVerifyRequest(*hello, View(cookie->data(), cookie->size()));
+  const Bytes hvr(made.view().begin(), made.view().end());
   EXPECT_EQ(hvr.size(), kRecordHeaderBytes + kHandshakeHeaderBytes + 3 + kCookieBytes);
   EXPECT_EQ(Bytes(hvr.begin() + 3, hvr.begin() + 11), Bytes(first.begin() + 3, first.begin() + 11))
       << "the record sequence number of the ClientHello is echoed";
@@ -96,7 +97,8 @@ TEST(DtlsHello, DtlsListenAcceptsWhatTheGateVerified) {
   const Bytes first = c.step();
   const auto hello = parseClientHello(first, first.size());
   const auto cookie = local.make(kClient);
-  c.feed(helloVerifyRequest(*hello, View(cookie->data(), cookie->size())));
+  const auto hvr = helloVerifyRequest(*hello, View(cookie->data(), cookie->size()));
+  c.feed(Bytes(hvr.view().begin(), hvr.view().end()));
   const Bytes second = c.step();
 
   std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> sctx(SSL_CTX_new(DTLS_server_method()),
