@@ -326,7 +326,9 @@ struct CoapService::Engine {
   void refuseCertificate(coap_session_t* s, std::string rule, std::string reason);
   std::map<Bytes, std::unique_ptr<Exchange>> exchanges; // by upstream token
   std::map<Bytes, std::unique_ptr<Relation>> relations; // by upstream token
-  std::map<std::string, coap_session_t*> upstreams;     // "ip:port" of a device → client session
+  // A device's address and port → our client session to it (keyed by bytes: looked up for every
+  // forwarded request).
+  std::unordered_map<coap::dtls::PeerKey, coap_session_t*, coap::dtls::PeerKeyHash> upstreams;
   size_t bodyBytes = 0; // every body held now (kMaxBodyBytesTotal)
   // Done at the loop boundary, never inside libcoap's callbacks for the same session: clients
   // closed for going beyond every bound, and sessions to devices whose block-wise answer ran past
@@ -916,7 +918,14 @@ void CoapService::Engine::refuse(coap_pdu_t* resp, uint8_t code, std::string_vie
 coap_session_t* CoapService::Engine::upstreamFor(const policy::DevicePolicy& d) {
   const auto& address = d.addresses.front();
   const uint16_t port = d.coapRules.port;
-  const std::string key = io::endpointLabel(address, port);
+  coap::dtls::PeerKey key;
+  if (address.family == AF_INET6) {
+    key = coap::dtls::PeerKey::v6(address.bytes, port);
+  } else {
+    std::array<uint8_t, 4> v4;
+    std::copy_n(address.bytes.begin(), v4.size(), v4.begin());
+    key = coap::dtls::PeerKey::v4(v4, port);
+  }
   if (auto it = upstreams.find(key); it != upstreams.end()) {
     return it->second;
   }
