@@ -19,9 +19,13 @@
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
+#include "daemon/coap_dtls_gate.h"
 #include "daemon/mqtt_service.h"
 #include "policy/evaluator.h"
+#include "policy/topic.h"
+#include "protocols/coap/blockwise.h"
 #include "protocols/coap/message.h"
 #include "protocols/coap/reply.h"
 #include "protocols/coap/validate.h"
@@ -111,8 +115,8 @@ bool hasOption(const coap_pdu_t* pdu, uint16_t number) {
 }
 
 // A libcoap PDU as our codec's message: views into the PDU, which must outlive it. The payload is
-// the whole body when libcoap reassembled a block-wise transfer (COAP_BLOCK_SINGLE_BODY); the
-// Block1 option of the last block then describes nothing we forward and is left out.
+// the PDU's own (one block of a block-wise body); the Block1 option describes nothing we forward
+// and is left out when `dropBlock1`.
 coap::Message toMessage(const coap_pdu_t* pdu, bool dropBlock1) {
   coap::Message m;
   m.type = static_cast<coap::Type>(coap_pdu_get_type(pdu));
@@ -163,8 +167,24 @@ void emitCoap(EventSink& sink, EventType type, std::string device, std::string p
   sink.emit(std::move(e));
 }
 
-// Heap copies of bodies handed to libcoap's large-data calls, freed when it is done with them.
-void releaseBody(coap_session_t*, void* body) { delete static_cast<Bytes*>(body); }
+// What one DTLS client may make the gateway hold besides its observe relationships and pending
+// requests (limits.coap_max_*): block-wise bodies being collected from it, bodies libcoap serves
+// to it block by block, and libcoap's own record of each block-wise upload it starts, which
+// libcoap keeps for MAX_TRANSMIT_WAIT (RFC 7252: 93 s) whether or not the upload is accepted.
+constexpr size_t kMaxUploadsPerSession = 4;
+constexpr size_t kMaxUploadStartsPerWindow = 64; // beyond: 4.29; beyond twice that: closed
+constexpr auto kUploadWindow = std::chrono::seconds(93);
+constexpr size_t kMaxHeldPerSession = 256 * 1024; // answer bodies in libcoap's hands
+constexpr int kHeldSeconds = 8;                   // libcoap drops a fully sent body after this
+// Every body the proxy holds at once, all sessions and devices together.
+constexpr size_t kMaxBodyBytesTotal = 16 * 1024 * 1024;
+
+// Heap copies of bodies handed to libcoap's large-data calls, released when it is done with them
+// (the release callback below gives the charge back).
+struct HeldBody {
+  Bytes data;
+  bool answer = false; // served to the client session it was added for (counted per session)
+};
 
 std::optional<policy::IpAddress> addressOf(const coap_address_t* a) {
   if (a == nullptr) {
@@ -176,6 +196,25 @@ std::optional<policy::IpAddress> addressOf(const coap_address_t* a) {
     return std::nullopt;
   }
   return io::fromSockaddr(ss).first;
+}
+
+// Why a verified client certificate (the DER at depth 0) is still no client certificate, or empty.
+std::string clientCertificateProblem(View der) {
+  const unsigned char* p = der.data();
+  std::unique_ptr<X509, decltype(&X509_free)> x(
+      d2i_X509(nullptr, &p, static_cast<long>(der.size())), X509_free);
+  if (!x) {
+    ERR_clear_error();
+    return "the client certificate cannot be read";
+  }
+  if (X509_check_ca(x.get()) != 0) {
+    return "the client presented a CA certificate (basicConstraints CA:TRUE), not its own";
+  }
+  if ((X509_get_extension_flags(x.get()) & EXFLAG_XKUSAGE) == 0 ||
+      (X509_get_extended_key_usage(x.get()) & XKU_SSL_CLIENT) == 0) {
+    return "the client certificate is not for TLS clients (no clientAuth extended key usage)";
+  }
+  return {};
 }
 
 std::string labelOf(const coap_address_t* a) {
@@ -199,16 +238,35 @@ struct CoapService::Engine {
   Engine& operator=(const Engine&) = delete;
   ~Engine();
 
-  // Who is on the other end of a DTLS session (from its certificate).
+  // A block-wise request body (Block1) being collected before it is checked and forwarded.
+  struct Upload {
+    coap::BlockBody body{coap::Limits{}.maxBodyBytes};
+    Clock::time_point lastUsed;
+  };
+
+  // Who is on the other end of a DTLS session (from its certificate), and what it holds.
   struct Peer {
     std::string name;    // first SAN DNS name, or the subject CN
     std::string address; // IP without port: per-source limits
     std::string label;   // "name@address:port" for events
     bool established = false;
+    uint32_t pending = 0;   // forwarded requests waiting for a device
+    uint32_t observing = 0; // observe relationships
+    size_t held = 0;        // bytes of answers libcoap serves to it block by block
+    std::map<std::string, Upload> uploads;      // by Uri-Path and Request-Tag, as libcoap keys them
+    std::deque<Clock::time_point> uploadStarts; // first blocks within kUploadWindow
+    bool closing = false;                       // refused beyond every bound: being closed
   };
 
   // A request forwarded to a device and waiting for its answer.
   struct Exchange {
+    explicit Exchange(Engine& e) : owner(e) {}
+    Exchange(const Exchange&) = delete;
+    Exchange& operator=(const Exchange&) = delete;
+    ~Exchange(); // gives back its session's pending slot and the bytes it holds
+    Engine& owner;
+    size_t charged = 0;   // bytes of the device's block-wise answer collected in `payload`
+    bool counted = false; // holds one of its client session's pending slots
     coap_async_t* async = nullptr; // libcoap owns it; valid until the trigger has run
     Bytes upToken;
     Bytes downToken;
@@ -253,12 +311,30 @@ struct CoapService::Engine {
   CoapService& svc;
   coap_context_t* ctx = nullptr;
   int fd = -1;
+  std::unique_ptr<DtlsGate> gate; // in front of the endpoint: see coap_dtls_gate.h
   std::unordered_map<coap_session_t*, Peer> peers;
   std::map<std::string, uint32_t> perSource; // sessions with a verified certificate per IP
   uint32_t verified = 0;
+  // Why a handshake's client certificate was refused (the listener key at fault and the reason),
+  // until its failure is reported. At most the handshakes libcoap runs at once (a backstop of
+  // twice limits.max_handshakes).
+  struct Refusal {
+    std::string rule;
+    std::string reason;
+  };
+  std::unordered_map<coap_session_t*, Refusal> refusals;
+  void refuseCertificate(coap_session_t* s, std::string rule, std::string reason);
   std::map<Bytes, std::unique_ptr<Exchange>> exchanges; // by upstream token
   std::map<Bytes, std::unique_ptr<Relation>> relations; // by upstream token
-  std::map<std::string, coap_session_t*> upstreams;     // "ip:port" of a device → client session
+  // A device's address and port → our client session to it (keyed by bytes: looked up for every
+  // forwarded request).
+  std::unordered_map<coap::dtls::PeerKey, coap_session_t*, coap::dtls::PeerKeyHash> upstreams;
+  size_t bodyBytes = 0; // every body held now (kMaxBodyBytesTotal)
+  // Done at the loop boundary, never inside libcoap's callbacks for the same session: clients
+  // closed for going beyond every bound, and sessions to devices whose block-wise answer ran past
+  // the body limit (libcoap would go on asking for more blocks).
+  std::vector<coap_session_t*> closing;
+  std::vector<coap_session_t*> dropping;
   std::vector<uint16_t> ports;
   std::string certificateFile, keyFile, caFile;
   // listeners.coap_dtls.crl_file, read at start and again on every reload. libcoap's certificate
@@ -279,20 +355,39 @@ struct CoapService::Engine {
   coap_response_t response(coap_session_t* s, const coap_pdu_t* rcv);
   void nack(coap_session_t* s, const coap_pdu_t* sent, coap_nack_reason_t reason);
   void event(coap_session_t* s, coap_event_t ev);
-  int verify(const char* cn, coap_session_t* s, unsigned depth, int validated);
+  int verify(const char* cn, View der, coap_session_t* s, unsigned depth, int validated);
   // Reads every CRL in `file` (none: crl_file not set); the error names what failed.
   static std::string loadCrls(const std::string& file, Crls& into);
   int setupTls(SSL* ssl);
+  // libcoap's certificate verify callback, with what OpenSSL refused recorded for the event.
+  static int recordVerify(int ok, X509_STORE_CTX* store);
+  static SSL_verify_cb& libcoapVerify() {
+    static SSL_verify_cb cb = nullptr;
+    return cb;
+  }
   static STACK_OF(X509_CRL) * lookupCrls(const X509_STORE_CTX* ctx, const X509_NAME* issuer);
 
   void refuse(coap_pdu_t* resp, uint8_t code, std::string_view reason);
+  // A refusal that says when to try again (Max-Age, RFC 7252 §5.9.3.4 and RFC 8516), counted and
+  // reported as rate-limited under `rule`.
+  void refuseFor(coap_pdu_t* resp, uint8_t code, uint32_t seconds, const std::string& peer,
+                 std::string rule, std::string_view reason);
+  // Collects one block of a request body; the whole body once its last block is in, or nullopt
+  // when the block is answered (2.31 Continue or a refusal) in `resp`.
+  std::optional<Bytes> collect(Peer& peer, coap_session_t* s, const coap_pdu_t* req,
+                               const coap::Message& m, coap_pdu_t* resp);
+  void released(coap_session_t* s, const HeldBody& body);
+  void runDeferred();
   void emit(EventType type, std::string device, std::string peer, std::string rule,
             std::string provision, std::string action, std::string message);
   [[nodiscard]] std::string peerLabel(coap_session_t* s) const;
   [[nodiscard]] coap_session_t* upstreamFor(const policy::DevicePolicy& d);
-  // Checks a device's response against its policy; the refusal reason, or empty.
+  // Checks a device's response against its policy; the refusal reason, or empty. `collected`:
+  // the body is in `into` already (a block-wise answer), not in `rcv`.
   [[nodiscard]] std::string checkResponse(const policy::DevicePolicy* d, const coap_pdu_t* rcv,
-                                          Exchange& into);
+                                          Exchange& into, bool collected);
+  // Answers the client with `code` and `text` instead of the device's answer.
+  void fail(Exchange& ex, uint8_t code, std::string_view text);
   void notify(Relation& rel, const Exchange& answer);
   // Adds a checked answer's Observe (when it opened a relationship), options and, unless
   // libcoap is to cut the body into blocks, the body to `pdu`.
@@ -334,9 +429,16 @@ int onEvent(coap_session_t* s, const coap_event_t ev) {
   return 0;
 }
 
-int onCertificate(const char* cn, const uint8_t*, size_t, coap_session_t* s, unsigned depth,
-                  int validated, void* arg) {
-  return static_cast<CoapService::Engine*>(arg)->verify(cn, s, depth, validated);
+// libcoap is done with a body handed to one of its large-data calls.
+void releaseHeld(coap_session_t* s, void* body) {
+  std::unique_ptr<HeldBody> held(static_cast<HeldBody*>(body));
+  engineOf(s)->released(s, *held);
+}
+
+int onCertificate(const char* cn, const uint8_t* der, size_t length, coap_session_t* s,
+                  unsigned depth, int validated, void* arg) {
+  return static_cast<CoapService::Engine*>(arg)->verify(cn, View(der, der != nullptr ? length : 0),
+                                                         s, depth, validated);
 }
 
 // libcoap's hook after it set up a server session's SSL (openssl variant: an SSL*).
@@ -345,6 +447,80 @@ int onTlsSetup(void* tls, coap_dtls_pki_t* setup) {
 }
 
 } // namespace
+
+CoapService::Engine::Exchange::~Exchange() {
+  owner.bodyBytes -= charged;
+  if (counted) {
+    // The async holds the client's session until the exchange ends: `down` is still that session.
+    if (auto p = owner.peers.find(down); p != owner.peers.end() && p->second.pending > 0) {
+      --p->second.pending;
+    }
+  }
+}
+
+void CoapService::Engine::released(coap_session_t* s, const HeldBody& body) {
+  bodyBytes -= std::min(bodyBytes, body.data.size());
+  if (body.answer) {
+    if (auto p = peers.find(s); p != peers.end()) {
+      p->second.held -= std::min(p->second.held, body.data.size());
+    }
+  }
+}
+
+void CoapService::Engine::refuseFor(coap_pdu_t* resp, uint8_t code, uint32_t seconds,
+                                    const std::string& peer, std::string rule,
+                                    std::string_view reason) {
+  ++svc.stats_.rateLimited;
+  emit(EventType::RateLimited, "", peer, std::move(rule), "5.9-3", "refuse",
+       fmt::format("CoAP request refused with {}: {}", codeText(code), reason));
+  uint8_t buf[4];
+  coap_add_option(resp, COAP_OPTION_MAXAGE, coap_encode_var_safe(buf, sizeof buf, seconds), buf);
+  refuse(resp, code, reason);
+}
+
+void CoapService::Engine::runDeferred() {
+  for (coap_session_t* up : std::exchange(dropping, {})) {
+    const auto it = std::find_if(upstreams.begin(), upstreams.end(),
+                                 [up](const auto& kv) { return kv.second == up; });
+    if (it == upstreams.end()) {
+      continue;
+    }
+    // Failing the session cancels what was sent on it (each waiting request is answered at once
+    // through the nack handler), and releasing it frees libcoap's state for it, the block-wise
+    // answer in progress with it. The next request to the device opens a new session.
+    upstreams.erase(it);
+    endRelationsIf([up](const Relation& r) { return r.up == up; });
+    coap_session_disconnected(up, COAP_NACK_NOT_DELIVERABLE);
+    for (auto& [token, ex] : exchanges) {
+      if (ex->up == up) {
+        ex->up = nullptr;
+      }
+    }
+    coap_session_release(up);
+  }
+  for (coap_session_t* s : std::exchange(closing, {})) {
+    auto p = peers.find(s);
+    if (p == peers.end()) {
+      continue; // gone already
+    }
+    ++svc.stats_.sessionsClosed;
+    emit(EventType::RateLimited, "", p->second.label, "coap.block1", "5.9-3", "close",
+         "DTLS session closed: it went on starting block-wise uploads after 4.29");
+    endRelationsIf([s](const Relation& r) { return r.down == s; });
+    // Nothing may be sent on the session once it is failed (libcoap would start a client
+    // handshake on it): its requests still waiting for devices are dropped with it, and the
+    // devices' answers to them are reset.
+    for (auto it = exchanges.begin(); it != exchanges.end();) {
+      if (it->second->down == s && it->second->async != nullptr) {
+        coap_free_async(s, it->second->async);
+        it = exchanges.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    coap_session_disconnected(s, COAP_NACK_TLS_FAILED);
+  }
+}
 
 CoapService::Engine::~Engine() {
   if (fd >= 0) {
@@ -364,13 +540,30 @@ CoapService::Engine::~Engine() {
 std::string CoapService::Engine::start() {
   startLibcoap();
   const Config& c = *svc.config_;
-  ctx = coap_new_context(nullptr);
-  if (ctx == nullptr) {
-    return "cannot create the CoAP context";
+  coap::dtls::Admission::Settings admission;
+  admission.maxPending = c.limits.maxHandshakes;
+  admission.maxPendingPerAddress = c.limits.maxConnectionsPerSource;
+  admission.pendingLifetime = c.limits.handshakeTimeout;
+  gate = std::make_unique<DtlsGate>(admission);
+  {
+    const DtlsGate::ContextRecorder recorder;
+    ctx = coap_new_context(nullptr);
+    if (ctx == nullptr) {
+      return "cannot create the CoAP context";
+    }
+    if (std::string err = gate->attach(ctx, recorder.created()); !err.empty()) {
+      return err;
+    }
   }
   coap_set_app_data(ctx, this);
-  coap_context_set_block_mode(ctx, COAP_BLOCK_USE_LIBCOAP | COAP_BLOCK_SINGLE_BODY);
-  coap_context_set_max_handshake_sessions(ctx, c.limits.maxHandshakes);
+  // libcoap does the block-wise exchanges (RFC 7959) but hands over every block: in single-body
+  // mode it would collect bodies of any size a client or device sends (and allocate what a
+  // client's Size1 announces) before iotgwd sees a byte. The proxy collects them itself, bounded.
+  coap_context_set_block_mode(ctx, COAP_BLOCK_USE_LIBCOAP);
+  // The gate bounds half-open handshakes (limits.max_handshakes) and never lets one in that it
+  // has not room for, so libcoap's own limit, which would ignore a proven client, is only a
+  // backstop it never reaches.
+  coap_context_set_max_handshake_sessions(ctx, 2 * c.limits.maxHandshakes + 1);
   coap_context_set_max_idle_sessions(ctx, c.limits.maxConnections);
   coap_context_set_session_timeout(ctx, static_cast<unsigned>(c.limits.idleSession.count()));
   coap_register_response_handler(ctx, onResponse);
@@ -413,8 +606,12 @@ std::string CoapService::Engine::start() {
     const socklen_t len = io::toSockaddr(a, c.coapDtls.port, ss);
     std::memcpy(&addr.addr, &ss, len);
     addr.size = len;
+    const auto before = DtlsGate::epollMembers(coap_context_get_coap_fd(ctx));
     if (coap_new_endpoint(ctx, &addr, COAP_PROTO_DTLS) == nullptr) {
       return fmt::format("cannot bind CoAP over DTLS to {}", io::endpointLabel(a, c.coapDtls.port));
+    }
+    if (std::string err = gate->addEndpoint(coap_context_get_coap_fd(ctx), before); !err.empty()) {
+      return err;
     }
     ports.push_back(c.coapDtls.port);
   }
@@ -442,7 +639,8 @@ std::string CoapService::Engine::start() {
 //
 // coap_io_process would arm that timer before it looks for events as well as after handling
 // them; the events are read here and handed to coap_io_do_epoll, which handles them, runs the
-// due timers (async guards, retransmissions) and arms the timer once.
+// due timers (async guards, retransmissions) and arms the timer once. The DTLS gate sees the
+// endpoint's events first and leaves in only those whose next datagram libcoap may read.
 void CoapService::Engine::process() {
   const uint64_t discarded = g_discardedPdus;
   constexpr int kBatch = 16;
@@ -456,7 +654,13 @@ void CoapService::Engine::process() {
       rearm(); // cannot happen on a valid descriptor; keep the timers running regardless
       break;
     }
-    coap_io_do_epoll(ctx, events, static_cast<size_t>(ready));
+    const size_t pass = gate->screen(events, static_cast<size_t>(ready));
+    coap_io_do_epoll(ctx, events, pass);
+    gate->endBatch();
+    if (!closing.empty() || !dropping.empty()) {
+      runDeferred();
+      rearm();
+    }
     if (ready < kBatch) {
       break;
     }
@@ -488,12 +692,20 @@ std::string CoapService::Engine::peerLabel(coap_session_t* s) const {
   return labelOf(coap_session_get_addr_remote(s));
 }
 
-int CoapService::Engine::verify(const char* cn, coap_session_t* s, unsigned depth, int validated) {
+int CoapService::Engine::verify(const char* cn, View der, coap_session_t* s, unsigned depth,
+                                int validated) {
   if (validated == 0) {
     return 0;
   }
   if (depth != 0) {
     return 1; // the CA: OpenSSL has checked the chain
+  }
+  // OpenSSL takes the CA's own certificate, presented by whoever holds its key, as a valid chain
+  // of one, and leaves the extended key usage to the purpose check, which lets a certificate
+  // without one through: a client must show an end-entity certificate issued for TLS clients.
+  if (std::string problem = clientCertificateProblem(der); !problem.empty()) {
+    refuseCertificate(s, "listeners.coap_dtls.client_certificate", std::move(problem));
+    return 0;
   }
   if (peers.contains(s)) {
     return 1; // renegotiation: counted already
@@ -517,7 +729,11 @@ int CoapService::Engine::verify(const char* cn, coap_session_t* s, unsigned dept
   }
   ++verified;
   ++perSource[source];
-  peers.emplace(s, Peer{cn != nullptr ? cn : "", source, label, false});
+  Peer peer;
+  peer.name = cn != nullptr ? cn : "";
+  peer.address = source;
+  peer.label = label;
+  peers.emplace(s, std::move(peer));
   return 1;
 }
 
@@ -586,7 +802,44 @@ int CoapService::Engine::setupTls(SSL* ssl) {
     ERR_clear_error();
     return 0;
   }
+  // libcoap has just installed its verify callback (which calls ours only for chains OpenSSL
+  // accepted); ours goes around it to learn why OpenSSL refused the others.
+  if (SSL_verify_cb cb = SSL_get_verify_callback(ssl); cb != nullptr && cb != recordVerify) {
+    libcoapVerify() = cb;
+    SSL_set_verify(ssl, SSL_get_verify_mode(ssl), recordVerify);
+  }
   return 1;
+}
+
+int CoapService::Engine::recordVerify(int ok, X509_STORE_CTX* store) {
+  const SSL_verify_cb inner = libcoapVerify();
+  ok = inner != nullptr ? inner(ok, store) : ok;
+  if (ok != 0) {
+    return ok;
+  }
+  auto* ssl = static_cast<SSL*>(
+      X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  auto* e = static_cast<Engine*>(
+      X509_STORE_get_ex_data(X509_STORE_CTX_get0_store(store), crlIndex()));
+  auto* s = ssl != nullptr ? static_cast<coap_session_t*>(SSL_get_app_data(ssl)) : nullptr;
+  if (e == nullptr || s == nullptr || e->refusals.contains(s)) {
+    return ok; // ours gave the reason already (CERT_REJECTED)
+  }
+  const int err = X509_STORE_CTX_get_error(store);
+  const bool crl = err == X509_V_ERR_CERT_REVOKED || err == X509_V_ERR_UNABLE_TO_GET_CRL ||
+                   err == X509_V_ERR_CRL_HAS_EXPIRED || err == X509_V_ERR_CRL_NOT_YET_VALID;
+  e->refuseCertificate(s, crl ? "listeners.coap_dtls.crl_file" : "listeners.coap_dtls.ca_file",
+                       fmt::format("the client certificate does not verify: {} (depth {})",
+                                   X509_verify_cert_error_string(err),
+                                   X509_STORE_CTX_get_error_depth(store)));
+  return ok;
+}
+
+void CoapService::Engine::refuseCertificate(coap_session_t* s, std::string rule,
+                                            std::string reason) {
+  if (refusals.size() < 2 * static_cast<size_t>(svc.config_->limits.maxHandshakes) + 1) {
+    refusals[s] = Refusal{std::move(rule), std::move(reason)}; // reported at DTLS_ERROR
+  }
 }
 
 void CoapService::Engine::dropPeer(coap_session_t* s) {
@@ -611,6 +864,7 @@ void CoapService::Engine::event(coap_session_t* s, coap_event_t ev) {
   }
   switch (ev) {
   case COAP_EVENT_DTLS_CONNECTED:
+    gate->connected(s);
     if (auto it = peers.find(s); it != peers.end() && !it->second.established) {
       it->second.established = true;
       ++svc.stats_.sessions;
@@ -620,16 +874,27 @@ void CoapService::Engine::event(coap_session_t* s, coap_event_t ev) {
   case COAP_EVENT_DTLS_ERROR:
     if (auto it = peers.find(s); it == peers.end() || !it->second.established) {
       ++svc.stats_.handshakesFailed;
-      emit(EventType::AuthenticationFailed, "", labelOf(coap_session_get_addr_remote(s)),
-           "listeners.coap_dtls.ca_file", "5.5-4", "refuse",
-           "DTLS handshake failed: no client certificate, or not one from the configured CA");
+      if (auto r = refusals.find(s); r != refusals.end()) {
+        ++svc.stats_.certificatesRefused;
+        emit(EventType::AuthenticationFailed, "", labelOf(coap_session_get_addr_remote(s)),
+             r->second.rule, "5.5-4", "refuse",
+             fmt::format("DTLS handshake failed: {}", r->second.reason));
+      } else {
+        emit(EventType::AuthenticationFailed, "", labelOf(coap_session_get_addr_remote(s)),
+             "listeners.coap_dtls.ca_file", "5.5-4", "refuse",
+             "DTLS handshake failed: no client certificate, or not one from the configured CA");
+      }
     }
+    refusals.erase(s);
+    gate->closed(s);
     dropPeer(s);
     break;
   case COAP_EVENT_DTLS_CLOSED:
   case COAP_EVENT_SESSION_CLOSED:
   case COAP_EVENT_SESSION_FAILED:
   case COAP_EVENT_SERVER_SESSION_DEL:
+    refusals.erase(s);
+    gate->closed(s);
     dropPeer(s);
     break;
   default:
@@ -653,7 +918,14 @@ void CoapService::Engine::refuse(coap_pdu_t* resp, uint8_t code, std::string_vie
 coap_session_t* CoapService::Engine::upstreamFor(const policy::DevicePolicy& d) {
   const auto& address = d.addresses.front();
   const uint16_t port = d.coapRules.port;
-  const std::string key = io::endpointLabel(address, port);
+  coap::dtls::PeerKey key;
+  if (address.family == AF_INET6) {
+    key = coap::dtls::PeerKey::v6(address.bytes, port);
+  } else {
+    std::array<uint8_t, 4> v4;
+    std::copy_n(address.bytes.begin(), v4.size(), v4.begin());
+    key = coap::dtls::PeerKey::v4(v4, port);
+  }
   if (auto it = upstreams.find(key); it != upstreams.end()) {
     return it->second;
   }
@@ -689,9 +961,14 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
     refuse(resp, coap::codes::kUnauthorized, "no client certificate");
     return;
   }
+  Peer& client = peerIt->second;
+  if (client.closing) {
+    refuse(resp, coap::codes::kServiceUnavailable, "the session is being closed");
+    return;
+  }
   coap::Limits limits;
   limits.maxPayloadBytes = limits.maxBodyBytes; // the device's own limit is its policy's
-  const coap::Message m = toMessage(req, true);
+  coap::Message m = toMessage(req, true);
   auto v = coap::validateRequest(m, limits);
   if (!v) {
     ++svc.stats_.malformed;
@@ -726,25 +1003,33 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
   if (path.empty()) {
     path.push_back('/');
   }
+  // Every block of a block-wise body is checked as the request it belongs to, so a refused one
+  // is refused at its first block; the size that counts is what the client announced (Size1) or
+  // has sent so far.
+  const bool block1 = hasOption(req, COAP_OPTION_BLOCK1);
   const auto method = static_cast<policy::CoapMethod>(v->method);
-  auto decision = policy::evaluateCoapClient(*device, peerIt->second.name);
-  if (decision.allowed()) {
-    policy::CoapFacts facts;
-    facts.method = method;
-    facts.path = path;
-    facts.payloadBytes = m.payload.size();
-    facts.contentFormat = v->contentFormat;
-    decision = policy::evaluateCoapRequest(*device, facts);
-  }
-  if (!decision.allowed()) {
-    ++svc.stats_.denied;
-    const uint8_t code = codeOfDenial(decision.rule);
-    emit(EventType::AccessDenied, deviceName, peer, decision.rule, std::string(decision.provision),
-         "refuse",
-         fmt::format("CoAP {} {} refused with {}: {}",
-                     policy::toString(method), path, codeText(code),
-                     decision.reason));
-    refuse(resp, code, decision.reason);
+  auto evaluate = [&](size_t payloadBytes) {
+    auto decision = policy::evaluateCoapClient(*device, client.name);
+    if (decision.allowed()) {
+      policy::CoapFacts facts;
+      facts.method = method;
+      facts.path = path;
+      facts.payloadBytes = payloadBytes;
+      facts.contentFormat = v->contentFormat;
+      decision = policy::evaluateCoapRequest(*device, facts);
+    }
+    if (!decision.allowed()) {
+      ++svc.stats_.denied;
+      const uint8_t code = codeOfDenial(decision.rule);
+      emit(EventType::AccessDenied, deviceName, peer, decision.rule,
+           std::string(decision.provision), "refuse",
+           fmt::format("CoAP {} {} refused with {}: {}", policy::toString(method), path,
+                       codeText(code), decision.reason));
+      refuse(resp, code, decision.reason);
+    }
+    return decision.allowed();
+  };
+  if (!evaluate(std::max<size_t>(m.payload.size(), block1 && v->size1 ? *v->size1 : 0))) {
     return;
   }
   if (device->addresses.empty()) {
@@ -752,10 +1037,54 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
     refuse(resp, coap::codes::kBadGateway, "the device's policy has no address");
     return;
   }
+  std::optional<Bytes> body; // a block-wise request body, once whole
+  if (block1) {
+    body = collect(client, s, req, m, resp);
+    if (!body) {
+      return; // 2.31 Continue for a block before the last, or a refusal
+    }
+    m.payload = View(*body);
+    if (!evaluate(m.payload.size())) {
+      return;
+    }
+  }
+  // What the session may hold (limits.coap_max_pending_per_session, kMaxHeldPerSession) and the
+  // gateway as a whole (kMaxBodyBytesTotal): beyond, the client is told when to try again.
+  const auto& lim = svc.config_->limits;
+  const auto guardSeconds = static_cast<uint32_t>((lim.coapRequestTimeout.count() + 999) / 1000);
+  if (client.pending >= lim.coapMaxPendingPerSession) {
+    refuseFor(resp, coap::codes::kTooManyRequests, guardSeconds, peer,
+              "limits.coap_max_pending_per_session", "too many requests waiting for devices");
+    return;
+  }
+  if (client.held >= kMaxHeldPerSession) {
+    refuseFor(resp, coap::codes::kTooManyRequests, kHeldSeconds, peer, "coap.block2",
+              "too many block-wise answers not yet fetched");
+    return;
+  }
+  if (bodyBytes + m.payload.size() > kMaxBodyBytesTotal) {
+    refuseFor(resp, coap::codes::kServiceUnavailable, kHeldSeconds, peer, "coap.bodies",
+              "the gateway holds as many bodies as it may");
+    return;
+  }
   // Observe=1 deregisters: the relationship ends here, and the device hears of it when its next
-  // notification is refused with a reset.
-  if (v->observe && *v->observe == 1) {
+  // notification is refused with a reset. Observe=0 on a token that observes already registers
+  // again (RFC 7641 §4.1): the old relationship makes way for the new one.
+  bool observe = v->observe && *v->observe == 0 && v->method == coap::codes::kGet;
+  if (v->observe) {
     endRelationsIf([&](const Relation& rel) { return rel.down == s && rel.downToken == token; });
+  }
+  // Beyond the observe limits the request is served as a plain GET: the answer carries no
+  // Observe option, which tells the client it is not observing (RFC 7641 §4.1).
+  if (observe && (client.observing >= lim.coapMaxObservePerSession ||
+                  relations.size() >= lim.coapMaxObserve)) {
+    observe = false;
+    ++svc.stats_.observeRefused;
+    emit(EventType::RateLimited, deviceName, peer,
+         client.observing >= lim.coapMaxObservePerSession ? "limits.coap_max_observe_per_session"
+                                                          : "limits.coap_max_observe",
+         "5.9-3", "serve-without-observe",
+         fmt::format("observe of {} not registered: at the limit; answered as a plain GET", path));
   }
   coap_session_t* up = upstreamFor(*device);
   if (up == nullptr) {
@@ -786,11 +1115,16 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
     if (o.number == coap::options::kSize1 || o.number == coap::options::kSize2) {
       continue; // libcoap states the sizes of what it sends
     }
+    if (o.number == coap::options::kObserve && !observe && *v->observe == 0) {
+      continue;
+    }
     coap_add_option(pdu, o.number, o.value.size(), o.value.data());
   }
   if (!m.payload.empty()) {
-    auto* body = new Bytes(m.payload.begin(), m.payload.end());
-    if (coap_add_data_large_request(up, pdu, body->size(), body->data(), releaseBody, body) == 0) {
+    auto* held = new HeldBody{Bytes(m.payload.begin(), m.payload.end()), false};
+    bodyBytes += held->data.size(); // given back by releaseHeld
+    if (coap_add_data_large_request(up, pdu, held->data.size(), held->data.data(), releaseHeld,
+                                    held) == 0) {
       coap_delete_pdu(pdu);
       refuse(resp, coap::codes::kInternalServerError, "cannot attach the payload");
       return;
@@ -800,14 +1134,13 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
     refuse(resp, coap::codes::kBadGateway, "cannot send to the device");
     return;
   }
-  const auto guard = svc.config_->limits.coapRequestTimeout;
-  coap_async_t* async =
-      coap_register_async(s, req, static_cast<coap_tick_t>(guard.count()) * COAP_TICKS_PER_SECOND / 1000);
+  coap_async_t* async = coap_register_async(
+      s, req, static_cast<coap_tick_t>(lim.coapRequestTimeout.count()) * COAP_TICKS_PER_SECOND / 1000);
   if (async == nullptr) {
     refuse(resp, coap::codes::kInternalServerError, "cannot track the request");
     return;
   }
-  auto ex = std::make_unique<Exchange>();
+  auto ex = std::make_unique<Exchange>(*this);
   ex->async = async;
   ex->upToken = std::move(upToken);
   ex->downToken = token;
@@ -817,18 +1150,127 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
   ex->device = deviceName;
   ex->path = path;
   ex->peer = peer;
-  ex->observe = v->observe && *v->observe == 0 && v->method == coap::codes::kGet;
+  ex->observe = observe;
   ex->confirmable = coap_pdu_get_type(req) == COAP_MESSAGE_CON;
   ex->blockwise = hasOption(req, COAP_OPTION_BLOCK2);
   // A little before libcoap's own timer, so that its trigger always finds the guard expired.
-  ex->deadline = Clock::now() + guard - std::chrono::milliseconds(20);
+  ex->deadline = Clock::now() + lim.coapRequestTimeout - std::chrono::milliseconds(20);
   coap_async_set_app_data(async, ex.get());
+  ex->counted = true;
   exchanges[ex->upToken] = std::move(ex);
+  ++client.pending; // given back when the exchange ends (~Exchange)
   ++svc.stats_.forwarded;
   // Nothing is sent yet: an empty NON is dropped by libcoap, so the client's CON stays
   // unacknowledged until the device answers, and the answer is piggybacked on the ACK. A slow
   // device only costs a retransmission of the request, which finds this exchange and waits too.
   coap_pdu_set_type(resp, COAP_MESSAGE_NON);
+}
+
+std::optional<Bytes> CoapService::Engine::collect(Peer& peer, coap_session_t* s,
+                                                  const coap_pdu_t* req, const coap::Message& m,
+                                                  coap_pdu_t* resp) {
+  coap_opt_iterator_t it;
+  const coap_opt_t* o = coap_check_option(req, COAP_OPTION_BLOCK1, &it);
+  const auto block = coap::decodeBlock(View(coap_opt_value(o), coap_opt_length(o)));
+  if (!block || block->szx > coap::Limits{}.maxBlockSzx) {
+    ++svc.stats_.malformed;
+    refuse(resp, coap::codes::kBadRequest, "malformed Block1 option");
+    return std::nullopt;
+  }
+  // libcoap tells uploads apart by Uri-Path and Request-Tag: so does this.
+  std::string key;
+  coap_option_iterator_init(req, &it, COAP_OPT_ALL);
+  while (const coap_opt_t* opt = coap_option_next(&it)) {
+    if (it.number == COAP_OPTION_URI_PATH || it.number == COAP_OPTION_RTAG) {
+      key += it.number == COAP_OPTION_URI_PATH ? '/' : '#';
+      key.append(reinterpret_cast<const char*>(coap_opt_value(opt)), coap_opt_length(opt));
+    }
+  }
+  const auto now = Clock::now();
+  auto drop = [&](std::map<std::string, Upload>::iterator u) {
+    bodyBytes -= u->second.body.size();
+    return peer.uploads.erase(u);
+  };
+  for (auto u = peer.uploads.begin(); u != peer.uploads.end();) {
+    u = now - u->second.lastUsed > kUploadWindow ? drop(u) : std::next(u);
+  }
+  const std::string label = peerLabel(s);
+  auto u = peer.uploads.find(key);
+  if (block->number == 0) {
+    if (!block->more) {
+      return Bytes(m.payload.begin(), m.payload.end()); // one block: nothing to collect
+    }
+    // libcoap keeps a record of every upload started, whatever the answer: a client that goes on
+    // starting them after being told to wait is closed.
+    while (!peer.uploadStarts.empty() && now - peer.uploadStarts.front() > kUploadWindow) {
+      peer.uploadStarts.pop_front();
+    }
+    peer.uploadStarts.push_back(now);
+    if (peer.uploadStarts.size() > 2 * kMaxUploadStartsPerWindow) {
+      peer.closing = true;
+      closing.push_back(s);
+      refuseFor(resp, coap::codes::kTooManyRequests, kUploadWindow.count(), label, "coap.block1",
+                "too many block-wise uploads: the session is closed");
+      return std::nullopt;
+    }
+    if (peer.uploadStarts.size() > kMaxUploadStartsPerWindow) {
+      refuseFor(resp, coap::codes::kTooManyRequests, kUploadWindow.count(), label, "coap.block1",
+                "too many block-wise uploads started");
+      return std::nullopt;
+    }
+    coap_opt_iterator_t si;
+    if (const coap_opt_t* size1 = coap_check_option(req, COAP_OPTION_SIZE1, &si)) {
+      if (coap_decode_var_bytes(coap_opt_value(size1), coap_opt_length(size1)) >
+          coap::Limits{}.maxBodyBytes) {
+        ++svc.stats_.malformed;
+        uint8_t buf[4];
+        coap_add_option(resp, COAP_OPTION_SIZE1,
+                        coap_encode_var_safe(buf, sizeof buf, coap::Limits{}.maxBodyBytes), buf);
+        refuse(resp, coap::codes::kRequestEntityTooLarge, "the body is larger than allowed");
+        return std::nullopt;
+      }
+    }
+    if (u != peer.uploads.end()) {
+      u = drop(u); // the client starts this body again
+    }
+    if (peer.uploads.size() >= kMaxUploadsPerSession) {
+      refuseFor(resp, coap::codes::kTooManyRequests, kUploadWindow.count(), label, "coap.block1",
+                "too many block-wise uploads in progress on this session");
+      return std::nullopt;
+    }
+    u = peer.uploads.emplace(key, Upload{}).first;
+  } else if (u == peer.uploads.end()) {
+    ++svc.stats_.malformed;
+    refuse(resp, coap::codes::kRequestEntityIncomplete, "no earlier blocks of this body");
+    return std::nullopt;
+  }
+  if (bodyBytes + m.payload.size() > kMaxBodyBytesTotal) {
+    drop(u);
+    refuseFor(resp, coap::codes::kServiceUnavailable, kHeldSeconds, label, "coap.bodies",
+              "the gateway holds as many bodies as it may");
+    return std::nullopt;
+  }
+  const size_t before = u->second.body.size();
+  const auto step = u->second.body.add(static_cast<size_t>(block->number) << (block->szx + 4),
+                                       m.payload, block->more);
+  bodyBytes += u->second.body.size() - before;
+  u->second.lastUsed = now;
+  if (!step) {
+    ++svc.stats_.malformed;
+    const bool gap = step.error() == coap::BlockBody::Error::Gap;
+    drop(u);
+    refuse(resp, gap ? coap::codes::kRequestEntityIncomplete : coap::codes::kRequestEntityTooLarge,
+           gap ? "a block is missing" : "the body is larger than allowed");
+    return std::nullopt;
+  }
+  if (*step != coap::BlockBody::Step::Complete) {
+    coap_pdu_set_code(resp, static_cast<coap_pdu_code_t>(coap::codes::kContinue));
+    return std::nullopt;
+  }
+  Bytes whole = u->second.body.take();
+  bodyBytes -= whole.size();
+  peer.uploads.erase(u);
+  return whole;
 }
 
 void CoapService::Engine::finish(coap_async_t* async, coap_resource_t* r, coap_session_t* s,
@@ -874,10 +1316,18 @@ void CoapService::Engine::finish(coap_async_t* async, coap_resource_t* r, coap_s
     // Block-wise to the client (RFC 7959): libcoap cuts the body and serves the later blocks,
     // and states the body's Content-Format, Max-Age and ETag itself.
     addAnswer(resp, *ex, true);
-    auto* body = new Bytes(std::move(ex->payload));
+    // Held by libcoap until the client has fetched it (or gives up): charged to the session
+    // until releaseHeld gives it back.
+    auto* held = new HeldBody{std::move(ex->payload), true};
+    bodyBytes -= ex->charged;
+    ex->charged = 0;
+    bodyBytes += held->data.size();
+    if (auto p = peers.find(s); p != peers.end()) {
+      p->second.held += held->data.size();
+    }
     coap_add_data_large_response(r, s, req, resp, q, ex->contentFormat.value_or(0),
-                                 ex->maxAge ? static_cast<int>(*ex->maxAge) : -1, 0, body->size(),
-                                 body->data(), releaseBody, body);
+                                 ex->maxAge ? static_cast<int>(*ex->maxAge) : -1, 0,
+                                 held->data.size(), held->data.data(), releaseHeld, held);
   }
   ++svc.stats_.answered;
 }
@@ -925,7 +1375,7 @@ bool CoapService::Engine::answerNow(Exchange& ex) {
 }
 
 std::string CoapService::Engine::checkResponse(const policy::DevicePolicy* d, const coap_pdu_t* rcv,
-                                               Exchange& into) {
+                                               Exchange& into, bool collected) {
   const uint8_t code = static_cast<uint8_t>(coap_pdu_get_code(rcv));
   const uint8_t cls = code >> 5;
   if (cls != 2 && cls != 4 && cls != 5) {
@@ -976,15 +1426,17 @@ std::string CoapService::Engine::checkResponse(const policy::DevicePolicy* d, co
       break; // an unknown elective option is not relayed
     }
   }
-  size_t len = 0, offset = 0, total = 0;
-  const uint8_t* data = nullptr;
-  into.payload.clear();
-  if (coap_get_data_large(rcv, &len, &data, &offset, &total) && data != nullptr) {
-    if (total > coap::Limits{}.maxBodyBytes) {
-      return fmt::format("a body of {} bytes exceeds the limit of {}", total,
-                         coap::Limits{}.maxBodyBytes);
+  if (!collected) {
+    size_t len = 0;
+    const uint8_t* data = nullptr;
+    into.payload.clear();
+    if (coap_get_data(rcv, &len, &data) && data != nullptr) {
+      into.payload.assign(data, data + len);
     }
-    into.payload.assign(data, data + len);
+  }
+  if (into.payload.size() > coap::Limits{}.maxBodyBytes) {
+    return fmt::format("a body of {} bytes exceeds the limit of {}", into.payload.size(),
+                       coap::Limits{}.maxBodyBytes);
   }
   if (d != nullptr && !into.payload.empty() && !d->coapRules.contentFormats.empty() && cls == 2) {
     const auto& allowed = d->coapRules.contentFormats;
@@ -1001,53 +1453,116 @@ std::string CoapService::Engine::checkResponse(const policy::DevicePolicy* d, co
 coap_response_t CoapService::Engine::response(coap_session_t* s, const coap_pdu_t* rcv) {
   const Bytes token = tokenOf(rcv);
   const auto policies = svc.policies_();
-  if (auto it = exchanges.find(token); it != exchanges.end() && !it->second->done) {
-    Exchange& ex = *it->second;
-    const auto id = policy::DeviceId::parse(ex.device);
-    const policy::DevicePolicy* d = id ? policies->find(*id) : nullptr;
-    if (std::string bad = checkResponse(d, rcv, ex); !bad.empty()) {
-      ++svc.stats_.badResponses;
-      emit(EventType::MalformedPacket, ex.device, labelOf(coap_session_get_addr_remote(s)),
-           "coap.response", "5.13-1", "refuse",
-           fmt::format("response to {} refused: {}; 5.02 to the client", ex.path, bad));
-      ex.code = coap::codes::kBadGateway;
-      ex.options.clear();
-      ex.contentFormat.reset();
-      ex.maxAge.reset();
-      const std::string_view text = "the device's response broke its policy";
-      ex.payload.assign(text.begin(), text.end());
-    } else if (ex.observe && (ex.code >> 5) == 2 &&
-               hasOption(rcv, COAP_OPTION_OBSERVE)) {
-      auto rel = std::make_unique<Relation>();
-      rel->down = coap_session_reference(ex.down);
-      rel->up = s;
-      rel->downToken = ex.downToken;
-      rel->device = ex.device;
-      rel->path = ex.path;
-      rel->peer = ex.peer;
-      relations[token] = std::move(rel);
-      ex.relation = true;
-      ++svc.stats_.observing;
+  // libcoap asks a device for each next block of a block-wise answer itself and hands every block
+  // here (in single-body mode it would collect a body of whatever size the device sends). One
+  // that runs past the body limit ends the session to the device at the loop boundary, or
+  // libcoap would go on asking for blocks as long as the device has them.
+  size_t len = 0, offset = 0, total = 0;
+  const uint8_t* data = nullptr;
+  (void)coap_get_data_large(rcv, &len, &data, &offset, &total);
+  const View chunk(data, data != nullptr ? len : 0);
+  coap_opt_iterator_t oi;
+  const coap_opt_t* b2 = coap_check_option(rcv, COAP_OPTION_BLOCK2, &oi);
+  const auto block =
+      b2 != nullptr ? coap::decodeBlock(View(coap_opt_value(b2), coap_opt_length(b2))) : std::nullopt;
+  const bool blockwise = block && (block->more || block->number > 0);
+  const bool more = blockwise && block->more;
+  const bool firstBlock = blockwise && block->number == 0;
+  const auto ex = exchanges.find(token);
+  const bool waiting = ex != exchanges.end() && !ex->second->done;
+  const std::string from = labelOf(coap_session_get_addr_remote(s));
+  if (blockwise && offset + chunk.size() > coap::Limits{}.maxBodyBytes) {
+    ++svc.stats_.badResponses;
+    emit(EventType::MalformedPacket, waiting ? ex->second->device : "", from, "coap.response",
+         "5.13-1", "drop",
+         fmt::format("a block-wise answer goes past {} bytes: the session to the device is ended",
+                     coap::Limits{}.maxBodyBytes));
+    if (waiting) {
+      fail(*ex->second, coap::codes::kBadGateway, "the device's answer is too large");
     }
-    ex.done = true;
-    if (!answerNow(ex)) { // on success, ex is gone
-      coap_async_trigger(ex.async);
+    if (std::find(dropping.begin(), dropping.end(), s) == dropping.end()) {
+      dropping.push_back(s);
+    }
+    return COAP_RESPONSE_OK;
+  }
+  if (waiting) {
+    Exchange& e = *ex->second;
+    if (blockwise) {
+      if (offset < e.payload.size()) {
+        return COAP_RESPONSE_OK; // a block already held
+      }
+      if (offset > e.payload.size() || bodyBytes + chunk.size() > kMaxBodyBytesTotal) {
+        ++svc.stats_.badResponses;
+        fail(e, coap::codes::kBadGateway,
+             offset > e.payload.size() ? "a block of the device's answer is missing"
+                                       : "the gateway holds as many bodies as it may");
+        return COAP_RESPONSE_OK;
+      }
+      e.payload.insert(e.payload.end(), chunk.begin(), chunk.end());
+      e.charged += chunk.size();
+      bodyBytes += chunk.size();
+      if (more) {
+        return COAP_RESPONSE_OK; // libcoap has asked for the next one
+      }
+    }
+    const auto id = policy::DeviceId::parse(e.device);
+    const policy::DevicePolicy* d = id ? policies->find(*id) : nullptr;
+    if (std::string bad = checkResponse(d, rcv, e, blockwise); !bad.empty()) {
+      ++svc.stats_.badResponses;
+      emit(EventType::MalformedPacket, e.device, from, "coap.response", "5.13-1", "refuse",
+           fmt::format("response to {} refused: {}; 5.02 to the client", e.path, bad));
+      fail(e, coap::codes::kBadGateway, "the device's response broke its policy");
+      return COAP_RESPONSE_OK;
+    }
+    if (e.observe && (e.code >> 5) == 2 && hasOption(rcv, COAP_OPTION_OBSERVE)) {
+      // The limits are checked again here: registrations in flight may have filled them. Without
+      // a relationship the answer carries no Observe, and the device's next notification is
+      // reset.
+      const auto& lim = svc.config_->limits;
+      auto p = peers.find(e.down);
+      if (p != peers.end() && p->second.observing < lim.coapMaxObservePerSession &&
+          relations.size() < lim.coapMaxObserve) {
+        auto rel = std::make_unique<Relation>();
+        rel->down = coap_session_reference(e.down);
+        rel->up = s;
+        rel->downToken = e.downToken;
+        rel->device = e.device;
+        rel->path = e.path;
+        rel->peer = e.peer;
+        relations[token] = std::move(rel);
+        e.relation = true;
+        ++p->second.observing;
+        ++svc.stats_.observing;
+      } else {
+        ++svc.stats_.observeRefused;
+      }
+    }
+    e.done = true;
+    if (!answerNow(e)) { // on success, e is gone
+      coap_async_trigger(e.async);
     }
     return COAP_RESPONSE_OK;
   }
   if (auto it = relations.find(token); it != relations.end()) {
     Relation& rel = *it->second;
+    if (blockwise) {
+      if (firstBlock) {
+        ++svc.stats_.badResponses;
+        emit(EventType::MalformedPacket, rel.device, from, "coap.response", "5.13-1", "drop",
+             fmt::format("notification for {} larger than one block; dropped", rel.path));
+      }
+      return COAP_RESPONSE_OK;
+    }
     const auto id = policy::DeviceId::parse(rel.device);
     const policy::DevicePolicy* d = id ? policies->find(*id) : nullptr;
-    Exchange answer;
+    Exchange answer(*this);
     if (d == nullptr) {
       endRelation(token);
       return COAP_RESPONSE_FAIL;
     }
-    if (std::string bad = checkResponse(d, rcv, answer); !bad.empty()) {
+    if (std::string bad = checkResponse(d, rcv, answer, false); !bad.empty()) {
       ++svc.stats_.badResponses;
-      emit(EventType::MalformedPacket, rel.device, labelOf(coap_session_get_addr_remote(s)),
-           "coap.response", "5.13-1", "drop",
+      emit(EventType::MalformedPacket, rel.device, from, "coap.response", "5.13-1", "drop",
            fmt::format("notification for {} dropped: {}", rel.path, bad));
       return COAP_RESPONSE_OK;
     }
@@ -1060,6 +1575,20 @@ coap_response_t CoapService::Engine::response(coap_session_t* s, const coap_pdu_
   // Nobody waits for it (a cancelled observation, an answer after the guard time): a reset
   // tells the device to stop.
   return COAP_RESPONSE_FAIL;
+}
+
+void CoapService::Engine::fail(Exchange& ex, uint8_t code, std::string_view text) {
+  ex.code = code;
+  ex.options.clear();
+  ex.contentFormat.reset();
+  ex.maxAge.reset();
+  bodyBytes -= ex.charged;
+  ex.charged = 0;
+  ex.payload.assign(text.begin(), text.end());
+  ex.done = true;
+  if (!answerNow(ex)) { // on success, ex is gone
+    coap_async_trigger(ex.async);
+  }
 }
 
 void CoapService::Engine::notify(Relation& rel, const Exchange& answer) {
@@ -1092,6 +1621,9 @@ void CoapService::Engine::notify(Relation& rel, const Exchange& answer) {
 
 std::map<Bytes, std::unique_ptr<CoapService::Engine::Relation>>::iterator
 CoapService::Engine::eraseRelation(std::map<Bytes, std::unique_ptr<Relation>>::iterator it) {
+  if (auto p = peers.find(it->second->down); p != peers.end() && p->second.observing > 0) {
+    --p->second.observing;
+  }
   coap_session_release(it->second->down);
   --svc.stats_.observing;
   return relations.erase(it);
@@ -1376,6 +1908,18 @@ void CoapService::DeviceEndpoint::handle(int fd, const sockaddr_storage& from, s
     return;
   }
   const std::string topic = policy::coapPushTopic(*device, *push, v->path);
+  // A path segment of '+' or '#' (or one holding them) would put a wildcard into the topic name:
+  // no broker takes that as a PUBLISH, and it is the request's fault, not the upstream's.
+  if (const auto bad = policy::validateTopicName(topic)) {
+    ++svc.stats_.pushesBadTopic;
+    emit(EventType::MalformedPacket, deviceName, peer, "coap.push.topic", "5.13-1", "refuse",
+         fmt::format("CoAP push to {} refused with 4.00: the topic it maps to is not a valid MQTT "
+                     "topic name ({}, {})",
+                     v->path, policy::describe(*bad), policy::clause(*bad)));
+    answer(coap::codes::kBadRequest,
+           fmt::format("not a valid MQTT topic name: {}", policy::describe(*bad)));
+    return;
+  }
   if (svc.mqtt_ == nullptr) {
     ++svc.stats_.pushesFailed;
     answer(coap::codes::kServiceUnavailable, "no upstream broker");
@@ -1454,6 +1998,44 @@ std::string CoapService::reloadCrl(const Config& config) {
   }
   engine_->crls = std::move(next); // the next handshake checks against these
   return {};
+}
+
+std::vector<std::pair<std::string, uint64_t>> CoapService::counters() const {
+  const CoapStats& c = stats_;
+  const DtlsGateStats g = engine_ && engine_->gate ? engine_->gate->stats() : DtlsGateStats{};
+  return {{"coap_sessions", c.sessions},
+          {"coap_sessions_opened", c.sessionsOpened},
+          {"coap_sessions_refused", c.sessionsRefused},
+          {"coap_handshakes_failed", c.handshakesFailed},
+          {"coap_certificates_refused", c.certificatesRefused},
+          {"coap_hello_verify_sent", g.helloVerifySent},
+          {"coap_dtls_admitted", g.admitted},
+          {"coap_dtls_dropped", g.dropped + g.malformedHellos},
+          {"coap_handshakes_evicted", g.evicted},
+          {"coap_handshakes_expired", g.expired},
+          {"coap_requests", c.requests},
+          {"coap_malformed", c.malformed},
+          {"coap_denied", c.denied},
+          {"coap_forwarded", c.forwarded},
+          {"coap_answered", c.answered},
+          {"coap_timeouts", c.timeouts},
+          {"coap_bad_responses", c.badResponses},
+          {"coap_observing", c.observing},
+          {"coap_notifications", c.notifications},
+          {"coap_observe_refused", c.observeRefused},
+          {"coap_rate_limited", c.rateLimited},
+          {"coap_sessions_closed", c.sessionsClosed},
+          {"coap_bodies_held_bytes", engine_ ? engine_->bodyBytes : 0},
+          {"coap_device_datagrams", c.datagrams},
+          {"coap_device_malformed", c.deviceMalformed},
+          {"coap_unknown_sources", c.unknownSources},
+          {"coap_pushes_denied", c.pushesDenied},
+          {"coap_pushes_published", c.pushesPublished},
+          {"coap_pushes_failed", c.pushesFailed},
+          {"coap_pushes_bad_topic", c.pushesBadTopic},
+          {"coap_unauthenticated_bytes_in", c.unauthenticatedBytesIn},
+          {"coap_unauthenticated_bytes_out", c.unauthenticatedBytesOut},
+          {"coap_budget_drops", c.budgetDrops}};
 }
 
 std::vector<uint16_t> CoapService::boundPorts() const {

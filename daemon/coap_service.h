@@ -9,7 +9,9 @@
 //   (coaps://gateway/<device-id>/<path on the device>), is validated (protocols/coap/validate.h),
 //   checked against the device's [coap] policy, and forwarded as plain CoAP from the gateway to
 //   the device with a guard timeout. The response is checked before it is relayed. Observe and
-//   block-wise transfers work through the proxy.
+//   block-wise transfers work through the proxy; what one session may make the proxy hold is
+//   bounded (observe relationships, requests waiting for devices, block-wise bodies: README).
+//   A stateless cookie exchange runs in front of libcoap (coap_dtls_gate.h).
 // * The device-side endpoint (5683, device segment only) is our own socket and codec: enrolled
 //   devices (known by their address) POST/PUT readings on their [[coap.push]] paths, which are
 //   published upstream over the MQTT capability's mutual-TLS session. To a source that is not an
@@ -21,6 +23,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "daemon/config.h"
@@ -38,6 +41,7 @@ struct CoapStats {
   uint64_t sessionsOpened = 0;  // handshakes completed
   uint64_t sessionsRefused = 0; // over limits.max_connections or max_connections_per_source
   uint64_t handshakesFailed = 0;
+  uint64_t certificatesRefused = 0; // a CA certificate, or one not for TLS clients (of the failed)
   uint64_t requests = 0;     // requests that reached the proxy
   uint64_t malformed = 0;    // refused by validation (4.00, 4.02, 4.13, 4.15, 5.05)
   uint64_t denied = 0;       // refused by policy (4.03, 4.04, 5.03)
@@ -46,7 +50,10 @@ struct CoapStats {
   uint64_t timeouts = 0;     // the device was silent: 5.04
   uint64_t badResponses = 0; // the device's response broke its policy: 5.02
   uint64_t observing = 0;    // observe relationships now
+  uint64_t observeRefused = 0; // registrations served without Observe (limits.coap_max_observe*)
   uint64_t notifications = 0;
+  uint64_t rateLimited = 0;    // refused with 4.29 or 5.03 and Max-Age: a bound was reached
+  uint64_t sessionsClosed = 0; // closed for going on past a bound after being refused
   // The device-side endpoint.
   uint64_t datagrams = 0;
   uint64_t deviceMalformed = 0; // unparseable or invalid
@@ -54,6 +61,7 @@ struct CoapStats {
   uint64_t pushesDenied = 0;
   uint64_t pushesPublished = 0;
   uint64_t pushesFailed = 0;    // the upstream could not take it (5.03)
+  uint64_t pushesBadTopic = 0;  // the path would make no valid MQTT topic name (4.00)
   uint64_t unauthenticatedBytesIn = 0;
   uint64_t unauthenticatedBytesOut = 0;
   uint64_t budgetDrops = 0;     // replies not sent: they would have broken the 3x budget
@@ -78,6 +86,8 @@ public:
   // every later handshake against it (other listener settings take effect at restart).
   [[nodiscard]] std::string reloadCrl(const Config& config);
   [[nodiscard]] const CoapStats& stats() const { return stats_; }
+  // Every counter under its GetStatus name ("coap_requests", ...).
+  [[nodiscard]] std::vector<std::pair<std::string, uint64_t>> counters() const;
   // The ports actually bound (tests bind port 0): DTLS first, then device-side.
   [[nodiscard]] std::vector<uint16_t> boundPorts() const;
 

@@ -283,6 +283,9 @@ private:
     u32("max_devices", 1, 1'000'000, l.maxDevices);
     u32("max_queued_messages", 0, 10'000'000, l.maxQueuedMessages);
     ms("coap_request_timeout_ms", 100, 120'000, l.coapRequestTimeout);
+    u32("coap_max_pending_per_session", 1, 100'000, l.coapMaxPendingPerSession);
+    u32("coap_max_observe_per_session", 0, 100'000, l.coapMaxObservePerSession);
+    u32("coap_max_observe", 0, 1'000'000, l.coapMaxObserve);
     if (auto v = r.integer("idle_session_seconds", 5, 86'400)) {
       l.idleSession = std::chrono::seconds(*v);
     }

@@ -89,6 +89,12 @@ struct Limits {
   uint32_t maxQueuedMessages = 1000;
   // How long the CoAP proxy waits for a device before answering 5.04 Gateway Timeout.
   std::chrono::milliseconds coapRequestTimeout{5'000};
+  // Requests one DTLS session may have waiting for devices at once (beyond: 4.29).
+  uint32_t coapMaxPendingPerSession = 16;
+  // Observe relationships one DTLS session, and all together, may hold (beyond: answered
+  // without Observe, RFC 7641 §4.1).
+  uint32_t coapMaxObservePerSession = 32;
+  uint32_t coapMaxObserve = 1024;
   // DTLS sessions with nothing in flight are closed after this long without traffic.
   std::chrono::seconds idleSession{300};
   policy::ThrottleSettings authThrottle;

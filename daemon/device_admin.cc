@@ -393,29 +393,7 @@ GatewayStatus Daemon::status() const {
   }
   s.mqttConnections = mqtt_ ? static_cast<uint32_t>(mqtt_->connections()) : 0;
   if (coap_) {
-    const CoapStats& c = coap_->stats();
-    s.counters = {{"coap_sessions", c.sessions},
-                  {"coap_sessions_opened", c.sessionsOpened},
-                  {"coap_sessions_refused", c.sessionsRefused},
-                  {"coap_handshakes_failed", c.handshakesFailed},
-                  {"coap_requests", c.requests},
-                  {"coap_malformed", c.malformed},
-                  {"coap_denied", c.denied},
-                  {"coap_forwarded", c.forwarded},
-                  {"coap_answered", c.answered},
-                  {"coap_timeouts", c.timeouts},
-                  {"coap_bad_responses", c.badResponses},
-                  {"coap_observing", c.observing},
-                  {"coap_notifications", c.notifications},
-                  {"coap_device_datagrams", c.datagrams},
-                  {"coap_device_malformed", c.deviceMalformed},
-                  {"coap_unknown_sources", c.unknownSources},
-                  {"coap_pushes_denied", c.pushesDenied},
-                  {"coap_pushes_published", c.pushesPublished},
-                  {"coap_pushes_failed", c.pushesFailed},
-                  {"coap_unauthenticated_bytes_in", c.unauthenticatedBytesIn},
-                  {"coap_unauthenticated_bytes_out", c.unauthenticatedBytesOut},
-                  {"coap_budget_drops", c.budgetDrops}};
+    s.counters = coap_->counters();
   }
   if (mqtt_) {
     const MqttStats& m = mqtt_->stats();

@@ -25,6 +25,7 @@ namespace codes {
 inline constexpr uint8_t kEmpty = 0;
 inline constexpr uint8_t kGet = 1, kPost = 2, kPut = 3, kDelete = 4, kFetch = 5, kPatch = 6, kIPatch = 7;
 inline constexpr uint8_t kContent = code(2, 5);
+inline constexpr uint8_t kContinue = code(2, 31); // RFC 7959 §2.9.1
 inline constexpr uint8_t kBadRequest = code(4, 0);
 inline constexpr uint8_t kUnauthorized = code(4, 1);
 inline constexpr uint8_t kBadOption = code(4, 2);
@@ -34,6 +35,7 @@ inline constexpr uint8_t kMethodNotAllowed = code(4, 5);
 inline constexpr uint8_t kRequestEntityIncomplete = code(4, 8);
 inline constexpr uint8_t kRequestEntityTooLarge = code(4, 13);
 inline constexpr uint8_t kUnsupportedContentFormat = code(4, 15);
+inline constexpr uint8_t kTooManyRequests = code(4, 29); // RFC 8516
 inline constexpr uint8_t kInternalServerError = code(5, 0);
 inline constexpr uint8_t kBadGateway = code(5, 2);
 inline constexpr uint8_t kServiceUnavailable = code(5, 3);

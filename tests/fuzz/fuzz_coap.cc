@@ -1,18 +1,27 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 // libFuzzer target: the CoAP proxy's validation step — parse, then validate as a request with
 // strict limits. Any datagram must give a message or an error; a parsed message must encode to
-// the same bytes (the codec loses nothing); a validated request must respect every limit.
+// the same bytes (the codec loses nothing); a validated request must respect every limit. The
+// DTLS cookie gate reads the same datagrams first, before any handshake: a ClientHello or a typed
+// error, and the HelloVerifyRequest answering one is shorter than the ClientHello.
 #include <algorithm>
 #include <cstdint>
 #include <iterator>
 #include <cstdlib>
 
+#include "protocols/coap/dtls_cookie.h"
 #include "protocols/coap/message.h"
 #include "protocols/coap/validate.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace iotgw::coap;
   const View in(data, size);
+  if (auto hello = dtls::parseClientHello(in.first(std::min(size, dtls::kPeekBytes)), size)) {
+    const auto hvr = dtls::helloVerifyRequest(*hello, hello->cookie);
+    if (hello->cookie.size() > 255 || hvr.size != 28 + hello->cookie.size() || hvr.size >= size) {
+      std::abort();
+    }
+  }
   auto m = parse(in);
   if (!m) {
     if (describe(m.error()).empty()) {

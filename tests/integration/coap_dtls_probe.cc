@@ -8,7 +8,8 @@
 //   coap_dtls_probe PORT CA CERT KEY [WAIT_MS]
 //       handshakes with 127.0.0.1:PORT, prints "connected", then for each hex line on stdin sends
 //       it as one record and prints "reply <hex>" for each answer within WAIT_MS (default 300),
-//       or "none", then "end".
+//       or "none", then "end". A line "!<hex>" is sent without waiting (a burst); a line "wait"
+//       prints what arrived until WAIT_MS pass without anything, then "end".
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -97,6 +98,11 @@ int main(int argc, char** argv) {
   }
   timeval tv{5, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  // Room for every answer to a burst (as root beyond rmem_max; otherwise what the system allows).
+  const int room = 4 << 20;
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &room, sizeof room) != 0) {
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &room, sizeof room);
+  }
   SSL* ssl = SSL_new(ctx);
   BIO* bio = BIO_new_dgram(fd, BIO_NOCLOSE);
   BIO_ctrl(bio, BIO_CTRL_DGRAM_SET_CONNECTED, 0, &to);
@@ -112,9 +118,15 @@ int main(int argc, char** argv) {
     if (line.empty()) {
       continue;
     }
-    const auto bytes = unhex(line);
-    if (SSL_write(ssl, bytes.data(), static_cast<int>(bytes.size())) <= 0) {
-      return fail("write");
+    const bool burst = line[0] == '!';
+    if (line != "wait") {
+      const auto bytes = unhex(burst ? line.substr(1) : line);
+      if (SSL_write(ssl, bytes.data(), static_cast<int>(bytes.size())) <= 0) {
+        return fail("write");
+      }
+      if (burst) {
+        continue;
+      }
     }
     bool any = false;
     for (;;) {

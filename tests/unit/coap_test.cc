@@ -2,6 +2,7 @@
 // The CoAP codec and the proxy's request validation, on byte vectors (RFC 7252, 7641, 7959).
 #include <gtest/gtest.h>
 
+#include "protocols/coap/blockwise.h"
 #include "protocols/coap/message.h"
 #include "protocols/coap/reply.h"
 #include "protocols/coap/validate.h"
@@ -296,6 +297,29 @@ TEST(CoapReply, AmplificationBudgetIsThreeTimesWhatCameIn) {
   b.received(7);
   EXPECT_TRUE(b.allows(31));
   EXPECT_FALSE(b.allows(32));
+}
+
+} // namespace
+} // namespace iotgw::coap
+
+namespace iotgw::coap {
+namespace {
+
+TEST(CoapBlockBody, CollectsInOrderAndStopsAtTheLimit) {
+  BlockBody body(40);
+  const Bytes a(16, 'a'), b(16, 'b'), c(16, 'c');
+  EXPECT_EQ(body.add(0, a, true), BlockBody::Step::More);
+  EXPECT_EQ(body.add(0, a, true), BlockBody::Step::Repeat) << "a retransmitted block";
+  EXPECT_EQ(body.add(32, c, true).error(), BlockBody::Error::Gap) << "block 1 is missing";
+  EXPECT_EQ(body.add(16, b, true), BlockBody::Step::More);
+  EXPECT_EQ(body.add(32, c, false).error(), BlockBody::Error::TooLarge) << "48 bytes > 40";
+  EXPECT_EQ(body.size(), 32U);
+  BlockBody whole(64);
+  ASSERT_EQ(whole.add(0, a, true), BlockBody::Step::More);
+  ASSERT_EQ(whole.add(16, b, false), BlockBody::Step::Complete);
+  Bytes expected = a;
+  expected.insert(expected.end(), b.begin(), b.end());
+  EXPECT_EQ(whole.take(), expected);
 }
 
 } // namespace

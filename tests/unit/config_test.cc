@@ -108,6 +108,9 @@ connect_timeout_ms = 3000
 max_packet_bytes = 65536
 max_devices = 50
 max_queued_messages = 10
+coap_max_pending_per_session = 4
+coap_max_observe_per_session = 2
+coap_max_observe = 64
 auth_failures_before_lockout = 3
 auth_failure_window_seconds = 30
 auth_lockout_seconds = 120
@@ -150,6 +153,9 @@ password = "hub1234"
   EXPECT_EQ(c->limits.maxConnectionsPerSource, 4u);
   EXPECT_EQ(c->limits.handshakeTimeout, std::chrono::milliseconds(2000));
   EXPECT_EQ(c->limits.maxQueuedMessages, 10u);
+  EXPECT_EQ(c->limits.coapMaxPendingPerSession, 4u);
+  EXPECT_EQ(c->limits.coapMaxObservePerSession, 2u);
+  EXPECT_EQ(c->limits.coapMaxObserve, 64u);
   EXPECT_EQ(c->limits.authThrottle.failuresBeforeLockout, 3u);
   EXPECT_EQ(c->limits.authThrottle.lockout, std::chrono::seconds(120));
   EXPECT_EQ(c->events.target, EventTarget::Stderr);
