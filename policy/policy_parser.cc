@@ -612,21 +612,26 @@ private:
   // pins (a client id the device picks itself would let it choose its scope), %u for the user
   // name it logs in with.
   void checkPlaceholders(const toml::table& root, const DevicePolicy& p) {
+    struct Needs {
+      const char* placeholder;
+      bool missing;
+      const char* key;
+      const char* why;
+    };
+    const Needs needs[] = {
+        {"%c", p.mqtt.clientId.empty(), "device.mqtt.client_id",
+         "the device would choose its own scope (pin its client id, or use %d, the device id)"},
+        {"%u", p.mqtt.username.empty(), "device.mqtt.username",
+         "%u stands only for the user name the device logs in with (use %d, the device id)"},
+    };
     const auto check = [&](const toml::node& at, std::string_view key, std::string_view pattern) {
       const auto pos = at.source().begin;
-      if (patternUses(pattern, "%c") && p.mqtt.clientId.empty()) {
-        diags_.push_back(Diagnostic{
-            source_, pos.line, pos.column,
-            fmt::format("'{}' uses %c, but 'device.mqtt.client_id' is not set: the device would "
-                        "choose its own scope (pin its client id, or use %d, the device id)",
-                        key)});
-      }
-      if (patternUses(pattern, "%u") && p.mqtt.username.empty()) {
-        diags_.push_back(Diagnostic{
-            source_, pos.line, pos.column,
-            fmt::format("'{}' uses %u, but 'device.mqtt.username' is not set: %u stands only for "
-                        "the user name the device logs in with (use %d, the device id)",
-                        key)});
+      for (const auto& n : needs) {
+        if (n.missing && patternUses(pattern, n.placeholder)) {
+          diags_.push_back(Diagnostic{source_, pos.line, pos.column,
+                                      fmt::format("'{}' uses {}, but '{}' is not set: {}", key,
+                                                  n.placeholder, n.key, n.why)});
+        }
       }
     };
     for (const char* key : {"publish", "subscribe"}) {

@@ -26,6 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from iotgw_testlib import (IOTGWD, check, cleanup, finish, private_bus, require_binary,  # noqa: E402
                            tmpdir, write)
 from mqttlab import Broker, Pki, Subscriber, free_port, gateway_config  # noqa: E402
+from coaplab import free_udp_port, opt, request  # noqa: E402
+from mqttwire import rss_kib as rss_kb  # noqa: E402
 
 IOTGWCTL = os.path.join(os.path.dirname(IOTGWD), "iotgwctl")
 PROBE = os.environ.get("COAP_DTLS_PROBE", "")
@@ -34,36 +36,12 @@ ROOT_MAY_OWN = ('<policy user="root"><allow own="org.iotgw.Gateway1"/>'
 GUARD_MS = 1500
 
 
-def free_udp_port(address="127.0.0.1"):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
-
-
-def opt(delta, value):
-    """One CoAP option (delta from the previous number), RFC 7252 §3.1 encoding."""
-    def nib(n):
-        if n < 13:
-            return n, b""
-        if n < 269:
-            return 13, bytes([n - 13])
-        return 14, (n - 269).to_bytes(2, "big")
-    d, dx = nib(delta)
-    ln, lx = nib(len(value))
-    return bytes([d << 4 | ln]) + dx + lx + value
-
-
 def path_opts(*segments, first_delta=11):
     out, delta = b"", first_delta
     for s in segments:
         out += opt(delta, s)
         delta = 0
     return out
-
-
-def request(code, options=b"", payload=b"", mid=1, token=b"\x42", type_=0):
-    head = bytes([0x40 | type_ << 4 | len(token), code]) + mid.to_bytes(2, "big") + token
-    return head + options + (b"\xff" + payload if payload else b"")
 
 
 def malformed_cases(prefix):
@@ -124,13 +102,6 @@ class SilentDevice:
         self.running = False
         self.thread.join()
         self.sock.close()
-
-
-def rss_kb(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def main():

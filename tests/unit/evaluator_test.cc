@@ -258,18 +258,25 @@ TEST_F(Evaluator, PasswordCheckIsLeftToTheCaller) {
   EXPECT_EQ(evaluateVerifiedConnect(k, true, known).device, thermo_);
 }
 
-TEST_F(Evaluator, UserNamePlaceholderOnlyFromAVerifiedLogin) {
-  auto dev = parseDevicePolicy(R"([device]
+namespace {
+
+// A device that can log in with a certificate or with its user name and password.
+std::expected<DevicePolicy, Diagnostics> twoWayDevice(const std::string& hash,
+                                                      const std::string& mqtt) {
+  return parseDevicePolicy(R"([device]
 id = "dev-c"
 [device.certificate]
 common_name = "dev-c"
 [device.mqtt]
 username = "dev-c"
-password_hash = ")" + *hash_ + R"("
-[mqtt]
-publish = ["users/%u/#", "devices/%d/#"]
-)",
-                               "dev-c.toml");
+password_hash = ")" + hash + "\"\n[mqtt]\n" + mqtt,
+                           "dev-c.toml");
+}
+
+} // namespace
+
+TEST_F(Evaluator, UserNamePlaceholderOnlyFromAVerifiedLogin) {
+  auto dev = twoWayDevice(*hash_, "publish = [\"users/%u/#\", \"devices/%d/#\"]\n");
   ASSERT_TRUE(dev) << dev.error().front().str();
   // Logged in with its password: %u is its own user name.
   EXPECT_TRUE(evaluatePublish(*dev, {"dev-c", "users/dev-c/x", 0, false, bytes("1")}).allowed());
@@ -280,20 +287,8 @@ publish = ["users/%u/#", "devices/%d/#"]
 }
 
 TEST_F(Evaluator, PayloadRuleWithoutItsPlaceholderStillApplies) {
-  auto dev = parseDevicePolicy(R"([device]
-id = "dev-c"
-[device.certificate]
-common_name = "dev-c"
-[device.mqtt]
-username = "dev-c"
-password_hash = ")" + *hash_ + R"("
-[mqtt]
-publish = ["sensors/#"]
-[[mqtt.payload]]
-topic = "sensors/%u/temp"
-format = "json"
-)",
-                               "dev-c.toml");
+  auto dev = twoWayDevice(*hash_, "publish = [\"sensors/#\"]\n[[mqtt.payload]]\n"
+                                  "topic = \"sensors/%u/temp\"\nformat = \"json\"\n");
   ASSERT_TRUE(dev) << dev.error().front().str();
   // Logged in by certificate, %u has no value: the rule covers every user-name level, so the
   // payload is still checked (it fails closed, never open).
