@@ -189,7 +189,9 @@ std::vector<uint16_t> MqttService::boundPorts() const {
 }
 
 void MqttService::onAccept(int listenFd, bool tls) {
-  for (int i = 0; i < 64; ++i) { // bounded work per wake-up
+  // Bounded work per wake-up, so that a flood of connections does not hold up the sessions
+  // already up (their packets wait behind every accept in the batch).
+  for (int i = 0; i < 16; ++i) {
     auto a = io::acceptTcp(listenFd);
     if (!a) {
       return; // EAGAIN, or a transient error such as EMFILE: try again on the next event
@@ -408,7 +410,10 @@ void MqttService::readClient(Connection& c) {
 }
 
 void MqttService::apply(Connection& c, mqtt::Effects& e) {
-  const std::string violated = e.events.empty() ? std::string("policy") : e.events.back().rule;
+  std::string violated = "policy"; // the rule behind a quarantine request
+  if (e.quarantineRequested && !e.events.empty()) {
+    violated = e.events.back().rule;
+  }
   for (auto& ev : e.events) {
     sink_.emit(std::move(ev));
   }
@@ -693,6 +698,7 @@ void MqttService::closeConnection(Connection& c, bool publishWill) {
   reactor_.remove(c.fd.get());
   c.fd = io::UniqueFd();
   c.dead = true;
+  closed_.push_back(&c);
 
   if (c.session) {
     const auto& k = c.session->counters();
@@ -734,9 +740,11 @@ void MqttService::tick() {
       }
       continue;
     }
-    mqtt::Effects e;
-    c->session->tick(now, e);
-    apply(*c, e);
+    if (c->session->deadline() <= now) { // keepalive or connect timeout due
+      mqtt::Effects e;
+      c->session->tick(now, e);
+      apply(*c, e);
+    }
     if (c->upstream && !c->dead) {
       c->upstream->service(now);
       if (c->paused && c->upstream->acceptsMore()) {
@@ -756,8 +764,13 @@ void MqttService::sweep() {
   // Runs only from the reactor's client and timer handlers, never inside a libmosquitto
   // callback, so destroying an upstream here is safe.
   const auto now = Clock::now();
-  for (auto& [ptr, c] : connections_) {
-    if (c->dead && c->upstream && !c->upstream->finished()) {
+  std::erase_if(draining_,
+                [now](const auto& d) { return d.upstream->finished() || now >= d.deadline; });
+  if (closed_.empty()) {
+    return; // nothing closed since the last sweep: no walk over every connection
+  }
+  for (Connection* c : closed_) {
+    if (c->upstream && !c->upstream->finished()) {
       const std::string device = c->session && c->session->device() != nullptr
                                      ? c->session->device()->id.str()
                                      : std::string();
@@ -770,15 +783,10 @@ void MqttService::sweep() {
       }
       draining_.push_back({std::move(c->upstream), now + std::chrono::seconds(10), device});
     }
+    byId_.erase(c->id);
+    connections_.erase(c);
   }
-  std::erase_if(connections_, [this](const auto& kv) {
-    if (kv.second->dead) {
-      byId_.erase(kv.second->id);
-    }
-    return kv.second->dead;
-  });
-  std::erase_if(draining_,
-                [now](const auto& d) { return d.upstream->finished() || now >= d.deadline; });
+  closed_.clear();
 }
 
 } // namespace iotgw::daemon

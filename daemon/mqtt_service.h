@@ -134,6 +134,7 @@ private:
   mqtt::Clock::time_point lastHandshakeEnded_{};
   bool handshakeCachesHeld_ = false;
   std::map<Connection*, std::unique_ptr<Connection>> connections_;
+  std::vector<Connection*> closed_; // closed since the last sweep, to be destroyed there
   // Upstreams whose client has gone but which still deliver what it sent (bounded in time).
   struct Draining {
     std::unique_ptr<mqtt::MosquittoUpstream> upstream;

@@ -289,8 +289,9 @@ auth_failures_before_lockout = 1000
           "a known and an unknown username get the same answer")
     check(answers["known"] == {4}, "that answer is 'bad user name or password' (0x04)")
     d.stop()
-    sub.stop()
 finally:
+    if "sub" in dir():
+        sub.stop()
     for p in procs:
         p.stop()
     if "broker" in dir():
