@@ -166,7 +166,8 @@ coap_max_pending_per_session = {PENDING}
         rss1 = gw.rss_kb()
         check(codes[:64] == ["2.31"] * 64 and codes[64] == "4.13",
               f"a body without end: 2.31 up to 64 KiB, then 4.13 ({codes.count('2.31')} x 2.31, then {codes[64:66]})")
-        check(rss1 - rss0 < 1024, f"and the gateway did not keep the 4 MB: RSS {rss0} -> {rss1} kB")
+        # Kept, the body would be 4 MB; a sanitizer build's allocator alone moves RSS by ~1 MB.
+        check(rss1 - rss0 < 2048, f"and the gateway did not keep the 4 MB: RSS {rss0} -> {rss1} kB")
         p.close()
         p = probe()
 
