@@ -297,7 +297,7 @@ std::optional<DtlsGate::Verdict> DtlsGate::screenOne(const Endpoint& ep) {
   const View peeked(head, std::min(size, sizeof head));
   const View peerBytes(d.peer.bytes.data(), d.peer.bytes.size());
   const auto now = Clock::now();
-  const Admission::State state = admission_.state(d.peer, now);
+  const Admission::State state = admission_.touch(d.peer, now);
   const auto hello = coap::dtls::parseClientHello(peeked, size);
   auto pass = [&] {
     current_ = d.peer;
@@ -376,8 +376,13 @@ void DtlsGate::endHalfOpen() {
 
 void DtlsGate::connected(const coap_session_t* s) {
   if (const auto k = keyOf(coap_session_get_addr_remote(s))) {
-    admission_.established(*k);
+    admission_.established(*k, Clock::now());
   }
+}
+
+std::optional<Clock::time_point> DtlsGate::lastHeard(const coap_session_t* s) const {
+  const auto k = keyOf(coap_session_get_addr_remote(s));
+  return k ? admission_.lastHeard(*k) : std::nullopt;
 }
 
 void DtlsGate::closed(const coap_session_t* s) {

@@ -93,6 +93,9 @@ public:
   // libcoap's view of a server session: its handshake completed, or it is gone.
   void connected(const coap_session_t* s);
   void closed(const coap_session_t* s);
+  // When the client of an established session last sent a datagram (nullopt: not established).
+  [[nodiscard]] std::optional<std::chrono::steady_clock::time_point>
+  lastHeard(const coap_session_t* s) const;
 
   [[nodiscard]] const DtlsGateStats& stats() const { return stats_; }
   [[nodiscard]] size_t pending() const { return admission_.pending(); }

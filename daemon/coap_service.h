@@ -40,6 +40,7 @@ struct CoapStats {
   uint64_t sessions = 0;        // established now
   uint64_t sessionsOpened = 0;  // handshakes completed
   uint64_t sessionsRefused = 0; // over limits.max_connections or max_connections_per_source
+  uint64_t sessionsExpired = 0; // nothing heard from the client for limits.idle_session_seconds
   uint64_t handshakesFailed = 0;
   uint64_t certificatesRefused = 0; // a CA certificate, or one not for TLS clients (of the failed)
   uint64_t requests = 0;     // requests that reached the proxy
@@ -58,10 +59,12 @@ struct CoapStats {
   uint64_t datagrams = 0;
   uint64_t deviceMalformed = 0; // unparseable or invalid
   uint64_t unknownSources = 0;  // datagrams from addresses that are no enrolled device
+  uint64_t wrongInterface = 0;  // from a device's address, not on device_segment.interfaces
   uint64_t pushesDenied = 0;
   uint64_t pushesPublished = 0;
   uint64_t pushesFailed = 0;    // the upstream could not take it (5.03)
   uint64_t pushesBadTopic = 0;  // the path would make no valid MQTT topic name (4.00)
+  uint64_t pushesRateLimited = 0; // beyond the device's [mqtt.rate] (4.29)
   uint64_t unauthenticatedBytesIn = 0;
   uint64_t unauthenticatedBytesOut = 0;
   uint64_t budgetDrops = 0;     // replies not sent: they would have broken the 3x budget

@@ -286,6 +286,7 @@ private:
     u32("coap_max_pending_per_session", 1, 100'000, l.coapMaxPendingPerSession);
     u32("coap_max_observe_per_session", 0, 100'000, l.coapMaxObservePerSession);
     u32("coap_max_observe", 0, 1'000'000, l.coapMaxObserve);
+    u32("coap_max_observe_per_device", 0, 1'000'000, l.coapMaxObservePerDevice);
     if (auto v = r.integer("idle_session_seconds", 5, 86'400)) {
       l.idleSession = std::chrono::seconds(*v);
     }
@@ -319,6 +320,8 @@ private:
            "max_password_checks");
     atMost(l.maxConnectBytes, l.maxUnauthenticatedBytes, "max_connect_bytes",
            "max_unauthenticated_bytes");
+    atMost(l.coapMaxObservePerDevice, l.coapMaxObserve, "coap_max_observe_per_device",
+           "coap_max_observe");
     if (l.maxConnectionsPerSource > l.maxConnections) {
       const toml::node* at = t.get("max_connections_per_source");
       r.error(at != nullptr ? *at : static_cast<const toml::node&>(t),

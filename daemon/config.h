@@ -95,6 +95,9 @@ struct Limits {
   // without Observe, RFC 7641 §4.1).
   uint32_t coapMaxObservePerSession = 32;
   uint32_t coapMaxObserve = 1024;
+  // Observe relationships of all clients together with one device (each one is an observer the
+  // device itself keeps).
+  uint32_t coapMaxObservePerDevice = 32;
   // DTLS sessions with nothing in flight are closed after this long without traffic.
   std::chrono::seconds idleSession{300};
   policy::ThrottleSettings authThrottle;

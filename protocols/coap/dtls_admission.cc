@@ -57,6 +57,26 @@ Admission::State Admission::state(const PeerKey& peer, Clock::time_point now) co
   return it->second.state;
 }
 
+Admission::State Admission::touch(const PeerKey& peer, Clock::time_point now) {
+  const auto it = entries_.find(peer);
+  if (it == entries_.end()) {
+    return State::Unknown;
+  }
+  if (it->second.state == State::Established) {
+    it->second.heard = now;
+    return State::Established;
+  }
+  return now >= it->second.deadline ? State::Unknown : State::Pending;
+}
+
+std::optional<Admission::Clock::time_point> Admission::lastHeard(const PeerKey& peer) const {
+  const auto it = entries_.find(peer);
+  if (it == entries_.end() || it->second.state != State::Established) {
+    return std::nullopt;
+  }
+  return it->second.heard;
+}
+
 void Admission::dropPending(std::unordered_map<PeerKey, Entry, PeerKeyHash>::iterator it,
                             std::vector<Ended>* ended, bool expired) {
   if (ended != nullptr) {
@@ -102,17 +122,18 @@ void Admission::admit(const PeerKey& peer, int tag, Clock::time_point now,
       peer, Entry{State::Pending, now + settings_.pendingLifetime, tag, std::prev(order_.end())});
 }
 
-void Admission::established(const PeerKey& peer) {
+void Admission::established(const PeerKey& peer, Clock::time_point now) {
   auto it = entries_.find(peer);
   if (it == entries_.end()) {
     // A session the gate did not admit cannot exist; mirror it anyway rather than cut it off.
-    entries_.emplace(peer, Entry{State::Established, {}, 0, order_.end()});
+    entries_.emplace(peer, Entry{State::Established, {}, 0, order_.end(), now});
     return;
   }
   if (it->second.state == State::Pending) {
     order_.erase(it->second.order);
     it->second.state = State::Established;
     it->second.order = order_.end();
+    it->second.heard = now;
   }
 }
 

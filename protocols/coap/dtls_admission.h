@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdint>
 #include <list>
+#include <optional>
 #include <unordered_map>
 #include <vector>
 
@@ -59,12 +60,17 @@ public:
 
   // A pending entry past its lifetime is Unknown (and removed by the next expire or admit).
   [[nodiscard]] State state(const PeerKey& peer, Clock::time_point now) const;
+  // state() for a datagram from `peer`: an established peer was heard from at `now`.
+  [[nodiscard]] State touch(const PeerKey& peer, Clock::time_point now);
+  // When an established peer last sent anything (its session's idle time is the server's to
+  // judge: what the server sends does not count).
+  [[nodiscard]] std::optional<Clock::time_point> lastHeard(const PeerKey& peer) const;
 
   // `peer` returned a valid cookie: it may start its handshake. Entries that had to give way,
   // and those past their lifetime, are appended to `ended`. A peer already known stays as it is.
   void admit(const PeerKey& peer, int tag, Clock::time_point now, std::vector<Ended>& ended);
-  // The handshake completed: no longer half-open, no lifetime.
-  void established(const PeerKey& peer);
+  // The handshake completed at `now`: no longer half-open, no lifetime.
+  void established(const PeerKey& peer, Clock::time_point now);
   // The server's session for `peer` is gone (closed, failed, expired or freed).
   void closed(const PeerKey& peer);
   // Removes the pending entries past their lifetime, appending them to `ended`.
@@ -79,6 +85,7 @@ private:
     Clock::time_point deadline;
     int tag = 0;
     std::list<PeerKey>::iterator order; // valid while Pending
+    Clock::time_point heard{};          // established: the last datagram from the peer
   };
 
   void dropPending(std::unordered_map<PeerKey, Entry, PeerKeyHash>::iterator it,

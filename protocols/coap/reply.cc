@@ -5,8 +5,10 @@
 
 namespace iotgw::coap {
 
-Bytes refusalFor(const Message& request, uint8_t code, std::string_view reason,
-                 size_t maxDiagnostic) {
+namespace {
+
+Message refusalHead(const Message& request, uint8_t code, std::string_view reason,
+                    size_t maxDiagnostic) {
   Message out;
   out.type = request.type == Type::Confirmable ? Type::Acknowledgement : Type::NonConfirmable;
   out.code = code;
@@ -18,6 +20,20 @@ Bytes refusalFor(const Message& request, uint8_t code, std::string_view reason,
     --n;
   }
   out.payload = View(reinterpret_cast<const uint8_t*>(reason.data()), n);
+  return out;
+}
+
+} // namespace
+
+Bytes refusalFor(const Message& request, uint8_t code, std::string_view reason,
+                 size_t maxDiagnostic) {
+  return encode(refusalHead(request, code, reason, maxDiagnostic));
+}
+
+Bytes tooManyRequests(const Message& request, uint32_t maxAgeSeconds, std::string_view reason) {
+  Message out = refusalHead(request, codes::kTooManyRequests, reason, kMaxDiagnosticBytes);
+  const Bytes maxAge = encodeUint(maxAgeSeconds);
+  out.options.push_back({options::kMaxAge, maxAge});
   return encode(out);
 }
 

@@ -20,6 +20,10 @@ inline constexpr size_t kMaxDiagnosticBytes = 64;
 [[nodiscard]] Bytes refusalFor(const Message& request, uint8_t code, std::string_view reason,
                                size_t maxDiagnostic = kMaxDiagnosticBytes);
 
+// 4.29 Too Many Requests (RFC 8516) with a Max-Age saying after how many seconds to try again.
+[[nodiscard]] Bytes tooManyRequests(const Message& request, uint32_t maxAgeSeconds,
+                                    std::string_view reason);
+
 // An RST for a message we will not process at all (RFC 7252 §4.2, §4.3); nothing for an ACK or RST.
 [[nodiscard]] Bytes resetFor(const Message& m);
 

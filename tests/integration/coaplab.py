@@ -405,17 +405,32 @@ class Probe:
 
 
 class FakeDevice:
-    """A legacy CoAP device (plain UDP) with two resources: /big, a body of `size` bytes served
-    block-wise (RFC 7959) as asked, and /endless, whose every block says more follow. Counts the
-    requests it gets."""
+    """A legacy CoAP device (plain UDP) that counts the requests it gets and logs them as
+    (time, path, query, block2 number). Its resources:
 
-    def __init__(self, address, port, size=10_000):
+    * /big: a body of `size` bytes served block-wise (RFC 7959) as asked;
+    * /endless: every block says more follow;
+    * /huge: the first block announces a body of 4 GiB (Size2) and says more follow;
+    * /slow: answers after `slow` seconds;
+    * /obs: an observe registration is answered with a small 2.05, and then the device sends a
+      small notification every 0.5 s;
+    * /obs-endless: the same, every 0.1 s, and each notification's Block2 says more follow, as do
+      all the blocks asked for after it;
+    * anything else: 2.05 "ok".
+    """
+
+    def __init__(self, address, port, size=10_000, slow=2.0):
         import threading
         self.body = os.urandom(size // 2).hex().encode()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((address, port))
-        self.sock.settimeout(0.2)
+        self.sock.settimeout(0.05)
+        self.slow = slow
         self.requests = 0
+        self.log = []
+        self.resets = 0
+        self.observers = {}  # path -> (peer, token) of its latest registration
+        self.lock = threading.Lock()
         self.running = True
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
@@ -423,7 +438,8 @@ class FakeDevice:
     @staticmethod
     def parse(d):
         tkl = d[0] & 15
-        token, i, number, path, block2 = d[4:4 + tkl], 4 + tkl, 0, [], None
+        token, i, number = d[4:4 + tkl], 4 + tkl, 0
+        out = {"token": token, "path": [], "query": [], "block2": None, "observe": None}
         while i < len(d) and d[i] != 0xff:
             delta, length = d[i] >> 4, d[i] & 15
             i += 1
@@ -439,34 +455,229 @@ class FakeDevice:
             value = d[i:i + length]
             i += length
             if number == 11:
-                path.append(value.decode(errors="replace"))
+                out["path"].append(value.decode(errors="replace"))
+            elif number == 15:
+                out["query"].append(value.decode(errors="replace"))
             elif number == 23:
-                block2 = int.from_bytes(value, "big")
-        return token, "/".join(path), block2
+                out["block2"] = int.from_bytes(value, "big")
+            elif number == 6:
+                out["observe"] = int.from_bytes(value, "big")
+        out["path"] = "/".join(out["path"])
+        return out
+
+    def send(self, data, peer):
+        with self.lock:
+            self.sock.sendto(data, peer)
 
     def run(self):
+        import threading
+        seq, last = 2, {}
         while self.running:
+            for path, (peer, token) in list(self.observers.items()):
+                every = 0.1 if path == "obs-endless" else 0.5
+                if time.time() - last.get(path, 0) < every:
+                    continue
+                last[path] = time.time()
+                seq += 1
+                head = bytes([0x50 | len(token), 0x45]) + (seq & 0xffff).to_bytes(2, "big") + token + opt(6, uint(seq))
+                if path == "obs-endless":
+                    self.send(head + opt(12 - 6, b"") + opt(23 - 12, uint(0 << 4 | 8 | 6)) + b"\xff" + b"n" * 1024, peer)
+                else:
+                    self.send(head + b"\xff" + f"n{seq}".encode(), peer)
             try:
                 d, peer = self.sock.recvfrom(4096)
             except socket.timeout:
                 continue
-            if len(d) < 4 or d[0] >> 6 != 1 or (d[0] >> 4) & 3 != 0:
+            if len(d) < 4 or d[0] >> 6 != 1:
+                continue
+            kind = (d[0] >> 4) & 3
+            if kind == 3:
+                self.resets += 1  # RFC 7641 §3.6: the observer is gone
+                self.observers = {k: v for k, v in self.observers.items() if v[0] != peer}
+                continue
+            if kind != 0 or d[1] == 0 or d[1] >= 32:
                 continue  # only confirmable requests are answered
             self.requests += 1
-            token, path, block2 = self.parse(d)
+            r = self.parse(d)
+            token, path, block2 = r["token"], r["path"], r["block2"]
+            self.log.append((time.time(), path, r["query"], None if block2 is None else block2 >> 4))
             num, szx = (block2 >> 4, min(block2 & 7, 6)) if block2 is not None else (0, 6)
             size = 1 << (szx + 4)
-            if path == "endless":
+            extra = b""
+            if path == "endless" or (path == "obs-endless" and r["observe"] is None):
                 chunk, more = b"x" * size, True
-            else:
+            elif path == "huge":
+                chunk, more, extra = b"h" * size, True, opt(28 - 23, uint(0xffffffff))
+            elif path in ("obs", "obs-endless") and r["observe"] == 0:
+                self.observers[path] = (peer, token)
+                self.send(bytes([0x60 | len(token), 0x45]) + d[2:4] + token + opt(6, uint(2)) + b"\xff" + b"first",
+                          peer)
+                continue
+            elif path == "slow":
+                reply = bytes([0x60 | len(token), 0x45]) + d[2:4] + token + b"\xffslow answer"
+                threading.Timer(self.slow, self.send, (reply, peer)).start()
+                continue
+            elif path == "big":
                 chunk = self.body[num * size:(num + 1) * size]
                 more = (num + 1) * size < len(self.body)
+            else:
+                self.send(bytes([0x60 | len(token), 0x45]) + d[2:4] + token + b"\xffok", peer)
+                continue
             reply = (bytes([0x60 | len(token), 0x45]) + d[2:4] + token
-                     + opt(12, b"") + opt(23 - 12, uint(num << 4 | (8 if more else 0) | szx))
+                     + opt(12, b"") + opt(23 - 12, uint(num << 4 | (8 if more else 0) | szx)) + extra
                      + b"\xff" + chunk)
-            self.sock.sendto(reply, peer)
+            self.send(reply, peer)
 
     def stop(self):
         self.running = False
         self.thread.join()
         self.sock.close()
+
+
+def ns_run(ns, *cmd, **kw):
+    """`cmd` inside network namespace `ns` (or here when ns is None)."""
+    return (["ip", "netns", "exec", ns] if ns else []) + list(cmd)
+
+
+class NsBroker:
+    """mosquitto with a mutual-TLS listener on 127.0.0.1 inside namespace `ns` (certificates from
+    mqttlab.Pki), and mosquitto_sub against it."""
+
+    def __init__(self, directory, pki, ns=None, port=18883):
+        self.dir, self.pki, self.ns, self.port = directory, pki, ns, port
+        self.conf = os.path.join(directory, "mosquitto.conf")
+        write(self.conf, f"""per_listener_settings false
+user root
+allow_anonymous true
+persistence false
+log_dest stderr
+log_type error
+listener {port} 127.0.0.1
+cafile {pki.ca}
+certfile {pki.server[0]}
+keyfile {pki.server[1]}
+require_certificate true
+tls_version tlsv1.2
+""")
+        self.log = open(os.path.join(directory, "mosquitto.log"), "w")
+        self.proc = subprocess.Popen(ns_run(ns, "mosquitto", "-c", self.conf), stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        probe = f"import socket,time\nfor _ in range(100):\n try:\n  socket.create_connection(('127.0.0.1',{port}),0.2);break\n except OSError: time.sleep(0.1)"
+        subprocess.run(ns_run(ns, sys.executable, "-c", probe), timeout=30)
+
+    def upstream(self):
+        """iotgwd's [upstream] section for this broker."""
+        return f"""[upstream]
+host = "127.0.0.1"
+port = {self.port}
+ca_file = "{self.pki.ca}"
+certificate = "{self.pki.gateway[0]}"
+private_key = "{self.pki.gateway[1]}"
+"""
+
+    def subscribe(self, topic):
+        out = os.path.join(self.dir, f"sub-{time.time_ns()}.txt")
+        f = open(out, "w")
+        p = subprocess.Popen(ns_run(self.ns, "mosquitto_sub", "-h", "127.0.0.1", "-p", str(self.port),
+                                    "--cafile", self.pki.ca, "--cert", self.pki.app[0], "--key",
+                                    self.pki.app[1], "-t", topic, "-v", "-q", "1"),
+                             stdout=f, stderr=subprocess.STDOUT)
+        time.sleep(0.5)  # let the SUBSCRIBE reach the broker
+
+        class Sub:
+            def lines(self_):
+                f.flush()
+                return open(out).read().splitlines()
+
+            def stop(self_):
+                p.terminate()
+                p.wait(timeout=5)
+                f.close()
+        return Sub()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.log.close()
+
+
+class DeviceLab:
+    """A gateway namespace with three networks, as a home router has them (names carry the
+    test's pid; no namespace has a route out of the lab):
+
+        dev (192.168.50.10) --- gw-dev 192.168.50.1   the device segment
+        lan (10.96.0.2)     --- gw-lan 10.96.0.1      the home LAN
+        wan (203.0.113.2)   --- gw-wan 203.0.113.1    the internet side
+
+    lan and wan route everything to the gateway, so a datagram they forge from the device's
+    address reaches the gateway's device-side address through their own interface."""
+
+    GW_DEV, DEV, GW_LAN, LAN, GW_WAN, WAN = ("192.168.50.1", "192.168.50.10", "10.96.0.1", "10.96.0.2",
+                                             "203.0.113.1", "203.0.113.2")
+
+    def __init__(self):
+        p = f"iotgwd{os.getpid() % 100000}"
+        self.ns = {n: f"{p}-{n}" for n in ("gw", "dev", "lan", "wan")}
+        try:
+            self._build()
+        except Exception:
+            self.destroy()
+            raise
+
+    def _build(self):
+        for ns in self.ns.values():
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        gw = self.ns["gw"]
+        for host, gwif, gwaddr, addr, prefix in (("dev", "gw-dev", self.GW_DEV, self.DEV, 24),
+                                                 ("lan", "gw-lan", self.GW_LAN, self.LAN, 24),
+                                                 ("wan", "gw-wan", self.GW_WAN, self.WAN, 24)):
+            sh("ip", "link", "add", gwif, "netns", gw, "type", "veth", "peer", "name", "eth0",
+               "netns", self.ns[host])
+            sh("ip", "-n", gw, "addr", "add", f"{gwaddr}/{prefix}", "dev", gwif)
+            sh("ip", "-n", gw, "link", "set", gwif, "up")
+            sh("ip", "-n", self.ns[host], "addr", "add", f"{addr}/{prefix}", "dev", "eth0")
+            sh("ip", "-n", self.ns[host], "link", "set", "eth0", "up")
+            sh("ip", "-n", self.ns[host], "route", "add", "default", "via", gwaddr)
+
+    def rp_filter(self, value):
+        """Sets reverse-path filtering on every interface of the gateway (0 off, 2 loose)."""
+        for iface in ("all", "default", "gw-dev", "gw-lan", "gw-wan", "lo"):
+            sh("ip", "netns", "exec", self.ns["gw"], "sysctl", "-qw", f"net.ipv4.conf.{iface}.rp_filter={value}")
+
+    def cmd(self, ns, *args):
+        return ["ip", "netns", "exec", self.ns[ns], *args]
+
+    def destroy(self):
+        for ns in self.ns.values():
+            r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+            for pid in r.stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+# Sends one UDP datagram with a forged source address and port (raw socket; the kernel fills in
+# the IPv4 checksum, a zero UDP checksum means none).
+FORGER = r"""
+import socket, struct, sys
+src, sport, dst, dport, hexdata, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
+data = bytes.fromhex(hexdata)
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for i in range(count):
+    d = data[:2] + ((int.from_bytes(data[2:4], "big") + i) & 0xffff).to_bytes(2, "big") + data[4:]
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(d), 0) + d
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    s.sendto(ip + udp, (dst, 0))
+"""
+
+
+def forge(cmd_prefix, src, sport, dst, dport, data, count=1):
+    """Sends `count` datagrams from `src`:`sport` (forged) to `dst`:`dport`, each with the next
+    message id, from the namespace `cmd_prefix` runs commands in."""
+    subprocess.run(cmd_prefix + [sys.executable, "-c", FORGER, src, str(sport), dst, str(dport), data.hex(),
+                                 str(count)], check=True, timeout=30)

@@ -89,6 +89,7 @@ def main():
 coap_request_timeout_ms = {GUARD_MS}
 coap_max_observe_per_session = {PER_SESSION}
 coap_max_observe = {TOTAL}
+coap_max_observe_per_device = {TOTAL}
 coap_max_pending_per_session = {PENDING}
 """))
         # In a sanitizer build freed memory is held back (quarantined) to catch its later use, so

@@ -211,7 +211,7 @@ TEST(DtlsAdmission, HalfOpenHandshakesExpireEstablishedOnesDoNot) {
   std::vector<Admission::Ended> ended;
   a.admit(peer(1, 1), 0, t, ended);
   a.admit(peer(2, 1), 0, t + 1s, ended);
-  a.established(peer(2, 1));
+  a.established(peer(2, 1), t);
   EXPECT_EQ(a.pending(), 1U);
   EXPECT_EQ(a.established(), 1U);
   EXPECT_EQ(a.state(peer(1, 1), t + 10s), Admission::State::Unknown);
@@ -223,6 +223,21 @@ TEST(DtlsAdmission, HalfOpenHandshakesExpireEstablishedOnesDoNot) {
   EXPECT_EQ(a.state(peer(2, 1), t + 1h), Admission::State::Unknown);
   EXPECT_EQ(a.established(), 0U);
   EXPECT_EQ(a.pending(), 0U);
+}
+
+TEST(DtlsAdmission, AnEstablishedPeerIsHeardFromOnlyWhenItSends) {
+  Admission a({.maxPending = 4, .maxPendingPerAddress = 4, .pendingLifetime = 10s});
+  const auto t = Clock::now();
+  std::vector<Admission::Ended> ended;
+  a.admit(peer(3, 1), 0, t, ended);
+  EXPECT_FALSE(a.lastHeard(peer(3, 1))) << "not established yet";
+  a.established(peer(3, 1), t + 1s);
+  EXPECT_EQ(a.lastHeard(peer(3, 1)), t + 1s);
+  EXPECT_EQ(a.touch(peer(3, 1), t + 30s), Admission::State::Established);
+  EXPECT_EQ(a.lastHeard(peer(3, 1)), t + 30s);
+  EXPECT_EQ(a.state(peer(3, 1), t + 60s), Admission::State::Established);
+  EXPECT_EQ(a.lastHeard(peer(3, 1)), t + 30s) << "looking is not hearing";
+  EXPECT_EQ(a.touch(peer(4, 1), t), Admission::State::Unknown);
 }
 
 TEST(DtlsAdmission, ARetransmittedClientHelloChangesNothing) {
