@@ -162,6 +162,12 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
     emit(EventType::MalformedPacket, "", peer, v.error().rule, "5.13-1", "refuse",
          fmt::format("CoAP request refused with {}: {}", codeText(v.error().code),
                      v.error().reason));
+    if (v.error().code == coap::codes::kRequestEntityTooLarge) {
+      // RFC 7959 §4: a 4.13 says in Size1 how large a body may be.
+      uint8_t buf[4];
+      coap_add_option(resp, COAP_OPTION_SIZE1,
+                      coap_encode_var_safe(buf, sizeof buf, limits.maxBodyBytes), buf);
+    }
     refuse(resp, v.error().code, v.error().reason);
     return;
   }
