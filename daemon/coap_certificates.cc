@@ -72,7 +72,8 @@ int crlIndex() {
 
 // Worked out once per policy snapshot (looking a device up by address walks every policy).
 const policy::DevicePolicy*
-CoapService::Engine::deviceOf(Peer& peer, const std::shared_ptr<const policy::PolicySet>& set) const {
+CoapService::Engine::deviceOf(Peer& peer,
+                              const std::shared_ptr<const policy::PolicySet>& set) const {
   if (peer.identitySet.lock() != set) {
     const policy::DevicePolicy* d = set->findByCertificate(peer.commonName, peer.subjectAltNames);
     if (d == nullptr && peer.ip) {
@@ -185,7 +186,7 @@ std::string CoapService::Engine::loadCrls(const std::string& file, Crls& into) {
 // OpenSSL's verifier asks for the CRLs of a certificate's issuer; the caller frees the stack and
 // drops one reference of each CRL in it.
 STACK_OF(X509_CRL) * CoapService::Engine::lookupCrls(const X509_STORE_CTX* ctx,
-                                                      const X509_NAME* issuer) {
+                                                     const X509_NAME* issuer) {
   STACK_OF(X509_CRL)* out = sk_X509_CRL_new_null();
   const auto* e = static_cast<const Engine*>(
       X509_STORE_get_ex_data(X509_STORE_CTX_get0_store(ctx), crlIndex()));
@@ -234,10 +235,10 @@ int CoapService::Engine::recordVerify(int ok, X509_STORE_CTX* store) {
   if (ok != 0) {
     return ok;
   }
-  auto* ssl = static_cast<SSL*>(
-      X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
-  auto* e = static_cast<Engine*>(
-      X509_STORE_get_ex_data(X509_STORE_CTX_get0_store(store), crlIndex()));
+  auto* ssl =
+      static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  auto* e =
+      static_cast<Engine*>(X509_STORE_get_ex_data(X509_STORE_CTX_get0_store(store), crlIndex()));
   auto* s = ssl != nullptr ? static_cast<coap_session_t*>(SSL_get_app_data(ssl)) : nullptr;
   if (e == nullptr || s == nullptr || e->refusals.contains(s)) {
     return ok; // ours gave the reason already (CERT_REJECTED)

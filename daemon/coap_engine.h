@@ -6,7 +6,9 @@
 // device) and the device-side push endpoint (CoapService::DeviceEndpoint). Loop thread only.
 //
 //   coap_service.cc       the capability: libcoap's context, the loop and timers, sessions, sweeps
-//   coap_proxy.cc         a client's request: checks, forwarding, answers, observe relays
+//   coap_proxy.cc         a client's request: checks, forwarding, answers
+//   coap_observe.cc       observe relays: notifications, ending relationships
+//   coap_links.cc         the proxy's clients of devices: sockets, sending, closing a device
 //   coap_certificates.cc  client certificates: verification, CRLs, identity
 //   coap_push.cc          the device-side endpoint: readings pushed by devices
 
@@ -153,10 +155,10 @@ struct CoapService::Engine {
     std::weak_ptr<const policy::PolicySet> identitySet;
     std::optional<policy::DeviceId> identity;
     bool established = false;
-    uint32_t pending = 0;   // forwarded requests waiting for a device
-    uint32_t observing = 0; // observe relationships
-    size_t held = 0;        // bytes of answers libcoap serves to it block by block
-    std::map<std::string, Upload> uploads;      // by Uri-Path and Request-Tag, as libcoap keys them
+    uint32_t pending = 0;                  // forwarded requests waiting for a device
+    uint32_t observing = 0;                // observe relationships
+    size_t held = 0;                       // bytes of answers libcoap serves to it block by block
+    std::map<std::string, Upload> uploads; // by Uri-Path and Request-Tag, as libcoap keys them
     std::deque<Clock::time_point> uploadStarts; // first blocks within kUploadWindow
     bool closing = false;                       // refused beyond every bound: being closed
   };
@@ -185,8 +187,8 @@ struct CoapService::Engine {
     Engine& owner;
     uint64_t id = 0;
     PeerKey link;
-    size_t charged = 0;   // bytes held for it: the request body, then the answer
-    bool counted = false; // holds one of its client session's pending slots
+    size_t charged = 0;            // bytes held for it: the request body, then the answer
+    bool counted = false;          // holds one of its client session's pending slots
     coap_async_t* async = nullptr; // libcoap owns it; valid until it is freed or has fired
     Bytes downToken;
     coap_mid_t downMid = 0;
@@ -249,8 +251,9 @@ struct CoapService::Engine {
 
   // Client certificates (coap_certificates.cc).
   int verify(const char* cn, View der, coap_session_t* s, unsigned depth, int validated);
-  static std::string loadCrls(const std::string& file,
-                              std::vector<std::unique_ptr<X509_CRL, decltype(&X509_CRL_free)>>& into);
+  static std::string
+  loadCrls(const std::string& file,
+           std::vector<std::unique_ptr<X509_CRL, decltype(&X509_CRL_free)>>& into);
   int setupTls(SSL* ssl);
   static int recordVerify(int ok, X509_STORE_CTX* store);
   static SSL_verify_cb& libcoapVerify() {
@@ -422,7 +425,8 @@ struct CoapService::DeviceEndpoint {
   // `size` is the datagram's real size; `datagram` holds at most the buffer's worth of it.
   void handle(int fd, const sockaddr_storage& from, socklen_t fromLen, View datagram, size_t size);
   // Sends to a device (no budget), or to an unknown source within its 3x budget.
-  void send(int fd, const sockaddr_storage& to, socklen_t toLen, const Bytes& bytes, Source* budget);
+  void send(int fd, const sockaddr_storage& to, socklen_t toLen, const Bytes& bytes,
+            Source* budget);
   Source& sourceFor(const std::string& ip, Clock::time_point now);
   // Remembers a confirmable push's answer (empty while it waits for the broker); at most
   // kMaxRecent entries, the oldest forgotten first.

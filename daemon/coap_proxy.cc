@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 // A client's request through the CoAP proxy: validation, policy, what a session may hold,
-// forwarding to the device, the device's answer checked and relayed, observe relationships.
+// forwarding to the device, the device's answer checked and relayed (observe relays:
+// coap_observe.cc).
 #include <algorithm>
 #include <cstring>
 
@@ -44,8 +45,8 @@ coap::Message toMessage(const coap_pdu_t* pdu, bool dropBlock1) {
     if (dropBlock1 && it.number == COAP_OPTION_BLOCK1) {
       continue;
     }
-    m.options.push_back({static_cast<uint16_t>(it.number),
-                         View(coap_opt_value(o), coap_opt_length(o))});
+    m.options.push_back(
+        {static_cast<uint16_t>(it.number), View(coap_opt_value(o), coap_opt_length(o))});
   }
   size_t len = 0, offset = 0, total = 0;
   const uint8_t* data = nullptr;
@@ -281,9 +282,9 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
     if (full != nullptr) {
       observe = false;
       ++svc.stats_.observeRefused;
-      emit(EventType::RateLimited, deviceName, peer, full, "5.9-3", "serve-without-observe",
-           fmt::format("observe of {} not registered: at the limit; answered as a plain GET",
-                       path));
+      emit(
+          EventType::RateLimited, deviceName, peer, full, "5.9-3", "serve-without-observe",
+          fmt::format("observe of {} not registered: at the limit; answered as a plain GET", path));
     }
   }
   Link* link = linkFor(*device);
@@ -757,131 +758,6 @@ void CoapService::Engine::fail(Exchange& ex, uint8_t code, std::string_view text
     ex.relation = false;
   }
   deliver(ex);
-}
-
-void CoapService::Engine::onNotification(Relation& rel, const coap::UpstreamEvent& e) {
-  using Kind = coap::UpstreamEvent::Kind;
-  if (e.kind == Kind::Dropped) {
-    ++svc.stats_.badResponses;
-    emit(EventType::MalformedPacket, rel.device, rel.peer, "coap.response", "5.13-1", "drop",
-         fmt::format("notification for {} dropped: {}", rel.path, e.reason));
-    return;
-  }
-  if (e.kind == Kind::Ended) {
-    ++svc.stats_.badResponses;
-    emit(EventType::MalformedPacket, rel.device, rel.peer, "coap.response", "5.13-1", "end",
-         fmt::format("observation of {} ended: {}; 5.02 to the client", rel.path, e.reason));
-    endRelation(rel.id, coap::codes::kBadGateway, "the device's notification is too large");
-    return;
-  }
-  const auto policies = svc.policies_();
-  const auto id = policy::DeviceId::parse(rel.device);
-  const policy::DevicePolicy* d = id ? policies->find(*id) : nullptr;
-  const uint64_t relId = rel.id;
-  if (d == nullptr) {
-    endRelation(relId);
-    return;
-  }
-  Exchange answer(*this);
-  coap::UpstreamAnswer a = e.answer;
-  if (std::string bad = checkResponse(d, a, answer); !bad.empty()) {
-    ++svc.stats_.badResponses;
-    emit(EventType::MalformedPacket, rel.device, rel.peer, "coap.response", "5.13-1", "drop",
-         fmt::format("notification for {} dropped: {}", rel.path, bad));
-    return;
-  }
-  notify(rel, answer);
-  if (e.ended || (answer.code >> 5) != 2) {
-    endRelation(relId); // the device's last notification (RFC 7641 §3.2)
-  }
-}
-
-void CoapService::Engine::notify(Relation& rel, const Exchange& answer) {
-  if (!peers.contains(rel.down)) {
-    return;
-  }
-  const size_t room = coap_session_max_pdu_size(rel.down);
-  if (answer.payload.size() + 64 > room) {
-    ++svc.stats_.badResponses;
-    emit(EventType::MalformedPacket, rel.device, rel.peer, "coap.response", "5.13-1", "drop",
-         fmt::format("notification for {} of {} bytes is larger than one datagram; dropped",
-                     rel.path, answer.payload.size()));
-    return;
-  }
-  const auto now = Clock::now();
-  const bool confirm = !rel.lastConfirmable ||
-                       now - *rel.lastConfirmable >=
-                           std::min<Clock::duration>(kConfirmNotificationsEvery,
-                                                     svc.config_->limits.idleSession / 4);
-  coap_pdu_t* pdu = coap_pdu_init(confirm ? COAP_MESSAGE_CON : COAP_MESSAGE_NON,
-                                  static_cast<coap_pdu_code_t>(answer.code),
-                                  coap_new_message_id(rel.down), room);
-  if (pdu == nullptr) {
-    return;
-  }
-  coap_add_token(pdu, rel.downToken.size(), rel.downToken.data());
-  // An error notification carries no Observe: it ends the client's observation.
-  if ((answer.code >> 5) == 2) {
-    uint8_t buf[4];
-    coap_add_option(pdu, COAP_OPTION_OBSERVE,
-                    coap_encode_var_safe(buf, sizeof buf, rel.sequence++), buf);
-  }
-  for (const auto& [number, value] : answer.options) {
-    coap_add_option(pdu, number, value.size(), value.data());
-  }
-  if (!answer.payload.empty()) {
-    coap_add_data(pdu, answer.payload.size(), answer.payload.data());
-  }
-  if (coap_send(rel.down, pdu) != COAP_INVALID_MID) {
-    ++svc.stats_.notifications;
-    libcoapTouched = true;
-    if (confirm) {
-      rel.lastConfirmable = now;
-    }
-  }
-}
-
-void CoapService::Engine::endRelation(uint64_t id, std::optional<uint8_t> code,
-                                      std::string_view text) {
-  auto it = relations.find(id);
-  if (it == relations.end()) {
-    return;
-  }
-  Relation& rel = *it->second;
-  if (code) {
-    Exchange last(*this);
-    last.code = *code;
-    last.payload.assign(text.begin(), text.end());
-    notify(rel, last);
-  }
-  if (auto l = links.find(rel.link); l != links.end()) {
-    coap::UpstreamOutput none;
-    l->second->client.cancel(id, Clock::now(), none); // the device's next notification is reset
-  }
-  if (auto p = peers.find(rel.down); p != peers.end() && p->second.observing > 0) {
-    --p->second.observing;
-  }
-  if (auto d = observingPerDevice.find(rel.device); d != observingPerDevice.end()) {
-    if (--d->second == 0) {
-      observingPerDevice.erase(d);
-    }
-  }
-  coap_session_release(rel.down);
-  --svc.stats_.observing;
-  relations.erase(it);
-}
-
-void CoapService::Engine::endRelationsIf(const std::function<bool(const Relation&)>& match,
-                                         std::optional<uint8_t> code, std::string_view text) {
-  std::vector<uint64_t> ids;
-  for (const auto& [id, rel] : relations) {
-    if (match(*rel)) {
-      ids.push_back(id);
-    }
-  }
-  for (const uint64_t id : ids) {
-    endRelation(id, code, text);
-  }
 }
 
 } // namespace iotgw::daemon

@@ -66,14 +66,14 @@ std::string CoapService::DeviceEndpoint::start() {
 }
 
 void CoapService::DeviceEndpoint::emit(EventType type, std::string device, std::string peer,
-                                       std::string rule, std::string provision,
-                                       std::string action, std::string message) {
+                                       std::string rule, std::string provision, std::string action,
+                                       std::string message) {
   emitCoap(svc.sink_, type, std::move(device), std::move(peer), std::move(rule),
            std::move(provision), std::move(action), std::move(message));
 }
 
 CoapService::DeviceEndpoint::Source& CoapService::DeviceEndpoint::sourceFor(const std::string& ip,
-                                                                           Clock::time_point now) {
+                                                                            Clock::time_point now) {
   if (sources.size() >= kMaxSources && !sources.contains(ip)) {
     // Forget sources quiet for a minute; if that frees nothing, start over (a forgotten source
     // starts with an empty budget, so forgetting never allows more than 3x).
@@ -311,9 +311,8 @@ void CoapService::DeviceEndpoint::handle(int fd, const sockaddr_storage& from, s
                                ? static_cast<double>(m.payload.size()) / rate.bytesPerSecond
                                : 1.0 / rate.messagesPerSecond;
     const auto wait = static_cast<uint32_t>(std::clamp(std::ceil(seconds), 1.0, 3600.0));
-    emit(EventType::RateLimited, deviceName, peer, limited->rule,
-         std::string(limited->provision), "refuse",
-         fmt::format("CoAP push to {} refused with 4.29: {}", v->path, limited->reason));
+    emit(EventType::RateLimited, deviceName, peer, limited->rule, std::string(limited->provision),
+         "refuse", fmt::format("CoAP push to {} refused with 4.29: {}", v->path, limited->reason));
     reply(coap::tooManyRequests(m, wait, limited->reason));
     return;
   }

@@ -223,8 +223,8 @@ void Upstream::transmit(Exchange& ex, Message m, Clock::time_point now, Upstream
   std::array<uint8_t, 1> r{};
   random_(r);
   // ACK_TIMEOUT × (1 + (ACK_RANDOM_FACTOR − 1) × random), RFC 7252 §4.8 with a factor of 1.5.
-  ex.timeout = std::chrono::duration_cast<Clock::duration>(settings_.ackTimeout) *
-               (510 + r[0]) / 510;
+  ex.timeout =
+      std::chrono::duration_cast<Clock::duration>(settings_.ackTimeout) * (510 + r[0]) / 510;
   ex.retransmits = 0;
   ex.nextSend = now + ex.timeout;
   out.datagrams.push_back(ex.datagram);
@@ -592,9 +592,9 @@ void Upstream::onNotification(Relation& rel, const Message& m, Clock::time_point
                               UpstreamOutput& out, bool& reset) {
   const uint64_t id = rel.id;
   const Option* observe = find(m, options::kObserve);
-  const std::optional<uint32_t> value =
-      observe != nullptr && observe->value.size() <= 3 ? std::optional(decodeUint(observe->value))
-                                                       : std::nullopt;
+  const std::optional<uint32_t> value = observe != nullptr && observe->value.size() <= 3
+                                            ? std::optional(decodeUint(observe->value))
+                                            : std::nullopt;
   auto event = [&](UpstreamEvent::Kind kind) {
     UpstreamEvent e;
     e.kind = kind;

@@ -21,8 +21,8 @@
 //   reset (or ignored, for acknowledgements), never taken as an answer.
 
 #include <chrono>
-#include <cstdint>
 #include <cstddef>
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
@@ -219,7 +219,7 @@ private:
   Random random_;
   uint16_t nextMid_ = 0;
   std::map<uint64_t, Exchange> exchanges_;
-  std::unordered_map<Token, uint64_t> byToken_; // current and registration tokens
+  std::unordered_map<Token, uint64_t> byToken_;  // current and registration tokens
   std::unordered_map<uint16_t, uint64_t> byMid_; // confirmable datagrams awaiting their ACK
   std::deque<uint64_t> queue_;                   // waiting for an NSTART slot, oldest first
   size_t queued_ = 0;                            // of queue_, those still waiting

@@ -307,7 +307,7 @@ TEST(CoapUpstream, ObserveNotificationsAndTheirLimits) {
   EXPECT_EQ(u.relations(), 1u);
 
   auto notification = [&](uint32_t seq, std::vector<std::pair<uint16_t, Bytes>> extra,
-                           uint16_t mid) {
+                          uint16_t mid) {
     Reply n;
     n.type = Type::Confirmable;
     n.mid = mid;
