@@ -216,18 +216,25 @@ bool MosquittoUpstream::publish(const upstream::Publish& p) {
     return true;
   }
   int mid = 0;
+  // libmosquitto may write a QoS 0 message before mosquitto_publish returns, and say so
+  // (on_publish) before we know its mid: onPublish keeps such mids for us.
+  publishing_ = true;
   const int rc = mosquitto_publish(mosq_, &mid, p.topic.c_str(), static_cast<int>(p.payload.size()),
                                    p.payload.data(), p.qos, p.retain);
+  publishing_ = false;
+  const bool writtenAlready = std::ranges::find(writtenDuringPublish_, mid) != writtenDuringPublish_.end();
+  writtenDuringPublish_.clear();
   // QoS > 0 while disconnected: libmosquitto returns NO_CONN but has queued the message, and
   // sends it after the reconnect (on_publish fires then). Treating it as a failure would
   // duplicate it.
   if (rc != MOSQ_ERR_SUCCESS && !(rc == MOSQ_ERR_NO_CONN && p.qos > 0)) {
     return false;
   }
-  hold(bytes);
   if (p.qos > 0) {
+    hold(bytes);
     pending_.emplace(mid, Pending{p.token, bytes});
-  } else {
+  } else if (!writtenAlready) {
+    hold(bytes);
     unwritten_.emplace(mid, bytes);
   }
   syncSocket();
@@ -330,6 +337,9 @@ void MosquittoUpstream::onPublish(mosquitto*, void* self, int mid) {
   }
   const auto it = u->pending_.find(mid);
   if (it == u->pending_.end()) {
+    if (u->publishing_) {
+      u->writtenDuringPublish_.push_back(mid); // written inside mosquitto_publish
+    }
     return;
   }
   const uint64_t token = it->second.token;

@@ -24,7 +24,7 @@ from iotgw_testlib import (IOTGWD, check, finish, hash_password, require_binary,
                            write)
 from mqttlab import Broker, Pki  # noqa: E402
 
-P = f"iotgwm{os.getpid() % 100000}"
+P = os.environ.get("IOTGW_LAB", f"iotgwm{os.getpid() % 100000}")  # the same inside and out
 NS = {n: f"{P}-{n}" for n in ("gw", "dev", "lan")}
 GW, DEV, LAN = "192.168.50.1", "192.168.50.10", "192.168.1.20"
 
@@ -244,7 +244,7 @@ def main():
         sys.exit(2)
     build_lab()
     try:
-        env = dict(os.environ, IOTGW_TEST_IN_NS="1")
+        env = dict(os.environ, IOTGW_TEST_IN_NS="1", IOTGW_LAB=P)
         rc = subprocess.call(["ip", "netns", "exec", NS["gw"], "unshare", "-m", "--propagation",
                               "private", sys.executable] + sys.argv, env=env)
     finally:

@@ -155,6 +155,7 @@ max_payload_bytes = 65536
             resumed += 1
         except socket.timeout:
             pass
+    print(f"   the broker read {silent.received} bytes once it read again")
     check(resumed >= 20, f"once the broker reads again the device is read again ({resumed})")
     time.sleep(1.0)
     after = w.rss_kib(d.proc.pid)
