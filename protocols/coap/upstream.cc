@@ -197,8 +197,14 @@ void Upstream::sendBlock2(Exchange& ex, uint32_t number, Clock::time_point now,
 }
 
 void Upstream::transmit(Exchange& ex, Message m, Clock::time_point now, UpstreamOutput& out) {
-  std::stable_sort(m.options.begin(), m.options.end(),
-                   [](const Option& a, const Option& b) { return a.number < b.number; });
+  // In option-number order, repeated options in the order given: an insertion sort (a handful of
+  // options; std::stable_sort in libstdc++ 12 trips clang's C++23 deprecation of
+  // get_temporary_buffer).
+  for (size_t i = 1; i < m.options.size(); ++i) {
+    for (size_t j = i; j > 0 && m.options[j].number < m.options[j - 1].number; --j) {
+      std::swap(m.options[j], m.options[j - 1]);
+    }
+  }
   if (ex.token != 0 && ex.token != ex.registration) {
     byToken_.erase(ex.token); // an answer to the earlier datagram is no longer awaited
   }

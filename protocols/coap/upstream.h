@@ -222,7 +222,6 @@ private:
   std::unordered_map<Token, uint64_t> byToken_;  // current and registration tokens
   std::unordered_map<uint16_t, uint64_t> byMid_; // confirmable datagrams awaiting their ACK
   std::deque<uint64_t> queue_;                   // waiting for an NSTART slot, oldest first
-  size_t queued_ = 0;                            // of queue_, those still waiting
   size_t inFlight_ = 0;
   std::set<std::pair<Clock::time_point, uint64_t>> wakes_; // each exchange's next deadline
   std::unordered_map<Token, Relation> relations_;

@@ -97,7 +97,11 @@ burst = 1000
               f"{at_broker} at the broker ({at_broker / elapsed:.1f}/s), {limited} refused with 4.29")
         check(at_broker <= allowed + 1, f"the broker got at most burst + rate x time = {allowed:.0f} ({at_broker})")
         check(published <= allowed + 1, f"and iotgwd published no more ({published})")
-        check(limited >= sent // 2, f"the rest were refused and counted ({limited} of {sent})")
+        # What iotgwd read of the flood (a loaded machine drops some in the socket's buffer): all
+        # of it beyond the rate refused.
+        read = after.get("coap_device_datagrams", 0) - before.get("coap_device_datagrams", 0)
+        check(read > allowed and limited >= read - published - 2,
+              f"the rest were refused and counted ({limited} of the {read} iotgwd read, {sent} sent)")
 
         print("confirmable pushes beyond the rate: 4.29 with Max-Age")
         s.setblocking(True)
