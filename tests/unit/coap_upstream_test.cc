@@ -193,7 +193,8 @@ TEST(CoapUpstream, ABlockWiseAnswerIsCollected) {
     ASSERT_EQ(out.datagrams.size(), 1u);
     const Bytes request = out.datagrams[0];
     if (n > 0) {
-      const Option* b2 = optionOf(*parse(request), options::kBlock2);
+      const Message asked = *parse(request);
+      const Option* b2 = optionOf(asked, options::kBlock2);
       ASSERT_NE(b2, nullptr);
       EXPECT_EQ(decodeBlock(b2->value)->number, n);
       EXPECT_EQ(optionOf(*parse(request), options::kObserve), nullptr);
