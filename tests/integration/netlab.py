@@ -189,7 +189,7 @@ class Gateway:
     """iotgwd in the gateway namespace (the test runs there), with the broker and the app's DTLS
     certificates, events on stderr."""
 
-    def __init__(self, root, dtls=False, extra_policies=()):
+    def __init__(self, root, ports=None):
         from mqttlab import Broker, Pki
         self.root = root
         self.pki = Pki(os.path.join(root, "pki"))
@@ -201,8 +201,8 @@ class Gateway:
         write(os.path.join(self.devices, "thermo-01.toml"), THERMO_POLICY.format(hash=hash_password("s3cret-thermo")))
         write(os.path.join(self.devices, "plug-02.toml"), PLUG_POLICY)
         write(os.path.join(self.devices, "sensor-05.toml"), SENSOR_POLICY.format(hash=hash_password("s3cret-sensor")))
-        for name, text in extra_policies:
-            write(os.path.join(self.devices, f"{name}.toml"), text)
+        for name, text in (ports or {}).items():  # bindings learned earlier, or pinned by hand
+            write(os.path.join(self.state, "ports", name), text)
         self.conf = os.path.join(root, "iotgw.toml")
         write(self.conf, f"""[daemon]
 state_directory = "{self.state}"
