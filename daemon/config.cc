@@ -280,6 +280,8 @@ private:
     u32("max_subscriptions_per_session", 1, 1'000'000, l.maxSubscriptionsPerSession);
     u32("max_filters_per_subscribe", 1, 65'535, l.maxFiltersPerSubscribe);
     u32("max_queued_bytes", 1024, 1024 * 1024 * 1024, l.maxQueuedBytes);
+    u32("max_queued_bytes_total", 1024, 4'294'967'295, l.maxQueuedBytesTotal);
+    u32("max_topic_bytes", 16, 65'535, l.maxTopicBytes);
     u32("max_devices", 1, 1'000'000, l.maxDevices);
     u32("max_queued_messages", 0, 10'000'000, l.maxQueuedMessages);
     ms("coap_request_timeout_ms", 100, 120'000, l.coapRequestTimeout);
@@ -319,6 +321,7 @@ private:
            "max_password_checks");
     atMost(l.maxConnectBytes, l.maxUnauthenticatedBytes, "max_connect_bytes",
            "max_unauthenticated_bytes");
+    atMost(l.maxQueuedBytes, l.maxQueuedBytesTotal, "max_queued_bytes", "max_queued_bytes_total");
     if (l.maxConnectionsPerSource > l.maxConnections) {
       const toml::node* at = t.get("max_connections_per_source");
       r.error(at != nullptr ? *at : static_cast<const toml::node&>(t),

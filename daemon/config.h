@@ -83,8 +83,13 @@ struct Limits {
   uint32_t maxPasswordChecksPerSource = 2;
   uint32_t maxSubscriptionsPerSession = 100;
   uint32_t maxFiltersPerSubscribe = 32;
-  // What a session may hold for its client that the client has not read (bytes of messages).
+  // What a session may hold for its client that the client has not read, and for the broker
+  // that the broker has not taken (bytes of messages) ...
   uint32_t maxQueuedBytes = 1024 * 1024;
+  // ... and what all upstream sessions together may hold for the broker.
+  uint32_t maxQueuedBytesTotal = 64 * 1024 * 1024;
+  // Topic names and filters, both directions (the parsers behind us rarely expect 64 KiB ones).
+  uint32_t maxTopicBytes = 1024;
   uint32_t maxDevices = 10'000;
   uint32_t maxQueuedMessages = 1000;
   // How long the CoAP proxy waits for a device before answering 5.04 Gateway Timeout.

@@ -175,6 +175,8 @@ std::string Daemon::setUp() {
         *reactor_, *sink_, current_.config, [this] { return current_.policies; },
         current_.defaultCredentials);
     mqtt_->setIdentities(identities_.get());
+    mqtt_->setQuarantineCheck(
+        [this](const policy::DeviceId& id) { return firewall_ && firewall_->quarantined(id); });
     if (firewall_) {
       mqtt_->setQuarantineHandler([this](const policy::DeviceId& id, const std::string& rule) {
         (void)firewall_->quarantine(id, rule, // a failure is an event of its own

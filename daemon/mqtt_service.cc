@@ -84,7 +84,8 @@ struct MqttService::Connection final : mqtt::UpstreamObserver {
   std::vector<uint8_t> output;
   bool closeAfterFlush = false;
   bool dead = false;
-  bool paused = false; // not reading: the upstream is connecting and its queue is filling
+  bool paused = false; // not reading: the upstream is connecting, or the broker is not reading
+  bool stallReported = false; // the broker-not-reading event went out for this pause
   uint32_t armed = 0;
 };
 
@@ -93,7 +94,8 @@ MqttService::MqttService(io::Reactor& reactor, EventSink& sink,
                          std::shared_ptr<const policy::DefaultCredentials> defaults)
     : reactor_(reactor), sink_(sink), config_(std::move(config)), policies_(std::move(policies)),
       defaults_(std::move(defaults)), throttle_(config_->limits.authThrottle),
-      admission_(admissionLimits(config_->limits)) {}
+      admission_(admissionLimits(config_->limits)),
+      upstreamBudget_{config_->limits.maxQueuedBytesTotal, 0} {}
 
 MqttService::~MqttService() {
   if (timer_) {
@@ -196,6 +198,21 @@ void MqttService::onAccept(int listenFd, bool tls) {
     if (!a) {
       return; // EAGAIN, or a transient error such as EMFILE: try again on the next event
     }
+    if (!tls && !fromDeviceSegment(*a)) {
+      ++stats_.refusedOffSegment;
+      Event e;
+      e.type = EventType::AccessDenied;
+      e.peer = a->label();
+      e.protocol = "mqtt";
+      e.provision = std::string(policy::provision::kAuthenticatedAccess);
+      e.rule = "device_segment.interfaces";
+      e.action = "refuse";
+      e.message = fmt::format("connection to the device-side listener arrived on '{}', not on a "
+                              "device-segment interface",
+                              io::interfaceName(a->ifindex));
+      sink_.emit(std::move(e));
+      continue;
+    }
     const uint64_t id = nextConnectionId_++;
     const auto verdict = admission_.admit(id, a->address.str(), tls, Clock::now());
     if (verdict.refusedBy != nullptr) {
@@ -237,6 +254,18 @@ void MqttService::onAccept(int listenFd, bool tls) {
   }
 }
 
+bool MqttService::fromDeviceSegment(const io::Accepted& a) const {
+  // The firewall keeps other interfaces away from the device-side ports; this holds without it,
+  // and whatever the routing and rp_filter settings: a LAN host spoofing or simply routing to
+  // the device-side address is refused here. Loopback is this host itself.
+  const std::string name = io::interfaceName(a.ifindex);
+  if (name == "lo") {
+    return true;
+  }
+  const auto& segment = config_->deviceSegment.interfaces;
+  return !name.empty() && std::ranges::find(segment, name) != segment.end();
+}
+
 void MqttService::evict(const std::vector<io::Admission::Id>& ids) {
   for (const auto id : ids) {
     if (const auto it = byId_.find(id); it != byId_.end() && !it->second->dead) {
@@ -256,7 +285,9 @@ void MqttService::startSession(Connection& c) {
   settings.maxQueuedBytesToClient = limits.maxQueuedBytes;
   settings.maxSubscriptions = limits.maxSubscriptionsPerSession;
   settings.maxFiltersPerSubscribe = limits.maxFiltersPerSubscribe;
+  settings.maxTopicBytes = limits.maxTopicBytes;
   settings.upstreamClientIdPrefix = config_->upstream.clientIdPrefix;
+  settings.quarantined = quarantined_;
   mqtt::PeerInfo peer{c.address, c.label, std::nullopt};
   if (c.tls) {
     // The identity comes from the verified certificate, never from packet contents.
@@ -367,7 +398,21 @@ void MqttService::readClient(Connection& c) {
   for (int round = 0; round < 16 && !c.dead; ++round) {
     if (c.upstream && !c.upstream->acceptsMore()) {
       c.paused = true;
-      flush(c); // drops EPOLLIN until the upstream is connected
+      flush(c); // drops EPOLLIN until the upstream is connected or the broker reads again
+      if (c.upstream->stalled() && !c.stallReported) {
+        c.stallReported = true;
+        ++stats_.upstreamStalls;
+        Event e;
+        e.type = EventType::UpstreamUnavailable;
+        e.device = c.session->device() != nullptr ? c.session->device()->id.str() : "";
+        e.peer = c.label;
+        e.protocol = "mqtt";
+        e.rule = upstreamBudget_.exhausted() ? "limits.max_queued_bytes_total"
+                                             : "limits.max_queued_bytes";
+        e.action = "flow-control";
+        e.message = "the broker is not reading: the device is held back until it does";
+        sink_.emit(std::move(e));
+      }
       return;
     }
     // While the upstream connects, small reads keep what one read can add to its queue small;
@@ -464,6 +509,8 @@ void MqttService::apply(Connection& c, mqtt::Effects& e) {
       } else if (pub->qos > 0) {
         // The broker side cannot take it: the client keeps it and retries after reconnecting.
         c.closeAfterFlush = true;
+      } else {
+        ++stats_.qos0Dropped; // at most once, by definition; counted
       }
     } else if (auto* sub = std::get_if<mqtt::upstream::Subscribe>(&cmd)) {
       if (c.upstream) {
@@ -640,6 +687,8 @@ MqttService::createUpstream(const policy::DevicePolicy* device, const mqtt::upst
                             u.certificate.string(),
                             u.privateKey.string(),
                             config_->limits.maxQueuedMessages,
+                            config_->limits.maxQueuedBytes,
+                            &upstreamBudget_,
                             upstreamContext_};
   if (device != nullptr && device->mqttRules.upstreamIdentity == policy::UpstreamIdentity::Issued) {
     // The device's own certificate: the broker sees this device, not the gateway.
@@ -748,6 +797,7 @@ void MqttService::tick() {
     if (c->upstream && !c->dead) {
       c->upstream->service(now);
       if (c->paused && c->upstream->acceptsMore()) {
+        c->stallReported = false;
         resume(*c);
       }
     }
@@ -758,6 +808,24 @@ void MqttService::tick() {
   servicePushers(now);
   sweep();
   releaseIdleMemory(now);
+}
+
+size_t MqttService::maxDraining() const {
+  // Each holds a descriptor and a TLS session; a quarter of the connection limit keeps them well
+  // inside the unit's descriptors and memory.
+  return std::max<size_t>(16, config_->limits.maxConnections / 4);
+}
+
+void MqttService::reportDrainingGivenUp(const std::string& device) {
+  Event e;
+  e.type = EventType::UpstreamUnavailable;
+  e.device = device;
+  e.protocol = "mqtt";
+  e.rule = "upstream.draining";
+  e.action = "drop";
+  e.message = "upstream sessions of closed connections were given up before they had delivered "
+              "everything: too many are waiting for the broker";
+  sink_.emit(std::move(e));
 }
 
 void MqttService::sweep() {
@@ -780,6 +848,11 @@ void MqttService::sweep() {
       const auto mine = [&](const Draining& d) { return d.device == device; };
       if (std::ranges::count_if(draining_, mine) >= kMaxDrainingPerDevice) {
         draining_.erase(std::ranges::find_if(draining_, mine));
+        ++stats_.drainingGivenUp;
+      } else if (draining_.size() >= maxDraining()) {
+        draining_.erase(draining_.begin()); // all devices together: the oldest goes
+        ++stats_.drainingGivenUp;
+        reportDrainingGivenUp(device);
       }
       draining_.push_back({std::move(c->upstream), now + std::chrono::seconds(10), device});
     }

@@ -39,6 +39,10 @@ struct MqttStats {
   uint64_t evictedUnauthenticated = 0;
   uint64_t passwordChecks = 0;     // run off the event loop
   uint64_t passwordChecksBusy = 0; // CONNECTs refused because too many checks were in progress
+  uint64_t refusedOffSegment = 0;  // device-side connections that arrived on another interface
+  uint64_t qos0Dropped = 0;        // QoS 0 messages a broker that does not read had no room for
+  uint64_t upstreamStalls = 0;     // times a device was held back because its broker did not read
+  uint64_t drainingGivenUp = 0;    // closed connections' upstreams dropped before they finished
 };
 
 class MqttService {
@@ -64,6 +68,9 @@ public:
   // request is only reported and the session closed.
   using QuarantineHandler = std::function<void(const policy::DeviceId&, const std::string& rule)>;
   void setQuarantineHandler(QuarantineHandler h) { quarantine_ = std::move(h); }
+  // Who is quarantined now: their logins are refused (new sessions ask it).
+  using QuarantineCheck = std::function<bool(const policy::DeviceId&)>;
+  void setQuarantineCheck(QuarantineCheck q) { quarantined_ = std::move(q); }
   // Ends every session of the device (quarantine).
   void closeDevice(const policy::DeviceId& id);
   // Erase (5.11-1): ends the device's sessions without delivering what they still queue, and
@@ -87,6 +94,8 @@ private:
   struct Connection;
 
   void onAccept(int listenFd, bool tls);
+  // Whether a connection to the device-side listener arrived on a device-segment interface.
+  [[nodiscard]] bool fromDeviceSegment(const io::Accepted& a) const;
   // Closes connections the admission bookkeeping gave up to make room.
   void evict(const std::vector<io::Admission::Id>& ids);
   void onHandshake(Connection& c);
@@ -109,6 +118,8 @@ private:
   void tick();
   void servicePushers(mqtt::Clock::time_point now); // mqtt_push.cc
   void sweep();
+  [[nodiscard]] size_t maxDraining() const;
+  void reportDrainingGivenUp(const std::string& device);
   [[nodiscard]] std::expected<std::unique_ptr<mqtt::MosquittoUpstream>, std::string>
   createUpstream(const policy::DevicePolicy* device, const mqtt::upstream::Open& open,
                  mqtt::UpstreamObserver& observer);
@@ -120,6 +131,7 @@ private:
   std::shared_ptr<const Config> config_;
   PolicySource policies_;
   QuarantineHandler quarantine_;
+  QuarantineCheck quarantined_;
   std::shared_ptr<const policy::DefaultCredentials> defaults_;
   policy::AuthThrottle throttle_;
   std::vector<io::UniqueFd> listeners_;
@@ -127,6 +139,7 @@ private:
   mqtt::SslContext upstreamContext_;
   UpstreamConfig upstreamTls_; // the broker CA and host the contexts were built for
   io::Admission admission_;
+  mqtt::ByteBudget upstreamBudget_; // what all upstreams together hold for the broker
   std::unique_ptr<io::Worker> worker_;     // password checks
   mqtt::SubscriptionMemory subscriptions_; // what devices' persistent upstream sessions hold
   uint64_t nextConnectionId_ = 1;

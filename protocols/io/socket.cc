@@ -2,6 +2,7 @@
 #include "protocols/io/socket.h"
 
 #include <arpa/inet.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -64,6 +65,38 @@ std::pair<policy::IpAddress, uint16_t> fromSockaddr(const sockaddr_storage& ss) 
   return {a, port};
 }
 
+namespace {
+
+// Linux keeps the interface a TCP connection's SYN arrived on and hands it out, for a socket with
+// IP_PKTINFO (IPV6_RECVPKTINFO) set, as the pktinfo of IP_PKTOPTIONS (IPV6_2292PKTOPTIONS).
+int arrivalInterface(int fd, int family) {
+  alignas(cmsghdr) uint8_t buf[256];
+  socklen_t len = sizeof buf;
+  const bool v6 = family == AF_INET6;
+  if (::getsockopt(fd, v6 ? IPPROTO_IPV6 : IPPROTO_IP, v6 ? IPV6_2292PKTOPTIONS : IP_PKTOPTIONS,
+                   buf, &len) != 0) {
+    return 0;
+  }
+  msghdr msg{};
+  msg.msg_control = buf;
+  msg.msg_controllen = len;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (!v6 && c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
+      in_pktinfo info{};
+      std::memcpy(&info, CMSG_DATA(c), sizeof info);
+      return info.ipi_ifindex;
+    }
+    if (v6 && c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_2292PKTINFO) {
+      in6_pktinfo info{};
+      std::memcpy(&info, CMSG_DATA(c), sizeof info);
+      return static_cast<int>(info.ipi6_ifindex);
+    }
+  }
+  return 0;
+}
+
+} // namespace
+
 std::expected<UniqueFd, std::error_code> listenTcp(const policy::IpAddress& address, uint16_t port,
                                                    int backlog) {
   UniqueFd fd(::socket(address.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
@@ -73,6 +106,9 @@ std::expected<UniqueFd, std::error_code> listenTcp(const policy::IpAddress& addr
   setOption(fd.get(), SOL_SOCKET, SO_REUSEADDR, 1);
   if (address.family == AF_INET6) {
     setOption(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, 1);
+    setOption(fd.get(), IPPROTO_IPV6, IPV6_RECVPKTINFO, 1); // inherited: arrival interface
+  } else {
+    setOption(fd.get(), IPPROTO_IP, IP_PKTINFO, 1);
   }
   sockaddr_storage ss{};
   const socklen_t len = toSockaddr(address, port, ss);
@@ -110,8 +146,16 @@ std::expected<Accepted, std::error_code> acceptTcp(int listenFd) {
   setOption(fd.get(), IPPROTO_TCP, TCP_NODELAY, 1);
   Accepted a;
   std::tie(a.address, a.port) = fromSockaddr(ss);
+  a.ifindex = arrivalInterface(fd.get(), ss.ss_family);
   a.fd = std::move(fd);
   return a;
+}
+
+std::string interfaceName(int ifindex) {
+  char name[IF_NAMESIZE] = {};
+  return ifindex > 0 && ::if_indextoname(static_cast<unsigned>(ifindex), name) != nullptr
+             ? std::string(name)
+             : std::string();
 }
 
 uint16_t boundPort(int fd) {

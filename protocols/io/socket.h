@@ -21,6 +21,10 @@ struct Accepted {
   UniqueFd fd;
   policy::IpAddress address;
   uint16_t port = 0;
+  // The interface the connection's SYN arrived on (0: unknown). Known for listeners made by
+  // listenTcp, whatever the routing or rp_filter settings: what a listener meant for one
+  // network segment checks before it trusts a peer.
+  int ifindex = 0;
   [[nodiscard]] std::string label() const; // "192.168.50.10:40000", "[fd00::10]:40000"
 };
 
@@ -36,6 +40,8 @@ struct Accepted {
                                    sockaddr_storage& out);
 [[nodiscard]] std::pair<policy::IpAddress, uint16_t> fromSockaddr(const sockaddr_storage& ss);
 [[nodiscard]] std::string endpointLabel(const policy::IpAddress& address, uint16_t port);
+// The interface's name ("br-iot"), or empty when there is none by that index.
+[[nodiscard]] std::string interfaceName(int ifindex);
 // The port a socket is bound to (for tests that bind port 0).
 [[nodiscard]] uint16_t boundPort(int fd);
 

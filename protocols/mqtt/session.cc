@@ -313,6 +313,22 @@ void Session::finishConnect(const policy::ConnectDecision& cd, Clock::time_point
     refuseConnect(v5Code, v311Code, out);
     return;
   }
+  if (settings_.quarantined && settings_.quarantined(cd.device->id)) {
+    // Isolated: by address, login or certificate alike, from anywhere.
+    Event e;
+    e.type = EventType::AccessDenied;
+    e.device = cd.device->id.str();
+    e.peer = peer_.label;
+    e.protocol = "mqtt";
+    e.provision = std::string(policy::provision::kIsolable);
+    e.rule = "device.quarantined";
+    e.action = "refuse";
+    e.message = "login of a quarantined device refused";
+    out.events.push_back(std::move(e));
+    dropPendingConnect();
+    refuseConnect(reason::kNotAuthorized, v311::kNotAuthorized, out);
+    return;
+  }
   device_ = cd.device;
   clientId_ = c.clientId;
   const bool passwordLogin = cd.login == policy::Login::Password;
@@ -341,7 +357,11 @@ void Session::acceptConnect(Clock::time_point now, Effects& out) {
   }
   keepAlive_ = c.keepAlive;
   clientReceiveMaximum_ = settings_.sendMaximum;
+  clientMaximumPacket_ = settings_.maxPacketBytes;
   if (c.version == Version::V5) {
+    if (const Property* mp = findProperty(c.properties, PropertyId::MaximumPacketSize)) {
+      clientMaximumPacket_ = std::min(clientMaximumPacket_, mp->number);
+    }
     // The client may ask for fewer messages in flight towards it, never for more than we keep.
     if (const Property* rm = findProperty(c.properties, PropertyId::ReceiveMaximum)) {
       clientReceiveMaximum_ = std::min(clientReceiveMaximum_, static_cast<uint16_t>(rm->number));
@@ -386,6 +406,16 @@ void Session::acceptConnect(Clock::time_point now, Effects& out) {
                                            c.cleanStart, c.keepAlive, std::move(c.will)});
 }
 
+Decision Session::topicLength(std::string_view topic) const {
+  if (topic.size() <= settings_.maxTopicBytes) {
+    return Decision::allow("limits.max_topic_bytes");
+  }
+  return Decision::deny("limits.max_topic_bytes", policy::provision::kValidateInput,
+                        fmt::format("topic of {} bytes is longer than {}", topic.size(),
+                                    settings_.maxTopicBytes),
+                        device_->onViolation);
+}
+
 void Session::violation(const Decision& d, Effects& out) {
   EventType type = EventType::AccessDenied;
   if (d.rule.starts_with("mqtt.payload")) {
@@ -417,7 +447,10 @@ void Session::onPublish(Publish&& p, Clock::time_point now, Effects& out) {
                       out);
     return;
   }
-  Decision d = rateDecision(*device_, rate_.take(p.payload.size(), now));
+  Decision d = topicLength(p.topic);
+  if (d.allowed()) {
+    d = rateDecision(*device_, rate_.take(p.payload.size(), now));
+  }
   if (d.allowed()) {
     d = evaluatePublish(*device_, {username_, p.topic, p.qos, p.retain, p.payload});
   }
@@ -538,7 +571,10 @@ void Session::onSubscribe(const Subscribe& s, Effects& out) {
       ++overLimit;
       continue;
     }
-    const Decision d = evaluateSubscribe(*device_, {username_, sub.filter, sub.qos()});
+    Decision d = topicLength(sub.filter);
+    if (d.allowed()) {
+      d = evaluateSubscribe(*device_, {username_, sub.filter, sub.qos()});
+    }
     if (d.allowed()) {
       ack.reasonCodes.push_back(d.grantedQos);
       if (subscriptions_.insert(sub.filter).second) {
@@ -622,14 +658,26 @@ void Session::deliver(const std::string& brokerTopic, std::span<const uint8_t> p
     return;
   }
   const std::string topic = brokerTopic.substr(upstreamPrefix_.size());
-  Decision d = evaluateDelivery(*device_, {username_, topic, qos, retain, payload});
+  // What the device gets is held to the device side's own limits, whatever the broker sends:
+  // topic length, the packet size the client accepts, and retain only where its policy has it.
+  Decision d = topicLength(topic);
+  if (d.allowed()) {
+    d = evaluateDelivery(*device_, {username_, topic, qos, retain, payload});
+  }
+  // Fixed header, topic, packet identifier, 5.0 properties: at most 12 bytes besides.
+  if (d.allowed() && topic.size() + payload.size() + 12 > clientMaximumPacket_) {
+    d = Decision::deny("limits.max_packet_bytes", policy::provision::kValidateInput,
+                       "message larger than the packet size the device accepts",
+                       ViolationAction::Drop);
+  }
   if (!d.allowed()) {
     ++counters_.deliveriesDenied;
     d.action = ViolationAction::Drop; // the broker's message is not the device's fault
     violation(d, out);
     return;
   }
-  Publish p{false, std::min(qos, device_->mqttRules.maxQos), retain, topic, 0, {},
+  Publish p{false, std::min(qos, device_->mqttRules.maxQos),
+            retain && device_->mqttRules.retainAllowed, topic, 0, {},
             std::vector<uint8_t>(payload.begin(), payload.end())};
   if (p.qos == 0) {
     ++counters_.deliveries;

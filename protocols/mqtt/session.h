@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -42,7 +43,11 @@ struct SessionSettings {
   uint32_t maxSubscriptions = 100;           // distinct filters per session ...
   uint32_t maxSubscriptionBytes = 64 * 1024; // ... and their bytes
   uint32_t maxFiltersPerSubscribe = 32;      // per SUBSCRIBE and per UNSUBSCRIBE
+  uint32_t maxTopicBytes = 1024;             // topic names and filters, both directions
   std::string upstreamClientIdPrefix = "iotgw-";
+  // Whether a device is quarantined (EN 303 645 5.3-15): its logins are refused, whatever
+  // identity it presents. Unset: nothing is.
+  std::function<bool(const policy::DeviceId&)> quarantined;
 };
 
 // The filters a device's persistent upstream sessions hold at the broker, as far as iotgwd knows
@@ -192,6 +197,7 @@ private:
   void protocolViolation(const CodecError& e, Effects& out);
   void refuseConnect(uint8_t v5Code, uint8_t v311Code, Effects& out);
   void violation(const policy::Decision& d, Effects& out);
+  [[nodiscard]] policy::Decision topicLength(std::string_view topic) const;
   void send(const Packet& p, Effects& out) const;
   void close(bool publishWill, Effects& out);
   void sendQueued(Effects& out);
@@ -215,6 +221,7 @@ private:
   std::string upstreamPrefix_; // the policy's upstream_prefix with %d substituted
   uint16_t keepAlive_ = 0;
   uint16_t clientReceiveMaximum_ = 20;
+  uint32_t clientMaximumPacket_ = 256 * 1024; // what the client accepts (5.0: it says)
   Clock::time_point connectDeadline_;
   Clock::time_point lastPacket_;
   std::vector<uint8_t> buffer_;

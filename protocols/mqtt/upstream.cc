@@ -66,6 +66,7 @@ MosquittoUpstream::MosquittoUpstream(io::Reactor& reactor, const UpstreamSetting
     : reactor_(reactor), settings_(settings), observer_(observer) {}
 
 MosquittoUpstream::~MosquittoUpstream() {
+  release(queuedBytes_);
   if (registeredFd_ >= 0) {
     reactor_.remove(registeredFd_);
   }
@@ -160,6 +161,7 @@ void MosquittoUpstream::service(Clock::time_point now) {
   }
   if (reconnectAt_ && now >= *reconnectAt_) {
     reconnectAt_.reset();
+    forgetUnwritten(); // libmosquitto drops what QoS 0 it had not written with the old socket
     // reconnect closes the old socket and may open the new one under the same number.
     park();
     parked_ = false;
@@ -172,8 +174,35 @@ void MosquittoUpstream::service(Clock::time_point now) {
   syncSocket();
 }
 
+void MosquittoUpstream::hold(size_t bytes) {
+  queuedBytes_ += bytes;
+  if (settings_.budget != nullptr) {
+    settings_.budget->used += bytes;
+  }
+}
+
+void MosquittoUpstream::release(size_t bytes) {
+  queuedBytes_ -= bytes;
+  if (settings_.budget != nullptr) {
+    settings_.budget->used -= bytes;
+  }
+}
+
+void MosquittoUpstream::forgetUnwritten() {
+  for (const auto& [mid, bytes] : unwritten_) {
+    release(bytes);
+  }
+  unwritten_.clear();
+}
+
 bool MosquittoUpstream::publish(const upstream::Publish& p) {
+  const size_t bytes = p.topic.size() + p.payload.size();
   if (p.qos > 0 && pending_.size() >= settings_.maxQueued) {
+    return false;
+  }
+  if (p.qos == 0 && full()) {
+    // The broker is not taking what it has (or all sessions hold their budget). QoS 1/2 stays
+    // bounded by its count, and the client is no longer read from (acceptsMore).
     return false;
   }
   if (p.qos == 0 && !connected_) {
@@ -183,11 +212,18 @@ bool MosquittoUpstream::publish(const upstream::Publish& p) {
       return false;
     }
     waiting_.push_back(p);
+    hold(bytes);
     return true;
   }
   int mid = 0;
+  // libmosquitto may write a QoS 0 message before mosquitto_publish returns, and say so
+  // (on_publish) before we know its mid: onPublish keeps such mids for us.
+  publishing_ = true;
   const int rc = mosquitto_publish(mosq_, &mid, p.topic.c_str(), static_cast<int>(p.payload.size()),
                                    p.payload.data(), p.qos, p.retain);
+  publishing_ = false;
+  const bool writtenAlready = std::ranges::find(writtenDuringPublish_, mid) != writtenDuringPublish_.end();
+  writtenDuringPublish_.clear();
   // QoS > 0 while disconnected: libmosquitto returns NO_CONN but has queued the message, and
   // sends it after the reconnect (on_publish fires then). Treating it as a failure would
   // duplicate it.
@@ -195,7 +231,11 @@ bool MosquittoUpstream::publish(const upstream::Publish& p) {
     return false;
   }
   if (p.qos > 0) {
-    pending_.emplace(mid, p.token);
+    hold(bytes);
+    pending_.emplace(mid, Pending{p.token, bytes});
+  } else if (!writtenAlready) {
+    hold(bytes);
+    unwritten_.emplace(mid, bytes);
   }
   syncSocket();
   return true;
@@ -258,8 +298,14 @@ void MosquittoUpstream::onConnect(mosquitto*, void* self, int rc) {
       mosquitto_subscribe(u->mosq_, nullptr, filter.c_str(), qos);
     }
     for (const auto& p : u->waiting_) {
-      mosquitto_publish(u->mosq_, nullptr, p.topic.c_str(), static_cast<int>(p.payload.size()),
-                        p.payload.data(), 0, p.retain);
+      int mid = 0;
+      const size_t bytes = p.topic.size() + p.payload.size();
+      if (mosquitto_publish(u->mosq_, &mid, p.topic.c_str(), static_cast<int>(p.payload.size()),
+                            p.payload.data(), 0, p.retain) == MOSQ_ERR_SUCCESS) {
+        u->unwritten_.emplace(mid, bytes); // still held, now by libmosquitto
+      } else {
+        u->release(bytes);
+      }
     }
     u->waiting_.clear();
   } else {
@@ -273,6 +319,7 @@ void MosquittoUpstream::onConnect(mosquitto*, void* self, int rc) {
 void MosquittoUpstream::onDisconnect(mosquitto*, void* self, int rc) {
   auto* u = static_cast<MosquittoUpstream*>(self);
   u->connected_ = false;
+  u->forgetUnwritten();
   if (!u->closing_) {
     u->scheduleReconnect(Clock::now());
     if (!u->closeRequested_) {
@@ -283,11 +330,20 @@ void MosquittoUpstream::onDisconnect(mosquitto*, void* self, int rc) {
 
 void MosquittoUpstream::onPublish(mosquitto*, void* self, int mid) {
   auto* u = static_cast<MosquittoUpstream*>(self);
+  if (const auto q0 = u->unwritten_.find(mid); q0 != u->unwritten_.end()) {
+    u->release(q0->second); // a QoS 0 message, written
+    u->unwritten_.erase(q0);
+    return;
+  }
   const auto it = u->pending_.find(mid);
   if (it == u->pending_.end()) {
-    return; // QoS 0
+    if (u->publishing_) {
+      u->writtenDuringPublish_.push_back(mid); // written inside mosquitto_publish
+    }
+    return;
   }
-  const uint64_t token = it->second;
+  const uint64_t token = it->second.token;
+  u->release(it->second.bytes);
   u->pending_.erase(it);
   if (!u->closeRequested_) {
     u->observer_.upstreamAcked(token);

@@ -26,6 +26,14 @@ struct mosquitto_message;
 
 namespace iotgw::mqtt {
 
+// Bytes all upstream sessions together may hold for the broker (messages handed to libmosquitto
+// and not yet written, or not yet acknowledged). Shared by the upstreams; loop thread only.
+struct ByteBudget {
+  size_t limit = 64 * 1024 * 1024;
+  size_t used = 0;
+  [[nodiscard]] bool exhausted() const { return used >= limit; }
+};
+
 struct UpstreamSettings {
   std::string host;
   uint16_t port = 8883;
@@ -33,6 +41,10 @@ struct UpstreamSettings {
   std::string certificate;
   std::string privateKey;
   size_t maxQueued = 1000; // QoS > 0 messages waiting for the broker
+  // Bytes this session may hold for a broker that does not take them (libmosquitto queues
+  // QoS 0 without limit): past it QoS 0 is refused and the client is no longer read.
+  size_t maxQueuedBytes = 1024 * 1024;
+  ByteBudget* budget = nullptr; // all sessions together; none: only the session's own bound
   SslContext sslContext;   // shared client context; when null, libmosquitto builds its own
 };
 
@@ -58,7 +70,8 @@ public:
   MosquittoUpstream& operator=(const MosquittoUpstream&) = delete;
   ~MosquittoUpstream();
 
-  // False when the message cannot be taken (queue full, or QoS 0 while disconnected).
+  // False when the message cannot be taken (queue full — in messages or bytes —, or QoS 0 while
+  // disconnected past what is held for the CONNACK).
   bool publish(const upstream::Publish& p);
   void subscribe(const std::string& filter, uint8_t qos);
   void unsubscribe(const std::string& filter);
@@ -76,9 +89,14 @@ public:
   [[nodiscard]] size_t queued() const { return pending_.size() + waiting_.size(); }
   // Whether the client should be read from: not while a session that is still connecting has
   // a quarter of its queue filled (TCP then holds the client back instead of us dropping QoS 0).
+  // Not either while the bytes it holds are at their bound (the broker is not reading), or all
+  // sessions' together are.
   [[nodiscard]] bool acceptsMore() const {
-    return connected_ || queued() < settings_.maxQueued / 4;
+    return (connected_ || queued() < settings_.maxQueued / 4) && !full();
   }
+  // Connected, and holding as many bytes as it may: the broker is not reading.
+  [[nodiscard]] bool stalled() const { return connected_ && full(); }
+  [[nodiscard]] size_t queuedBytes() const { return queuedBytes_; }
 
 private:
   MosquittoUpstream(io::Reactor& reactor, const UpstreamSettings& settings, UpstreamObserver& observer);
@@ -94,6 +112,14 @@ private:
   [[nodiscard]] bool drained() const;
   void finishIfDrained();
   void scheduleReconnect(Clock::time_point now);
+  [[nodiscard]] bool full() const {
+    return queuedBytes_ >= settings_.maxQueuedBytes ||
+           (settings_.budget != nullptr && settings_.budget->exhausted());
+  }
+  void hold(size_t bytes);
+  void release(size_t bytes);
+  // QoS 0 messages libmosquitto had not written when the connection went: it drops them.
+  void forgetUnwritten();
 
   io::Reactor& reactor_;
   UpstreamSettings settings_;
@@ -108,7 +134,15 @@ private:
   bool parked_ = false;         // socket not watched until the next reconnect
   int attempts_ = 0;
   std::optional<Clock::time_point> reconnectAt_;
-  std::map<int, uint64_t> pending_;                  // mid → token of a QoS > 0 publish
+  struct Pending {
+    uint64_t token;
+    size_t bytes;
+  };
+  std::map<int, Pending> pending_;                   // mid → a QoS > 0 publish
+  std::map<int, size_t> unwritten_;                  // mid → bytes of a QoS 0 publish
+  bool publishing_ = false;                          // inside mosquitto_publish
+  std::vector<int> writtenDuringPublish_;            // mids libmosquitto wrote meanwhile
+  size_t queuedBytes_ = 0;
   std::vector<upstream::Publish> waiting_;           // QoS 0 held until connected
   std::map<std::string, uint8_t> subscriptions_;     // re-subscribed after each reconnect
   std::mt19937 rng_{std::random_device{}()};

@@ -128,6 +128,47 @@ max_qos = 2
     print(f"   after 200 reconnects: iotgwd holds {held} more descriptors")
     check(held <= 16, f"the upstreams a reconnecting device leaves behind are bounded ({held})")
     check(d.alive(), "iotgwd is still running")
+    d.stop()
+
+    print("4. many devices reconnecting while the broker does not answer")
+    # limits.max_connections = 64: at most 16 closed sessions' upstreams wait, all devices together.
+    conf3 = os.path.join(root, "blackhole-small.toml")
+    write(conf3, open(conf2).read() + "[limits]\nmax_connections = 64\nmax_connections_per_source = 8\n"
+          "[events]\ntarget = \"stderr\"\nburst = 100\n")
+    for n in range(10):
+        write(os.path.join(devices, f"churn-{n}.toml"), f"""
+[device]
+id = "churn-{n}"
+mac = "02:00:00:00:0c:{n:02x}"
+addresses = ["127.0.16.{n + 1}"]
+[device.mqtt]
+client_id = "churn-{n}"
+[mqtt]
+publish = ["devices/%c/telemetry/#"]
+""")
+    os.makedirs(os.path.join(root, "third"), exist_ok=True)
+    notify3 = NotifySocket(os.path.join(root, "third"))
+    events = os.path.join(root, "third", "events")
+    d = Daemon(["--config", conf3], env=dict(os.environ, NOTIFY_SOCKET=notify3.path),
+               stderr=open(events, "w"))
+    check(wait_ready(notify3, port), "iotgwd ready, its broker a black hole, 64 connections")
+    base_fds = len(os.listdir(f"/proc/{d.proc.pid}/fd"))
+    accepted = 0
+    for i in range(20):
+        for n in range(10):
+            c = w.Client(port, source=f"127.0.16.{n + 1}", timeout=5)
+            accepted += c.connack(w.connect(f"churn-{n}")) == 0
+            c.send(w.publish(f"devices/churn-{n}/telemetry/t", "x", qos=0)) # to deliver, first
+            c.close()
+    check(accepted == 200, f"each of the 200 logins was accepted ({accepted})")
+    time.sleep(0.5)
+    held = len(os.listdir(f"/proc/{d.proc.pid}/fd")) - base_fds
+    given_up = [x for x in open(events) if "upstream.draining" in x]
+    print(f"   after 200 reconnects of 10 devices: {held} more descriptors; "
+          f"{len(given_up)} event(s) about upstreams given up")
+    check(held <= 16 * 3 + 8, f"the closed sessions' upstreams are bounded in total ({held})")
+    check(len(given_up) >= 1, "and giving them up is said in an event")
+    check(d.alive(), "iotgwd is still running")
     hole.close()
 finally:
     if d:

@@ -121,7 +121,15 @@ max = 85
     dev.connect("127.0.0.1", port, keepalive=30)
     dev.loop_start()
     result, _ = dev.subscribe([("devices/thermo-01/cmd/#", 2), ("devices/#", 0)])
-    time.sleep(0.8)
+    # The SUBACK comes before the broker has the subscription (issue 17): wait until a probe
+    # gets through, however slow this machine is today.
+    deadline = time.time() + 10
+    while time.time() < deadline and not got:
+        subprocess.run(["mosquitto_pub", *broker.tls_args(), "-t", "devices/thermo-01/cmd/probe",
+                        "-m", "probe"], check=True, timeout=20)
+        time.sleep(0.2)
+    time.sleep(0.3)
+    got.clear()
     for qos in (0, 1, 2):
         subprocess.run(["mosquitto_pub", *broker.tls_args(), "-t", "devices/thermo-01/cmd/set",
                         "-m", f"setpoint-{qos}", "-q", str(qos)], check=True, timeout=20)
