@@ -137,7 +137,8 @@ std::vector<uint8_t> nflogMessage(const char* prefix, uint16_t ethertype,
   return buf;
 }
 
-std::vector<uint8_t> arpReply(std::initializer_list<uint8_t> sha, std::initializer_list<uint8_t> spa) {
+std::vector<uint8_t> arpReply(std::initializer_list<uint8_t> sha,
+                              std::initializer_list<uint8_t> spa) {
   std::vector<uint8_t> p{0, 1, 8, 0, 6, 4, 0, 2};
   p.insert(p.end(), sha);
   p.insert(p.end(), spa);
@@ -234,10 +235,10 @@ TEST(FirewallReports, NeighbourAdvertisementsRouterAdvertisementsAndDhcp) {
                                               ipv6(IPPROTO_ICMPV6, {134, 0, 0, 0})))
                 .what,
             "router advertisement");
-  std::vector<uint8_t> offer{0x45, 0, 0, 28, 0, 0, 0, 0, 64, IPPROTO_UDP, 0, 0, 192, 168, 50, 66,
-                             255, 255, 255, 255, 0, 67, 0, 68, 0, 8, 0, 0};
-  const auto dhcp =
-      iotgw::firewall::readClaim(report(ReportKind::RogueServer, "02:00:00:00:00:66", 0x0800, offer));
+  std::vector<uint8_t> offer{0x45, 0,  0,   28,  0,   0,   0, 0,  64, IPPROTO_UDP, 0, 0, 192, 168,
+                             50,   66, 255, 255, 255, 255, 0, 67, 0,  68,          0, 8, 0,   0};
+  const auto dhcp = iotgw::firewall::readClaim(
+      report(ReportKind::RogueServer, "02:00:00:00:00:66", 0x0800, offer));
   EXPECT_EQ(dhcp.what, "DHCP server reply");
   EXPECT_EQ(dhcp.address->str(), "192.168.50.66");
 }
@@ -249,7 +250,8 @@ TEST(FirewallPorts, TheFirstPortAnEnrolledMacIsSeenOnBindsIt) {
   auto f = book.interpret(learn, bound, iotgw::firewall::PortInfo{"gw-dev", 0});
   ASSERT_TRUE(f.bind.has_value());
   EXPECT_EQ(f.bind->first, "thermo-01");
-  EXPECT_EQ(f.bind->second, (PortBinding{*iotgw::policy::MacAddress::parse("02:00:00:00:00:10"), "gw-dev", 0}));
+  EXPECT_EQ(f.bind->second,
+            (PortBinding{*iotgw::policy::MacAddress::parse("02:00:00:00:00:10"), "gw-dev", 0}));
   EXPECT_EQ(f.event->type, iotgw::policy::EventType::DevicePortBound);
   // A port in an interface group binds the group.
   f = book.interpret(learn, bound, iotgw::firewall::PortInfo{"wlan0", 7});
@@ -279,8 +281,10 @@ TEST(FirewallPorts, ConflictsAndPoisoningNameTheDevice) {
   EXPECT_EQ(f.event->device, "thermo-01");
   EXPECT_NE(f.event->message.find("came in on port gw-rogue, but it is bound to port gw-dev"),
             std::string::npos);
-  std::vector<uint8_t> spoofed{0x45, 0, 0, 20, 0, 0, 0, 0, 64, 6, 0, 0, 192, 168, 50, 10, 192, 168, 50, 1};
-  f = book.interpret(report(ReportKind::Spoofed, "02:00:00:00:00:66", 0x0800, spoofed), bound, rogue);
+  std::vector<uint8_t> spoofed{0x45, 0, 0,   20,  0,  0,  0,   0,   64, 6,
+                               0,    0, 192, 168, 50, 10, 192, 168, 50, 1};
+  f = book.interpret(report(ReportKind::Spoofed, "02:00:00:00:00:66", 0x0800, spoofed), bound,
+                     rogue);
   EXPECT_EQ(f.event->type, iotgw::policy::EventType::DevicePortConflict);
   EXPECT_EQ(f.event->device, "thermo-01");
   EXPECT_EQ(f.event->peer, "02:00:00:00:00:66");
@@ -290,9 +294,9 @@ TEST(FirewallPorts, ConflictsAndPoisoningNameTheDevice) {
   EXPECT_EQ(f.event->type, iotgw::policy::EventType::NeighbourSpoofing);
   EXPECT_EQ(f.event->rule, "bridge:arp");
   EXPECT_EQ(f.event->device, "thermo-01");
-  f = book.interpret(report(ReportKind::Poisoning, "02:00:00:00:00:66", 0x86dd,
-                            neighbourAdvertisement(true)),
-                     bound, rogue);
+  f = book.interpret(
+      report(ReportKind::Poisoning, "02:00:00:00:00:66", 0x86dd, neighbourAdvertisement(true)),
+      bound, rogue);
   EXPECT_EQ(f.event->rule, "bridge:nd");
   EXPECT_EQ(f.event->device, "plug-02");
   f = book.interpret(report(ReportKind::RogueServer, "02:00:00:00:00:66", 0x86dd,
@@ -324,7 +328,8 @@ TEST(FirewallLinks, BridgesPortsAndGroups) {
     buf.resize(h->nlmsg_len);
     return buf;
   };
-  auto bridge = iotgw::firewall::parseLink(message(RTM_NEWLINK, AF_UNSPEC, 2, "br-iot", 0, 0, "bridge"));
+  auto bridge =
+      iotgw::firewall::parseLink(message(RTM_NEWLINK, AF_UNSPEC, 2, "br-iot", 0, 0, "bridge"));
   ASSERT_TRUE(bridge.has_value());
   EXPECT_EQ(bridge->link, (iotgw::firewall::Link{2, "br-iot", 0, 0, true}));
   auto port = iotgw::firewall::parseLink(message(RTM_NEWLINK, AF_UNSPEC, 5, "wlan0", 2, 7, "veth"));
@@ -332,5 +337,6 @@ TEST(FirewallLinks, BridgesPortsAndGroups) {
   EXPECT_TRUE(iotgw::firewall::parseLink(message(RTM_DELLINK, AF_UNSPEC, 5, "wlan0", 0, 0, nullptr))
                   ->removed);
   // The bridge's own per-port messages carry part of the attributes: not a link's state.
-  EXPECT_FALSE(iotgw::firewall::parseLink(message(RTM_NEWLINK, AF_BRIDGE, 5, "wlan0", 2, 0, nullptr)));
+  EXPECT_FALSE(
+      iotgw::firewall::parseLink(message(RTM_NEWLINK, AF_BRIDGE, 5, "wlan0", 2, 0, nullptr)));
 }
