@@ -46,9 +46,11 @@ void addSets(Ruleset& rs, const policy::PolicySet& policies, const CompileOption
   Set bind6{"bind6", {Field::Ip6Saddr, Field::EtherSaddr}, false, false, {}};
   // The common case in one lookup: a bound device on its port (or group) with its own address.
   Set fast4{"fast4", {Field::EtherSaddr, Field::Iifname, Field::Ip4Saddr}, false, false, {}};
-  Set fastGroup4{"fast_group4", {Field::EtherSaddr, Field::Iifgroup, Field::Ip4Saddr}, false, false, {}};
+  Set fastGroup4{
+      "fast_group4", {Field::EtherSaddr, Field::Iifgroup, Field::Ip4Saddr}, false, false, {}};
   Set fast6{"fast6", {Field::EtherSaddr, Field::Iifname, Field::Ip6Saddr}, false, false, {}};
-  Set fastGroup6{"fast_group6", {Field::EtherSaddr, Field::Iifgroup, Field::Ip6Saddr}, false, false, {}};
+  Set fastGroup6{
+      "fast_group6", {Field::EtherSaddr, Field::Iifgroup, Field::Ip6Saddr}, false, false, {}};
   Set nd{"nd6", {Field::Icmp6Type}, false, false, {}};
   for (uint8_t t : {133, 134, 135, 136}) {
     nd.elements.push_back(Element{{u8(t)}, {}});
@@ -134,8 +136,9 @@ void addChains(Ruleset& rs) {
       // leaves to the rules below). One lookup instead of eight for nearly every frame.
       rule({ip, Lookup{{Field::EtherSaddr, Field::Iifname, Field::Ip4Saddr}, "fast4", false}},
            Verdict::Return, "a bound device on its port, its own address"),
-      rule({ip, Lookup{{Field::EtherSaddr, Field::Iifgroup, Field::Ip4Saddr}, "fast_group4", false}},
-           Verdict::Return, "a bound device in its port group, its own address"),
+      rule(
+          {ip, Lookup{{Field::EtherSaddr, Field::Iifgroup, Field::Ip4Saddr}, "fast_group4", false}},
+          Verdict::Return, "a bound device in its port group, its own address"),
       rule({ip6, notIcmp6,
             Lookup{{Field::EtherSaddr, Field::Iifname, Field::Ip6Saddr}, "fast6", false}},
            Verdict::Return, "a bound device on its port, its own address"),

@@ -9,8 +9,9 @@
 //   --bridge (last)              replace applies table bridge iotgw too, every device bound to
 //                                bridge port "p0" (as iotgwd applies both)
 //
-// Devices are dev-00000 ... at 10.0.0.1 ... with MACs 02:00:00:00:00:01 ... on interface "br-iot", each
-// allowed to 192.0.2.10:8883/tcp and 192.0.2.10:9000/udp and reachable by the gateway on 80/tcp.
+// Devices are dev-00000 ... at 10.0.0.1 ... with MACs 02:00:00:00:00:01 ... on interface "br-iot",
+// each allowed to 192.0.2.10:8883/tcp and 192.0.2.10:9000/udp and reachable by the gateway on
+// 80/tcp.
 #include <netinet/in.h>
 
 #include <algorithm>
