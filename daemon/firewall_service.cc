@@ -7,26 +7,101 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <ctime>
 #include <fstream>
+#include <sstream>
 
 #include <fmt/format.h>
 
 namespace iotgw::daemon {
 
+using firewall::PortBinding;
 using policy::Event;
 using policy::EventType;
 
 namespace {
+
+constexpr size_t kInet = 0;
+constexpr size_t kBridge = 1;
+
 std::filesystem::path quarantineDirectory(const Config& c) { return c.stateDirectory / "quarantine"; }
+std::filesystem::path portsDirectory(const Config& c) { return c.stateDirectory / "ports"; }
+
+// An interface name as the kernel allows it (and as nothing in the file's syntax can confuse).
+bool validPortName(std::string_view n) {
+  return !n.empty() && n.size() < 16 && n.find_first_of(" \t\"/\\=") == std::string_view::npos;
+}
+
+// mac = "02:00:00:00:00:10"
+// port = "gw-dev"       (or: group = 7)
+std::optional<PortBinding> parsePortFile(const std::string& text) {
+  PortBinding b;
+  bool haveMac = false;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto eq = line.find('=');
+    if (line.empty() || line[0] == '#' || eq == std::string::npos) {
+      continue;
+    }
+    auto trim = [](std::string_view s) {
+      const auto a = s.find_first_not_of(" \t");
+      const auto z = s.find_last_not_of(" \t\r");
+      return a == std::string_view::npos ? std::string_view() : s.substr(a, z - a + 1);
+    };
+    const std::string_view key = trim(std::string_view(line).substr(0, eq));
+    std::string_view value = trim(std::string_view(line).substr(eq + 1));
+    if (value.size() >= 2 && value.front() == '"' && value.back() == '"') {
+      value = value.substr(1, value.size() - 2);
+    }
+    if (key == "mac") {
+      auto m = policy::MacAddress::parse(value);
+      if (!m) {
+        return std::nullopt;
+      }
+      b.mac = *m;
+      haveMac = true;
+    } else if (key == "port") {
+      if (!validPortName(value)) {
+        return std::nullopt;
+      }
+      b.port = std::string(value);
+    } else if (key == "group") {
+      uint32_t g = 0;
+      if (std::from_chars(value.data(), value.data() + value.size(), g).ec != std::errc{}) {
+        return std::nullopt;
+      }
+      b.group = g;
+    }
+  }
+  if (!haveMac || (b.group == 0 && b.port.empty())) {
+    return std::nullopt;
+  }
+  if (b.group != 0) {
+    b.port.clear();
+  }
+  return b;
+}
+
+std::string portFileText(const PortBinding& b) {
+  return b.group != 0 ? fmt::format("mac = \"{}\"\ngroup = {}\ntime = {}\n", b.mac.str(), b.group,
+                                    ::time(nullptr))
+                      : fmt::format("mac = \"{}\"\nport = \"{}\"\ntime = {}\n", b.mac.str(), b.port,
+                                    ::time(nullptr));
+}
+
 } // namespace
 
 FirewallService::FirewallService(io::Reactor& reactor, EventSink& sink, SessionCloser closer)
     : reactor_(reactor), sink_(sink), closer_(std::move(closer)) {}
 
 FirewallService::~FirewallService() {
-  if (monitor_) {
-    reactor_.remove(monitor_->fd());
+  for (int fd : {monitor_ ? monitor_->fd() : -1, reports_ ? reports_->fd() : -1,
+                 links_ ? links_->fd() : -1}) {
+    if (fd >= 0) {
+      reactor_.remove(fd);
+    }
   }
 }
 
@@ -37,6 +112,9 @@ firewall::CompileOptions FirewallService::options() const {
   if (c.mqtt.enabled) {
     o.gatewayServices.push_back({IPPROTO_TCP, c.mqtt.port});
     o.mqttRedirectPort = c.mqtt.port;
+    for (const auto& a : c.mqtt.addresses) {
+      o.deviceListeners.push_back({a, {IPPROTO_TCP, c.mqtt.port}});
+    }
   }
   if (c.mqttTls.enabled) {
     o.gatewayServices.push_back({IPPROTO_TCP, c.mqttTls.port});
@@ -44,12 +122,24 @@ firewall::CompileOptions FirewallService::options() const {
   if (c.coap.enabled) {
     o.gatewayServices.push_back({IPPROTO_UDP, c.coap.port});
     o.coapRedirectPort = c.coap.port;
+    for (const auto& a : c.coap.addresses) {
+      o.deviceListeners.push_back({a, {IPPROTO_UDP, c.coap.port}});
+    }
   }
   if (c.coapDtls.enabled) {
     o.gatewayServices.push_back({IPPROTO_UDP, c.coapDtls.port});
   }
   o.quarantined = quarantined_;
+  o.bindings = bindings_;
+  if (links_) {
+    o.foreignPorts = links_->foreignPorts(c.deviceSegment.interfaces);
+  }
   return o;
+}
+
+FirewallService::Tables FirewallService::compileAll(const policy::PolicySet& policies) const {
+  const auto o = options();
+  return {firewall::compile(policies, o), firewall::compileBridge(policies, o)};
 }
 
 std::set<std::string> FirewallService::readQuarantineList() const {
@@ -64,47 +154,116 @@ std::set<std::string> FirewallService::readQuarantineList() const {
   return out;
 }
 
+std::map<std::string, PortBinding>
+FirewallService::readPorts(const policy::PolicySet& policies) const {
+  std::map<std::string, PortBinding> out;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(portsDirectory(*config_), ec)) {
+    const std::string name = e.path().filename().string();
+    const auto id = policy::DeviceId::parse(name);
+    const policy::DevicePolicy* d = id ? policies.find(*id) : nullptr;
+    if (!e.is_regular_file() || d == nullptr || !d->mac) {
+      continue;
+    }
+    // Known ones are not read again: a reload with 10,000 bound devices lists the directory
+    // and nothing more.
+    std::optional<PortBinding> b;
+    if (auto known = bindings_.find(name); known != bindings_.end()) {
+      b = known->second;
+    } else if (auto text = policy::readFile(e.path(), 4096)) {
+      b = parsePortFile(*text);
+    }
+    if (b && b->mac == *d->mac) {
+      out.emplace(name, std::move(*b));
+    }
+  }
+  return out;
+}
+
+void FirewallService::prunePortFiles() {
+  std::error_code ec;
+  std::vector<std::filesystem::path> stale;
+  for (const auto& e : std::filesystem::directory_iterator(portsDirectory(*config_), ec)) {
+    if (!bindings_.contains(e.path().filename().string())) {
+      stale.push_back(e.path());
+    }
+  }
+  for (const auto& p : stale) {
+    (void)removeDurably(p); // one left behind is ignored at the next read (its device is gone)
+  }
+}
+
 std::string FirewallService::start(const Config& config,
                                    std::shared_ptr<const policy::PolicySet> policies) {
   auto nl = firewall::Netlink::open();
   if (!nl) {
     return "firewall: " + nl.error();
   }
-  auto monitor = firewall::Monitor::open();
+  auto monitor = firewall::Monitor::open((*nl)->portId());
   if (!monitor) {
     return "firewall: " + monitor.error();
   }
+  auto links = firewall::Links::open();
+  if (!links) {
+    return "firewall: cannot read the interfaces: " + links.error();
+  }
+  auto reports = firewall::ReportListener::open(firewall::kLogGroup);
+  if (!reports) {
+    return "firewall: cannot receive the tables' reports: " + reports.error() +
+           " (the kernel needs nfnetlink_log)";
+  }
   nl_ = std::move(*nl);
   monitor_ = std::move(*monitor);
+  links_ = std::move(*links);
+  reports_ = std::move(*reports);
   config_ = std::make_shared<const Config>(config);
   policies_ = std::move(policies);
+  book_ = std::make_unique<firewall::PortBook>(policies_);
   quarantined_ = readQuarantineList();
-  if (auto err = commit(firewall::compile(*policies_, options())); !err.empty()) {
-    return "firewall: cannot install table inet iotgw: " + err +
+  bindings_ = readPorts(*policies_);
+  if (auto err = commit(compileAll(*policies_)); !err.empty()) {
+    return "firewall: cannot install tables inet iotgw and bridge iotgw: " + err +
            (err.find("not permitted") != std::string::npos
                 ? " (iotgwd needs CAP_NET_ADMIN; [firewall] enabled = false runs without it)"
+            : err.find("not supported") != std::string::npos
+                ? " (the kernel needs nf_tables with the inet and bridge families)"
                 : "");
   }
-  if (auto ec = reactor_.add(monitor_->fd(), EPOLLIN, [this](uint32_t) { onNotification(); })) {
-    return "firewall: cannot watch nftables notifications: " + ec.message();
+  prunePortFiles();
+  for (auto [fd, handler] :
+       {std::pair<int, std::function<void()>>{monitor_->fd(), [this] { onNotification(); }},
+        {reports_->fd(), [this] { onReports(); }},
+        {links_->fd(), [this] { onLinks(); }}}) {
+    if (auto ec = reactor_.add(fd, EPOLLIN, [handler](uint32_t) { handler(); })) {
+      return "firewall: cannot watch netlink: " + ec.message();
+    }
   }
   return {};
 }
 
-std::string FirewallService::commit(firewall::Ruleset next) {
-  if (auto delta = firewall::diff(current_, next)) {
-    if (delta->empty()) {
+std::string FirewallService::commit(Tables next) {
+  auto inet = firewall::diff(current_[kInet], next[kInet]);
+  auto bridge = firewall::diff(current_[kBridge], next[kBridge]);
+  if (inet && bridge) {
+    if (inet->empty() && bridge->empty()) {
       current_ = std::move(next);
       return {};
     }
-    if (nl_->update(*delta, next)) {
+    std::vector<firewall::TableUpdate> updates;
+    if (!inet->empty()) {
+      updates.push_back({&*inet, &next[kInet]});
+    }
+    if (!bridge->empty()) {
+      updates.push_back({&*bridge, &next[kBridge]});
+    }
+    if (nl_->update(updates)) {
       current_ = std::move(next);
       generation_ = nl_->generation().value_or(0);
       return {};
     }
-    // An element was not where we left it (someone edited the set): the whole table, then.
+    // An element was not where we left it (someone edited a set): the whole tables, then.
   }
-  auto r = nl_->replace(next);
+  auto r = nl_->replace(std::span<const firewall::Ruleset>(next));
   if (!r) {
     return r.error();
   }
@@ -117,14 +276,19 @@ std::string FirewallService::apply(const Config& config,
                                    std::shared_ptr<const policy::PolicySet> policies) {
   auto previousConfig = config_;
   auto previousQuarantine = quarantined_;
+  auto previousPorts = bindings_;
   config_ = std::make_shared<const Config>(config);
   quarantined_ = readQuarantineList();
-  if (auto err = commit(firewall::compile(*policies, options())); !err.empty()) {
+  bindings_ = readPorts(*policies);
+  if (auto err = commit(compileAll(*policies)); !err.empty()) {
     config_ = std::move(previousConfig);
     quarantined_ = std::move(previousQuarantine);
+    bindings_ = std::move(previousPorts);
     return "firewall: " + err;
   }
   policies_ = std::move(policies);
+  book_ = std::make_unique<firewall::PortBook>(policies_);
+  prunePortFiles();
   // Quarantines added or lifted by hand (a file in the quarantine directory).
   for (const auto& id : quarantined_) {
     if (!previousQuarantine.contains(id)) {
@@ -174,7 +338,7 @@ std::string FirewallService::quarantine(const policy::DeviceId& id, std::string_
     return err;
   }
   quarantined_.insert(id.str());
-  auto err = commit(firewall::compile(*policies_, options()));
+  auto err = commit(compileAll(*policies_));
   if (!err.empty()) {
     emitQuarantineEvent(EventType::DeviceQuarantined, id.str(), rule, "quarantine-failed",
                         fmt::format("quarantine of {} could not be applied ({}); its sessions "
@@ -194,6 +358,8 @@ void FirewallService::forget(const policy::DeviceId& id) {
   if (quarantined_.erase(id.str()) > 0) {
     (void)removeDurably(quarantineDirectory(*config_) / id.str());
   }
+  bindings_.erase(id.str());
+  (void)removeDurably(portsDirectory(*config_) / id.str());
 }
 
 std::string FirewallService::release(const policy::DeviceId& id) {
@@ -204,7 +370,7 @@ std::string FirewallService::release(const policy::DeviceId& id) {
     return err;
   }
   quarantined_.erase(id.str());
-  if (auto err = commit(firewall::compile(*policies_, options())); !err.empty()) {
+  if (auto err = commit(compileAll(*policies_)); !err.empty()) {
     quarantined_.insert(id.str());
     return err;
   }
@@ -213,37 +379,75 @@ std::string FirewallService::release(const policy::DeviceId& id) {
   return {};
 }
 
+void FirewallService::onReports() {
+  // A report may come from a port that has only just joined a bridge: the links first.
+  onLinks();
+  for (const firewall::Report& r : reports_->drain()) {
+    std::optional<firewall::PortInfo> port;
+    if (const firewall::Link* l = links_->find(r.port)) {
+      port = firewall::PortInfo{l->name, l->group};
+    }
+    auto found = book_->interpret(r, bindings_, port);
+    if (found.bind) {
+      const auto& [id, binding] = *found.bind;
+      bindings_[id] = binding;
+      // Applied even when it cannot be saved: it holds until the next start, which learns again.
+      const std::string saved =
+          writeAtomically(portsDirectory(*config_) / id, portFileText(binding));
+      if (auto err = commit(compileAll(*policies_)); !err.empty()) {
+        bindings_.erase(id);
+        (void)removeDurably(portsDirectory(*config_) / id);
+        if (found.event) {
+          found.event->action = "bind-failed";
+          found.event->message += fmt::format(" (not applied: {})", err);
+        }
+      } else if (!saved.empty() && found.event) {
+        found.event->message += fmt::format(" (not saved: {})", saved);
+      }
+    }
+    if (found.event) {
+      sink_.emit(std::move(*found.event));
+    }
+  }
+}
+
+void FirewallService::onLinks() {
+  // A bridge or port that came or went changes which ports are foreign to the device segment.
+  if (links_->drain()) {
+    (void)commit(compileAll(*policies_)); // on failure the next change (or repair) tries again
+  }
+}
+
 void FirewallService::onNotification() {
   switch (monitor_->drain()) {
   case firewall::Monitor::Result::Quiet:
     return;
   case firewall::Monitor::Result::Changed:
-    repair(monitor_->lastChanger());
+    repair(monitor_->lastChanged(), monitor_->lastChanger());
     return;
   case firewall::Monitor::Result::Overrun:
     // Notifications were lost: if the generation moved since our last transaction, someone else
-    // committed something, perhaps to our table.
+    // committed something, perhaps to our tables.
     if (auto g = nl_->generation(); !g || *g != generation_) {
-      repair("another process (notifications were lost)");
+      repair("table inet iotgw or bridge iotgw", "another process (notifications were lost)");
     }
     return;
   }
 }
 
-void FirewallService::repair(const std::string& who) {
+void FirewallService::repair(const std::string& what, const std::string& who) {
   Event e;
   e.type = EventType::FirewallRepaired;
   e.protocol = "nftables";
-  e.rule = "table inet iotgw";
-  auto r = nl_->replace(current_);
+  e.rule = "tables inet iotgw, bridge iotgw";
+  auto r = nl_->replace(std::span<const firewall::Ruleset>(current_));
   if (r) {
     generation_ = nl_->generation().value_or(0);
     e.action = "repair";
-    e.message = fmt::format("table inet iotgw was changed by {}; re-applied", who);
+    e.message = fmt::format("{} was changed by {}; re-applied", what, who);
   } else {
     e.action = "repair-failed";
-    e.message = fmt::format("table inet iotgw was changed by {}; re-applying failed: {}", who,
-                            r.error());
+    e.message = fmt::format("{} was changed by {}; re-applying failed: {}", what, who, r.error());
   }
   sink_.emit(std::move(e));
 }

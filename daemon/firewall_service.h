@@ -1,14 +1,22 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #pragma once
 
-// The firewall capability wired into the daemon: table `inet iotgw` kept equal to what the policy
-// snapshot and the quarantine list say, repaired when someone else changes it, and per-device
-// counters read back.
+// The firewall capability wired into the daemon: tables `inet iotgw` and `bridge iotgw` kept
+// equal to what the policy snapshot, the quarantine list and the learned ports say, repaired
+// when someone else changes them, per-device counters read back, and the tables' reports (an
+// enrolled MAC on another port, spoofing, ARP/ND poisoning, rogue routers and DHCP servers)
+// turned into bindings and events.
 //
 // Quarantine is persistent: one file per quarantined device in <state>/quarantine/, written when a
 // device is quarantined and read at start-up and on every reload (so an administrator releases a
 // device by removing its file and sending SIGHUP; D-Bus will call the same functions).
+//
+// So are ports: one file per device in <state>/ports/, written when its MAC is first seen on a
+// device bridge port and read at start-up. Removing it and reloading releases the binding (the
+// next port the MAC is seen on binds it again); writing one before the device is first seen pins
+// it to that port.
 
+#include <array>
 #include <chrono>
 #include <filesystem>
 #include <functional>
@@ -20,7 +28,10 @@
 #include "daemon/config.h"
 #include "daemon/event_sink.h"
 #include "firewall/compile.h"
+#include "firewall/links.h"
 #include "firewall/netlink.h"
+#include "firewall/ports.h"
+#include "firewall/reports.h"
 #include "firewall/telemetry.h"
 #include "policy/policy_set.h"
 #include "protocols/io/reactor.h"
@@ -37,12 +48,13 @@ public:
   FirewallService& operator=(const FirewallService&) = delete;
   ~FirewallService();
 
-  // Opens netlink, reads the quarantine list, replaces any existing table with ours and starts
-  // watching for changes. An error means the daemon must not run (fail closed).
+  // Opens netlink (nftables, the log group, link notifications), reads the quarantine list and
+  // the learned ports, replaces any existing tables with ours and starts watching. An error
+  // means the daemon must not run (fail closed).
   [[nodiscard]] std::string start(const Config& config,
                                   std::shared_ptr<const policy::PolicySet> policies);
-  // Brings the table to a new snapshot (and the quarantine list on disk): an element batch when
-  // only devices changed, the whole table otherwise. On error nothing changed.
+  // Brings the tables to a new snapshot (and the quarantine list and ports on disk): an element
+  // batch when only devices changed, the whole tables otherwise. On error nothing changed.
   [[nodiscard]] std::string apply(const Config& config,
                                   std::shared_ptr<const policy::PolicySet> policies);
   // Quarantine (EN 303 645 5.3-15): the device reaches DHCP only and its sessions end.
@@ -50,11 +62,15 @@ public:
   // closed either way.
   std::string quarantine(const policy::DeviceId& id, std::string_view rule, std::string_view reason);
   [[nodiscard]] std::string release(const policy::DeviceId& id);
-  // A removed device: its quarantine mark goes too (the next apply has already dropped its
-  // elements and counters).
+  // A removed device: its quarantine mark and its port go too (the next apply has already
+  // dropped its elements and counters).
   void forget(const policy::DeviceId& id);
   [[nodiscard]] bool quarantined(const policy::DeviceId& id) const {
     return quarantined_.contains(id.str());
+  }
+  // Where each device's MAC is bound, by device id.
+  [[nodiscard]] const std::map<std::string, firewall::PortBinding>& ports() const {
+    return bindings_;
   }
   // At shutdown: the rules stay unless the configuration says otherwise.
   void stop();
@@ -67,13 +83,24 @@ public:
   [[nodiscard]] const firewall::TrafficWatch& traffic() const { return watch_; }
 
 private:
+  // inet, bridge: applied together, always.
+  using Tables = std::array<firewall::Ruleset, 2>;
+
   [[nodiscard]] firewall::CompileOptions options() const;
-  [[nodiscard]] std::string commit(firewall::Ruleset next);
+  [[nodiscard]] Tables compileAll(const policy::PolicySet& policies) const;
+  [[nodiscard]] std::string commit(Tables next);
   [[nodiscard]] std::set<std::string> readQuarantineList() const;
+  // The bindings on disk for `policies`: those in memory whose file is still there, and any file
+  // not read yet; a binding whose device is gone or has another MAC now does not count.
+  [[nodiscard]] std::map<std::string, firewall::PortBinding>
+  readPorts(const policy::PolicySet& policies) const;
+  void prunePortFiles();
   void emitQuarantineEvent(policy::EventType type, const std::string& id, std::string_view rule,
                            std::string_view action, std::string message);
   void onNotification();
-  void repair(const std::string& who);
+  void onReports();
+  void onLinks();
+  void repair(const std::string& what, const std::string& who);
 
   io::Reactor& reactor_;
   EventSink& sink_;
@@ -81,9 +108,13 @@ private:
   std::shared_ptr<const Config> config_;
   std::shared_ptr<const policy::PolicySet> policies_;
   std::set<std::string> quarantined_;
+  std::map<std::string, firewall::PortBinding> bindings_;
   std::unique_ptr<firewall::Netlink> nl_;
   std::unique_ptr<firewall::Monitor> monitor_;
-  firewall::Ruleset current_;
+  std::unique_ptr<firewall::ReportListener> reports_;
+  std::unique_ptr<firewall::Links> links_;
+  std::unique_ptr<firewall::PortBook> book_;
+  Tables current_;
   uint32_t generation_ = 0;
   firewall::TrafficWatch watch_;
 };

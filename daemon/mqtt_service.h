@@ -139,7 +139,7 @@ private:
   mqtt::SslContext upstreamContext_;
   UpstreamConfig upstreamTls_; // the broker CA and host the contexts were built for
   io::Admission admission_;
-  mqtt::ByteBudget upstreamBudget_; // what all upstreams together hold for the broker
+  mqtt::ByteBudget upstreamBudget_;        // what all upstreams together hold for the broker
   std::unique_ptr<io::Worker> worker_;     // password checks
   mqtt::SubscriptionMemory subscriptions_; // what devices' persistent upstream sessions hold
   uint64_t nextConnectionId_ = 1;

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <linux/netfilter.h>
+#include <linux/netfilter/nf_log.h>
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
 
@@ -42,7 +43,7 @@ using RulePtr = std::unique_ptr<nftnl_rule, Deleter<nftnl_rule_free>>;
 using SetPtr = std::unique_ptr<nftnl_set, Deleter<nftnl_set_free>>;
 using ObjPtr = std::unique_ptr<nftnl_obj, Deleter<nftnl_obj_free>>;
 
-constexpr uint16_t kFamily = NFPROTO_INET;
+uint16_t nfFamily(Family f) { return f == Family::Bridge ? NFPROTO_BRIDGE : NFPROTO_INET; }
 constexpr size_t kRequestBytes = 8192;
 constexpr size_t kReceiveBytes = 64 * 1024;
 
@@ -52,18 +53,33 @@ uint32_t datatype(Field f) {
   case Field::Iifname:
   case Field::Oifname: return 41;
   case Field::Nfproto: return 2;
+  case Field::Protocol:
+    return 10;
   case Field::L4proto: return 12;
   case Field::Iiftype: return 21;
+  case Field::Iifgroup:
+  case Field::Oifgroup:
+    return 35;
   case Field::Mark: return 19;
   case Field::Ip4Saddr:
-  case Field::Ip4Daddr: return 7;
+  case Field::Ip4Daddr:
+  case Field::ArpSpa:
+    return 7;
   case Field::Ip6Saddr:
-  case Field::Ip6Daddr: return 8;
-  case Field::EtherSaddr: return 9;
+  case Field::Ip6Daddr:
+  case Field::NdTarget:
+    return 8;
+  case Field::EtherSaddr:
+  case Field::EtherDaddr:
+  case Field::ArpSha:
+  case Field::NdOptionLladdr:
+    return 9;
   case Field::ThSport:
   case Field::ThDport: return 13;
   case Field::IcmpType: return 14;
   case Field::Icmp6Type: return 29;
+  case Field::NdOption:
+    return 4;
   }
   return 0;
 }
@@ -124,18 +140,49 @@ void load(nftnl_rule* r, Field f, uint32_t reg) {
   case Field::Iifname: meta(NFT_META_IIFNAME); break;
   case Field::Oifname: meta(NFT_META_OIFNAME); break;
   case Field::Nfproto: meta(NFT_META_NFPROTO); break;
+  case Field::Protocol:
+    meta(NFT_META_PROTOCOL);
+    break;
   case Field::L4proto: meta(NFT_META_L4PROTO); break;
   case Field::Iiftype: meta(NFT_META_IIFTYPE); break;
+  case Field::Iifgroup:
+    meta(NFT_META_IIFGROUP);
+    break;
+  case Field::Oifgroup:
+    meta(NFT_META_OIFGROUP);
+    break;
   case Field::Mark: meta(NFT_META_MARK); break;
   case Field::Ip4Saddr: payload(NFT_PAYLOAD_NETWORK_HEADER, 12); break;
   case Field::Ip4Daddr: payload(NFT_PAYLOAD_NETWORK_HEADER, 16); break;
   case Field::Ip6Saddr: payload(NFT_PAYLOAD_NETWORK_HEADER, 8); break;
   case Field::Ip6Daddr: payload(NFT_PAYLOAD_NETWORK_HEADER, 24); break;
   case Field::EtherSaddr: payload(NFT_PAYLOAD_LL_HEADER, 6); break;
+  case Field::EtherDaddr:
+    payload(NFT_PAYLOAD_LL_HEADER, 0);
+    break;
+  // ARP: hardware type (2), protocol type (2), lengths (1, 1), operation (2), then the sender's
+  // hardware and protocol addresses.
+  case Field::ArpSha:
+    payload(NFT_PAYLOAD_NETWORK_HEADER, 8);
+    break;
+  case Field::ArpSpa:
+    payload(NFT_PAYLOAD_NETWORK_HEADER, 14);
+    break;
   case Field::ThSport: payload(NFT_PAYLOAD_TRANSPORT_HEADER, 0); break;
   case Field::ThDport: payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2); break;
   case Field::IcmpType:
   case Field::Icmp6Type: payload(NFT_PAYLOAD_TRANSPORT_HEADER, 0); break;
+  // Neighbour solicitation/advertisement: type, code, checksum, flags (8 bytes), the target
+  // (16), then options (type, length in 8-byte units, data).
+  case Field::NdTarget:
+    payload(NFT_PAYLOAD_TRANSPORT_HEADER, 8);
+    break;
+  case Field::NdOption:
+    payload(NFT_PAYLOAD_TRANSPORT_HEADER, 24);
+    break;
+  case Field::NdOptionLladdr:
+    payload(NFT_PAYLOAD_TRANSPORT_HEADER, 26);
+    break;
   }
 }
 
@@ -157,9 +204,12 @@ void compare(nftnl_rule* r, const Compare& c) {
     break;
   }
   case 2: {
-    // Ports are in network order on the wire; meta iiftype is in host order.
+    // Ports, the ethertype and ND option headers are in network order on the wire; meta
+    // iiftype is in host order.
     const auto host = static_cast<uint16_t>(c.value);
-    const uint16_t v = (c.field == Field::ThDport || c.field == Field::ThSport) ? htons(host) : host;
+    const bool wire = c.field == Field::ThDport || c.field == Field::ThSport ||
+                      c.field == Field::Protocol || c.field == Field::NdOption;
+    const uint16_t v = wire ? htons(host) : host;
     cmp(r, NFT_REG_1, op, &v, 2);
     break;
   }
@@ -225,14 +275,34 @@ struct ExprBuilder {
     add(r, bw);
     cmp(r, NFT_REG_1, NFT_CMP_NEQ, &zero, 4);
   }
-  void operator()(const DaddrNotLocal&) const {
+  void operator()(const FibDaddrType& f) const {
     nftnl_expr* e = nftnl_expr_alloc("fib");
-    nftnl_expr_set_u32(e, NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR);
+    nftnl_expr_set_u32(e, NFTNL_EXPR_FIB_FLAGS,
+                       uint32_t{NFTA_FIB_F_DADDR} |
+                           (f.inputInterface ? uint32_t{NFTA_FIB_F_IIF} : 0u));
     nftnl_expr_set_u32(e, NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE);
     nftnl_expr_set_u32(e, NFTNL_EXPR_FIB_DREG, NFT_REG_1);
     add(r, e);
-    const uint32_t local = 2; // RTN_LOCAL
-    cmp(r, NFT_REG_1, NFT_CMP_NEQ, &local, 4);
+    const uint32_t type = f.type;
+    cmp(r, NFT_REG_1, f.negate ? NFT_CMP_NEQ : NFT_CMP_EQ, &type, 4);
+  }
+  void operator()(const Limit& l) const {
+    nftnl_expr* e = nftnl_expr_alloc("limit");
+    nftnl_expr_set_u64(e, NFTNL_EXPR_LIMIT_RATE, l.perSecond);
+    nftnl_expr_set_u64(e, NFTNL_EXPR_LIMIT_UNIT, 1); // per second
+    nftnl_expr_set_u32(e, NFTNL_EXPR_LIMIT_BURST, l.burst);
+    nftnl_expr_set_u32(e, NFTNL_EXPR_LIMIT_TYPE, NFT_LIMIT_PKTS);
+    add(r, e);
+  }
+  void operator()(const Log& l) const {
+    nftnl_expr* e = nftnl_expr_alloc("log");
+    nftnl_expr_set_u16(e, NFTNL_EXPR_LOG_GROUP, l.group);
+    nftnl_expr_set_str(e, NFTNL_EXPR_LOG_PREFIX, l.prefix.c_str());
+    // Headers are all iotgwd reads (ARP, an IPv6 neighbour advertisement with its first option,
+    // a DHCP reply's ports); each report is delivered at once, not queued.
+    nftnl_expr_set_u32(e, NFTNL_EXPR_LOG_SNAPLEN, 128);
+    nftnl_expr_set_u16(e, NFTNL_EXPR_LOG_QTHRESHOLD, 1);
+    add(r, e);
   }
   void operator()(const Count&) const { add(r, nftnl_expr_alloc("counter")); }
   void operator()(const CountByMap& c) const {
@@ -308,9 +378,10 @@ public:
     buf_.resize(used_ + kRoom);
     return buf_.data() + used_;
   }
-  nlmsghdr* header(uint16_t type, uint16_t flags) {
+  // The family goes in the message header and again in the object's attributes.
+  nlmsghdr* header(uint16_t type, uint16_t family, uint16_t flags) {
     ++messages_;
-    return nftnl_nlmsg_build_hdr(reserve(), type, kFamily, flags, seq_++);
+    return nftnl_nlmsg_build_hdr(reserve(), type, family, flags, seq_++);
   }
   void commit() {
     auto* nlh = reinterpret_cast<nlmsghdr*>(buf_.data() + used_);
@@ -337,35 +408,35 @@ using detail::Batch;
 
 namespace {
 
-void buildTable(nlmsghdr* nlh) {
+void buildTable(nlmsghdr* nlh, uint16_t family) {
   TablePtr t(nftnl_table_alloc());
   nftnl_table_set_str(t.get(), NFTNL_TABLE_NAME, kTableName);
-  nftnl_table_set_u32(t.get(), NFTNL_TABLE_FAMILY, kFamily);
+  nftnl_table_set_u32(t.get(), NFTNL_TABLE_FAMILY, family);
   nftnl_table_nlmsg_build_payload(nlh, t.get());
 }
 
-void buildCounter(nlmsghdr* nlh, const std::string& name) {
+void buildCounter(nlmsghdr* nlh, uint16_t family, const std::string& name) {
   ObjPtr o(nftnl_obj_alloc());
   nftnl_obj_set_str(o.get(), NFTNL_OBJ_TABLE, kTableName);
   nftnl_obj_set_str(o.get(), NFTNL_OBJ_NAME, name.c_str());
-  nftnl_obj_set_u32(o.get(), NFTNL_OBJ_FAMILY, kFamily);
+  nftnl_obj_set_u32(o.get(), NFTNL_OBJ_FAMILY, family);
   nftnl_obj_set_u32(o.get(), NFTNL_OBJ_TYPE, NFT_OBJECT_COUNTER);
   nftnl_obj_nlmsg_build_payload(nlh, o.get());
 }
 
-SetPtr setObject(const Set& s, uint32_t id) {
+SetPtr setObject(uint16_t family, const Set& s, uint32_t id) {
   SetPtr set(nftnl_set_alloc());
   nftnl_set_set_str(set.get(), NFTNL_SET_TABLE, kTableName);
   nftnl_set_set_str(set.get(), NFTNL_SET_NAME, s.name.c_str());
-  nftnl_set_set_u32(set.get(), NFTNL_SET_FAMILY, kFamily);
+  nftnl_set_set_u32(set.get(), NFTNL_SET_FAMILY, family);
   if (id != 0) {
     nftnl_set_set_u32(set.get(), NFTNL_SET_ID, id);
   }
   return set;
 }
 
-void buildSet(nlmsghdr* nlh, const Set& s, uint32_t id) {
-  SetPtr set = setObject(s, id);
+void buildSet(nlmsghdr* nlh, uint16_t family, const Set& s, uint32_t id) {
+  SetPtr set = setObject(family, s, id);
   uint32_t type = 0;
   for (Field f : s.key) {
     type = (type << 6) | datatype(f);
@@ -403,12 +474,12 @@ void buildSet(nlmsghdr* nlh, const Set& s, uint32_t id) {
 }
 
 // NEWSETELEM / DELSETELEM messages for `elements` of set `s`, as many as the elements need.
-void buildElements(Batch& b, uint16_t type, uint16_t flags, const Set& s, uint32_t id,
-                   const std::vector<Element>& elements) {
+void buildElements(Batch& b, uint16_t type, uint16_t flags, uint16_t family, const Set& s,
+                   uint32_t id, const std::vector<Element>& elements) {
   if (elements.empty()) {
     return;
   }
-  SetPtr set = setObject(s, id);
+  SetPtr set = setObject(family, s, id);
   for (const Element& e : elements) {
     nftnl_set_elem* el = nftnl_set_elem_alloc();
     const auto key = keyBytes(s.key, e, false);
@@ -426,7 +497,7 @@ void buildElements(Batch& b, uint16_t type, uint16_t flags, const Set& s, uint32
   // The iterator's cursor never becomes NULL: the build call's return value says whether more
   // elements are left (1) or not (0).
   for (;;) {
-    nlmsghdr* nlh = b.header(type, flags);
+    nlmsghdr* nlh = b.header(type, family, flags);
     const int more = nftnl_set_elems_nlmsg_build_payload_iter(nlh, it);
     b.commit();
     if (more <= 0) {
@@ -436,11 +507,11 @@ void buildElements(Batch& b, uint16_t type, uint16_t flags, const Set& s, uint32
   nftnl_set_elems_iter_destroy(it);
 }
 
-void buildChain(nlmsghdr* nlh, const Chain& c) {
+void buildChain(nlmsghdr* nlh, uint16_t family, const Chain& c) {
   ChainPtr ch(nftnl_chain_alloc());
   nftnl_chain_set_str(ch.get(), NFTNL_CHAIN_TABLE, kTableName);
   nftnl_chain_set_str(ch.get(), NFTNL_CHAIN_NAME, c.name.c_str());
-  nftnl_chain_set_u32(ch.get(), NFTNL_CHAIN_FAMILY, kFamily);
+  nftnl_chain_set_u32(ch.get(), NFTNL_CHAIN_FAMILY, family);
   if (c.hook != Hook::None) {
     nftnl_chain_set_u32(ch.get(), NFTNL_CHAIN_HOOKNUM, hookNumber(c.hook));
     nftnl_chain_set_s32(ch.get(), NFTNL_CHAIN_PRIO, c.priority);
@@ -450,11 +521,11 @@ void buildChain(nlmsghdr* nlh, const Chain& c) {
   nftnl_chain_nlmsg_build_payload(nlh, ch.get());
 }
 
-void buildRule(nlmsghdr* nlh, const Chain& c, const Rule& rule, SetIds ids) {
+void buildRule(nlmsghdr* nlh, uint16_t family, const Chain& c, const Rule& rule, SetIds ids) {
   RulePtr r(nftnl_rule_alloc());
   nftnl_rule_set_str(r.get(), NFTNL_RULE_TABLE, kTableName);
   nftnl_rule_set_str(r.get(), NFTNL_RULE_CHAIN, c.name.c_str());
-  nftnl_rule_set_u32(r.get(), NFTNL_RULE_FAMILY, kFamily);
+  nftnl_rule_set_u32(r.get(), NFTNL_RULE_FAMILY, family);
   for (const Expr& e : rule.exprs) {
     std::visit(ExprBuilder{r.get(), ids}, e);
   }
@@ -550,70 +621,92 @@ std::expected<BatchStats, std::string> Netlink::commit(Batch& b) {
   return BatchStats{b.messages(), b.size()};
 }
 
-std::expected<BatchStats, std::string> Netlink::replace(const Ruleset& rs) {
-  Batch b(seq_);
-  // Create-if-missing, delete, create: one transaction that replaces whatever table is there.
-  buildTable(b.header(NFT_MSG_NEWTABLE, NLM_F_CREATE));
+namespace {
+
+// Create-if-missing, delete, create: replaces whatever table is there, in the same transaction.
+void replaceTable(Batch& b, const Ruleset& rs) {
+  const uint16_t family = nfFamily(rs.family);
+  buildTable(b.header(NFT_MSG_NEWTABLE, family, NLM_F_CREATE), family);
   b.commit();
-  buildTable(b.header(NFT_MSG_DELTABLE, 0));
+  buildTable(b.header(NFT_MSG_DELTABLE, family, 0), family);
   b.commit();
-  buildTable(b.header(NFT_MSG_NEWTABLE, NLM_F_CREATE));
+  buildTable(b.header(NFT_MSG_NEWTABLE, family, NLM_F_CREATE), family);
   b.commit();
   for (const auto& c : rs.counters) {
-    buildCounter(b.header(NFT_MSG_NEWOBJ, NLM_F_CREATE), c);
+    buildCounter(b.header(NFT_MSG_NEWOBJ, family, NLM_F_CREATE), family, c);
     b.commit();
   }
   std::map<std::string, uint32_t, std::less<>> ids;
   for (const Set& s : rs.sets) {
     const uint32_t id = static_cast<uint32_t>(ids.size() + 1);
     ids.emplace(s.name, id);
-    buildSet(b.header(NFT_MSG_NEWSET, NLM_F_CREATE), s, id);
+    buildSet(b.header(NFT_MSG_NEWSET, family, NLM_F_CREATE), family, s, id);
     b.commit();
-    buildElements(b, NFT_MSG_NEWSETELEM, NLM_F_CREATE, s, id, s.elements);
+    buildElements(b, NFT_MSG_NEWSETELEM, NLM_F_CREATE, family, s, id, s.elements);
   }
   // Chains before rules: a jump must find its chain.
   for (const Chain& c : rs.chains) {
-    buildChain(b.header(NFT_MSG_NEWCHAIN, NLM_F_CREATE), c);
+    buildChain(b.header(NFT_MSG_NEWCHAIN, family, NLM_F_CREATE), family, c);
     b.commit();
   }
   for (const Chain& c : rs.chains) {
     for (const Rule& r : c.rules) {
-      buildRule(b.header(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND), c, r, SetIds{&ids});
+      buildRule(b.header(NFT_MSG_NEWRULE, family, NLM_F_CREATE | NLM_F_APPEND), family, c, r,
+                SetIds{&ids});
       b.commit();
     }
   }
-  return commit(b);
 }
 
-std::expected<BatchStats, std::string> Netlink::update(const ElementDelta& d, const Ruleset& target) {
-  Batch b(seq_);
+void updateTable(Batch& b, const ElementDelta& d, const Ruleset& target) {
+  const uint16_t family = nfFamily(target.family);
   for (const auto& c : d.addCounters) {
-    buildCounter(b.header(NFT_MSG_NEWOBJ, NLM_F_CREATE), c);
+    buildCounter(b.header(NFT_MSG_NEWOBJ, family, NLM_F_CREATE), family, c);
     b.commit();
   }
   for (const auto& [name, elements] : d.remove) {
     if (const Set* s = target.findSet(name)) {
-      buildElements(b, NFT_MSG_DELSETELEM, 0, *s, 0, elements);
+      buildElements(b, NFT_MSG_DELSETELEM, 0, family, *s, 0, elements);
     }
   }
   for (const auto& [name, elements] : d.add) {
     if (const Set* s = target.findSet(name)) {
-      buildElements(b, NFT_MSG_NEWSETELEM, NLM_F_CREATE, *s, 0, elements);
+      buildElements(b, NFT_MSG_NEWSETELEM, NLM_F_CREATE, family, *s, 0, elements);
     }
   }
   for (const auto& c : d.deleteCounters) {
-    buildCounter(b.header(NFT_MSG_DELOBJ, 0), c);
+    buildCounter(b.header(NFT_MSG_DELOBJ, family, 0), family, c);
     b.commit();
+  }
+}
+
+} // namespace
+
+std::expected<BatchStats, std::string> Netlink::replace(std::span<const Ruleset> tables) {
+  Batch b(seq_);
+  for (const Ruleset& rs : tables) {
+    replaceTable(b, rs);
+  }
+  return commit(b);
+}
+
+std::expected<BatchStats, std::string> Netlink::update(std::span<const TableUpdate> updates) {
+  Batch b(seq_);
+  for (const TableUpdate& u : updates) {
+    updateTable(b, *u.delta, *u.target);
   }
   return commit(b);
 }
 
 std::expected<void, std::string> Netlink::remove() {
   Batch b(seq_);
-  buildTable(b.header(NFT_MSG_NEWTABLE, NLM_F_CREATE));
-  b.commit();
-  buildTable(b.header(NFT_MSG_DELTABLE, 0));
-  b.commit();
+  for (Family f : {Family::Inet, Family::Bridge}) {
+    const uint16_t family = nfFamily(f);
+    buildTable(b.header(NFT_MSG_NEWTABLE, family, NLM_F_CREATE), family);
+    b.commit();
+    buildTable(b.header(NFT_MSG_DELTABLE, family, 0), family);
+    b.commit();
+  }
   if (auto r = commit(b); !r) {
     return std::unexpected(r.error());
   }
@@ -652,7 +745,7 @@ std::expected<void, std::string> request(mnl_socket* nl, uint32_t portId, nlmsgh
 
 std::expected<std::map<std::string, CounterValue>, std::string> Netlink::counters() {
   char buf[kRequestBytes];
-  nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETOBJ, kFamily, NLM_F_DUMP, seq_++);
+  nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETOBJ, NFPROTO_INET, NLM_F_DUMP, seq_++);
   ObjPtr filter(nftnl_obj_alloc());
   nftnl_obj_set_str(filter.get(), NFTNL_OBJ_TABLE, kTableName);
   nftnl_obj_set_u32(filter.get(), NFTNL_OBJ_TYPE, NFT_OBJECT_COUNTER);
@@ -708,7 +801,7 @@ template <typename F> void forEachAttribute(const nlmsghdr* h, F&& f) {
 
 // --- Monitor ------------------------------------------------------------------------------------
 
-std::expected<std::unique_ptr<Monitor>, std::string> Monitor::open() {
+std::expected<std::unique_ptr<Monitor>, std::string> Monitor::open(uint32_t ownPort) {
   mnl_socket* nl = mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC | SOCK_NONBLOCK);
   if (nl == nullptr) {
     return std::unexpected("netlink socket: " + errnoText(errno));
@@ -725,7 +818,7 @@ std::expected<std::unique_ptr<Monitor>, std::string> Monitor::open() {
   if (::setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size) != 0) {
     (void)::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
   }
-  return std::unique_ptr<Monitor>(new Monitor(nl));
+  return std::unique_ptr<Monitor>(new Monitor(nl, ownPort));
 }
 
 Monitor::~Monitor() { mnl_socket_close(nl_); }
@@ -742,7 +835,7 @@ Monitor::Result Monitor::drain() {
         continue;
       }
       if (errno == ENOBUFS) {
-        touched_ = false;
+        touched_ = 0;
         result = Result::Overrun;
         continue;
       }
@@ -767,14 +860,20 @@ Monitor::Result Monitor::drain() {
           }
           return true;
         });
-        if (touched_ && pid != static_cast<uint32_t>(::getpid())) {
+        // The generation notification carries the committing socket's netlink port id. (Its
+        // NFTA_GEN_PROC_PID is a pid in the initial pid namespace, which never equals ours in a
+        // container.)
+        if (touched_ != 0 && h->nlmsg_pid != ownPort_) {
           result = result == Result::Overrun ? Result::Overrun : Result::Changed;
           lastChanger_ = name.empty() ? fmt::format("pid {}", pid) : fmt::format("{} (pid {})", name, pid);
+          lastChanged_ = touched_ == 3   ? fmt::format("tables inet {0} and bridge {0}", kTableName)
+                         : touched_ == 1 ? fmt::format("table inet {}", kTableName)
+                                         : fmt::format("table bridge {}", kTableName);
         }
-        touched_ = false;
+        touched_ = 0;
         continue;
       }
-      if (gen->nfgen_family != NFPROTO_INET) {
+      if (gen->nfgen_family != NFPROTO_INET && gen->nfgen_family != NFPROTO_BRIDGE) {
         continue;
       }
       // Tables, chains, rules, sets, elements, objects and flowtables all name their table in
@@ -783,7 +882,7 @@ Monitor::Result Monitor::drain() {
         if (mnl_attr_get_type(a) == 1 && mnl_attr_get_payload_len(a) > 0 &&
             std::strncmp(static_cast<const char*>(mnl_attr_get_payload(a)), kTableName,
                          mnl_attr_get_payload_len(a)) == 0) {
-          touched_ = true;
+          touched_ |= gen->nfgen_family == NFPROTO_INET ? 1 : 2;
           return false;
         }
         return true;

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #pragma once
 
-// Table `inet iotgw` in the kernel, through libmnl + libnftnl: the whole table replaced in one
-// atomic transaction, per-device changes as element batches, counters read back, and a monitor
-// of nftables notifications that tells when someone else touched the table. Never runs `nft`.
+// Tables `inet iotgw` and `bridge iotgw` in the kernel, through libmnl + libnftnl: whole tables
+// replaced in one atomic transaction, per-device changes as element batches, counters read back,
+// and a monitor of nftables notifications that tells when someone else touched them. Never runs
+// `nft`.
 //
 // Every batch is one transaction: the kernel applies all of it or none of it. Any error in the
 // answer means nothing was applied.
@@ -12,6 +13,7 @@
 #include <expected>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 
 #include "firewall/ruleset.h"
@@ -35,6 +37,12 @@ struct BatchStats {
   size_t bytes = 0;
 };
 
+// The element changes of one table, towards `target` (whose sets exist in the kernel).
+struct TableUpdate {
+  const ElementDelta* delta;
+  const Ruleset* target;
+};
+
 class Netlink {
 public:
   [[nodiscard]] static std::expected<std::unique_ptr<Netlink>, std::string> open();
@@ -42,18 +50,29 @@ public:
   Netlink& operator=(const Netlink&) = delete;
   ~Netlink();
 
-  // Replaces table inet iotgw (creating it if missing) by `rs`, atomically.
-  [[nodiscard]] std::expected<BatchStats, std::string> replace(const Ruleset& rs);
-  // Adds and removes elements and counters of sets that exist in the kernel as `target`
-  // describes them. Fails (changing nothing) if an element to remove is missing.
+  // Replaces each table (family iotgw, creating it if missing) by its ruleset, all in one
+  // transaction.
+  [[nodiscard]] std::expected<BatchStats, std::string> replace(std::span<const Ruleset> tables);
+  [[nodiscard]] std::expected<BatchStats, std::string> replace(const Ruleset& rs) {
+    return replace(std::span(&rs, 1));
+  }
+  // Adds and removes elements and counters of sets that exist in the kernel as each target
+  // describes them, in one transaction. Fails (changing nothing) if an element to remove is
+  // missing.
+  [[nodiscard]] std::expected<BatchStats, std::string> update(std::span<const TableUpdate> updates);
   [[nodiscard]] std::expected<BatchStats, std::string> update(const ElementDelta& delta,
-                                                              const Ruleset& target);
-  // Deletes the table; no error if it does not exist.
+                                                              const Ruleset& target) {
+    const TableUpdate u{&delta, &target};
+    return update(std::span(&u, 1));
+  }
+  // Deletes both tables; no error if they do not exist.
   [[nodiscard]] std::expected<void, std::string> remove();
-  // Named counters of the table.
+  // Named counters of table inet iotgw.
   [[nodiscard]] std::expected<std::map<std::string, CounterValue>, std::string> counters();
   // The ruleset generation after the last transaction of any process.
   [[nodiscard]] std::expected<uint32_t, std::string> generation();
+  // This socket's netlink port id: what the kernel names as the author of our transactions.
+  [[nodiscard]] uint32_t portId() const { return portId_; }
 
 private:
   explicit Netlink(mnl_socket* nl);
@@ -68,24 +87,29 @@ class Monitor {
 public:
   enum class Result {
     Quiet,   // nothing about our table, or only our own transactions
-    Changed, // another process changed or deleted table inet iotgw
+    Changed, // another process changed or deleted table inet iotgw or bridge iotgw
     Overrun, // notifications were lost: check the generation
   };
-  [[nodiscard]] static std::expected<std::unique_ptr<Monitor>, std::string> open();
+  // `ownPort`: the port id of the socket whose transactions are ours (Netlink::portId()).
+  [[nodiscard]] static std::expected<std::unique_ptr<Monitor>, std::string> open(uint32_t ownPort);
   Monitor(const Monitor&) = delete;
   Monitor& operator=(const Monitor&) = delete;
   ~Monitor();
   [[nodiscard]] int fd() const;
   // Reads every pending notification.
   [[nodiscard]] Result drain();
-  // Who made the last change noticed by drain() ("nft", "firewalld", ...), for the event.
+  // Who made the last change noticed by drain() ("nft", "firewalld", ...), and to which table
+  // ("table inet iotgw", ...), for the event.
   [[nodiscard]] const std::string& lastChanger() const { return lastChanger_; }
+  [[nodiscard]] const std::string& lastChanged() const { return lastChanged_; }
 
 private:
-  explicit Monitor(mnl_socket* nl) : nl_(nl) {}
+  Monitor(mnl_socket* nl, uint32_t ownPort) : nl_(nl), ownPort_(ownPort) {}
   mnl_socket* nl_;
-  bool touched_ = false; // since the last NEWGEN
+  uint32_t ownPort_;
+  unsigned touched_ = 0; // since the last NEWGEN: 1 inet, 2 bridge
   std::string lastChanger_;
+  std::string lastChanged_;
 };
 
 } // namespace iotgw::firewall

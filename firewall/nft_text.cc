@@ -4,7 +4,12 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <linux/if_ether.h>
 #include <linux/netfilter.h>
+#include <linux/rtnetlink.h>
+
+#include <algorithm>
+#include <cstring>
 
 #include <fmt/format.h>
 
@@ -17,18 +22,37 @@ const char* fieldText(Field f) {
   case Field::Iifname: return "iifname";
   case Field::Oifname: return "oifname";
   case Field::Nfproto: return "meta nfproto";
+  case Field::Protocol:
+    return "meta protocol";
   case Field::L4proto: return "meta l4proto";
   case Field::Iiftype: return "meta iiftype";
+  case Field::Iifgroup:
+    return "meta iifgroup";
+  case Field::Oifgroup:
+    return "meta oifgroup";
   case Field::Mark: return "meta mark";
   case Field::Ip4Saddr: return "ip saddr";
   case Field::Ip4Daddr: return "ip daddr";
   case Field::Ip6Saddr: return "ip6 saddr";
   case Field::Ip6Daddr: return "ip6 daddr";
   case Field::EtherSaddr: return "ether saddr";
+  case Field::EtherDaddr:
+    return "ether daddr";
+  case Field::ArpSha:
+    return "arp saddr ether";
+  case Field::ArpSpa:
+    return "arp saddr ip";
   case Field::ThSport: return "th sport";
   case Field::ThDport: return "th dport";
   case Field::IcmpType: return "icmp type";
   case Field::Icmp6Type: return "icmpv6 type";
+  // nft 1.0 has no names for these: raw transport-header payloads (offset, length in bits).
+  case Field::NdTarget:
+    return "@th,64,128";
+  case Field::NdOption:
+    return "@th,192,16";
+  case Field::NdOptionLladdr:
+    return "@th,208,48";
   }
   return "?";
 }
@@ -38,14 +62,29 @@ const char* typeText(Field f) {
   case Field::Iifname:
   case Field::Oifname: return "ifname";
   case Field::Nfproto: return "nf_proto";
+  case Field::Protocol:
+    return "ether_type";
   case Field::L4proto: return "inet_proto";
   case Field::Iiftype: return "iface_type";
+  case Field::Iifgroup:
+  case Field::Oifgroup:
+    return "devgroup";
   case Field::Mark: return "mark";
   case Field::Ip4Saddr:
-  case Field::Ip4Daddr: return "ipv4_addr";
+  case Field::Ip4Daddr:
+  case Field::ArpSpa:
+    return "ipv4_addr";
   case Field::Ip6Saddr:
-  case Field::Ip6Daddr: return "ipv6_addr";
-  case Field::EtherSaddr: return "ether_addr";
+  case Field::Ip6Daddr:
+  case Field::NdTarget:
+    return "ipv6_addr";
+  case Field::EtherSaddr:
+  case Field::EtherDaddr:
+  case Field::ArpSha:
+  case Field::NdOptionLladdr:
+    return "ether_addr";
+  case Field::NdOption:
+    return "integer";
   case Field::ThSport:
   case Field::ThDport: return "inet_service";
   case Field::IcmpType: return "icmp_type";
@@ -66,14 +105,26 @@ std::string valueText(Field f, const Value& v) {
   }
   case Field::Ip4Saddr:
   case Field::Ip4Daddr:
+  case Field::ArpSpa:
   case Field::Ip6Saddr:
-  case Field::Ip6Daddr: {
+  case Field::Ip6Daddr:
+  case Field::NdTarget: {
     char buf[INET6_ADDRSTRLEN] = {};
     inet_ntop(v.bytes.size() == 4 ? AF_INET : AF_INET6, v.bytes.data(), buf, sizeof buf);
     out = buf;
     break;
   }
+  case Field::Iifgroup:
+  case Field::Oifgroup: {
+    uint32_t x = 0;
+    std::memcpy(&x, v.bytes.data(), std::min<size_t>(v.bytes.size(), 4));
+    out = std::to_string(x);
+    break;
+  }
   case Field::EtherSaddr:
+  case Field::EtherDaddr:
+  case Field::ArpSha:
+  case Field::NdOptionLladdr:
     out = fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", v.bytes[0], v.bytes[1],
                       v.bytes[2], v.bytes[3], v.bytes[4], v.bytes[5]);
     break;
@@ -99,8 +150,19 @@ std::string compareText(const Compare& c) {
   std::string value;
   switch (c.field) {
   case Field::Nfproto: value = c.value == NFPROTO_IPV4 ? "ipv4" : "ipv6"; break;
-  case Field::Iiftype: value = c.value == 1 ? "ether" : std::to_string(c.value); break;
+  case Field::Iiftype:
+    value = c.value == 1 ? "ether" : c.value == 772 ? "loopback" : std::to_string(c.value);
+    break;
+  case Field::Protocol:
+    value = c.value == ETH_P_IP     ? "ip"
+            : c.value == ETH_P_IPV6 ? "ip6"
+            : c.value == ETH_P_ARP  ? "arp"
+                                    : fmt::format("0x{:04x}", c.value);
+    break;
   case Field::Mark: value = fmt::format("0x{:08x}", c.value); break;
+  case Field::NdOption:
+    value = fmt::format("0x{:04x}", c.value);
+    break;
   default: value = std::to_string(c.value);
   }
   return fmt::format("{} {}{}", fieldText(c.field), c.negate ? "!= " : "", value);
@@ -131,7 +193,20 @@ struct ExprText {
     }
     return "ct state " + names;
   }
-  std::string operator()(const DaddrNotLocal&) const { return "fib daddr type != local"; }
+  std::string operator()(const FibDaddrType& f) const {
+    const char* type = f.type == RTN_LOCAL       ? "local"
+                       : f.type == RTN_BROADCAST ? "broadcast"
+                       : f.type == RTN_MULTICAST ? "multicast"
+                                                 : "unicast";
+    return fmt::format("fib daddr{} type {}{}", f.inputInterface ? " . iif" : "",
+                       f.negate ? "!= " : "", type);
+  }
+  std::string operator()(const Limit& l) const {
+    return fmt::format("limit rate {}/second burst {} packets", l.perSecond, l.burst);
+  }
+  std::string operator()(const Log& l) const {
+    return fmt::format("log prefix \"{}\" group {}", l.prefix, l.group);
+  }
   std::string operator()(const Count&) const { return "counter"; }
   std::string operator()(const CountByMap& c) const {
     return fmt::format("counter name {} map @{}", fieldText(c.key), c.map);
@@ -154,7 +229,8 @@ const char* hookText(Hook h) {
 } // namespace
 
 std::string toNftScript(const Ruleset& rs) {
-  std::string out = fmt::format("table inet {} {{\n", kTableName);
+  std::string out =
+      fmt::format("table {} {} {{\n", rs.family == Family::Bridge ? "bridge" : "inet", kTableName);
   for (const auto& c : rs.counters) {
     out += fmt::format("\tcounter {} {{ }}\n", c);
   }

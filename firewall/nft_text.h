@@ -11,7 +11,9 @@
 
 namespace iotgw::firewall {
 
-// "table inet iotgw { ... }", ready for `nft -f`.
+// "table inet iotgw { ... }" (or "table bridge iotgw"), ready for `nft -f` (the bridge table's
+// neighbour-discovery fields are raw payloads, which nft 1.0 prints but will not type-check in a
+// concatenation).
 [[nodiscard]] std::string toNftScript(const Ruleset& rs);
 
 } // namespace iotgw::firewall

@@ -13,21 +13,30 @@ uint32_t fieldLength(Field f) noexcept {
   case Field::Oifname:
   case Field::Ip6Saddr:
   case Field::Ip6Daddr:
+  case Field::NdTarget:
     return 16;
   case Field::Nfproto:
   case Field::L4proto:
   case Field::IcmpType:
   case Field::Icmp6Type:
     return 1;
+  case Field::Protocol:
   case Field::Iiftype:
   case Field::ThSport:
   case Field::ThDport:
+  case Field::NdOption:
     return 2;
+  case Field::Iifgroup:
+  case Field::Oifgroup:
   case Field::Mark:
   case Field::Ip4Saddr:
   case Field::Ip4Daddr:
+  case Field::ArpSpa:
     return 4;
   case Field::EtherSaddr:
+  case Field::EtherDaddr:
+  case Field::ArpSha:
+  case Field::NdOptionLladdr:
     return 6;
   }
   return 0;
@@ -67,7 +76,7 @@ template <typename T> std::vector<T> minus(const std::vector<T>& a, const std::v
 } // namespace
 
 std::optional<ElementDelta> diff(const Ruleset& from, const Ruleset& to) {
-  if (from.chains != to.chains || from.sets.size() != to.sets.size()) {
+  if (from.family != to.family || from.chains != to.chains || from.sets.size() != to.sets.size()) {
     return std::nullopt;
   }
   ElementDelta d;

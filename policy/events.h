@@ -34,6 +34,9 @@ enum class EventType : uint8_t {
   EventsSuppressed,
   UpstreamUnavailable,
   TrafficSurge,
+  DevicePortBound,
+  DevicePortConflict,
+  NeighbourSpoofing,
 };
 
 struct EventTypeInfo {

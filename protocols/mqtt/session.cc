@@ -410,10 +410,10 @@ Decision Session::topicLength(std::string_view topic) const {
   if (topic.size() <= settings_.maxTopicBytes) {
     return Decision::allow("limits.max_topic_bytes");
   }
-  return Decision::deny("limits.max_topic_bytes", policy::provision::kValidateInput,
-                        fmt::format("topic of {} bytes is longer than {}", topic.size(),
-                                    settings_.maxTopicBytes),
-                        device_->onViolation);
+  return Decision::deny(
+      "limits.max_topic_bytes", policy::provision::kValidateInput,
+      fmt::format("topic of {} bytes is longer than {}", topic.size(), settings_.maxTopicBytes),
+      device_->onViolation);
 }
 
 void Session::violation(const Decision& d, Effects& out) {
@@ -676,8 +676,12 @@ void Session::deliver(const std::string& brokerTopic, std::span<const uint8_t> p
     violation(d, out);
     return;
   }
-  Publish p{false, std::min(qos, device_->mqttRules.maxQos),
-            retain && device_->mqttRules.retainAllowed, topic, 0, {},
+  Publish p{false,
+            std::min(qos, device_->mqttRules.maxQos),
+            retain && device_->mqttRules.retainAllowed,
+            topic,
+            0,
+            {},
             std::vector<uint8_t>(payload.begin(), payload.end())};
   if (p.qos == 0) {
     ++counters_.deliveries;

@@ -222,7 +222,8 @@ bool MosquittoUpstream::publish(const upstream::Publish& p) {
   const int rc = mosquitto_publish(mosq_, &mid, p.topic.c_str(), static_cast<int>(p.payload.size()),
                                    p.payload.data(), p.qos, p.retain);
   publishing_ = false;
-  const bool writtenAlready = std::ranges::find(writtenDuringPublish_, mid) != writtenDuringPublish_.end();
+  const bool writtenAlready =
+      std::ranges::find(writtenDuringPublish_, mid) != writtenDuringPublish_.end();
   writtenDuringPublish_.clear();
   // QoS > 0 while disconnected: libmosquitto returns NO_CONN but has queued the message, and
   // sends it after the reconnect (on_publish fires then). Treating it as a failure would

@@ -138,10 +138,10 @@ private:
     uint64_t token;
     size_t bytes;
   };
-  std::map<int, Pending> pending_;                   // mid → a QoS > 0 publish
-  std::map<int, size_t> unwritten_;                  // mid → bytes of a QoS 0 publish
-  bool publishing_ = false;                          // inside mosquitto_publish
-  std::vector<int> writtenDuringPublish_;            // mids libmosquitto wrote meanwhile
+  std::map<int, Pending> pending_;        // mid → a QoS > 0 publish
+  std::map<int, size_t> unwritten_;       // mid → bytes of a QoS 0 publish
+  bool publishing_ = false;               // inside mosquitto_publish
+  std::vector<int> writtenDuringPublish_; // mids libmosquitto wrote meanwhile
   size_t queuedBytes_ = 0;
   std::vector<upstream::Publish> waiting_;           // QoS 0 held until connected
   std::map<std::string, uint8_t> subscriptions_;     // re-subscribed after each reconnect

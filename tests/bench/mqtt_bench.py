@@ -138,7 +138,7 @@ target = "stderr"
     holder = subprocess.Popen([LOAD, "idle", f"127.0.0.1:{port}", "--connections", str(IDLE), "--hold", "600",
                                "--user-prefix", "idle-", "--password", "pw"], stdout=subprocess.PIPE, text=True,
                               preexec_fn=raise_fd_limit)
-    holder.stdout.readline()
+    idle_accepted = int(holder.stdout.readline().strip().split("=")[1])
     time.sleep(3)
     g1, b1 = rss_kib(gw.pid), rss_kib(broker.proc.pid)
     holder.send_signal(signal.SIGKILL)
@@ -146,13 +146,14 @@ target = "stderr"
     # mTLS at the gateway: each client a distinct certificate (a distinct device).
     start_gateway()
     g2 = rss_kib(gw.pid)
+    # One after another: iotgwd admits 4 handshakes at a time per source address (issue 14), and
+    # every client here comes from 127.0.0.1.
     tls_holders = []
     for cert, key in tls_clients:
         tls_holders.append(subprocess.Popen([LOAD, "idle", f"127.0.0.1:{tls_port},tls:{pki.ca}:{cert}:{key}",
                                              "--connections", "1", "--hold", "600"], stdout=subprocess.PIPE,
                                             text=True, preexec_fn=raise_fd_limit))
-    for h in tls_holders:
-        h.stdout.readline()
+        tls_holders[-1].stdout.readline()
     time.sleep(3)
     g3 = rss_kib(gw.pid)
     for h in tls_holders:
@@ -183,7 +184,7 @@ target = "stderr"
         print(f"{'latency at 1000/s, p50':<34} {float(lat_g['p50_us']):>10.0f}us {float(lat_d['p50_us']):>10.0f}us")
         print(f"{'latency at 1000/s, p99':<34} {float(lat_g['p99_us']):>10.0f}us {float(lat_d['p99_us']):>10.0f}us"
             f"   (p99 difference {(float(lat_g['p99_us']) - float(lat_d['p99_us'])) / 1000:.2f} ms)")
-    print(f"{'idle device (plaintext + its mTLS upstream)':<34} {(g1 - g0) / IDLE:>8.1f} KiB   mosquitto's side of it {(b1 - b0) / IDLE:.1f} KiB  (N={IDLE})")
+    print(f"{'idle device (plaintext + its mTLS upstream)':<34} {(g1 - g0) / max(idle_accepted, 1):>8.1f} KiB   mosquitto's side of it {(b1 - b0) / max(idle_accepted, 1):.1f} KiB  (N={idle_accepted} of {IDLE} accepted)")
     print(f"{'idle mTLS client at the gateway':<34} {(g3 - g2) / TLS_IDLE:>8.1f} KiB   mosquitto mTLS {(b3 - b2) / TLS_IDLE:.1f} KiB  (N={TLS_IDLE})")
 finally:
     if gw:

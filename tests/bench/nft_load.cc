@@ -6,9 +6,12 @@
 //   nft_load churn N ROUNDS      with N enrolled, adds and removes one device ROUNDS times
 //   nft_load counters            the table's named counters
 //   --no-intercept (last)        devices without interception: the table has no nat chain
+//   --bridge (last)              replace applies table bridge iotgw too, every device bound to
+//                                bridge port "p0" (as iotgwd applies both)
 //
-// Devices are dev-00000 ... at 10.0.0.1 ... with MACs 02:00:00:00:00:01 ... on interface "br-iot", each
-// allowed to 192.0.2.10:8883/tcp and 192.0.2.10:9000/udp and reachable by the gateway on 80/tcp.
+// Devices are dev-00000 ... at 10.0.0.1 ... with MACs 02:00:00:00:00:01 ... on interface "br-iot",
+// each allowed to 192.0.2.10:8883/tcp and 192.0.2.10:9000/udp and reachable by the gateway on
+// 80/tcp.
 #include <netinet/in.h>
 
 #include <algorithm>
@@ -31,6 +34,7 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 bool gIntercept = true; // --no-intercept: no device's MQTT/CoAP is intercepted (no NAT)
+bool gBridge = false;   // --bridge: the bridge table too
 
 policy::DevicePolicy device(size_t i) {
   policy::DevicePolicy d(*policy::DeviceId::parse(fmt::format("dev-{:05}", i)));
@@ -46,18 +50,28 @@ policy::DevicePolicy device(size_t i) {
   return d;
 }
 
-firewall::Ruleset ruleset(size_t first, size_t n) {
+std::vector<firewall::Ruleset> tables(size_t first, size_t n, bool bridge) {
   std::vector<policy::DevicePolicy> devices;
+  firewall::CompileOptions o;
   for (size_t i = first; i < first + n; ++i) {
     devices.push_back(device(i));
+    if (bridge) {
+      o.bindings.emplace(devices.back().id.str(), firewall::PortBinding{*devices.back().mac, "p0"});
+    }
   }
-  firewall::CompileOptions o;
   o.interfaces = {"br-iot"};
   o.gatewayServices = {{IPPROTO_TCP, 1883}, {IPPROTO_UDP, 5683}};
   o.mqttRedirectPort = 1883;
   o.coapRedirectPort = 5683;
-  return firewall::compile(**policy::PolicySet::build(std::move(devices)), o);
+  const auto policies = *policy::PolicySet::build(std::move(devices));
+  std::vector<firewall::Ruleset> out{firewall::compile(*policies, o)};
+  if (bridge) {
+    out.push_back(firewall::compileBridge(*policies, o));
+  }
+  return out;
 }
+
+firewall::Ruleset ruleset(size_t first, size_t n) { return std::move(tables(first, n, false)[0]); }
 
 double ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
@@ -73,9 +87,9 @@ int main(int argc, char** argv) {
     std::fputs("usage: nft_load script|replace|churn|counters [N] [ROUNDS]\n", stderr);
     return 2;
   }
-  if (std::string(argv[argc - 1]) == "--no-intercept") {
-    gIntercept = false;
-    --argc;
+  for (; argc > 2 && std::string(argv[argc - 1]).starts_with("--"); --argc) {
+    gIntercept = gIntercept && std::string(argv[argc - 1]) != "--no-intercept";
+    gBridge = gBridge || std::string(argv[argc - 1]) == "--bridge";
   }
   const std::string mode = argv[1];
   const size_t n = argc > 2 ? std::strtoul(argv[2], nullptr, 10) : 0;
@@ -93,7 +107,7 @@ int main(int argc, char** argv) {
     firewall::BatchStats stats;
     for (size_t r = 0; r < rounds; ++r) {
       const auto t0 = Clock::now();
-      auto rs = ruleset(0, n); // compile included: the daemon pays for it too
+      auto rs = tables(0, n, gBridge); // compile included: the daemon pays for it too
       auto applied = (*nl)->replace(rs);
       if (!applied) {
         return fail(applied.error());

@@ -340,10 +340,15 @@ while True:
         check(reach("rogue", GW, 1883), "another host on the segment may reach the gateway's MQTT port from its own address")
         sh("ip", "-n", NS["rogue"], "addr", "add", f"{DEVICE}/32", "dev", "eth0")
         check(not reach("rogue", GW, 1883, src=DEVICE), "the device's address from another MAC is dropped")
-        drops = subprocess.run(["nft", "list", "chain", "inet", "iotgw", "from_devices"], capture_output=True, text=True).stdout
-        spoof_line = [line for line in drops.splitlines() if "anti-spoofing" in line and "ip saddr" in line]
+        # The bridge table sees it first (at layer 2, whatever br_netfilter says) and reports it.
+        drops = subprocess.run(["nft", "list", "chain", "bridge", "iotgw", "spoofed"], capture_output=True,
+                               text=True).stdout
+        spoof_line = [line for line in drops.splitlines() if "anti-spoofing" in line and "packets" in line]
         spoofed = int(spoof_line[0].split("packets")[1].split()[0]) if spoof_line else 0
         check(spoofed > 0, f"the anti-spoofing rule counted the spoofed packets ({spoofed})")
+        check(events.wait_for("IOTGW_EVENT=device-port-conflict", 3)
+              and any("thermo-01's address 192.168.50.10" in line for line in events.lines()),
+              "and it is a device-port-conflict event naming the device and its address")
 
         print("shutdown")
         d.send_signal(signal.SIGTERM)

@@ -49,10 +49,15 @@ firewall::CompileOptions options() {
   firewall::CompileOptions o;
   o.interfaces = {"br-iot"};
   o.gatewayServices = {{IPPROTO_TCP, 1883}, {IPPROTO_UDP, 5683}};
+  o.deviceListeners = {{*policy::IpAddress::parse("192.168.50.1"), {IPPROTO_TCP, 1883}},
+                       {*policy::IpAddress::parse("192.168.50.1"), {IPPROTO_UDP, 5683}},
+                       {*policy::IpAddress::parse("fd00:50::1"), {IPPROTO_UDP, 5683}}};
   o.mqttRedirectPort = 1883;
   o.coapRedirectPort = 5683;
   return o;
 }
+
+policy::MacAddress macOf(const char* text) { return *policy::MacAddress::parse(text); }
 
 Value v(std::initializer_list<uint8_t> bytes, std::optional<uint8_t> prefix = std::nullopt) {
   return Value{bytes, prefix};
@@ -99,6 +104,7 @@ size_t rulesMet(const firewall::Ruleset& rs, const firewall::Chain& c) {
   }
   return n + gotoMax;
 }
+// Every hook of the table (both tables: their sum), the bound above for each.
 size_t longestPath(const firewall::Ruleset& rs) {
   size_t total = 0;
   for (const auto& c : rs.chains) {
@@ -143,8 +149,15 @@ TEST(FirewallCompile, DeviceFactsLandInTheirSets) {
             (std::vector<Element>{{{thermo4}, "tx-thermo-01"}, {{plug4}, "tx-plug-02"}}));
   EXPECT_EQ(rs.counters, (std::vector<std::string>{"tx-plug-02", "rx-plug-02", "tx-thermo-01",
                                                    "rx-thermo-01"}));
-  // DHCP, DHCPv6 and DNS are always there; the listeners come from the options.
-  EXPECT_EQ(rs.findSet("gw_services")->elements.size(), 6u);
+  // DNS is always there; the listeners come from the options. DHCP is not a service on the
+  // gateway's addresses (dhcp_input: its broadcast and multicast too).
+  EXPECT_EQ(rs.findSet("gw_services")->elements.size(), 4u);
+  // The device-side listeners, by address and port: from the segment only.
+  EXPECT_EQ(
+      rs.findSet("listeners4")->elements,
+      (std::vector<Element>{{{v({192, 168, 50, 1}), v({IPPROTO_TCP}), v({0x07, 0x5b})}, {}},
+                            {{v({192, 168, 50, 1}), v({IPPROTO_UDP}), v({0x16, 0x33})}, {}}}));
+  EXPECT_EQ(rs.findSet("listeners6")->elements.size(), 1u);
 }
 
 TEST(FirewallCompile, QuarantineAddsEveryAddressOfTheDevice) {
@@ -154,6 +167,66 @@ TEST(FirewallCompile, QuarantineAddsEveryAddressOfTheDevice) {
   EXPECT_EQ(rs.findSet("quarantine4")->elements,
             (std::vector<Element>{{{v({192, 168, 50, 10})}, {}}}));
   EXPECT_EQ(rs.findSet("quarantine6")->elements.size(), 1u);
+  // And its MAC, which every address it uses travels with (a link-local one included).
+  EXPECT_EQ(rs.findSet("quarantine_mac")->elements,
+            (std::vector<Element>{{{v({2, 0, 0, 0, 0, 0x10})}, {}}}));
+}
+
+// A device that logs in and has no address in its policy is quarantined by its MAC, in both
+// tables.
+TEST(FirewallCompile, QuarantineOfALoginOnlyDeviceIsItsMac) {
+  const std::string sensor = R"(
+[device]
+id = "sensor-05"
+mac = "02:00:00:00:00:15"
+[device.mqtt]
+username = "sensor"
+password_hash = "pbkdf2-sha256$10000$c2FsdHNhbHRzYWx0$Ywhqa9a6UzxJLtjYRT+Z1yOp+8LEJ8K4SHhDCPyIytM"
+)";
+  auto p = policies({kThermo, sensor});
+  auto o = options();
+  o.quarantined = {"sensor-05"};
+  const Element mac{{v({2, 0, 0, 0, 0, 0x15})}, {}};
+  EXPECT_EQ(firewall::compile(*p, o).findSet("quarantine_mac")->elements,
+            (std::vector<Element>{mac}));
+  EXPECT_TRUE(firewall::compile(*p, o).findSet("quarantine4")->elements.empty());
+  EXPECT_EQ(firewall::compileBridge(*p, o).findSet("quarantine_mac")->elements,
+            (std::vector<Element>{mac}));
+}
+
+TEST(FirewallCompile, BridgeTableBindsMacsToTheirPorts) {
+  auto o = options();
+  o.bindings["thermo-01"] = {macOf("02:00:00:00:00:10"), "gw-dev", 0};
+  o.bindings["plug-02"] = {macOf("02:00:00:00:00:11"), "", 7};
+  o.bindings["lamp-03"] = {macOf("02:00:00:00:00:99"), "gw-old", 0}; // its MAC changed since
+  o.foreignPorts = {"lan1", "lan2"};
+  const auto rs = firewall::compileBridge(*policies({kThermo, kPlug, kLamp}), o);
+  EXPECT_EQ(rs.family, firewall::Family::Bridge);
+  const Value thermo = v({2, 0, 0, 0, 0, 0x10});
+  const Value plug = v({2, 0, 0, 0, 0, 0x11});
+  const Value lamp = v({2, 0, 0, 0, 0, 0x12});
+  Value group7{{7, 0, 0, 0}, std::nullopt}; // host order (little-endian here)
+  EXPECT_EQ(rs.findSet("macs")->elements,
+            (std::vector<Element>{{{thermo}, {}}, {{plug}, {}}, {{lamp}, {}}}));
+  EXPECT_EQ(rs.findSet("bound_macs")->elements,
+            (std::vector<Element>{{{thermo}, {}}, {{plug}, {}}}));
+  EXPECT_EQ(rs.findSet("port_bind")->elements.size(), 1u);
+  EXPECT_EQ(rs.findSet("port_bind")->elements[0].key[0], thermo);
+  EXPECT_EQ(rs.findSet("group_bind")->elements, (std::vector<Element>{{{plug, group7}, {}}}));
+  EXPECT_EQ(rs.findSet("foreign_ports")->elements.size(), 2u);
+  EXPECT_EQ(rs.findSet("bind4")->elements.size(), 3u);
+  EXPECT_EQ(rs.findSet("bind6")->elements,
+            (std::vector<Element>{
+                {{v({0xfd, 0, 0, 0x50, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10}), thermo}, {}}}));
+  // Learning a port is an element delta of the bridge table.
+  auto learned = o;
+  learned.bindings["lamp-03"] = {macOf("02:00:00:00:00:12"), "gw-lamp", 0};
+  const auto d =
+      firewall::diff(rs, firewall::compileBridge(*policies({kThermo, kPlug, kLamp}), learned));
+  ASSERT_TRUE(d.has_value());
+  EXPECT_EQ(d->add.at("bound_macs").size(), 1u);
+  EXPECT_EQ(d->add.at("port_bind").size(), 1u);
+  EXPECT_TRUE(d->remove.empty());
 }
 
 TEST(FirewallCompile, NoNatWithoutAListenerOrAnInterceptedDevice) {
@@ -169,14 +242,43 @@ TEST(FirewallCompile, NoNatWithoutAListenerOrAnInterceptedDevice) {
 }
 
 TEST(FirewallCompile, RulesPerPacketDoNotGrowWithDevices) {
-  const auto one = firewall::compile(*manyDevices(1), options());
-  const auto many = firewall::compile(*manyDevices(10'000), options());
-  ASSERT_EQ(one.chains.size(), many.chains.size());
-  for (size_t i = 0; i < one.chains.size(); ++i) {
-    EXPECT_EQ(one.chains[i], many.chains[i]) << one.chains[i].name;
+  // Every device bound to a port and every other one quarantined, so that every set has
+  // elements.
+  auto optionsFor = [](const policy::PolicySet& set) {
+    auto o = options();
+    bool quarantine = true;
+    for (const auto& d : set.devices()) {
+      o.bindings[d.id.str()] = {*d.mac, "gw-" + d.id.str().substr(4), 0};
+      if (quarantine) {
+        o.quarantined.insert(d.id.str());
+      }
+      quarantine = !quarantine;
+    }
+    return o;
+  };
+  const auto oneSet = manyDevices(1);
+  const auto manySet = manyDevices(10'000);
+  for (bool bridge : {false, true}) {
+    const auto compileOne = bridge ? firewall::compileBridge : firewall::compile;
+    const auto one = compileOne(*oneSet, optionsFor(*oneSet));
+    const auto many = compileOne(*manySet, optionsFor(*manySet));
+    ASSERT_EQ(one.chains.size(), many.chains.size());
+    for (size_t i = 0; i < one.chains.size(); ++i) {
+      EXPECT_EQ(one.chains[i], many.chains[i]) << one.chains[i].name;
+    }
+    EXPECT_EQ(longestPath(one), longestPath(many));
+    // Every hook and path together, IPv4 and IPv6 (a bound on what one packet meets; the
+    // bridge table's fast path adds four rules to the worst case to save most frames seven).
+    EXPECT_LE(longestPath(many), bridge ? 34u : 80u) << (bridge ? "bridge" : "inet");
+    if (bridge) {
+      EXPECT_EQ(many.findSet("port_bind")->elements.size(), 10'000u);
+      // Bound and not quarantined: in the fast path, one element per address.
+      const size_t quarantined = many.findSet("quarantine_mac")->elements.size();
+      EXPECT_EQ(quarantined, 5'000u);
+      EXPECT_EQ(many.findSet("fast4")->elements.size(), 10'000u - quarantined);
+    }
   }
-  EXPECT_EQ(longestPath(one), longestPath(many));
-  EXPECT_LE(longestPath(many), 60u); // every hook and path together, IPv4 and IPv6
+  const auto many = firewall::compile(*manySet, options());
   // What grows is data: one element per device in each per-device set, two counters each.
   EXPECT_EQ(many.findSet("bind4")->elements.size(), 10'000u);
   EXPECT_EQ(many.findSet("allow4")->elements.size(), 10'000u);
@@ -220,15 +322,25 @@ TEST(FirewallCompile, NftScriptNamesEveryPart) {
   for (const char* part : {
            "table inet iotgw {",
            "counter tx-thermo-01 { }",
-           "set allow_net4 {\n\t\ttype ipv4_addr . ipv4_addr . inet_proto . inet_service\n\t\tflags interval\n",
+           "set allow_net4 {\n\t\ttype ipv4_addr . ipv4_addr . inet_proto . "
+           "inet_service\n\t\tflags interval\n",
            "192.168.50.10 . 203.0.113.0/24 . 17 . 123",
-           "map tx4 {\n\t\ttype ipv4_addr : counter\n\t\telements = { 192.168.50.10 : \"tx-thermo-01\" }",
+           "map tx4 {\n\t\ttype ipv4_addr : counter\n\t\telements = { 192.168.50.10 : "
+           "\"tx-thermo-01\" }",
            "type filter hook forward priority 0; policy accept;",
            "iifname @dev_ifaces jump device_forward_out",
            "\t\tjump from_devices\n",
            "ct state established,related goto to_devices",
-           "meta nfproto ipv4 meta iiftype ether ip saddr . ether saddr @bind4 counter name ip saddr map @tx4 return",
-           "meta nfproto ipv4 ip saddr @bound4 meta iiftype ether counter drop",
+           "meta nfproto ipv4 meta iiftype ether ip saddr . ether saddr @bind4 counter name ip "
+           "saddr map @tx4 return",
+           "meta nfproto ipv4 ip saddr @bound4 meta iiftype ether goto spoofed",
+           "log prefix \"iotgw spoof\" group 26991",
+           "jump outside_input",
+           "ip daddr . meta l4proto . th dport @listeners4 counter drop",
+           "fib daddr . iif type local meta l4proto . th dport @gw_services accept",
+           "th dport 67 fib daddr . iif type broadcast accept",
+           "th dport 547 fib daddr . iif type multicast accept",
+           "meta iiftype ether ether saddr @quarantine_mac goto quarantined_input",
            "fib daddr type != local meta l4proto 6 th dport 1883 redirect to :1883",
            "ct state established,related accept",
            "meta mark 0x696f7467 goto to_devices",
@@ -288,4 +400,27 @@ port = 5690
   EXPECT_EQ(withRules[0].open, (firewall::OpenPort{5683, Transport::Udp}));
   EXPECT_EQ(firewall::unexpectedServices(*set->find(*policy::DeviceId::parse("sensor-04")), open).size(),
             2u);
+}
+
+TEST(FirewallCompile, BridgeScriptNamesEveryPart) {
+  const std::string text =
+      firewall::toNftScript(firewall::compileBridge(*policies({kThermo}), options()));
+  for (const char* part : {
+           "table bridge iotgw {",
+           "type filter hook prerouting priority -200; policy accept;",
+           "iifname != @foreign_ports jump from_ports",
+           "iifname != @foreign_ports counter drop",
+           "ether saddr @bound_macs ether saddr . iifname != @port_bind ether saddr . meta "
+           "iifgroup "
+           "!= @group_bind goto wrong_port",
+           "log prefix \"iotgw learn\" group 26991",
+           "meta protocol arp arp saddr ip @bound4 arp saddr ip . arp saddr ether != @bind4 goto "
+           "poisoning",
+           "meta protocol ip6 meta l4proto 58 icmpv6 type 136 @th,64,128 @bound6",
+           "meta protocol ip meta l4proto 17 th sport 67 goto rogue_server",
+           "ether daddr @bound_macs ether daddr . oifname != @port_bind",
+           "ether saddr @quarantine_mac goto quarantined_from",
+       }) {
+    EXPECT_NE(text.find(part), std::string::npos) << part << "\n---\n" << text;
+  }
 }
