@@ -195,6 +195,9 @@ void addChains(Ruleset& rs, const CompileOptions& o) {
   // Everything from the segment, to the gateway or through it, first passes from_devices.
   in.push_back(rule({}, Verdict::Jump, "", "from_devices"));
   fwdOut.push_back(rule({}, Verdict::Jump, "", "from_devices"));
+  // Loopback is the gateway talking to itself, from its own addresses (one of which is in the
+  // device segment): its own processes may use the device-side listeners, as iotgwd allows.
+  outside.push_back(rule({is(Field::Iiftype, ARPHRD_LOOPBACK)}, Verdict::Return, ""));
   for (const auto& f : kFamilies) {
     const Compare fam = is(Field::Nfproto, f.nfproto);
     // A device's own address from its own MAC, the common case: counted, and done (two lookups).
@@ -247,9 +250,6 @@ void addChains(Ruleset& rs, const CompileOptions& o) {
                          "tell iotgwd (at most 10 a second)"));
   spoofed.push_back(
       rule({Count{}}, Verdict::Drop, "anti-spoofing: address not from its bound MAC"));
-  // Loopback is the gateway talking to itself, from its own addresses (one of which is in the
-  // device segment).
-  outside.push_back(rule({is(Field::Iiftype, ARPHRD_LOOPBACK)}, Verdict::Return, ""));
   for (const auto& f : kFamilies) {
     outside.push_back(
         rule({is(Field::Nfproto, f.nfproto), Lookup{{f.saddr}, name("bound", f), false}, Count{}},

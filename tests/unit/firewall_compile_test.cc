@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include <gtest/gtest.h>
 
+#include <net/if_arp.h>
 #include <netinet/in.h>
 
 #include <fmt/format.h>
@@ -347,6 +348,22 @@ TEST(FirewallCompile, NftScriptNamesEveryPart) {
        }) {
     EXPECT_NE(text.find(part), std::string::npos) << part << "\n---\n" << text;
   }
+}
+
+// The gateway's own processes reach its device-side listeners over loopback (as iotgwd's own
+// arrival check allows); everything else from outside the segment does not.
+TEST(FirewallCompile, LoopbackComesBeforeTheListenersAreClosedToTheOutside) {
+  const auto rs = firewall::compile(*policies({kThermo}), options());
+  const auto* outside = rs.findChain("outside_input");
+  ASSERT_NE(outside, nullptr);
+  ASSERT_FALSE(outside->rules.empty());
+  const auto& first = outside->rules.front();
+  EXPECT_EQ(first.verdict, firewall::Verdict::Return);
+  ASSERT_EQ(first.exprs.size(), 1u);
+  const auto* lo = std::get_if<firewall::Compare>(&first.exprs.front());
+  ASSERT_NE(lo, nullptr);
+  EXPECT_EQ(lo->field, firewall::Field::Iiftype);
+  EXPECT_EQ(lo->value, ARPHRD_LOOPBACK);
 }
 
 TEST(FirewallExposure, OnlyUnlistedOpenPortsAreReported) {
