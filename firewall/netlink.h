@@ -9,6 +9,7 @@
 // Every batch is one transaction: the kernel applies all of it or none of it. Any error in the
 // answer means nothing was applied.
 
+#include <cstddef>
 #include <cstdint>
 #include <expected>
 #include <map>
@@ -24,7 +25,10 @@ namespace iotgw::firewall {
 
 namespace detail {
 class Batch;
-}
+// Room for one request we build, and for what one receive from the kernel may hold.
+inline constexpr size_t kRequestBytes = 8192;
+inline constexpr size_t kReceiveBytes = 64 * 1024;
+} // namespace detail
 
 struct CounterValue {
   uint64_t packets = 0;

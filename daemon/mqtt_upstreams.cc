@@ -1,0 +1,126 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+// MqttService, towards the broker: the TLS contexts (the upstream's, each issued device
+// identity's, the mutual-TLS listener's), the upstream sessions made with them, the bound on
+// upstreams still draining for closed connections, and the memory handshakes leave behind.
+#include <malloc.h>
+
+#include <algorithm>
+
+#include "daemon/mqtt_service.h"
+
+namespace iotgw::daemon {
+
+using mqtt::Clock;
+using policy::Event;
+using policy::EventType;
+
+std::string MqttService::reloadTls(const Config& config) {
+  // Build both contexts first; only when both are good do they replace the running ones.
+  mqtt::SslContext upstream;
+  if (config.upstream.enabled) {
+    const auto& u = config.upstream;
+    auto up = mqtt::makeUpstreamSslContext(
+        {u.host, u.caFile.string(), u.certificate.string(), u.privateKey.string()});
+    if (!up) {
+      return "upstream TLS: " + up.error();
+    }
+    upstream = std::move(*up);
+  }
+  std::shared_ptr<tls::ServerContext> listener;
+  if (config.mqttTls.enabled) {
+    const auto& l = config.mqttTls;
+    auto ctx = tls::ServerContext::create(
+        {l.certificate.string(), l.privateKey.string(), l.caFile.string(), l.crlFile.string()});
+    if (!ctx) {
+      return "mutual-TLS listener: " + ctx.error();
+    }
+    listener = std::move(*ctx);
+  }
+  upstreamContext_ = std::move(upstream);
+  tlsContext_ = std::move(listener);
+  upstreamTls_ = config.upstream;
+  deviceContexts_.clear(); // built again from the new broker CA on first use
+  return {};
+}
+
+std::expected<std::unique_ptr<mqtt::MosquittoUpstream>, std::string>
+MqttService::createUpstream(const policy::DevicePolicy* device, const mqtt::upstream::Open& open,
+                            mqtt::UpstreamObserver& observer) {
+  const auto& u = config_->upstream;
+  mqtt::UpstreamSettings us{u.host,
+                            u.port,
+                            u.caFile.string(),
+                            u.certificate.string(),
+                            u.privateKey.string(),
+                            config_->limits.maxQueuedMessages,
+                            config_->limits.maxQueuedBytes,
+                            &upstreamBudget_,
+                            upstreamContext_};
+  if (device != nullptr && device->mqttRules.upstreamIdentity == policy::UpstreamIdentity::Issued) {
+    // The device's own certificate: the broker sees this device, not the gateway.
+    auto ctx = deviceContext(device->id.str());
+    if (!ctx) {
+      return std::unexpected("device identity: " + ctx.error());
+    }
+    const auto* identity = identities_->find(device->id.str());
+    us.certificate = identity->certificate.string();
+    us.privateKey = identity->privateKey.string();
+    us.sslContext = *ctx;
+  }
+  return mqtt::MosquittoUpstream::create(reactor_, us, open, observer);
+}
+
+std::expected<mqtt::SslContext, std::string> MqttService::deviceContext(const std::string& device) {
+  const auto* identity = identities_ != nullptr ? identities_->find(device) : nullptr;
+  if (identity == nullptr) {
+    return std::unexpected("its policy asks for an issued identity, and none has been issued");
+  }
+  auto& cached = deviceContexts_[device];
+  if (cached.context && cached.serial == identity->summary.serial) {
+    return cached.context;
+  }
+  const auto& u = upstreamTls_;
+  auto ctx = mqtt::makeUpstreamSslContext(
+      {u.host, u.caFile.string(), identity->certificate.string(), identity->privateKey.string()});
+  if (!ctx) {
+    deviceContexts_.erase(device);
+    return std::unexpected(ctx.error());
+  }
+  cached = {identity->summary.serial, *ctx};
+  return cached.context;
+}
+
+size_t MqttService::maxDraining() const {
+  // Each holds a descriptor and a TLS session; a quarter of the connection limit keeps them well
+  // inside the unit's descriptors and memory.
+  return std::max<size_t>(16, config_->limits.maxConnections / 4);
+}
+
+void MqttService::reportDrainingGivenUp(const std::string& device) {
+  Event e;
+  e.type = EventType::UpstreamUnavailable;
+  e.device = device;
+  e.protocol = "mqtt";
+  e.rule = "upstream.draining";
+  e.action = "drop";
+  e.message = "upstream sessions of closed connections were given up before they had delivered "
+              "everything: too many are waiting for the broker";
+  sink_.emit(std::move(e));
+}
+
+void MqttService::releaseIdleMemory(Clock::time_point now) {
+  // Once handshakes have been quiet for a second: WolfSSL's per-key ECC tables (~200 KiB for each
+  // client certificate verified) go, and the heap gives its free pages back to the system, so an
+  // idle gateway's footprint follows its connections rather than its busiest burst.
+  if (!handshakeCachesHeld_ || admission_.handshakes() != 0 ||
+      now - lastHandshakeEnded_ < std::chrono::seconds(1)) {
+    return;
+  }
+  handshakeCachesHeld_ = false;
+  tls::releaseHandshakeCaches();
+#ifdef __GLIBC__
+  ::malloc_trim(0); // musl (OpenWrt) returns memory on its own
+#endif
+}
+
+} // namespace iotgw::daemon
