@@ -119,6 +119,9 @@ struct Received {
 };
 ssize_t receiveWithInterface(int fd, uint8_t* buffer, size_t size, Received& r);
 
+// The response code for a request the device's policy refused, by the rule that refused it.
+[[nodiscard]] uint8_t codeOfDenial(std::string_view rule);
+
 } // namespace coapsvc
 
 // ------------------------------------------------------------------------------------------------

@@ -56,16 +56,6 @@ coap::Message toMessage(const coap_pdu_t* pdu, bool dropBlock1) {
   return m;
 }
 
-uint8_t codeOfDenial(std::string_view rule) {
-  if (rule == "coap.max_payload_bytes") {
-    return coap::codes::kRequestEntityTooLarge;
-  }
-  if (rule == "coap.content_formats") {
-    return coap::codes::kUnsupportedContentFormat;
-  }
-  return coap::codes::kForbidden;
-}
-
 // Heap copies of answer bodies handed to libcoap's large-data call, released when it is done with
 // them (the release callback gives the charge back).
 struct HeldBody {
@@ -79,6 +69,16 @@ void releaseHeld(coap_session_t* s, void* body) {
 }
 
 } // namespace
+
+uint8_t coapsvc::codeOfDenial(std::string_view rule) {
+  if (rule == "coap.max_payload_bytes") {
+    return coap::codes::kRequestEntityTooLarge;
+  }
+  if (rule == "coap.content_formats") {
+    return coap::codes::kUnsupportedContentFormat;
+  }
+  return coap::codes::kForbidden;
+}
 
 CoapService::Engine::Exchange::~Exchange() {
   owner.bodies.used -= std::min(owner.bodies.used, charged);

@@ -20,20 +20,6 @@ namespace iotgw::daemon {
 using policy::EventType;
 using namespace coapsvc;
 
-namespace {
-
-uint8_t codeOfDenial(std::string_view rule) {
-  if (rule == "coap.max_payload_bytes") {
-    return coap::codes::kRequestEntityTooLarge;
-  }
-  if (rule == "coap.content_formats") {
-    return coap::codes::kUnsupportedContentFormat;
-  }
-  return coap::codes::kForbidden;
-}
-
-} // namespace
-
 CoapService::DeviceEndpoint::DeviceEndpoint(CoapService& service)
     : svc(service), interfaces(service.config_->deviceSegment.interfaces) {}
 

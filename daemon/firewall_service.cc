@@ -155,7 +155,8 @@ std::set<std::string> FirewallService::readQuarantineList() const {
 }
 
 std::map<std::string, PortBinding>
-FirewallService::readPorts(const policy::PolicySet& policies) const {
+FirewallService::readPorts(const policy::PolicySet& policies,
+                           std::vector<std::string>& unreadable) const {
   std::map<std::string, PortBinding> out;
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(portsDirectory(*config_), ec)) {
@@ -173,11 +174,46 @@ FirewallService::readPorts(const policy::PolicySet& policies) const {
     } else if (auto text = policy::readFile(e.path(), 4096)) {
       b = parsePortFile(*text);
     }
-    if (b && b->mac == *d->mac) {
+    if (!b) {
+      // An administrator's pin with a typo must not turn into "learn from whoever comes first":
+      // the MAC is bound to a port that does not exist until the file is fixed or removed.
+      unreadable.push_back(name);
+      out.emplace(name, PortBinding{*d->mac, std::string(), 0});
+    } else if (b->mac == *d->mac) {
       out.emplace(name, std::move(*b));
     }
   }
+  // Learned, but not on disk (the state directory was full or read-only): still bound.
+  for (const auto& id : unsaved_) {
+    const auto known = bindings_.find(id);
+    const auto pid = policy::DeviceId::parse(id);
+    const policy::DevicePolicy* d = pid ? policies.find(*pid) : nullptr;
+    if (known != bindings_.end() && d != nullptr && d->mac && known->second.mac == *d->mac) {
+      out.emplace(id, known->second);
+    }
+  }
   return out;
+}
+
+std::map<std::string, PortBinding> FirewallService::loadPorts(const policy::PolicySet& policies) {
+  std::vector<std::string> unreadable;
+  auto ports = readPorts(policies, unreadable);
+  for (const auto& id : unreadable) {
+    emitQuarantineEvent(EventType::DevicePortConflict, id, "ports:file", "refuse",
+                        fmt::format("{} cannot be read as a port binding: {}'s MAC is refused on "
+                                    "every port until the file is fixed or removed (then reload)",
+                                    (portsDirectory(*config_) / id).string(), id));
+  }
+  for (auto it = unsaved_.begin(); it != unsaved_.end();) {
+    const auto b = ports.find(*it);
+    if (b == ports.end() ||
+        writeAtomically(portsDirectory(*config_) / *it, portFileText(b->second)).empty()) {
+      it = unsaved_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return ports;
 }
 
 void FirewallService::prunePortFiles() {
@@ -220,7 +256,7 @@ std::string FirewallService::start(const Config& config,
   policies_ = std::move(policies);
   book_ = std::make_unique<firewall::PortBook>(policies_);
   quarantined_ = readQuarantineList();
-  bindings_ = readPorts(*policies_);
+  bindings_ = loadPorts(*policies_);
   if (auto err = commit(compileAll(*policies_)); !err.empty()) {
     return "firewall: cannot install tables inet iotgw and bridge iotgw: " + err +
            (err.find("not permitted") != std::string::npos
@@ -279,7 +315,7 @@ std::string FirewallService::apply(const Config& config,
   auto previousPorts = bindings_;
   config_ = std::make_shared<const Config>(config);
   quarantined_ = readQuarantineList();
-  bindings_ = readPorts(*policies);
+  bindings_ = loadPorts(*policies);
   if (auto err = commit(compileAll(*policies)); !err.empty()) {
     config_ = std::move(previousConfig);
     quarantined_ = std::move(previousQuarantine);
@@ -359,6 +395,7 @@ void FirewallService::forget(const policy::DeviceId& id) {
     (void)removeDurably(quarantineDirectory(*config_) / id.str());
   }
   bindings_.erase(id.str());
+  unsaved_.erase(id.str());
   (void)removeDurably(portsDirectory(*config_) / id.str());
 }
 
@@ -391,7 +428,8 @@ void FirewallService::onReports() {
     if (found.bind) {
       const auto& [id, binding] = *found.bind;
       bindings_[id] = binding;
-      // Applied even when it cannot be saved: it holds until the next start, which learns again.
+      // Applied even when it cannot be saved: it holds, and is written again on every reload
+      // until it is (a restart before then learns again).
       const std::string saved =
           writeAtomically(portsDirectory(*config_) / id, portFileText(binding));
       if (auto err = commit(compileAll(*policies_)); !err.empty()) {
@@ -401,8 +439,13 @@ void FirewallService::onReports() {
           found.event->action = "bind-failed";
           found.event->message += fmt::format(" (not applied: {})", err);
         }
-      } else if (!saved.empty() && found.event) {
-        found.event->message += fmt::format(" (not saved: {})", saved);
+      } else if (!saved.empty()) {
+        unsaved_.insert(id); // kept in memory, written again on the next reload
+        if (found.event) {
+          found.event->message += fmt::format(" (not saved yet: {})", saved);
+        }
+      } else {
+        unsaved_.erase(id);
       }
     }
     if (found.event) {

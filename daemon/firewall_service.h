@@ -90,10 +90,16 @@ private:
   [[nodiscard]] Tables compileAll(const policy::PolicySet& policies) const;
   [[nodiscard]] std::string commit(Tables next);
   [[nodiscard]] std::set<std::string> readQuarantineList() const;
-  // The bindings on disk for `policies`: those in memory whose file is still there, and any file
-  // not read yet; a binding whose device is gone or has another MAC now does not count.
+  // The bindings on disk for `policies`: those in memory whose file is still there (or could
+  // not be written), and any file not read yet; a binding whose device is gone or has another
+  // MAC now does not count. A file that cannot be read as a binding binds its device's MAC to
+  // no port at all (fail closed) and is named in `unreadable`.
   [[nodiscard]] std::map<std::string, firewall::PortBinding>
-  readPorts(const policy::PolicySet& policies) const;
+  readPorts(const policy::PolicySet& policies, std::vector<std::string>& unreadable) const;
+  // readPorts for the running service: the unreadable files are events, the bindings that
+  // could not be saved are written again.
+  [[nodiscard]] std::map<std::string, firewall::PortBinding>
+  loadPorts(const policy::PolicySet& policies);
   void prunePortFiles();
   void emitQuarantineEvent(policy::EventType type, const std::string& id, std::string_view rule,
                            std::string_view action, std::string message);
@@ -109,6 +115,7 @@ private:
   std::shared_ptr<const policy::PolicySet> policies_;
   std::set<std::string> quarantined_;
   std::map<std::string, firewall::PortBinding> bindings_;
+  std::set<std::string> unsaved_; // bound, but the file could not be written (yet)
   std::unique_ptr<firewall::Netlink> nl_;
   std::unique_ptr<firewall::Monitor> monitor_;
   std::unique_ptr<firewall::ReportListener> reports_;

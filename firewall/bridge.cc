@@ -122,7 +122,15 @@ void addChains(Ruleset& rs) {
   };
 
   const Compare notIcmp6{Field::L4proto, IPPROTO_ICMPV6, true};
+  auto isNot = [](Field f, uint32_t v) { return Compare{f, v, true}; };
   std::vector<Rule> from{
+      // Only what devices speak. The kernel takes an outer VLAN tag off before this hook; a
+      // second one (or any other ethertype) would leave `meta protocol` at 0x8100 and every rule
+      // below blind, while the stack strips priority tags on the way up and learns from the ARP
+      // inside. EAPOL stays: an access point's authenticator may read it from the bridge.
+      rule({isNot(Field::Protocol, ETH_P_IP), isNot(Field::Protocol, ETH_P_IPV6),
+            isNot(Field::Protocol, ETH_P_ARP), isNot(Field::Protocol, ETH_P_PAE)},
+           Verdict::Goto, "not IPv4, IPv6, ARP or EAPOL", "other_frame"),
       // Devices are never routers or DHCP servers for one another (or for the gateway), whatever
       // MAC and address they use.
       rule({ip6, icmp6, Lookup{{Field::Icmp6Type}, "router_only6", false}}, Verdict::Goto,
@@ -235,6 +243,8 @@ void addChains(Ruleset& rs) {
       reportAndDrop("spoofed", kReportSpoof, "anti-spoofing: address not from its bound MAC"));
   rs.chains.push_back(reportAndDrop("poisoning", kReportPoison,
                                     "ARP or ND claiming an enrolled address for another MAC"));
+  rs.chains.push_back(reportAndDrop("other_frame", kReportFrame,
+                                    "a frame that is not IPv4, IPv6, ARP or EAPOL"));
   rs.chains.push_back(reportAndDrop("rogue_server", kReportServer,
                                     "router advertisement, redirect or DHCP reply from a device"));
 }

@@ -29,6 +29,9 @@
 //    learned passes and is reported, so that iotgwd binds it;
 //  * an enrolled address only from its MAC; ARP and neighbour advertisements that claim an
 //    enrolled address only from its MAC, naming its MAC;
+//  * from a device port only IPv4, IPv6, ARP and EAPOL: a frame whose type is another VLAN tag
+//    (802.1Q inside a priority tag, which the stack strips on its way up) or anything else
+//    would carry ARP or IP past every check below;
 //  * router advertisements, redirects and DHCP server replies never from a device port;
 //  * nothing from one port to another (device to device);
 //  * an enrolled device's frames go to its own port only;
@@ -65,6 +68,7 @@ inline constexpr const char* kReportPort = "iotgw port";     // an enrolled MAC 
 inline constexpr const char* kReportSpoof = "iotgw spoof";   // an enrolled address, another MAC
 inline constexpr const char* kReportPoison = "iotgw poison"; // ARP/ND claiming an enrolled address
 inline constexpr const char* kReportServer = "iotgw server"; // RA, redirect or DHCP server reply
+inline constexpr const char* kReportFrame = "iotgw frame";   // not IPv4, IPv6, ARP or EAPOL
 
 // A device-side listener: reached only from the device segment.
 struct Listener {

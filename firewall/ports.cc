@@ -121,6 +121,15 @@ Finding PortBook::interpret(const Report& r, const std::map<std::string, PortBin
                     owner->mac ? owner->mac->str() : id));
     return f;
   }
+  case ReportKind::OtherFrame: {
+    f.event = event(EventType::NeighbourSpoofing, sender ? sender->id.str() : std::string(),
+                    "bridge:ethertype", "drop", peer,
+                    fmt::format("a frame of type 0x{:04x} from MAC {} on {}: dropped (device ports "
+                                "carry IPv4, IPv6, ARP and EAPOL only; a VLAN tag inside a tag "
+                                "would hide ARP or IP from the checks)",
+                                r.ethertype, mac, where(port)));
+    return f;
+  }
   case ReportKind::RogueServer: {
     const Claim c = readClaim(r);
     const bool dhcp = c.what.find("DHCP") != std::string::npos;

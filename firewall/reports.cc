@@ -31,7 +31,8 @@ std::optional<ReportKind> kindOf(std::string_view prefix) {
                             {kReportPort, ReportKind::WrongPort},
                             {kReportSpoof, ReportKind::Spoofed},
                             {kReportPoison, ReportKind::Poisoning},
-                            {kReportServer, ReportKind::RogueServer}}) {
+                            {kReportServer, ReportKind::RogueServer},
+                            {kReportFrame, ReportKind::OtherFrame}}) {
     if (prefix == text) {
       return kind;
     }

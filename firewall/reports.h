@@ -27,6 +27,7 @@ enum class ReportKind : uint8_t {
   Spoofed,     // an enrolled address from another MAC
   Poisoning,   // ARP or a neighbour advertisement claiming an enrolled address for another MAC
   RogueServer, // a router advertisement, redirect or DHCP server reply from a device port
+  OtherFrame,  // a frame that is not IPv4, IPv6, ARP or EAPOL (a stacked VLAN tag, say)
 };
 
 struct Report {

@@ -12,14 +12,21 @@ and broker, frames crafted with scapy).
 3. With its own MAC: an ARP reply and a gratuitous ARP claiming thermo-01's address (before: the
    gateway's neighbour entry pointed at the rogue, which then got the proxied CoAP request), a
    neighbour advertisement for plug-02's fd00:50::11 (before: the gateway's TCP to plug-02 went to
-   the rogue); a router advertisement and DHCP/DHCPv6 server replies, with br_netfilter passing
+   the rogue); the same two inside a pair of VLAN priority tags (before: both poisoned the
+   gateway's entries past every check); a router advertisement and DHCP/DHCPv6 server replies, with br_netfilter passing
    bridged traffic to the IP hooks and without (before, without: thermo-01 took a SLAAC address
    and a default route from the rogue and heard both replies). After: none, each a
    neighbour-spoofing event.
 
+And the bindings' own failure modes: a binding whose file cannot be written still holds across
+reloads (before: the next reload dropped it, and whoever came first was bound), and a port file
+that cannot be read binds its device to no port at all, with an event (before: it was deleted
+and the device learned again).
+
 Reproduce: ctest --preset default -R test_attack_network_impersonation -V
 """
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +49,19 @@ ll = "fe80::" + in6_mactoifaceid(rogue)
 na = ICMPv6ND_NA(tgt=victim, R=0, S=0, O=1) / ICMPv6NDOptDstLLAddr(lladdr=rogue)
 sendp([Ether(src=rogue, dst="33:33:00:00:00:01") / IPv6(src=ll, dst="ff02::1") / na,
        Ether(src=rogue, dst=gwmac) / IPv6(src=ll, dst="fe80::" + in6_mactoifaceid(gwmac)) / na], iface="eth0")
+"""
+
+# The same claims inside two priority tags (802.1Q, VLAN 0): the kernel takes the outer tag off
+# before the bridge hook, so the frame's type there is the inner tag, and the stack strips both on
+# the way up and learns from what is inside.
+VLAN_POISON = """
+rogue, gwmac, victim, gw, plug6 = sys.argv[1:6]
+ll = "fe80::" + in6_mactoifaceid(rogue)
+tags = Dot1Q(vlan=0) / Dot1Q(vlan=0)
+arp = Ether(src=rogue, dst=gwmac) / tags / ARP(op=2, hwsrc=rogue, psrc=victim, hwdst=gwmac, pdst=gw)
+na = (Ether(src=rogue, dst=gwmac) / tags / IPv6(src=ll, dst="fe80::" + in6_mactoifaceid(gwmac)) /
+      ICMPv6ND_NA(tgt=plug6, R=0, S=0, O=1) / ICMPv6NDOptDstLLAddr(lladdr=rogue))
+sendp([arp, na, arp, na], iface="eth0")
 """
 
 ROGUE_SERVERS = """
@@ -154,6 +174,23 @@ def inside():
               "the ARP poisoning is a neighbour-spoofing event naming thermo-01")
         check(gw.events.wait_for("IOTGW_EVENT=neighbour-spoofing", "IOTGW_RULE=bridge:nd", "IOTGW_DEVICE=plug-02"),
               "the neighbour advertisement is a neighbour-spoofing event naming plug-02")
+
+        print("item 3: the same inside two VLAN tags (priority tags, VLAN 0)")
+        time.sleep(1.2)  # past the neighbour entries' lock time again
+        rogue_coap = CoapDevice(root, "rogue", THERMO, "FORGED 55.5")
+        scapy("rogue", VLAN_POISON, MAC["rogue"], gwmac, THERMO, GW4, PLUG6)
+        time.sleep(0.3)
+        arp = neighbour(None, THERMO)
+        nd = neighbour(None, PLUG6)
+        out = coap_get(gw, "/thermo-01/temp")
+        requests = rogue_coap.requests()
+        rogue_coap.stop()
+        check(arp == MAC["thermo"], f"double-tagged ARP: the gateway's entry for {THERMO}: {arp}")
+        check(nd == MAC["plug"], f"double-tagged advertisement: the gateway's entry for {PLUG6}: {nd}")
+        check(requests == 0 and "FORGED" not in out,
+              f"proxied CoAP requests that went to the rogue: {requests} ({out!r})")
+        check(gw.events.wait_for("IOTGW_EVENT=neighbour-spoofing", "IOTGW_RULE=bridge:ethertype", "0x8100"),
+              "the tagged frames are neighbour-spoofing events (bridge:ethertype, type 0x8100)")
         sh("ip", "-n", NS["rogue"], "addr", "del", f"{THERMO}/32", "dev", "eth0")
 
         print("item 3: a router advertisement and DHCP server replies from a device port")
@@ -215,10 +252,32 @@ def inside():
         check(sub.wait_for("sensors/thermo-01/readings/temp moved-21.3", 5),
               "moved to gw-dev3 in the same group (another radio): heard with nobody's help")
 
+        print("item 2: a binding that cannot be saved still holds")
+        path = os.path.join(gw.state, "ports", "thermo-01")
+        os.remove(path)
+        os.makedirs(os.path.join(path, "in-the-way"))  # a directory where its file goes: no write lands
+        check(gw.reload(2), "released again, with its file's place taken")
+        coap_push("thermo", "/readings/temp", "unsaved-21.5")
+        check(sub.wait_for("sensors/thermo-01/readings/temp unsaved-21.5", 5), "control: thermo-01 heard, bound again")
+        check(gw.events.wait_for("IOTGW_EVENT=device-port-bound", "IOTGW_DEVICE=thermo-01", "not saved"),
+              "its device-port-bound event says the binding is not saved")
+        check(gw.reload(3), "a reload while its file still cannot be written")
+        set_mac("rogue", MAC["thermo"], add=f"{THERMO}/32")
+        coap_push("rogue", "/readings/temp", "rogue-unsaved-66.6", src=THERMO)
+        check(not sub.wait_for("rogue-unsaved", 1.5),
+              "after the reload the rogue with thermo-01's MAC is still refused (the binding held)")
+        set_mac("rogue", MAC["rogue"], remove=f"{THERMO}/32")
+        shutil.rmtree(path)
+        check(gw.reload(4), "the way cleared, a reload")
+        saved = open(path).read() if os.path.isfile(path) else ""
+        check("group = 7" in saved, f"and the binding is written: {saved!r}")
+
         print("item 2: the binding outlives a restart of iotgwd")
         ports_dir = os.path.join(gw.state, "ports")
         ports = {n: open(os.path.join(ports_dir, n)).read() for n in os.listdir(ports_dir)}
         check("thermo-01" in ports and "group = 7" in ports["thermo-01"], f"kept on disk: {sorted(ports)}")
+        # And an administrator's pin with a mistake in it: fail closed, not "learn again".
+        ports["plug-02"] = 'mac = "02:00:00:00:00:11"\nprot = "gw-plug"\n'  # "port" misspelt
         sub.stop()
         sub = None
         gw.stop()
@@ -233,6 +292,10 @@ def inside():
         check(not sub.wait_for("rogue-restart", 1.5), "the rogue with thermo-01's MAC right after the restart: refused")
         check(gw.events.wait_for("IOTGW_EVENT=device-port-conflict", "IOTGW_DEVICE=thermo-01", "gw-rogue"),
               "a device-port-conflict event")
+        check(gw.events.wait_for("IOTGW_EVENT=device-port-conflict", "IOTGW_DEVICE=plug-02", "IOTGW_RULE=ports:file"),
+              "plug-02's unreadable port file is an event")
+        check(not reach(None, PLUG6, 80), "and plug-02 is refused on every port until it is fixed")
+        check(os.path.isfile(os.path.join(gw.state, "ports", "plug-02")), "the file is left for the administrator")
     finally:
         for p in procs:
             p.kill()
