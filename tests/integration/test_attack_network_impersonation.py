@@ -92,6 +92,13 @@ def set_mac(ns, mac, add=None, remove=None):
     sh("ip", "-n", NS[ns], "route", "replace", "default", "via", GW4)
 
 
+def port_drops():
+    """Frames the bridge table dropped for carrying an enrolled MAC on the wrong port (the control
+    that a refused push did leave its sender and was stopped by the table)."""
+    out = sh("nft", "list", "chain", "bridge", "iotgw", "wrong_port").stdout
+    return sum(int(w) for w in out.split("counter packets ")[1:] for w in [w.split()[0]])
+
+
 def thermo_slaac():
     """thermo's addresses and default routes that came from a router advertisement."""
     addrs = sh(*in_ns("thermo", "ip", "-6", "addr", "show", "dev", "eth0")).stdout
@@ -236,8 +243,11 @@ def inside():
             sh("ip", "-n", thermo, "link", "set", eth, "up")
 
         plug_into("eth1", "eth0")
+        before = port_drops()
         coap_push("thermo", "/readings/temp", "moved-21.1")
-        check(not sub.wait_for("moved-21.1", 1), "thermo-01 replugged into gw-dev2: its reading is refused")
+        check(not sub.wait_for("moved-21.1", 1) and port_drops() > before,
+              f"thermo-01 replugged into gw-dev2: its reading is refused by the table "
+              f"({port_drops() - before} frames dropped on the wrong port)")
         check(gw.events.wait_for("IOTGW_EVENT=device-port-conflict", "IOTGW_DEVICE=thermo-01", "port gw-dev2"),
               "until released: a device-port-conflict event names gw-dev2")
         os.remove(os.path.join(gw.state, "ports", "thermo-01"))
@@ -263,8 +273,9 @@ def inside():
               "its device-port-bound event says the binding is not saved")
         check(gw.reload(3), "a reload while its file still cannot be written")
         set_mac("rogue", MAC["thermo"], add=f"{THERMO}/32")
+        before = port_drops()
         coap_push("rogue", "/readings/temp", "rogue-unsaved-66.6", src=THERMO)
-        check(not sub.wait_for("rogue-unsaved", 1.5),
+        check(not sub.wait_for("rogue-unsaved", 1.5) and port_drops() > before,
               "after the reload the rogue with thermo-01's MAC is still refused (the binding held)")
         set_mac("rogue", MAC["rogue"], remove=f"{THERMO}/32")
         shutil.rmtree(path)
@@ -288,8 +299,10 @@ def inside():
         check(sub.wait_for("restart-21.4", 5), "control: thermo-01 is heard through the new iotgwd")
         sh("ip", "-n", thermo, "link", "set", "eth2", "down")  # and goes offline
         set_mac("rogue", MAC["thermo"], add=f"{THERMO}/32")
+        before = port_drops()
         coap_push("rogue", "/readings/temp", "rogue-restart-66.6", src=THERMO)
-        check(not sub.wait_for("rogue-restart", 1.5), "the rogue with thermo-01's MAC right after the restart: refused")
+        check(not sub.wait_for("rogue-restart", 1.5) and port_drops() > before,
+              "the rogue with thermo-01's MAC right after the restart: refused by the table")
         check(gw.events.wait_for("IOTGW_EVENT=device-port-conflict", "IOTGW_DEVICE=thermo-01", "gw-rogue"),
               "a device-port-conflict event")
         check(gw.events.wait_for("IOTGW_EVENT=device-port-conflict", "IOTGW_DEVICE=plug-02", "IOTGW_RULE=ports:file"),
