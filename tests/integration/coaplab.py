@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from iotgw_testlib import IOTGWD, check, private_bus, write
+from iotgw_testlib import IOTGWD, check, private_bus, remove_namespaces, write
 from mqttlab import Pki
 
 IOTGWCTL = os.path.join(os.path.dirname(IOTGWD), "iotgwctl")
@@ -230,14 +230,7 @@ class Lab:
         return ["ip", "netns", "exec", self.ns[ns], *args]
 
     def destroy(self):
-        for ns in self.ns.values():
-            r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
-            for pid in r.stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except OSError:
-                    pass
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        remove_namespaces(self.ns.values())
 
 
 # Sends UDP datagrams with forged source addresses through a raw socket (the kernel fills in the
@@ -651,14 +644,7 @@ class DeviceLab:
         return ["ip", "netns", "exec", self.ns[ns], *args]
 
     def destroy(self):
-        for ns in self.ns.values():
-            r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
-            for pid in r.stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except OSError:
-                    pass
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        remove_namespaces(self.ns.values())
 
 
 # Sends one UDP datagram with a forged source address and port (raw socket; the kernel fills in

@@ -235,6 +235,18 @@ def cleanup(path):
     shutil.rmtree(path, ignore_errors=True)
 
 
+def remove_namespaces(names):
+    """Kills whatever still runs in each network namespace, then deletes it (missing ones too)."""
+    for ns in names:
+        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
+        for pid in pids.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
 PRIVATE_BUS_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "system-bus.conf.in")
 
 

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from iotgw_testlib import IOTGWD, finish, hash_password, require_binary, tmpdir, write
+from iotgw_testlib import IOTGWD, finish, hash_password, remove_namespaces, require_binary, tmpdir, write
 
 HOSTS = {  # namespace: (port on br-iot or a routed interface, IPv4/prefix, IPv6, MAC)
     "thermo": ("gw-dev", "192.168.50.10/24", "fd00:50::10/64", "02:00:00:00:00:10"),
@@ -93,13 +93,7 @@ def build():
 
 
 def destroy():
-    for ns in NS.values():
-        for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except OSError:
-                pass
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    remove_namespaces(NS.values())
 
 
 def run(inside):
