@@ -222,8 +222,8 @@ CoapService::Engine* engineOf(coap_session_t* s) {
 
 // libcoap's callbacks: none lets an exception through (the engine's code throws none but
 // std::bad_alloc, which ends the process either way).
-void onRequest(coap_resource_t* r, coap_session_t* s, const coap_pdu_t* req,
-               const coap_string_t* q, coap_pdu_t* resp) {
+void onRequest(coap_resource_t* r, coap_session_t* s, const coap_pdu_t* req, const coap_string_t* q,
+               coap_pdu_t* resp) {
   engineOf(s)->handle(r, s, req, q, resp);
 }
 
@@ -251,7 +251,8 @@ int onCertificate(const char* cn, const uint8_t* der, size_t length, coap_sessio
 
 // libcoap's hook after it set up a server session's SSL (openssl variant: an SSL*).
 int onTlsSetup(void* tls, coap_dtls_pki_t* setup) {
-  return static_cast<CoapService::Engine*>(setup->cn_call_back_arg)->setupTls(static_cast<SSL*>(tls));
+  return static_cast<CoapService::Engine*>(setup->cn_call_back_arg)
+      ->setupTls(static_cast<SSL*>(tls));
 }
 
 // A device's link that carries nothing is closed after this (the next request opens another).
@@ -417,8 +418,9 @@ void CoapService::Engine::process() {
   }
   if (const uint64_t n = g_discardedPdus - discarded; n > 0) {
     svc.stats_.malformed += n;
-    emit(EventType::MalformedPacket, "", "", "coap.message", "5.13-1", "drop",
-         fmt::format("{} malformed CoAP datagram{} in DTLS sessions dropped", n, n == 1 ? "" : "s"));
+    emit(
+        EventType::MalformedPacket, "", "", "coap.message", "5.13-1", "drop",
+        fmt::format("{} malformed CoAP datagram{} in DTLS sessions dropped", n, n == 1 ? "" : "s"));
   }
   libcoapTimers();
 }
@@ -658,8 +660,9 @@ void CoapService::Engine::nack(coap_session_t* s, const coap_pdu_t* sent, coap_n
 
 // ------------------------------------------------------------------------------------------------
 
-CoapService::CoapService(io::Reactor& reactor, EventSink& sink, std::shared_ptr<const Config> config,
-                         PolicySource policies, MqttService* mqtt, Quarantined quarantined)
+CoapService::CoapService(io::Reactor& reactor, EventSink& sink,
+                         std::shared_ptr<const Config> config, PolicySource policies,
+                         MqttService* mqtt, Quarantined quarantined)
     : reactor_(reactor), sink_(sink), config_(std::move(config)), policies_(std::move(policies)),
       mqtt_(mqtt), quarantined_(std::move(quarantined)) {}
 

@@ -43,14 +43,14 @@ struct CoapStats {
   uint64_t sessionsExpired = 0; // nothing heard from the client for limits.idle_session_seconds
   uint64_t handshakesFailed = 0;
   uint64_t certificatesRefused = 0; // a CA certificate, or one not for TLS clients (of the failed)
-  uint64_t requests = 0;     // requests that reached the proxy
-  uint64_t malformed = 0;    // refused by validation (4.00, 4.02, 4.13, 4.15, 5.05)
-  uint64_t denied = 0;       // refused by policy (4.03, 4.04, 5.03)
-  uint64_t forwarded = 0;    // sent on to a device
-  uint64_t answered = 0;     // device responses relayed
-  uint64_t timeouts = 0;     // the device was silent: 5.04
-  uint64_t badResponses = 0; // the device's response broke its policy: 5.02
-  uint64_t observing = 0;    // observe relationships now
+  uint64_t requests = 0;            // requests that reached the proxy
+  uint64_t malformed = 0;           // refused by validation (4.00, 4.02, 4.13, 4.15, 5.05)
+  uint64_t denied = 0;              // refused by policy (4.03, 4.04, 5.03)
+  uint64_t forwarded = 0;           // sent on to a device
+  uint64_t answered = 0;            // device responses relayed
+  uint64_t timeouts = 0;            // the device was silent: 5.04
+  uint64_t badResponses = 0;        // the device's response broke its policy: 5.02
+  uint64_t observing = 0;           // observe relationships now
   uint64_t observeRefused = 0; // registrations served without Observe (limits.coap_max_observe*)
   uint64_t notifications = 0;
   uint64_t rateLimited = 0;    // refused with 4.29 or 5.03 and Max-Age: a bound was reached
@@ -62,12 +62,12 @@ struct CoapStats {
   uint64_t wrongInterface = 0;  // from a device's address, not on device_segment.interfaces
   uint64_t pushesDenied = 0;
   uint64_t pushesPublished = 0;
-  uint64_t pushesFailed = 0;    // the upstream could not take it (5.03)
-  uint64_t pushesBadTopic = 0;  // the path would make no valid MQTT topic name (4.00)
+  uint64_t pushesFailed = 0;      // the upstream could not take it (5.03)
+  uint64_t pushesBadTopic = 0;    // the path would make no valid MQTT topic name (4.00)
   uint64_t pushesRateLimited = 0; // beyond the device's [mqtt.rate] (4.29)
   uint64_t unauthenticatedBytesIn = 0;
   uint64_t unauthenticatedBytesOut = 0;
-  uint64_t budgetDrops = 0;     // replies not sent: they would have broken the 3x budget
+  uint64_t budgetDrops = 0; // replies not sent: they would have broken the 3x budget
 };
 
 class CoapService {

@@ -88,8 +88,8 @@ public:
     if (const auto* t = top.table("upstream")) {
       TableReader r(*t, "upstream", source_, diags_);
       c.upstream.enabled = r.boolean("enabled").value_or(true);
-      c.upstream.host = r.string("host", c.upstream.enabled ? Need::Required : Need::Optional, 253)
-                            .value_or("");
+      c.upstream.host =
+          r.string("host", c.upstream.enabled ? Need::Required : Need::Optional, 253).value_or("");
       if (auto p = r.integer("port", 1, 65535)) {
         c.upstream.port = static_cast<uint16_t>(*p);
       }
@@ -132,7 +132,8 @@ public:
                                                          {"stderr", EventTarget::Stderr}})
                             .value_or(EventTarget::Auto);
       if (c.events.target == EventTarget::Journal && !IOTGW_WITH_SYSTEMD) {
-        r.error(*t->get("target"), "'events.target' = \"journal\" needs a build with systemd support");
+        r.error(*t->get("target"),
+                "'events.target' = \"journal\" needs a build with systemd support");
       }
       if (auto b = r.integer("burst", 1, 100'000)) {
         c.events.burst = static_cast<uint32_t>(*b);
@@ -174,8 +175,8 @@ public:
   }
 
 private:
-  void path(TableReader& r, const toml::table& t, std::string_view key,
-            std::filesystem::path& out, bool absolute) {
+  void path(TableReader& r, const toml::table& t, std::string_view key, std::filesystem::path& out,
+            bool absolute) {
     if (auto s = r.string(key, Need::Optional, 4096)) {
       if (s->empty() || (absolute && s->front() != '/')) {
         r.error(*t.get(key), fmt::format("'{}' must be an absolute path", r.child(key)));
@@ -185,8 +186,8 @@ private:
     }
   }
 
-  void file(TableReader& r, const toml::table& t, std::string_view key,
-            std::filesystem::path& out, Need need) {
+  void file(TableReader& r, const toml::table& t, std::string_view key, std::filesystem::path& out,
+            Need need) {
     if (auto s = r.string(key, need, 4096)) {
       if (s->empty()) {
         r.error(*t.get(key), fmt::format("'{}' must name a file", r.child(key)));

@@ -112,9 +112,9 @@ enum class EventTarget { Auto, Journal, Syslog, Stderr };
 
 struct EventsConfig {
   EventTarget target = EventTarget::Auto;
-  uint32_t burst = 10;                       // events per device and type ...
-  std::chrono::seconds interval{60};         // ... per interval
-  std::chrono::seconds summaryInterval{60};  // how often suppressed counts are reported
+  uint32_t burst = 10;                      // events per device and type ...
+  std::chrono::seconds interval{60};        // ... per interval
+  std::chrono::seconds summaryInterval{60}; // how often suppressed counts are reported
 };
 
 // The control API, org.iotgw.Gateway1 on the system bus.

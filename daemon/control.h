@@ -18,9 +18,9 @@ enum class ControlErrorCode : uint8_t {
   InvalidPolicy,   // the document does not parse or validate
   NoSuchDevice,
   DeviceExists,
-  ReadOnly,        // defined by a devices.d/ file
-  Rejected,        // the next state as a whole was refused; nothing changed
-  Failed,          // persisting or applying failed; nothing changed
+  ReadOnly, // defined by a devices.d/ file
+  Rejected, // the next state as a whole was refused; nothing changed
+  Failed,   // persisting or applying failed; nothing changed
 };
 
 struct ControlError {
@@ -57,8 +57,8 @@ struct GatewayStatus {
   bool firewall = false;
   uint32_t reloads = 0;
   uint64_t uptimeSeconds = 0;
-  std::string ca;               // the gateway CA's name
-  std::string caCertificate;    // where its certificate and CRL are (for the broker)
+  std::string ca;            // the gateway CA's name
+  std::string caCertificate; // where its certificate and CRL are (for the broker)
   std::string crl;
   uint32_t issuedIdentities = 0;
   std::vector<std::pair<std::string, uint64_t>> counters; // "coap_requests", ... (GetStatus keys)
@@ -68,11 +68,15 @@ class Control {
 public:
   virtual ~Control() = default;
   [[nodiscard]] virtual std::vector<DeviceSummary> listDevices() const = 0;
-  [[nodiscard]] virtual std::expected<DeviceDetail, ControlError> device(std::string_view id) const = 0;
-  [[nodiscard]] virtual ControlResult enrollDevice(std::string_view id, std::string_view policy) = 0;
-  [[nodiscard]] virtual ControlResult setDevicePolicy(std::string_view id, std::string_view policy) = 0;
+  [[nodiscard]] virtual std::expected<DeviceDetail, ControlError>
+  device(std::string_view id) const = 0;
+  [[nodiscard]] virtual ControlResult enrollDevice(std::string_view id,
+                                                   std::string_view policy) = 0;
+  [[nodiscard]] virtual ControlResult setDevicePolicy(std::string_view id,
+                                                      std::string_view policy) = 0;
   [[nodiscard]] virtual ControlResult removeDevice(std::string_view id) = 0;
-  [[nodiscard]] virtual ControlResult quarantineDevice(std::string_view id, std::string_view reason) = 0;
+  [[nodiscard]] virtual ControlResult quarantineDevice(std::string_view id,
+                                                       std::string_view reason) = 0;
   [[nodiscard]] virtual ControlResult releaseDevice(std::string_view id) = 0;
   [[nodiscard]] virtual ControlResult reloadAll() = 0;
   [[nodiscard]] virtual GatewayStatus status() const = 0;

@@ -35,7 +35,8 @@ std::expected<Snapshot, policy::Diagnostics> loadSnapshot(const Options& options
   } else {
     config = builtinDefault();
   }
-  auto devices = policy::loadPolicyDirectories(config.policyDirectories(), config.limits.maxDevices);
+  auto devices =
+      policy::loadPolicyDirectories(config.policyDirectories(), config.limits.maxDevices);
   if (!devices) {
     return std::unexpected(devices.error());
   }
@@ -64,7 +65,8 @@ std::expected<std::unique_ptr<Daemon>, std::string> Daemon::create(Options optio
   if (!reactor) {
     return std::unexpected("cannot create the event loop: " + reactor.error().message());
   }
-  std::unique_ptr<Daemon> d(new Daemon(std::move(options), std::move(*snapshot), std::move(*reactor)));
+  std::unique_ptr<Daemon> d(
+      new Daemon(std::move(options), std::move(*snapshot), std::move(*reactor)));
   if (auto err = d->setUp(); !err.empty()) {
     return std::unexpected(err);
   }
@@ -123,15 +125,15 @@ std::string Daemon::setUp() {
 
   // The table goes in before any listener accepts a device (fail closed: no table, no daemon).
   if (config.firewall.enabled) {
-    firewall_ = std::make_unique<FirewallService>(*reactor_, *sink_,
-                                                  [this](const policy::DeviceId& id) {
-                                                    if (mqtt_) {
-                                                      mqtt_->closeDevice(id);
-                                                    }
-                                                    if (coap_) {
-                                                      coap_->closeDevice(id);
-                                                    }
-                                                  });
+    firewall_ =
+        std::make_unique<FirewallService>(*reactor_, *sink_, [this](const policy::DeviceId& id) {
+          if (mqtt_) {
+            mqtt_->closeDevice(id);
+          }
+          if (coap_) {
+            coap_->closeDevice(id);
+          }
+        });
     if (auto err = firewall_->start(config, current_.policies); !err.empty()) {
       return err;
     }
@@ -203,7 +205,8 @@ std::string Daemon::setUp() {
         return "org.iotgw.Gateway1 is already owned on the system bus: is another iotgwd running?";
       }
       // No bus (yet) is not a reason to leave devices unprotected: run without the API.
-      dbusError_ = d.error().find("FileNotFound") != std::string::npos ? "no system bus" : d.error();
+      dbusError_ =
+          d.error().find("FileNotFound") != std::string::npos ? "no system bus" : d.error();
     } else {
       dbus_ = std::move(*d);
       sink_->setObserver([this](const Event& e) {
@@ -220,8 +223,8 @@ void Daemon::scheduleSummaries() {
   if (summaryTimer_) {
     reactor_->cancelTimer(*summaryTimer_);
   }
-  const auto every =
-      std::chrono::duration_cast<std::chrono::milliseconds>(current_.config->events.summaryInterval);
+  const auto every = std::chrono::duration_cast<std::chrono::milliseconds>(
+      current_.config->events.summaryInterval);
   if (auto t = reactor_->addTimer(every, every, [this] { sink_->flushSuppressed(); })) {
     summaryTimer_ = *t;
   }
@@ -300,7 +303,8 @@ void Daemon::onSignal() {
       Event e;
       e.type = EventType::DaemonStopping;
       e.protocol = "daemon";
-      e.message = fmt::format("iotgwd stopping on {}", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+      e.message =
+          fmt::format("iotgwd stopping on {}", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
       sink_->emit(e);
       reactor_->stop();
       return;

@@ -54,11 +54,14 @@ public:
 
   // Control (device_admin.cc): what the D-Bus API asks.
   [[nodiscard]] std::vector<DeviceSummary> listDevices() const override;
-  [[nodiscard]] std::expected<DeviceDetail, ControlError> device(std::string_view id) const override;
+  [[nodiscard]] std::expected<DeviceDetail, ControlError>
+  device(std::string_view id) const override;
   [[nodiscard]] ControlResult enrollDevice(std::string_view id, std::string_view policy) override;
-  [[nodiscard]] ControlResult setDevicePolicy(std::string_view id, std::string_view policy) override;
+  [[nodiscard]] ControlResult setDevicePolicy(std::string_view id,
+                                              std::string_view policy) override;
   [[nodiscard]] ControlResult removeDevice(std::string_view id) override;
-  [[nodiscard]] ControlResult quarantineDevice(std::string_view id, std::string_view reason) override;
+  [[nodiscard]] ControlResult quarantineDevice(std::string_view id,
+                                               std::string_view reason) override;
   [[nodiscard]] ControlResult releaseDevice(std::string_view id) override;
   [[nodiscard]] ControlResult reloadAll() override;
   [[nodiscard]] GatewayStatus status() const override;

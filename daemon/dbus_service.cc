@@ -23,13 +23,27 @@ constexpr const char* kInterface = "org.iotgw.Gateway1.Manager";
 [[noreturn]] void raise(const ControlError& e) {
   const char* name = "Failed";
   switch (e.code) {
-  case ControlErrorCode::InvalidArgument: name = "InvalidArgument"; break;
-  case ControlErrorCode::InvalidPolicy: name = "InvalidPolicy"; break;
-  case ControlErrorCode::NoSuchDevice: name = "NoSuchDevice"; break;
-  case ControlErrorCode::DeviceExists: name = "DeviceExists"; break;
-  case ControlErrorCode::ReadOnly: name = "ReadOnly"; break;
-  case ControlErrorCode::Rejected: name = "Rejected"; break;
-  case ControlErrorCode::Failed: name = "Failed"; break;
+  case ControlErrorCode::InvalidArgument:
+    name = "InvalidArgument";
+    break;
+  case ControlErrorCode::InvalidPolicy:
+    name = "InvalidPolicy";
+    break;
+  case ControlErrorCode::NoSuchDevice:
+    name = "NoSuchDevice";
+    break;
+  case ControlErrorCode::DeviceExists:
+    name = "DeviceExists";
+    break;
+  case ControlErrorCode::ReadOnly:
+    name = "ReadOnly";
+    break;
+  case ControlErrorCode::Rejected:
+    name = "Rejected";
+    break;
+  case ControlErrorCode::Failed:
+    name = "Failed";
+    break;
   }
   throw sdbus::Error(std::string("org.iotgw.Gateway1.Error.") + name, e.message);
 }
@@ -123,7 +137,8 @@ private:
     return out;
   }
 
-  std::tuple<std::string, std::map<std::string, sdbus::Variant>> GetDevice(const std::string& id) override {
+  std::tuple<std::string, std::map<std::string, sdbus::Variant>>
+  GetDevice(const std::string& id) override {
     requireReader("GetDevice");
     auto d = control_.device(id);
     if (!d) {
@@ -272,7 +287,8 @@ void DbusService::rearm() {
     timer_.reset();
   }
   if (auto rel = pd.getRelativeTimeout()) {
-    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(*rel) + std::chrono::milliseconds(1);
+    const auto ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(*rel) + std::chrono::milliseconds(1);
     if (auto t = reactor_.addTimer(ms, std::chrono::milliseconds(0), [this] {
           timer_.reset();
           process();

@@ -20,7 +20,8 @@ namespace {
 
 ControlError err(ControlErrorCode c, std::string m) { return ControlError{c, std::move(m)}; }
 
-void deviceChanged(EventSink& sink, const std::string& id, std::string action, std::string message) {
+void deviceChanged(EventSink& sink, const std::string& id, std::string action,
+                   std::string message) {
   Event e;
   e.type = EventType::DeviceChanged;
   e.device = id;
@@ -196,8 +197,9 @@ std::expected<policy::DevicePolicy, ControlError> Daemon::parseForApi(std::strin
 ControlResult Daemon::commitDevices(std::vector<policy::DevicePolicy> next,
                                     const std::function<std::string()>& persist) {
   if (next.size() > current_.config->limits.maxDevices) {
-    return std::unexpected(err(ControlErrorCode::Rejected,
-                               fmt::format("at most {} devices", current_.config->limits.maxDevices)));
+    return std::unexpected(
+        err(ControlErrorCode::Rejected,
+            fmt::format("at most {} devices", current_.config->limits.maxDevices)));
   }
   auto set = policy::PolicySet::build(std::move(next));
   if (!set) {
@@ -241,7 +243,8 @@ ControlResult Daemon::commitDevices(std::vector<policy::DevicePolicy> next,
 
 namespace {
 
-std::vector<policy::DevicePolicy> without(const policy::PolicySet& set, const policy::DeviceId& id) {
+std::vector<policy::DevicePolicy> without(const policy::PolicySet& set,
+                                          const policy::DeviceId& id) {
   std::vector<policy::DevicePolicy> out;
   for (const auto& d : set.devices()) {
     if (d.id != id) {
@@ -268,7 +271,8 @@ ControlResult Daemon::enrollDevice(std::string_view idText, std::string_view tex
   if (auto r = commitDevices(std::move(next), [&] { return writeAtomically(path, text); }); !r) {
     return r;
   }
-  deviceChanged(*sink_, id.str(), "enrolled", fmt::format("{} enrolled over the control API", id.str()));
+  deviceChanged(*sink_, id.str(), "enrolled",
+                fmt::format("{} enrolled over the control API", id.str()));
   return {};
 }
 
@@ -284,9 +288,9 @@ ControlResult Daemon::setDevicePolicy(std::string_view idText, std::string_view 
     return std::unexpected(err(ControlErrorCode::NoSuchDevice, "no device " + id.str()));
   }
   if (!fromApi(*running)) {
-    return std::unexpected(err(ControlErrorCode::ReadOnly,
-                               fmt::format("{} is defined by {}; change that file instead",
-                                           id.str(), running->sourceName)));
+    return std::unexpected(
+        err(ControlErrorCode::ReadOnly, fmt::format("{} is defined by {}; change that file instead",
+                                                    id.str(), running->sourceName)));
   }
   auto next = without(*current_.policies, id);
   next.push_back(std::move(*parsed));
@@ -315,9 +319,9 @@ ControlResult Daemon::removeDevice(std::string_view idText) {
   const policy::DevicePolicy* running = *found;
   const policy::DeviceId id = running->id;
   if (!fromApi(*running)) {
-    return std::unexpected(err(ControlErrorCode::ReadOnly,
-                               fmt::format("{} is defined by {}; remove that file instead",
-                                           id.str(), running->sourceName)));
+    return std::unexpected(
+        err(ControlErrorCode::ReadOnly, fmt::format("{} is defined by {}; remove that file instead",
+                                                    id.str(), running->sourceName)));
   }
   const auto path = apiPolicyPath(id.str());
   if (auto r = commitDevices(without(*current_.policies, id), [&] { return removeDurably(path); });
@@ -347,14 +351,16 @@ ControlResult Daemon::removeDevice(std::string_view idText) {
 
 ControlResult Daemon::quarantineDevice(std::string_view idText, std::string_view reason) {
   if (reason.empty() || reason.size() > 200) {
-    return std::unexpected(err(ControlErrorCode::InvalidArgument, "a reason of 1 to 200 characters is needed"));
+    return std::unexpected(
+        err(ControlErrorCode::InvalidArgument, "a reason of 1 to 200 characters is needed"));
   }
   const auto found = enrolled(idText);
   if (!found) {
     return std::unexpected(found.error());
   }
   if (!firewall_) {
-    return std::unexpected(err(ControlErrorCode::Failed, "the firewall is off ([firewall] enabled = false)"));
+    return std::unexpected(
+        err(ControlErrorCode::Failed, "the firewall is off ([firewall] enabled = false)"));
   }
   if (auto e = firewall_->quarantine((*found)->id, "dbus", reason); !e.empty()) {
     return std::unexpected(err(ControlErrorCode::Failed, e));
@@ -368,7 +374,8 @@ ControlResult Daemon::releaseDevice(std::string_view idText) {
     return std::unexpected(found.error());
   }
   if (!firewall_) {
-    return std::unexpected(err(ControlErrorCode::Failed, "the firewall is off ([firewall] enabled = false)"));
+    return std::unexpected(
+        err(ControlErrorCode::Failed, "the firewall is off ([firewall] enabled = false)"));
   }
   if (auto e = firewall_->release((*found)->id); !e.empty()) {
     return std::unexpected(err(ControlErrorCode::Failed, e));
@@ -386,7 +393,8 @@ ControlResult Daemon::reloadAll() {
 GatewayStatus Daemon::status() const {
   GatewayStatus s;
   s.version = IOTGW_VERSION;
-  s.config = current_.config->source.empty() ? "built-in default" : current_.config->source.string();
+  s.config =
+      current_.config->source.empty() ? "built-in default" : current_.config->source.string();
   s.devices = static_cast<uint32_t>(current_.policies->size());
   for (const auto& d : current_.policies->devices()) {
     s.quarantined += firewall_ && firewall_->quarantined(d.id) ? 1 : 0;

@@ -160,8 +160,8 @@ void EventSink::emit(Event e) {
     const double perSecond =
         static_cast<double>(settings_.burst) / static_cast<double>(settings_.interval.count());
     it = buckets_
-             .emplace(key, policy::TokenBucket(perSecond, static_cast<double>(settings_.burst),
-                                               now_()))
+             .emplace(key,
+                      policy::TokenBucket(perSecond, static_cast<double>(settings_.burst), now_()))
              .first;
   }
   if (!it->second.take(1, now_())) {

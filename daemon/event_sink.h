@@ -40,8 +40,9 @@ class EventSink {
 public:
   using Now = std::function<policy::Clock::time_point()>;
 
-  EventSink(std::unique_ptr<EventBackend> backend, EventsConfig settings,
-            Now now = [] { return policy::Clock::now(); });
+  EventSink(
+      std::unique_ptr<EventBackend> backend, EventsConfig settings,
+      Now now = [] { return policy::Clock::now(); });
 
   // Emits the event unless its (device, type) has used up its budget; then it is only counted.
   void emit(policy::Event e);

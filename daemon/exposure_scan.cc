@@ -26,7 +26,8 @@ constexpr auto kProbeTimeout = std::chrono::milliseconds(1500);
 constexpr size_t kMaxActive = 64;
 } // namespace
 
-ExposureScan::ExposureScan(io::Reactor& reactor, EventSink& sink) : reactor_(reactor), sink_(sink) {}
+ExposureScan::ExposureScan(io::Reactor& reactor, EventSink& sink)
+    : reactor_(reactor), sink_(sink) {}
 
 ExposureScan::~ExposureScan() {
   if (timer_) {
@@ -84,7 +85,8 @@ void ExposureScan::tick() {
 void ExposureScan::launch(Probe p) {
   const bool udp = p.port.transport == Transport::Udp;
   const int family = p.address.family;
-  io::UniqueFd fd(::socket(family, (udp ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  io::UniqueFd fd(
+      ::socket(family, (udp ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!fd.valid()) {
     return;
   }

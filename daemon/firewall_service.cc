@@ -25,7 +25,9 @@ namespace {
 constexpr size_t kInet = 0;
 constexpr size_t kBridge = 1;
 
-std::filesystem::path quarantineDirectory(const Config& c) { return c.stateDirectory / "quarantine"; }
+std::filesystem::path quarantineDirectory(const Config& c) {
+  return c.stateDirectory / "quarantine";
+}
 std::filesystem::path portsDirectory(const Config& c) { return c.stateDirectory / "ports"; }
 
 // An interface name as the kernel allows it (and as nothing in the file's syntax can confuse).
@@ -411,8 +413,9 @@ std::string FirewallService::release(const policy::DeviceId& id) {
     quarantined_.insert(id.str());
     return err;
   }
-  emitQuarantineEvent(EventType::DeviceReleased, id.str(), "", "release",
-                      fmt::format("{} released from quarantine: its policy applies again", id.str()));
+  emitQuarantineEvent(
+      EventType::DeviceReleased, id.str(), "", "release",
+      fmt::format("{} released from quarantine: its policy applies again", id.str()));
   return {};
 }
 

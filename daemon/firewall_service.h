@@ -60,7 +60,8 @@ public:
   // Quarantine (EN 303 645 5.3-15): the device reaches DHCP only and its sessions end.
   // An error (empty: none) means the mark could not be persisted or applied; the sessions are
   // closed either way.
-  std::string quarantine(const policy::DeviceId& id, std::string_view rule, std::string_view reason);
+  std::string quarantine(const policy::DeviceId& id, std::string_view rule,
+                         std::string_view reason);
   [[nodiscard]] std::string release(const policy::DeviceId& id);
   // A removed device: its quarantine mark and its port go too (the next apply has already
   // dropped its elements and counters).

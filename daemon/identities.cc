@@ -29,7 +29,7 @@ tls::SystemTime fromUnix(int64_t s) { return tls::SystemTime(std::chrono::second
 
 // The CA key must be ours and nobody else's, as ssh insists for its keys.
 std::string checkPrivate(const std::filesystem::path& p) {
-  struct stat st {};
+  struct stat st{};
   if (::stat(p.c_str(), &st) != 0) {
     return fmt::format("cannot stat {}", p.string());
   }
@@ -119,9 +119,9 @@ Identities::open(const std::filesystem::path& stateDirectory) {
     const auto cert = ids->certificatePath(device);
     const auto key = ids->keyPath(device);
     auto pem = readPem(cert);
-    auto summary = pem ? tls::summarizeCertificate(*pem)
-                       : std::expected<tls::CertificateSummary, std::string>(
-                             std::unexpected(pem.error()));
+    auto summary =
+        pem ? tls::summarizeCertificate(*pem)
+            : std::expected<tls::CertificateSummary, std::string>(std::unexpected(pem.error()));
     Identity identity{cert, key, summary.value_or(tls::CertificateSummary{})};
     ids->identities_.emplace(device, identity);
     if (!summary || !std::filesystem::exists(key, ec)) {
@@ -237,8 +237,8 @@ std::expected<const Identities::Identity*, std::string>
 Identities::issue(const std::string& device) {
   auto issued = ca_.issue(device, kDeviceValidity);
   if (!issued) {
-    return std::unexpected(fmt::format("cannot issue a certificate for {}: {}", device,
-                                       issued.error()));
+    return std::unexpected(
+        fmt::format("cannot issue a certificate for {}: {}", device, issued.error()));
   }
   const auto cert = certificatePath(device);
   const auto key = keyPath(device);

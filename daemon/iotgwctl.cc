@@ -47,8 +47,8 @@ constexpr const char* kUsage = R"(usage: iotgwctl [--json] COMMAND [ARGS]
 std::string json(const std::string& s);
 std::string jsonObject(const std::map<std::string, sdbus::Variant>& m);
 
-class Gateway final : public sdbus::ProxyInterfaces<org::iotgw::Gateway1::Manager_proxy,
-                                                    sdbus::Properties_proxy> {
+class Gateway final
+    : public sdbus::ProxyInterfaces<org::iotgw::Gateway1::Manager_proxy, sdbus::Properties_proxy> {
 public:
   Gateway(sdbus::IConnection& c)
       : ProxyInterfaces(c, "org.iotgw.Gateway1", "/org/iotgw/Gateway1"), connection_(c) {
@@ -85,10 +85,12 @@ private:
   void onDeviceChanged(const std::string& id, const std::string& what) override {
     print("DeviceChanged", {{"id", quoted(id)}, {"change", quoted(what)}});
   }
-  void onPolicyViolation(const std::string& id, const std::string& rule, const std::string& provision,
-                         const std::string& action) override {
-    print("PolicyViolation", {{"id", quoted(id)}, {"rule", quoted(rule)},
-                              {"provision", quoted(provision)}, {"action", quoted(action)}});
+  void onPolicyViolation(const std::string& id, const std::string& rule,
+                         const std::string& provision, const std::string& action) override {
+    print("PolicyViolation", {{"id", quoted(id)},
+                              {"rule", quoted(rule)},
+                              {"provision", quoted(provision)},
+                              {"action", quoted(action)}});
   }
   void onDeviceQuarantined(const std::string& id, const std::string& reason) override {
     print("DeviceQuarantined", {{"id", quoted(id)}, {"reason", quoted(reason)}});
@@ -96,17 +98,17 @@ private:
   void onPropertiesChanged(const std::string& interface,
                            const std::map<std::string, sdbus::Variant>& changed,
                            const std::vector<std::string>&) override {
-    print("PropertiesChanged", {{"interface", quoted(interface)},
-                                {"changed", asJson_ ? jsonObject(changed) : [&] {
-                                   std::string out;
-                                   for (const auto& [k, v] : changed) {
-                                     out += (out.empty() ? "" : " ") + k + "=" +
-                                            (v.peekValueType() == "u"
-                                                 ? std::to_string(v.get<uint32_t>())
-                                                 : std::string("?"));
-                                   }
-                                   return out;
-                                 }()}});
+    print("PropertiesChanged",
+          {{"interface", quoted(interface)}, {"changed", asJson_ ? jsonObject(changed) : [&] {
+                                                std::string out;
+                                                for (const auto& [k, v] : changed) {
+                                                  out += (out.empty() ? "" : " ") + k + "=" +
+                                                         (v.peekValueType() == "u"
+                                                              ? std::to_string(v.get<uint32_t>())
+                                                              : std::string("?"));
+                                                }
+                                                return out;
+                                              }()}});
   }
 
   sdbus::IConnection& connection_;
@@ -119,11 +121,21 @@ std::string json(const std::string& s) {
   std::string out = "\"";
   for (unsigned char c : s) {
     switch (c) {
-    case '"': out += "\\\""; break;
-    case '\\': out += "\\\\"; break;
-    case '\n': out += "\\n"; break;
-    case '\r': out += "\\r"; break;
-    case '\t': out += "\\t"; break;
+    case '"':
+      out += "\\\"";
+      break;
+    case '\\':
+      out += "\\\\";
+      break;
+    case '\n':
+      out += "\\n";
+      break;
+    case '\r':
+      out += "\\r";
+      break;
+    case '\t':
+      out += "\\t";
+      break;
     default:
       if (c < 0x20) {
         out += fmt::format("\\u{:04x}", c);
@@ -137,12 +149,24 @@ std::string json(const std::string& s) {
 
 std::string text(const sdbus::Variant& v) {
   const std::string sig = v.peekValueType();
-  if (sig == "s") return v.get<std::string>();
-  if (sig == "b") return v.get<bool>() ? "true" : "false";
-  if (sig == "u") return std::to_string(v.get<uint32_t>());
-  if (sig == "t") return std::to_string(v.get<uint64_t>());
-  if (sig == "x") return std::to_string(v.get<int64_t>());
-  if (sig == "d") return fmt::format("{:.1f}", v.get<double>());
+  if (sig == "s") {
+    return v.get<std::string>();
+  }
+  if (sig == "b") {
+    return v.get<bool>() ? "true" : "false";
+  }
+  if (sig == "u") {
+    return std::to_string(v.get<uint32_t>());
+  }
+  if (sig == "t") {
+    return std::to_string(v.get<uint64_t>());
+  }
+  if (sig == "x") {
+    return std::to_string(v.get<int64_t>());
+  }
+  if (sig == "d") {
+    return fmt::format("{:.1f}", v.get<double>());
+  }
   return "?";
 }
 
@@ -160,15 +184,19 @@ std::string jsonObject(const std::map<std::string, sdbus::Variant>& m) {
 
 int fromError(const sdbus::Error& e) {
   const std::string& n = e.getName();
-  const auto say = [](const std::string& what) { std::fprintf(stderr, "iotgwctl: %s\n", what.c_str()); };
+  const auto say = [](const std::string& what) {
+    std::fprintf(stderr, "iotgwctl: %s\n", what.c_str());
+  };
   if (n == "org.freedesktop.DBus.Error.AccessDenied") {
     // The bus refused before iotgwd saw the call; its own message names rules, not people.
     say("access denied by the bus policy: changing the gateway needs root or group iotgw-admin, "
         "reading it group iotgw");
     return Denied;
   }
-  if (n == "org.freedesktop.DBus.Error.ServiceUnknown" || n == "org.freedesktop.DBus.Error.NameHasNoOwner" ||
-      n == "org.freedesktop.DBus.Error.NoServer" || n == "org.freedesktop.DBus.Error.FileNotFound" ||
+  if (n == "org.freedesktop.DBus.Error.ServiceUnknown" ||
+      n == "org.freedesktop.DBus.Error.NameHasNoOwner" ||
+      n == "org.freedesktop.DBus.Error.NoServer" ||
+      n == "org.freedesktop.DBus.Error.FileNotFound" ||
       n == "org.freedesktop.DBus.Error.Disconnected" || n.starts_with("System.Error.ENOENT") ||
       n.starts_with("System.Error.ECONNREFUSED")) {
     say("iotgwd is not running (no org.iotgw.Gateway1 on the system bus: " + e.getMessage() + ")");
@@ -178,7 +206,8 @@ int fromError(const sdbus::Error& e) {
   if (n == "org.iotgw.Gateway1.Error.AccessDenied") {
     return Denied;
   }
-  for (const char* invalid : {"InvalidPolicy", "InvalidArgument", "NoSuchDevice", "DeviceExists", "ReadOnly"}) {
+  for (const char* invalid :
+       {"InvalidPolicy", "InvalidArgument", "NoSuchDevice", "DeviceExists", "ReadOnly"}) {
     if (n == std::string("org.iotgw.Gateway1.Error.") + invalid) {
       return Invalid;
     }
@@ -215,13 +244,15 @@ int run(Gateway& gw, bool asJson, const std::vector<std::string>& a) {
     if (asJson) {
       std::string out = "[";
       for (const auto& d : devices) {
-        out += fmt::format("{}{{\"id\": {}, \"source\": {}, \"quarantined\": {}}}", out.size() > 1 ? ", " : "",
-                           json(d.get<0>()), json(d.get<1>()), d.get<2>() ? "true" : "false");
+        out += fmt::format("{}{{\"id\": {}, \"source\": {}, \"quarantined\": {}}}",
+                           out.size() > 1 ? ", " : "", json(d.get<0>()), json(d.get<1>()),
+                           d.get<2>() ? "true" : "false");
       }
       std::puts((out + "]").c_str());
     } else {
       for (const auto& d : devices) {
-        std::printf("%-32s %-5s%s\n", d.get<0>().c_str(), d.get<1>().c_str(), d.get<2>() ? "  quarantined" : "");
+        std::printf("%-32s %-5s%s\n", d.get<0>().c_str(), d.get<1>().c_str(),
+                    d.get<2>() ? "  quarantined" : "");
       }
     }
     return Ok;

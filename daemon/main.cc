@@ -33,8 +33,8 @@ int checkConfig(const iotgw::daemon::Options& options) {
     return 1;
   }
   const auto& c = *snapshot->config;
-  std::cout << (c.source.empty() ? std::string("built-in default") : c.source.string())
-            << ": OK, " << snapshot->policies->size() << " device policies\n";
+  std::cout << (c.source.empty() ? std::string("built-in default") : c.source.string()) << ": OK, "
+            << snapshot->policies->size() << " device policies\n";
   return 0;
 }
 

@@ -137,7 +137,8 @@ std::string MqttService::start() {
       }
       const int raw = fd->get();
       const bool tls = b.tls;
-      if (auto ec = reactor_.add(raw, EPOLLIN, [this, raw, tls](uint32_t) { onAccept(raw, tls); })) {
+      if (auto ec =
+              reactor_.add(raw, EPOLLIN, [this, raw, tls](uint32_t) { onAccept(raw, tls); })) {
         return "cannot watch an MQTT listener: " + ec.message();
       }
       listeners_.push_back(std::move(*fd));
@@ -261,7 +262,8 @@ void MqttService::startSession(Connection& c) {
   mqtt::PeerInfo peer{c.address, c.label, std::nullopt};
   if (c.tls) {
     // The identity comes from the verified certificate, never from packet contents.
-    peer.certificate = policy::CertificateFacts{c.tls->peer().commonName, c.tls->peer().subjectAltNames};
+    peer.certificate =
+        policy::CertificateFacts{c.tls->peer().commonName, c.tls->peer().subjectAltNames};
   }
   c.session = std::make_unique<mqtt::Session>(settings, policies_(), defaults_, throttle_,
                                               std::move(peer), Clock::now(), &subscriptions_);
@@ -287,8 +289,7 @@ void MqttService::onHandshake(Connection& c) {
   case tls::IoStatus::WantWrite: {
     // WolfSSL writes handshake records through the socket itself; watch for writability only
     // when its non-blocking send could not finish.
-    const uint32_t events =
-        EPOLLIN | EPOLLRDHUP | (st == tls::IoStatus::WantWrite ? EPOLLOUT : 0u);
+    const uint32_t events = EPOLLIN | EPOLLRDHUP | (st == tls::IoStatus::WantWrite ? EPOLLOUT : 0u);
     if (events != c.armed) {
       (void)reactor_.modify(c.fd.get(), events);
       c.armed = events;
@@ -528,8 +529,7 @@ void MqttService::flush(Connection& c) {
   if (c.handshaking) {
     return; // onHandshake arms the descriptor as WolfSSL asks
   }
-  const uint32_t events =
-      (c.paused ? 0u : EPOLLIN | EPOLLRDHUP) | (wantWrite ? EPOLLOUT : 0u);
+  const uint32_t events = (c.paused ? 0u : EPOLLIN | EPOLLRDHUP) | (wantWrite ? EPOLLOUT : 0u);
   if (events != c.armed) {
     (void)reactor_.modify(c.fd.get(), events);
     c.armed = events;

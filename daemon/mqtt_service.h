@@ -124,7 +124,8 @@ private:
   createUpstream(const policy::DevicePolicy* device, const mqtt::upstream::Open& open,
                  mqtt::UpstreamObserver& observer);
   // The client context for a device's own identity (built once per certificate).
-  [[nodiscard]] std::expected<mqtt::SslContext, std::string> deviceContext(const std::string& device);
+  [[nodiscard]] std::expected<mqtt::SslContext, std::string>
+  deviceContext(const std::string& device);
 
   io::Reactor& reactor_;
   EventSink& sink_;
@@ -162,7 +163,8 @@ private:
   };
   std::map<std::string, DeviceContext> deviceContexts_;
   struct Pusher;
-  std::map<std::string, std::unique_ptr<Pusher>> pushers_; // device id → its CoAP readings' upstream
+  std::map<std::string, std::unique_ptr<Pusher>>
+      pushers_; // device id → its CoAP readings' upstream
   uint64_t pushTokens_ = 0;
   std::optional<io::Reactor::TimerId> timer_;
   MqttStats stats_;

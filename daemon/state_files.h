@@ -15,8 +15,8 @@ namespace iotgw::daemon {
 
 // Creates the directory (owner-only) if needed. The file gets `mode` (owner-only unless a public
 // file such as a CA certificate asks otherwise). An error is a readable sentence.
-[[nodiscard]] std::string writeAtomically(const std::filesystem::path& path, std::string_view content,
-                                          mode_t mode = 0600);
+[[nodiscard]] std::string writeAtomically(const std::filesystem::path& path,
+                                          std::string_view content, mode_t mode = 0600);
 // Removes the file (absent is fine) and flushes its directory.
 [[nodiscard]] std::string removeDurably(const std::filesystem::path& path);
 

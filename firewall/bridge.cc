@@ -243,8 +243,8 @@ void addChains(Ruleset& rs) {
       reportAndDrop("spoofed", kReportSpoof, "anti-spoofing: address not from its bound MAC"));
   rs.chains.push_back(reportAndDrop("poisoning", kReportPoison,
                                     "ARP or ND claiming an enrolled address for another MAC"));
-  rs.chains.push_back(reportAndDrop("other_frame", kReportFrame,
-                                    "a frame that is not IPv4, IPv6, ARP or EAPOL"));
+  rs.chains.push_back(
+      reportAndDrop("other_frame", kReportFrame, "a frame that is not IPv4, IPv6, ARP or EAPOL"));
   rs.chains.push_back(reportAndDrop("rogue_server", kReportServer,
                                     "router advertisement, redirect or DHCP reply from a device"));
 }

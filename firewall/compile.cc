@@ -116,8 +116,8 @@ void addSets(Ruleset& rs, const policy::PolicySet& policies, const CompileOption
     // Exact destinations in a hash set; prefixes in an interval set, where the kernel's deletion
     // cost grows with the set (pipapo), so that most devices never touch it.
     Set allow{name("allow", f), {addr, f.daddr, Field::L4proto, Field::ThDport}, false, false, {}};
-    Set allowNet{name("allow_net", f), {addr, f.daddr, Field::L4proto, Field::ThDport}, true, false,
-                 {}};
+    Set allowNet{
+        name("allow_net", f), {addr, f.daddr, Field::L4proto, Field::ThDport}, true, false, {}};
     Set svc{name("services", f), {f.daddr, Field::L4proto, Field::ThDport}, false, false, {}};
     Set listeners{
         name("listeners", f), {f.daddr, Field::L4proto, Field::ThDport}, false, false, {}};
@@ -289,16 +289,16 @@ void addChains(Ruleset& rs, const CompileOptions& o) {
   for (const auto& f : kFamilies) {
     const Compare fam = is(Field::Nfproto, f.nfproto);
     const Lookup icmpOk{{f.icmpType}, name("icmp_ok", f), false};
-    in.push_back(rule({fam, is(Field::L4proto, f.icmpProto), icmpOk}, Verdict::Accept,
-                      "essential ICMP"));
+    in.push_back(
+        rule({fam, is(Field::L4proto, f.icmpProto), icmpOk}, Verdict::Accept, "essential ICMP"));
     out.push_back(deliver({fam, is(Field::L4proto, f.icmpProto), icmpOk}, "essential ICMP"));
-    out.push_back(deliver({fam, Lookup{{f.daddr, Field::L4proto, Field::ThDport},
-                                       name("services", f), false}},
-                          "device services the gateway may reach"));
+    out.push_back(deliver(
+        {fam, Lookup{{f.daddr, Field::L4proto, Field::ThDport}, name("services", f), false}},
+        "device services the gateway may reach"));
     for (const char* set : {"allow", "allow_net"}) {
-      fwdOut.push_back(rule({fam, Lookup{{f.saddr, f.daddr, Field::L4proto, Field::ThDport},
-                                         name(set, f), false}},
-                            Verdict::Accept, "device destinations its policy allows"));
+      fwdOut.push_back(rule(
+          {fam, Lookup{{f.saddr, f.daddr, Field::L4proto, Field::ThDport}, name(set, f), false}},
+          Verdict::Accept, "device destinations its policy allows"));
     }
   }
   in.push_back(rule({Count{}}, Verdict::Drop, "device segment: default deny"));
@@ -312,11 +312,11 @@ void addChains(Ruleset& rs, const CompileOptions& o) {
   // through the gateway (device -> internet) meets one hook of ours, forward: no prerouting or
   // postrouting filter chains, and the quarantine check is in the data (withdrawn destinations).
   // A nat chain makes the kernel run NAT on every connection; only when something is intercepted.
-  const bool intercepting = !rs.findSet("intercept4")->elements.empty() ||
-                            !rs.findSet("intercept6")->elements.empty();
+  const bool intercepting =
+      !rs.findSet("intercept4")->elements.empty() || !rs.findSet("intercept6")->elements.empty();
   if (intercepting && !natPre.empty()) {
-    rs.chains.push_back(hooked("nat_prerouting", Hook::Prerouting, ChainType::Nat, -100,
-                               std::move(natPre)));
+    rs.chains.push_back(
+        hooked("nat_prerouting", Hook::Prerouting, ChainType::Nat, -100, std::move(natPre)));
   }
   // From the segment, device_input decides everything (it ends in a verdict); from anywhere
   // else, outside_input only keeps the device side's addresses and listeners out.

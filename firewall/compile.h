@@ -93,7 +93,7 @@ struct CompileOptions {
   std::vector<Listener> deviceListeners;    // the device-side ones: from the segment only
   std::optional<uint16_t> mqttRedirectPort; // where intercepted MQTT goes; nullopt: not at all
   std::optional<uint16_t> coapRedirectPort;
-  std::set<std::string> quarantined; // device ids
+  std::set<std::string> quarantined;           // device ids
   std::map<std::string, PortBinding> bindings; // device id -> where its MAC was learned
   // Ports of bridges that are not part of the device segment: the bridge table leaves their
   // frames alone. Every other bridge port is a device port (a port that just joined a bridge is

@@ -40,19 +40,18 @@ std::vector<Exposure> unexpectedServices(const policy::DevicePolicy& device,
     if (listed) {
       continue;
     }
-    auto known = std::ranges::find_if(kPorts, [&](const ScanPort& p) {
-      return p.port == o.port && p.transport == o.transport;
-    });
+    auto known = std::ranges::find_if(
+        kPorts, [&](const ScanPort& p) { return p.port == o.port && p.transport == o.transport; });
     const std::string service = known != kPorts.end() ? known->service : "unknown";
     std::string why = (service == "telnet" || service == "telnet-alt")
                           ? "telnet is how Mirai and its successors take devices over"
                           : "a service the device's policy does not list";
-    out.push_back(Exposure{
-        o, service,
-        fmt::format("{} has {} open on {}/{} ({}); the firewall keeps it unreachable from "
-                    "everything but the gateway",
-                    device.id.str(), service, o.port, o.transport == Transport::Tcp ? "tcp" : "udp",
-                    why)});
+    out.push_back(
+        Exposure{o, service,
+                 fmt::format("{} has {} open on {}/{} ({}); the firewall keeps it unreachable from "
+                             "everything but the gateway",
+                             device.id.str(), service, o.port,
+                             o.transport == Transport::Tcp ? "tcp" : "udp", why)});
   }
   return out;
 }

@@ -51,16 +51,21 @@ using detail::kRequestBytes;
 uint32_t datatype(Field f) {
   switch (f) {
   case Field::Iifname:
-  case Field::Oifname: return 41;
-  case Field::Nfproto: return 2;
+  case Field::Oifname:
+    return 41;
+  case Field::Nfproto:
+    return 2;
   case Field::Protocol:
     return 10;
-  case Field::L4proto: return 12;
-  case Field::Iiftype: return 21;
+  case Field::L4proto:
+    return 12;
+  case Field::Iiftype:
+    return 21;
   case Field::Iifgroup:
   case Field::Oifgroup:
     return 35;
-  case Field::Mark: return 19;
+  case Field::Mark:
+    return 19;
   case Field::Ip4Saddr:
   case Field::Ip4Daddr:
   case Field::ArpSpa:
@@ -75,9 +80,12 @@ uint32_t datatype(Field f) {
   case Field::NdOptionLladdr:
     return 9;
   case Field::ThSport:
-  case Field::ThDport: return 13;
-  case Field::IcmpType: return 14;
-  case Field::Icmp6Type: return 29;
+  case Field::ThDport:
+    return 13;
+  case Field::IcmpType:
+    return 14;
+  case Field::Icmp6Type:
+    return 29;
   case Field::NdOption:
     return 4;
   }
@@ -137,26 +145,48 @@ void load(nftnl_rule* r, Field f, uint32_t reg) {
     add(r, e);
   };
   switch (f) {
-  case Field::Iifname: meta(NFT_META_IIFNAME); break;
-  case Field::Oifname: meta(NFT_META_OIFNAME); break;
-  case Field::Nfproto: meta(NFT_META_NFPROTO); break;
+  case Field::Iifname:
+    meta(NFT_META_IIFNAME);
+    break;
+  case Field::Oifname:
+    meta(NFT_META_OIFNAME);
+    break;
+  case Field::Nfproto:
+    meta(NFT_META_NFPROTO);
+    break;
   case Field::Protocol:
     meta(NFT_META_PROTOCOL);
     break;
-  case Field::L4proto: meta(NFT_META_L4PROTO); break;
-  case Field::Iiftype: meta(NFT_META_IIFTYPE); break;
+  case Field::L4proto:
+    meta(NFT_META_L4PROTO);
+    break;
+  case Field::Iiftype:
+    meta(NFT_META_IIFTYPE);
+    break;
   case Field::Iifgroup:
     meta(NFT_META_IIFGROUP);
     break;
   case Field::Oifgroup:
     meta(NFT_META_OIFGROUP);
     break;
-  case Field::Mark: meta(NFT_META_MARK); break;
-  case Field::Ip4Saddr: payload(NFT_PAYLOAD_NETWORK_HEADER, 12); break;
-  case Field::Ip4Daddr: payload(NFT_PAYLOAD_NETWORK_HEADER, 16); break;
-  case Field::Ip6Saddr: payload(NFT_PAYLOAD_NETWORK_HEADER, 8); break;
-  case Field::Ip6Daddr: payload(NFT_PAYLOAD_NETWORK_HEADER, 24); break;
-  case Field::EtherSaddr: payload(NFT_PAYLOAD_LL_HEADER, 6); break;
+  case Field::Mark:
+    meta(NFT_META_MARK);
+    break;
+  case Field::Ip4Saddr:
+    payload(NFT_PAYLOAD_NETWORK_HEADER, 12);
+    break;
+  case Field::Ip4Daddr:
+    payload(NFT_PAYLOAD_NETWORK_HEADER, 16);
+    break;
+  case Field::Ip6Saddr:
+    payload(NFT_PAYLOAD_NETWORK_HEADER, 8);
+    break;
+  case Field::Ip6Daddr:
+    payload(NFT_PAYLOAD_NETWORK_HEADER, 24);
+    break;
+  case Field::EtherSaddr:
+    payload(NFT_PAYLOAD_LL_HEADER, 6);
+    break;
   case Field::EtherDaddr:
     payload(NFT_PAYLOAD_LL_HEADER, 0);
     break;
@@ -168,10 +198,16 @@ void load(nftnl_rule* r, Field f, uint32_t reg) {
   case Field::ArpSpa:
     payload(NFT_PAYLOAD_NETWORK_HEADER, 14);
     break;
-  case Field::ThSport: payload(NFT_PAYLOAD_TRANSPORT_HEADER, 0); break;
-  case Field::ThDport: payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2); break;
+  case Field::ThSport:
+    payload(NFT_PAYLOAD_TRANSPORT_HEADER, 0);
+    break;
+  case Field::ThDport:
+    payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2);
+    break;
   case Field::IcmpType:
-  case Field::Icmp6Type: payload(NFT_PAYLOAD_TRANSPORT_HEADER, 0); break;
+  case Field::Icmp6Type:
+    payload(NFT_PAYLOAD_TRANSPORT_HEADER, 0);
+    break;
   // Neighbour solicitation/advertisement: type, code, checksum, flags (8 bytes), the target
   // (16), then options (type, length in 8-byte units, data).
   case Field::NdTarget:
@@ -330,12 +366,23 @@ struct ExprBuilder {
 void verdict(nftnl_rule* r, const Rule& rule) {
   int v = 0;
   switch (rule.verdict) {
-  case Verdict::None: return;
-  case Verdict::Accept: v = NF_ACCEPT; break;
-  case Verdict::Drop: v = NF_DROP; break;
-  case Verdict::Jump: v = NFT_JUMP; break;
-  case Verdict::Goto: v = NFT_GOTO; break;
-  case Verdict::Return: v = NFT_RETURN; break;
+  case Verdict::None:
+    return;
+  case Verdict::Accept:
+    v = NF_ACCEPT;
+    break;
+  case Verdict::Drop:
+    v = NF_DROP;
+    break;
+  case Verdict::Jump:
+    v = NFT_JUMP;
+    break;
+  case Verdict::Goto:
+    v = NFT_GOTO;
+    break;
+  case Verdict::Return:
+    v = NFT_RETURN;
+    break;
   }
   nftnl_expr* e = nftnl_expr_alloc("immediate");
   nftnl_expr_set_u32(e, NFTNL_EXPR_IMM_DREG, NFT_REG_VERDICT);
@@ -348,12 +395,18 @@ void verdict(nftnl_rule* r, const Rule& rule) {
 
 uint32_t hookNumber(Hook h) {
   switch (h) {
-  case Hook::Prerouting: return NF_INET_PRE_ROUTING;
-  case Hook::Input: return NF_INET_LOCAL_IN;
-  case Hook::Forward: return NF_INET_FORWARD;
-  case Hook::Output: return NF_INET_LOCAL_OUT;
-  case Hook::Postrouting: return NF_INET_POST_ROUTING;
-  case Hook::None: break;
+  case Hook::Prerouting:
+    return NF_INET_PRE_ROUTING;
+  case Hook::Input:
+    return NF_INET_LOCAL_IN;
+  case Hook::Forward:
+    return NF_INET_FORWARD;
+  case Hook::Output:
+    return NF_INET_LOCAL_OUT;
+  case Hook::Postrouting:
+    return NF_INET_POST_ROUTING;
+  case Hook::None:
+    break;
   }
   return 0;
 }

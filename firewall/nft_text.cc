@@ -19,33 +19,48 @@ namespace {
 
 const char* fieldText(Field f) {
   switch (f) {
-  case Field::Iifname: return "iifname";
-  case Field::Oifname: return "oifname";
-  case Field::Nfproto: return "meta nfproto";
+  case Field::Iifname:
+    return "iifname";
+  case Field::Oifname:
+    return "oifname";
+  case Field::Nfproto:
+    return "meta nfproto";
   case Field::Protocol:
     return "meta protocol";
-  case Field::L4proto: return "meta l4proto";
-  case Field::Iiftype: return "meta iiftype";
+  case Field::L4proto:
+    return "meta l4proto";
+  case Field::Iiftype:
+    return "meta iiftype";
   case Field::Iifgroup:
     return "meta iifgroup";
   case Field::Oifgroup:
     return "meta oifgroup";
-  case Field::Mark: return "meta mark";
-  case Field::Ip4Saddr: return "ip saddr";
-  case Field::Ip4Daddr: return "ip daddr";
-  case Field::Ip6Saddr: return "ip6 saddr";
-  case Field::Ip6Daddr: return "ip6 daddr";
-  case Field::EtherSaddr: return "ether saddr";
+  case Field::Mark:
+    return "meta mark";
+  case Field::Ip4Saddr:
+    return "ip saddr";
+  case Field::Ip4Daddr:
+    return "ip daddr";
+  case Field::Ip6Saddr:
+    return "ip6 saddr";
+  case Field::Ip6Daddr:
+    return "ip6 daddr";
+  case Field::EtherSaddr:
+    return "ether saddr";
   case Field::EtherDaddr:
     return "ether daddr";
   case Field::ArpSha:
     return "arp saddr ether";
   case Field::ArpSpa:
     return "arp saddr ip";
-  case Field::ThSport: return "th sport";
-  case Field::ThDport: return "th dport";
-  case Field::IcmpType: return "icmp type";
-  case Field::Icmp6Type: return "icmpv6 type";
+  case Field::ThSport:
+    return "th sport";
+  case Field::ThDport:
+    return "th dport";
+  case Field::IcmpType:
+    return "icmp type";
+  case Field::Icmp6Type:
+    return "icmpv6 type";
   // nft 1.0 has no names for these: raw transport-header payloads (offset, length in bits).
   case Field::NdTarget:
     return "@th,64,128";
@@ -60,16 +75,21 @@ const char* fieldText(Field f) {
 const char* typeText(Field f) {
   switch (f) {
   case Field::Iifname:
-  case Field::Oifname: return "ifname";
-  case Field::Nfproto: return "nf_proto";
+  case Field::Oifname:
+    return "ifname";
+  case Field::Nfproto:
+    return "nf_proto";
   case Field::Protocol:
     return "ether_type";
-  case Field::L4proto: return "inet_proto";
-  case Field::Iiftype: return "iface_type";
+  case Field::L4proto:
+    return "inet_proto";
+  case Field::Iiftype:
+    return "iface_type";
   case Field::Iifgroup:
   case Field::Oifgroup:
     return "devgroup";
-  case Field::Mark: return "mark";
+  case Field::Mark:
+    return "mark";
   case Field::Ip4Saddr:
   case Field::Ip4Daddr:
   case Field::ArpSpa:
@@ -86,9 +106,12 @@ const char* typeText(Field f) {
   case Field::NdOption:
     return "integer";
   case Field::ThSport:
-  case Field::ThDport: return "inet_service";
-  case Field::IcmpType: return "icmp_type";
-  case Field::Icmp6Type: return "icmpv6_type";
+  case Field::ThDport:
+    return "inet_service";
+  case Field::IcmpType:
+    return "icmp_type";
+  case Field::Icmp6Type:
+    return "icmpv6_type";
   }
   return "?";
 }
@@ -149,7 +172,9 @@ std::string valueText(Field f, const Value& v) {
 std::string compareText(const Compare& c) {
   std::string value;
   switch (c.field) {
-  case Field::Nfproto: value = c.value == NFPROTO_IPV4 ? "ipv4" : "ipv6"; break;
+  case Field::Nfproto:
+    value = c.value == NFPROTO_IPV4 ? "ipv4" : "ipv6";
+    break;
   case Field::Iiftype:
     value = c.value == 1 ? "ether" : c.value == 772 ? "loopback" : std::to_string(c.value);
     break;
@@ -159,11 +184,14 @@ std::string compareText(const Compare& c) {
             : c.value == ETH_P_ARP  ? "arp"
                                     : fmt::format("0x{:04x}", c.value);
     break;
-  case Field::Mark: value = fmt::format("0x{:08x}", c.value); break;
+  case Field::Mark:
+    value = fmt::format("0x{:08x}", c.value);
+    break;
   case Field::NdOption:
     value = fmt::format("0x{:04x}", c.value);
     break;
-  default: value = std::to_string(c.value);
+  default:
+    value = std::to_string(c.value);
   }
   return fmt::format("{} {}{}", fieldText(c.field), c.negate ? "!= " : "", value);
 }
@@ -184,8 +212,8 @@ struct ExprText {
   }
   std::string operator()(const CtStateIn& s) const {
     std::string names;
-    for (auto [bit, n] : {std::pair{1u, "invalid"}, {2u, "established"}, {4u, "related"},
-                          {8u, "new"}}) {
+    for (auto [bit, n] :
+         {std::pair{1u, "invalid"}, {2u, "established"}, {4u, "related"}, {8u, "new"}}) {
       if ((s.mask & bit) != 0) {
         names += (names.empty() ? "" : ",");
         names += n;
@@ -216,12 +244,18 @@ struct ExprText {
 
 const char* hookText(Hook h) {
   switch (h) {
-  case Hook::Prerouting: return "prerouting";
-  case Hook::Input: return "input";
-  case Hook::Forward: return "forward";
-  case Hook::Output: return "output";
-  case Hook::Postrouting: return "postrouting";
-  case Hook::None: break;
+  case Hook::Prerouting:
+    return "prerouting";
+  case Hook::Input:
+    return "input";
+  case Hook::Forward:
+    return "forward";
+  case Hook::Output:
+    return "output";
+  case Hook::Postrouting:
+    return "postrouting";
+  case Hook::None:
+    break;
   }
   return "";
 }
@@ -270,12 +304,23 @@ std::string toNftScript(const Ruleset& rs) {
       }
       std::string verdict;
       switch (r.verdict) {
-      case Verdict::Accept: verdict = "accept"; break;
-      case Verdict::Drop: verdict = "drop"; break;
-      case Verdict::Return: verdict = "return"; break;
-      case Verdict::Jump: verdict = "jump " + r.target; break;
-      case Verdict::Goto: verdict = "goto " + r.target; break;
-      case Verdict::None: break;
+      case Verdict::Accept:
+        verdict = "accept";
+        break;
+      case Verdict::Drop:
+        verdict = "drop";
+        break;
+      case Verdict::Return:
+        verdict = "return";
+        break;
+      case Verdict::Jump:
+        verdict = "jump " + r.target;
+        break;
+      case Verdict::Goto:
+        verdict = "goto " + r.target;
+        break;
+      case Verdict::None:
+        break;
       }
       if (!verdict.empty()) {
         line += (line.empty() ? "" : " ") + verdict;

@@ -74,9 +74,9 @@ struct Element {
 
 struct Set {
   std::string name;
-  std::vector<Field> key;    // more than one: a concatenation
-  bool interval = false;     // ranges (prefixes) in concatenations
-  bool counterMap = false;   // a map from the key to a named counter object
+  std::vector<Field> key;  // more than one: a concatenation
+  bool interval = false;   // ranges (prefixes) in concatenations
+  bool counterMap = false; // a map from the key to a named counter object
   std::vector<Element> elements;
   bool operator==(const Set&) const = default;
 };

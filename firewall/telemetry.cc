@@ -16,20 +16,20 @@ std::vector<Surge> TrafficWatch::sample(const std::map<std::string, DeviceCounte
     DeviceRates r;
     History h;
     const auto before = last_.find(id);
-    const bool continues = haveInterval && before != last_.end() &&
-                           now.tx.bytes >= before->second.tx.bytes &&
-                           now.rx.bytes >= before->second.rx.bytes &&
-                           now.tx.packets >= before->second.tx.packets;
+    const bool continues =
+        haveInterval && before != last_.end() && now.tx.bytes >= before->second.tx.bytes &&
+        now.rx.bytes >= before->second.rx.bytes && now.tx.packets >= before->second.tx.packets;
     if (continues) {
       const DeviceRates& was = rates_[id];
       h = history_[id];
       r.txBytesPerSecond = static_cast<double>(now.tx.bytes - before->second.tx.bytes) / seconds;
       r.rxBytesPerSecond = static_cast<double>(now.rx.bytes - before->second.rx.bytes) / seconds;
-      r.txPacketsPerSecond = static_cast<double>(now.tx.packets - before->second.tx.packets) / seconds;
+      r.txPacketsPerSecond =
+          static_cast<double>(now.tx.packets - before->second.tx.packets) / seconds;
       r.baselineTxBytesPerSecond = was.baselineTxBytesPerSecond;
       r.surging = was.surging;
-      const double threshold = std::max(settings_.factor * r.baselineTxBytesPerSecond,
-                                        settings_.floorBytesPerSecond);
+      const double threshold =
+          std::max(settings_.factor * r.baselineTxBytesPerSecond, settings_.floorBytesPerSecond);
       if (h.intervals >= settings_.warmupIntervals && !r.surging &&
           r.txBytesPerSecond > threshold) {
         r.surging = true;

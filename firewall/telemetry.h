@@ -39,10 +39,11 @@ class TrafficWatch {
 public:
   using Clock = std::chrono::steady_clock;
   struct Settings {
-    double factor = 10;             // a surge is this many times the baseline...
-    double floorBytesPerSecond = 1 << 20; // ...and at least this much (quiet devices spike harmlessly)
-    unsigned warmupIntervals = 3;   // intervals learnt before anything counts as a surge
-    double learningRate = 0.2;      // weight of each new interval in the baseline
+    double factor = 10; // a surge is this many times the baseline...
+    double floorBytesPerSecond =
+        1 << 20;                  // ...and at least this much (quiet devices spike harmlessly)
+    unsigned warmupIntervals = 3; // intervals learnt before anything counts as a surge
+    double learningRate = 0.2;    // weight of each new interval in the baseline
   };
   TrafficWatch() = default;
   explicit TrafficWatch(Settings s) : settings_(s) {}
@@ -50,7 +51,8 @@ public:
   // One reading of every enrolled device's counters, taken at `at`. Returns the devices whose
   // outbound rate has just become a surge (each once, until it subsides below twice the baseline).
   // A device whose counters went backwards (removed and enrolled again) starts over.
-  std::vector<Surge> sample(const std::map<std::string, DeviceCounters>& readings, Clock::time_point at);
+  std::vector<Surge> sample(const std::map<std::string, DeviceCounters>& readings,
+                            Clock::time_point at);
 
   [[nodiscard]] const std::map<std::string, DeviceCounters>& counters() const { return last_; }
   [[nodiscard]] const std::map<std::string, DeviceRates>& rates() const { return rates_; }

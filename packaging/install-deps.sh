@@ -7,7 +7,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 packages="
   g++ cmake pkgconf make ninja-build git
-  clang-19 libclang-rt-19-dev
+  clang-19 libclang-rt-19-dev clang-format-19
   libgtest-dev libgmock-dev googletest
   libtomlplusplus-dev libfmt-dev
   libwolfssl-dev

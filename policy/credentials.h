@@ -16,7 +16,8 @@ namespace iotgw::policy {
 
 // Compares in time that depends only on the lengths of the inputs' buffers, never on where they
 // differ. Lengths are compared too, without an early exit.
-[[nodiscard]] bool constantTimeEquals(std::span<const uint8_t> a, std::span<const uint8_t> b) noexcept;
+[[nodiscard]] bool constantTimeEquals(std::span<const uint8_t> a,
+                                      std::span<const uint8_t> b) noexcept;
 [[nodiscard]] bool constantTimeEquals(std::string_view a, std::string_view b) noexcept;
 
 // Overwrites memory in a way the optimiser cannot elide.

@@ -31,8 +31,8 @@ struct Decision {
   }
   static Decision deny(std::string rule, std::string_view provision, std::string reason,
                        ViolationAction action) {
-    return Decision{Verdict::Deny, std::move(rule), std::string(provision), std::move(reason),
-                    action, 0};
+    return Decision{Verdict::Deny,     std::move(rule), std::string(provision),
+                    std::move(reason), action,          0};
   }
 };
 

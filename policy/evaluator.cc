@@ -340,8 +340,9 @@ Decision rateDecision(const DevicePolicy& p, MessageRateLimiter::Result r) {
   case MessageRateLimiter::Result::Allowed:
     return Decision::allow("mqtt.rate");
   case MessageRateLimiter::Result::TooManyMessages:
-    return deny(p, "mqtt.rate.messages_per_second", provision::kTelemetryAnomaly,
-                fmt::format("more than {} messages per second", p.mqttRules.rate.messagesPerSecond));
+    return deny(
+        p, "mqtt.rate.messages_per_second", provision::kTelemetryAnomaly,
+        fmt::format("more than {} messages per second", p.mqttRules.rate.messagesPerSecond));
   case MessageRateLimiter::Result::TooManyBytes:
     return deny(p, "mqtt.rate.bytes_per_second", provision::kTelemetryAnomaly,
                 fmt::format("more than {} bytes per second", p.mqttRules.rate.bytesPerSecond));

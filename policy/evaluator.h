@@ -77,8 +77,8 @@ struct CoapFacts {
 
 // Everything but the password: lockouts, default credentials, who the client is. When the result
 // has a passwordHash, the decision waits for evaluateVerifiedConnect.
-[[nodiscard]] ConnectDecision evaluateConnect(const PolicySet& set, const DefaultCredentials& defaults,
-                                              const ConnectFacts& f);
+[[nodiscard]] ConnectDecision
+evaluateConnect(const PolicySet& set, const DefaultCredentials& defaults, const ConnectFacts& f);
 // Finishes a login that waited for its password check (`pending` from evaluateConnect, with the
 // same facts). A wrong password and an unknown user name get the same refusal.
 [[nodiscard]] ConnectDecision evaluateVerifiedConnect(const ConnectDecision& pending,

@@ -52,13 +52,13 @@ struct EventTypeInfo {
 
 struct Event {
   EventType type = EventType::DaemonStarted;
-  std::string message;  // one line for humans
-  std::string device;   // IOTGW_DEVICE
+  std::string message;   // one line for humans
+  std::string device;    // IOTGW_DEVICE
   std::string provision; // IOTGW_PROVISION (defaults to the type's)
-  std::string rule;     // IOTGW_RULE
-  std::string peer;     // IOTGW_PEER: address[:port]
-  std::string protocol; // IOTGW_PROTOCOL: mqtt, coap, nftables, config
-  std::string action;   // IOTGW_ACTION: drop, disconnect, quarantine, refuse, repair, ...
+  std::string rule;      // IOTGW_RULE
+  std::string peer;      // IOTGW_PEER: address[:port]
+  std::string protocol;  // IOTGW_PROTOCOL: mqtt, coap, nftables, config
+  std::string action;    // IOTGW_ACTION: drop, disconnect, quarantine, refuse, repair, ...
 };
 
 // A violation decided by the evaluator, as an event.

@@ -19,7 +19,7 @@ std::string_view toString(ViolationAction a) noexcept {
 
 namespace {
 constexpr std::pair<std::string_view, CoapMethod> kMethods[] = {
-    {"GET", CoapMethod::Get},     {"POST", CoapMethod::Post},   {"PUT", CoapMethod::Put},
+    {"GET", CoapMethod::Get},       {"POST", CoapMethod::Post},   {"PUT", CoapMethod::Put},
     {"DELETE", CoapMethod::Delete}, {"FETCH", CoapMethod::Fetch}, {"PATCH", CoapMethod::Patch},
     {"iPATCH", CoapMethod::IPatch}};
 } // namespace

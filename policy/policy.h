@@ -84,12 +84,20 @@ struct MqttRules {
   std::vector<PayloadRule> payloadRules;
 };
 
-enum class CoapMethod : uint8_t { Get = 1, Post = 2, Put = 3, Delete = 4, Fetch = 5, Patch = 6, IPatch = 7 };
+enum class CoapMethod : uint8_t {
+  Get = 1,
+  Post = 2,
+  Put = 3,
+  Delete = 4,
+  Fetch = 5,
+  Patch = 6,
+  IPatch = 7
+};
 
 struct CoapRule {
-  std::string id;                   // "coap.rules[1]"
+  std::string id; // "coap.rules[1]"
   std::vector<CoapMethod> methods;
-  std::string path;                 // "/sensors/*", "/config/interval", "/fw/**"
+  std::string path; // "/sensors/*", "/config/interval", "/fw/**"
 };
 
 // A reading the device pushes (POST/PUT to the gateway's device-side CoAP endpoint) and the MQTT

@@ -3,8 +3,8 @@
 
 #include <algorithm>
 #include <charconv>
-#include <tuple>
 #include <fmt/format.h>
+#include <tuple>
 
 #include "policy/toml_schema.h"
 #include "policy/topic.h"
@@ -44,100 +44,6 @@ std::optional<JsonKind> parseJsonKind(std::string_view s) {
     }
   }
   return std::nullopt;
-}
-
-// ASCII case-insensitive equality, for the type prefixes of subjectAltNames.
-bool equalsIgnoringCase(std::string_view a, std::string_view b) {
-  const auto lower = [](char c) {
-    return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
-  };
-  return std::ranges::equal(a, b, [&](char x, char y) { return lower(x) == lower(y); });
-}
-
-// Letters, digits, '-' and '_' in dot-separated labels of 1 to 63, at most 253 in all, no label
-// starting or ending with '-'. No wildcard: a device is one name, and a certificate's "*.hub.local"
-// must not stand for it.
-std::optional<std::string> dnsNameProblem(std::string_view name) {
-  if (name.find('*') != std::string_view::npos) {
-    return "a wildcard never names a device; write the device's own name";
-  }
-  if (name.empty() || name.size() > 253) {
-    return "a DNS name has 1 to 253 characters";
-  }
-  size_t start = 0;
-  while (start <= name.size()) {
-    const size_t dot = std::min(name.find('.', start), name.size());
-    const std::string_view label = name.substr(start, dot - start);
-    if (label.empty() || label.size() > 63) {
-      return "each dot-separated label of a DNS name has 1 to 63 characters";
-    }
-    if (label.front() == '-' || label.back() == '-') {
-      return "a DNS label neither starts nor ends with '-'";
-    }
-    for (const char c : label) {
-      const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                      c == '-' || c == '_';
-      if (!ok) {
-        return "a DNS name has only letters, digits, '-', '_' and dots";
-      }
-    }
-    start = dot + 1;
-  }
-  return std::nullopt;
-}
-
-// RFC 3986: a scheme (a letter, then letters, digits, '+', '-', '.'), ':', and something after it,
-// all printable ASCII without spaces.
-std::optional<std::string> uriProblem(std::string_view uri) {
-  const size_t colon = uri.find(':');
-  if (colon == std::string_view::npos || colon == 0 || colon + 1 == uri.size()) {
-    return "a URI is scheme:something (\"urn:dev:thermo-01\", \"https://...\")";
-  }
-  const auto alpha = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); };
-  if (!alpha(uri.front()) || !std::ranges::all_of(uri.substr(0, colon), [&](char c) {
-        return alpha(c) || (c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.';
-      })) {
-    return "a URI's scheme is a letter followed by letters, digits, '+', '-' or '.'";
-  }
-  if (!std::ranges::all_of(uri, [](char c) { return c > ' ' && c < 0x7f; })) {
-    return "a URI has only printable ASCII characters and no spaces";
-  }
-  return std::nullopt;
-}
-
-// One entry of device.certificate.subject_alt_names. "DNS:<name>" and "URI:<uri>" say the kind
-// (as OpenSSL writes them, in any case); a bare entry is a DNS name, or a URI when it has a ':'
-// (which no DNS name has, and which keeps lists written before names had kinds meaning what they
-// meant). The other kinds of subjectAltName are refused by name: they never identify a device.
-std::expected<SubjectAltName, std::string> parseSubjectAltName(std::string_view text) {
-  const size_t colon = text.find(':');
-  const std::string_view prefix = colon == std::string_view::npos ? "" : text.substr(0, colon);
-  for (const std::string_view never :
-       {"email", "IP", "RID", "dirName", "otherName", "x400Name", "ediPartyName"}) {
-    if (equalsIgnoringCase(prefix, never)) {
-      return std::unexpected(fmt::format(
-          "\"{}\": {} names never identify a device; write a DNS name (\"dev.hub.local\") or a "
-          "URI (\"URI:urn:dev:x\")",
-          text, never));
-    }
-  }
-  SubjectAltName san;
-  std::string_view value = text;
-  if (equalsIgnoringCase(prefix, "DNS")) {
-    value = text.substr(colon + 1);
-  } else if (equalsIgnoringCase(prefix, "URI")) {
-    san.type = SanType::Uri;
-    value = text.substr(colon + 1);
-  } else if (colon != std::string_view::npos) {
-    san.type = SanType::Uri;
-  }
-  const auto problem = san.type == SanType::Dns ? dnsNameProblem(value) : uriProblem(value);
-  if (problem) {
-    return std::unexpected(fmt::format("\"{}\" is not a valid {}: {}", text,
-                                       san.type == SanType::Dns ? "DNS name" : "URI", *problem));
-  }
-  san.value = san.type == SanType::Dns ? lowerCaseDnsName(value) : std::string(value);
-  return san;
 }
 
 class PolicyParser {
@@ -183,10 +89,11 @@ public:
     }
     if (const auto* t = top.table("violation")) {
       TableReader v(*t, "violation", source_, diags_);
-      p.onViolation = v.choice<ViolationAction>("action", {{"drop", ViolationAction::Drop},
-                                                           {"disconnect", ViolationAction::Disconnect},
-                                                           {"quarantine", ViolationAction::Quarantine}})
-                          .value_or(ViolationAction::Drop);
+      p.onViolation =
+          v.choice<ViolationAction>("action", {{"drop", ViolationAction::Drop},
+                                               {"disconnect", ViolationAction::Disconnect},
+                                               {"quarantine", ViolationAction::Quarantine}})
+              .value_or(ViolationAction::Drop);
       v.finish();
     }
     top.finish();
@@ -309,8 +216,8 @@ private:
     const auto& arr = *t.get(key)->as_array();
     for (size_t i = 0; i < list->size(); ++i) {
       if (auto e = validateTopicPattern((*list)[i])) {
-        r.error(arr[i], fmt::format("topic pattern \"{}\": {} ({})", (*list)[i], describe(*e),
-                                    clause(*e)));
+        r.error(arr[i],
+                fmt::format("topic pattern \"{}\": {} ({})", (*list)[i], describe(*e), clause(*e)));
       } else {
         out.push_back((*list)[i]);
       }
@@ -328,19 +235,20 @@ private:
       m.maxPayloadBytes = static_cast<uint32_t>(*b);
     }
     m.retainAllowed = r.boolean("retain").value_or(false);
-    m.upstreamIdentity = r.choice<UpstreamIdentity>("upstream_identity",
-                                                    {{"shared", UpstreamIdentity::Shared},
-                                                     {"issued", UpstreamIdentity::Issued}})
-                             .value_or(UpstreamIdentity::Shared);
+    m.upstreamIdentity =
+        r.choice<UpstreamIdentity>("upstream_identity", {{"shared", UpstreamIdentity::Shared},
+                                                         {"issued", UpstreamIdentity::Issued}})
+            .value_or(UpstreamIdentity::Shared);
     if (auto prefix = r.string("upstream_prefix", Need::Optional, 1024)) {
       // Checked with a sample id: "%d" must be a whole level, the rest a topic name, ending in '/'.
       std::string sample = *prefix;
       if (const size_t at = sample.find("%d"); at != std::string::npos) {
         sample.replace(at, 2, "device");
       }
-      const bool wholeLevel = prefix->find("%d") == std::string::npos ||
-                              ((prefix->find("%d") == 0 || (*prefix)[prefix->find("%d") - 1] == '/') &&
-                               prefix->substr(prefix->find("%d") + 2, 1) == "/");
+      const bool wholeLevel =
+          prefix->find("%d") == std::string::npos ||
+          ((prefix->find("%d") == 0 || (*prefix)[prefix->find("%d") - 1] == '/') &&
+           prefix->substr(prefix->find("%d") + 2, 1) == "/");
       if (prefix->empty() || prefix->back() != '/' || !wholeLevel ||
           sample.find('%') != std::string::npos || validateTopicName(sample + "x")) {
         r.error(*t.get("upstream_prefix"),
@@ -377,10 +285,11 @@ private:
         rr.error(*rate->get("message_burst"), "'mqtt.rate.message_burst' must be at least 1");
       }
       if (m.rate.bytesPerSecond > 0 && m.rate.byteBurst < static_cast<double>(m.maxPayloadBytes)) {
-        rr.error(rate->get("byte_burst") != nullptr ? *rate->get("byte_burst") : *rate,
-                 fmt::format("'mqtt.rate.byte_burst' is smaller than 'mqtt.max_payload_bytes' ({}): "
-                             "a message of allowed size could never pass",
-                             m.maxPayloadBytes));
+        rr.error(
+            rate->get("byte_burst") != nullptr ? *rate->get("byte_burst") : *rate,
+            fmt::format("'mqtt.rate.byte_burst' is smaller than 'mqtt.max_payload_bytes' ({}): "
+                        "a message of allowed size could never pass",
+                        m.maxPayloadBytes));
       }
       rr.finish();
     }
@@ -398,13 +307,14 @@ private:
     rule.id = path;
     if (auto topic = r.string("topic", Need::Required, 65535)) {
       if (auto e = validateTopicPattern(*topic)) {
-        r.error(*t.get("topic"), fmt::format("topic pattern \"{}\": {} ({})", *topic, describe(*e),
-                                             clause(*e)));
+        r.error(*t.get("topic"),
+                fmt::format("topic pattern \"{}\": {} ({})", *topic, describe(*e), clause(*e)));
       }
       rule.topic = *topic;
     }
     if (t.get("format") == nullptr) {
-      r.error(t, fmt::format("missing required key '{}.format' (\"json\", \"utf8\" or \"binary\")", path));
+      r.error(t, fmt::format("missing required key '{}.format' (\"json\", \"utf8\" or \"binary\")",
+                             path));
     }
     rule.format = r.choice<PayloadFormat>("format", {{"json", PayloadFormat::Json},
                                                      {"utf8", PayloadFormat::Utf8},
@@ -427,7 +337,8 @@ private:
         r.error(*t.get("type"), fmt::format("'{}.type' is not a JSON type", path));
       }
     }
-    rule.required = r.strings("required", Need::Optional, 64, 256).value_or(std::vector<std::string>{});
+    rule.required =
+        r.strings("required", Need::Optional, 64, 256).value_or(std::vector<std::string>{});
     rule.allowOtherKeys = r.boolean("allow_other_keys").value_or(true);
     if (const auto* fields = r.table("fields")) {
       TableReader fr(*fields, path + ".fields", source_, diags_);
@@ -469,7 +380,8 @@ private:
     if (auto len = r.integer("max_length", 0, 1 << 24)) {
       f.maxLength = static_cast<size_t>(*len);
     }
-    f.enumValues = r.strings("enum", Need::Optional, 256, 1024).value_or(std::vector<std::string>{});
+    f.enumValues =
+        r.strings("enum", Need::Optional, 256, 1024).value_or(std::vector<std::string>{});
     const bool numeric = f.kind == JsonKind::Number || f.kind == JsonKind::Integer;
     if ((f.min || f.max) && !numeric) {
       r.error(t, fmt::format("'{}': min/max need type = \"number\" or \"integer\"", path));
@@ -580,8 +492,8 @@ private:
         if (auto e = parseService((*svc)[i])) {
           n.services.push_back(*e);
         } else {
-          r.error(arr[i], fmt::format("\"{}\" is not port/proto (for example \"80/tcp\")",
-                                      (*svc)[i]));
+          r.error(arr[i],
+                  fmt::format("\"{}\" is not port/proto (for example \"80/tcp\")", (*svc)[i]));
         }
       }
     }
@@ -729,8 +641,9 @@ std::string toString(const Endpoint& e) {
   return fmt::format("{}:{}/{}", addr, e.port, proto);
 }
 
-std::expected<DevicePolicy, Diagnostics>
-parseDevicePolicy(std::string_view text, const std::string& sourceName, const PolicyLimits& limits) {
+std::expected<DevicePolicy, Diagnostics> parseDevicePolicy(std::string_view text,
+                                                           const std::string& sourceName,
+                                                           const PolicyLimits& limits) {
   Diagnostics diags;
   if (text.size() > limits.maxDocumentBytes) {
     diags.push_back(Diagnostic{sourceName, 1, 1,

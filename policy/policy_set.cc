@@ -111,7 +111,8 @@ PolicySet::build(std::vector<DevicePolicy> devices) {
 }
 
 const DevicePolicy* PolicySet::find(const DeviceId& id) const {
-  const auto it = std::ranges::lower_bound(devices_, id, {}, [](const DevicePolicy& p) { return p.id; });
+  const auto it =
+      std::ranges::lower_bound(devices_, id, {}, [](const DevicePolicy& p) { return p.id; });
   return it != devices_.end() && it->id == id ? &*it : nullptr;
 }
 
@@ -170,8 +171,7 @@ std::expected<std::string, std::string> readFile(const std::filesystem::path& p,
   while (in.read(buf, sizeof buf) || in.gcount() > 0) {
     data.append(buf, static_cast<size_t>(in.gcount()));
     if (data.size() > maxBytes) {
-      return std::unexpected(
-          fmt::format("{} is larger than {} bytes", p.string(), maxBytes));
+      return std::unexpected(fmt::format("{} is larger than {} bytes", p.string(), maxBytes));
     }
   }
   if (in.bad()) {
@@ -203,9 +203,9 @@ loadPolicyDirectories(const std::vector<std::filesystem::path>& dirs, size_t max
     std::ranges::sort(files);
     for (const auto& file : files) {
       if (out.size() >= maxDevices) {
-        diags.push_back(Diagnostic{file.string(), 1, 1,
-                                   fmt::format("more than {} devices (limits.max_devices)",
-                                               maxDevices)});
+        diags.push_back(
+            Diagnostic{file.string(), 1, 1,
+                       fmt::format("more than {} devices (limits.max_devices)", maxDevices)});
         return std::unexpected(std::move(diags));
       }
       auto text = readFile(file, limits.maxDocumentBytes);

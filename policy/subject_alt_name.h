@@ -9,6 +9,7 @@
 
 #include <compare>
 #include <cstdint>
+#include <expected>
 #include <string>
 #include <string_view>
 
@@ -41,5 +42,9 @@ struct SubjectAltName {
   }
   return out;
 }
+
+// One entry of a policy's device.certificate.subject_alt_names: "DNS:<name>", "URI:<uri>" or a bare
+// name; the other kinds are refused by name. The error is a sentence quoting the entry.
+[[nodiscard]] std::expected<SubjectAltName, std::string> parseSubjectAltName(std::string_view text);
 
 } // namespace iotgw::policy

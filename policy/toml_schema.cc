@@ -3,8 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <tuple>
 #include <fmt/format.h>
+#include <tuple>
 
 namespace iotgw::policy {
 

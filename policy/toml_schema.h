@@ -10,8 +10,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
-#include <utility>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include <toml++/toml.h>
@@ -40,9 +40,10 @@ public:
   [[nodiscard]] std::optional<bool> boolean(std::string_view key, Need need = Need::Optional);
   [[nodiscard]] std::optional<toml::date> date(std::string_view key, Need need = Need::Optional);
   // An array of strings; each element is checked against maxLength.
-  [[nodiscard]] std::optional<std::vector<std::string>>
-  strings(std::string_view key, Need need = Need::Optional, size_t maxItems = 256,
-          size_t maxLength = 1024);
+  [[nodiscard]] std::optional<std::vector<std::string>> strings(std::string_view key,
+                                                                Need need = Need::Optional,
+                                                                size_t maxItems = 256,
+                                                                size_t maxLength = 1024);
   [[nodiscard]] std::optional<std::vector<int64_t>> integers(std::string_view key, int64_t min,
                                                              int64_t max, size_t maxItems = 256);
   [[nodiscard]] const toml::table* table(std::string_view key, Need need = Need::Optional);
@@ -50,8 +51,8 @@ public:
   [[nodiscard]] std::vector<const toml::table*> tables(std::string_view key, size_t maxItems);
   // A string that must be one of `options` (name, value); the error lists the names.
   template <typename T>
-  [[nodiscard]] std::optional<T> choice(std::string_view key,
-                                        std::initializer_list<std::pair<std::string_view, T>> options) {
+  [[nodiscard]] std::optional<T>
+  choice(std::string_view key, std::initializer_list<std::pair<std::string_view, T>> options) {
     auto s = string(key);
     if (!s) {
       return std::nullopt;

@@ -7,16 +7,26 @@ namespace iotgw::coap {
 
 std::string_view describe(ParseError e) noexcept {
   switch (e) {
-  case ParseError::TooShort: return "datagram shorter than its header and token";
-  case ParseError::BadVersion: return "CoAP version is not 1";
-  case ParseError::BadTokenLength: return "token length 9-15 is reserved";
-  case ParseError::ReservedCode: return "code class 1, 6 or 7 is reserved";
-  case ParseError::ReservedNibble: return "option delta or length 15 is reserved";
-  case ParseError::TruncatedOption: return "option runs past the end of the datagram";
-  case ParseError::OptionNumberTooLarge: return "option number above 65535";
-  case ParseError::EmptyPayload: return "payload marker with no payload";
-  case ParseError::EmptyWithContent: return "empty message (0.00) with a token, options or payload";
-  case ParseError::TooManyOptions: return "too many options";
+  case ParseError::TooShort:
+    return "datagram shorter than its header and token";
+  case ParseError::BadVersion:
+    return "CoAP version is not 1";
+  case ParseError::BadTokenLength:
+    return "token length 9-15 is reserved";
+  case ParseError::ReservedCode:
+    return "code class 1, 6 or 7 is reserved";
+  case ParseError::ReservedNibble:
+    return "option delta or length 15 is reserved";
+  case ParseError::TruncatedOption:
+    return "option runs past the end of the datagram";
+  case ParseError::OptionNumberTooLarge:
+    return "option number above 65535";
+  case ParseError::EmptyPayload:
+    return "payload marker with no payload";
+  case ParseError::EmptyWithContent:
+    return "empty message (0.00) with a token, options or payload";
+  case ParseError::TooManyOptions:
+    return "too many options";
   }
   return "?";
 }
@@ -130,8 +140,8 @@ std::expected<Message, ParseError> parse(View in) {
 Bytes encode(const Message& m) {
   Bytes out;
   out.reserve(4 + m.token.size() + m.payload.size() + 8 * m.options.size() + 1);
-  out.push_back(static_cast<uint8_t>(1 << 6 | static_cast<uint8_t>(m.type) << 4 |
-                                     (m.token.size() & 0x0f)));
+  out.push_back(
+      static_cast<uint8_t>(1 << 6 | static_cast<uint8_t>(m.type) << 4 | (m.token.size() & 0x0f)));
   out.push_back(m.code);
   out.push_back(static_cast<uint8_t>(m.messageId >> 8));
   out.push_back(static_cast<uint8_t>(m.messageId & 0xff));

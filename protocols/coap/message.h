@@ -19,11 +19,14 @@ using View = std::span<const uint8_t>;
 enum class Type : uint8_t { Confirmable = 0, NonConfirmable = 1, Acknowledgement = 2, Reset = 3 };
 
 // Code as class.detail packed in one byte (RFC 7252 §3: ccc ddddd).
-constexpr uint8_t code(uint8_t cls, uint8_t detail) { return static_cast<uint8_t>(cls << 5 | detail); }
+constexpr uint8_t code(uint8_t cls, uint8_t detail) {
+  return static_cast<uint8_t>(cls << 5 | detail);
+}
 
 namespace codes {
 inline constexpr uint8_t kEmpty = 0;
-inline constexpr uint8_t kGet = 1, kPost = 2, kPut = 3, kDelete = 4, kFetch = 5, kPatch = 6, kIPatch = 7;
+inline constexpr uint8_t kGet = 1, kPost = 2, kPut = 3, kDelete = 4, kFetch = 5, kPatch = 6,
+                         kIPatch = 7;
 inline constexpr uint8_t kContent = code(2, 5);
 inline constexpr uint8_t kContinue = code(2, 31); // RFC 7959 §2.9.1
 inline constexpr uint8_t kBadRequest = code(4, 0);

@@ -85,8 +85,8 @@ Bytes encodeBlock(const Block& b) {
 
 std::expected<Request, Refusal> validateRequest(const Message& m, const Limits& limits) {
   if (!m.isRequest()) {
-    return refuse(codes::kBadRequest, "coap.code", fmt::format("code {}.{:02} is not a request",
-                                                              m.code >> 5, m.code & 31));
+    return refuse(codes::kBadRequest, "coap.code",
+                  fmt::format("code {}.{:02} is not a request", m.code >> 5, m.code & 31));
   }
   if (m.code > codes::kIPatch) {
     return refuse(codes::kMethodNotAllowed, "coap.method",
@@ -207,8 +207,9 @@ std::expected<Request, Refusal> validateRequest(const Message& m, const Limits& 
     if (!r.contentFormat || std::find(limits.contentFormats.begin(), limits.contentFormats.end(),
                                       *r.contentFormat) == limits.contentFormats.end()) {
       return refuse(codes::kUnsupportedContentFormat, "coap.content_formats",
-                    r.contentFormat ? fmt::format("content format {} is not allowed", *r.contentFormat)
-                                    : std::string("a payload without Content-Format"));
+                    r.contentFormat
+                        ? fmt::format("content format {} is not allowed", *r.contentFormat)
+                        : std::string("a payload without Content-Format"));
     }
   }
   if (!m.payload.empty() && (m.code == codes::kGet || m.code == codes::kDelete)) {

@@ -48,8 +48,8 @@ struct Request {
   std::optional<Block> block1;
   std::optional<Block> block2;
   std::optional<uint32_t> size1;
-  std::vector<Option> forward;       // the checked options worth forwarding, in number order
-  size_t droppedElective = 0;        // unknown elective options left out
+  std::vector<Option> forward; // the checked options worth forwarding, in number order
+  size_t droppedElective = 0;  // unknown elective options left out
 };
 
 struct Refusal {
@@ -58,6 +58,7 @@ struct Refusal {
   std::string reason;                // one line for humans (and the diagnostic payload)
 };
 
-[[nodiscard]] std::expected<Request, Refusal> validateRequest(const Message& m, const Limits& limits);
+[[nodiscard]] std::expected<Request, Refusal> validateRequest(const Message& m,
+                                                              const Limits& limits);
 
 } // namespace iotgw::coap

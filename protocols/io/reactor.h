@@ -59,9 +59,9 @@ public:
   [[nodiscard]] bool watching(int fd) const { return handlers_.contains(fd); }
 
   // Calls `fn` after `delay`, then every `interval` if that is non-zero.
-  [[nodiscard]] std::expected<TimerId, std::error_code>
-  addTimer(std::chrono::milliseconds delay, std::chrono::milliseconds interval,
-           std::function<void()> fn);
+  [[nodiscard]] std::expected<TimerId, std::error_code> addTimer(std::chrono::milliseconds delay,
+                                                                 std::chrono::milliseconds interval,
+                                                                 std::function<void()> fn);
   void cancelTimer(TimerId id);
 
   // Runs until stop(); returns an error only if epoll itself fails.

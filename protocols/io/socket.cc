@@ -138,8 +138,8 @@ std::expected<UniqueFd, std::error_code> bindUdp(const policy::IpAddress& addres
 std::expected<Accepted, std::error_code> acceptTcp(int listenFd) {
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
-  UniqueFd fd(::accept4(listenFd, reinterpret_cast<sockaddr*>(&ss), &len,
-                        SOCK_NONBLOCK | SOCK_CLOEXEC));
+  UniqueFd fd(
+      ::accept4(listenFd, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC));
   if (!fd.valid()) {
     return std::unexpected(lastError());
   }

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #pragma once
 
-// Non-blocking TCP and UDP sockets for the reactor. Every descriptor is CLOEXEC; every connection gets
-// TCP_NODELAY (Nagle plus delayed ACKs stall small MQTT exchanges by ~40 ms).
+// Non-blocking TCP and UDP sockets for the reactor. Every descriptor is CLOEXEC; every connection
+// gets TCP_NODELAY (Nagle plus delayed ACKs stall small MQTT exchanges by ~40 ms).
 
 #include <cstdint>
 #include <expected>

@@ -124,8 +124,8 @@ std::expected<Properties, CodecError> readProperties(Reader& r) {
     }
     const auto type = propertyKind(*id);
     if (!type) {
-      return std::unexpected(CodecError{"MQTT-2.2.2.2", reason::kMalformedPacket,
-                                        "unknown property identifier"});
+      return std::unexpected(
+          CodecError{"MQTT-2.2.2.2", reason::kMalformedPacket, "unknown property identifier"});
     }
     Property p;
     p.id = static_cast<PropertyId>(*id);
@@ -259,8 +259,8 @@ std::expected<Packet, CodecError> decodeConnack(Reader& r, Version v) {
   Connack c;
   IOTGW_TRY(ackFlags, r.u8());
   if ((ackFlags & 0xFE) != 0) {
-    return std::unexpected(CodecError{"MQTT-3.2.2-1", reason::kMalformedPacket,
-                                      "reserved CONNACK flags are set"});
+    return std::unexpected(
+        CodecError{"MQTT-3.2.2-1", reason::kMalformedPacket, "reserved CONNACK flags are set"});
   }
   c.sessionPresent = (ackFlags & 1) != 0;
   IOTGW_TRY(code, r.u8());
@@ -281,8 +281,8 @@ std::expected<Packet, CodecError> decodePublish(Reader& r, uint8_t flags, Versio
   p.qos = static_cast<uint8_t>((flags >> 1) & 0x03);
   p.retain = (flags & 0x01) != 0;
   if (p.qos == 3) {
-    return std::unexpected(CodecError{"MQTT-3.3.1-4", reason::kMalformedPacket,
-                                      "PUBLISH with both QoS bits set"});
+    return std::unexpected(
+        CodecError{"MQTT-3.3.1-4", reason::kMalformedPacket, "PUBLISH with both QoS bits set"});
   }
   IOTGW_TRY(topic, r.string());
   p.topic = std::move(topic);
@@ -452,15 +452,15 @@ std::expected<std::optional<Frame>, CodecError> readFrame(std::span<const uint8_
   if (buffer.size() < total) {
     return std::optional<Frame>{};
   }
-  return std::optional<Frame>{Frame{buffer[0], buffer.subspan(headerSize, remaining),
-                                    static_cast<size_t>(total)}};
+  return std::optional<Frame>{
+      Frame{buffer[0], buffer.subspan(headerSize, remaining), static_cast<size_t>(total)}};
 }
 
 std::expected<Packet, CodecError> decodePacket(const Frame& frame, Version version) {
   const uint8_t bits = frame.typeBits();
   if (bits == 0) {
-    return std::unexpected(CodecError{"MQTT-2.2.1", reason::kMalformedPacket,
-                                      "reserved packet type 0"});
+    return std::unexpected(
+        CodecError{"MQTT-2.2.1", reason::kMalformedPacket, "reserved packet type 0"});
   }
   const auto type = static_cast<PacketType>(bits);
   if (type == PacketType::Auth && version != Version::V5) {

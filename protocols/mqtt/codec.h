@@ -19,9 +19,9 @@
 namespace iotgw::mqtt {
 
 struct Frame {
-  uint8_t header = 0;              // packet type (high nibble) and flags (low nibble)
-  std::span<const uint8_t> body;   // variable header and payload: `remaining length` bytes
-  size_t size = 0;                 // bytes the whole packet takes in the buffer
+  uint8_t header = 0;            // packet type (high nibble) and flags (low nibble)
+  std::span<const uint8_t> body; // variable header and payload: `remaining length` bytes
+  size_t size = 0;               // bytes the whole packet takes in the buffer
 
   [[nodiscard]] uint8_t typeBits() const { return static_cast<uint8_t>(header >> 4); }
   [[nodiscard]] uint8_t flags() const { return header & 0x0F; }

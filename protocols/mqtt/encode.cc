@@ -99,10 +99,9 @@ std::vector<uint8_t> encodeOne(const Connect& c, Version) {
   if (flags == 0) {
     // Derive the flags from the fields unless the caller set them explicitly (tests do, to
     // produce invalid combinations).
-    flags = static_cast<uint8_t>((c.cleanStart ? 0x02 : 0) | (c.will ? 0x04 : 0) |
-                                 (c.will ? (c.will->qos << 3) : 0) |
-                                 (c.will && c.will->retain ? 0x20 : 0) | (c.password ? 0x40 : 0) |
-                                 (c.username ? 0x80 : 0));
+    flags = static_cast<uint8_t>(
+        (c.cleanStart ? 0x02 : 0) | (c.will ? 0x04 : 0) | (c.will ? (c.will->qos << 3) : 0) |
+        (c.will && c.will->retain ? 0x20 : 0) | (c.password ? 0x40 : 0) | (c.username ? 0x80 : 0));
   }
   w.u8(flags);
   w.u16(c.keepAlive);

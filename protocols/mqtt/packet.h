@@ -73,10 +73,10 @@ enum class PropertyKind { Byte, TwoByte, FourByte, VarInt, String, Binary, Strin
 
 struct Property {
   PropertyId id{};
-  uint32_t number = 0;          // byte, two-byte, four-byte and variable byte integers
-  std::string text;             // UTF-8 strings; the key of a user property
-  std::string value;            // the value of a user property
-  std::vector<uint8_t> binary;  // binary data
+  uint32_t number = 0;         // byte, two-byte, four-byte and variable byte integers
+  std::string text;            // UTF-8 strings; the key of a user property
+  std::string value;           // the value of a user property
+  std::vector<uint8_t> binary; // binary data
   bool operator==(const Property&) const = default;
 };
 
@@ -136,7 +136,8 @@ struct Ack {
 
 struct Subscription {
   std::string filter;
-  uint8_t options = 0; // raw byte: QoS in bits 0-1; 5.0 adds No Local, Retain As Published, Retain Handling
+  uint8_t options =
+      0; // raw byte: QoS in bits 0-1; 5.0 adds No Local, Retain As Published, Retain Handling
   [[nodiscard]] uint8_t qos() const { return options & 0x03; }
   [[nodiscard]] bool noLocal() const { return (options & 0x04) != 0; }
   [[nodiscard]] bool retainAsPublished() const { return (options & 0x08) != 0; }

@@ -101,9 +101,8 @@ void Session::receive(std::span<const uint8_t> bytes, Clock::time_point now, Eff
       protocolViolation(packet.error(), out);
       break;
     }
-    const Version v =
-        std::holds_alternative<Connect>(*packet) ? std::get<Connect>(*packet).version
-                                                 : version_.value_or(Version::V311);
+    const Version v = std::holds_alternative<Connect>(*packet) ? std::get<Connect>(*packet).version
+                                                               : version_.value_or(Version::V311);
     if (auto e = validateFromClient(*packet, v)) {
       if (std::holds_alternative<Connect>(*packet)) {
         version_ = v; // so that a 5.0 client hears its reason code in the right CONNACK
@@ -349,8 +348,8 @@ void Session::acceptConnect(Clock::time_point now, Effects& out) {
     const Decision wd = evaluatePublish(
         *device_, {username_, c.will->topic, c.will->qos, c.will->retain, c.will->payload});
     if (!wd.allowed()) {
-      out.events.push_back(policy::violationEvent(EventType::AccessDenied, wd, deviceName(),
-                                                  peer_.label, "mqtt"));
+      out.events.push_back(
+          policy::violationEvent(EventType::AccessDenied, wd, deviceName(), peer_.label, "mqtt"));
       refuseConnect(reason::kNotAuthorized, v311::kNotAuthorized, out);
       return;
     }
@@ -391,7 +390,8 @@ void Session::acceptConnect(Clock::time_point now, Effects& out) {
   if (c.version == Version::V5) {
     ack.properties.push_back(number(PropertyId::ReceiveMaximum, settings_.receiveMaximum));
     ack.properties.push_back(number(PropertyId::MaximumPacketSize, settings_.maxPacketBytes));
-    ack.properties.push_back(number(PropertyId::RetainAvailable, device_->mqttRules.retainAllowed ? 1 : 0));
+    ack.properties.push_back(
+        number(PropertyId::RetainAvailable, device_->mqttRules.retainAllowed ? 1 : 0));
     if (device_->mqttRules.maxQos < 2) {
       ack.properties.push_back(number(PropertyId::MaximumQos, device_->mqttRules.maxQos));
     }
@@ -459,8 +459,8 @@ void Session::onPublish(Publish&& p, Clock::time_point now, Effects& out) {
     violation(d, out);
     if (d.action == ViolationAction::Drop) {
       // Acknowledge without forwarding: 5.0 says why, 3.1.1 has no way to.
-      const uint8_t code = d.rule.starts_with("mqtt.rate") ? reason::kQuotaExceeded
-                                                           : reason::kNotAuthorized;
+      const uint8_t code =
+          d.rule.starts_with("mqtt.rate") ? reason::kQuotaExceeded : reason::kNotAuthorized;
       if (p.qos == 1) {
         send(Ack{PacketType::Puback, p.packetId, v5 ? code : uint8_t{0}, {}}, out);
       } else if (p.qos == 2) {
@@ -647,8 +647,8 @@ uint16_t Session::nextPacketId() {
   return lastPacketId_;
 }
 
-void Session::deliver(const std::string& brokerTopic, std::span<const uint8_t> payload,
-                      uint8_t qos, bool retain, Effects& out) {
+void Session::deliver(const std::string& brokerTopic, std::span<const uint8_t> payload, uint8_t qos,
+                      bool retain, Effects& out) {
   if (state_ != State::Connected) {
     return;
   }

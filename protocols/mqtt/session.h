@@ -36,8 +36,8 @@ struct SessionSettings {
   // whose password is being checked) may take this much at most.
   uint32_t maxConnectBytes = 8 * 1024;
   std::chrono::milliseconds connectTimeout{10'000};
-  uint16_t receiveMaximum = 20;     // QoS > 0 messages a client may have unacknowledged
-  uint16_t sendMaximum = 20;        // ... and we at most towards it (a 5.0 client may ask fewer)
+  uint16_t receiveMaximum = 20; // QoS > 0 messages a client may have unacknowledged
+  uint16_t sendMaximum = 20;    // ... and we at most towards it (a 5.0 client may ask fewer)
   uint32_t maxQueuedToClient = 1000;
   uint32_t maxQueuedBytesToClient = 1024 * 1024;
   uint32_t maxSubscriptions = 100;           // distinct filters per session ...
@@ -59,7 +59,7 @@ using SubscriptionMemory = std::map<std::string, std::set<std::string>>;
 // Who is on the other end of the connection, as the transport knows it.
 struct PeerInfo {
   std::optional<policy::IpAddress> address;
-  std::string label; // "192.168.50.10:53122", for events
+  std::string label;                                   // "192.168.50.10:53122", for events
   std::optional<policy::CertificateFacts> certificate; // verified TLS client certificate
 };
 
@@ -121,9 +121,9 @@ struct Effects {
   std::optional<PasswordCheck> passwordCheck; // run it, then call passwordChecked
   std::vector<upstream::Command> upstream;
   std::vector<policy::Event> events;
-  bool closeClient = false;           // after writing toClient
-  bool quarantineRequested = false;   // the device's policy asked for it (firewall carries it out)
-  bool authenticationFailed = false;  // count it against the source (AuthThrottle)
+  bool closeClient = false;          // after writing toClient
+  bool quarantineRequested = false;  // the device's policy asked for it (firewall carries it out)
+  bool authenticationFailed = false; // count it against the source (AuthThrottle)
 };
 
 struct SessionCounters {
@@ -133,7 +133,7 @@ struct SessionCounters {
   uint64_t deliveries = 0;
   uint64_t deliveriesDenied = 0;
   uint64_t malformed = 0;
-  uint64_t dropped = 0; // deliveries dropped because the client's queue was full
+  uint64_t dropped = 0;              // deliveries dropped because the client's queue was full
   uint64_t subscriptionsRefused = 0; // filters past the subscription limits
 };
 
@@ -203,7 +203,9 @@ private:
   void sendQueued(Effects& out);
   [[nodiscard]] uint16_t nextPacketId();
   [[nodiscard]] std::string deviceName() const;
-  [[nodiscard]] std::string toUpstream(const std::string& topic) const { return upstreamPrefix_ + topic; }
+  [[nodiscard]] std::string toUpstream(const std::string& topic) const {
+    return upstreamPrefix_ + topic;
+  }
 
   SessionSettings settings_;
   std::shared_ptr<const policy::PolicySet> policies_; // the snapshot this session started with

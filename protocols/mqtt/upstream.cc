@@ -34,9 +34,9 @@ MosquittoUpstream::create(io::Reactor& reactor, const UpstreamSettings& settings
     mosquitto_int_option(u->mosq_, MOSQ_OPT_SSL_CTX_WITH_DEFAULTS, 0);
     mosquitto_void_option(u->mosq_, MOSQ_OPT_SSL_CTX, settings.sslContext.get());
   } else {
-    if (const int rc = mosquitto_tls_set(u->mosq_, settings.caFile.c_str(), nullptr,
-                                         settings.certificate.c_str(), settings.privateKey.c_str(),
-                                         nullptr);
+    if (const int rc =
+            mosquitto_tls_set(u->mosq_, settings.caFile.c_str(), nullptr,
+                              settings.certificate.c_str(), settings.privateKey.c_str(), nullptr);
         rc != MOSQ_ERR_SUCCESS) {
       return std::unexpected(fmt::format("TLS set-up: {}", mosquitto_strerror(rc)));
     }

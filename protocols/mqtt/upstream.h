@@ -45,7 +45,7 @@ struct UpstreamSettings {
   // QoS 0 without limit): past it QoS 0 is refused and the client is no longer read.
   size_t maxQueuedBytes = 1024 * 1024;
   ByteBudget* budget = nullptr; // all sessions together; none: only the session's own bound
-  SslContext sslContext;   // shared client context; when null, libmosquitto builds its own
+  SslContext sslContext;        // shared client context; when null, libmosquitto builds its own
 };
 
 class UpstreamObserver {
@@ -99,7 +99,8 @@ public:
   [[nodiscard]] size_t queuedBytes() const { return queuedBytes_; }
 
 private:
-  MosquittoUpstream(io::Reactor& reactor, const UpstreamSettings& settings, UpstreamObserver& observer);
+  MosquittoUpstream(io::Reactor& reactor, const UpstreamSettings& settings,
+                    UpstreamObserver& observer);
 
   static void onConnect(mosquitto* m, void* self, int rc);
   static void onDisconnect(mosquitto* m, void* self, int rc);
@@ -131,7 +132,7 @@ private:
   bool closing_ = false;        // finished: nothing more will be sent
   bool closeRequested_ = false; // the client is gone; drain, then finish
   bool publishWill_ = false;
-  bool parked_ = false;         // socket not watched until the next reconnect
+  bool parked_ = false; // socket not watched until the next reconnect
   int attempts_ = 0;
   std::optional<Clock::time_point> reconnectAt_;
   struct Pending {
@@ -143,8 +144,8 @@ private:
   bool publishing_ = false;               // inside mosquitto_publish
   std::vector<int> writtenDuringPublish_; // mids libmosquitto wrote meanwhile
   size_t queuedBytes_ = 0;
-  std::vector<upstream::Publish> waiting_;           // QoS 0 held until connected
-  std::map<std::string, uint8_t> subscriptions_;     // re-subscribed after each reconnect
+  std::vector<upstream::Publish> waiting_;       // QoS 0 held until connected
+  std::map<std::string, uint8_t> subscriptions_; // re-subscribed after each reconnect
   std::mt19937 rng_{std::random_device{}()};
 };
 

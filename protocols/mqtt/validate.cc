@@ -234,9 +234,9 @@ std::optional<CodecError> validate(const Connect& c, Version, const ServerLimits
       }
       const Property* pfi = findProperty(c.will->properties, PropertyId::PayloadFormatIndicator);
       if (pfi != nullptr && pfi->number == 1 &&
-          !policy::isValidUtf8({reinterpret_cast<const char*>(c.will->payload.data()),
-                                c.will->payload.size()},
-                               true)) {
+          !policy::isValidUtf8(
+              {reinterpret_cast<const char*>(c.will->payload.data()), c.will->payload.size()},
+              true)) {
         return CodecError{"MQTT-3.1.3-7", reason::kPayloadFormatInvalid,
                           "Will payload is not UTF-8 as its format indicator says"};
       }
@@ -371,9 +371,9 @@ std::optional<CodecError> validate(const Unsubscribe& u, Version v, const Server
 
 std::optional<CodecError> validate(const Disconnect& d, Version v, const ServerLimits&) {
   if (v == Version::V5) {
-    static constexpr std::array<uint8_t, 18> kClientCodes = {
-        0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x90, 0x93,
-        0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9F};
+    static constexpr std::array<uint8_t, 18> kClientCodes = {0x00, 0x04, 0x80, 0x81, 0x82, 0x83,
+                                                             0x87, 0x90, 0x93, 0x94, 0x95, 0x96,
+                                                             0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9F};
     if (std::ranges::find(kClientCodes, d.reasonCode) == kClientCodes.end()) {
       return protocolError("MQTT-3.14.2.1", "reason code not allowed in a client's DISCONNECT");
     }

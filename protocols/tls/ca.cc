@@ -24,7 +24,8 @@ namespace {
 
 constexpr size_t kDerMax = 4096;
 constexpr size_t kSerialBytes = 16;
-// ecdsa-with-SHA256 (1.2.840.10045.4.3.2), cRLNumber (2.5.29.20), authorityKeyIdentifier (2.5.29.35)
+// ecdsa-with-SHA256 (1.2.840.10045.4.3.2), cRLNumber (2.5.29.20), authorityKeyIdentifier
+// (2.5.29.35)
 constexpr uint8_t kOidEcdsaSha256[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02};
 constexpr uint8_t kOidCrlNumber[] = {0x55, 0x1d, 0x14};
 constexpr uint8_t kOidAuthorityKeyId[] = {0x55, 0x1d, 0x23};
@@ -71,9 +72,9 @@ private:
 
 std::expected<std::string, std::string> toPem(der::View der, int type) {
   std::string pem(der.size() * 2 + 128, '\0');
-  const int n = wc_DerToPem(der.data(), static_cast<word32>(der.size()),
-                            reinterpret_cast<byte*>(pem.data()), static_cast<word32>(pem.size()),
-                            type);
+  const int n =
+      wc_DerToPem(der.data(), static_cast<word32>(der.size()), reinterpret_cast<byte*>(pem.data()),
+                  static_cast<word32>(pem.size()), type);
   if (n <= 0) {
     return std::unexpected(wolfError("PEM encoding", n));
   }
@@ -169,8 +170,8 @@ std::expected<der::Bytes, std::string> makeAndSign(Cert& cert, EccKey& subjectKe
   if (rc < 0) {
     return std::unexpected(wolfError("certificate body", rc));
   }
-  rc = wc_SignCert(cert.bodySz, cert.sigType, out.data(), static_cast<word32>(out.size()),
-                   nullptr, issuerKey, rng.get());
+  rc = wc_SignCert(cert.bodySz, cert.sigType, out.data(), static_cast<word32>(out.size()), nullptr,
+                   issuerKey, rng.get());
   if (rc < 0) {
     return std::unexpected(wolfError("certificate signature", rc));
   }
@@ -184,8 +185,8 @@ struct CertificateAuthority::State {
   der::Bytes certDer;
   std::string certPem;
   std::string keyPem;
-  der::Bytes subject;      // the CA's Name, as the issuer of what it signs
-  der::Bytes keyId;        // its subject key identifier
+  der::Bytes subject; // the CA's Name, as the issuer of what it signs
+  der::Bytes keyId;   // its subject key identifier
   std::string commonName;
   SystemTime notAfter;
   EccKey key;
@@ -310,8 +311,8 @@ CertificateAuthority::issue(std::string_view commonName, std::chrono::days valid
   if (int rc = wc_SetSubjectKeyIdFromPublicKey_ex(&cert, ECC_TYPE, key.get()); rc != 0) {
     return std::unexpected(wolfError("subject key identifier", rc));
   }
-  if (int rc = wc_SetAuthKeyIdFromCert(&cert, s_->certDer.data(),
-                                       static_cast<int>(s_->certDer.size()));
+  if (int rc =
+          wc_SetAuthKeyIdFromCert(&cert, s_->certDer.data(), static_cast<int>(s_->certDer.size()));
       rc != 0) {
     return std::unexpected(wolfError("authority key identifier", rc));
   }
@@ -343,16 +344,17 @@ CertificateAuthority::revocationList(std::span<const Revoked> revoked, uint64_t 
     const Bytes entry = der::sequence({der::unsignedInteger(*serial), der::time(r.when)});
     entries.insert(entries.end(), entry.begin(), entry.end());
   }
-  const Bytes crlNumber = der::sequence(
-      {der::tlv(der::kOid, kOidCrlNumber), der::tlv(der::kOctetString, der::unsignedInteger(number))});
+  const Bytes crlNumber =
+      der::sequence({der::tlv(der::kOid, kOidCrlNumber),
+                     der::tlv(der::kOctetString, der::unsignedInteger(number))});
   const Bytes authorityKeyId =
       der::sequence({der::tlv(der::kOid, kOidAuthorityKeyId),
                      der::tlv(der::kOctetString, der::sequence({der::tlv(0x80, s_->keyId)}))});
   const Bytes extensions = der::tlv(0xa0, der::sequence({crlNumber, authorityKeyId}));
   const Bytes revokedList = revoked.empty() ? Bytes{} : der::tlv(der::kSequence, entries);
-  const Bytes tbs = der::sequence({der::unsignedInteger(uint64_t{1}), algorithm, s_->subject,
-                                   der::time(thisUpdate), der::time(nextUpdate), revokedList,
-                                   extensions});
+  const Bytes tbs =
+      der::sequence({der::unsignedInteger(uint64_t{1}), algorithm, s_->subject,
+                     der::time(thisUpdate), der::time(nextUpdate), revokedList, extensions});
 
   byte digest[WC_SHA256_DIGEST_SIZE];
   if (int rc = wc_Sha256Hash(tbs.data(), static_cast<word32>(tbs.size()), digest); rc != 0) {

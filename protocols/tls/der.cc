@@ -132,8 +132,8 @@ Bytes time(std::chrono::system_clock::time_point t) {
   const std::string text =
       year < 2050 ? fmt::format("{:02}{:02}{:02}{:02}{:02}{:02}Z", year % 100, tm.tm_mon + 1,
                                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec)
-                  : fmt::format("{:04}{:02}{:02}{:02}{:02}{:02}Z", year, tm.tm_mon + 1,
-                                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+                  : fmt::format("{:04}{:02}{:02}{:02}{:02}{:02}Z", year, tm.tm_mon + 1, tm.tm_mday,
+                                tm.tm_hour, tm.tm_min, tm.tm_sec);
   const auto* p = reinterpret_cast<const uint8_t*>(text.data());
   return tlv(year < 2050 ? kUtcTime : kGeneralizedTime, View(p, text.size()));
 }
@@ -204,9 +204,12 @@ std::optional<CertificateFields> parseCertificate(View der) {
   if (!after) {
     return std::nullopt;
   }
-  CertificateFields out{first->value,   issuer->whole,
-                        subject->whole, spki->whole,
-                        *after,         commonNameOf(subject->value),
+  CertificateFields out{first->value,
+                        issuer->whole,
+                        subject->whole,
+                        spki->whole,
+                        *after,
+                        commonNameOf(subject->value),
                         {}};
   // [3] EXPLICIT Extensions, after the optional issuer/subject unique ids.
   while (!f.empty()) {

@@ -50,13 +50,13 @@ struct Tlv {
 
 // The parts of an X.509 certificate we need, as views into its DER.
 struct CertificateFields {
-  View serial;       // INTEGER contents
-  View issuer;       // whole Name
-  View subject;      // whole Name
+  View serial;        // INTEGER contents
+  View issuer;        // whole Name
+  View subject;       // whole Name
   View publicKeyInfo; // whole SubjectPublicKeyInfo
   std::chrono::system_clock::time_point notAfter;
   std::string commonName; // of the subject, empty if none
-  View subjectKeyId; // keyIdentifier contents; empty if the extension is absent
+  View subjectKeyId;      // keyIdentifier contents; empty if the extension is absent
 };
 
 [[nodiscard]] std::optional<CertificateFields> parseCertificate(View der);

@@ -24,8 +24,8 @@ namespace iotgw::tls {
 struct ServerSettings {
   std::string certificate; // PEM, with its chain
   std::string privateKey;
-  std::string caFile;      // client certificates must chain to this
-  std::string crlFile;     // optional; reloaded with the context
+  std::string caFile;  // client certificates must chain to this
+  std::string crlFile; // optional; reloaded with the context
 };
 
 // The AEAD-only suites offered: TLS 1.3's three, and TLS 1.2 ECDHE with GCM or ChaCha20-Poly1305.
@@ -87,7 +87,8 @@ public:
   [[nodiscard]] std::string cipher() const;
 
 private:
-  ServerStream(std::shared_ptr<ServerContext> ctx, WOLFSSL* ssl) : ctx_(std::move(ctx)), ssl_(ssl) {}
+  ServerStream(std::shared_ptr<ServerContext> ctx, WOLFSSL* ssl)
+      : ctx_(std::move(ctx)), ssl_(ssl) {}
   IoStatus status(int ret);
   void readPeer();
 

@@ -109,7 +109,8 @@ int main(int argc, char** argv) {
     coap_session_new_token(session, &len, token);
     coap_add_token(pdu, len, token);
     for (const auto& s : segments) {
-      coap_add_option(pdu, COAP_OPTION_URI_PATH, s.size(), reinterpret_cast<const uint8_t*>(s.data()));
+      coap_add_option(pdu, COAP_OPTION_URI_PATH, s.size(),
+                      reinterpret_cast<const uint8_t*>(s.data()));
     }
     waiting = true;
     if (coap_send(session, pdu) == COAP_INVALID_MID) {

@@ -78,7 +78,8 @@ mosquitto* connect(const Endpoint& e, const std::string& id, void* user) {
   mosquitto_int_option(m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311);
   mosquitto_int_option(m, MOSQ_OPT_TCP_NODELAY, 1);
   if (!e.ca.empty()) {
-    if (int rc = mosquitto_tls_set(m, e.ca.c_str(), nullptr, e.cert.c_str(), e.key.c_str(), nullptr)) {
+    if (int rc =
+            mosquitto_tls_set(m, e.ca.c_str(), nullptr, e.cert.c_str(), e.key.c_str(), nullptr)) {
       die("tls_set", rc);
     }
   }
@@ -236,10 +237,12 @@ int latency(int argc, char** argv) {
   }
   std::sort(l.begin(), l.end());
   const auto pct = [&](double q) {
-    return l.empty() ? 0.0 : l[std::min(l.size() - 1, static_cast<size_t>(q * static_cast<double>(l.size())))];
+    return l.empty()
+               ? 0.0
+               : l[std::min(l.size() - 1, static_cast<size_t>(q * static_cast<double>(l.size())))];
   };
-  std::printf("sent=%ld received=%zu p50_us=%.0f p99_us=%.0f max_us=%.0f\n", total, l.size(), pct(0.5),
-              pct(0.99), l.empty() ? 0.0 : l.back());
+  std::printf("sent=%ld received=%zu p50_us=%.0f p99_us=%.0f max_us=%.0f\n", total, l.size(),
+              pct(0.5), pct(0.99), l.empty() ? 0.0 : l.back());
   finish(p, s);
   return 0;
 }
@@ -260,14 +263,16 @@ int idle(int argc, char** argv) {
   for (long i = 0; i < n; ++i) {
     Endpoint e = ep;
     char name[64];
-    std::snprintf(name, sizeof name, "%s%04ld", userPrefix.empty() ? "idle-" : userPrefix.c_str(), i);
+    std::snprintf(name, sizeof name, "%s%04ld", userPrefix.empty() ? "idle-" : userPrefix.c_str(),
+                  i);
     if (!userPrefix.empty()) {
       e.user = name;
       e.password = password;
     }
     int* rc = &connack[static_cast<size_t>(i)];
     mosquitto* c = connect(e, name, rc);
-    mosquitto_connect_callback_set(c, [](mosquitto*, void* user, int result) { *static_cast<int*>(user) = result; });
+    mosquitto_connect_callback_set(
+        c, [](mosquitto*, void* user, int result) { *static_cast<int*>(user) = result; });
     const auto deadline = Clock::now() + std::chrono::seconds(5);
     while (*rc < 0 && Clock::now() < deadline) {
       mosquitto_loop(c, 10, 1);

@@ -155,7 +155,8 @@ int main(int argc, char** argv) {
     }
     for (const auto& [name, v] : *c) {
       std::printf("%s packets=%llu bytes=%llu\n", name.c_str(),
-                  static_cast<unsigned long long>(v.packets), static_cast<unsigned long long>(v.bytes));
+                  static_cast<unsigned long long>(v.packets),
+                  static_cast<unsigned long long>(v.bytes));
     }
     return 0;
   }

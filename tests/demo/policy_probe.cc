@@ -62,17 +62,21 @@ int main(int argc, char** argv) {
     if (pending.passwordHash == nullptr) {
       return pending;
     }
-    return evaluateVerifiedConnect(pending, pending.passwordHash->verify(f.password.value_or("")), f);
+    return evaluateVerifiedConnect(pending, pending.passwordHash->verify(f.password.value_or("")),
+                                   f);
   };
   fmt::print("MQTT logins\n");
   show("CONNECT root / xc3511 (Mirai's first guess)",
-       evaluateConnect(**set, defaults, {"thermo-01", "root", "xc3511", nullptr, stranger, false}).decision);
+       evaluateConnect(**set, defaults, {"thermo-01", "root", "xc3511", nullptr, stranger, false})
+           .decision);
   show("CONNECT admin / admin",
-       evaluateConnect(**set, defaults, {"thermo-01", "admin", "admin", nullptr, peer, false}).decision);
+       evaluateConnect(**set, defaults, {"thermo-01", "admin", "admin", nullptr, peer, false})
+           .decision);
   show("CONNECT thermo / wrong-password",
        login({"thermo-01", "thermo", "hunter2", nullptr, peer, false}).decision);
   show("CONNECT anonymous from an unknown host",
-       evaluateConnect(**set, defaults, {"x", std::nullopt, std::nullopt, nullptr, stranger, false}).decision);
+       evaluateConnect(**set, defaults, {"x", std::nullopt, std::nullopt, nullptr, stranger, false})
+           .decision);
   const auto ok = login({"thermo-01", "thermo", password, nullptr, peer, false});
   show("CONNECT thermo / (its own password) from 192.168.50.10", ok.decision);
   if (ok.device == nullptr) {
@@ -83,7 +87,9 @@ int main(int argc, char** argv) {
   fmt::print("Messages from the device\n");
   const auto pub = [&](const std::string& topic, const std::string& payload, uint8_t qos = 0,
                        bool retain = false) {
-    show(fmt::format("PUBLISH {} {}", topic, payload.size() > 24 ? "<" + std::to_string(payload.size()) + " bytes>" : payload),
+    show(fmt::format("PUBLISH {} {}", topic,
+                     payload.size() > 24 ? "<" + std::to_string(payload.size()) + " bytes>"
+                                         : payload),
          evaluatePublish(thermo, {"thermo", topic, qos, retain, bytes(payload)}));
   };
   pub("devices/thermo-01/telemetry/temp", R"({"t":21.5,"unit":"C"})", 1);
@@ -96,7 +102,8 @@ int main(int argc, char** argv) {
   show("SUBSCRIBE #", evaluateSubscribe(thermo, {"thermo", "#", 0}));
   show("SUBSCRIBE $SYS/#", evaluateSubscribe(thermo, {"thermo", "$SYS/#", 0}));
   const Decision sub = evaluateSubscribe(thermo, {"thermo", "devices/thermo-01/cmd/#", 2});
-  show(fmt::format("SUBSCRIBE devices/thermo-01/cmd/# QoS 2 (granted QoS {})", sub.grantedQos), sub);
+  show(fmt::format("SUBSCRIBE devices/thermo-01/cmd/# QoS 2 (granted QoS {})", sub.grantedQos),
+       sub);
 
   fmt::print("Messages to the device (its parser is the weak one)\n");
   const auto deliver = [&](const std::string& topic, const std::string& payload) {
@@ -107,7 +114,8 @@ int main(int argc, char** argv) {
   deliver("devices/thermo-01/cmd/setpoint", R"({"t":20,"t":99})");
 
   fmt::print("CoAP requests to the device\n");
-  show("GET /sensors/temp", evaluateCoapRequest(thermo, {CoapMethod::Get, "/sensors/temp", 0, std::nullopt}));
+  show("GET /sensors/temp",
+       evaluateCoapRequest(thermo, {CoapMethod::Get, "/sensors/temp", 0, std::nullopt}));
   show("PUT /firmware", evaluateCoapRequest(thermo, {CoapMethod::Put, "/firmware", 200, 42}));
   return shown > 0 ? 0 : 1;
 }

@@ -6,8 +6,8 @@
 // error, and the HelloVerifyRequest answering one is shorter than the ClientHello.
 #include <algorithm>
 #include <cstdint>
-#include <iterator>
 #include <cstdlib>
+#include <iterator>
 
 #include "protocols/coap/dtls_cookie.h"
 #include "protocols/coap/message.h"
@@ -61,11 +61,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
   // Only options the validator knows and forwards may reach the device.
-  constexpr uint16_t kForwarded[] = {options::kIfMatch,       options::kETag,
-                                     options::kIfNoneMatch,   options::kObserve,
-                                     options::kUriPath,       options::kContentFormat,
-                                     options::kUriQuery,      options::kAccept,
-                                     options::kSize2,         options::kSize1};
+  constexpr uint16_t kForwarded[] = {options::kIfMatch,  options::kETag,    options::kIfNoneMatch,
+                                     options::kObserve,  options::kUriPath, options::kContentFormat,
+                                     options::kUriQuery, options::kAccept,  options::kSize2,
+                                     options::kSize1};
   for (const auto& o : r->forward) {
     if (std::find(std::begin(kForwarded), std::end(kForwarded), o.number) == std::end(kForwarded)) {
       std::abort();

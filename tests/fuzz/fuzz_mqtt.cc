@@ -57,7 +57,8 @@ required = ["a"]
       session.upstreamAcked(p->token, out);
     }
   }
-  session.deliver("devices/plug/cmd/x", stream.first(std::min<size_t>(stream.size(), 64)), 1, false, out);
+  session.deliver("devices/plug/cmd/x", stream.first(std::min<size_t>(stream.size(), 64)), 1, false,
+                  out);
   session.tick(t0 + std::chrono::hours(1), out);
   if (session.state() == Session::State::Connected && session.device() == nullptr) {
     std::abort();

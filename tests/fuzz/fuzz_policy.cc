@@ -36,7 +36,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
   for (const auto& rule : p->coapRules.rules) {
-    (void)iotgw::policy::evaluateCoapRequest(*p, {iotgw::policy::CoapMethod::Get, rule.path, payload.size(), 0});
+    (void)iotgw::policy::evaluateCoapRequest(
+        *p, {iotgw::policy::CoapMethod::Get, rule.path, payload.size(), 0});
   }
   return 0;
 }

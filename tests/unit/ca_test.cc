@@ -17,25 +17,27 @@ namespace {
 using namespace std::chrono_literals;
 
 // Verifies `certificatePem` (leaf first) against `caPem` and optionally a CRL; WolfSSL's code.
-int verify(const std::string& caPem, const std::string& certificatePem, const std::string& crlPem = {}) {
+int verify(const std::string& caPem, const std::string& certificatePem,
+           const std::string& crlPem = {}) {
   WOLFSSL_CERT_MANAGER* cm = wolfSSL_CertManagerNew();
   EXPECT_NE(cm, nullptr);
-  EXPECT_EQ(wolfSSL_CertManagerLoadCABuffer(cm, reinterpret_cast<const unsigned char*>(caPem.data()),
+  EXPECT_EQ(wolfSSL_CertManagerLoadCABuffer(cm,
+                                            reinterpret_cast<const unsigned char*>(caPem.data()),
                                             static_cast<long>(caPem.size()), WOLFSSL_FILETYPE_PEM),
             WOLFSSL_SUCCESS);
   if (!crlPem.empty()) {
     EXPECT_EQ(wolfSSL_CertManagerEnableCRL(cm, 0), WOLFSSL_SUCCESS);
-    EXPECT_EQ(wolfSSL_CertManagerLoadCRLBuffer(
-                  cm, reinterpret_cast<const unsigned char*>(crlPem.data()),
-                  static_cast<long>(crlPem.size()), WOLFSSL_FILETYPE_PEM),
-              WOLFSSL_SUCCESS);
+    EXPECT_EQ(
+        wolfSSL_CertManagerLoadCRLBuffer(cm, reinterpret_cast<const unsigned char*>(crlPem.data()),
+                                         static_cast<long>(crlPem.size()), WOLFSSL_FILETYPE_PEM),
+        WOLFSSL_SUCCESS);
   }
   // Only the leaf: the PEM also carries the CA after it.
   const auto end = certificatePem.find("-----END CERTIFICATE-----");
   const std::string leaf = certificatePem.substr(0, end + 25);
-  const int rc = wolfSSL_CertManagerVerifyBuffer(
-      cm, reinterpret_cast<const unsigned char*>(leaf.data()), static_cast<long>(leaf.size()),
-      WOLFSSL_FILETYPE_PEM);
+  const int rc =
+      wolfSSL_CertManagerVerifyBuffer(cm, reinterpret_cast<const unsigned char*>(leaf.data()),
+                                      static_cast<long>(leaf.size()), WOLFSSL_FILETYPE_PEM);
   wolfSSL_CertManagerFree(cm);
   return rc;
 }
@@ -121,13 +123,13 @@ TEST(GatewayCa, TheCrlRevokesExactlyWhatItLists) {
 
 TEST(Der, ReaderRefusesWhatIsNotDer) {
   const std::vector<std::vector<uint8_t>> bad = {
-      {},                       // nothing
-      {0x30},                   // no length
-      {0x30, 0x80, 0x00, 0x00}, // indefinite length
-      {0x30, 0x05, 0x01},       // length past the end
+      {},                                // nothing
+      {0x30},                            // no length
+      {0x30, 0x80, 0x00, 0x00},          // indefinite length
+      {0x30, 0x05, 0x01},                // length past the end
       {0x30, 0x81, 0x05, 1, 2, 3, 4, 5}, // long form for a short length
-      {0x1f, 0x01, 0x00},       // multi-byte tag
-      {0x30, 0x85, 1, 0, 0, 0, 0}, // five length bytes
+      {0x1f, 0x01, 0x00},                // multi-byte tag
+      {0x30, 0x85, 1, 0, 0, 0, 0},       // five length bytes
   };
   for (const auto& b : bad) {
     der::View in = b;

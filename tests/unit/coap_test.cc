@@ -41,7 +41,8 @@ struct Builder {
     size_t start = 1;
     while (start <= p.size()) {
       const size_t end = p.find('/', start);
-      opt(options::kUriPath, p.substr(start, end == std::string::npos ? std::string::npos : end - start));
+      opt(options::kUriPath,
+          p.substr(start, end == std::string::npos ? std::string::npos : end - start));
       if (end == std::string::npos) {
         break;
       }
@@ -60,8 +61,9 @@ struct Builder {
 TEST(CoapCodec, ParsesWhatCoapClientSends) {
   // coap-client -m get coap://host/thermo-01/sensors/temp, as captured: CON GET MID 0x1a2b,
   // token 0x7a 0x21, Uri-Path "thermo-01", "sensors", "temp".
-  const Bytes d = bytes({0x42, 0x01, 0x1a, 0x2b, 0x7a, 0x21, 0xb9, 't', 'h', 'e', 'r', 'm', 'o', '-', '0',
-                         '1', 0x07, 's', 'e', 'n', 's', 'o', 'r', 's', 0x04, 't', 'e', 'm', 'p'});
+  const Bytes d =
+      bytes({0x42, 0x01, 0x1a, 0x2b, 0x7a, 0x21, 0xb9, 't', 'h', 'e',  'r', 'm', 'o', '-', '0',
+             '1',  0x07, 's',  'e',  'n',  's',  'o',  'r', 's', 0x04, 't', 'e', 'm', 'p'});
   auto m = parse(d);
   ASSERT_TRUE(m.has_value()) << describe(m.error());
   EXPECT_EQ(m->type, Type::Confirmable);
@@ -79,9 +81,9 @@ TEST(CoapCodec, ExtendedDeltasAndLengthsRoundTrip) {
   b.opt(options::kUriPath, std::string(300, 'a')) // length 300: two extended bytes
       .opt(options::kContentFormat, "\x32")
       .opt(options::kSize1, "\x01\x00")
-      .opt(options::kEcho, "12345678")              // number 252: delta 192, one extended byte
-      .opt(options::kRequestTag, "t")               // delta 40
-      .opt(2049, "x")                               // delta 1757: two extended bytes
+      .opt(options::kEcho, "12345678") // number 252: delta 192, one extended byte
+      .opt(options::kRequestTag, "t")  // delta 40
+      .opt(2049, "x")                  // delta 1757: two extended bytes
       .payload("{\"t\":21}");
   const Bytes wire = encode(b.m);
   auto m = parse(wire);
@@ -107,7 +109,8 @@ TEST(CoapCodec, RefusesMalformedDatagrams) {
       {bytes({0x40, 0x01, 0x00, 0x01, 0xd0}), ParseError::TruncatedOption},
       {bytes({0x40, 0x01, 0x00, 0x01, 0xe0, 0x01}), ParseError::TruncatedOption},
       {bytes({0x40, 0x01, 0x00, 0x01, 0xb5, 'a', 'b'}), ParseError::TruncatedOption},
-      {bytes({0x40, 0x01, 0x00, 0x01, 0xe0, 0xff, 0x00, 0xe0, 0xff, 0x00}), ParseError::OptionNumberTooLarge},
+      {bytes({0x40, 0x01, 0x00, 0x01, 0xe0, 0xff, 0x00, 0xe0, 0xff, 0x00}),
+       ParseError::OptionNumberTooLarge},
       {bytes({0x40, 0x01, 0x00, 0x01, 0xff}), ParseError::EmptyPayload},
       {bytes({0x41, 0x00, 0x00, 0x01, 0x01}), ParseError::EmptyWithContent},
       {bytes({0x40, 0x00, 0x00, 0x01, 0xff, 0x01}), ParseError::EmptyWithContent},
@@ -181,7 +184,11 @@ TEST(CoapValidate, RefusesWithTheRightCode) {
   EXPECT_EQ(refused(Builder().opt(options::kBlock2, "\x07").m).code, codes::kBadOption);
   EXPECT_EQ(refused(Builder().opt(options::kBlock2, "\x10\x06").m).code, // block 256 of 1 KiB
             codes::kRequestEntityTooLarge);
-  EXPECT_EQ(refused(Builder(codes::kPost).path("/a").opt(options::kSize1, std::string("\x01\x00\x00\x00", 4)).m).code,
+  EXPECT_EQ(refused(Builder(codes::kPost)
+                        .path("/a")
+                        .opt(options::kSize1, std::string("\x01\x00\x00\x00", 4))
+                        .m)
+                .code,
             codes::kRequestEntityTooLarge);
   Limits l;
   l.maxPathSegments = 3;
@@ -194,11 +201,14 @@ TEST(CoapValidate, RefusesWithTheRightCode) {
             codes::kRequestEntityTooLarge);
   l = {};
   l.contentFormats = {50};
-  EXPECT_EQ(refused(Builder(codes::kPut).path("/a").opt(options::kContentFormat, "").payload("x").m, l).code,
-            codes::kUnsupportedContentFormat);
+  EXPECT_EQ(
+      refused(Builder(codes::kPut).path("/a").opt(options::kContentFormat, "").payload("x").m, l)
+          .code,
+      codes::kUnsupportedContentFormat);
   EXPECT_EQ(refused(Builder(codes::kPut).path("/a").payload("x").m, l).code,
             codes::kUnsupportedContentFormat);
-  EXPECT_TRUE(validateRequest(Builder(codes::kPut).path("/a").opt(options::kContentFormat, "\x32").payload("{}").m, l));
+  EXPECT_TRUE(validateRequest(
+      Builder(codes::kPut).path("/a").opt(options::kContentFormat, "\x32").payload("{}").m, l));
   EXPECT_EQ(refused(Builder(codes::kGet).path("/a").payload("x").m).code, codes::kBadRequest);
   EXPECT_EQ(refused(Builder(code(0, 8)).m).code, codes::kMethodNotAllowed);
   EXPECT_EQ(refused(Builder(codes::kContent).m).code, codes::kBadRequest);

@@ -88,7 +88,7 @@ TEST(PasswordHash, RejectsMalformed) {
   EXPECT_FALSE(PasswordHash::parse("pbkdf2-sha256$10000$c2FsdHNhbHQ"));
   EXPECT_FALSE(PasswordHash::parse("pbkdf2-sha1$10000$c2FsdHNhbHQ$AAAA"));
   EXPECT_FALSE(PasswordHash::parse("pbkdf2-sha256$abc$c2FsdHNhbHQ$AAAA"));
-  EXPECT_FALSE(PasswordHash::parse("pbkdf2-sha256$10000$c2FsdHNhbHQ$AAAA"));  // short hash
+  EXPECT_FALSE(PasswordHash::parse("pbkdf2-sha256$10000$c2FsdHNhbHQ$AAAA")); // short hash
   EXPECT_FALSE(PasswordHash::parse("pbkdf2-sha256$10000$c2FsdHNhbHQ$x$y"));
   EXPECT_FALSE(PasswordHash::parse("pbkdf2-sha256$99999999999$c2FsdHNhbHQ$AAAA"));
 }

@@ -17,7 +17,8 @@ std::span<const uint8_t> bytes(std::string_view s) {
 class Evaluator : public testing::Test {
 protected:
   static void SetUpTestSuite() {
-    hash_ = new std::string(PasswordHash::create("s3cret-thermo", PasswordHash::kMinIterations)->str());
+    hash_ =
+        new std::string(PasswordHash::create("s3cret-thermo", PasswordHash::kMinIterations)->str());
   }
   static void TearDownTestSuite() { delete hash_; }
 
@@ -84,47 +85,140 @@ TEST_F(Evaluator, ConnectTable) {
     bool authFailure;
   };
   const Row rows[] = {
-      {"good password", {"thermo-01", "thermo", "s3cret-thermo", nullptr, peer, false},
-       Verdict::Allow, "connect.username", "", thermo_, false},
-      {"wrong password", {"thermo-01", "thermo", "guess", nullptr, peer, false}, Verdict::Deny,
-       "auth.password", "5.5-4", nullptr, true},
-      {"no password", {"thermo-01", "thermo", std::nullopt, nullptr, peer, false}, Verdict::Deny,
-       "auth.password", "5.5-4", nullptr, true},
-      {"mirai default", {"x", "root", "xc3511", nullptr, stranger, false}, Verdict::Deny,
-       "credentials.default", "5.1-1", nullptr, true},
-      {"admin/admin", {"x", "admin", "admin", nullptr, peer, false}, Verdict::Deny,
-       "credentials.default", "5.1-1", nullptr, true},
-      {"locked out first", {"thermo-01", "thermo", "s3cret-thermo", nullptr, peer, true},
-       Verdict::Deny, "auth.lockout", "5.1-5", nullptr, false},
+      {"good password",
+       {"thermo-01", "thermo", "s3cret-thermo", nullptr, peer, false},
+       Verdict::Allow,
+       "connect.username",
+       "",
+       thermo_,
+       false},
+      {"wrong password",
+       {"thermo-01", "thermo", "guess", nullptr, peer, false},
+       Verdict::Deny,
+       "auth.password",
+       "5.5-4",
+       nullptr,
+       true},
+      {"no password",
+       {"thermo-01", "thermo", std::nullopt, nullptr, peer, false},
+       Verdict::Deny,
+       "auth.password",
+       "5.5-4",
+       nullptr,
+       true},
+      {"mirai default",
+       {"x", "root", "xc3511", nullptr, stranger, false},
+       Verdict::Deny,
+       "credentials.default",
+       "5.1-1",
+       nullptr,
+       true},
+      {"admin/admin",
+       {"x", "admin", "admin", nullptr, peer, false},
+       Verdict::Deny,
+       "credentials.default",
+       "5.1-1",
+       nullptr,
+       true},
+      {"locked out first",
+       {"thermo-01", "thermo", "s3cret-thermo", nullptr, peer, true},
+       Verdict::Deny,
+       "auth.lockout",
+       "5.1-5",
+       nullptr,
+       false},
       // The same answer as a wrong password, after the same work (a hash that matches nothing).
-      {"unknown user", {"c", "nobody", "pw", nullptr, peer, false}, Verdict::Deny, "auth.password",
-       "5.5-4", nullptr, true},
-      {"user name locked out", {"thermo-01", "thermo", "s3cret-thermo", nullptr, stranger, false, true},
-       Verdict::Deny, "auth.lockout", "5.1-5", nullptr, false},
+      {"unknown user",
+       {"c", "nobody", "pw", nullptr, peer, false},
+       Verdict::Deny,
+       "auth.password",
+       "5.5-4",
+       nullptr,
+       true},
+      {"user name locked out",
+       {"thermo-01", "thermo", "s3cret-thermo", nullptr, stranger, false, true},
+       Verdict::Deny,
+       "auth.lockout",
+       "5.1-5",
+       nullptr,
+       false},
       {"user name locked out, from its own address",
-       {"thermo-01", "thermo", "s3cret-thermo", nullptr, peer, false, true}, Verdict::Allow,
-       "connect.username", "", thermo_, false},
-      {"password without username", {"c", std::nullopt, "pw", nullptr, peer, false}, Verdict::Deny,
-       "mqtt.password-without-username", "5.13-1", nullptr, true},
-      {"wrong client id", {"thermo-02", "thermo", "s3cret-thermo", nullptr, peer, false},
-       Verdict::Deny, "device.mqtt.client_id", "5.5-4", nullptr, false},
-      {"wrong source address", {"thermo-01", "thermo", "s3cret-thermo", nullptr, stranger, false},
-       Verdict::Deny, "device.addresses", "5.5-4", nullptr, false},
-      {"certificate CN", {"thermo-01", std::nullopt, std::nullopt, &cert, std::nullopt, false},
-       Verdict::Allow, "connect.certificate", "", thermo_, false},
-      {"certificate SAN", {"thermo-01", std::nullopt, std::nullopt, &sanCert, stranger, false},
-       Verdict::Allow, "connect.certificate", "", thermo_, false},
-      {"unknown certificate", {"x", std::nullopt, std::nullopt, &unknownCert, peer, false},
-       Verdict::Deny, "default-deny", "5.5-4", nullptr, false},
+       {"thermo-01", "thermo", "s3cret-thermo", nullptr, peer, false, true},
+       Verdict::Allow,
+       "connect.username",
+       "",
+       thermo_,
+       false},
+      {"password without username",
+       {"c", std::nullopt, "pw", nullptr, peer, false},
+       Verdict::Deny,
+       "mqtt.password-without-username",
+       "5.13-1",
+       nullptr,
+       true},
+      {"wrong client id",
+       {"thermo-02", "thermo", "s3cret-thermo", nullptr, peer, false},
+       Verdict::Deny,
+       "device.mqtt.client_id",
+       "5.5-4",
+       nullptr,
+       false},
+      {"wrong source address",
+       {"thermo-01", "thermo", "s3cret-thermo", nullptr, stranger, false},
+       Verdict::Deny,
+       "device.addresses",
+       "5.5-4",
+       nullptr,
+       false},
+      {"certificate CN",
+       {"thermo-01", std::nullopt, std::nullopt, &cert, std::nullopt, false},
+       Verdict::Allow,
+       "connect.certificate",
+       "",
+       thermo_,
+       false},
+      {"certificate SAN",
+       {"thermo-01", std::nullopt, std::nullopt, &sanCert, stranger, false},
+       Verdict::Allow,
+       "connect.certificate",
+       "",
+       thermo_,
+       false},
+      {"unknown certificate",
+       {"x", std::nullopt, std::nullopt, &unknownCert, peer, false},
+       Verdict::Deny,
+       "default-deny",
+       "5.5-4",
+       nullptr,
+       false},
       {"certificate SAN of the wrong kind",
-       {"x", std::nullopt, std::nullopt, &wrongKindCert, peer, false}, Verdict::Deny,
-       "default-deny", "5.5-4", nullptr, false},
-      {"address-only device", {"any", std::nullopt, std::nullopt, nullptr, plugPeer, false},
-       Verdict::Allow, "connect.address", "", plug_, false},
-      {"address of a device with a password", {"thermo-01", std::nullopt, std::nullopt, nullptr, peer, false},
-       Verdict::Deny, "auth.missing-credentials", "5.5-4", nullptr, true},
-      {"anonymous stranger", {"x", std::nullopt, std::nullopt, nullptr, stranger, false},
-       Verdict::Deny, "default-deny", "5.5-4", nullptr, false},
+       {"x", std::nullopt, std::nullopt, &wrongKindCert, peer, false},
+       Verdict::Deny,
+       "default-deny",
+       "5.5-4",
+       nullptr,
+       false},
+      {"address-only device",
+       {"any", std::nullopt, std::nullopt, nullptr, plugPeer, false},
+       Verdict::Allow,
+       "connect.address",
+       "",
+       plug_,
+       false},
+      {"address of a device with a password",
+       {"thermo-01", std::nullopt, std::nullopt, nullptr, peer, false},
+       Verdict::Deny,
+       "auth.missing-credentials",
+       "5.5-4",
+       nullptr,
+       true},
+      {"anonymous stranger",
+       {"x", std::nullopt, std::nullopt, nullptr, stranger, false},
+       Verdict::Deny,
+       "default-deny",
+       "5.5-4",
+       nullptr,
+       false},
   };
   for (const auto& row : rows) {
     ConnectDecision d = evaluateConnect(*set_, defaults_, row.facts);
@@ -147,7 +241,8 @@ TEST_F(Evaluator, DefaultCredentialRefusedEvenWhenEnrolled) {
 id = "cam-1"
 [device.mqtt]
 username = "admin"
-password_hash = ")" + PasswordHash::create("admin", PasswordHash::kMinIterations)->str() + R"("
+password_hash = ")" + PasswordHash::create("admin", PasswordHash::kMinIterations)->str() +
+                                     R"("
 )",
                                  "cam-1.toml");
   ASSERT_TRUE(admin) << admin.error().front().str();
@@ -155,7 +250,8 @@ password_hash = ")" + PasswordHash::create("admin", PasswordHash::kMinIterations
   v.push_back(std::move(*admin));
   auto set = PolicySet::build(std::move(v));
   ASSERT_TRUE(set);
-  const auto d = evaluateConnect(**set, defaults_, {"cam-1", "admin", "admin", nullptr, std::nullopt, false});
+  const auto d =
+      evaluateConnect(**set, defaults_, {"cam-1", "admin", "admin", nullptr, std::nullopt, false});
   EXPECT_FALSE(d.decision.allowed());
   EXPECT_EQ(d.decision.provision, "5.1-1");
 }
@@ -169,8 +265,9 @@ TEST_F(Evaluator, PublishTable) {
   };
   const std::string big(1025, 'x');
   const Row rows[] = {
-      {"allowed telemetry", pub("devices/thermo-01/telemetry/temp", R"({"t": 21.5, "unit": "C"})", 1),
-       Verdict::Allow, "mqtt.publish"},
+      {"allowed telemetry",
+       pub("devices/thermo-01/telemetry/temp", R"({"t": 21.5, "unit": "C"})", 1), Verdict::Allow,
+       "mqtt.publish"},
       {"allowed state utf8", pub("devices/thermo-01/state", "on"), Verdict::Allow, "mqtt.publish"},
       {"state invalid utf8", pub("devices/thermo-01/state", "\xff\xfe"), Verdict::Deny,
        "mqtt.payload[1]"},
@@ -179,10 +276,12 @@ TEST_F(Evaluator, PublishTable) {
       {"not in list", pub("devices/thermo-01/cmd/set", "1"), Verdict::Deny, "mqtt.publish"},
       {"$SYS", pub("$SYS/broker/x", "1"), Verdict::Deny, "mqtt.publish"},
       {"wildcard in name", pub("devices/thermo-01/telemetry/+", "1"), Verdict::Deny, "mqtt.topic"},
-      {"qos 2 above max", pub("devices/thermo-01/telemetry/x", "1", 2), Verdict::Deny, "mqtt.max_qos"},
+      {"qos 2 above max", pub("devices/thermo-01/telemetry/x", "1", 2), Verdict::Deny,
+       "mqtt.max_qos"},
       {"retain allowed", pub("devices/thermo-01/telemetry/x", "1", 0, true), Verdict::Allow,
        "mqtt.publish"},
-      {"oversize", pub("devices/thermo-01/telemetry/x", big), Verdict::Deny, "mqtt.max_payload_bytes"},
+      {"oversize", pub("devices/thermo-01/telemetry/x", big), Verdict::Deny,
+       "mqtt.max_payload_bytes"},
       {"json broken", pub("devices/thermo-01/telemetry/temp", R"({"t": )"), Verdict::Deny,
        "mqtt.payload[0]"},
       {"json not object", pub("devices/thermo-01/telemetry/temp", "[1]"), Verdict::Deny,
@@ -199,12 +298,15 @@ TEST_F(Evaluator, PublishTable) {
        Verdict::Deny, "mqtt.payload[0]"},
       {"json enum", pub("devices/thermo-01/telemetry/temp", R"({"t": 1, "unit": "K"})"),
        Verdict::Deny, "mqtt.payload[0]"},
-      {"json integer", pub("devices/thermo-01/telemetry/temp", R"({"t": 1, "unit": "C", "seq": 1.5})"),
+      {"json integer",
+       pub("devices/thermo-01/telemetry/temp", R"({"t": 1, "unit": "C", "seq": 1.5})"),
        Verdict::Deny, "mqtt.payload[0]"},
-      {"json extra key", pub("devices/thermo-01/telemetry/temp", R"({"t": 1, "unit": "C", "cmd": "x"})"),
+      {"json extra key",
+       pub("devices/thermo-01/telemetry/temp", R"({"t": 1, "unit": "C", "cmd": "x"})"),
        Verdict::Deny, "mqtt.payload[0]"},
-      {"json duplicate key", pub("devices/thermo-01/telemetry/temp", R"({"t": 1, "unit": "C", "t": 99})"),
-       Verdict::Deny, "mqtt.payload[0]"},
+      {"json duplicate key",
+       pub("devices/thermo-01/telemetry/temp", R"({"t": 1, "unit": "C", "t": 99})"), Verdict::Deny,
+       "mqtt.payload[0]"},
       {"other telemetry binary", pub("devices/thermo-01/telemetry/raw", "\x00\x01"), Verdict::Allow,
        "mqtt.publish"},
   };
@@ -269,7 +371,8 @@ id = "dev-c"
 common_name = "dev-c"
 [device.mqtt]
 username = "dev-c"
-password_hash = ")" + hash + "\"\n[mqtt]\n" + mqtt,
+password_hash = ")" + hash + "\"\n[mqtt]\n" +
+                               mqtt,
                            "dev-c.toml");
 }
 
@@ -329,8 +432,9 @@ TEST_F(Evaluator, SubscribeTable) {
 TEST_F(Evaluator, DeliveryToDeviceIsValidated) {
   EXPECT_TRUE(evaluateDelivery(*thermo_, pub("devices/thermo-01/cmd/set", "1")).allowed());
   EXPECT_FALSE(evaluateDelivery(*thermo_, pub("devices/thermo-02/cmd/set", "1")).allowed());
-  EXPECT_EQ(evaluateDelivery(*thermo_, pub("devices/thermo-01/cmd/set", std::string(2000, 'x'))).rule,
-            "mqtt.max_payload_bytes");
+  EXPECT_EQ(
+      evaluateDelivery(*thermo_, pub("devices/thermo-01/cmd/set", std::string(2000, 'x'))).rule,
+      "mqtt.max_payload_bytes");
 }
 
 TEST_F(Evaluator, CoapTable) {
@@ -431,7 +535,8 @@ qos = 0
   EXPECT_EQ(evaluateCoapPush(p, {CoapMethod::Get, "/readings/temp", 0, std::nullopt}, &push).rule,
             "coap.push");
   EXPECT_EQ(push, nullptr);
-  EXPECT_EQ(evaluateCoapPush(p, {CoapMethod::Post, "/readings/a/b", 1, 50}, &push).rule, "coap.push");
+  EXPECT_EQ(evaluateCoapPush(p, {CoapMethod::Post, "/readings/a/b", 1, 50}, &push).rule,
+            "coap.push");
   EXPECT_EQ(evaluateCoapPush(p, {CoapMethod::Post, "/readings/t", 65, 50}, &push).rule,
             "coap.max_payload_bytes");
   EXPECT_EQ(evaluateCoapPush(p, {CoapMethod::Post, "/readings/t", 1, 0}, &push).rule,

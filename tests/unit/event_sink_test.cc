@@ -46,7 +46,7 @@ TEST(EventSink, RateLimitsPerDeviceAndTypeThenSummarises) {
   for (int i = 0; i < 100; ++i) {
     sink.emit(violation("hostile"));
   }
-  sink.emit(violation("quiet"));                                // another device: own budget
+  sink.emit(violation("quiet"));                               // another device: own budget
   sink.emit(violation("hostile", EventType::PayloadRejected)); // another type: own budget
   EXPECT_EQ(written.size(), 5u);
   EXPECT_EQ(sink.suppressed(), 97u);
@@ -113,7 +113,8 @@ TEST(EventTypes, IdsAreUniqueWellFormedAndInTheCatalog) {
   // Every catalog entry names a provision or says it has none, and tells the operator what to do.
   std::regex entry("-- ([0-9a-f]{32})\\n");
   size_t entries = 0;
-  for (auto it = std::sregex_iterator(catalog.begin(), catalog.end(), entry); it != std::sregex_iterator(); ++it) {
+  for (auto it = std::sregex_iterator(catalog.begin(), catalog.end(), entry);
+       it != std::sregex_iterator(); ++it) {
     ++entries;
     EXPECT_TRUE(ids.contains((*it)[1].str())) << "catalog id without event type: " << (*it)[1];
   }

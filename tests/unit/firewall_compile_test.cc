@@ -148,8 +148,8 @@ TEST(FirewallCompile, DeviceFactsLandInTheirSets) {
   EXPECT_TRUE(rs.findSet("quarantine4")->elements.empty());
   EXPECT_EQ(rs.findSet("tx4")->elements,
             (std::vector<Element>{{{thermo4}, "tx-thermo-01"}, {{plug4}, "tx-plug-02"}}));
-  EXPECT_EQ(rs.counters, (std::vector<std::string>{"tx-plug-02", "rx-plug-02", "tx-thermo-01",
-                                                   "rx-thermo-01"}));
+  EXPECT_EQ(rs.counters,
+            (std::vector<std::string>{"tx-plug-02", "rx-plug-02", "tx-thermo-01", "rx-thermo-01"}));
   // DNS is always there; the listeners come from the options. DHCP is not a service on the
   // gateway's addresses (dhcp_input: its broadcast and multicast too).
   EXPECT_EQ(rs.findSet("gw_services")->elements.size(), 4u);
@@ -238,8 +238,9 @@ TEST(FirewallCompile, NoNatWithoutAListenerOrAnInterceptedDevice) {
   EXPECT_EQ(rs.findChain("nat_prerouting"), nullptr); // no NAT at all
   // Nor when no device is intercepted (the plug opts out).
   EXPECT_EQ(firewall::compile(*policies({kPlug}), options()).findChain("nat_prerouting"), nullptr);
-  EXPECT_EQ(firewall::compile(*policies({kThermo}), options()).findChain("nat_prerouting")->rules.size(),
-            4u); // MQTT and CoAP, IPv4 and IPv6
+  EXPECT_EQ(
+      firewall::compile(*policies({kThermo}), options()).findChain("nat_prerouting")->rules.size(),
+      4u); // MQTT and CoAP, IPv4 and IPv6
 }
 
 TEST(FirewallCompile, RulesPerPacketDoNotGrowWithDevices) {
@@ -319,7 +320,8 @@ TEST(FirewallCompile, StructuralChangesNeedTheWholeTable) {
 }
 
 TEST(FirewallCompile, NftScriptNamesEveryPart) {
-  const std::string text = firewall::toNftScript(firewall::compile(*policies({kThermo}), options()));
+  const std::string text =
+      firewall::toNftScript(firewall::compile(*policies({kThermo}), options()));
   for (const char* part : {
            "table inet iotgw {",
            "counter tx-thermo-01 { }",
@@ -377,7 +379,8 @@ TEST(FirewallExposure, OnlyUnlistedOpenPortsAreReported) {
   EXPECT_EQ(found[0].open, (firewall::OpenPort{23, Transport::Tcp}));
   EXPECT_EQ(found[0].service, "telnet");
   EXPECT_NE(found[0].message.find("Mirai"), std::string::npos);
-  EXPECT_EQ(found[1].open, (firewall::OpenPort{80, Transport::Udp})); // 80/tcp is listed, not 80/udp
+  EXPECT_EQ(found[1].open,
+            (firewall::OpenPort{80, Transport::Udp})); // 80/tcp is listed, not 80/udp
   EXPECT_EQ(firewall::scanPorts().size(), 13u);
 }
 
@@ -406,17 +409,20 @@ port = 5690
 )";
   const auto set = policies({kCoapDevice, kNoRules});
   const auto rs = firewall::compile(*set, options());
-  EXPECT_EQ(rs.findSet("services4")->elements,
-            (std::vector<Element>{{{v({192, 168, 50, 13}), v({IPPROTO_UDP}), v({0x16, 0x3a})}, {}}}));
+  EXPECT_EQ(
+      rs.findSet("services4")->elements,
+      (std::vector<Element>{{{v({192, 168, 50, 13}), v({IPPROTO_UDP}), v({0x16, 0x3a})}, {}}}));
   EXPECT_TRUE(rs.findSet("allow4")->elements.empty()); // the device itself gains nothing
 
   using policy::Transport;
   const std::vector<firewall::OpenPort> open{{5690, Transport::Udp}, {5683, Transport::Udp}};
-  const auto withRules = firewall::unexpectedServices(*set->find(*policy::DeviceId::parse("sensor-03")), open);
+  const auto withRules =
+      firewall::unexpectedServices(*set->find(*policy::DeviceId::parse("sensor-03")), open);
   ASSERT_EQ(withRules.size(), 1u);
   EXPECT_EQ(withRules[0].open, (firewall::OpenPort{5683, Transport::Udp}));
-  EXPECT_EQ(firewall::unexpectedServices(*set->find(*policy::DeviceId::parse("sensor-04")), open).size(),
-            2u);
+  EXPECT_EQ(
+      firewall::unexpectedServices(*set->find(*policy::DeviceId::parse("sensor-04")), open).size(),
+      2u);
 }
 
 TEST(FirewallCompile, BridgeScriptNamesEveryPart) {

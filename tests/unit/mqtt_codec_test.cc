@@ -122,7 +122,10 @@ TEST(MqttDecode, ConnectWithEverything) {
                   Property{PropertyId::ReceiveMaximum, 20, {}, {}, {}},
                   Property{PropertyId::UserProperty, 0, "k", "v", {}},
                   Property{PropertyId::UserProperty, 0, "k", "w", {}}};
-  c.will = Will{"devices/thermo-01/status", {'o', 'f', 'f'}, 1, true,
+  c.will = Will{"devices/thermo-01/status",
+                {'o', 'f', 'f'},
+                1,
+                true,
                 {Property{PropertyId::WillDelayInterval, 5, {}, {}, {}}}};
   c.username = "thermo";
   c.password = std::vector<uint8_t>{'p', 'w'};
@@ -141,29 +144,41 @@ TEST(MqttCodec, EveryPacketTypeRoundTripsInBothVersions) {
     const Properties reasonProps =
         v5 ? Properties{Property{PropertyId::ReasonString, 0, "why", {}, {}}} : Properties{};
     std::vector<Packet> packets = {
-        Connack{true, 0, v5 ? Properties{Property{PropertyId::ReceiveMaximum, 10, {}, {}, {}},
-                                         Property{PropertyId::TopicAliasMaximum, 0, {}, {}, {}}}
-                            : Properties{}},
+        Connack{true, 0,
+                v5 ? Properties{Property{PropertyId::ReceiveMaximum, 10, {}, {}, {}},
+                                Property{PropertyId::TopicAliasMaximum, 0, {}, {}, {}}}
+                   : Properties{}},
         Publish{false, 0, false, "a/b", 0, {}, {1, 2, 3}},
-        Publish{true, 1, true, "a/b", 7, v5 ? Properties{Property{PropertyId::ContentType, 0, "application/json", {}, {}},
-                                                          Property{PropertyId::CorrelationData, 0, {}, {}, {9, 9}}}
-                                            : Properties{}, {}},
+        Publish{true,
+                1,
+                true,
+                "a/b",
+                7,
+                v5 ? Properties{Property{PropertyId::ContentType, 0, "application/json", {}, {}},
+                                Property{PropertyId::CorrelationData, 0, {}, {}, {9, 9}}}
+                   : Properties{},
+                {}},
         Publish{false, 2, false, "x", 65535, {}, std::vector<uint8_t>(300, 'z')},
         Ack{PacketType::Puback, 1, 0, {}},
         Ack{PacketType::Pubrec, 2, v5 ? uint8_t{0x10} : uint8_t{0}, reasonProps},
         Ack{PacketType::Pubrel, 3, 0, {}},
         Ack{PacketType::Pubcomp, 4, 0, {}},
-        Subscribe{5, v5 ? Properties{Property{PropertyId::SubscriptionIdentifier, 268435455, {}, {}, {}}} : Properties{},
-                  {Subscription{"a/+", 1}, Subscription{"b/#", v5 ? uint8_t{0x2E} : uint8_t{2}}}},
+        Subscribe{
+            5,
+            v5 ? Properties{Property{PropertyId::SubscriptionIdentifier, 268435455, {}, {}, {}}}
+               : Properties{},
+            {Subscription{"a/+", 1}, Subscription{"b/#", v5 ? uint8_t{0x2E} : uint8_t{2}}}},
         SubAck{PacketType::Suback, 5, reasonProps, {0x01, 0x80}},
         Unsubscribe{6, {}, {"a/+", "b/#"}},
-        SubAck{PacketType::Unsuback, 6, reasonProps, v5 ? std::vector<uint8_t>{0x00, 0x11} : std::vector<uint8_t>{}},
+        SubAck{PacketType::Unsuback, 6, reasonProps,
+               v5 ? std::vector<uint8_t>{0x00, 0x11} : std::vector<uint8_t>{}},
         Pingreq{},
         Pingresp{},
         Disconnect{v5 ? uint8_t{0x04} : uint8_t{0}, {}},
     };
     if (v5) {
-      packets.push_back(Auth{0x18, {Property{PropertyId::AuthenticationMethod, 0, "SCRAM", {}, {}}}});
+      packets.push_back(
+          Auth{0x18, {Property{PropertyId::AuthenticationMethod, 0, "SCRAM", {}, {}}}});
     }
     for (const auto& p : packets) {
       EXPECT_EQ(roundTrip(p, v), p) << toString(typeOf(p)) << " v" << static_cast<int>(v);
@@ -177,11 +192,13 @@ TEST(MqttEncode, KnownServerPackets) {
   EXPECT_EQ(encode(Connack{false, reason::kNotAuthorized, {}}, Version::V5), hex("2003008700"));
   EXPECT_EQ(encode(Ack{PacketType::Puback, 0x1234, 0, {}}, Version::V311), hex("40021234"));
   EXPECT_EQ(encode(Ack{PacketType::Pubrel, 1, 0, {}}, Version::V311), hex("62020001"));
-  EXPECT_EQ(encode(SubAck{PacketType::Suback, 1, {}, {0x01, 0x80}}, Version::V311), hex("900400010180"));
+  EXPECT_EQ(encode(SubAck{PacketType::Suback, 1, {}, {0x01, 0x80}}, Version::V311),
+            hex("900400010180"));
   EXPECT_EQ(encode(SubAck{PacketType::Unsuback, 1, {}, {}}, Version::V311), hex("b0020001"));
   EXPECT_EQ(encode(Pingresp{}, Version::V311), hex("d000"));
   EXPECT_EQ(encode(Disconnect{reason::kMalformedPacket, {}}, Version::V5), hex("e00181"));
-  EXPECT_EQ(encode(Publish{false, 1, false, "a", 1, {}, {'x'}}, Version::V311), hex("3206000161000178"));
+  EXPECT_EQ(encode(Publish{false, 1, false, "a", 1, {}, {'x'}}, Version::V311),
+            hex("3206000161000178"));
 }
 
 TEST(MqttValidate, AcceptsWhatTheSpecificationAllows) {
@@ -251,4 +268,6 @@ INSTANTIATE_TEST_SUITE_P(Cases, MqttMalformed, testing::ValuesIn(loadMalformedCa
                            return n;
                          });
 
-TEST(MqttMalformedCorpus, HasAtLeastOneHundredCases) { EXPECT_GE(loadMalformedCases().size(), 100u); }
+TEST(MqttMalformedCorpus, HasAtLeastOneHundredCases) {
+  EXPECT_GE(loadMalformedCases().size(), 100u);
+}

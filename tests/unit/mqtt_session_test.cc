@@ -24,7 +24,8 @@ addresses = ["192.168.50.10"]
 [device.mqtt]
 client_id = "thermo-01"
 username = "thermo"
-password_hash = ")" + hash + R"("
+password_hash = ")" +
+         hash + R"("
 [mqtt]
 publish = ["devices/%c/telemetry/#", "devices/%c/status"]
 subscribe = ["devices/%c/cmd/#"]
@@ -37,7 +38,8 @@ topic = "devices/%c/telemetry/temp"
 format = "json"
 required = ["t"]
 [violation]
-action = ")" + action + "\"\n";
+action = ")" +
+         action + "\"\n";
 }
 
 class SessionTest : public testing::Test {
@@ -49,9 +51,9 @@ protected:
 
   // A new session (a reconnect) with the same policies and the same subscription memory.
   void makeSessionKeepingMemory() {
-    session_ = std::make_unique<Session>(settings_, policies_,
-                                         std::make_shared<DefaultCredentials>(), throttle_, peer(),
-                                         now_, &memory_);
+    session_ =
+        std::make_unique<Session>(settings_, policies_, std::make_shared<DefaultCredentials>(),
+                                  throttle_, peer(), now_, &memory_);
   }
 
   void makeSession(const std::string& action = "drop", const std::string& extraMqtt = "") {
@@ -62,9 +64,9 @@ protected:
     std::vector<DevicePolicy> v;
     v.push_back(std::move(*p));
     policies_ = *PolicySet::build(std::move(v));
-    session_ = std::make_unique<Session>(settings_, policies_,
-                                         std::make_shared<DefaultCredentials>(), throttle_, peer(),
-                                         now_, &memory_);
+    session_ =
+        std::make_unique<Session>(settings_, policies_, std::make_shared<DefaultCredentials>(),
+                                  throttle_, peer(), now_, &memory_);
   }
 
   static PeerInfo peer() {
@@ -249,8 +251,9 @@ TEST_F(SessionTest, SecondConnectIsAViolation) {
 TEST_F(SessionTest, PubackOnlyAfterTheBrokerAcknowledged) {
   makeSession();
   connected();
-  Effects e = send({Publish{false, 0, false, "devices/thermo-01/telemetry/hum", 0, {}, bytesOf("40")},
-                    Publish{false, 1, false, "devices/thermo-01/telemetry/hum", 5, {}, bytesOf("41")}});
+  Effects e =
+      send({Publish{false, 0, false, "devices/thermo-01/telemetry/hum", 0, {}, bytesOf("40")},
+            Publish{false, 1, false, "devices/thermo-01/telemetry/hum", 5, {}, bytesOf("41")}});
   auto pubs = commands<upstream::Publish>(e);
   ASSERT_EQ(pubs.size(), 2u);
   EXPECT_EQ(pubs[0].qos, 0);
@@ -281,8 +284,9 @@ TEST_F(SessionTest, DeniedPublishIsDroppedAndReported) {
   EXPECT_EQ(e.events[0].provision, "5.13-1");
   EXPECT_FALSE(e.closeClient);
   // A payload rule violation is a payload-rejected event.
-  Effects p = send({Publish{false, 0, false, "devices/thermo-01/telemetry/temp", 0, {}, bytesOf("{}")}},
-                   Version::V5);
+  Effects p =
+      send({Publish{false, 0, false, "devices/thermo-01/telemetry/temp", 0, {}, bytesOf("{}")}},
+           Version::V5);
   EXPECT_EQ(p.events.at(0).type, EventType::PayloadRejected);
   EXPECT_EQ(session_->counters().publishesDenied, 2u);
 }
@@ -322,8 +326,10 @@ TEST_F(SessionTest, Qos2IsForwardedExactlyOnce) {
 TEST_F(SessionTest, SubscribeGrantsOnlyWhatThePolicyAllows) {
   makeSession();
   connected();
-  Effects e = send({Subscribe{3, {}, {Subscription{"devices/thermo-01/cmd/#", 2},
-                                      Subscription{"devices/#", 0}, Subscription{"#", 1}}}});
+  Effects e = send({Subscribe{3,
+                              {},
+                              {Subscription{"devices/thermo-01/cmd/#", 2},
+                               Subscription{"devices/#", 0}, Subscription{"#", 1}}}});
   auto r = replies(e);
   ASSERT_EQ(r.size(), 1u);
   EXPECT_EQ(std::get<SubAck>(r[0]).reasonCodes, (std::vector<uint8_t>{2, 0x80, 0x80}));
@@ -490,11 +496,14 @@ TEST_F(SessionTest, TopicsAreMappedUnderThePolicyPrefix) {
   c.will = Will{"devices/thermo-01/status", bytesOf("gone"), 0, false, {}};
   Effects e = send({c});
   ASSERT_EQ(commands<upstream::Open>(e).size(), 1u);
-  EXPECT_EQ(commands<upstream::Open>(e)[0].will->topic, "home/gw1/thermo-01/devices/thermo-01/status");
+  EXPECT_EQ(commands<upstream::Open>(e)[0].will->topic,
+            "home/gw1/thermo-01/devices/thermo-01/status");
   Effects p = send({Publish{false, 0, false, "devices/thermo-01/status", 0, {}, bytesOf("on")},
                     Subscribe{1, {}, {Subscription{"devices/thermo-01/cmd/#", 1}}}});
-  EXPECT_EQ(commands<upstream::Publish>(p).at(0).topic, "home/gw1/thermo-01/devices/thermo-01/status");
-  EXPECT_EQ(commands<upstream::Subscribe>(p).at(0).filter, "home/gw1/thermo-01/devices/thermo-01/cmd/#");
+  EXPECT_EQ(commands<upstream::Publish>(p).at(0).topic,
+            "home/gw1/thermo-01/devices/thermo-01/status");
+  EXPECT_EQ(commands<upstream::Subscribe>(p).at(0).filter,
+            "home/gw1/thermo-01/devices/thermo-01/cmd/#");
   Effects d;
   session_->deliver("home/gw1/thermo-01/devices/thermo-01/cmd/set", bytesOf("1"), 0, false, d);
   auto r = replies(d);
@@ -508,8 +517,8 @@ TEST_F(SessionTest, TopicsAreMappedUnderThePolicyPrefix) {
 TEST_F(SessionTest, PasswordIsCheckedOffTheSessionAndPipelinedPacketsWait) {
   makeSession();
   std::vector<uint8_t> bytes = encode(connect(), Version::V311);
-  const auto pub = encode(Publish{false, 1, false, "devices/thermo-01/status", 5, {}, bytesOf("on")},
-                          Version::V311);
+  const auto pub = encode(
+      Publish{false, 1, false, "devices/thermo-01/status", 5, {}, bytesOf("on")}, Version::V311);
   bytes.insert(bytes.end(), pub.begin(), pub.end());
   Effects e;
   session_->receive(bytes, now_, e);
@@ -544,8 +553,8 @@ TEST_F(SessionTest, UnknownUserNameIsCheckedAndAnsweredLikeAWrongPassword) {
       EXPECT_TRUE(e.authenticationFailed);
     }
     EXPECT_EQ(codes[0], codes[1]);
-    EXPECT_EQ(codes[0], v == Version::V5 ? reason::kBadUserNameOrPassword
-                                         : v311::kBadUserNameOrPassword);
+    EXPECT_EQ(codes[0],
+              v == Version::V5 ? reason::kBadUserNameOrPassword : v311::kBadUserNameOrPassword);
   }
 }
 
@@ -581,8 +590,8 @@ TEST_F(SessionTest, PacketsBeforeTheLoginAreSmall) {
   // Once logged in, the session's own limit applies.
   makeSession();
   connected();
-  Effects big = send({Publish{false, 0, false, "devices/thermo-01/status", 0, {},
-                              std::vector<uint8_t>(4000, 'x')}});
+  Effects big = send({Publish{
+      false, 0, false, "devices/thermo-01/status", 0, {}, std::vector<uint8_t>(4000, 'x')}});
   EXPECT_FALSE(big.closeClient);
   EXPECT_EQ(commands<upstream::Publish>(big).size(), 1u);
   // What waits behind a CONNECT under check is bounded too.
@@ -637,7 +646,8 @@ TEST_F(SessionTest, DroppedQos2FlowsCountAgainstTheReceiveMaximum) {
   connected();
   for (uint16_t id = 1; id <= 3; ++id) {
     // Outside the publish list: dropped, acknowledged with PUBREC, left open by the client.
-    Effects e = send({Publish{false, 2, false, "devices/thermo-01/elsewhere", id, {}, bytesOf("x")}});
+    Effects e =
+        send({Publish{false, 2, false, "devices/thermo-01/elsewhere", id, {}, bytesOf("x")}});
     EXPECT_FALSE(e.closeClient);
   }
   Effects e = send({Publish{false, 2, false, "devices/thermo-01/elsewhere", 4, {}, bytesOf("x")}});
@@ -703,8 +713,10 @@ TEST_F(SessionTest, UnsubscribeIsBoundedPerPacket) {
   settings_.maxFiltersPerSubscribe = 2;
   makeSession();
   connected(Version::V5);
-  Effects e = send({Unsubscribe{1, {}, {"devices/thermo-01/cmd/a", "devices/thermo-01/cmd/b",
-                                        "devices/thermo-01/cmd/c"}}},
+  Effects e = send({Unsubscribe{1,
+                                {},
+                                {"devices/thermo-01/cmd/a", "devices/thermo-01/cmd/b",
+                                 "devices/thermo-01/cmd/c"}}},
                    Version::V5);
   EXPECT_EQ(std::get<SubAck>(replies(e, Version::V5).at(0)).reasonCodes,
             (std::vector<uint8_t>{0, 0, reason::kUnspecifiedError}));

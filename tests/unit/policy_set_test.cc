@@ -59,7 +59,8 @@ TEST(PolicySet, FileNameMustMatchId) {
   auto devices = loadPolicyDirectories({a.path()}, 100);
   ASSERT_FALSE(devices);
   EXPECT_EQ(devices.error().front().line, 2u);
-  EXPECT_NE(devices.error().front().message.find("does not match the file name"), std::string::npos);
+  EXPECT_NE(devices.error().front().message.find("does not match the file name"),
+            std::string::npos);
 }
 
 TEST(PolicySet, OneBadFileRejectsAll) {
@@ -91,8 +92,8 @@ TEST(PolicySet, EnforcesDeviceLimit) {
   TempDir a;
   for (int i = 0; i < 5; ++i) {
     const std::string id = "d" + std::to_string(i);
-    a.write(id + ".toml", device(id, "02:00:00:00:00:1" + std::to_string(i),
-                                 "192.168.50.1" + std::to_string(i)));
+    a.write(id + ".toml",
+            device(id, "02:00:00:00:00:1" + std::to_string(i), "192.168.50.1" + std::to_string(i)));
   }
   EXPECT_TRUE(loadPolicyDirectories({a.path()}, 5));
   auto over = loadPolicyDirectories({a.path()}, 4);

@@ -24,7 +24,8 @@ vulnerability_contact = "https://acme.example/security"
 [device.mqtt]
 client_id = "thermo-01"
 username = "thermo"
-password_hash = ")" + hash + R"("
+password_hash = ")" +
+         hash + R"("
 
 [device.certificate]
 common_name = "thermo-01"
