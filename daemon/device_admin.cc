@@ -404,19 +404,9 @@ GatewayStatus Daemon::status() const {
     s.counters = coap_->counters();
   }
   if (mqtt_) {
-    const MqttStats& m = mqtt_->stats();
-    for (const auto& [name, value] : {std::pair<const char*, uint64_t>{"mqtt_accepted", m.accepted},
-                                      {"mqtt_refused_by_limits", m.refusedByLimits},
-                                      {"mqtt_refused_off_segment", m.refusedOffSegment},
-                                      {"mqtt_qos0_dropped", m.qos0Dropped},
-                                      {"mqtt_upstream_stalls", m.upstreamStalls},
-                                      {"mqtt_draining_given_up", m.drainingGivenUp},
-                                      {"mqtt_evicted_unauthenticated", m.evictedUnauthenticated},
-                                      {"mqtt_tls_handshakes_failed", m.tlsHandshakesFailed},
-                                      {"mqtt_password_checks", m.passwordChecks},
-                                      {"mqtt_password_checks_busy", m.passwordChecksBusy}}) {
-      s.counters.emplace_back(name, value);
-    }
+    auto m = mqtt_->counters();
+    s.counters.insert(s.counters.end(), std::make_move_iterator(m.begin()),
+                      std::make_move_iterator(m.end()));
   }
   s.firewall = firewall_ != nullptr;
   s.reloads = reloads_;

@@ -2,15 +2,11 @@
 #include "daemon/mqtt_service.h"
 
 #include <sys/epoll.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <thread>
 
 #include <fmt/format.h>
-
-#include "daemon/mqtt_push.h"
 
 namespace iotgw::daemon {
 
@@ -19,7 +15,9 @@ using policy::Event;
 using policy::EventType;
 
 namespace {
-constexpr size_t kReadChunk = 64 * 1024;
+
+constexpr std::ptrdiff_t kMaxDrainingPerDevice = 4;
+constexpr auto kPublisherIdle = std::chrono::seconds(60);
 
 void add(mqtt::SessionCounters& to, const mqtt::SessionCounters& k) {
   to.packetsIn += k.packetsIn;
@@ -30,8 +28,6 @@ void add(mqtt::SessionCounters& to, const mqtt::SessionCounters& k) {
   to.malformed += k.malformed;
   to.dropped += k.dropped;
 }
-constexpr size_t kMaxOutput = 4 * 1024 * 1024; // a client that does not read is cut off
-constexpr std::ptrdiff_t kMaxDrainingPerDevice = 4;
 
 io::AdmissionLimits admissionLimits(const Limits& l) {
   io::AdmissionLimits a;
@@ -45,48 +41,17 @@ io::AdmissionLimits admissionLimits(const Limits& l) {
   a.maxChecksPerSource = l.maxPasswordChecksPerSource;
   return a;
 }
+
+mqtt::ProxySettings proxySettings(const Limits& l, const mqtt::ByteBudget& budget, bool tls) {
+  mqtt::ProxySettings s;
+  s.protocol = tls ? "mqtts" : "mqtt";
+  s.maxConnectBytes = l.maxConnectBytes;
+  s.handshakeTimeout = std::chrono::duration_cast<std::chrono::milliseconds>(l.handshakeTimeout);
+  s.budget = &budget;
+  return s;
+}
+
 } // namespace
-
-struct MqttService::Connection final : mqtt::UpstreamObserver {
-  Connection(MqttService& s, io::Accepted a, uint64_t connectionId)
-      : service(s), id(connectionId), fd(std::move(a.fd)), address(a.address),
-        source(a.address.str()), label(a.label()), accepted(Clock::now()) {}
-
-  void upstreamAcked(uint64_t token) override {
-    mqtt::Effects e;
-    session->upstreamAcked(token, e);
-    service.apply(*this, e);
-  }
-  void upstreamMessage(const std::string& topic, std::span<const uint8_t> payload, uint8_t qos,
-                       bool retain) override {
-    mqtt::Effects e;
-    session->deliver(topic, payload, qos, retain, e);
-    service.apply(*this, e);
-  }
-  void upstreamConnected(bool up, int) override {
-    if (up && paused) {
-      service.resume(*this);
-    }
-  }
-
-  MqttService& service;
-  uint64_t id;
-  io::UniqueFd fd;
-  policy::IpAddress address;
-  std::string source;
-  std::string label;
-  Clock::time_point accepted;
-  std::unique_ptr<tls::ServerStream> tls; // null on the plaintext listener
-  bool handshaking = false;
-  std::unique_ptr<mqtt::Session> session; // created once the transport is ready
-  std::unique_ptr<mqtt::MosquittoUpstream> upstream;
-  std::vector<uint8_t> output;
-  bool closeAfterFlush = false;
-  bool dead = false;
-  bool paused = false; // not reading: the upstream is connecting, or the broker is not reading
-  bool stallReported = false; // the broker-not-reading event went out for this pause
-  uint32_t armed = 0;
-};
 
 MqttService::MqttService(io::Reactor& reactor, EventSink& sink,
                          std::shared_ptr<const Config> config, PolicySource policies,
@@ -94,17 +59,35 @@ MqttService::MqttService(io::Reactor& reactor, EventSink& sink,
     : reactor_(reactor), sink_(sink), config_(std::move(config)), policies_(std::move(policies)),
       defaults_(std::move(defaults)), throttle_(config_->limits.authThrottle),
       admission_(admissionLimits(config_->limits)),
-      upstreamBudget_{config_->limits.maxQueuedBytesTotal, 0} {}
+      upstreamBudget_{config_->limits.maxQueuedBytesTotal, 0},
+      plainSettings_(proxySettings(config_->limits, upstreamBudget_, false)),
+      tlsSettings_(proxySettings(config_->limits, upstreamBudget_, true)) {
+  hooks_.emit = [this](Event e) { sink_.emit(std::move(e)); };
+  hooks_.newSession = [this](mqtt::PeerInfo peer) { return newSession(std::move(peer)); };
+  hooks_.openUpstream = [this](const policy::DevicePolicy* d, const mqtt::upstream::Open& open,
+                               mqtt::UpstreamObserver& o) { return createUpstream(d, open, o); };
+  hooks_.checkPassword = [this](mqtt::Proxy& p, mqtt::PasswordCheck check) {
+    checkPassword(p, std::move(check));
+  };
+  hooks_.quarantine = [this](const policy::DeviceId& id, const std::string& rule) {
+    if (!quarantine_) {
+      return false;
+    }
+    quarantine_(id, rule); // closes the device's connections through closeDevice
+    return true;
+  };
+  hooks_.handshakeBytes = [this](mqtt::Proxy& p) { admission_.sawBytes(p.id()); };
+  hooks_.handshakeEnded = [this](mqtt::Proxy& p) { handshakeEnded(p); };
+  hooks_.received = [this](mqtt::Proxy& p) { accountHeldBytes(p); };
+  hooks_.closed = [this](mqtt::Proxy& p) { connectionClosed(p); };
+  hooks_.settle = [this] { sweep(); };
+}
 
 MqttService::~MqttService() {
   if (timer_) {
     reactor_.cancelTimer(*timer_);
   }
-  for (auto& [ptr, c] : connections_) {
-    if (c->fd.valid()) {
-      reactor_.remove(c->fd.get());
-    }
-  }
+  connections_.clear(); // each stops watching its socket
   for (const auto& l : listeners_) {
     reactor_.remove(l.get());
   }
@@ -201,27 +184,27 @@ void MqttService::onAccept(int listenFd, bool tls) {
     }
     evict(verdict.evict);
     ++stats_.accepted;
-    auto c = std::make_unique<Connection>(*this, std::move(*a), id);
-    Connection* raw = c.get();
+    const int fd = a->fd.get();
+    std::unique_ptr<io::Stream> stream;
     if (tls) {
-      auto stream = tls::ServerStream::create(tlsContext_, raw->fd.get());
-      if (!stream) {
+      auto s = tls::ServerStream::create(tlsContext_, fd);
+      if (!s) {
         admission_.closed(id);
         continue;
       }
-      raw->tls = std::move(*stream);
-      raw->handshaking = true;
+      stream = std::move(*s);
     } else {
-      startSession(*raw);
+      stream = std::make_unique<io::PlainStream>(fd);
     }
-    raw->armed = EPOLLIN | EPOLLRDHUP;
-    if (reactor_.add(raw->fd.get(), raw->armed,
-                     [this, raw](uint32_t ev) { onClientEvents(*raw, ev); })) {
+    auto p = std::make_unique<mqtt::Proxy>(reactor_, tls ? tlsSettings_ : plainSettings_, hooks_,
+                                           stats_.proxied, id, std::move(*a), std::move(stream));
+    mqtt::Proxy* raw = p.get();
+    if (!raw->start(tls)) {
       admission_.closed(id);
       continue;
     }
-    byId_.emplace(raw->id, raw);
-    connections_.emplace(raw, std::move(c));
+    byId_.emplace(id, raw);
+    connections_.emplace(raw, std::move(p));
   }
 }
 
@@ -239,14 +222,14 @@ bool MqttService::fromDeviceSegment(const io::Accepted& a) const {
 
 void MqttService::evict(const std::vector<io::Admission::Id>& ids) {
   for (const auto id : ids) {
-    if (const auto it = byId_.find(id); it != byId_.end() && !it->second->dead) {
+    if (const auto it = byId_.find(id); it != byId_.end() && !it->second->dead()) {
       ++stats_.evictedUnauthenticated;
-      closeConnection(*it->second, false);
+      it->second->close(false);
     }
   }
 }
 
-void MqttService::startSession(Connection& c) {
+std::unique_ptr<mqtt::Session> MqttService::newSession(mqtt::PeerInfo peer) {
   const auto& limits = config_->limits;
   mqtt::SessionSettings settings;
   settings.maxPacketBytes = limits.maxPacketBytes;
@@ -259,294 +242,22 @@ void MqttService::startSession(Connection& c) {
   settings.maxTopicBytes = limits.maxTopicBytes;
   settings.upstreamClientIdPrefix = config_->upstream.clientIdPrefix;
   settings.quarantined = quarantined_;
-  mqtt::PeerInfo peer{c.address, c.label, std::nullopt};
-  if (c.tls) {
-    // The identity comes from the verified certificate, never from packet contents.
-    peer.certificate =
-        policy::CertificateFacts{c.tls->peer().commonName, c.tls->peer().subjectAltNames};
-  }
-  c.session = std::make_unique<mqtt::Session>(settings, policies_(), defaults_, throttle_,
-                                              std::move(peer), Clock::now(), &subscriptions_);
+  return std::make_unique<mqtt::Session>(settings, policies_(), defaults_, throttle_,
+                                         std::move(peer), Clock::now(), &subscriptions_);
 }
 
-void MqttService::handshakeEnded(Connection& c) {
-  admission_.handshakeEnded(c.id);
+void MqttService::handshakeEnded(mqtt::Proxy& p) {
+  admission_.handshakeEnded(p.id());
   lastHandshakeEnded_ = Clock::now();
   handshakeCachesHeld_ = true;
 }
 
-void MqttService::onHandshake(Connection& c) {
-  const tls::IoStatus st = c.tls->handshake();
-  switch (st) {
-  case tls::IoStatus::Ok:
-    c.handshaking = false;
-    handshakeEnded(c);
-    startSession(c);
-    flush(c);      // back to plain read interest
-    readClient(c); // application data may have arrived with the last handshake flight
-    return;
-  case tls::IoStatus::WantRead:
-  case tls::IoStatus::WantWrite: {
-    // WolfSSL writes handshake records through the socket itself; watch for writability only
-    // when its non-blocking send could not finish.
-    const uint32_t events = EPOLLIN | EPOLLRDHUP | (st == tls::IoStatus::WantWrite ? EPOLLOUT : 0u);
-    if (events != c.armed) {
-      (void)reactor_.modify(c.fd.get(), events);
-      c.armed = events;
-    }
-    return;
-  }
-  case tls::IoStatus::Closed:
-  case tls::IoStatus::Failed: {
-    ++stats_.tlsHandshakesFailed;
-    Event e;
-    e.type = EventType::AuthenticationFailed;
-    e.peer = c.label;
-    e.protocol = "mqtts";
-    e.rule = "tls.handshake";
-    e.provision = "5.5-4";
-    e.action = "refuse";
-    e.message = "TLS handshake failed: " + c.tls->lastError();
-    sink_.emit(std::move(e));
-    closeConnection(c, false);
-    return;
-  }
-  }
-}
-
-void MqttService::onClientEvents(Connection& c, uint32_t events) {
-  if (c.dead) {
-    return;
-  }
-  if (c.handshaking) {
-    if ((events & EPOLLIN) != 0) {
-      admission_.sawBytes(c.id);
-    }
-    onHandshake(c);
-    sweep();
-    return;
-  }
-  if ((events & EPOLLOUT) != 0) {
-    flush(c);
-    if (c.dead) {
-      sweep();
-      return;
-    }
-  }
-  if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0) {
-    readClient(c);
-  }
-  sweep();
-}
-
-void MqttService::resume(Connection& c) {
-  if (c.dead || !c.paused) {
-    return;
-  }
-  c.paused = false;
-  flush(c); // re-arms EPOLLIN
-  readClient(c);
-}
-
-void MqttService::readClient(Connection& c) {
-  uint8_t buf[kReadChunk];
-  // With TLS, read until WolfSSL wants more from the socket: it may hold decrypted records.
-  for (int round = 0; round < 16 && !c.dead; ++round) {
-    if (c.upstream && !c.upstream->acceptsMore()) {
-      c.paused = true;
-      flush(c); // drops EPOLLIN until the upstream is connected or the broker reads again
-      if (c.upstream->stalled() && !c.stallReported) {
-        c.stallReported = true;
-        ++stats_.upstreamStalls;
-        Event e;
-        e.type = EventType::UpstreamUnavailable;
-        e.device = c.session->device() != nullptr ? c.session->device()->id.str() : "";
-        e.peer = c.label;
-        e.protocol = "mqtt";
-        e.rule = upstreamBudget_.exhausted() ? "limits.max_queued_bytes_total"
-                                             : "limits.max_queued_bytes";
-        e.action = "flow-control";
-        e.message = "the broker is not reading: the device is held back until it does";
-        sink_.emit(std::move(e));
-      }
-      return;
-    }
-    // While the upstream connects, small reads keep what one read can add to its queue small;
-    // before the login, no more than a CONNECT may take is read at once.
-    size_t chunk = c.upstream && !c.upstream->connected() ? 2048 : sizeof buf;
-    if (!c.session->authenticated()) {
-      chunk = std::min<size_t>(chunk, config_->limits.maxConnectBytes);
-    }
-    size_t n = 0;
-    bool eof = false;
-    if (c.tls) {
-      const auto st = c.tls->read(std::span(buf, chunk), n);
-      if (st == tls::IoStatus::WantRead || st == tls::IoStatus::WantWrite) {
-        return;
-      }
-      eof = st != tls::IoStatus::Ok;
-    } else {
-      const ssize_t r = ::read(c.fd.get(), buf, chunk);
-      if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
-        return;
-      }
-      eof = r <= 0;
-      n = r > 0 ? static_cast<size_t>(r) : 0;
-    }
-    if (eof) {
-      mqtt::Effects e;
-      c.session->connectionLost(e);
-      apply(c, e);
-      closeConnection(c, true);
-      return;
-    }
-    mqtt::Effects e;
-    c.session->receive(std::span(buf, n), Clock::now(), e);
-    apply(c, e);
-    accountHeldBytes(c);
-    if (!c.tls) {
-      return; // level-triggered epoll calls again if more is waiting
-    }
-  }
-}
-
-void MqttService::apply(Connection& c, mqtt::Effects& e) {
-  std::string violated = "policy"; // the rule behind a quarantine request
-  if (e.quarantineRequested && !e.events.empty()) {
-    violated = e.events.back().rule;
-  }
-  for (auto& ev : e.events) {
-    sink_.emit(std::move(ev));
-  }
-  if (e.quarantineRequested && c.session->device() != nullptr && quarantine_) {
-    const policy::DeviceId id = c.session->device()->id;
-    quarantine_(id, violated); // closes this session too, through closeDevice
-    if (c.dead) {
-      return;
-    }
-  } else if (e.quarantineRequested && c.session->device() != nullptr) {
-    Event q;
-    q.type = EventType::DeviceQuarantined;
-    q.device = c.session->device()->id.str();
-    q.peer = c.label;
-    q.protocol = "mqtt";
-    q.action = "request";
-    q.message = "quarantine requested by the device's policy; its session was closed";
-    sink_.emit(std::move(q));
-  }
-  if (e.passwordCheck) {
-    checkPassword(c, std::move(*e.passwordCheck));
-    e.passwordCheck.reset();
-    if (c.dead) {
-      return;
-    }
-  }
-  for (auto& cmd : e.upstream) {
-    if (auto* open = std::get_if<mqtt::upstream::Open>(&cmd)) {
-      auto created = createUpstream(c.session->device(), *open, c);
-      if (created) {
-        c.upstream = std::move(*created);
-      } else {
-        // Without an upstream nothing the client sends could be delivered: say so and close.
-        Event ev;
-        ev.type = EventType::UpstreamUnavailable;
-        ev.device = c.session->device() != nullptr ? c.session->device()->id.str() : "";
-        ev.peer = c.label;
-        ev.protocol = "mqtt";
-        ev.rule = "upstream";
-        ev.action = "disconnect";
-        ev.message = "cannot open the upstream session: " + created.error();
-        sink_.emit(std::move(ev));
-        c.closeAfterFlush = true;
-      }
-    } else if (auto* pub = std::get_if<mqtt::upstream::Publish>(&cmd)) {
-      if (c.upstream && c.upstream->publish(*pub)) {
-        ++stats_.forwarded;
-      } else if (pub->qos > 0) {
-        // The broker side cannot take it: the client keeps it and retries after reconnecting.
-        c.closeAfterFlush = true;
-      } else {
-        ++stats_.qos0Dropped; // at most once, by definition; counted
-      }
-    } else if (auto* sub = std::get_if<mqtt::upstream::Subscribe>(&cmd)) {
-      if (c.upstream) {
-        c.upstream->subscribe(sub->filter, sub->qos);
-      }
-    } else if (auto* unsub = std::get_if<mqtt::upstream::Unsubscribe>(&cmd)) {
-      if (c.upstream) {
-        c.upstream->unsubscribe(unsub->filter);
-      }
-    } else if (auto* close = std::get_if<mqtt::upstream::Close>(&cmd)) {
-      if (c.upstream) {
-        c.upstream->close(close->publishWill);
-      }
-    }
-  }
-  if (!e.toClient.empty() && !c.dead) {
-    c.output.insert(c.output.end(), e.toClient.begin(), e.toClient.end());
-    if (c.output.size() > kMaxOutput) {
-      closeConnection(c, true);
-      return;
-    }
-  }
-  if (e.closeClient) {
-    c.closeAfterFlush = true;
-  }
-  flush(c);
-}
-
-void MqttService::flush(Connection& c) {
-  if (c.dead) {
-    return;
-  }
-  bool wantWrite = false;
-  while (!c.output.empty() && !c.handshaking) {
-    size_t n = 0;
-    if (c.tls) {
-      const auto st = c.tls->write(c.output, n);
-      if (st == tls::IoStatus::WantWrite || st == tls::IoStatus::WantRead) {
-        wantWrite = st == tls::IoStatus::WantWrite;
-        break;
-      }
-      if (st != tls::IoStatus::Ok) {
-        closeConnection(c, true);
-        return;
-      }
-    } else {
-      const ssize_t r = ::write(c.fd.get(), c.output.data(), c.output.size());
-      if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
-        wantWrite = true;
-        break;
-      }
-      if (r <= 0) {
-        closeConnection(c, true);
-        return;
-      }
-      n = static_cast<size_t>(r);
-    }
-    c.output.erase(c.output.begin(), c.output.begin() + static_cast<std::ptrdiff_t>(n));
-  }
-  if (c.handshaking) {
-    return; // onHandshake arms the descriptor as WolfSSL asks
-  }
-  const uint32_t events = (c.paused ? 0u : EPOLLIN | EPOLLRDHUP) | (wantWrite ? EPOLLOUT : 0u);
-  if (events != c.armed) {
-    (void)reactor_.modify(c.fd.get(), events);
-    c.armed = events;
-  }
-  if (c.output.empty() && c.closeAfterFlush) {
-    closeConnection(c, true);
-  }
-}
-
-void MqttService::checkPassword(Connection& c, mqtt::PasswordCheck check) {
+void MqttService::checkPassword(mqtt::Proxy& p, mqtt::PasswordCheck check) {
   // A source that has logged in before has room kept for it, and goes first.
-  const bool known = throttle_.knownSource(c.source);
-  if (!admission_.startCheck(c.id, known)) {
+  const bool known = throttle_.knownSource(p.source());
+  if (!admission_.startCheck(p.id(), known)) {
     ++stats_.passwordChecksBusy;
-    mqtt::Effects e;
-    c.session->passwordChecked(mqtt::PasswordResult::Busy, Clock::now(), e);
-    apply(c, e);
+    p.passwordChecked(mqtt::PasswordResult::Busy);
     return;
   }
   ++stats_.passwordChecks;
@@ -555,48 +266,58 @@ void MqttService::checkPassword(Connection& c, mqtt::PasswordCheck check) {
   auto job = std::make_shared<mqtt::PasswordCheck>(std::move(check));
   auto matched = std::make_shared<bool>(false);
   worker_->post([job, matched] { *matched = job->hash.verify(job->password); },
-                [this, id = c.id, matched] {
+                [this, id = p.id(), matched] {
                   admission_.endCheck(id);
                   const auto found = byId_.find(id);
-                  if (found == byId_.end() || found->second->dead) {
+                  if (found == byId_.end() || found->second->dead()) {
                     return;
                   }
-                  Connection& conn = *found->second;
-                  mqtt::Effects e;
-                  conn.session->passwordChecked(*matched ? mqtt::PasswordResult::Matched
-                                                         : mqtt::PasswordResult::Mismatched,
-                                                Clock::now(), e);
-                  apply(conn, e);
+                  mqtt::Proxy& conn = *found->second;
+                  conn.passwordChecked(*matched ? mqtt::PasswordResult::Matched
+                                                : mqtt::PasswordResult::Mismatched);
                   accountHeldBytes(conn);
                   sweep();
                 },
                 known ? io::Worker::Priority::First : io::Worker::Priority::Normal);
 }
 
-void MqttService::accountHeldBytes(Connection& c) {
-  if (c.dead || !c.session) {
+void MqttService::accountHeldBytes(mqtt::Proxy& p) {
+  if (p.dead() || p.session() == nullptr) {
     return;
   }
-  if (c.session->authenticated()) {
-    admission_.authenticated(c.id);
+  if (p.session()->authenticated()) {
+    admission_.authenticated(p.id());
     return;
   }
-  evict(admission_.held(c.id, c.session->bufferedBytes(), Clock::now()));
+  evict(admission_.held(p.id(), p.session()->bufferedBytes(), Clock::now()));
+}
+
+void MqttService::connectionClosed(mqtt::Proxy& p) {
+  admission_.closed(p.id());
+  closed_.push_back(&p);
+  if (const mqtt::Session* s = p.session()) {
+    const auto& k = s->counters();
+    stats_.denied += k.publishesDenied + k.deliveriesDenied;
+    stats_.malformed += k.malformed;
+    stats_.delivered += k.deliveries;
+    if (s->device() != nullptr) {
+      add(closedCounters_[s->device()->id.str()], k);
+    }
+  }
 }
 
 void MqttService::closeLoginsInProgress() {
-  for (auto& [ptr, c] : connections_) {
-    if (!c->dead && c->session && !c->session->authenticated()) {
-      closeConnection(*c, false);
+  for (auto& [ptr, p] : connections_) {
+    if (!p->dead() && p->session() != nullptr && !p->session()->authenticated()) {
+      p->close(false);
     }
   }
 }
 
 void MqttService::closeDevice(const policy::DeviceId& id) {
-  for (auto& [ptr, c] : connections_) {
-    if (!c->dead && c->session && c->session->device() != nullptr &&
-        c->session->device()->id == id) {
-      closeConnection(*c, false); // swept by the caller's loop turn
+  for (auto& [ptr, p] : connections_) {
+    if (!p->dead() && p->device() != nullptr && p->device()->id == id) {
+      p->close(false); // swept by the caller's loop turn
     }
   }
   closeLoginsInProgress();
@@ -605,13 +326,9 @@ void MqttService::closeDevice(const policy::DeviceId& id) {
 size_t MqttService::forgetDevice(const policy::DeviceId& id) {
   const std::string name = id.str();
   size_t dropped = 0;
-  for (auto& [ptr, c] : connections_) {
-    if (c->session && c->session->device() != nullptr && c->session->device()->id == id) {
-      closeConnection(*c, false);
-      if (c->upstream) {
-        dropped += c->upstream->queued();
-        c->upstream.reset(); // not inside a libmosquitto callback: called from the control API
-      }
+  for (auto& [ptr, p] : connections_) {
+    if (p->device() != nullptr && p->device()->id == id) {
+      dropped += p->forget();
     }
   }
   closeLoginsInProgress();
@@ -623,97 +340,92 @@ size_t MqttService::forgetDevice(const policy::DeviceId& id) {
     dropped += d.upstream->queued();
     return true;
   });
-  if (auto it = pushers_.find(name); it != pushers_.end()) {
-    dropped += it->second->upstream->queued();
-    pushers_.erase(it);
+  if (auto it = publishers_.find(name); it != publishers_.end()) {
+    dropped += it->second->queued();
+    publishers_.erase(it);
   }
   closedCounters_.erase(name);
   deviceContexts_.erase(name);
   return dropped;
 }
 
-void MqttService::closeConnection(Connection& c, bool publishWill) {
-  if (c.dead) {
-    return;
-  }
-  if (c.session && c.session->state() != mqtt::Session::State::Closed) {
-    mqtt::Effects e;
-    c.session->connectionLost(e);
-    for (auto& ev : e.events) {
-      sink_.emit(std::move(ev));
-    }
-  }
-  if (c.upstream) {
-    c.upstream->close(publishWill);
-  }
-  if (c.handshaking) {
-    c.handshaking = false;
-    handshakeEnded(c);
-  }
-  admission_.closed(c.id);
-  c.tls.reset(); // before the socket closes: close_notify goes out if the session was up
-  reactor_.remove(c.fd.get());
-  c.fd = io::UniqueFd();
-  c.dead = true;
-  closed_.push_back(&c);
-
-  if (c.session) {
-    const auto& k = c.session->counters();
-    stats_.denied += k.publishesDenied + k.deliveriesDenied;
-    stats_.malformed += k.malformed;
-    stats_.delivered += k.deliveries;
-    if (c.session->device() != nullptr) {
-      add(closedCounters_[c.session->device()->id.str()], k);
-    }
-  }
-}
-
 std::map<std::string, mqtt::SessionCounters> MqttService::deviceCounters() const {
   auto all = closedCounters_;
-  for (const auto& [ptr, c] : connections_) {
-    if (!c->dead && c->session && c->session->device() != nullptr) {
-      add(all[c->session->device()->id.str()], c->session->counters());
+  for (const auto& [ptr, p] : connections_) {
+    if (!p->dead() && p->device() != nullptr) {
+      add(all[p->device()->id.str()], p->session()->counters());
     }
   }
   return all;
 }
 
+std::vector<std::pair<std::string, uint64_t>> MqttService::counters() const {
+  const MqttStats& m = stats_;
+  mqtt::SessionCounters live;
+  for (const auto& [ptr, p] : connections_) {
+    if (!p->dead() && p->session() != nullptr) {
+      add(live, p->session()->counters());
+    }
+  }
+  return {{"mqtt_accepted", m.accepted},
+          {"mqtt_refused_by_limits", m.refusedByLimits},
+          {"mqtt_refused_off_segment", m.refusedOffSegment},
+          {"mqtt_evicted_unauthenticated", m.evictedUnauthenticated},
+          {"mqtt_tls_handshakes_failed", m.proxied.tlsHandshakesFailed},
+          {"mqtt_password_checks", m.passwordChecks},
+          {"mqtt_password_checks_busy", m.passwordChecksBusy},
+          {"mqtt_forwarded", m.proxied.forwarded},
+          {"mqtt_denied", m.denied + live.publishesDenied + live.deliveriesDenied},
+          {"mqtt_malformed", m.malformed + live.malformed},
+          {"mqtt_delivered", m.delivered + live.deliveries},
+          {"mqtt_qos0_dropped", m.proxied.qos0Dropped},
+          {"mqtt_upstream_stalls", m.proxied.upstreamStalls},
+          {"mqtt_draining_given_up", m.drainingGivenUp},
+          {"mqtt_pushes_forwarded", m.pushesForwarded}};
+}
+
+std::string MqttService::publishFor(const policy::DevicePolicy& device, const std::string& topic,
+                                    std::span<const uint8_t> payload, uint8_t qos,
+                                    std::function<void(bool)> done) {
+  if (!config_->upstream.enabled) {
+    return "no upstream broker is configured";
+  }
+  const std::string id = device.id.str();
+  auto it = publishers_.find(id);
+  if (it == publishers_.end()) {
+    mqtt::upstream::Open open;
+    open.clientId = config_->upstream.clientIdPrefix + id + "-coap";
+    open.keepAlive = config_->upstream.keepaliveSeconds;
+    auto created = mqtt::Publisher::create(
+        [&](mqtt::UpstreamObserver& o) { return createUpstream(&device, open, o); });
+    if (!created) {
+      return "cannot open the upstream session: " + created.error();
+    }
+    it = publishers_.emplace(id, std::move(*created)).first;
+  }
+  if (auto taken = it->second->publish(topic, payload, qos, std::move(done)); !taken) {
+    return taken.error();
+  }
+  ++stats_.pushesForwarded;
+  return {};
+}
+
 void MqttService::tick() {
   const auto now = Clock::now();
   for (const auto id : admission_.silentHandshakes(now)) {
-    if (const auto it = byId_.find(id); it != byId_.end() && !it->second->dead) {
-      ++stats_.tlsHandshakesFailed; // a client that never said a word
-      closeConnection(*it->second, false);
+    if (const auto it = byId_.find(id); it != byId_.end() && !it->second->dead()) {
+      ++stats_.proxied.tlsHandshakesFailed; // a client that never said a word
+      it->second->close(false);
     }
   }
-  for (auto& [ptr, c] : connections_) {
-    if (c->dead) {
-      continue;
-    }
-    if (c->handshaking) {
-      if (now - c->accepted > config_->limits.handshakeTimeout) {
-        ++stats_.tlsHandshakesFailed;
-        closeConnection(*c, false);
-      }
-      continue;
-    }
-    if (c->session->deadline() <= now) { // keepalive or connect timeout due
-      mqtt::Effects e;
-      c->session->tick(now, e);
-      apply(*c, e);
-    }
-    if (c->upstream && !c->dead) {
-      c->upstream->service(now);
-      if (c->paused && c->upstream->acceptsMore()) {
-        c->stallReported = false;
-        resume(*c);
-      }
-    }
+  for (auto& [ptr, p] : connections_) {
+    p->tick(now);
   }
   for (auto& d : draining_) {
     d.upstream->service(now);
   }
-  servicePushers(now);
+  std::erase_if(publishers_,
+                [now](const auto& kv) { return kv.second->service(now, kPublisherIdle); });
   sweep();
   releaseIdleMemory(now);
 }
@@ -727,11 +439,9 @@ void MqttService::sweep() {
   if (closed_.empty()) {
     return; // nothing closed since the last sweep: no walk over every connection
   }
-  for (Connection* c : closed_) {
-    if (c->upstream && !c->upstream->finished()) {
-      const std::string device = c->session && c->session->device() != nullptr
-                                     ? c->session->device()->id.str()
-                                     : std::string();
+  for (mqtt::Proxy* p : closed_) {
+    if (p->upstream() != nullptr && !p->upstream()->finished()) {
+      const std::string device = p->device() != nullptr ? p->device()->id.str() : std::string();
       // A device that reconnects in a loop must not pile up upstream connections: past a few
       // draining for it, the oldest goes (what it still held was never acknowledged to the
       // device, which sends it again).
@@ -744,10 +454,10 @@ void MqttService::sweep() {
         ++stats_.drainingGivenUp;
         reportDrainingGivenUp(device);
       }
-      draining_.push_back({std::move(c->upstream), now + std::chrono::seconds(10), device});
+      draining_.push_back({p->takeUpstream(), now + std::chrono::seconds(10), device});
     }
-    byId_.erase(c->id);
-    connections_.erase(c);
+    byId_.erase(p->id());
+    connections_.erase(p);
   }
   closed_.clear();
 }

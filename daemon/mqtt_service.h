@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #pragma once
 
-// The MQTT capability wired into the daemon: the device-side listeners, one Session and one
-// upstream per client, limits on connections, and the events the sessions report.
+// The MQTT capability wired into the daemon: the device-side listeners and what holds across
+// their connections (admission limits, the password-check worker, the TLS contexts, upstreams
+// still draining for closed connections), each connection being an mqtt::Proxy; and the
+// publishers that carry readings devices push over CoAP.
 
 #include <functional>
 #include <map>
@@ -20,6 +22,8 @@
 #include "protocols/io/reactor.h"
 #include "protocols/io/socket.h"
 #include "protocols/io/worker.h"
+#include "protocols/mqtt/proxy.h"
+#include "protocols/mqtt/publisher.h"
 #include "protocols/mqtt/session.h"
 #include "protocols/mqtt/upstream.h"
 #include "protocols/tls/server.h"
@@ -28,9 +32,7 @@ namespace iotgw::daemon {
 
 struct MqttStats {
   uint64_t accepted = 0;
-  uint64_t tlsHandshakesFailed = 0;
   uint64_t refusedByLimits = 0;
-  uint64_t forwarded = 0;
   uint64_t denied = 0;
   uint64_t malformed = 0;
   uint64_t delivered = 0;
@@ -40,9 +42,9 @@ struct MqttStats {
   uint64_t passwordChecks = 0;     // run off the event loop
   uint64_t passwordChecksBusy = 0; // CONNECTs refused because too many checks were in progress
   uint64_t refusedOffSegment = 0;  // device-side connections that arrived on another interface
-  uint64_t qos0Dropped = 0;        // QoS 0 messages a broker that does not read had no room for
-  uint64_t upstreamStalls = 0;     // times a device was held back because its broker did not read
   uint64_t drainingGivenUp = 0;    // closed connections' upstreams dropped before they finished
+  mqtt::ProxyCounters proxied;     // forwarded, QoS 0 dropped, stalls, failed TLS handshakes
+  uint64_t pushesForwarded = 0;    // CoAP readings handed to a device's publisher
 };
 
 class MqttService {
@@ -86,41 +88,35 @@ public:
                                        std::function<void(bool)> done);
   [[nodiscard]] size_t connections() const { return connections_.size(); }
   [[nodiscard]] const MqttStats& stats() const { return stats_; }
+  // Every counter, as GetStatus names them ("mqtt_accepted", ...); the session counters include
+  // the sessions still up.
+  [[nodiscard]] std::vector<std::pair<std::string, uint64_t>> counters() const;
   [[nodiscard]] std::vector<uint16_t> boundPorts() const;
   // Per device: what its sessions forwarded, refused and received (closed sessions and live ones).
   [[nodiscard]] std::map<std::string, mqtt::SessionCounters> deviceCounters() const;
 
 private:
-  struct Connection;
-
   void onAccept(int listenFd, bool tls);
   // Whether a connection to the device-side listener arrived on a device-segment interface.
   [[nodiscard]] bool fromDeviceSegment(const io::Accepted& a) const;
   // Closes connections the admission bookkeeping gave up to make room.
   void evict(const std::vector<io::Admission::Id>& ids);
-  void onHandshake(Connection& c);
-  void handshakeEnded(Connection& c);
-  void checkPassword(Connection& c, mqtt::PasswordCheck check);
+  void handshakeEnded(mqtt::Proxy& p);
+  void checkPassword(mqtt::Proxy& p, mqtt::PasswordCheck check);
   // Tells the admission bookkeeping what the connection holds before its login (or that it has
   // logged in), and closes what it gives up to keep within the budget.
-  void accountHeldBytes(Connection& c);
+  void accountHeldBytes(mqtt::Proxy& p);
+  void connectionClosed(mqtt::Proxy& p);
+  [[nodiscard]] std::unique_ptr<mqtt::Session> newSession(mqtt::PeerInfo peer);
   // Closes every connection still logging in (a device's policy changed or it went away: a login
   // in progress must not finish under the old one).
   void closeLoginsInProgress();
   void releaseIdleMemory(mqtt::Clock::time_point now);
-  void startSession(Connection& c);
-  void readClient(Connection& c);
-  void resume(Connection& c);
-  void onClientEvents(Connection& c, uint32_t events);
-  void apply(Connection& c, mqtt::Effects& e);
-  void flush(Connection& c);
-  void closeConnection(Connection& c, bool publishWill);
   void tick();
-  void servicePushers(mqtt::Clock::time_point now); // mqtt_push.cc
   void sweep();
   [[nodiscard]] size_t maxDraining() const;
   void reportDrainingGivenUp(const std::string& device);
-  [[nodiscard]] std::expected<std::unique_ptr<mqtt::MosquittoUpstream>, std::string>
+  [[nodiscard]] std::expected<std::unique_ptr<mqtt::Upstream>, std::string>
   createUpstream(const policy::DevicePolicy* device, const mqtt::upstream::Open& open,
                  mqtt::UpstreamObserver& observer);
   // The client context for a device's own identity (built once per certificate).
@@ -143,15 +139,18 @@ private:
   mqtt::ByteBudget upstreamBudget_;        // what all upstreams together hold for the broker
   std::unique_ptr<io::Worker> worker_;     // password checks
   mqtt::SubscriptionMemory subscriptions_; // what devices' persistent upstream sessions hold
+  mqtt::ProxySettings plainSettings_;      // the device-side listener's connections
+  mqtt::ProxySettings tlsSettings_;        // the mutual-TLS listener's
+  mqtt::ProxyHooks hooks_;
   uint64_t nextConnectionId_ = 1;
-  std::map<uint64_t, Connection*> byId_; // for completions that arrive after a connection closed
+  std::map<uint64_t, mqtt::Proxy*> byId_; // for completions that arrive after a connection closed
   mqtt::Clock::time_point lastHandshakeEnded_{};
   bool handshakeCachesHeld_ = false;
-  std::map<Connection*, std::unique_ptr<Connection>> connections_;
-  std::vector<Connection*> closed_; // closed since the last sweep, to be destroyed there
+  std::map<mqtt::Proxy*, std::unique_ptr<mqtt::Proxy>> connections_;
+  std::vector<mqtt::Proxy*> closed_; // closed since the last sweep, to be destroyed there
   // Upstreams whose client has gone but which still deliver what it sent (bounded in time).
   struct Draining {
-    std::unique_ptr<mqtt::MosquittoUpstream> upstream;
+    std::unique_ptr<mqtt::Upstream> upstream;
     mqtt::Clock::time_point deadline;
     std::string device;
   };
@@ -162,10 +161,7 @@ private:
     mqtt::SslContext context;
   };
   std::map<std::string, DeviceContext> deviceContexts_;
-  struct Pusher;
-  std::map<std::string, std::unique_ptr<Pusher>>
-      pushers_; // device id → its CoAP readings' upstream
-  uint64_t pushTokens_ = 0;
+  std::map<std::string, std::unique_ptr<mqtt::Publisher>> publishers_; // device id → its pushes
   std::optional<io::Reactor::TimerId> timer_;
   MqttStats stats_;
   std::map<std::string, mqtt::SessionCounters> closedCounters_;

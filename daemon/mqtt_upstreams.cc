@@ -43,7 +43,7 @@ std::string MqttService::reloadTls(const Config& config) {
   return {};
 }
 
-std::expected<std::unique_ptr<mqtt::MosquittoUpstream>, std::string>
+std::expected<std::unique_ptr<mqtt::Upstream>, std::string>
 MqttService::createUpstream(const policy::DevicePolicy* device, const mqtt::upstream::Open& open,
                             mqtt::UpstreamObserver& observer) {
   const auto& u = config_->upstream;
@@ -67,7 +67,11 @@ MqttService::createUpstream(const policy::DevicePolicy* device, const mqtt::upst
     us.privateKey = identity->privateKey.string();
     us.sslContext = *ctx;
   }
-  return mqtt::MosquittoUpstream::create(reactor_, us, open, observer);
+  auto created = mqtt::MosquittoUpstream::create(reactor_, us, open, observer);
+  if (!created) {
+    return std::unexpected(created.error());
+  }
+  return std::unique_ptr<mqtt::Upstream>(std::move(*created));
 }
 
 std::expected<mqtt::SslContext, std::string> MqttService::deviceContext(const std::string& device) {

@@ -60,42 +60,60 @@ public:
 // Call once per process before creating upstreams.
 void initialiseMosquitto();
 
-class MosquittoUpstream {
+// An upstream session as a device connection uses it: MosquittoUpstream below, or a test's.
+class Upstream {
+public:
+  Upstream() = default;
+  Upstream(const Upstream&) = delete;
+  Upstream& operator=(const Upstream&) = delete;
+  virtual ~Upstream() = default;
+
+  // False when the message cannot be taken (queue full — in messages or bytes —, or QoS 0 while
+  // disconnected past what is held for the CONNACK).
+  virtual bool publish(const upstream::Publish& p) = 0;
+  virtual void subscribe(const std::string& filter, uint8_t qos) = 0;
+  virtual void unsubscribe(const std::string& filter) = 0;
+  // Ends the session once what the client sent has reached the broker: then with a DISCONNECT
+  // (the broker discards the will), or by closing the connection (the broker publishes the
+  // will). The observer hears nothing more after this call.
+  virtual void close(bool publishWill) = 0;
+  // Closed, and nothing left to send: the object may be destroyed.
+  [[nodiscard]] virtual bool finished() const = 0;
+
+  // Keepalive, reconnect timer, write interest. Call a few times a second.
+  virtual void service(Clock::time_point now) = 0;
+
+  [[nodiscard]] virtual bool connected() const = 0;
+  [[nodiscard]] virtual size_t queued() const = 0;
+  // Whether the client should be read from: not while a session that is still connecting has
+  // a quarter of its queue filled (TCP then holds the client back instead of us dropping QoS 0).
+  // Not either while the bytes it holds are at their bound (the broker is not reading), or all
+  // sessions' together are.
+  [[nodiscard]] virtual bool acceptsMore() const = 0;
+  // Connected, and holding as many bytes as it may: the broker is not reading.
+  [[nodiscard]] virtual bool stalled() const = 0;
+};
+
+class MosquittoUpstream final : public Upstream {
 public:
   [[nodiscard]] static std::expected<std::unique_ptr<MosquittoUpstream>, std::string>
   create(io::Reactor& reactor, const UpstreamSettings& settings, const upstream::Open& open,
          UpstreamObserver& observer);
 
-  MosquittoUpstream(const MosquittoUpstream&) = delete;
-  MosquittoUpstream& operator=(const MosquittoUpstream&) = delete;
-  ~MosquittoUpstream();
+  ~MosquittoUpstream() override;
 
-  // False when the message cannot be taken (queue full — in messages or bytes —, or QoS 0 while
-  // disconnected past what is held for the CONNACK).
-  bool publish(const upstream::Publish& p);
-  void subscribe(const std::string& filter, uint8_t qos);
-  void unsubscribe(const std::string& filter);
-  // Ends the session once what the client sent has reached the broker: then with a DISCONNECT
-  // (the broker discards the will), or by closing the connection (the broker publishes the
-  // will). The observer hears nothing more after this call.
-  void close(bool publishWill);
-  // Closed, and nothing left to send: the object may be destroyed.
-  [[nodiscard]] bool finished() const { return closing_; }
-
-  // Keepalive, reconnect timer, write interest. Call a few times a second.
-  void service(Clock::time_point now);
-
-  [[nodiscard]] bool connected() const { return connected_; }
-  [[nodiscard]] size_t queued() const { return pending_.size() + waiting_.size(); }
-  // Whether the client should be read from: not while a session that is still connecting has
-  // a quarter of its queue filled (TCP then holds the client back instead of us dropping QoS 0).
-  // Not either while the bytes it holds are at their bound (the broker is not reading), or all
-  // sessions' together are.
-  [[nodiscard]] bool acceptsMore() const {
+  bool publish(const upstream::Publish& p) override;
+  void subscribe(const std::string& filter, uint8_t qos) override;
+  void unsubscribe(const std::string& filter) override;
+  void close(bool publishWill) override;
+  [[nodiscard]] bool finished() const override { return closing_; }
+  void service(Clock::time_point now) override;
+  [[nodiscard]] bool connected() const override { return connected_; }
+  [[nodiscard]] size_t queued() const override { return pending_.size() + waiting_.size(); }
+  [[nodiscard]] bool acceptsMore() const override {
     return (connected_ || queued() < settings_.maxQueued / 4) && !full();
   }
-  // Connected, and holding as many bytes as it may: the broker is not reading.
-  [[nodiscard]] bool stalled() const { return connected_ && full(); }
+  [[nodiscard]] bool stalled() const override { return connected_ && full(); }
   [[nodiscard]] size_t queuedBytes() const { return queuedBytes_; }
 
 private:

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "policy/subject_alt_name.h"
+#include "protocols/io/stream.h"
 
 struct WOLFSSL_CTX;
 struct WOLFSSL;
@@ -49,14 +50,9 @@ private:
   WOLFSSL_CTX* ctx_;
 };
 
-struct PeerIdentity {
-  std::string commonName;
-  // Its DNS names and URIs, in certificate order. Other kinds (e-mail addresses, IP addresses,
-  // directory names) are left out: they never name a device.
-  std::vector<policy::SubjectAltName> subjectAltNames;
-};
-
-enum class IoStatus { Ok, WantRead, WantWrite, Closed, Failed };
+// The client certificate's subject common name and its DNS names and URIs, in certificate order.
+using PeerIdentity = io::PeerCertificate;
+using IoStatus = io::IoStatus;
 
 // Debian's WolfSSL is built with FP_ECC: every ECDSA verification leaves a fixed-point table of
 // about 200 KiB for the peer's public key in a per-thread cache, which grows with each new client
@@ -65,24 +61,27 @@ enum class IoStatus { Ok, WantRead, WantWrite, Closed, Failed };
 void releaseHandshakeCaches();
 
 // One TLS connection over a non-blocking socket the caller owns.
-class ServerStream {
+class ServerStream final : public io::Stream {
 public:
   [[nodiscard]] static std::expected<std::unique_ptr<ServerStream>, std::string>
   create(std::shared_ptr<ServerContext> ctx, int fd);
-  ServerStream(const ServerStream&) = delete;
-  ServerStream& operator=(const ServerStream&) = delete;
-  ~ServerStream();
+  ~ServerStream() override;
 
   // Advances the handshake. Ok: done, and peer() is valid.
-  [[nodiscard]] IoStatus handshake();
+  [[nodiscard]] IoStatus handshake() override;
   [[nodiscard]] bool established() const { return established_; }
   // Reads up to buf.size() bytes; `n` receives the count when Ok.
-  [[nodiscard]] IoStatus read(std::span<uint8_t> buf, size_t& n);
-  [[nodiscard]] IoStatus write(std::span<const uint8_t> buf, size_t& n);
+  [[nodiscard]] IoStatus read(std::span<uint8_t> buf, size_t& n) override;
+  [[nodiscard]] IoStatus write(std::span<const uint8_t> buf, size_t& n) override;
+  // WolfSSL may hold decrypted records the socket no longer shows.
+  [[nodiscard]] bool holdsReadBytes() const override { return true; }
   [[nodiscard]] const PeerIdentity& peer() const { return peer_; }
+  [[nodiscard]] const io::PeerCertificate* peerCertificate() const override {
+    return established_ ? &peer_ : nullptr;
+  }
   // WolfSSL's error for the last failure, for events ("-188 ASN_NO_SIGNER_E"), and why the
   // certificate was refused when it verified but is no client certificate.
-  [[nodiscard]] std::string lastError() const;
+  [[nodiscard]] std::string lastError() const override;
   [[nodiscard]] std::string protocolVersion() const;
   [[nodiscard]] std::string cipher() const;
 

@@ -1,0 +1,393 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#include "protocols/mqtt/proxy.h"
+
+#include <sys/epoll.h>
+
+#include <algorithm>
+
+namespace iotgw::mqtt {
+
+using policy::Event;
+using policy::EventType;
+
+namespace {
+constexpr size_t kReadChunk = 64 * 1024;
+constexpr uint32_t kReadable = EPOLLIN | EPOLLRDHUP;
+} // namespace
+
+Proxy::Proxy(io::Reactor& reactor, const ProxySettings& settings, const ProxyHooks& hooks,
+             ProxyCounters& counters, uint64_t id, io::Accepted accepted,
+             std::unique_ptr<io::Stream> stream)
+    : reactor_(reactor), settings_(settings), hooks_(hooks), counters_(counters), id_(id),
+      fd_(std::move(accepted.fd)), address_(accepted.address), source_(accepted.address.str()),
+      label_(accepted.label()), accepted_(Clock::now()), stream_(std::move(stream)) {}
+
+Proxy::~Proxy() {
+  if (fd_.valid()) {
+    reactor_.remove(fd_.get());
+  }
+}
+
+bool Proxy::start(bool handshake) {
+  handshaking_ = handshake;
+  if (!handshaking_) {
+    startSession();
+  }
+  armed_ = kReadable;
+  if (reactor_.add(fd_.get(), armed_, [this](uint32_t ev) {
+        onEvents(ev);
+        hooks_.settle(); // may destroy this proxy: nothing after it
+      })) {
+    dead_ = true;
+    stream_.reset();
+    fd_ = io::UniqueFd(); // never watched: nothing to remove
+    return false;
+  }
+  return true;
+}
+
+void Proxy::startSession() {
+  PeerInfo peer{address_, label_, std::nullopt};
+  if (const io::PeerCertificate* cert = stream_->peerCertificate()) {
+    // The identity comes from the verified certificate, never from packet contents.
+    peer.certificate = policy::CertificateFacts{cert->commonName, cert->subjectAltNames};
+  }
+  session_ = hooks_.newSession(std::move(peer));
+}
+
+void Proxy::onHandshake() {
+  const io::IoStatus st = stream_->handshake();
+  switch (st) {
+  case io::IoStatus::Ok:
+    handshaking_ = false;
+    hooks_.handshakeEnded(*this);
+    startSession();
+    flush(); // back to plain read interest
+    read();  // application data may have arrived with the last handshake flight
+    return;
+  case io::IoStatus::WantRead:
+  case io::IoStatus::WantWrite:
+    // WolfSSL writes handshake records through the socket itself; watch for writability only
+    // when its non-blocking send could not finish.
+    arm(kReadable | (st == io::IoStatus::WantWrite ? EPOLLOUT : 0u));
+    return;
+  case io::IoStatus::Closed:
+  case io::IoStatus::Failed: {
+    ++counters_.tlsHandshakesFailed;
+    Event e;
+    e.type = EventType::AuthenticationFailed;
+    e.peer = label_;
+    e.protocol = settings_.protocol;
+    e.rule = "tls.handshake";
+    e.provision = "5.5-4";
+    e.action = "refuse";
+    e.message = "TLS handshake failed: " + stream_->lastError();
+    hooks_.emit(std::move(e));
+    close(false);
+    return;
+  }
+  }
+}
+
+void Proxy::onEvents(uint32_t events) {
+  if (dead_) {
+    return;
+  }
+  if (handshaking_) {
+    if ((events & EPOLLIN) != 0) {
+      hooks_.handshakeBytes(*this);
+    }
+    onHandshake();
+    return;
+  }
+  if ((events & EPOLLOUT) != 0) {
+    flush();
+    if (dead_) {
+      return;
+    }
+  }
+  if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0) {
+    read();
+  }
+}
+
+void Proxy::resume() {
+  if (dead_ || !paused_) {
+    return;
+  }
+  paused_ = false;
+  flush(); // re-arms EPOLLIN
+  read();
+}
+
+void Proxy::reportStall() {
+  stallReported_ = true;
+  ++counters_.upstreamStalls;
+  Event e;
+  e.type = EventType::UpstreamUnavailable;
+  e.device = device() != nullptr ? device()->id.str() : "";
+  e.peer = label_;
+  e.protocol = "mqtt";
+  e.rule = settings_.budget != nullptr && settings_.budget->exhausted()
+               ? "limits.max_queued_bytes_total"
+               : "limits.max_queued_bytes";
+  e.action = "flow-control";
+  e.message = "the broker is not reading: the device is held back until it does";
+  hooks_.emit(std::move(e));
+}
+
+void Proxy::read() {
+  uint8_t buf[kReadChunk];
+  // A stream that holds decrypted records is read until it wants more from the socket.
+  for (int round = 0; round < 16 && !dead_; ++round) {
+    if (upstream_ && !upstream_->acceptsMore()) {
+      paused_ = true;
+      flush(); // drops EPOLLIN until the upstream is connected or the broker reads again
+      if (upstream_->stalled() && !stallReported_) {
+        reportStall();
+      }
+      return;
+    }
+    // While the upstream connects, small reads keep what one read can add to its queue small;
+    // before the login, no more than a CONNECT may take is read at once.
+    size_t chunk = upstream_ && !upstream_->connected() ? 2048 : sizeof buf;
+    if (!session_->authenticated()) {
+      chunk = std::min(chunk, settings_.maxConnectBytes);
+    }
+    size_t n = 0;
+    const io::IoStatus st = stream_->read(std::span(buf, chunk), n);
+    if (st == io::IoStatus::WantRead || st == io::IoStatus::WantWrite) {
+      return;
+    }
+    if (st != io::IoStatus::Ok) {
+      Effects e;
+      session_->connectionLost(e);
+      apply(e);
+      close(true);
+      return;
+    }
+    Effects e;
+    session_->receive(std::span(buf, n), Clock::now(), e);
+    apply(e);
+    if (!dead_) {
+      hooks_.received(*this);
+    }
+    if (!stream_ || !stream_->holdsReadBytes()) {
+      return; // level-triggered epoll calls again if more is waiting
+    }
+  }
+}
+
+void Proxy::passwordChecked(PasswordResult result) {
+  if (dead_) {
+    return;
+  }
+  Effects e;
+  session_->passwordChecked(result, Clock::now(), e);
+  apply(e);
+}
+
+void Proxy::upstreamAcked(uint64_t token) {
+  Effects e;
+  session_->upstreamAcked(token, e);
+  apply(e);
+}
+
+void Proxy::upstreamMessage(const std::string& topic, std::span<const uint8_t> payload, uint8_t qos,
+                            bool retain) {
+  Effects e;
+  session_->deliver(topic, payload, qos, retain, e);
+  apply(e);
+}
+
+void Proxy::upstreamConnected(bool up, int) {
+  if (up && paused_) {
+    resume();
+  }
+}
+
+void Proxy::apply(Effects& e) {
+  std::string violated = "policy"; // the rule behind a quarantine request
+  if (e.quarantineRequested && !e.events.empty()) {
+    violated = e.events.back().rule;
+  }
+  for (auto& ev : e.events) {
+    hooks_.emit(std::move(ev));
+  }
+  if (e.quarantineRequested && device() != nullptr &&
+      hooks_.quarantine(policy::DeviceId(device()->id), violated)) {
+    if (dead_) {
+      return; // closed with the rest of the device's connections
+    }
+  } else if (e.quarantineRequested && device() != nullptr) {
+    Event q;
+    q.type = EventType::DeviceQuarantined;
+    q.device = device()->id.str();
+    q.peer = label_;
+    q.protocol = "mqtt";
+    q.action = "request";
+    q.message = "quarantine requested by the device's policy; its session was closed";
+    hooks_.emit(std::move(q));
+  }
+  if (e.passwordCheck) {
+    hooks_.checkPassword(*this, std::move(*e.passwordCheck));
+    e.passwordCheck.reset();
+    if (dead_) {
+      return;
+    }
+  }
+  for (auto& cmd : e.upstream) {
+    carryOut(cmd);
+  }
+  if (!e.toClient.empty() && !dead_) {
+    output_.insert(output_.end(), e.toClient.begin(), e.toClient.end());
+    if (output_.size() > settings_.maxOutput) {
+      close(true);
+      return;
+    }
+  }
+  if (e.closeClient) {
+    closeAfterFlush_ = true;
+  }
+  flush();
+}
+
+void Proxy::carryOut(upstream::Command& cmd) {
+  if (auto* open = std::get_if<upstream::Open>(&cmd)) {
+    auto created = hooks_.openUpstream(device(), *open, *this);
+    if (created) {
+      upstream_ = std::move(*created);
+      return;
+    }
+    // Without an upstream nothing the client sends could be delivered: say so and close.
+    Event ev;
+    ev.type = EventType::UpstreamUnavailable;
+    ev.device = device() != nullptr ? device()->id.str() : "";
+    ev.peer = label_;
+    ev.protocol = "mqtt";
+    ev.rule = "upstream";
+    ev.action = "disconnect";
+    ev.message = "cannot open the upstream session: " + created.error();
+    hooks_.emit(std::move(ev));
+    closeAfterFlush_ = true;
+  } else if (auto* pub = std::get_if<upstream::Publish>(&cmd)) {
+    if (upstream_ && upstream_->publish(*pub)) {
+      ++counters_.forwarded;
+    } else if (pub->qos > 0) {
+      // The broker side cannot take it: the client keeps it and retries after reconnecting.
+      closeAfterFlush_ = true;
+    } else {
+      ++counters_.qos0Dropped; // at most once, by definition; counted
+    }
+  } else if (auto* sub = std::get_if<upstream::Subscribe>(&cmd)) {
+    if (upstream_) {
+      upstream_->subscribe(sub->filter, sub->qos);
+    }
+  } else if (auto* unsub = std::get_if<upstream::Unsubscribe>(&cmd)) {
+    if (upstream_) {
+      upstream_->unsubscribe(unsub->filter);
+    }
+  } else if (auto* end = std::get_if<upstream::Close>(&cmd)) {
+    if (upstream_) {
+      upstream_->close(end->publishWill);
+    }
+  }
+}
+
+void Proxy::flush() {
+  if (dead_) {
+    return;
+  }
+  bool wantWrite = false;
+  while (!output_.empty() && !handshaking_) {
+    size_t n = 0;
+    const io::IoStatus st = stream_->write(output_, n);
+    if (st == io::IoStatus::WantWrite || st == io::IoStatus::WantRead) {
+      wantWrite = st == io::IoStatus::WantWrite;
+      break;
+    }
+    if (st != io::IoStatus::Ok) {
+      close(true);
+      return;
+    }
+    output_.erase(output_.begin(), output_.begin() + static_cast<std::ptrdiff_t>(n));
+  }
+  if (handshaking_) {
+    return; // onHandshake arms the descriptor as the stream asks
+  }
+  arm((paused_ ? 0u : kReadable) | (wantWrite ? EPOLLOUT : 0u));
+  if (output_.empty() && closeAfterFlush_) {
+    close(true);
+  }
+}
+
+void Proxy::arm(uint32_t events) {
+  if (events != armed_ && fd_.valid()) {
+    (void)reactor_.modify(fd_.get(), events);
+    armed_ = events;
+  }
+}
+
+void Proxy::tick(Clock::time_point now) {
+  if (dead_) {
+    return;
+  }
+  if (handshaking_) {
+    if (now - accepted_ > settings_.handshakeTimeout) {
+      ++counters_.tlsHandshakesFailed;
+      close(false);
+    }
+    return;
+  }
+  if (session_->deadline() <= now) { // keepalive or connect timeout due
+    Effects e;
+    session_->tick(now, e);
+    apply(e);
+  }
+  if (upstream_ && !dead_) {
+    upstream_->service(now);
+    if (paused_ && upstream_->acceptsMore()) {
+      stallReported_ = false;
+      resume();
+    }
+  }
+}
+
+void Proxy::close(bool publishWill) {
+  if (dead_) {
+    return;
+  }
+  dead_ = true;
+  if (session_ && session_->state() != Session::State::Closed) {
+    Effects e;
+    session_->connectionLost(e);
+    for (auto& ev : e.events) {
+      hooks_.emit(std::move(ev));
+    }
+  }
+  if (upstream_) {
+    upstream_->close(publishWill);
+  }
+  if (handshaking_) {
+    handshaking_ = false;
+    hooks_.handshakeEnded(*this);
+  }
+  stream_.reset(); // before the socket closes: a TLS close_notify goes out if the session was up
+  if (fd_.valid()) {
+    reactor_.remove(fd_.get());
+    fd_ = io::UniqueFd();
+  }
+  hooks_.closed(*this);
+}
+
+size_t Proxy::forget() {
+  close(false);
+  size_t dropped = 0;
+  if (upstream_) {
+    dropped = upstream_->queued();
+    upstream_.reset(); // not inside a libmosquitto callback: called from the control API
+  }
+  return dropped;
+}
+
+} // namespace iotgw::mqtt
