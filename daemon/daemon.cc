@@ -209,9 +209,9 @@ std::string Daemon::setUp() {
           d.error().find("FileNotFound") != std::string::npos ? "no system bus" : d.error();
     } else {
       dbus_ = std::move(*d);
-      sink_->setObserver([this](const Event& e) {
+      sink_->setObserver([this](const Event& e, bool journaled) {
         if (dbus_) {
-          dbus_->onEvent(e);
+          dbus_->onEvent(e, journaled);
         }
       });
     }

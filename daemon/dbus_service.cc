@@ -298,7 +298,7 @@ void DbusService::rearm() {
   }
 }
 
-void DbusService::onEvent(const policy::Event& e) {
+void DbusService::onEvent(const policy::Event& e, bool journaled) {
   using policy::EventType;
   try {
     switch (e.type) {
@@ -321,7 +321,9 @@ void DbusService::onEvent(const policy::Event& e) {
     case EventType::MalformedPacket:
     case EventType::ExposedService:
     case EventType::TrafficSurge:
-      if (!e.device.empty()) {
+      // What a device does is signalled within the journal's budget (a flood of malformed
+      // packets is not a flood of signals); the state changes above always are.
+      if (!e.device.empty() && journaled) {
         object_->emitPolicyViolation(e.device, e.rule, e.provision, e.action);
       }
       break;

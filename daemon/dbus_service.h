@@ -36,8 +36,10 @@ public:
   DbusService& operator=(const DbusService&) = delete;
   ~DbusService();
 
-  // Every event the daemon emitted: quarantines, violations and device changes become signals.
-  void onEvent(const policy::Event& e);
+  // Every event the daemon raised, whether or not the journal's budget let it through
+  // (`journaled`): quarantines and device changes always become signals, violations only within
+  // that budget.
+  void onEvent(const policy::Event& e, bool journaled);
 
 private:
   DbusService(io::Reactor& reactor, std::unique_ptr<sdbus::IConnection> connection);

@@ -171,12 +171,15 @@ void EventSink::emit(Event e) {
     } else {
       ++suppressed_[Key{"*", e.type}];
     }
+    if (observer_) {
+      observer_(e, false);
+    }
     return;
   }
   ++emitted_;
   backend_->write(e);
   if (observer_) {
-    observer_(e);
+    observer_(e, true);
   }
 }
 

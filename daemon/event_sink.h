@@ -50,10 +50,11 @@ public:
   void flushSuppressed();
 
   void reconfigure(const EventsConfig& settings) { settings_ = settings; }
-  // Sees every event that was emitted (not those suppressed), after the backend: D-Bus signals.
-  void setObserver(std::function<void(const policy::Event&)> observer) {
-    observer_ = std::move(observer);
-  }
+  // Sees every event, before the rate limit: D-Bus signals. `journaled` says whether the event
+  // also went to the backend; a state change the companion app must hear of (DeviceChanged) is
+  // never lost to a flood's budget, while signals for what devices do can follow that budget.
+  using Observer = std::function<void(const policy::Event&, bool journaled)>;
+  void setObserver(Observer observer) { observer_ = std::move(observer); }
   [[nodiscard]] uint64_t emitted() const { return emitted_; }
   [[nodiscard]] uint64_t suppressed() const { return suppressedTotal_; }
   [[nodiscard]] EventBackend& backend() { return *backend_; }
@@ -69,7 +70,7 @@ private:
   std::map<Key, uint64_t> suppressed_;
   uint64_t emitted_ = 0;
   uint64_t suppressedTotal_ = 0;
-  std::function<void(const policy::Event&)> observer_;
+  Observer observer_;
 };
 
 } // namespace iotgw::daemon

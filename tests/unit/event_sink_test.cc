@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <regex>
 #include <set>
@@ -66,6 +67,26 @@ TEST(EventSink, RateLimitsPerDeviceAndTypeThenSummarises) {
   sink.emit(violation("hostile"));
   sink.emit(violation("hostile"));
   EXPECT_EQ(written.size(), 7u);
+}
+
+TEST(EventSink, TheObserverSeesEveryEventAndWhetherTheJournalTookIt) {
+  std::vector<Event> written;
+  std::vector<std::pair<EventType, bool>> observed;
+  EventsConfig cfg;
+  cfg.burst = 10;
+  cfg.interval = 60s;
+  const Clock::time_point now = Clock::time_point{} + 1000s;
+  EventSink sink(std::make_unique<RecordingBackend>(written), cfg, [&] { return now; });
+  sink.setObserver(
+      [&](const Event& e, bool journaled) { observed.emplace_back(e.type, journaled); });
+  for (int i = 0; i < 12; ++i) {
+    sink.emit(violation("thermo-01", EventType::DeviceChanged)); // a companion app's edits
+  }
+  // The journal keeps its budget; the observer (D-Bus signals) hears of all twelve.
+  EXPECT_EQ(written.size(), 10u);
+  ASSERT_EQ(observed.size(), 12u);
+  EXPECT_EQ(std::ranges::count(observed, std::pair{EventType::DeviceChanged, true}), 10);
+  EXPECT_EQ(std::ranges::count(observed, std::pair{EventType::DeviceChanged, false}), 2);
 }
 
 TEST(EventSink, FillsDefaultProvision) {
