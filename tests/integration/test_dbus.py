@@ -84,6 +84,31 @@ def readers():
     return set()
 
 
+def restart_iotgwd(d, *args, **kwargs):
+    d.send_signal(signal.SIGTERM)
+    check(d.wait(timeout=10) == 0, "iotgwd stops cleanly")
+    return start_iotgwd(*args, **kwargs)
+
+
+class SignalWatcher:
+    """A reader's `iotgwctl --json watch --count N` (group iotgw), started before the actions."""
+
+    def __init__(self, address, count):
+        self.proc = subprocess.Popen(caller("reader") + [IOTGWCTL, "--json", "watch", "--count", str(count)],
+                                     env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=address),
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(0.3)  # its match rules in place first
+
+    def seen(self, timeout):
+        """What it printed, and the signals in it."""
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        return out, [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
 def start_iotgwd(root, address, state, stderr, burst=1000):
     conf = os.path.join(root, "iotgw.toml")
     write(conf, f"""[daemon]
@@ -207,37 +232,22 @@ def inside():
         # Twelve quarantines and releases of one device in a few seconds, with the event sink's
         # budget for the journal at 3 per device and type a minute: each is still a signal the
         # companion app must see.
-        d.send_signal(signal.SIGTERM)
-        check(d.wait(timeout=10) == 0, "iotgwd stops cleanly")
-        d = start_iotgwd(root, address, state, err, burst=3)
+        d = restart_iotgwd(d, root, address, state, err, burst=3)
         cycles = 12
-        watcher = subprocess.Popen(caller("reader") + [IOTGWCTL, "--json", "watch", "--count", str(2 * cycles)],
-                                   env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=address),
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(0.3)
+        watcher = SignalWatcher(address, 2 * cycles)
         for i in range(cycles):
             ctl(address, "admin", "quarantine", "thermo-01", "--reason", f"cycle {i}")
             ctl(address, "admin", "release", "thermo-01")
-        try:
-            seen, _ = watcher.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            watcher.kill()
-            seen, _ = watcher.communicate()
-        signals = [json.loads(line) for line in seen.splitlines() if line.startswith("{")]
+        _, signals = watcher.seen(timeout=15)
         got = (sum(x["signal"] == "DeviceQuarantined" for x in signals),
                sum(x["signal"] == "DeviceChanged" and x.get("change") == "released" for x in signals))
         check(got == (cycles, cycles),
               f"{cycles} quarantines and releases in a row: DeviceQuarantined and DeviceChanged signals seen {got}")
-        d.send_signal(signal.SIGTERM)
-        check(d.wait(timeout=10) == 0, "iotgwd stops cleanly")
-        d = start_iotgwd(root, address, state, err)
+        d = restart_iotgwd(d, root, address, state, err)
 
         print("quarantine and erase")
         # A reader (group iotgw) watches the signals while an admin acts.
-        watcher = subprocess.Popen(caller("reader") + [IOTGWCTL, "--json", "watch", "--count", "5"],
-                                   env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=address),
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(0.3)  # its match rules in place first
+        watcher = SignalWatcher(address, 5)
         rc, _, errtext = ctl(address, "admin", "quarantine", "thermo-01", "--reason", "test")
         check(rc == 0 and os.path.exists(os.path.join(state, "quarantine", "thermo-01")), f"quarantine over D-Bus ({errtext.strip()})")
         rc, _, _ = ctl(address, "admin", "release", "thermo-01")
@@ -245,12 +255,7 @@ def inside():
         ctl(address, "admin", "quarantine", "thermo-01", "--reason", "before removal")
         rc, _, errtext = ctl(address, "admin", "remove", "thermo-01")
         check(rc == 0, f"iotgwctl remove ({errtext.strip()})")
-        try:
-            seen, _ = watcher.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            watcher.kill()
-            seen, _ = watcher.communicate()
-        signals = [json.loads(line) for line in seen.splitlines() if line.startswith("{")]
+        seen, signals = watcher.seen(timeout=10)
         # DeviceQuarantined's reason is the event's sentence, which quotes the caller's reason.
         check([(x["signal"], x.get("id"), x.get("change") or x.get("changed") or
                 re.sub(r".*\((.*)\).*", r"\1", x.get("reason", ""))) for x in signals] == [
