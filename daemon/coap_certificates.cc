@@ -10,6 +10,7 @@
 #include <openssl/x509v3.h>
 
 #include "daemon/coap_engine.h"
+#include "protocols/io/callback_guard.h"
 
 namespace iotgw::daemon {
 
@@ -229,7 +230,13 @@ int CoapService::Engine::setupTls(SSL* ssl) {
   return 1;
 }
 
-int CoapService::Engine::recordVerify(int ok, X509_STORE_CTX* store) {
+int CoapService::Engine::recordVerify(int ok, X509_STORE_CTX* store) noexcept {
+  // Failed: the certificate is refused.
+  return io::guarded("OpenSSL's certificate verification", 0,
+                     [&] { return recordVerifyGuarded(ok, store); });
+}
+
+int CoapService::Engine::recordVerifyGuarded(int ok, X509_STORE_CTX* store) {
   const SSL_verify_cb inner = libcoapVerify();
   ok = inner != nullptr ? inner(ok, store) : ok;
   if (ok != 0) {

@@ -13,6 +13,8 @@
 #include <fmt/format.h>
 #include <openssl/crypto.h>
 
+#include "protocols/io/callback_guard.h"
+
 namespace iotgw::daemon {
 
 using coap::View;
@@ -391,33 +393,38 @@ void DtlsGate::closed(const coap_session_t* s) {
   }
 }
 
-int DtlsGate::generateCookie(SSL* ssl, unsigned char* cookie, unsigned int* length) {
-  const auto* gate =
-      static_cast<const DtlsGate*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), gateIndex()));
-  if (gate == nullptr || !gate->current_) {
-    return 0;
-  }
-  const auto c = gate->jar_.make(View(gate->current_->bytes.data(), gate->current_->bytes.size()));
-  if (!c) {
-    return 0;
-  }
-  std::memcpy(cookie, c->data(), c->size());
-  *length = static_cast<unsigned int>(c->size());
-  return 1;
+int DtlsGate::generateCookie(SSL* ssl, unsigned char* cookie, unsigned int* length) noexcept {
+  return io::guarded("OpenSSL's cookie generation", 0, [&] {
+    const auto* gate =
+        static_cast<const DtlsGate*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), gateIndex()));
+    if (gate == nullptr || !gate->current_) {
+      return 0;
+    }
+    const auto c =
+        gate->jar_.make(View(gate->current_->bytes.data(), gate->current_->bytes.size()));
+    if (!c) {
+      return 0;
+    }
+    std::memcpy(cookie, c->data(), c->size());
+    *length = static_cast<unsigned int>(c->size());
+    return 1;
+  });
 }
 
-int DtlsGate::verifyCookie(SSL* ssl, const unsigned char* cookie, unsigned int length) {
-  const auto* gate =
-      static_cast<const DtlsGate*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), gateIndex()));
-  if (gate == nullptr || length != coap::dtls::kCookieBytes) {
-    return 0;
-  }
-  for (const auto& c : gate->approved_) {
-    if (CRYPTO_memcmp(c.data(), cookie, c.size()) == 0) {
-      return 1;
+int DtlsGate::verifyCookie(SSL* ssl, const unsigned char* cookie, unsigned int length) noexcept {
+  return io::guarded("OpenSSL's cookie check", 0, [&] {
+    const auto* gate =
+        static_cast<const DtlsGate*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), gateIndex()));
+    if (gate == nullptr || length != coap::dtls::kCookieBytes) {
+      return 0;
     }
-  }
-  return 0;
+    for (const auto& c : gate->approved_) {
+      if (CRYPTO_memcmp(c.data(), cookie, c.size()) == 0) {
+        return 1;
+      }
+    }
+    return 0;
+  });
 }
 
 } // namespace iotgw::daemon

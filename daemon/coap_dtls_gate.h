@@ -110,8 +110,8 @@ private:
   // Looks at the head datagram of `ep`: nullopt when there is none.
   std::optional<Verdict> screenOne(const Endpoint& ep);
   void endHalfOpen();
-  static int generateCookie(SSL* ssl, unsigned char* cookie, unsigned int* length);
-  static int verifyCookie(SSL* ssl, const unsigned char* cookie, unsigned int length);
+  static int generateCookie(SSL* ssl, unsigned char* cookie, unsigned int* length) noexcept;
+  static int verifyCookie(SSL* ssl, const unsigned char* cookie, unsigned int length) noexcept;
 
   coap_context_t* ctx_ = nullptr;
   coap::dtls::Admission admission_;

@@ -75,7 +75,7 @@ inline constexpr auto kConfirmNotificationsEvery = std::chrono::seconds(30);
 
 // Random bytes for tokens, message ids and libcoap's jitter (RFC 9175 §4.2: tokens a neighbour
 // cannot guess); 1 on success, as libcoap's PRNG hook wants it.
-int randomBytes(void* out, size_t len);
+int randomBytes(void* out, size_t len) noexcept;
 void randomSpan(std::span<uint8_t> out);
 
 std::string codeText(uint8_t code);
@@ -258,7 +258,8 @@ struct CoapService::Engine {
   loadCrls(const std::string& file,
            std::vector<std::unique_ptr<X509_CRL, decltype(&X509_CRL_free)>>& into);
   int setupTls(SSL* ssl);
-  static int recordVerify(int ok, X509_STORE_CTX* store);
+  static int recordVerify(int ok, X509_STORE_CTX* store) noexcept;
+  static int recordVerifyGuarded(int ok, X509_STORE_CTX* store);
   static SSL_verify_cb& libcoapVerify() {
     static SSL_verify_cb cb = nullptr;
     return cb;

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -22,6 +23,7 @@
 
 #include "daemon/coap_engine.h"
 #include "daemon/mqtt_service.h"
+#include "protocols/io/callback_guard.h"
 #include "protocols/io/socket.h"
 
 namespace iotgw::daemon {
@@ -33,7 +35,7 @@ namespace coapsvc {
 // Random bytes from the kernel, drawn 256 at a time: libcoap wants one byte for the jitter of
 // every confirmable message it sends, and every datagram to a device needs an unpredictable token
 // (RFC 9175 §4.2), which would otherwise cost a getrandom call each. Loop thread only.
-int randomBytes(void* out, size_t len) {
+int randomBytes(void* out, size_t len) noexcept {
   static uint8_t pool[256];
   static size_t left = 0;
   auto* dst = static_cast<uint8_t*>(out);
@@ -194,12 +196,12 @@ uint64_t g_discardedPdus = 0;
 
 // libcoap logs to stderr by default; only its errors are worth an operator's attention, and
 // IOTGW_COAP_DEBUG=1 shows everything (for debugging the proxy, never in production).
-void logHandler(coap_log_t level, const char* message) {
+void logHandler(coap_log_t level, const char* message) noexcept {
   if (level == LOG_WARNING && std::strstr(message, "discard malformed PDU") != nullptr) {
     ++g_discardedPdus;
   }
   if (level <= LOG_ERR || std::getenv("IOTGW_COAP_DEBUG") != nullptr) {
-    fmt::print(stderr, "libcoap: {}", message);
+    std::fprintf(stderr, "libcoap: %s", message);
   }
 }
 
@@ -220,39 +222,44 @@ CoapService::Engine* engineOf(coap_session_t* s) {
   return static_cast<CoapService::Engine*>(coap_get_app_data(coap_session_get_context(s)));
 }
 
-// libcoap's callbacks: none lets an exception through (the engine's code throws none but
-// std::bad_alloc, which ends the process either way).
+// libcoap's callbacks: nothing unwinds into libcoap (io::guarded).
 void onRequest(coap_resource_t* r, coap_session_t* s, const coap_pdu_t* req, const coap_string_t* q,
-               coap_pdu_t* resp) {
-  engineOf(s)->handle(r, s, req, q, resp);
+               coap_pdu_t* resp) noexcept {
+  io::guarded("libcoap's request handler", [&] { engineOf(s)->handle(r, s, req, q, resp); });
 }
 
 // Our only sessions are DTLS server sessions: a client has no business sending responses.
 coap_response_t onResponse(coap_session_t*, const coap_pdu_t*, const coap_pdu_t*,
-                           const coap_mid_t) {
+                           const coap_mid_t) noexcept {
   return COAP_RESPONSE_FAIL;
 }
 
 void onNack(coap_session_t* s, const coap_pdu_t* sent, const coap_nack_reason_t reason,
-            const coap_mid_t) {
-  engineOf(s)->nack(s, sent, reason);
+            const coap_mid_t) noexcept {
+  io::guarded("libcoap's nack handler", [&] { engineOf(s)->nack(s, sent, reason); });
 }
 
-int onEvent(coap_session_t* s, const coap_event_t ev) {
-  engineOf(s)->event(s, ev);
+int onEvent(coap_session_t* s, const coap_event_t ev) noexcept {
+  io::guarded("libcoap's event handler", [&] { engineOf(s)->event(s, ev); });
   return 0;
 }
 
+// Failed: the certificate is refused.
 int onCertificate(const char* cn, const uint8_t* der, size_t length, coap_session_t* s,
-                  unsigned depth, int validated, void* arg) {
-  return static_cast<CoapService::Engine*>(arg)->verify(
-      cn, coap::View(der, der != nullptr ? length : 0), s, depth, validated);
+                  unsigned depth, int validated, void* arg) noexcept {
+  return io::guarded("libcoap's certificate check", 0, [&] {
+    return static_cast<CoapService::Engine*>(arg)->verify(
+        cn, coap::View(der, der != nullptr ? length : 0), s, depth, validated);
+  });
 }
 
-// libcoap's hook after it set up a server session's SSL (openssl variant: an SSL*).
-int onTlsSetup(void* tls, coap_dtls_pki_t* setup) {
-  return static_cast<CoapService::Engine*>(setup->cn_call_back_arg)
-      ->setupTls(static_cast<SSL*>(tls));
+// libcoap's hook after it set up a server session's SSL (openssl variant: an SSL*). Failed: the
+// session is not set up.
+int onTlsSetup(void* tls, coap_dtls_pki_t* setup) noexcept {
+  return io::guarded("libcoap's TLS setup", 0, [&] {
+    return static_cast<CoapService::Engine*>(setup->cn_call_back_arg)
+        ->setupTls(static_cast<SSL*>(tls));
+  });
 }
 
 // A device's link that carries nothing is closed after this (the next request opens another).

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <string_view>
 
 #include <fmt/format.h>
 
@@ -34,9 +35,11 @@ bool isBridge(const nlattr* linkinfo) {
   bool bridge = false;
   mnl_attr_parse_nested(
       linkinfo,
-      [](const nlattr* a, void* data) {
+      [](const nlattr* a, void* data) noexcept { // from libmnl: allocates nothing, throws nothing
         if (mnl_attr_get_type(a) == IFLA_INFO_KIND) {
-          *static_cast<bool*>(data) = text(a) == "bridge";
+          const auto* p = static_cast<const char*>(mnl_attr_get_payload(a));
+          *static_cast<bool*>(data) =
+              std::string_view(p, strnlen(p, mnl_attr_get_payload_len(a))) == "bridge";
         }
         return MNL_CB_OK;
       },

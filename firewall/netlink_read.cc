@@ -18,6 +18,7 @@
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <new>
 
 #include <fmt/format.h>
 
@@ -74,16 +75,21 @@ std::expected<std::map<std::string, CounterValue>, std::string> Netlink::counter
   nftnl_obj_set_u32(filter.get(), NFTNL_OBJ_TYPE, NFT_OBJECT_COUNTER);
   nftnl_obj_nlmsg_build_payload(nlh, filter.get());
   std::map<std::string, CounterValue> out;
-  auto cb = [](const nlmsghdr* h, void* data) -> int {
+  // Called from libmnl: nothing may unwind into it (the map's allocation is the one that could).
+  auto cb = [](const nlmsghdr* h, void* data) noexcept -> int {
     ObjPtr o(nftnl_obj_alloc());
-    if (nftnl_obj_nlmsg_parse(h, o.get()) < 0) {
+    if (!o || nftnl_obj_nlmsg_parse(h, o.get()) < 0) {
       return MNL_CB_ERROR;
     }
     if (nftnl_obj_get_u32(o.get(), NFTNL_OBJ_TYPE) == NFT_OBJECT_COUNTER) {
-      auto& m = *static_cast<std::map<std::string, CounterValue>*>(data);
-      m[nftnl_obj_get_str(o.get(), NFTNL_OBJ_NAME)] =
-          CounterValue{nftnl_obj_get_u64(o.get(), NFTNL_OBJ_CTR_PKTS),
-                       nftnl_obj_get_u64(o.get(), NFTNL_OBJ_CTR_BYTES)};
+      try {
+        auto& m = *static_cast<std::map<std::string, CounterValue>*>(data);
+        m[nftnl_obj_get_str(o.get(), NFTNL_OBJ_NAME)] =
+            CounterValue{nftnl_obj_get_u64(o.get(), NFTNL_OBJ_CTR_PKTS),
+                         nftnl_obj_get_u64(o.get(), NFTNL_OBJ_CTR_BYTES)};
+      } catch (const std::bad_alloc&) {
+        return MNL_CB_ERROR;
+      }
     }
     return MNL_CB_OK;
   };
@@ -97,9 +103,9 @@ std::expected<uint32_t, std::string> Netlink::generation() {
   char buf[kRequestBytes];
   nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETGEN, AF_UNSPEC, 0, seq_++);
   uint32_t gen = 0;
-  auto cb = [](const nlmsghdr* h, void* data) -> int {
+  auto cb = [](const nlmsghdr* h, void* data) noexcept -> int {
     std::unique_ptr<nftnl_gen, Deleter<nftnl_gen_free>> g(nftnl_gen_alloc());
-    if (nftnl_gen_nlmsg_parse(h, g.get()) < 0) {
+    if (!g || nftnl_gen_nlmsg_parse(h, g.get()) < 0) {
       return MNL_CB_ERROR;
     }
     *static_cast<uint32_t*>(data) = nftnl_gen_get_u32(g.get(), NFTNL_GEN_ID);

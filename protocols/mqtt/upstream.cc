@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "protocols/mqtt/upstream.h"
 
+#include "protocols/io/callback_guard.h"
+
 #include <sys/epoll.h>
 
 #include <algorithm>
@@ -290,76 +292,84 @@ void MosquittoUpstream::finishIfDrained() {
   park();
 }
 
-void MosquittoUpstream::onConnect(mosquitto*, void* self, int rc) {
-  auto* u = static_cast<MosquittoUpstream*>(self);
-  u->connected_ = rc == 0;
-  if (rc == 0) {
-    u->attempts_ = 0;
-    for (const auto& [filter, qos] : u->subscriptions_) {
-      mosquitto_subscribe(u->mosq_, nullptr, filter.c_str(), qos);
+void MosquittoUpstream::onConnect(mosquitto*, void* self, int rc) noexcept {
+  io::guarded("libmosquitto's connect callback", [&] {
+    auto* u = static_cast<MosquittoUpstream*>(self);
+    u->connected_ = rc == 0;
+    if (rc == 0) {
+      u->attempts_ = 0;
+      for (const auto& [filter, qos] : u->subscriptions_) {
+        mosquitto_subscribe(u->mosq_, nullptr, filter.c_str(), qos);
+      }
+      for (const auto& p : u->waiting_) {
+        int mid = 0;
+        const size_t bytes = p.topic.size() + p.payload.size();
+        if (mosquitto_publish(u->mosq_, &mid, p.topic.c_str(), static_cast<int>(p.payload.size()),
+                              p.payload.data(), 0, p.retain) == MOSQ_ERR_SUCCESS) {
+          u->unwritten_.emplace(mid, bytes); // still held, now by libmosquitto
+        } else {
+          u->release(bytes);
+        }
+      }
+      u->waiting_.clear();
+    } else {
+      u->scheduleReconnect(Clock::now());
     }
-    for (const auto& p : u->waiting_) {
-      int mid = 0;
-      const size_t bytes = p.topic.size() + p.payload.size();
-      if (mosquitto_publish(u->mosq_, &mid, p.topic.c_str(), static_cast<int>(p.payload.size()),
-                            p.payload.data(), 0, p.retain) == MOSQ_ERR_SUCCESS) {
-        u->unwritten_.emplace(mid, bytes); // still held, now by libmosquitto
-      } else {
-        u->release(bytes);
+    if (!u->closeRequested_) {
+      u->observer_.upstreamConnected(rc == 0, rc);
+    }
+  });
+}
+
+void MosquittoUpstream::onDisconnect(mosquitto*, void* self, int rc) noexcept {
+  io::guarded("libmosquitto's disconnect callback", [&] {
+    auto* u = static_cast<MosquittoUpstream*>(self);
+    u->connected_ = false;
+    u->forgetUnwritten();
+    if (!u->closing_) {
+      u->scheduleReconnect(Clock::now());
+      if (!u->closeRequested_) {
+        u->observer_.upstreamConnected(false, rc);
       }
     }
-    u->waiting_.clear();
-  } else {
-    u->scheduleReconnect(Clock::now());
-  }
-  if (!u->closeRequested_) {
-    u->observer_.upstreamConnected(rc == 0, rc);
-  }
+  });
 }
 
-void MosquittoUpstream::onDisconnect(mosquitto*, void* self, int rc) {
-  auto* u = static_cast<MosquittoUpstream*>(self);
-  u->connected_ = false;
-  u->forgetUnwritten();
-  if (!u->closing_) {
-    u->scheduleReconnect(Clock::now());
+void MosquittoUpstream::onPublish(mosquitto*, void* self, int mid) noexcept {
+  io::guarded("libmosquitto's publish callback", [&] {
+    auto* u = static_cast<MosquittoUpstream*>(self);
+    if (const auto q0 = u->unwritten_.find(mid); q0 != u->unwritten_.end()) {
+      u->release(q0->second); // a QoS 0 message, written
+      u->unwritten_.erase(q0);
+      return;
+    }
+    const auto it = u->pending_.find(mid);
+    if (it == u->pending_.end()) {
+      if (u->publishing_) {
+        u->writtenDuringPublish_.push_back(mid); // written inside mosquitto_publish
+      }
+      return;
+    }
+    const uint64_t token = it->second.token;
+    u->release(it->second.bytes);
+    u->pending_.erase(it);
     if (!u->closeRequested_) {
-      u->observer_.upstreamConnected(false, rc);
+      u->observer_.upstreamAcked(token);
     }
-  }
+  });
 }
 
-void MosquittoUpstream::onPublish(mosquitto*, void* self, int mid) {
-  auto* u = static_cast<MosquittoUpstream*>(self);
-  if (const auto q0 = u->unwritten_.find(mid); q0 != u->unwritten_.end()) {
-    u->release(q0->second); // a QoS 0 message, written
-    u->unwritten_.erase(q0);
-    return;
-  }
-  const auto it = u->pending_.find(mid);
-  if (it == u->pending_.end()) {
-    if (u->publishing_) {
-      u->writtenDuringPublish_.push_back(mid); // written inside mosquitto_publish
+void MosquittoUpstream::onMessage(mosquitto*, void* self, const mosquitto_message* msg) noexcept {
+  io::guarded("libmosquitto's message callback", [&] {
+    auto* u = static_cast<MosquittoUpstream*>(self);
+    if (u->closeRequested_ || msg == nullptr || msg->topic == nullptr || msg->payloadlen < 0) {
+      return;
     }
-    return;
-  }
-  const uint64_t token = it->second.token;
-  u->release(it->second.bytes);
-  u->pending_.erase(it);
-  if (!u->closeRequested_) {
-    u->observer_.upstreamAcked(token);
-  }
-}
-
-void MosquittoUpstream::onMessage(mosquitto*, void* self, const mosquitto_message* msg) {
-  auto* u = static_cast<MosquittoUpstream*>(self);
-  if (u->closeRequested_ || msg == nullptr || msg->topic == nullptr || msg->payloadlen < 0) {
-    return;
-  }
-  u->observer_.upstreamMessage(
-      msg->topic,
-      std::span(static_cast<const uint8_t*>(msg->payload), static_cast<size_t>(msg->payloadlen)),
-      static_cast<uint8_t>(msg->qos), msg->retain);
+    u->observer_.upstreamMessage(
+        msg->topic,
+        std::span(static_cast<const uint8_t*>(msg->payload), static_cast<size_t>(msg->payloadlen)),
+        static_cast<uint8_t>(msg->qos), msg->retain);
+  });
 }
 
 } // namespace iotgw::mqtt

@@ -120,10 +120,10 @@ private:
   MosquittoUpstream(io::Reactor& reactor, const UpstreamSettings& settings,
                     UpstreamObserver& observer);
 
-  static void onConnect(mosquitto* m, void* self, int rc);
-  static void onDisconnect(mosquitto* m, void* self, int rc);
-  static void onPublish(mosquitto* m, void* self, int mid);
-  static void onMessage(mosquitto* m, void* self, const mosquitto_message* msg);
+  static void onConnect(mosquitto* m, void* self, int rc) noexcept;
+  static void onDisconnect(mosquitto* m, void* self, int rc) noexcept;
+  static void onPublish(mosquitto* m, void* self, int mid) noexcept;
+  static void onMessage(mosquitto* m, void* self, const mosquitto_message* msg) noexcept;
 
   void onEvents(uint32_t events);
   void syncSocket();
