@@ -162,7 +162,7 @@ int CoapService::Engine::verify(const char* cn, View der, coap_session_t* s, uns
   return 1;
 }
 
-std::string CoapService::Engine::loadCrls(const std::string& file, Crls& into) {
+Outcome CoapService::Engine::loadCrls(const std::string& file, Crls& into) {
   into.clear();
   if (file.empty()) {
     return {};
@@ -170,7 +170,7 @@ std::string CoapService::Engine::loadCrls(const std::string& file, Crls& into) {
   std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_file(file.c_str(), "r"), BIO_free);
   if (!bio) {
     ERR_clear_error();
-    return fmt::format("cannot read the DTLS listener's CRL {}", file);
+    return failure(fmt::format("cannot read the DTLS listener's CRL {}", file));
   }
   while (X509_CRL* crl = PEM_read_bio_X509_CRL(bio.get(), nullptr, nullptr, nullptr)) {
     into.emplace_back(crl, X509_CRL_free);
@@ -179,7 +179,7 @@ std::string CoapService::Engine::loadCrls(const std::string& file, Crls& into) {
   ERR_clear_error();
   if (into.empty() || (last != 0 && ERR_GET_REASON(last) != PEM_R_NO_START_LINE)) {
     into.clear();
-    return fmt::format("the DTLS listener's CRL {} holds no valid PEM CRL", file);
+    return failure(fmt::format("the DTLS listener's CRL {} holds no valid PEM CRL", file));
   }
   return {};
 }

@@ -166,22 +166,22 @@ DtlsGate::DtlsGate(Admission::Settings settings) : admission_(settings) {}
 
 DtlsGate::~DtlsGate() = default;
 
-std::string DtlsGate::attach(coap_context_t* ctx, const std::vector<SSL_CTX*>& created) {
+Outcome DtlsGate::attach(coap_context_t* ctx, const std::vector<SSL_CTX*>& created) {
   ctx_ = ctx;
   SSL_CTX* dtls = nullptr;
   for (SSL_CTX* c : created) {
     if (SSL_CTX_get_ssl_method(c) == DTLS_method()) {
       if (dtls != nullptr) {
-        return "libcoap created more than one DTLS context: cannot tell which one serves";
+        return failure("libcoap created more than one DTLS context: cannot tell which one serves");
       }
       dtls = c;
     }
   }
   if (dtls == nullptr) {
-    return "cannot find libcoap's DTLS context to put the cookie exchange in front of it";
+    return failure("cannot find libcoap's DTLS context to put the cookie exchange in front of it");
   }
   if (gateIndex() < 0 || SSL_CTX_set_ex_data(dtls, gateIndex(), this) != 1) {
-    return "cannot attach the DTLS cookie exchange to libcoap's context";
+    return failure("cannot attach the DTLS cookie exchange to libcoap's context");
   }
   SSL_CTX_set_cookie_generate_cb(dtls, generateCookie);
   SSL_CTX_set_cookie_verify_cb(dtls, verifyCookie);
@@ -207,7 +207,7 @@ std::map<int, uint64_t> DtlsGate::epollMembers(int epfd) {
   return out;
 }
 
-std::string DtlsGate::addEndpoint(int epfd, const std::map<int, uint64_t>& before) {
+Outcome DtlsGate::addEndpoint(int epfd, const std::map<int, uint64_t>& before) {
   std::vector<Endpoint> added;
   for (const auto& [fd, data] : epollMembers(epfd)) {
     if (!before.contains(fd)) {
@@ -218,7 +218,7 @@ std::string DtlsGate::addEndpoint(int epfd, const std::map<int, uint64_t>& befor
   socklen_t len = sizeof type;
   if (added.size() != 1 || getsockopt(added[0].fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 ||
       type != SOCK_DGRAM) {
-    return "cannot find the socket of libcoap's DTLS endpoint";
+    return failure("cannot find the socket of libcoap's DTLS endpoint");
   }
   endpoints_.push_back(added[0]);
   return {};

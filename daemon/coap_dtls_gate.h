@@ -40,6 +40,7 @@
 #include <coap3/coap.h>
 #include <openssl/ssl.h>
 
+#include "daemon/outcome.h"
 #include "protocols/coap/dtls_admission.h"
 #include "protocols/coap/dtls_cookie.h"
 
@@ -77,11 +78,11 @@ public:
   ~DtlsGate();
 
   // Takes over the cookie callbacks of libcoap's DTLS context among `created`.
-  [[nodiscard]] std::string attach(coap_context_t* ctx, const std::vector<SSL_CTX*>& created);
+  [[nodiscard]] Outcome attach(coap_context_t* ctx, const std::vector<SSL_CTX*>& created);
   // The members (fd, event data) of an epoll set.
   [[nodiscard]] static std::map<int, uint64_t> epollMembers(int epfd);
   // Adopts the socket coap_new_endpoint has just added to libcoap's epoll set.
-  [[nodiscard]] std::string addEndpoint(int epfd, const std::map<int, uint64_t>& before);
+  [[nodiscard]] Outcome addEndpoint(int epfd, const std::map<int, uint64_t>& before);
 
   // Before coap_io_do_epoll: for each endpoint event, answers and discards what unproven peers
   // sent until the datagram at the head of the socket is one for libcoap (the event stays) or

@@ -35,6 +35,7 @@
 
 #include "daemon/coap_dtls_gate.h"
 #include "daemon/coap_service.h"
+#include "daemon/outcome.h"
 #include "policy/decision.h"
 #include "policy/events.h"
 #include "policy/policy_set.h"
@@ -233,7 +234,7 @@ struct CoapService::Engine {
   };
 
   // libcoap's callbacks and the loop.
-  std::string start();
+  Outcome start();
   void process();
   // Runs libcoap's due timers and arms ours for its next one: libcoap 4.3.1 disarms its own
   // timer when the next event it computes is already past by the time it arms it, and then
@@ -254,9 +255,8 @@ struct CoapService::Engine {
 
   // Client certificates (coap_certificates.cc).
   int verify(const char* cn, View der, coap_session_t* s, unsigned depth, int validated);
-  static std::string
-  loadCrls(const std::string& file,
-           std::vector<std::unique_ptr<X509_CRL, decltype(&X509_CRL_free)>>& into);
+  static Outcome loadCrls(const std::string& file,
+                          std::vector<std::unique_ptr<X509_CRL, decltype(&X509_CRL_free)>>& into);
   int setupTls(SSL* ssl);
   static int recordVerify(int ok, X509_STORE_CTX* store) noexcept;
   static int recordVerifyGuarded(int ok, X509_STORE_CTX* store);
@@ -424,7 +424,7 @@ struct CoapService::DeviceEndpoint {
   std::weak_ptr<const policy::PolicySet> ratesFor; // the snapshot `rates` was pruned against
   uint8_t buffer[2048];
 
-  std::string start();
+  Outcome start();
   void onReadable(int fd);
   // `size` is the datagram's real size; `datagram` holds at most the buffer's worth of it.
   void handle(int fd, const sockaddr_storage& from, socklen_t fromLen, View datagram, size_t size);

@@ -29,22 +29,22 @@ CoapService::DeviceEndpoint::~DeviceEndpoint() {
   }
 }
 
-std::string CoapService::DeviceEndpoint::start() {
+Outcome CoapService::DeviceEndpoint::start() {
   const auto& c = svc.config_->coap;
   for (const auto& a : c.addresses) {
     auto fd = io::bindUdp(a, c.port);
     if (!fd) {
-      return fmt::format("cannot bind device-side CoAP to {}: {}", io::endpointLabel(a, c.port),
-                         fd.error().message());
+      return failure(fmt::format("cannot bind device-side CoAP to {}: {}",
+                                 io::endpointLabel(a, c.port), fd.error().message()));
     }
     // Which interface each datagram came in on: only the device segment's are devices'.
     if (!wantPacketInfo(fd->get(), a.family)) {
-      return fmt::format("cannot ask for the arrival interface on {}",
-                         io::endpointLabel(a, c.port));
+      return failure(
+          fmt::format("cannot ask for the arrival interface on {}", io::endpointLabel(a, c.port)));
     }
     const int raw = fd->get();
     if (svc.reactor_.add(raw, EPOLLIN, [this, raw](uint32_t) { onReadable(raw); })) {
-      return "cannot watch the device-side CoAP socket";
+      return failure("cannot watch the device-side CoAP socket");
     }
     sockets.push_back(std::move(*fd));
   }
@@ -324,13 +324,13 @@ void CoapService::DeviceEndpoint::handle(int fd, const sockaddr_storage& from, s
     }
     send(fd, to, fromLen, changed, nullptr);
   };
-  const std::string error = svc.mqtt_->publishFor(*device, topic, m.payload, push->qos, done);
-  if (!error.empty()) {
+  const Outcome published = svc.mqtt_->publishFor(*device, topic, m.payload, push->qos, done);
+  if (!published) {
     ++svc.stats_.pushesFailed;
     recent.erase(key);
     emit(EventType::UpstreamUnavailable, deviceName, peer, "upstream", "5.9-1", "refuse",
-         fmt::format("CoAP push to {} not published: {}", v->path, error));
-    answer(coap::codes::kServiceUnavailable, error);
+         fmt::format("CoAP push to {} not published: {}", v->path, published.error()));
+    answer(coap::codes::kServiceUnavailable, published.error());
     return;
   }
   ++svc.stats_.pushesPublished;

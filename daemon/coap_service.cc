@@ -294,7 +294,7 @@ CoapService::Engine::~Engine() {
   }
 }
 
-std::string CoapService::Engine::start() {
+Outcome CoapService::Engine::start() {
   startLibcoap();
   const Config& c = *svc.config_;
   coap::dtls::Admission::Settings admission;
@@ -306,10 +306,10 @@ std::string CoapService::Engine::start() {
     const DtlsGate::ContextRecorder recorder;
     ctx = coap_new_context(nullptr);
     if (ctx == nullptr) {
-      return "cannot create the CoAP context";
+      return failure("cannot create the CoAP context");
     }
-    if (std::string err = gate->attach(ctx, recorder.created()); !err.empty()) {
-      return err;
+    if (auto attached = gate->attach(ctx, recorder.created()); !attached) {
+      return attached;
     }
   }
   coap_set_app_data(ctx, this);
@@ -345,16 +345,16 @@ std::string CoapService::Engine::start() {
   pki.pki_key.key.pem.ca_file = caFile.c_str();
   pki.pki_key.key.pem.public_cert = certificateFile.c_str();
   pki.pki_key.key.pem.private_key = keyFile.c_str();
-  if (std::string err = loadCrls(c.coapDtls.crlFile.string(), crls); !err.empty()) {
-    return err;
+  if (auto loaded = loadCrls(c.coapDtls.crlFile.string(), crls); !loaded) {
+    return loaded;
   }
   // Revocation is switched on per session by setupTls while there are CRLs (a reload may add or
   // drop crl_file); allow_no_crl and allow_expired_crl stay 0: a client whose issuer has no CRL
   // in the file, or whose CRL has expired, fails the handshake like a revoked one.
   pki.additional_tls_setup_call_back = onTlsSetup;
   if (coap_context_set_pki(ctx, &pki) == 0) {
-    return fmt::format("cannot load the DTLS certificate {}, key {} or CA {}", certificateFile,
-                       keyFile, caFile);
+    return failure(fmt::format("cannot load the DTLS certificate {}, key {} or CA {}",
+                               certificateFile, keyFile, caFile));
   }
   for (const auto& a : c.coapDtls.addresses) {
     coap_address_t addr;
@@ -365,10 +365,11 @@ std::string CoapService::Engine::start() {
     addr.size = len;
     const auto before = DtlsGate::epollMembers(coap_context_get_coap_fd(ctx));
     if (coap_new_endpoint(ctx, &addr, COAP_PROTO_DTLS) == nullptr) {
-      return fmt::format("cannot bind CoAP over DTLS to {}", io::endpointLabel(a, c.coapDtls.port));
+      return failure(
+          fmt::format("cannot bind CoAP over DTLS to {}", io::endpointLabel(a, c.coapDtls.port)));
     }
-    if (std::string err = gate->addEndpoint(coap_context_get_coap_fd(ctx), before); !err.empty()) {
-      return err;
+    if (auto added = gate->addEndpoint(coap_context_get_coap_fd(ctx), before); !added) {
+      return added;
     }
     ports.push_back(c.coapDtls.port);
   }
@@ -382,16 +383,16 @@ std::string CoapService::Engine::start() {
 
   fd = coap_context_get_coap_fd(ctx);
   if (fd < 0) {
-    return "libcoap has no epoll descriptor";
+    return failure("libcoap has no epoll descriptor");
   }
   if (svc.reactor_.add(fd, EPOLLIN, [this](uint32_t) { process(); })) {
     fd = -1;
-    return "cannot watch the CoAP descriptor";
+    return failure("cannot watch the CoAP descriptor");
   }
   timer = io::UniqueFd(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
   if (!timer.valid() || svc.reactor_.add(timer.get(), EPOLLIN, [this](uint32_t) { onTimer(); })) {
     timer = io::UniqueFd();
-    return "cannot create the CoAP timer";
+    return failure("cannot create the CoAP timer");
   }
   libcoapTimers();
   return {};
@@ -675,19 +676,19 @@ CoapService::CoapService(io::Reactor& reactor, EventSink& sink,
 
 CoapService::~CoapService() = default;
 
-std::string CoapService::start() {
+Outcome CoapService::start() {
   if (config_->coapDtls.enabled) {
     engine_ = std::make_unique<Engine>(*this);
-    if (std::string error = engine_->start(); !error.empty()) {
+    if (auto started = engine_->start(); !started) {
       engine_.reset();
-      return error;
+      return started;
     }
   }
   if (config_->coap.enabled) {
     devices_ = std::make_unique<DeviceEndpoint>(*this);
-    if (std::string error = devices_->start(); !error.empty()) {
+    if (auto started = devices_->start(); !started) {
       devices_.reset();
-      return error;
+      return started;
     }
   }
   return {};
@@ -702,13 +703,13 @@ void CoapService::closeDevice(const policy::DeviceId& id) {
   }
 }
 
-std::string CoapService::reloadCrl(const Config& config) {
+Outcome CoapService::reloadCrl(const Config& config) {
   if (!engine_) {
     return {};
   }
   Engine::Crls next;
-  if (std::string err = Engine::loadCrls(config.coapDtls.crlFile.string(), next); !err.empty()) {
-    return err;
+  if (auto loaded = Engine::loadCrls(config.coapDtls.crlFile.string(), next); !loaded) {
+    return loaded;
   }
   engine_->crls = std::move(next); // the next handshake checks against these
   return {};

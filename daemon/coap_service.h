@@ -28,6 +28,7 @@
 
 #include "daemon/config.h"
 #include "daemon/event_sink.h"
+#include "daemon/outcome.h"
 #include "policy/policy_set.h"
 #include "protocols/io/reactor.h"
 
@@ -82,12 +83,12 @@ public:
   ~CoapService();
 
   // Binds the endpoints the configuration enables; the error names what failed.
-  [[nodiscard]] std::string start();
+  [[nodiscard]] Outcome start();
   // Ends the device's observe relationships and its upstream session (quarantine, removal).
   void closeDevice(const policy::DeviceId& id);
   // Reads the DTLS listener's crl_file of a reloaded configuration and, if it is good, checks
   // every later handshake against it (other listener settings take effect at restart).
-  [[nodiscard]] std::string reloadCrl(const Config& config);
+  [[nodiscard]] Outcome reloadCrl(const Config& config);
   [[nodiscard]] const CoapStats& stats() const { return stats_; }
   // Every counter under its GetStatus name ("coap_requests", ...).
   [[nodiscard]] std::vector<std::pair<std::string, uint64_t>> counters() const;

@@ -67,8 +67,8 @@ std::expected<std::unique_ptr<Daemon>, std::string> Daemon::create(Options optio
   }
   std::unique_ptr<Daemon> d(
       new Daemon(std::move(options), std::move(*snapshot), std::move(*reactor)));
-  if (auto err = d->setUp(); !err.empty()) {
-    return std::unexpected(err);
+  if (auto err = d->setUp(); !err) {
+    return std::unexpected(err.error());
   }
   return d;
 }
@@ -78,7 +78,7 @@ Daemon::Daemon(Options options, Snapshot snapshot, std::unique_ptr<io::Reactor> 
 
 Daemon::~Daemon() = default;
 
-std::string Daemon::setUp() {
+Outcome Daemon::setUp() {
   const Config& config = *current_.config;
   sink_ = std::make_unique<EventSink>(makeBackend(config.events.target), config.events);
 
@@ -86,14 +86,14 @@ std::string Daemon::setUp() {
   std::error_code ec;
   std::filesystem::create_directories(config.stateDirectory, ec);
   if (ec) {
-    return fmt::format("cannot create state directory {}: {}", config.stateDirectory.string(),
-                       ec.message());
+    return failure(fmt::format("cannot create state directory {}: {}",
+                               config.stateDirectory.string(), ec.message()));
   }
   ::chmod(config.stateDirectory.c_str(), 0700);
   // The gateway CA: made on first start, with a key nobody else has (5.1-1).
   auto ids = Identities::open(config.stateDirectory);
   if (!ids) {
-    return "gateway CA: " + ids.error();
+    return failure("gateway CA: " + ids.error());
   }
   identities_ = std::move(*ids);
 
@@ -103,22 +103,22 @@ std::string Daemon::setUp() {
   sigaddset(&mask, SIGINT);
   sigaddset(&mask, SIGHUP);
   if (::sigprocmask(SIG_BLOCK, &mask, nullptr) != 0) {
-    return "cannot block signals";
+    return failure("cannot block signals");
   }
   ::signal(SIGPIPE, SIG_IGN);
   signalFd_ = io::UniqueFd(::signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC));
   if (!signalFd_.valid()) {
-    return "cannot create signalfd";
+    return failure("cannot create signalfd");
   }
   if (auto e = reactor_->add(signalFd_.get(), EPOLLIN, [this](uint32_t) { onSignal(); })) {
-    return "cannot watch signals: " + e.message();
+    return failure("cannot watch signals: " + e.message());
   }
 
   if (auto interval = notify::watchdogInterval()) {
     const auto half = std::chrono::duration_cast<std::chrono::milliseconds>(*interval / 2);
     const auto period = std::max(half, std::chrono::milliseconds(1));
     if (auto t = reactor_->addTimer(period, period, [] { notify::watchdog(); }); !t) {
-      return "cannot arm the watchdog timer";
+      return failure("cannot arm the watchdog timer");
     }
   }
   scheduleSummaries();
@@ -134,7 +134,7 @@ std::string Daemon::setUp() {
             coap_->closeDevice(id);
           }
         });
-    if (auto err = firewall_->start(config, current_.policies); !err.empty()) {
+    if (auto err = firewall_->start(config, current_.policies); !err) {
       return err;
     }
     // The exposure scan: shortly after start, then every scan interval, with the policies in
@@ -146,30 +146,30 @@ std::string Daemon::setUp() {
       if (!reactor_->addTimer(std::chrono::seconds(2), every, [this] {
             scan_->start(current_.policies, current_.config->firewall.scanProbesPerSecond);
           })) {
-        return "cannot arm the exposure scan timer";
+        return failure("cannot arm the exposure scan timer");
       }
     }
     if (config.firewall.telemetryInterval.count() > 0) {
       const auto every =
           std::chrono::duration_cast<std::chrono::milliseconds>(config.firewall.telemetryInterval);
       if (!reactor_->addTimer(every, every, [this] { firewall_->sampleTraffic(); })) {
-        return "cannot arm the telemetry timer";
+        return failure("cannot arm the telemetry timer");
       }
     }
   }
   reconcileIdentities();
   // The CRL is valid for 30 days: checked hourly, rewritten a week into its life.
   if (!reactor_->addTimer(std::chrono::hours(1), std::chrono::hours(1), [this] {
-        if (auto e = identities_->refreshCrl(std::chrono::system_clock::now()); !e.empty()) {
+        if (auto e = identities_->refreshCrl(std::chrono::system_clock::now()); !e) {
           Event ev;
           ev.type = EventType::UpstreamUnavailable;
           ev.protocol = "pki";
           ev.rule = "crl";
-          ev.message = "cannot refresh the CRL: " + e;
+          ev.message = "cannot refresh the CRL: " + e.error();
           sink_->emit(std::move(ev));
         }
       })) {
-    return "cannot arm the CRL timer";
+    return failure("cannot arm the CRL timer");
   }
   // CoAP pushes ride on the MQTT capability's upstream sessions, so it runs for them too.
   if (config.mqtt.enabled || config.mqttTls.enabled || config.coap.enabled) {
@@ -185,7 +185,7 @@ std::string Daemon::setUp() {
                                     "the device broke its policy, whose action is quarantine");
       });
     }
-    if (auto err = mqtt_->start(); !err.empty()) {
+    if (auto err = mqtt_->start(); !err) {
       return err;
     }
   }
@@ -193,7 +193,7 @@ std::string Daemon::setUp() {
     coap_ = std::make_unique<CoapService>(
         *reactor_, *sink_, current_.config, [this] { return current_.policies; }, mqtt_.get(),
         [this](const policy::DeviceId& id) { return firewall_ && firewall_->quarantined(id); });
-    if (auto err = coap_->start(); !err.empty()) {
+    if (auto err = coap_->start(); !err) {
       return err;
     }
   }
@@ -202,7 +202,8 @@ std::string Daemon::setUp() {
     auto d = DbusService::start(*reactor_, *this, config.dbus.adminGroup, config.dbus.readerGroup);
     if (!d) {
       if (d.error().find("FileExists") != std::string::npos) {
-        return "org.iotgw.Gateway1 is already owned on the system bus: is another iotgwd running?";
+        return failure(
+            "org.iotgw.Gateway1 is already owned on the system bus: is another iotgwd running?");
       }
       // No bus (yet) is not a reason to leave devices unprotected: run without the API.
       dbusError_ =
@@ -315,7 +316,7 @@ void Daemon::onSignal() {
   }
 }
 
-std::string Daemon::reload() {
+Outcome Daemon::reload() {
   notify::reloading();
   auto next = loadSnapshot(options_);
   if (!next) {
@@ -331,7 +332,7 @@ std::string Daemon::reload() {
                             diags.empty() ? "" : diags.front().str());
     sink_->emit(e);
     notify::ready(statusLine());
-    return diags.empty() ? "rejected" : diags.front().str();
+    return failure(diags.empty() ? "rejected" : diags.front().str());
   }
   auto reject = [this](const std::string& err) {
     Event e;
@@ -345,31 +346,31 @@ std::string Daemon::reload() {
   };
   // The firewall first: one transaction, and nothing changed if the kernel refuses it.
   if (firewall_) {
-    if (auto err = firewall_->apply(*next->config, next->policies); !err.empty()) {
-      reject(err);
+    if (auto err = firewall_->apply(*next->config, next->policies); !err) {
+      reject(err.error());
       return err;
     }
   }
   // The TLS context (certificate, CA, CRL) is rebuilt too; if that fails nothing changes.
   if (mqtt_) {
-    if (auto err = mqtt_->reloadTls(*next->config); !err.empty()) {
+    if (auto err = mqtt_->reloadTls(*next->config); !err) {
       if (firewall_) {
         (void)firewall_->apply(*current_.config, current_.policies); // back to the running state
       }
-      reject(err);
+      reject(err.error());
       return err;
     }
   }
   // The CoAP endpoint's CRL last: a bad one puts the others back.
   if (coap_) {
-    if (auto err = coap_->reloadCrl(*next->config); !err.empty()) {
+    if (auto err = coap_->reloadCrl(*next->config); !err) {
       if (mqtt_) {
         (void)mqtt_->reloadTls(*current_.config);
       }
       if (firewall_) {
         (void)firewall_->apply(*current_.config, current_.policies);
       }
-      reject(err);
+      reject(err.error());
       return err;
     }
   }

@@ -19,6 +19,7 @@
 #include "daemon/firewall_service.h"
 #include "daemon/identities.h"
 #include "daemon/mqtt_service.h"
+#include "daemon/outcome.h"
 #include "policy/credentials.h"
 #include "policy/policy_set.h"
 #include "protocols/io/reactor.h"
@@ -69,15 +70,15 @@ public:
 private:
   Daemon(Options options, Snapshot snapshot, std::unique_ptr<io::Reactor> reactor);
 
-  std::string setUp();
+  [[nodiscard]] Outcome setUp();
   void onSignal();
   // Re-reads everything; an error (empty: none) leaves the running state in force.
-  std::string reload();
+  [[nodiscard]] Outcome reload();
   // The device-admin path: a whole next set of devices is built, the firewall applied, then
   // `persist` runs (the state file), and only then the snapshot is swapped. On any failure the
   // running policy stays and the firewall is put back.
   [[nodiscard]] ControlResult commitDevices(std::vector<policy::DevicePolicy> next,
-                                            const std::function<std::string()>& persist);
+                                            const std::function<Outcome()>& persist);
   [[nodiscard]] std::expected<policy::DevicePolicy, ControlError>
   parseForApi(std::string_view id, std::string_view text) const;
   [[nodiscard]] bool fromApi(const policy::DevicePolicy& d) const;
@@ -90,7 +91,7 @@ private:
   // those no device asks for any more; failures are events.
   void reconcileIdentities();
   // Issues (or renews) one device's identity, with its event; an error is a sentence.
-  [[nodiscard]] std::string issueIdentity(const std::string& id);
+  [[nodiscard]] Outcome issueIdentity(const std::string& id);
   void scheduleSummaries();
 
   Options options_;

@@ -41,7 +41,7 @@ std::string joined(const policy::Diagnostics& diags) {
 
 } // namespace
 
-std::string Daemon::issueIdentity(const std::string& id) {
+Outcome Daemon::issueIdentity(const std::string& id) {
   const bool renewal = identities_->find(id) != nullptr;
   auto issued = identities_->issue(id);
   if (!issued) {
@@ -54,7 +54,7 @@ std::string Daemon::issueIdentity(const std::string& id) {
     e.action = "identity-failed";
     e.message = issued.error();
     sink_->emit(std::move(e));
-    return issued.error();
+    return failure(issued.error());
   }
   const auto& s = (*issued)->summary;
   Event e;
@@ -95,10 +95,10 @@ void Daemon::reconcileIdentities() {
     e.device = holder;
     e.protocol = "pki";
     e.provision = "5.11-1";
-    if (auto err = identities_->revoke(holder); !err.empty()) {
+    if (auto err = identities_->revoke(holder); !err) {
       e.type = EventType::UpstreamUnavailable;
       e.action = "revoke-failed";
-      e.message = err;
+      e.message = err.error();
     } else {
       e.type = EventType::DeviceChanged;
       e.action = "identity-revoked";
@@ -195,7 +195,7 @@ std::expected<policy::DevicePolicy, ControlError> Daemon::parseForApi(std::strin
 }
 
 ControlResult Daemon::commitDevices(std::vector<policy::DevicePolicy> next,
-                                    const std::function<std::string()>& persist) {
+                                    const std::function<Outcome()>& persist) {
   if (next.size() > current_.config->limits.maxDevices) {
     return std::unexpected(
         err(ControlErrorCode::Rejected,
@@ -216,25 +216,25 @@ ControlResult Daemon::commitDevices(std::vector<policy::DevicePolicy> next,
   for (const auto& d : (*set)->devices()) {
     if (d.mqttRules.upstreamIdentity == policy::UpstreamIdentity::Issued &&
         identities_->find(d.id.str()) == nullptr) {
-      if (auto e = issueIdentity(d.id.str()); !e.empty()) {
+      if (auto e = issueIdentity(d.id.str()); !e) {
         undoIssued();
-        return std::unexpected(err(ControlErrorCode::Failed, e));
+        return std::unexpected(err(ControlErrorCode::Failed, e.error()));
       }
       issued.push_back(d.id.str());
     }
   }
   if (firewall_) {
-    if (auto e = firewall_->apply(*current_.config, *set); !e.empty()) {
+    if (auto e = firewall_->apply(*current_.config, *set); !e) {
       undoIssued();
-      return std::unexpected(err(ControlErrorCode::Rejected, "firewall: " + e));
+      return std::unexpected(err(ControlErrorCode::Rejected, "firewall: " + e.error()));
     }
   }
-  if (auto e = persist(); !e.empty()) {
+  if (auto e = persist(); !e) {
     if (firewall_) {
       (void)firewall_->apply(*current_.config, current_.policies); // back to the running state
     }
     undoIssued();
-    return std::unexpected(err(ControlErrorCode::Failed, e));
+    return std::unexpected(err(ControlErrorCode::Failed, e.error()));
   }
   current_.policies = std::move(*set);
   reconcileIdentities(); // revokes what the previous set had and this one does not
@@ -362,8 +362,8 @@ ControlResult Daemon::quarantineDevice(std::string_view idText, std::string_view
     return std::unexpected(
         err(ControlErrorCode::Failed, "the firewall is off ([firewall] enabled = false)"));
   }
-  if (auto e = firewall_->quarantine((*found)->id, "dbus", reason); !e.empty()) {
-    return std::unexpected(err(ControlErrorCode::Failed, e));
+  if (auto e = firewall_->quarantine((*found)->id, "dbus", reason); !e) {
+    return std::unexpected(err(ControlErrorCode::Failed, e.error()));
   }
   return {};
 }
@@ -377,15 +377,15 @@ ControlResult Daemon::releaseDevice(std::string_view idText) {
     return std::unexpected(
         err(ControlErrorCode::Failed, "the firewall is off ([firewall] enabled = false)"));
   }
-  if (auto e = firewall_->release((*found)->id); !e.empty()) {
-    return std::unexpected(err(ControlErrorCode::Failed, e));
+  if (auto e = firewall_->release((*found)->id); !e) {
+    return std::unexpected(err(ControlErrorCode::Failed, e.error()));
   }
   return {};
 }
 
 ControlResult Daemon::reloadAll() {
-  if (auto e = reload(); !e.empty()) {
-    return std::unexpected(err(ControlErrorCode::Rejected, e));
+  if (auto e = reload(); !e) {
+    return std::unexpected(err(ControlErrorCode::Rejected, e.error()));
   }
   return {};
 }

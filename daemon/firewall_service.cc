@@ -209,7 +209,7 @@ std::map<std::string, PortBinding> FirewallService::loadPorts(const policy::Poli
   for (auto it = unsaved_.begin(); it != unsaved_.end();) {
     const auto b = ports.find(*it);
     if (b == ports.end() ||
-        writeAtomically(portsDirectory(*config_) / *it, portFileText(b->second)).empty()) {
+        writeAtomically(portsDirectory(*config_) / *it, portFileText(b->second))) {
       it = unsaved_.erase(it);
     } else {
       ++it;
@@ -231,24 +231,24 @@ void FirewallService::prunePortFiles() {
   }
 }
 
-std::string FirewallService::start(const Config& config,
-                                   std::shared_ptr<const policy::PolicySet> policies) {
+Outcome FirewallService::start(const Config& config,
+                               std::shared_ptr<const policy::PolicySet> policies) {
   auto nl = firewall::Netlink::open();
   if (!nl) {
-    return "firewall: " + nl.error();
+    return failure("firewall: " + nl.error());
   }
   auto monitor = firewall::Monitor::open((*nl)->portId());
   if (!monitor) {
-    return "firewall: " + monitor.error();
+    return failure("firewall: " + monitor.error());
   }
   auto links = firewall::Links::open();
   if (!links) {
-    return "firewall: cannot read the interfaces: " + links.error();
+    return failure("firewall: cannot read the interfaces: " + links.error());
   }
   auto reports = firewall::ReportListener::open(firewall::kLogGroup);
   if (!reports) {
-    return "firewall: cannot receive the tables' reports: " + reports.error() +
-           " (the kernel needs nfnetlink_log)";
+    return failure("firewall: cannot receive the tables' reports: " + reports.error() +
+                   " (the kernel needs nfnetlink_log)");
   }
   nl_ = std::move(*nl);
   monitor_ = std::move(*monitor);
@@ -259,13 +259,14 @@ std::string FirewallService::start(const Config& config,
   book_ = std::make_unique<firewall::PortBook>(policies_);
   quarantined_ = readQuarantineList();
   bindings_ = loadPorts(*policies_);
-  if (auto err = commit(compileAll(*policies_)); !err.empty()) {
-    return "firewall: cannot install tables inet iotgw and bridge iotgw: " + err +
-           (err.find("not permitted") != std::string::npos
-                ? " (iotgwd needs CAP_NET_ADMIN; [firewall] enabled = false runs without it)"
-            : err.find("not supported") != std::string::npos
-                ? " (the kernel needs nf_tables with the inet and bridge families)"
-                : "");
+  if (auto err = commit(compileAll(*policies_)); !err) {
+    return failure(
+        "firewall: cannot install tables inet iotgw and bridge iotgw: " + err.error() +
+        (err.error().find("not permitted") != std::string::npos
+             ? " (iotgwd needs CAP_NET_ADMIN; [firewall] enabled = false runs without it)"
+         : err.error().find("not supported") != std::string::npos
+             ? " (the kernel needs nf_tables with the inet and bridge families)"
+             : ""));
   }
   prunePortFiles();
   for (auto [fd, handler] :
@@ -273,13 +274,13 @@ std::string FirewallService::start(const Config& config,
         {reports_->fd(), [this] { onReports(); }},
         {links_->fd(), [this] { onLinks(); }}}) {
     if (auto ec = reactor_.add(fd, EPOLLIN, [handler](uint32_t) { handler(); })) {
-      return "firewall: cannot watch netlink: " + ec.message();
+      return failure("firewall: cannot watch netlink: " + ec.message());
     }
   }
   return {};
 }
 
-std::string FirewallService::commit(Tables next) {
+Outcome FirewallService::commit(Tables next) {
   auto inet = firewall::diff(current_[kInet], next[kInet]);
   auto bridge = firewall::diff(current_[kBridge], next[kBridge]);
   if (inet && bridge) {
@@ -303,26 +304,26 @@ std::string FirewallService::commit(Tables next) {
   }
   auto r = nl_->replace(std::span<const firewall::Ruleset>(next));
   if (!r) {
-    return r.error();
+    return failure(r.error());
   }
   current_ = std::move(next);
   generation_ = nl_->generation().value_or(0);
   return {};
 }
 
-std::string FirewallService::apply(const Config& config,
-                                   std::shared_ptr<const policy::PolicySet> policies) {
+Outcome FirewallService::apply(const Config& config,
+                               std::shared_ptr<const policy::PolicySet> policies) {
   auto previousConfig = config_;
   auto previousQuarantine = quarantined_;
   auto previousPorts = bindings_;
   config_ = std::make_shared<const Config>(config);
   quarantined_ = readQuarantineList();
   bindings_ = loadPorts(*policies);
-  if (auto err = commit(compileAll(*policies)); !err.empty()) {
+  if (auto err = commit(compileAll(*policies)); !err) {
     config_ = std::move(previousConfig);
     quarantined_ = std::move(previousQuarantine);
     bindings_ = std::move(previousPorts);
-    return "firewall: " + err;
+    return failure("firewall: " + err.error());
   }
   policies_ = std::move(policies);
   book_ = std::make_unique<firewall::PortBook>(policies_);
@@ -361,8 +362,8 @@ void FirewallService::emitQuarantineEvent(EventType type, const std::string& id,
   sink_.emit(std::move(e));
 }
 
-std::string FirewallService::quarantine(const policy::DeviceId& id, std::string_view rule,
-                                        std::string_view reason) {
+Outcome FirewallService::quarantine(const policy::DeviceId& id, std::string_view rule,
+                                    std::string_view reason) {
   if (quarantined_.contains(id.str())) {
     closer_(id);
     return {};
@@ -371,17 +372,17 @@ std::string FirewallService::quarantine(const policy::DeviceId& id, std::string_
   if (auto err = writeAtomically(quarantineDirectory(*config_) / id.str(),
                                  fmt::format("time = {}\nrule = \"{}\"\nreason = \"{}\"\n",
                                              ::time(nullptr), rule, reason));
-      !err.empty()) {
+      !err) {
     closer_(id);
     return err;
   }
   quarantined_.insert(id.str());
   auto err = commit(compileAll(*policies_));
-  if (!err.empty()) {
+  if (!err) {
     emitQuarantineEvent(EventType::DeviceQuarantined, id.str(), rule, "quarantine-failed",
                         fmt::format("quarantine of {} could not be applied ({}); its sessions "
                                     "were closed",
-                                    id.str(), err));
+                                    id.str(), err.error()));
   } else {
     emitQuarantineEvent(EventType::DeviceQuarantined, id.str(), rule, "quarantine",
                         fmt::format("{} quarantined ({}): it reaches DHCP only and its sessions "
@@ -401,15 +402,15 @@ void FirewallService::forget(const policy::DeviceId& id) {
   (void)removeDurably(portsDirectory(*config_) / id.str());
 }
 
-std::string FirewallService::release(const policy::DeviceId& id) {
+Outcome FirewallService::release(const policy::DeviceId& id) {
   if (!quarantined_.contains(id.str())) {
     return {};
   }
-  if (auto err = removeDurably(quarantineDirectory(*config_) / id.str()); !err.empty()) {
+  if (auto err = removeDurably(quarantineDirectory(*config_) / id.str()); !err) {
     return err;
   }
   quarantined_.erase(id.str());
-  if (auto err = commit(compileAll(*policies_)); !err.empty()) {
+  if (auto err = commit(compileAll(*policies_)); !err) {
     quarantined_.insert(id.str());
     return err;
   }
@@ -433,19 +434,18 @@ void FirewallService::onReports() {
       bindings_[id] = binding;
       // Applied even when it cannot be saved: it holds, and is written again on every reload
       // until it is (a restart before then learns again).
-      const std::string saved =
-          writeAtomically(portsDirectory(*config_) / id, portFileText(binding));
-      if (auto err = commit(compileAll(*policies_)); !err.empty()) {
+      const Outcome saved = writeAtomically(portsDirectory(*config_) / id, portFileText(binding));
+      if (auto err = commit(compileAll(*policies_)); !err) {
         bindings_.erase(id);
         (void)removeDurably(portsDirectory(*config_) / id);
         if (found.event) {
           found.event->action = "bind-failed";
-          found.event->message += fmt::format(" (not applied: {})", err);
+          found.event->message += fmt::format(" (not applied: {})", err.error());
         }
-      } else if (!saved.empty()) {
+      } else if (!saved) {
         unsaved_.insert(id); // kept in memory, written again on the next reload
         if (found.event) {
-          found.event->message += fmt::format(" (not saved yet: {})", saved);
+          found.event->message += fmt::format(" (not saved yet: {})", saved.error());
         }
       } else {
         unsaved_.erase(id);

@@ -27,6 +27,7 @@
 
 #include "daemon/config.h"
 #include "daemon/event_sink.h"
+#include "daemon/outcome.h"
 #include "firewall/compile.h"
 #include "firewall/links.h"
 #include "firewall/netlink.h"
@@ -51,18 +52,18 @@ public:
   // Opens netlink (nftables, the log group, link notifications), reads the quarantine list and
   // the learned ports, replaces any existing tables with ours and starts watching. An error
   // means the daemon must not run (fail closed).
-  [[nodiscard]] std::string start(const Config& config,
-                                  std::shared_ptr<const policy::PolicySet> policies);
+  [[nodiscard]] Outcome start(const Config& config,
+                              std::shared_ptr<const policy::PolicySet> policies);
   // Brings the tables to a new snapshot (and the quarantine list and ports on disk): an element
   // batch when only devices changed, the whole tables otherwise. On error nothing changed.
-  [[nodiscard]] std::string apply(const Config& config,
-                                  std::shared_ptr<const policy::PolicySet> policies);
+  [[nodiscard]] Outcome apply(const Config& config,
+                              std::shared_ptr<const policy::PolicySet> policies);
   // Quarantine (EN 303 645 5.3-15): the device reaches DHCP only and its sessions end.
   // An error (empty: none) means the mark could not be persisted or applied; the sessions are
   // closed either way.
-  std::string quarantine(const policy::DeviceId& id, std::string_view rule,
-                         std::string_view reason);
-  [[nodiscard]] std::string release(const policy::DeviceId& id);
+  [[nodiscard]] Outcome quarantine(const policy::DeviceId& id, std::string_view rule,
+                                   std::string_view reason);
+  [[nodiscard]] Outcome release(const policy::DeviceId& id);
   // A removed device: its quarantine mark and its port go too (the next apply has already
   // dropped its elements and counters).
   void forget(const policy::DeviceId& id);
@@ -89,7 +90,7 @@ private:
 
   [[nodiscard]] firewall::CompileOptions options() const;
   [[nodiscard]] Tables compileAll(const policy::PolicySet& policies) const;
-  [[nodiscard]] std::string commit(Tables next);
+  [[nodiscard]] Outcome commit(Tables next);
   [[nodiscard]] std::set<std::string> readQuarantineList() const;
   // The bindings on disk for `policies`: those in memory whose file is still there (or could
   // not be written), and any file not read yet; a binding whose device is gone or has another

@@ -28,16 +28,16 @@ int64_t unixSeconds(tls::SystemTime t) {
 tls::SystemTime fromUnix(int64_t s) { return tls::SystemTime(std::chrono::seconds(s)); }
 
 // The CA key must be ours and nobody else's, as ssh insists for its keys.
-std::string checkPrivate(const std::filesystem::path& p) {
+Outcome checkPrivate(const std::filesystem::path& p) {
   struct stat st{};
   if (::stat(p.c_str(), &st) != 0) {
-    return fmt::format("cannot stat {}", p.string());
+    return failure(fmt::format("cannot stat {}", p.string()));
   }
   if ((st.st_mode & 077) != 0 || st.st_uid != ::geteuid()) {
-    return fmt::format("{} is mode {:04o} owned by uid {}: the CA key must be readable by its "
-                       "owner ({}) only; refusing to use it (chmod 600, or remove the ca/ "
-                       "directory to make a new CA)",
-                       p.string(), st.st_mode & 07777, st.st_uid, ::geteuid());
+    return failure(fmt::format("{} is mode {:04o} owned by uid {}: the CA key must be readable "
+                               "by its owner ({}) only; refusing to use it (chmod 600, or remove "
+                               "the ca/ directory to make a new CA)",
+                               p.string(), st.st_mode & 07777, st.st_uid, ::geteuid()));
   }
   return {};
 }
@@ -66,8 +66,8 @@ Identities::open(const std::filesystem::path& stateDirectory) {
   const bool haveKey = std::filesystem::exists(keyPath, ec);
   std::optional<tls::CertificateAuthority> ca;
   if (haveCert && haveKey) {
-    if (auto e = checkPrivate(keyPath); !e.empty()) {
-      return std::unexpected(e);
+    if (auto e = checkPrivate(keyPath); !e) {
+      return std::unexpected(e.error());
     }
     auto cert = readPem(certPath);
     auto key = readPem(keyPath);
@@ -91,18 +91,18 @@ Identities::open(const std::filesystem::path& stateDirectory) {
     if (!made) {
       return std::unexpected("cannot make the gateway CA: " + made.error());
     }
-    if (auto e = writeAtomically(keyPath, made->privateKeyPem(), 0600); !e.empty()) {
-      return std::unexpected(e);
+    if (auto e = writeAtomically(keyPath, made->privateKeyPem(), 0600); !e) {
+      return std::unexpected(e.error());
     }
-    if (auto e = writeAtomically(certPath, made->certificatePem(), 0644); !e.empty()) {
-      return std::unexpected(e);
+    if (auto e = writeAtomically(certPath, made->certificatePem(), 0644); !e) {
+      return std::unexpected(e.error());
     }
     ca = std::move(*made);
   }
 
   std::unique_ptr<Identities> ids(new Identities(stateDirectory, std::move(*ca)));
-  if (auto e = ids->loadRevoked(); !e.empty()) {
-    return std::unexpected(e);
+  if (auto e = ids->loadRevoked(); !e) {
+    return std::unexpected(e.error());
   }
   // Identities on disk: a certificate with its key is kept; a half (an interrupted issue or
   // removal) is revoked if it can be read, and deleted.
@@ -129,12 +129,12 @@ Identities::open(const std::filesystem::path& stateDirectory) {
     }
   }
   for (const auto& device : halves) {
-    if (auto e = ids->revoke(device); !e.empty()) {
-      return std::unexpected(e);
+    if (auto e = ids->revoke(device); !e) {
+      return std::unexpected(e.error());
     }
   }
-  if (auto e = ids->refreshCrl(Clock::now(), true); !e.empty()) {
-    return std::unexpected(e);
+  if (auto e = ids->refreshCrl(Clock::now(), true); !e) {
+    return std::unexpected(e.error());
   }
   return ids;
 }
@@ -161,7 +161,7 @@ std::vector<std::string> Identities::holders() const {
 }
 
 // ca/revoked: "number N", then one "serial revoked-at not-after" line (unix seconds) per entry.
-std::string Identities::loadRevoked() {
+Outcome Identities::loadRevoked() {
   const auto path = caDir_ / "revoked";
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) {
@@ -169,7 +169,7 @@ std::string Identities::loadRevoked() {
   }
   auto text = readPem(path);
   if (!text) {
-    return text.error();
+    return failure(text.error());
   }
   std::istringstream in(*text);
   std::string line;
@@ -182,25 +182,26 @@ std::string Identities::loadRevoked() {
     int64_t b = 0;
     if (lineNo == 1) {
       if (!(fields >> first >> a) || first != "number" || a < 0) {
-        return fmt::format("{}:1: expected 'number N'; refusing to start with a damaged "
-                           "revocation list",
-                           path.string());
+        return failure(fmt::format("{}:1: expected 'number N'; refusing to start with a damaged "
+                                   "revocation list",
+                                   path.string()));
       }
       crlNumber_ = static_cast<uint64_t>(a);
       continue;
     }
     if (!(fields >> first >> a >> b) || first.size() > 40 ||
         first.find_first_not_of("0123456789abcdef") != std::string::npos) {
-      return fmt::format("{}:{}: expected 'serial revoked-at not-after'; refusing to start with "
-                         "a damaged revocation list",
-                         path.string(), lineNo);
+      return failure(
+          fmt::format("{}:{}: expected 'serial revoked-at not-after'; refusing to start with "
+                      "a damaged revocation list",
+                      path.string(), lineNo));
     }
     revoked_.push_back({first, fromUnix(a), fromUnix(b)});
   }
   return {};
 }
 
-std::string Identities::writeCrl(tls::SystemTime now) {
+Outcome Identities::writeCrl(tls::SystemTime now) {
   // Entries may leave the list once the certificate has expired anyway (RFC 5280 3.3).
   std::erase_if(revoked_, [&](const Entry& e) { return e.notAfter < now; });
   const uint64_t number = crlNumber_ + 1;
@@ -212,13 +213,13 @@ std::string Identities::writeCrl(tls::SystemTime now) {
   }
   auto crl = ca_.revocationList(entries, number, now, now + kCrlValidity);
   if (!crl) {
-    return "cannot sign the CRL: " + crl.error();
+    return failure("cannot sign the CRL: " + crl.error());
   }
   // The list first: a crash between the two leaves a CRL one behind, rewritten at the next start.
-  if (auto e = writeAtomically(caDir_ / "revoked", list, 0600); !e.empty()) {
+  if (auto e = writeAtomically(caDir_ / "revoked", list, 0600); !e) {
     return e;
   }
-  if (auto e = writeAtomically(crlPath(), *crl, 0644); !e.empty()) {
+  if (auto e = writeAtomically(crlPath(), *crl, 0644); !e) {
     return e;
   }
   crlNumber_ = number;
@@ -226,7 +227,7 @@ std::string Identities::writeCrl(tls::SystemTime now) {
   return {};
 }
 
-std::string Identities::refreshCrl(tls::SystemTime now, bool force) {
+Outcome Identities::refreshCrl(tls::SystemTime now, bool force) {
   if (!force && crlNextUpdate_ - now > kCrlRefreshWhenLeft) {
     return {};
   }
@@ -246,26 +247,26 @@ Identities::issue(const std::string& device) {
   if (const auto* old = find(device)) {
     replaced = Entry{old->summary.serial, Clock::now(), old->summary.notAfter};
   }
-  if (auto e = writeAtomically(key, issued->privateKeyPem, 0600); !e.empty()) {
-    return std::unexpected(e);
+  if (auto e = writeAtomically(key, issued->privateKeyPem, 0600); !e) {
+    return std::unexpected(e.error());
   }
-  if (auto e = writeAtomically(cert, issued->certificatePem, 0600); !e.empty()) {
+  if (auto e = writeAtomically(cert, issued->certificatePem, 0600); !e) {
     (void)removeDurably(key);
-    return std::unexpected(e);
+    return std::unexpected(e.error());
   }
   Identity identity{cert, key, {issued->serial, device, issued->notAfter}};
   identities_.insert_or_assign(device, identity);
   if (replaced && !replaced->serial.empty()) {
     // The old key is gone from the disk; revoking its certificate as well costs one CRL.
     revoked_.push_back(*replaced);
-    if (auto e = writeCrl(Clock::now()); !e.empty()) {
+    if (auto e = writeCrl(Clock::now()); !e) {
       revoked_.pop_back();
     }
   }
   return &identities_.at(device);
 }
 
-std::string Identities::revoke(const std::string& device) {
+Outcome Identities::revoke(const std::string& device) {
   const auto it = identities_.find(device);
   if (it == identities_.end()) {
     return {};
@@ -273,17 +274,17 @@ std::string Identities::revoke(const std::string& device) {
   const Identity& identity = it->second;
   if (!identity.summary.serial.empty()) {
     revoked_.push_back({identity.summary.serial, Clock::now(), identity.summary.notAfter});
-    if (auto e = writeCrl(Clock::now()); !e.empty()) {
+    if (auto e = writeCrl(Clock::now()); !e) {
       revoked_.pop_back();
-      return fmt::format("cannot revoke {}'s certificate: {}", device, e);
+      return failure(fmt::format("cannot revoke {}'s certificate: {}", device, e.error()));
     }
   }
   // Key first: a crash in between leaves a certificate without a key, which the next start
   // finds and deletes.
-  if (auto e = removeDurably(identity.privateKey); !e.empty()) {
+  if (auto e = removeDurably(identity.privateKey); !e) {
     return e;
   }
-  if (auto e = removeDurably(identity.certificate); !e.empty()) {
+  if (auto e = removeDurably(identity.certificate); !e) {
     return e;
   }
   identities_.erase(it);

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "daemon/outcome.h"
 #include "protocols/tls/ca.h"
 
 namespace iotgw::daemon {
@@ -50,9 +51,9 @@ public:
   [[nodiscard]] std::expected<const Identity*, std::string> issue(const std::string& device);
   // Revokes the device's certificate (the CRL is written first), then deletes its files.
   // Nothing to do when it has none. An error leaves the identity in place.
-  [[nodiscard]] std::string revoke(const std::string& device);
+  [[nodiscard]] Outcome revoke(const std::string& device);
   // Rewrites the CRL when fewer than 23 of its 30 days remain (or always, with force).
-  [[nodiscard]] std::string refreshCrl(tls::SystemTime now, bool force = false);
+  [[nodiscard]] Outcome refreshCrl(tls::SystemTime now, bool force = false);
 
   // How long what we issue is valid.
   static constexpr std::chrono::days kCaValidity{20 * 365};
@@ -61,8 +62,8 @@ public:
 
 private:
   Identities(std::filesystem::path stateDirectory, tls::CertificateAuthority ca);
-  [[nodiscard]] std::string loadRevoked();
-  [[nodiscard]] std::string writeCrl(tls::SystemTime now);
+  [[nodiscard]] Outcome loadRevoked();
+  [[nodiscard]] Outcome writeCrl(tls::SystemTime now);
   [[nodiscard]] std::filesystem::path certificatePath(const std::string& device) const;
   [[nodiscard]] std::filesystem::path keyPath(const std::string& device) const;
 

@@ -93,19 +93,19 @@ MqttService::~MqttService() {
   }
 }
 
-std::string MqttService::start() {
+Outcome MqttService::start() {
   struct Bind {
     const ListenerConfig* listener;
     bool tls;
   };
-  if (auto err = reloadTls(*config_); !err.empty()) {
+  if (auto err = reloadTls(*config_); !err) {
     return err;
   }
   // Password checks take ~0.1 s of CPU each: a core is left to the loop.
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   auto worker = io::Worker::create(reactor_, std::clamp(cores - 1, 1u, 2u));
   if (!worker) {
-    return "cannot start the password-check worker: " + worker.error().message();
+    return failure("cannot start the password-check worker: " + worker.error().message());
   }
   worker_ = std::move(*worker);
   for (const Bind& b : {Bind{&config_->mqtt, false}, Bind{&config_->mqttTls, true}}) {
@@ -115,14 +115,14 @@ std::string MqttService::start() {
     for (const auto& address : b.listener->addresses) {
       auto fd = io::listenTcp(address, b.listener->port);
       if (!fd) {
-        return fmt::format("cannot listen on {} port {}: {}", address.str(), b.listener->port,
-                           fd.error().message());
+        return failure(fmt::format("cannot listen on {} port {}: {}", address.str(),
+                                   b.listener->port, fd.error().message()));
       }
       const int raw = fd->get();
       const bool tls = b.tls;
       if (auto ec =
               reactor_.add(raw, EPOLLIN, [this, raw, tls](uint32_t) { onAccept(raw, tls); })) {
-        return "cannot watch an MQTT listener: " + ec.message();
+        return failure("cannot watch an MQTT listener: " + ec.message());
       }
       listeners_.push_back(std::move(*fd));
     }
@@ -130,7 +130,7 @@ std::string MqttService::start() {
   auto t = reactor_.addTimer(std::chrono::milliseconds(100), std::chrono::milliseconds(100),
                              [this] { tick(); });
   if (!t) {
-    return "cannot arm the MQTT timer";
+    return failure("cannot arm the MQTT timer");
   }
   timer_ = *t;
   return {};
@@ -384,11 +384,11 @@ std::vector<std::pair<std::string, uint64_t>> MqttService::counters() const {
           {"mqtt_pushes_forwarded", m.pushesForwarded}};
 }
 
-std::string MqttService::publishFor(const policy::DevicePolicy& device, const std::string& topic,
-                                    std::span<const uint8_t> payload, uint8_t qos,
-                                    std::function<void(bool)> done) {
+Outcome MqttService::publishFor(const policy::DevicePolicy& device, const std::string& topic,
+                                std::span<const uint8_t> payload, uint8_t qos,
+                                std::function<void(bool)> done) {
   if (!config_->upstream.enabled) {
-    return "no upstream broker is configured";
+    return failure("no upstream broker is configured");
   }
   const std::string id = device.id.str();
   auto it = publishers_.find(id);
@@ -399,12 +399,12 @@ std::string MqttService::publishFor(const policy::DevicePolicy& device, const st
     auto created = mqtt::Publisher::create(
         [&](mqtt::UpstreamObserver& o) { return createUpstream(&device, open, o); });
     if (!created) {
-      return "cannot open the upstream session: " + created.error();
+      return failure("cannot open the upstream session: " + created.error());
     }
     it = publishers_.emplace(id, std::move(*created)).first;
   }
   if (auto taken = it->second->publish(topic, payload, qos, std::move(done)); !taken) {
-    return taken.error();
+    return taken;
   }
   ++stats_.pushesForwarded;
   return {};

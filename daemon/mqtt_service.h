@@ -15,6 +15,7 @@
 #include "daemon/config.h"
 #include "daemon/event_sink.h"
 #include "daemon/identities.h"
+#include "daemon/outcome.h"
 #include "policy/credentials.h"
 #include "policy/policy_set.h"
 #include "policy/rate_limit.h"
@@ -58,10 +59,10 @@ public:
   ~MqttService();
 
   // Binds the device-side and mutual-TLS listeners; the error names what failed.
-  [[nodiscard]] std::string start();
+  [[nodiscard]] Outcome start();
   // Builds a TLS context from `config` (certificate, key, CA, CRL) for new connections;
   // connections already up keep theirs. On error nothing changes.
-  [[nodiscard]] std::string reloadTls(const Config& config);
+  [[nodiscard]] Outcome reloadTls(const Config& config);
   // New sessions use the new credentials list; running ones keep the snapshot they started with.
   void setDefaultCredentials(std::shared_ptr<const policy::DefaultCredentials> d) {
     defaults_ = std::move(d);
@@ -83,9 +84,9 @@ public:
   // Publishes a reading a device pushed over CoAP on the device's own upstream session (opened on
   // demand, with its issued identity if it has one). `done(true)` runs once the broker has it
   // (PUBACK for QoS 1; at once for QoS 0). An error (nothing taken) is a sentence.
-  [[nodiscard]] std::string publishFor(const policy::DevicePolicy& device, const std::string& topic,
-                                       std::span<const uint8_t> payload, uint8_t qos,
-                                       std::function<void(bool)> done);
+  [[nodiscard]] Outcome publishFor(const policy::DevicePolicy& device, const std::string& topic,
+                                   std::span<const uint8_t> payload, uint8_t qos,
+                                   std::function<void(bool)> done);
   [[nodiscard]] size_t connections() const { return connections_.size(); }
   [[nodiscard]] const MqttStats& stats() const { return stats_; }
   // Every counter, as GetStatus names them ("mqtt_accepted", ...); the session counters include

@@ -14,7 +14,7 @@ using mqtt::Clock;
 using policy::Event;
 using policy::EventType;
 
-std::string MqttService::reloadTls(const Config& config) {
+Outcome MqttService::reloadTls(const Config& config) {
   // Build both contexts first; only when both are good do they replace the running ones.
   mqtt::SslContext upstream;
   if (config.upstream.enabled) {
@@ -22,7 +22,7 @@ std::string MqttService::reloadTls(const Config& config) {
     auto up = mqtt::makeUpstreamSslContext(
         {u.host, u.caFile.string(), u.certificate.string(), u.privateKey.string()});
     if (!up) {
-      return "upstream TLS: " + up.error();
+      return failure("upstream TLS: " + up.error());
     }
     upstream = std::move(*up);
   }
@@ -32,7 +32,7 @@ std::string MqttService::reloadTls(const Config& config) {
     auto ctx = tls::ServerContext::create(
         {l.certificate.string(), l.privateKey.string(), l.caFile.string(), l.crlFile.string()});
     if (!ctx) {
-      return "mutual-TLS listener: " + ctx.error();
+      return failure("mutual-TLS listener: " + ctx.error());
     }
     listener = std::move(*ctx);
   }

@@ -16,23 +16,22 @@ namespace iotgw::daemon {
 
 namespace {
 
-std::string syncDirectory(const std::filesystem::path& dir) {
+Outcome syncDirectory(const std::filesystem::path& dir) {
   io::UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!fd.valid() || ::fsync(fd.get()) != 0) {
-    return fmt::format("cannot flush {}: {}", dir.string(), std::strerror(errno));
+    return failure(fmt::format("cannot flush {}: {}", dir.string(), std::strerror(errno)));
   }
   return {};
 }
 
 } // namespace
 
-std::string writeAtomically(const std::filesystem::path& path, std::string_view content,
-                            mode_t mode) {
+Outcome writeAtomically(const std::filesystem::path& path, std::string_view content, mode_t mode) {
   const auto dir = path.parent_path();
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) {
-    return fmt::format("cannot create {}: {}", dir.string(), ec.message());
+    return failure(fmt::format("cannot create {}: {}", dir.string(), ec.message()));
   }
   ::chmod(dir.c_str(), 0700);
   const auto tmp = dir / ("." + path.filename().string() + ".tmp");
@@ -42,7 +41,7 @@ std::string writeAtomically(const std::filesystem::path& path, std::string_view 
       ::fchmod(fd.get(), mode); // not subject to the umask, unlike open's mode
     }
     if (!fd.valid()) {
-      return fmt::format("cannot write {}: {}", tmp.string(), std::strerror(errno));
+      return failure(fmt::format("cannot write {}: {}", tmp.string(), std::strerror(errno)));
     }
     size_t done = 0;
     while (done < content.size()) {
@@ -53,30 +52,30 @@ std::string writeAtomically(const std::filesystem::path& path, std::string_view 
       if (n <= 0) {
         const std::string err = std::strerror(errno);
         ::unlink(tmp.c_str());
-        return fmt::format("cannot write {}: {}", tmp.string(), err);
+        return failure(fmt::format("cannot write {}: {}", tmp.string(), err));
       }
       done += static_cast<size_t>(n);
     }
     if (::fsync(fd.get()) != 0) {
       const std::string err = std::strerror(errno);
       ::unlink(tmp.c_str());
-      return fmt::format("cannot flush {}: {}", tmp.string(), err);
+      return failure(fmt::format("cannot flush {}: {}", tmp.string(), err));
     }
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     const std::string err = std::strerror(errno);
     ::unlink(tmp.c_str());
-    return fmt::format("cannot rename {} to {}: {}", tmp.string(), path.string(), err);
+    return failure(fmt::format("cannot rename {} to {}: {}", tmp.string(), path.string(), err));
   }
   return syncDirectory(dir);
 }
 
-std::string removeDurably(const std::filesystem::path& path) {
+Outcome removeDurably(const std::filesystem::path& path) {
   if (::unlink(path.c_str()) != 0) {
     if (errno == ENOENT) {
       return {};
     }
-    return fmt::format("cannot remove {}: {}", path.string(), std::strerror(errno));
+    return failure(fmt::format("cannot remove {}: {}", path.string(), std::strerror(errno)));
   }
   return syncDirectory(path.parent_path());
 }

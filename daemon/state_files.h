@@ -11,13 +11,15 @@
 #include <string>
 #include <string_view>
 
+#include "daemon/outcome.h"
+
 namespace iotgw::daemon {
 
 // Creates the directory (owner-only) if needed. The file gets `mode` (owner-only unless a public
 // file such as a CA certificate asks otherwise). An error is a readable sentence.
-[[nodiscard]] std::string writeAtomically(const std::filesystem::path& path,
-                                          std::string_view content, mode_t mode = 0600);
+[[nodiscard]] Outcome writeAtomically(const std::filesystem::path& path, std::string_view content,
+                                      mode_t mode = 0600);
 // Removes the file (absent is fine) and flushes its directory.
-[[nodiscard]] std::string removeDurably(const std::filesystem::path& path);
+[[nodiscard]] Outcome removeDurably(const std::filesystem::path& path);
 
 } // namespace iotgw::daemon
