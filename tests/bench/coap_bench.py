@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""CoAP proxy benchmark: the same client (tests/bench/coap_load.cc, sequential confirmable GETs
+"""CoAP proxy benchmark: the same client (tests/tools/coap_load.cc, sequential confirmable GETs
 on one session) (a) straight to coap-server-notls over plain CoAP, and (b) through iotgwd's DTLS
 endpoint (mutual certificates), which validates each request, checks the device's policy and
 forwards it as plain CoAP to the same server. Prints requests/s, CPU per request and ratios.

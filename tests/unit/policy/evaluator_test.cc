@@ -4,7 +4,7 @@
 
 #include "policy/evaluator.h"
 #include "policy/policy_parser.h"
-#include "test_docs.h"
+#include "tests/unit/support/test_docs.h"
 
 using namespace iotgw::policy;
 

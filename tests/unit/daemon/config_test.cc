@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include <gtest/gtest.h>
 
-#include "bad_document.h"
+#include "tests/unit/support/bad_document.h"
 
 #include <filesystem>
 #include <fstream>

@@ -3,11 +3,11 @@
 // uniqueness across devices, and the lookup of a TLS peer by name and kind.
 #include <gtest/gtest.h>
 
-#include "bad_document.h"
+#include "tests/unit/support/bad_document.h"
 
 #include "policy/policy_parser.h"
 #include "policy/policy_set.h"
-#include "test_docs.h"
+#include "tests/unit/support/test_docs.h"
 
 using namespace iotgw::policy;
 using iotgw::test::BadDocument;

@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include <gtest/gtest.h>
 
-#include "bad_document.h"
+#include "tests/unit/support/bad_document.h"
 
 #include "policy/policy_parser.h"
-#include "test_docs.h"
+#include "tests/unit/support/test_docs.h"
 
 using namespace iotgw::policy;
 
