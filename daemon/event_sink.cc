@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "daemon/event_sink.h"
 
+#include "daemon/event_catalog.h"
+
 #include <sys/uio.h>
 #include <syslog.h>
 #include <unistd.h>
@@ -48,12 +50,12 @@ template <typename Fn> void forEachField(const Event& e, Fn&& fn) {
 class JournalBackend final : public EventBackend {
 public:
   void write(const Event& e) override {
-    const auto& ti = policy::info(e.type);
+    const JournalEntry& j = journalEntry(e.type);
     std::vector<std::string> fields;
     fields.reserve(12);
     fields.push_back("MESSAGE=" + sanitize(e.message));
-    fields.push_back(fmt::format("MESSAGE_ID={}", ti.messageId));
-    fields.push_back(fmt::format("PRIORITY={}", ti.priority));
+    fields.push_back(fmt::format("MESSAGE_ID={}", j.messageId));
+    fields.push_back(fmt::format("PRIORITY={}", j.priority));
     fields.emplace_back("SYSLOG_IDENTIFIER=iotgwd");
     forEachField(e, [&](std::string_view key, std::string_view value) {
       if (!value.empty()) {
@@ -79,7 +81,7 @@ public:
   SyslogBackend& operator=(const SyslogBackend&) = delete;
 
   void write(const Event& e) override {
-    ::syslog(policy::info(e.type).priority, "%s", formatEventLine(e).c_str());
+    ::syslog(journalEntry(e.type).priority, "%s", formatEventLine(e).c_str());
   }
   [[nodiscard]] std::string_view name() const override { return "syslog"; }
 };
@@ -89,7 +91,7 @@ public:
   void write(const Event& e) override {
     // "<N>" lets systemd or a log collector reading stderr recover the priority.
     const std::string line =
-        fmt::format("<{}>iotgwd: {}\n", policy::info(e.type).priority, formatEventLine(e));
+        fmt::format("<{}>iotgwd: {}\n", journalEntry(e.type).priority, formatEventLine(e));
     [[maybe_unused]] const auto n = ::write(STDERR_FILENO, line.data(), line.size());
   }
   [[nodiscard]] std::string_view name() const override { return "stderr"; }
@@ -99,7 +101,7 @@ public:
 
 std::string formatEventLine(const Event& e) {
   std::string line = sanitize(e.message);
-  line += fmt::format(" [MESSAGE_ID={}", policy::info(e.type).messageId);
+  line += fmt::format(" [MESSAGE_ID={}", journalEntry(e.type).messageId);
   forEachField(e, [&](std::string_view key, std::string_view value) {
     if (!value.empty()) {
       line += fmt::format(" {}={}", key, sanitize(value));

@@ -39,11 +39,11 @@ enum class EventType : uint8_t {
   NeighbourSpoofing,
 };
 
+inline constexpr size_t kEventTypeCount = static_cast<size_t>(EventType::NeighbourSpoofing) + 1;
+
 struct EventTypeInfo {
   EventType type;
   std::string_view name;      // "default-credential-refused"
-  std::string_view messageId; // 32 lowercase hex digits, never changes once released
-  int priority;               // syslog priority (LOG_*)
   std::string_view provision; // default provision, may be empty
 };
 

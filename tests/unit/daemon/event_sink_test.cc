@@ -7,6 +7,7 @@
 #include <set>
 #include <sstream>
 
+#include "daemon/event_catalog.h"
 #include "daemon/event_sink.h"
 
 using namespace iotgw::daemon;
@@ -124,11 +125,14 @@ TEST(EventTypes, IdsAreUniqueWellFormedAndInTheCatalog) {
   std::set<std::string_view> ids;
   const std::regex hex32("^[0-9a-f]{32}$");
   size_t index = 0;
+  ASSERT_EQ(allEventTypes().size(), journalEntries().size());
   for (const auto& t : allEventTypes()) {
-    EXPECT_EQ(static_cast<size_t>(t.type), index++) << t.name << " out of order";
-    EXPECT_TRUE(std::regex_match(std::string(t.messageId), hex32)) << t.name;
-    EXPECT_TRUE(ids.insert(t.messageId).second) << "duplicate id for " << t.name;
-    EXPECT_NE(catalog.find("-- " + std::string(t.messageId) + "\n"), std::string::npos)
+    const JournalEntry& j = journalEntries()[index];
+    EXPECT_EQ(static_cast<size_t>(t.type), index) << t.name << " out of order";
+    EXPECT_EQ(static_cast<size_t>(j.type), index++) << t.name << "'s journal entry out of order";
+    EXPECT_TRUE(std::regex_match(std::string(j.messageId), hex32)) << t.name;
+    EXPECT_TRUE(ids.insert(j.messageId).second) << "duplicate id for " << t.name;
+    EXPECT_NE(catalog.find("-- " + std::string(j.messageId) + "\n"), std::string::npos)
         << t.name << " has no catalog entry";
   }
   // Every catalog entry names a provision or says it has none, and tells the operator what to do.
