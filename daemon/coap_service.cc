@@ -703,16 +703,17 @@ void CoapService::closeDevice(const policy::DeviceId& id) {
   }
 }
 
-Outcome CoapService::reloadCrl(const Config& config) {
+std::expected<Prepared, std::string> CoapService::prepareCrl(const Config& config) {
   if (!engine_) {
-    return {};
+    return Prepared([] {});
   }
   Engine::Crls next;
   if (auto loaded = Engine::loadCrls(config.coapDtls.crlFile.string(), next); !loaded) {
-    return loaded;
+    return std::unexpected(loaded.error());
   }
-  engine_->crls = std::move(next); // the next handshake checks against these
-  return {};
+  return Prepared([this, next = std::move(next)]() mutable {
+    engine_->crls = std::move(next); // the next handshake checks against these
+  });
 }
 
 std::vector<std::pair<std::string, uint64_t>> CoapService::counters() const {

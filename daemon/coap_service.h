@@ -86,9 +86,9 @@ public:
   [[nodiscard]] Outcome start();
   // Ends the device's observe relationships and its upstream session (quarantine, removal).
   void closeDevice(const policy::DeviceId& id);
-  // Reads the DTLS listener's crl_file of a reloaded configuration and, if it is good, checks
-  // every later handshake against it (other listener settings take effect at restart).
-  [[nodiscard]] Outcome reloadCrl(const Config& config);
+  // Reads the DTLS listener's crl_file of a reloaded configuration; once the result runs, every
+  // later handshake is checked against it (other listener settings take effect at restart).
+  [[nodiscard]] std::expected<Prepared, std::string> prepareCrl(const Config& config);
   [[nodiscard]] const CoapStats& stats() const { return stats_; }
   // Every counter under its GetStatus name ("coap_requests", ...).
   [[nodiscard]] std::vector<std::pair<std::string, uint64_t>> counters() const;

@@ -344,35 +344,37 @@ Outcome Daemon::reload() {
     sink_->emit(e);
     notify::ready(statusLine());
   };
-  // The firewall first: one transaction, and nothing changed if the kernel refuses it.
+  // Prepare: everything that can fail is built first (TLS contexts, CRLs) and changes nothing.
+  std::vector<Prepared> prepared;
+  const auto prepare = [&](std::expected<Prepared, std::string> step) {
+    if (step) {
+      prepared.push_back(std::move(*step));
+      return Outcome();
+    }
+    reject(step.error());
+    return Outcome(failure(step.error()));
+  };
+  if (mqtt_) {
+    if (auto ok = prepare(mqtt_->prepareTls(*next->config)); !ok) {
+      return ok;
+    }
+  }
+  if (coap_) {
+    if (auto ok = prepare(coap_->prepareCrl(*next->config)); !ok) {
+      return ok;
+    }
+  }
+  // Apply: the firewall's one transaction is the last step that can fail (the kernel refuses it
+  // whole, and then nothing has changed anywhere).
   if (firewall_) {
     if (auto err = firewall_->apply(*next->config, next->policies); !err) {
       reject(err.error());
       return err;
     }
   }
-  // The TLS context (certificate, CA, CRL) is rebuilt too; if that fails nothing changes.
-  if (mqtt_) {
-    if (auto err = mqtt_->reloadTls(*next->config); !err) {
-      if (firewall_) {
-        (void)firewall_->apply(*current_.config, current_.policies); // back to the running state
-      }
-      reject(err.error());
-      return err;
-    }
-  }
-  // The CoAP endpoint's CRL last: a bad one puts the others back.
-  if (coap_) {
-    if (auto err = coap_->reloadCrl(*next->config); !err) {
-      if (mqtt_) {
-        (void)mqtt_->reloadTls(*current_.config);
-      }
-      if (firewall_) {
-        (void)firewall_->apply(*current_.config, current_.policies);
-      }
-      reject(err.error());
-      return err;
-    }
+  // Commit: what was prepared is put in force, which cannot fail.
+  for (auto& step : prepared) {
+    step();
   }
   // Everything checked: swap the snapshots in one step. Sessions already running keep the
   // snapshot they started with; listener and upstream addresses take effect at restart.

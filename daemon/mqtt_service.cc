@@ -98,9 +98,11 @@ Outcome MqttService::start() {
     const ListenerConfig* listener;
     bool tls;
   };
-  if (auto err = reloadTls(*config_); !err) {
-    return err;
+  auto contexts = prepareTls(*config_);
+  if (!contexts) {
+    return failure(contexts.error());
   }
+  (*contexts)();
   // Password checks take ~0.1 s of CPU each: a core is left to the loop.
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   auto worker = io::Worker::create(reactor_, std::clamp(cores - 1, 1u, 2u));

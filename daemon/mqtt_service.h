@@ -60,9 +60,10 @@ public:
 
   // Binds the device-side and mutual-TLS listeners; the error names what failed.
   [[nodiscard]] Outcome start();
-  // Builds a TLS context from `config` (certificate, key, CA, CRL) for new connections;
-  // connections already up keep theirs. On error nothing changes.
-  [[nodiscard]] Outcome reloadTls(const Config& config);
+  // Builds the TLS contexts of `config` (the listener's certificate, key, CA and CRL; the
+  // broker's CA) for new connections; connections already up keep theirs. Nothing changes until
+  // the result runs.
+  [[nodiscard]] std::expected<Prepared, std::string> prepareTls(const Config& config);
   // New sessions use the new credentials list; running ones keep the snapshot they started with.
   void setDefaultCredentials(std::shared_ptr<const policy::DefaultCredentials> d) {
     defaults_ = std::move(d);

@@ -14,15 +14,15 @@ using mqtt::Clock;
 using policy::Event;
 using policy::EventType;
 
-Outcome MqttService::reloadTls(const Config& config) {
-  // Build both contexts first; only when both are good do they replace the running ones.
+std::expected<Prepared, std::string> MqttService::prepareTls(const Config& config) {
+  // Both contexts are built first; only when both are good may they replace the running ones.
   mqtt::SslContext upstream;
   if (config.upstream.enabled) {
     const auto& u = config.upstream;
     auto up = mqtt::makeUpstreamSslContext(
         {u.host, u.caFile.string(), u.certificate.string(), u.privateKey.string()});
     if (!up) {
-      return failure("upstream TLS: " + up.error());
+      return std::unexpected("upstream TLS: " + up.error());
     }
     upstream = std::move(*up);
   }
@@ -32,15 +32,17 @@ Outcome MqttService::reloadTls(const Config& config) {
     auto ctx = tls::ServerContext::create(
         {l.certificate.string(), l.privateKey.string(), l.caFile.string(), l.crlFile.string()});
     if (!ctx) {
-      return failure("mutual-TLS listener: " + ctx.error());
+      return std::unexpected("mutual-TLS listener: " + ctx.error());
     }
     listener = std::move(*ctx);
   }
-  upstreamContext_ = std::move(upstream);
-  tlsContext_ = std::move(listener);
-  upstreamTls_ = config.upstream;
-  deviceContexts_.clear(); // built again from the new broker CA on first use
-  return {};
+  return Prepared([this, upstream = std::move(upstream), listener = std::move(listener),
+                   broker = config.upstream]() mutable {
+    upstreamContext_ = std::move(upstream);
+    tlsContext_ = std::move(listener);
+    upstreamTls_ = std::move(broker);
+    deviceContexts_.clear(); // built again from the new broker CA on first use
+  });
 }
 
 std::expected<std::unique_ptr<mqtt::Upstream>, std::string>
