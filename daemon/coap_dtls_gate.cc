@@ -156,10 +156,13 @@ DtlsGate::ContextRecorder::~ContextRecorder() {
   }
 }
 
-void DtlsGate::ContextRecorder::onNew(void* parent, void*, CRYPTO_EX_DATA*, int, long, void*) {
-  if (g_recorder != nullptr) {
-    g_recorder->created_.push_back(static_cast<SSL_CTX*>(parent));
-  }
+void DtlsGate::ContextRecorder::onNew(void* parent, void*, CRYPTO_EX_DATA*, int, long,
+                                      void*) noexcept {
+  io::guarded("OpenSSL's new-context hook", [&] {
+    if (g_recorder != nullptr) {
+      g_recorder->created_.push_back(static_cast<SSL_CTX*>(parent));
+    }
+  });
 }
 
 DtlsGate::DtlsGate(Admission::Settings settings) : admission_(settings) {}

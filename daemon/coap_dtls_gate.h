@@ -67,7 +67,8 @@ public:
     [[nodiscard]] const std::vector<SSL_CTX*>& created() const { return created_; }
 
   private:
-    static void onNew(void* parent, void* ptr, CRYPTO_EX_DATA* ad, int idx, long argl, void* argp);
+    static void onNew(void* parent, void* ptr, CRYPTO_EX_DATA* ad, int idx, long argl,
+                      void* argp) noexcept;
     int index_ = -1;
     std::vector<SSL_CTX*> created_;
   };

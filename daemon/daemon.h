@@ -72,7 +72,7 @@ private:
 
   [[nodiscard]] Outcome setUp();
   void onSignal();
-  // Re-reads everything; an error (empty: none) leaves the running state in force.
+  // Re-reads everything; an error leaves the running state in force.
   [[nodiscard]] Outcome reload();
   // The device-admin path: a whole next set of devices is built, the firewall applied, then
   // `persist` runs (the state file), and only then the snapshot is swapped. On any failure the

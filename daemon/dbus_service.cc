@@ -303,6 +303,11 @@ void DbusService::onEvent(const policy::Event& e, bool journaled) {
   try {
     switch (e.type) {
     case EventType::DeviceQuarantined:
+      // A quarantine carried out is always signalled; one a device's policy only asked for
+      // (no firewall to carry it out) is what the device does, and follows the budget.
+      if (e.action == "request" && !journaled) {
+        return;
+      }
       object_->emitDeviceQuarantined(e.device, e.message);
       break;
     case EventType::DeviceReleased:
@@ -323,9 +328,10 @@ void DbusService::onEvent(const policy::Event& e, bool journaled) {
     case EventType::TrafficSurge:
       // What a device does is signalled within the journal's budget (a flood of malformed
       // packets is not a flood of signals); the state changes above always are.
-      if (!e.device.empty() && journaled) {
-        object_->emitPolicyViolation(e.device, e.rule, e.provision, e.action);
+      if (e.device.empty() || !journaled) {
+        return; // no signal: nothing for the bus to do either
       }
+      object_->emitPolicyViolation(e.device, e.rule, e.provision, e.action);
       break;
     default:
       return;

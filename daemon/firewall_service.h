@@ -59,7 +59,7 @@ public:
   [[nodiscard]] Outcome apply(const Config& config,
                               std::shared_ptr<const policy::PolicySet> policies);
   // Quarantine (EN 303 645 5.3-15): the device reaches DHCP only and its sessions end.
-  // An error (empty: none) means the mark could not be persisted or applied; the sessions are
+  // An error means the mark could not be persisted or applied; the sessions are
   // closed either way.
   [[nodiscard]] Outcome quarantine(const policy::DeviceId& id, std::string_view rule,
                                    std::string_view reason);

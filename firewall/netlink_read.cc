@@ -81,12 +81,12 @@ std::expected<std::map<std::string, CounterValue>, std::string> Netlink::counter
     if (!o || nftnl_obj_nlmsg_parse(h, o.get()) < 0) {
       return MNL_CB_ERROR;
     }
-    if (nftnl_obj_get_u32(o.get(), NFTNL_OBJ_TYPE) == NFT_OBJECT_COUNTER) {
+    const char* name = nftnl_obj_get_str(o.get(), NFTNL_OBJ_NAME);
+    if (name != nullptr && nftnl_obj_get_u32(o.get(), NFTNL_OBJ_TYPE) == NFT_OBJECT_COUNTER) {
       try {
         auto& m = *static_cast<std::map<std::string, CounterValue>*>(data);
-        m[nftnl_obj_get_str(o.get(), NFTNL_OBJ_NAME)] =
-            CounterValue{nftnl_obj_get_u64(o.get(), NFTNL_OBJ_CTR_PKTS),
-                         nftnl_obj_get_u64(o.get(), NFTNL_OBJ_CTR_BYTES)};
+        m[name] = CounterValue{nftnl_obj_get_u64(o.get(), NFTNL_OBJ_CTR_PKTS),
+                               nftnl_obj_get_u64(o.get(), NFTNL_OBJ_CTR_BYTES)};
       } catch (const std::bad_alloc&) {
         return MNL_CB_ERROR;
       }

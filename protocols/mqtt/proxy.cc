@@ -358,6 +358,14 @@ void Proxy::close(bool publishWill) {
     return;
   }
   dead_ = true;
+  // The socket first (nothing here allocates): whatever follows, a closed connection is never
+  // left watched. The stream goes before the socket closes: a TLS close_notify goes out if the
+  // session was up.
+  stream_.reset();
+  if (fd_.valid()) {
+    reactor_.remove(fd_.get());
+    fd_ = io::UniqueFd();
+  }
   if (session_ && session_->state() != Session::State::Closed) {
     Effects e;
     session_->connectionLost(e);
@@ -371,11 +379,6 @@ void Proxy::close(bool publishWill) {
   if (handshaking_) {
     handshaking_ = false;
     hooks_.handshakeEnded(*this);
-  }
-  stream_.reset(); // before the socket closes: a TLS close_notify goes out if the session was up
-  if (fd_.valid()) {
-    reactor_.remove(fd_.get());
-    fd_ = io::UniqueFd();
   }
   hooks_.closed(*this);
 }

@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <fmt/format.h>
 
+#include "protocols/io/callback_guard.h"
+
 namespace iotgw::tls {
 
 const char* const kCipherList =
@@ -58,21 +60,24 @@ const char* clientCertificateProblem(const WOLFSSL_BUFFER_INFO& der) {
   return problem;
 }
 
-// `userCtx` is the stream's refusal text (wolfSSL_SetCertCbCtx).
-int verifyPeer(int verified, WOLFSSL_X509_STORE_CTX* store) {
-  if (verified == 0) {
-    return 0; // WolfSSL's own verdict (unknown CA, revoked, expired, ...) stands
-  }
-  if (store->error_depth != 0 || store->certs == nullptr || store->totalCerts < 1) {
-    return 1; // the chain above the leaf: WolfSSL's checks are the ones that matter
-  }
-  if (const char* problem = clientCertificateProblem(store->certs[0])) {
-    if (store->userCtx != nullptr) {
-      *static_cast<std::string*>(store->userCtx) = problem;
+// `userCtx` is the stream's refusal text (wolfSSL_SetCertCbCtx). Called from WolfSSL: nothing
+// unwinds into it, and a failure refuses the certificate.
+int verifyPeer(int verified, WOLFSSL_X509_STORE_CTX* store) noexcept {
+  return io::guarded("WolfSSL's certificate verification", 0, [&] {
+    if (verified == 0) {
+      return 0; // WolfSSL's own verdict (unknown CA, revoked, expired, ...) stands
     }
-    return 0;
-  }
-  return 1;
+    if (store->error_depth != 0 || store->certs == nullptr || store->totalCerts < 1) {
+      return 1; // the chain above the leaf: WolfSSL's checks are the ones that matter
+    }
+    if (const char* problem = clientCertificateProblem(store->certs[0])) {
+      if (store->userCtx != nullptr) {
+        *static_cast<std::string*>(store->userCtx) = problem;
+      }
+      return 0;
+    }
+    return 1;
+  });
 }
 
 } // namespace
