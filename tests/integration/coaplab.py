@@ -15,13 +15,12 @@ No namespace has a route out of the lab.
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import time
 
-from iotgw_testlib import IOTGWD, check, private_bus, remove_namespaces, write
+from iotgw_testlib import IOTGWD, check_stopped_cleanly, private_bus, remove_namespaces, terminate, write
 from mqttlab import Pki
 
 IOTGWCTL = os.path.join(os.path.dirname(IOTGWD), "iotgwctl")
@@ -162,19 +161,12 @@ class Gateway:
 
     def stop(self):
         """Stops iotgwd; a non-zero exit or a sanitizer's report is a failed expectation."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.bus.terminate()
         self.bus.wait(timeout=10)
-        reports = [e for e in self.events() if "Sanitizer" in e or "runtime error:" in e]
+        lines = self.events()
         self.err.close()
-        check(self.proc.returncode == 0 and not reports,
-              f"iotgwd stopped cleanly (exit {self.proc.returncode}){': ' + reports[0] if reports else ''}")
+        check_stopped_cleanly(self.proc, lines)
 
 
 def coap_client(certs, url, *args, cert=None, netns=None, wait=5, timeout=30):

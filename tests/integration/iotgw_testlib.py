@@ -250,6 +250,25 @@ def remove_namespaces(names):
 PRIVATE_BUS_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "system-bus.conf.in")
 
 
+def terminate(proc, timeout=20):
+    """SIGTERM, and SIGKILL if it has not exited within `timeout` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def check_stopped_cleanly(proc, lines):
+    """A non-zero exit of iotgwd, or a sanitizer's report among its output `lines`, is a failed
+    expectation."""
+    reports = [e for e in lines if "Sanitizer" in e or "runtime error:" in e]
+    check(proc.returncode == 0 and not reports,
+          f"iotgwd stopped cleanly (exit {proc.returncode}){': ' + reports[0] if reports else ''}")
+
+
 def private_bus(directory, name, extra):
     """A system-like dbus-daemon on a socket in `directory`, with `extra` policy appended (for
     example the project's org.iotgw.Gateway1.conf). Returns (process, address)."""

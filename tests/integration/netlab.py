@@ -243,19 +243,12 @@ burst = 1000
         return self.events.wait_for("applied", timeout=5, count=count)
 
     def stop(self):
-        from iotgw_testlib import check
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        from iotgw_testlib import check_stopped_cleanly, terminate
+        terminate(self.proc)
         self.broker.stop()
-        reports = [e for e in self.events.lines() if "Sanitizer" in e or "runtime error:" in e]
+        lines = self.events.lines()
         self.err.close()
-        check(self.proc.returncode == 0 and not reports,
-              f"iotgwd stopped cleanly (exit {self.proc.returncode}){': ' + reports[0] if reports else ''}")
+        check_stopped_cleanly(self.proc, lines)
 
 
 # --- traffic ----------------------------------------------------------------------------------
