@@ -89,7 +89,6 @@ public:
                                    std::span<const uint8_t> payload, uint8_t qos,
                                    std::function<void(bool)> done);
   [[nodiscard]] size_t connections() const { return connections_.size(); }
-  [[nodiscard]] const MqttStats& stats() const { return stats_; }
   // Every counter, as GetStatus names them ("mqtt_accepted", ...); the session counters include
   // the sessions still up.
   [[nodiscard]] std::vector<std::pair<std::string, uint64_t>> counters() const;

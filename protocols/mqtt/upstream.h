@@ -114,7 +114,6 @@ public:
     return (connected_ || queued() < settings_.maxQueued / 4) && !full();
   }
   [[nodiscard]] bool stalled() const override { return connected_ && full(); }
-  [[nodiscard]] size_t queuedBytes() const { return queuedBytes_; }
 
 private:
   MosquittoUpstream(io::Reactor& reactor, const UpstreamSettings& settings,
