@@ -190,8 +190,17 @@ Outcome Daemon::setUp() {
     }
   }
   if (config.coap.enabled || config.coapDtls.enabled) {
+    CoapService::Publish publish; // none without the MQTT capability: pushes are answered 5.03
+    if (mqtt_) {
+      publish = [mqtt = mqtt_.get()](const policy::DevicePolicy& device, const std::string& topic,
+                                     std::span<const uint8_t> payload, uint8_t qos,
+                                     std::function<void(bool)> done) {
+        return mqtt->publishFor(device, topic, payload, qos, std::move(done));
+      };
+    }
     coap_ = std::make_unique<CoapService>(
-        *reactor_, *sink_, current_.config, [this] { return current_.policies; }, mqtt_.get(),
+        *reactor_, *sink_, current_.config, [this] { return current_.policies; },
+        std::move(publish),
         [this](const policy::DeviceId& id) { return firewall_ && firewall_->quarantined(id); });
     if (auto err = coap_->start(); !err) {
       return err;
@@ -243,7 +252,7 @@ std::string Daemon::statusLine() const {
   if (coap_) {
     std::vector<std::string> parts;
     if (c.coapDtls.enabled) {
-      const uint64_t sessions = coap_->stats().sessions;
+      const uint64_t sessions = coap_->dtlsSessions();
       parts.push_back(fmt::format("DTLS on port {}, {} session{}", c.coapDtls.port, sessions,
                                   sessions == 1 ? "" : "s"));
     }

@@ -74,11 +74,12 @@ private:
   void onSignal();
   // Re-reads everything; an error leaves the running state in force.
   [[nodiscard]] Outcome reload();
-  // The device-admin path: a whole next set of devices is built, the firewall applied, then
-  // `persist` runs (the state file), and only then the snapshot is swapped. On any failure the
-  // running policy stays and the firewall is put back.
+  // The device-admin path: a whole next set of devices and its identities prepared, the change
+  // to the state file staged (`stage`), the firewall applied, then everything put in place and
+  // the snapshot swapped. On a failure the running policy stays and nothing was written.
+  using Stage = std::function<std::expected<StagedFile, std::string>()>;
   [[nodiscard]] ControlResult commitDevices(std::vector<policy::DevicePolicy> next,
-                                            const std::function<Outcome()>& persist);
+                                            const Stage& stage);
   [[nodiscard]] std::expected<policy::DevicePolicy, ControlError>
   parseForApi(std::string_view id, std::string_view text) const;
   [[nodiscard]] bool fromApi(const policy::DevicePolicy& d) const;
@@ -92,6 +93,8 @@ private:
   void reconcileIdentities();
   // Issues (or renews) one device's identity, with its event; an error is a sentence.
   [[nodiscard]] Outcome issueIdentity(const std::string& id);
+  void identityIssued(const std::string& id, const Identities::Identity& identity, bool renewal);
+  void identityFailed(const std::string& id, const std::string& why);
   void scheduleSummaries();
 
   Options options_;

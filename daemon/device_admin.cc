@@ -41,22 +41,21 @@ std::string joined(const policy::Diagnostics& diags) {
 
 } // namespace
 
-Outcome Daemon::issueIdentity(const std::string& id) {
-  const bool renewal = identities_->find(id) != nullptr;
-  auto issued = identities_->issue(id);
-  if (!issued) {
-    Event e;
-    e.type = EventType::UpstreamUnavailable;
-    e.device = id;
-    e.provision = "5.1-1";
-    e.protocol = "pki";
-    e.rule = "mqtt.upstream_identity";
-    e.action = "identity-failed";
-    e.message = issued.error();
-    sink_->emit(std::move(e));
-    return failure(issued.error());
-  }
-  const auto& s = (*issued)->summary;
+void Daemon::identityFailed(const std::string& id, const std::string& why) {
+  Event e;
+  e.type = EventType::UpstreamUnavailable;
+  e.device = id;
+  e.provision = "5.1-1";
+  e.protocol = "pki";
+  e.rule = "mqtt.upstream_identity";
+  e.action = "identity-failed";
+  e.message = why;
+  sink_->emit(std::move(e));
+}
+
+void Daemon::identityIssued(const std::string& id, const Identities::Identity& identity,
+                            bool renewal) {
+  const auto& s = identity.summary;
   Event e;
   e.type = EventType::DeviceChanged;
   e.device = id;
@@ -70,6 +69,16 @@ Outcome Daemon::issueIdentity(const std::string& id) {
   if (renewal && mqtt_) {
     mqtt_->closeDevice(policy::DeviceId::parse(id).value()); // reconnects with the new one
   }
+}
+
+Outcome Daemon::issueIdentity(const std::string& id) {
+  const bool renewal = identities_->find(id) != nullptr;
+  auto issued = identities_->issue(id);
+  if (!issued) {
+    identityFailed(id, issued.error());
+    return failure(issued.error());
+  }
+  identityIssued(id, **issued, renewal);
   return {};
 }
 
@@ -194,8 +203,12 @@ std::expected<policy::DevicePolicy, ControlError> Daemon::parseForApi(std::strin
   return std::move(*parsed);
 }
 
-ControlResult Daemon::commitDevices(std::vector<policy::DevicePolicy> next,
-                                    const std::function<Outcome()>& persist) {
+// Prepare, apply, commit: everything that can fail is done first without putting anything in
+// force (the set built, new identities made and written under temporary names, the policy file
+// staged); the firewall's transaction is the last step that can fail; then what was prepared is
+// put in place (renames) and the snapshot swapped. A failure before the commit leaves the
+// running state as it was and nothing on disk.
+ControlResult Daemon::commitDevices(std::vector<policy::DevicePolicy> next, const Stage& stage) {
   if (next.size() > current_.config->limits.maxDevices) {
     return std::unexpected(
         err(ControlErrorCode::Rejected,
@@ -205,36 +218,47 @@ ControlResult Daemon::commitDevices(std::vector<policy::DevicePolicy> next,
   if (!set) {
     return std::unexpected(err(ControlErrorCode::Rejected, joined(set.error())));
   }
-  // Identities the next set asks for and nobody holds yet: issued first, so that a device is
-  // never enrolled without the identity its policy names. Undone if anything later fails.
-  std::vector<std::string> issued;
-  const auto undoIssued = [&] {
-    for (const auto& id : issued) {
-      (void)identities_->revoke(id);
-    }
-  };
+  // Identities the next set asks for and nobody holds yet: a device is never enrolled without
+  // the identity its policy names.
+  std::vector<Identities::Prepared> identities;
   for (const auto& d : (*set)->devices()) {
     if (d.mqttRules.upstreamIdentity == policy::UpstreamIdentity::Issued &&
         identities_->find(d.id.str()) == nullptr) {
-      if (auto e = issueIdentity(d.id.str()); !e) {
-        undoIssued();
-        return std::unexpected(err(ControlErrorCode::Failed, e.error()));
+      auto prepared = identities_->prepareIssue(d.id.str());
+      if (!prepared) {
+        identityFailed(d.id.str(), prepared.error());
+        return std::unexpected(err(ControlErrorCode::Failed, prepared.error()));
       }
-      issued.push_back(d.id.str());
+      identities.push_back(std::move(*prepared));
     }
+  }
+  auto staged = stage();
+  if (!staged) {
+    return std::unexpected(err(ControlErrorCode::Failed, staged.error()));
   }
   if (firewall_) {
     if (auto e = firewall_->apply(*current_.config, *set); !e) {
-      undoIssued();
       return std::unexpected(err(ControlErrorCode::Rejected, "firewall: " + e.error()));
     }
   }
-  if (auto e = persist(); !e) {
-    if (firewall_) {
-      (void)firewall_->apply(*current_.config, current_.policies); // back to the running state
+  // Commit. A rename that fails after its file was written and flushed is the disk failing: the
+  // change is in force and says so in the journal (a restart would read the file as it is).
+  for (auto& prepared : identities) {
+    const std::string id = prepared.device;
+    if (auto issued = identities_->commit(std::move(prepared))) {
+      identityIssued(id, **issued, false);
+    } else {
+      identityFailed(id, issued.error()); // reconcileIdentities below tries again
     }
-    undoIssued();
-    return std::unexpected(err(ControlErrorCode::Failed, e.error()));
+  }
+  if (auto saved = staged->commit(); !saved) {
+    Event e;
+    e.type = EventType::DeviceChanged;
+    e.protocol = "daemon";
+    e.action = "save-failed";
+    e.message =
+        fmt::format("the device change is in force but could not be saved: {}", saved.error());
+    sink_->emit(std::move(e));
   }
   current_.policies = std::move(*set);
   reconcileIdentities(); // revokes what the previous set had and this one does not
@@ -268,7 +292,7 @@ ControlResult Daemon::enrollDevice(std::string_view idText, std::string_view tex
   auto next = current_.policies->devices();
   next.push_back(std::move(*parsed));
   const auto path = apiPolicyPath(id.str());
-  if (auto r = commitDevices(std::move(next), [&] { return writeAtomically(path, text); }); !r) {
+  if (auto r = commitDevices(std::move(next), [&] { return StagedFile::write(path, text); }); !r) {
     return r;
   }
   deviceChanged(*sink_, id.str(), "enrolled",
@@ -295,7 +319,7 @@ ControlResult Daemon::setDevicePolicy(std::string_view idText, std::string_view 
   auto next = without(*current_.policies, id);
   next.push_back(std::move(*parsed));
   const auto path = apiPolicyPath(id.str());
-  if (auto r = commitDevices(std::move(next), [&] { return writeAtomically(path, text); }); !r) {
+  if (auto r = commitDevices(std::move(next), [&] { return StagedFile::write(path, text); }); !r) {
     return r;
   }
   // Sessions run on the snapshot they started with: end them, so the device reconnects under
@@ -324,7 +348,9 @@ ControlResult Daemon::removeDevice(std::string_view idText) {
                                                     id.str(), running->sourceName)));
   }
   const auto path = apiPolicyPath(id.str());
-  if (auto r = commitDevices(without(*current_.policies, id), [&] { return removeDurably(path); });
+  if (auto r = commitDevices(
+          without(*current_.policies, id),
+          [&]() -> std::expected<StagedFile, std::string> { return StagedFile::removal(path); });
       !r) {
     return r;
   }

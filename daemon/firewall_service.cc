@@ -95,8 +95,15 @@ std::string portFileText(const PortBinding& b) {
 
 } // namespace
 
-FirewallService::FirewallService(io::Reactor& reactor, EventSink& sink, SessionCloser closer)
-    : reactor_(reactor), sink_(sink), closer_(std::move(closer)) {}
+FirewallService::FirewallService(io::Reactor& reactor, EventSink& sink, SessionCloser closer,
+                                 OpenApplier openApplier)
+    : reactor_(reactor), sink_(sink), closer_(std::move(closer)),
+      openApplier_(
+          openApplier
+              ? std::move(openApplier)
+              : OpenApplier([]() -> std::expected<std::unique_ptr<firewall::Applier>, std::string> {
+                  return firewall::Netlink::open();
+                })) {}
 
 FirewallService::~FirewallService() {
   for (int fd : {monitor_ ? monitor_->fd() : -1, reports_ ? reports_->fd() : -1,
@@ -107,8 +114,9 @@ FirewallService::~FirewallService() {
   }
 }
 
-firewall::CompileOptions FirewallService::options() const {
-  const Config& c = *config_;
+firewall::CompileOptions
+FirewallService::options(const Config& c, const std::set<std::string>& quarantined,
+                         const std::map<std::string, firewall::PortBinding>& bindings) const {
   firewall::CompileOptions o;
   o.interfaces = c.deviceSegment.interfaces;
   if (c.mqtt.enabled) {
@@ -131,23 +139,30 @@ firewall::CompileOptions FirewallService::options() const {
   if (c.coapDtls.enabled) {
     o.gatewayServices.push_back({IPPROTO_UDP, c.coapDtls.port});
   }
-  o.quarantined = quarantined_;
-  o.bindings = bindings_;
+  o.quarantined = quarantined;
+  o.bindings = bindings;
   if (links_) {
     o.foreignPorts = links_->foreignPorts(c.deviceSegment.interfaces);
   }
   return o;
 }
 
-FirewallService::Tables FirewallService::compileAll(const policy::PolicySet& policies) const {
-  const auto o = options();
+FirewallService::Tables
+FirewallService::compileAll(const Config& c, const policy::PolicySet& policies,
+                            const std::set<std::string>& quarantined,
+                            const std::map<std::string, firewall::PortBinding>& bindings) const {
+  const auto o = options(c, quarantined, bindings);
   return {firewall::compile(policies, o), firewall::compileBridge(policies, o)};
 }
 
-std::set<std::string> FirewallService::readQuarantineList() const {
+FirewallService::Tables FirewallService::compileAll(const policy::PolicySet& policies) const {
+  return compileAll(*config_, policies, quarantined_, bindings_);
+}
+
+std::set<std::string> FirewallService::readQuarantineList(const Config& c) const {
   std::set<std::string> out;
   std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(quarantineDirectory(*config_), ec)) {
+  for (const auto& e : std::filesystem::directory_iterator(quarantineDirectory(c), ec)) {
     const std::string name = e.path().filename().string();
     if (e.is_regular_file() && policy::DeviceId::parse(name)) {
       out.insert(name);
@@ -157,11 +172,11 @@ std::set<std::string> FirewallService::readQuarantineList() const {
 }
 
 std::map<std::string, PortBinding>
-FirewallService::readPorts(const policy::PolicySet& policies,
+FirewallService::readPorts(const Config& c, const policy::PolicySet& policies,
                            std::vector<std::string>& unreadable) const {
   std::map<std::string, PortBinding> out;
   std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(portsDirectory(*config_), ec)) {
+  for (const auto& e : std::filesystem::directory_iterator(portsDirectory(c), ec)) {
     const std::string name = e.path().filename().string();
     const auto id = policy::DeviceId::parse(name);
     const policy::DevicePolicy* d = id ? policies.find(*id) : nullptr;
@@ -197,19 +212,19 @@ FirewallService::readPorts(const policy::PolicySet& policies,
   return out;
 }
 
-std::map<std::string, PortBinding> FirewallService::loadPorts(const policy::PolicySet& policies) {
+std::map<std::string, PortBinding> FirewallService::loadPorts(const Config& c,
+                                                              const policy::PolicySet& policies) {
   std::vector<std::string> unreadable;
-  auto ports = readPorts(policies, unreadable);
+  auto ports = readPorts(c, policies, unreadable);
   for (const auto& id : unreadable) {
     emitQuarantineEvent(EventType::DevicePortConflict, id, "ports:file", "refuse",
                         fmt::format("{} cannot be read as a port binding: {}'s MAC is refused on "
                                     "every port until the file is fixed or removed (then reload)",
-                                    (portsDirectory(*config_) / id).string(), id));
+                                    (portsDirectory(c) / id).string(), id));
   }
   for (auto it = unsaved_.begin(); it != unsaved_.end();) {
     const auto b = ports.find(*it);
-    if (b == ports.end() ||
-        writeAtomically(portsDirectory(*config_) / *it, portFileText(b->second))) {
+    if (b == ports.end() || writeAtomically(portsDirectory(c) / *it, portFileText(b->second))) {
       it = unsaved_.erase(it);
     } else {
       ++it;
@@ -233,7 +248,7 @@ void FirewallService::prunePortFiles() {
 
 Outcome FirewallService::start(const Config& config,
                                std::shared_ptr<const policy::PolicySet> policies) {
-  auto nl = firewall::Netlink::open();
+  auto nl = openApplier_();
   if (!nl) {
     return failure("firewall: " + nl.error());
   }
@@ -257,8 +272,8 @@ Outcome FirewallService::start(const Config& config,
   config_ = std::make_shared<const Config>(config);
   policies_ = std::move(policies);
   book_ = std::make_unique<firewall::PortBook>(policies_);
-  quarantined_ = readQuarantineList();
-  bindings_ = loadPorts(*policies_);
+  quarantined_ = readQuarantineList(*config_);
+  bindings_ = loadPorts(*config_, *policies_);
   if (auto err = commit(compileAll(*policies_)); !err) {
     return failure(
         "firewall: cannot install tables inet iotgw and bridge iotgw: " + err.error() +
@@ -313,18 +328,16 @@ Outcome FirewallService::commit(Tables next) {
 
 Outcome FirewallService::apply(const Config& config,
                                std::shared_ptr<const policy::PolicySet> policies) {
-  auto previousConfig = config_;
-  auto previousQuarantine = quarantined_;
-  auto previousPorts = bindings_;
-  config_ = std::make_shared<const Config>(config);
-  quarantined_ = readQuarantineList();
-  bindings_ = loadPorts(*policies);
-  if (auto err = commit(compileAll(*policies)); !err) {
-    config_ = std::move(previousConfig);
-    quarantined_ = std::move(previousQuarantine);
-    bindings_ = std::move(previousPorts);
+  // Prepared: what the tables are compiled from next. Put in force only once the kernel took them.
+  auto nextConfig = std::make_shared<const Config>(config);
+  auto nextQuarantine = readQuarantineList(*nextConfig);
+  auto nextPorts = loadPorts(*nextConfig, *policies);
+  if (auto err = commit(compileAll(*nextConfig, *policies, nextQuarantine, nextPorts)); !err) {
     return failure("firewall: " + err.error());
   }
+  const auto previousQuarantine = std::exchange(quarantined_, std::move(nextQuarantine));
+  config_ = std::move(nextConfig);
+  bindings_ = std::move(nextPorts);
   policies_ = std::move(policies);
   book_ = std::make_unique<firewall::PortBook>(policies_);
   prunePortFiles();
@@ -406,13 +419,20 @@ Outcome FirewallService::release(const policy::DeviceId& id) {
   if (!quarantined_.contains(id.str())) {
     return {};
   }
-  if (auto err = removeDurably(quarantineDirectory(*config_) / id.str()); !err) {
+  // The tables first, the mark's removal once they are in force: should that fail, a restart
+  // quarantines the device again (the safe way round).
+  auto next = quarantined_;
+  next.erase(id.str());
+  if (auto err = commit(compileAll(*config_, *policies_, next, bindings_)); !err) {
     return err;
   }
-  quarantined_.erase(id.str());
-  if (auto err = commit(compileAll(*policies_)); !err) {
-    quarantined_.insert(id.str());
-    return err;
+  quarantined_ = std::move(next);
+  if (auto err = removeDurably(quarantineDirectory(*config_) / id.str()); !err) {
+    emitQuarantineEvent(EventType::DeviceReleased, id.str(), "", "release-not-saved",
+                        fmt::format("{} released, but its quarantine mark could not be removed "
+                                    "({}): it is quarantined again at the next start",
+                                    id.str(), err.error()));
+    return {};
   }
   emitQuarantineEvent(
       EventType::DeviceReleased, id.str(), "", "release",

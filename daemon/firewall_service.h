@@ -44,7 +44,12 @@ public:
   // Called with a device that was just quarantined: its sessions must end.
   using SessionCloser = std::function<void(const policy::DeviceId&)>;
 
-  FirewallService(io::Reactor& reactor, EventSink& sink, SessionCloser closer);
+  // What puts the tables in force: the kernel's nftables by default (tests give a stand-in).
+  using OpenApplier =
+      std::function<std::expected<std::unique_ptr<firewall::Applier>, std::string>()>;
+
+  FirewallService(io::Reactor& reactor, EventSink& sink, SessionCloser closer,
+                  OpenApplier openApplier = {});
   FirewallService(const FirewallService&) = delete;
   FirewallService& operator=(const FirewallService&) = delete;
   ~FirewallService();
@@ -88,20 +93,28 @@ private:
   // inet, bridge: applied together, always.
   using Tables = std::array<firewall::Ruleset, 2>;
 
-  [[nodiscard]] firewall::CompileOptions options() const;
+  [[nodiscard]] firewall::CompileOptions
+  options(const Config& c, const std::set<std::string>& quarantined,
+          const std::map<std::string, firewall::PortBinding>& bindings) const;
+  [[nodiscard]] Tables
+  compileAll(const Config& c, const policy::PolicySet& policies,
+             const std::set<std::string>& quarantined,
+             const std::map<std::string, firewall::PortBinding>& bindings) const;
+  // With the running configuration, quarantine list and bindings.
   [[nodiscard]] Tables compileAll(const policy::PolicySet& policies) const;
   [[nodiscard]] Outcome commit(Tables next);
-  [[nodiscard]] std::set<std::string> readQuarantineList() const;
+  [[nodiscard]] std::set<std::string> readQuarantineList(const Config& c) const;
   // The bindings on disk for `policies`: those in memory whose file is still there (or could
   // not be written), and any file not read yet; a binding whose device is gone or has another
   // MAC now does not count. A file that cannot be read as a binding binds its device's MAC to
   // no port at all (fail closed) and is named in `unreadable`.
   [[nodiscard]] std::map<std::string, firewall::PortBinding>
-  readPorts(const policy::PolicySet& policies, std::vector<std::string>& unreadable) const;
+  readPorts(const Config& c, const policy::PolicySet& policies,
+            std::vector<std::string>& unreadable) const;
   // readPorts for the running service: the unreadable files are events, the bindings that
   // could not be saved are written again.
   [[nodiscard]] std::map<std::string, firewall::PortBinding>
-  loadPorts(const policy::PolicySet& policies);
+  loadPorts(const Config& c, const policy::PolicySet& policies);
   void prunePortFiles();
   void emitQuarantineEvent(policy::EventType type, const std::string& id, std::string_view rule,
                            std::string_view action, std::string message);
@@ -118,7 +131,8 @@ private:
   std::set<std::string> quarantined_;
   std::map<std::string, firewall::PortBinding> bindings_;
   std::set<std::string> unsaved_; // bound, but the file could not be written (yet)
-  std::unique_ptr<firewall::Netlink> nl_;
+  OpenApplier openApplier_;
+  std::unique_ptr<firewall::Applier> nl_;
   std::unique_ptr<firewall::Monitor> monitor_;
   std::unique_ptr<firewall::ReportListener> reports_;
   std::unique_ptr<firewall::Links> links_;

@@ -109,6 +109,11 @@ Identities::open(const std::filesystem::path& stateDirectory) {
   std::vector<std::string> halves;
   for (const auto& entry : std::filesystem::directory_iterator(ids->identityDir_, ec)) {
     const auto& p = entry.path();
+    if (p.extension() == ".tmp") {
+      // Staged by an issue that never completed (prepareIssue): a key nobody will use.
+      (void)removeDurably(p);
+      continue;
+    }
     if (p.extension() != ".pem" && p.extension() != ".key") {
       continue;
     }
@@ -236,26 +241,48 @@ Outcome Identities::refreshCrl(tls::SystemTime now, bool force) {
 
 std::expected<const Identities::Identity*, std::string>
 Identities::issue(const std::string& device) {
+  auto prepared = prepareIssue(device);
+  if (!prepared) {
+    return std::unexpected(prepared.error());
+  }
+  return commit(std::move(*prepared));
+}
+
+std::expected<Identities::Prepared, std::string>
+Identities::prepareIssue(const std::string& device) {
   auto issued = ca_.issue(device, kDeviceValidity);
   if (!issued) {
     return std::unexpected(
         fmt::format("cannot issue a certificate for {}: {}", device, issued.error()));
   }
-  const auto cert = certificatePath(device);
-  const auto key = keyPath(device);
+  auto key = StagedFile::write(keyPath(device), issued->privateKeyPem, 0600);
+  if (!key) {
+    return std::unexpected(key.error());
+  }
+  auto cert = StagedFile::write(certificatePath(device), issued->certificatePem, 0600);
+  if (!cert) {
+    return std::unexpected(cert.error());
+  }
+  return Prepared{
+      device, std::move(*key), std::move(*cert), {issued->serial, device, issued->notAfter}};
+}
+
+std::expected<const Identities::Identity*, std::string> Identities::commit(Prepared p) {
   std::optional<Entry> replaced;
-  if (const auto* old = find(device)) {
+  if (const auto* old = find(p.device)) {
     replaced = Entry{old->summary.serial, Clock::now(), old->summary.notAfter};
   }
-  if (auto e = writeAtomically(key, issued->privateKeyPem, 0600); !e) {
+  // Key first: a crash in between leaves a key without a certificate, which the next start
+  // finds and deletes.
+  if (auto e = p.key.commit(); !e) {
     return std::unexpected(e.error());
   }
-  if (auto e = writeAtomically(cert, issued->certificatePem, 0600); !e) {
-    (void)removeDurably(key);
+  if (auto e = p.certificate.commit(); !e) {
+    (void)removeDurably(p.key.path());
     return std::unexpected(e.error());
   }
-  Identity identity{cert, key, {issued->serial, device, issued->notAfter}};
-  identities_.insert_or_assign(device, identity);
+  Identity identity{p.certificate.path(), p.key.path(), p.summary};
+  identities_.insert_or_assign(p.device, identity);
   if (replaced && !replaced->serial.empty()) {
     // The old key is gone from the disk; revoking its certificate as well costs one CRL.
     revoked_.push_back(*replaced);
@@ -263,7 +290,7 @@ Identities::issue(const std::string& device) {
       revoked_.pop_back();
     }
   }
-  return &identities_.at(device);
+  return &identities_.at(p.device);
 }
 
 Outcome Identities::revoke(const std::string& device) {

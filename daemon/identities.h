@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "daemon/outcome.h"
+#include "daemon/state_files.h"
 #include "protocols/tls/ca.h"
 
 namespace iotgw::daemon {
@@ -49,6 +50,16 @@ public:
 
   // A new certificate and key for the device; one it had before is revoked.
   [[nodiscard]] std::expected<const Identity*, std::string> issue(const std::string& device);
+  // The same in two steps: the certificate made and its files written under temporary names
+  // (what can fail), then put in place and in use (a rename each). Dropped if never committed.
+  struct Prepared {
+    std::string device;
+    StagedFile key;
+    StagedFile certificate;
+    tls::CertificateSummary summary;
+  };
+  [[nodiscard]] std::expected<Prepared, std::string> prepareIssue(const std::string& device);
+  [[nodiscard]] std::expected<const Identity*, std::string> commit(Prepared prepared);
   // Revokes the device's certificate (the CRL is written first), then deletes its files.
   // Nothing to do when it has none. An error leaves the identity in place.
   [[nodiscard]] Outcome revoke(const std::string& device);

@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -26,7 +27,8 @@ Outcome syncDirectory(const std::filesystem::path& dir) {
 
 } // namespace
 
-Outcome writeAtomically(const std::filesystem::path& path, std::string_view content, mode_t mode) {
+std::expected<StagedFile, std::string> StagedFile::write(const std::filesystem::path& path,
+                                                         std::string_view content, mode_t mode) {
   const auto dir = path.parent_path();
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
@@ -35,39 +37,66 @@ Outcome writeAtomically(const std::filesystem::path& path, std::string_view cont
   }
   ::chmod(dir.c_str(), 0700);
   const auto tmp = dir / ("." + path.filename().string() + ".tmp");
-  {
-    io::UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (fd.valid()) {
-      ::fchmod(fd.get(), mode); // not subject to the umask, unlike open's mode
+  io::UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (fd.valid()) {
+    ::fchmod(fd.get(), mode); // not subject to the umask, unlike open's mode
+  }
+  if (!fd.valid()) {
+    return failure(fmt::format("cannot write {}: {}", tmp.string(), std::strerror(errno)));
+  }
+  StagedFile staged(path, tmp); // from here on, a failure deletes the temporary file
+  size_t done = 0;
+  while (done < content.size()) {
+    const ssize_t n = ::write(fd.get(), content.data() + done, content.size() - done);
+    if (n < 0 && errno == EINTR) {
+      continue;
     }
-    if (!fd.valid()) {
+    if (n <= 0) {
       return failure(fmt::format("cannot write {}: {}", tmp.string(), std::strerror(errno)));
     }
-    size_t done = 0;
-    while (done < content.size()) {
-      const ssize_t n = ::write(fd.get(), content.data() + done, content.size() - done);
-      if (n < 0 && errno == EINTR) {
-        continue;
-      }
-      if (n <= 0) {
-        const std::string err = std::strerror(errno);
-        ::unlink(tmp.c_str());
-        return failure(fmt::format("cannot write {}: {}", tmp.string(), err));
-      }
-      done += static_cast<size_t>(n);
-    }
-    if (::fsync(fd.get()) != 0) {
-      const std::string err = std::strerror(errno);
-      ::unlink(tmp.c_str());
-      return failure(fmt::format("cannot flush {}: {}", tmp.string(), err));
-    }
+    done += static_cast<size_t>(n);
   }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+  if (::fsync(fd.get()) != 0) {
+    return failure(fmt::format("cannot flush {}: {}", tmp.string(), std::strerror(errno)));
+  }
+  return staged;
+}
+
+StagedFile StagedFile::removal(const std::filesystem::path& path) { return StagedFile(path, {}); }
+
+StagedFile::StagedFile(StagedFile&& other) noexcept
+    : path_(std::move(other.path_)), temporary_(std::move(other.temporary_)),
+      pending_(std::exchange(other.pending_, false)) {}
+
+StagedFile::~StagedFile() {
+  if (pending_ && !temporary_.empty()) {
+    ::unlink(temporary_.c_str());
+  }
+}
+
+Outcome StagedFile::commit() {
+  if (!pending_) {
+    return {};
+  }
+  pending_ = false;
+  if (temporary_.empty()) {
+    return removeDurably(path_);
+  }
+  if (::rename(temporary_.c_str(), path_.c_str()) != 0) {
     const std::string err = std::strerror(errno);
-    ::unlink(tmp.c_str());
-    return failure(fmt::format("cannot rename {} to {}: {}", tmp.string(), path.string(), err));
+    ::unlink(temporary_.c_str());
+    return failure(
+        fmt::format("cannot rename {} to {}: {}", temporary_.string(), path_.string(), err));
   }
-  return syncDirectory(dir);
+  return syncDirectory(path_.parent_path());
+}
+
+Outcome writeAtomically(const std::filesystem::path& path, std::string_view content, mode_t mode) {
+  auto staged = StagedFile::write(path, content, mode);
+  if (!staged) {
+    return failure(staged.error());
+  }
+  return staged->commit();
 }
 
 Outcome removeDurably(const std::filesystem::path& path) {

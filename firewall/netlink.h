@@ -47,36 +47,53 @@ struct TableUpdate {
   const Ruleset* target;
 };
 
-class Netlink {
+// Where the tables are put in force: the kernel (Netlink), or a test's stand-in.
+class Applier {
+public:
+  virtual ~Applier() = default;
+  // Replaces each table (family iotgw, creating it if missing) by its ruleset, all in one
+  // transaction.
+  [[nodiscard]] virtual std::expected<BatchStats, std::string>
+  replace(std::span<const Ruleset> tables) = 0;
+  // Adds and removes elements and counters of sets that exist in the kernel as each target
+  // describes them, in one transaction. Fails (changing nothing) if an element to remove is
+  // missing.
+  [[nodiscard]] virtual std::expected<BatchStats, std::string>
+  update(std::span<const TableUpdate> updates) = 0;
+  // Deletes both tables; no error if they do not exist.
+  [[nodiscard]] virtual std::expected<void, std::string> remove() = 0;
+  // Named counters of table inet iotgw.
+  [[nodiscard]] virtual std::expected<std::map<std::string, CounterValue>, std::string>
+  counters() = 0;
+  // The ruleset generation after the last transaction of any process.
+  [[nodiscard]] virtual std::expected<uint32_t, std::string> generation() = 0;
+  // The netlink port id that the kernel names as the author of our transactions.
+  [[nodiscard]] virtual uint32_t portId() const = 0;
+};
+
+class Netlink final : public Applier {
 public:
   [[nodiscard]] static std::expected<std::unique_ptr<Netlink>, std::string> open();
   Netlink(const Netlink&) = delete;
   Netlink& operator=(const Netlink&) = delete;
-  ~Netlink();
+  ~Netlink() override;
 
-  // Replaces each table (family iotgw, creating it if missing) by its ruleset, all in one
-  // transaction.
-  [[nodiscard]] std::expected<BatchStats, std::string> replace(std::span<const Ruleset> tables);
+  [[nodiscard]] std::expected<BatchStats, std::string>
+  replace(std::span<const Ruleset> tables) override;
   [[nodiscard]] std::expected<BatchStats, std::string> replace(const Ruleset& rs) {
     return replace(std::span(&rs, 1));
   }
-  // Adds and removes elements and counters of sets that exist in the kernel as each target
-  // describes them, in one transaction. Fails (changing nothing) if an element to remove is
-  // missing.
-  [[nodiscard]] std::expected<BatchStats, std::string> update(std::span<const TableUpdate> updates);
+  [[nodiscard]] std::expected<BatchStats, std::string>
+  update(std::span<const TableUpdate> updates) override;
   [[nodiscard]] std::expected<BatchStats, std::string> update(const ElementDelta& delta,
                                                               const Ruleset& target) {
     const TableUpdate u{&delta, &target};
     return update(std::span(&u, 1));
   }
-  // Deletes both tables; no error if they do not exist.
-  [[nodiscard]] std::expected<void, std::string> remove();
-  // Named counters of table inet iotgw.
-  [[nodiscard]] std::expected<std::map<std::string, CounterValue>, std::string> counters();
-  // The ruleset generation after the last transaction of any process.
-  [[nodiscard]] std::expected<uint32_t, std::string> generation();
-  // This socket's netlink port id: what the kernel names as the author of our transactions.
-  [[nodiscard]] uint32_t portId() const { return portId_; }
+  [[nodiscard]] std::expected<void, std::string> remove() override;
+  [[nodiscard]] std::expected<std::map<std::string, CounterValue>, std::string> counters() override;
+  [[nodiscard]] std::expected<uint32_t, std::string> generation() override;
+  [[nodiscard]] uint32_t portId() const override { return portId_; }
 
 private:
   explicit Netlink(mnl_socket* nl);

@@ -95,20 +95,20 @@ const PayloadRule* payloadRuleFor(const DevicePolicy& p, const PublishFacts& f) 
   return nullptr;
 }
 
-Decision deny(const DevicePolicy& p, std::string rule, std::string_view prov, std::string reason) {
-  return Decision::deny(std::move(rule), prov, std::move(reason), p.onViolation);
+Decision deny(const DevicePolicy& p, Reason why, std::string reason) {
+  return Decision::deny(why, std::move(reason), p.onViolation);
 }
 
 // Checks shared by both directions of a PUBLISH.
 std::optional<Decision> checkMessage(const DevicePolicy& p, const PublishFacts& f) {
   const MqttRules& m = p.mqttRules;
   if (f.payload.size() > m.maxPayloadBytes) {
-    return deny(p, "mqtt.max_payload_bytes", provision::kValidateInput,
+    return deny(p, Reason::PayloadTooLarge,
                 fmt::format("payload of {} bytes exceeds the limit of {}", f.payload.size(),
                             m.maxPayloadBytes));
   }
   if (auto e = validateTopicName(f.topic)) {
-    return deny(p, "mqtt.topic", provision::kValidateInput,
+    return deny(p, Reason::InvalidTopic,
                 fmt::format("invalid topic name: {} ({})", describe(*e), clause(*e)));
   }
   return std::nullopt;
@@ -117,7 +117,7 @@ std::optional<Decision> checkMessage(const DevicePolicy& p, const PublishFacts& 
 std::optional<Decision> checkPayloadRules(const DevicePolicy& p, const PublishFacts& f) {
   if (const PayloadRule* rule = payloadRuleFor(p, f)) {
     if (auto why = checkPayload(*rule, f.payload)) {
-      return deny(p, rule->id, provision::kValidateInput, *why);
+      return Decision::deny(Reason::PayloadRule, rule->id, *why, p.onViolation);
     }
   }
   return std::nullopt;
@@ -175,11 +175,9 @@ std::optional<std::string> checkPayload(const PayloadRule& rule, std::span<const
 
 namespace {
 
-ConnectDecision refuse(std::string rule, std::string_view prov, std::string reason,
-                       bool authFailure) {
-  return ConnectDecision{
-      Decision::deny(std::move(rule), prov, std::move(reason), ViolationAction::Disconnect),
-      nullptr, authFailure, nullptr};
+ConnectDecision refuse(Reason why, std::string reason, bool authFailure) {
+  return ConnectDecision{Decision::deny(why, std::move(reason), ViolationAction::Disconnect),
+                         nullptr, authFailure, nullptr};
 }
 
 // The checks after the identity is settled: where the device may connect from and which client
@@ -188,12 +186,11 @@ ConnectDecision refuse(std::string rule, std::string_view prov, std::string reas
 ConnectDecision admit(const DevicePolicy* device, Login login, const ConnectFacts& f) {
   if (f.certificate == nullptr && !device->addresses.empty() && f.peer &&
       std::ranges::find(device->addresses, *f.peer) == device->addresses.end()) {
-    return refuse("device.addresses", provision::kAuthenticatedAccess,
-                  "device connected from an address not in its policy", false);
+    return refuse(Reason::WrongAddress, "device connected from an address not in its policy",
+                  false);
   }
   if (!device->mqtt.clientId.empty() && device->mqtt.clientId != f.clientId) {
-    return refuse("device.mqtt.client_id", provision::kAuthenticatedAccess,
-                  "client id does not match the device's", false);
+    return refuse(Reason::WrongClientId, "client id does not match the device's", false);
   }
   const char* rule = login == Login::Certificate ? "connect.certificate"
                      : login == Login::Password  ? "connect.username"
@@ -208,25 +205,21 @@ ConnectDecision admit(const DevicePolicy* device, Login login, const ConnectFact
 ConnectDecision evaluateConnect(const PolicySet& set, const DefaultCredentials& defaults,
                                 const ConnectFacts& f) {
   if (f.sourceLockedOut) {
-    return refuse("auth.lockout", provision::kBruteForce,
-                  "source is locked out after repeated failed logins", false);
+    return refuse(Reason::Lockout, "source is locked out after repeated failed logins", false);
   }
   // A universal default password is refused whoever presents it, enrolled or not.
   if (f.username && defaults.matches(*f.username, f.password.value_or(""))) {
-    return refuse("credentials.default", provision::kNoDefaultPasswords,
-                  "login with a universal default credential", true);
+    return refuse(Reason::DefaultCredentials, "login with a universal default credential", true);
   }
   if (f.password && !f.username) {
-    return refuse("mqtt.password-without-username", provision::kValidateInput,
-                  "password without a username", true);
+    return refuse(Reason::PasswordWithoutUsername, "password without a username", true);
   }
 
   if (f.certificate != nullptr) {
     const DevicePolicy* device =
         set.findByCertificate(f.certificate->commonName, f.certificate->subjectAltNames);
     if (device == nullptr) {
-      return refuse("default-deny", provision::kAuthenticatedAccess,
-                    "no enrolled device matches this certificate", false);
+      return refuse(Reason::DefaultDeny, "no enrolled device matches this certificate", false);
     }
     return admit(device, Login::Certificate, f);
   }
@@ -238,15 +231,14 @@ ConnectDecision evaluateConnect(const PolicySet& set, const DefaultCredentials& 
         device != nullptr && f.peer &&
         std::ranges::find(device->addresses, *f.peer) != device->addresses.end();
     if (f.usernameLockedOut && !ownAddress) {
-      return refuse("auth.lockout", provision::kBruteForce,
-                    "user name is locked out after repeated failed logins", false);
+      return refuse(Reason::Lockout, "user name is locked out after repeated failed logins", false);
     }
     // The answer hinges on the password: the caller verifies it (slow by design) and finishes
     // with evaluateVerifiedConnect. An unknown user name is verified against a hash that matches
     // nothing, so that it costs the same time and gets the same answer as a wrong password.
     // Until then the decision is a refusal: a caller that forgot the check logs nobody in.
-    ConnectDecision pending = refuse("auth.pending", provision::kAuthenticatedAccess,
-                                     "the password has not been checked yet", false);
+    ConnectDecision pending =
+        refuse(Reason::PasswordPending, "the password has not been checked yet", false);
     pending.device = device;
     pending.passwordHash = device != nullptr && device->mqtt.passwordHash
                                ? &*device->mqtt.passwordHash
@@ -255,14 +247,12 @@ ConnectDecision evaluateConnect(const PolicySet& set, const DefaultCredentials& 
   }
   const DevicePolicy* device = f.peer ? set.findByAddress(*f.peer) : nullptr;
   if (device == nullptr) {
-    return refuse("default-deny", provision::kAuthenticatedAccess,
-                  "no enrolled device matches this address", false);
+    return refuse(Reason::DefaultDeny, "no enrolled device matches this address", false);
   }
   // An address identifies a device only if it has no stronger credential configured.
   if (device->mqtt.passwordHash || !device->certificate.commonName.empty() ||
       !device->certificate.subjectAltNames.empty()) {
-    return refuse("auth.missing-credentials", provision::kAuthenticatedAccess,
-                  "device must log in with its credentials", true);
+    return refuse(Reason::MissingCredentials, "device must log in with its credentials", true);
   }
   return admit(device, Login::Address, f);
 }
@@ -270,8 +260,7 @@ ConnectDecision evaluateConnect(const PolicySet& set, const DefaultCredentials& 
 ConnectDecision evaluateVerifiedConnect(const ConnectDecision& pending, bool passwordMatched,
                                         const ConnectFacts& f) {
   if (pending.device == nullptr || !passwordMatched) {
-    return refuse("auth.password", provision::kAuthenticatedAccess, "wrong user name or password",
-                  true);
+    return refuse(Reason::WrongPassword, "wrong user name or password", true);
   }
   return admit(pending.device, Login::Password, f);
 }
@@ -282,16 +271,15 @@ Decision evaluatePublish(const DevicePolicy& p, const PublishFacts& f) {
     return *d;
   }
   if (f.qos > m.maxQos) {
-    return deny(p, "mqtt.max_qos", provision::kValidateInput,
+    return deny(p, Reason::QosTooHigh,
                 fmt::format("QoS {} exceeds the device's maximum {}", f.qos, m.maxQos));
   }
   if (f.retain && !m.retainAllowed) {
-    return deny(p, "mqtt.retain", provision::kValidateInput, "retained messages are not allowed");
+    return deny(p, Reason::RetainNotAllowed, "retained messages are not allowed");
   }
   if (!anyPattern(m.publish, scopeOf(p, f.username),
                   [&](const std::string& filter) { return topicMatches(filter, f.topic); })) {
-    return deny(p, "mqtt.publish", provision::kValidateInput,
-                "topic is not in the device's publish list");
+    return deny(p, Reason::PublishNotAllowed, "topic is not in the device's publish list");
   }
   if (auto d = checkPayloadRules(p, f)) {
     return *d;
@@ -301,13 +289,12 @@ Decision evaluatePublish(const DevicePolicy& p, const PublishFacts& f) {
 
 Decision evaluateSubscribe(const DevicePolicy& p, const SubscribeFacts& f) {
   if (auto e = validateTopicFilter(f.filter)) {
-    return deny(p, "mqtt.topic", provision::kValidateInput,
+    return deny(p, Reason::InvalidTopic,
                 fmt::format("invalid topic filter: {} ({})", describe(*e), clause(*e)));
   }
   if (!anyPattern(p.mqttRules.subscribe, scopeOf(p, f.username),
                   [&](const std::string& allowed) { return filterCovers(allowed, f.filter); })) {
-    return deny(p, "mqtt.subscribe", provision::kValidateInput,
-                "filter is not within the device's subscribe list");
+    return deny(p, Reason::SubscribeNotAllowed, "filter is not within the device's subscribe list");
   }
   Decision d = Decision::allow("mqtt.subscribe");
   d.grantedQos = std::min(f.requestedQos, p.mqttRules.maxQos);
@@ -320,7 +307,7 @@ Decision evaluateDelivery(const DevicePolicy& p, const PublishFacts& f) {
   }
   if (!anyPattern(p.mqttRules.subscribe, scopeOf(p, f.username),
                   [&](const std::string& filter) { return topicMatches(filter, f.topic); })) {
-    return deny(p, "mqtt.subscribe", provision::kValidateInput,
+    return deny(p, Reason::SubscribeNotAllowed,
                 "message topic is outside the device's subscribe list");
   }
   if (auto d = checkPayloadRules(p, f)) {
@@ -341,30 +328,43 @@ Decision rateDecision(const DevicePolicy& p, MessageRateLimiter::Result r) {
     return Decision::allow("mqtt.rate");
   case MessageRateLimiter::Result::TooManyMessages:
     return deny(
-        p, "mqtt.rate.messages_per_second", provision::kTelemetryAnomaly,
+        p, Reason::MessageRate,
         fmt::format("more than {} messages per second", p.mqttRules.rate.messagesPerSecond));
   case MessageRateLimiter::Result::TooManyBytes:
-    return deny(p, "mqtt.rate.bytes_per_second", provision::kTelemetryAnomaly,
+    return deny(p, Reason::ByteRate,
                 fmt::format("more than {} bytes per second", p.mqttRules.rate.bytesPerSecond));
   }
-  return deny(p, "mqtt.rate", provision::kTelemetryAnomaly, "rate limit");
+  return deny(p, Reason::MessageRate, "rate limit");
 }
 
 namespace {
 
+// The one content-format rule, both directions (coap.content_formats, an empty list allows any):
+// a Content-Format that is declared must be in the list, and a body must declare one.
+std::optional<Decision> contentFormat(const DevicePolicy& p, size_t payloadBytes,
+                                      std::optional<uint16_t> format) {
+  const auto& allowed = p.coapRules.contentFormats;
+  if (allowed.empty()) {
+    return std::nullopt;
+  }
+  if (format && std::ranges::find(allowed, *format) == allowed.end()) {
+    return deny(p, Reason::CoapContentFormat,
+                fmt::format("content format {} is not allowed", *format));
+  }
+  if (!format && payloadBytes > 0) {
+    return deny(p, Reason::CoapContentFormat, "a payload without Content-Format");
+  }
+  return std::nullopt;
+}
+
 std::optional<Decision> coapLimits(const DevicePolicy& p, const CoapFacts& f) {
   const CoapRules& c = p.coapRules;
   if (f.payloadBytes > c.maxPayloadBytes) {
-    return deny(p, "coap.max_payload_bytes", provision::kValidateInput,
+    return deny(p, Reason::CoapPayloadTooLarge,
                 fmt::format("payload of {} bytes exceeds the limit of {}", f.payloadBytes,
                             c.maxPayloadBytes));
   }
-  if (f.contentFormat && !c.contentFormats.empty() &&
-      std::ranges::find(c.contentFormats, *f.contentFormat) == c.contentFormats.end()) {
-    return deny(p, "coap.content_formats", provision::kValidateInput,
-                fmt::format("content format {} is not allowed", *f.contentFormat));
-  }
-  return std::nullopt;
+  return contentFormat(p, f.payloadBytes, f.contentFormat);
 }
 
 } // namespace
@@ -380,8 +380,17 @@ Decision evaluateCoapRequest(const DevicePolicy& p, const CoapFacts& f) {
       return Decision::allow(rule.id);
     }
   }
-  return deny(p, "coap.rule", provision::kValidateInput,
+  return deny(p, Reason::CoapNotAllowed,
               fmt::format("{} on this path is not allowed", toString(f.method)));
+}
+
+Decision evaluateCoapResponse(const DevicePolicy& p, const CoapResponseFacts& f) {
+  if (f.code >> 5 == 2) {
+    if (auto refused = contentFormat(p, f.payloadBytes, f.contentFormat)) {
+      return *refused;
+    }
+  }
+  return Decision::allow("coap.response");
 }
 
 Decision evaluateCoapClient(const DevicePolicy& p, std::string_view client) {
@@ -389,14 +398,14 @@ Decision evaluateCoapClient(const DevicePolicy& p, std::string_view client) {
   if (allowed.empty() || std::ranges::find(allowed, client) != allowed.end()) {
     return Decision::allow("coap.clients");
   }
-  return deny(p, "coap.clients", provision::kAuthenticatedAccess,
+  return deny(p, Reason::CoapClientNotAllowed,
               fmt::format("client '{}' may not reach this device", client));
 }
 
 Decision evaluateCoapPush(const DevicePolicy& p, const CoapFacts& f, const CoapPush** push) {
   *push = nullptr;
   if (f.method != CoapMethod::Post && f.method != CoapMethod::Put) {
-    return deny(p, "coap.push", provision::kValidateInput,
+    return deny(p, Reason::CoapNoPush,
                 fmt::format("{} is not a push (POST or PUT)", toString(f.method)));
   }
   if (auto refused = coapLimits(p, f)) {
@@ -408,7 +417,7 @@ Decision evaluateCoapPush(const DevicePolicy& p, const CoapFacts& f, const CoapP
       return Decision::allow(rule.id);
     }
   }
-  return deny(p, "coap.push", provision::kValidateInput, "no push rule for this path");
+  return deny(p, Reason::CoapNoPush, "no push rule for this path");
 }
 
 std::string coapPushTopic(const DevicePolicy& p, const CoapPush& push, std::string_view path) {

@@ -75,6 +75,12 @@ struct CoapFacts {
   std::optional<uint16_t> contentFormat;
 };
 
+struct CoapResponseFacts {
+  uint8_t code = 0; // class 2 (success), 4 or 5
+  size_t payloadBytes = 0;
+  std::optional<uint16_t> contentFormat;
+};
+
 // Everything but the password: lockouts, default credentials, who the client is. When the result
 // has a passwordHash, the decision waits for evaluateVerifiedConnect.
 [[nodiscard]] ConnectDecision
@@ -89,6 +95,9 @@ evaluateConnect(const PolicySet& set, const DefaultCredentials& defaults, const 
 // Broker → device: the device's parser is the weak one, so its inbound traffic is checked too.
 [[nodiscard]] Decision evaluateDelivery(const DevicePolicy& p, const PublishFacts& f);
 [[nodiscard]] Decision evaluateCoapRequest(const DevicePolicy& p, const CoapFacts& f);
+// A device's answer to a request forwarded through the CoAP proxy (success responses carry what
+// the policy bounds: their content format).
+[[nodiscard]] Decision evaluateCoapResponse(const DevicePolicy& p, const CoapResponseFacts& f);
 // Whether a DTLS client (its certificate's name) may reach the device at all (coap.clients).
 [[nodiscard]] Decision evaluateCoapClient(const DevicePolicy& p, std::string_view client);
 // A reading the device pushes to the gateway: POST or PUT on a [[coap.push]] path, within the

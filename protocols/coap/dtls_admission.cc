@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "protocols/coap/dtls_admission.h"
 
+#include <sys/socket.h>
+
 #include <algorithm>
 
 namespace iotgw::coap::dtls {
@@ -25,6 +27,15 @@ PeerKey PeerKey::v6(const std::array<uint8_t, 16>& address, uint16_t port) {
   k.bytes[kPortOffset] = static_cast<uint8_t>(port >> 8);
   k.bytes[kPortOffset + 1] = static_cast<uint8_t>(port);
   return k;
+}
+
+PeerKey PeerKey::of(const policy::IpAddress& address, uint16_t port) {
+  if (address.family == AF_INET6) {
+    return v6(address.bytes, port);
+  }
+  std::array<uint8_t, 4> a;
+  std::copy_n(address.bytes.begin(), a.size(), a.begin());
+  return v4(a, port);
 }
 
 bool PeerKey::sameAddress(const PeerKey& other) const {

@@ -21,6 +21,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "policy/device.h"
+
 namespace iotgw::coap::dtls {
 
 // A peer as bytes: address family (4 or 6), the address (IPv4 in the first four bytes), the port.
@@ -29,6 +31,7 @@ struct PeerKey {
 
   [[nodiscard]] static PeerKey v4(const std::array<uint8_t, 4>& address, uint16_t port);
   [[nodiscard]] static PeerKey v6(const std::array<uint8_t, 16>& address, uint16_t port);
+  [[nodiscard]] static PeerKey of(const policy::IpAddress& address, uint16_t port);
   [[nodiscard]] bool sameAddress(const PeerKey& other) const;
   bool operator==(const PeerKey&) const = default;
 };

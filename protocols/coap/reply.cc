@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include <fmt/format.h>
+
 namespace iotgw::coap {
 
 namespace {
@@ -46,6 +48,33 @@ Bytes resetFor(const Message& m) {
   rst.code = codes::kEmpty;
   rst.messageId = m.messageId;
   return encode(rst);
+}
+
+std::string codeText(uint8_t code) { return fmt::format("{}.{:02}", code >> 5, code & 0x1f); }
+
+uint8_t codeOfDenial(policy::Reason why) {
+  switch (why) {
+  case policy::Reason::CoapPayloadTooLarge:
+    return codes::kRequestEntityTooLarge;
+  case policy::Reason::CoapContentFormat:
+    return codes::kUnsupportedContentFormat;
+  default:
+    return codes::kForbidden;
+  }
+}
+
+policy::Event event(policy::EventType type, std::string device, std::string peer, std::string rule,
+                    std::string provision, std::string action, std::string message) {
+  policy::Event e;
+  e.type = type;
+  e.device = std::move(device);
+  e.peer = std::move(peer);
+  e.protocol = "coap";
+  e.rule = std::move(rule);
+  e.provision = std::move(provision);
+  e.action = std::move(action);
+  e.message = std::move(message);
+  return e;
 }
 
 } // namespace iotgw::coap

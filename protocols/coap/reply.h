@@ -8,8 +8,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
+#include "policy/decision.h"
+#include "policy/events.h"
 #include "protocols/coap/message.h"
 
 namespace iotgw::coap {
@@ -26,6 +29,17 @@ inline constexpr size_t kMaxDiagnosticBytes = 64;
 
 // An RST for a message we will not process at all (RFC 7252 §4.2, §4.3); nothing for an ACK or RST.
 [[nodiscard]] Bytes resetFor(const Message& m);
+
+// "4.03" for 0x83.
+[[nodiscard]] std::string codeText(uint8_t code);
+
+// The response code for a request the device's policy refused, by why it refused it.
+[[nodiscard]] uint8_t codeOfDenial(policy::Reason why);
+
+// An event of the CoAP endpoints (protocol "coap").
+[[nodiscard]] policy::Event event(policy::EventType type, std::string device, std::string peer,
+                                  std::string rule, std::string provision, std::string action,
+                                  std::string message);
 
 class AmplificationBudget {
 public:

@@ -203,15 +203,6 @@ std::expected<Request, Refusal> validateRequest(const Message& m, const Limits& 
                   fmt::format("announced body of {} bytes exceeds the limit of {}", *r.size1,
                               limits.maxBodyBytes));
   }
-  if (!m.payload.empty() && !limits.contentFormats.empty()) {
-    if (!r.contentFormat || std::find(limits.contentFormats.begin(), limits.contentFormats.end(),
-                                      *r.contentFormat) == limits.contentFormats.end()) {
-      return refuse(codes::kUnsupportedContentFormat, "coap.content_formats",
-                    r.contentFormat
-                        ? fmt::format("content format {} is not allowed", *r.contentFormat)
-                        : std::string("a payload without Content-Format"));
-    }
-  }
   if (!m.payload.empty() && (m.code == codes::kGet || m.code == codes::kDelete)) {
     return refuse(codes::kBadRequest, "coap.payload", "GET and DELETE carry no payload here");
   }

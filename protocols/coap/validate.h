@@ -3,9 +3,9 @@
 
 // What a CoAP request must be before the proxy forwards anything: every option known (an unknown
 // critical one is 4.02 Bad Option, an unknown elective one is dropped), each within its length
-// and repeat rules, Uri-Path within bounds, payload and block sizes within limits, the content
-// format one the device accepts. The result is the request rebuilt from what was checked: only
-// those options are forwarded. Pure: no I/O, no clock.
+// and repeat rules, Uri-Path within bounds, payload and block sizes within limits (the content
+// format is the device's policy: policy::evaluateCoapRequest). The result is the request rebuilt
+// from what was checked: only those options are forwarded. Pure: no I/O, no clock.
 
 #include <cstdint>
 #include <expected>
@@ -21,10 +21,9 @@ struct Limits {
   size_t maxPathSegments = 16;
   size_t maxSegmentBytes = 64;
   size_t maxQueryOptions = 8;
-  size_t maxPayloadBytes = 1024;        // the device's policy (coap.max_payload_bytes)
-  std::vector<uint16_t> contentFormats; // the device's policy; empty: any
-  uint8_t maxBlockSzx = 6;              // 2^(6+4) = 1024-byte blocks at most
-  uint32_t maxBodyBytes = 64 * 1024;    // a block-wise body, all blocks together
+  size_t maxPayloadBytes = 1024;     // the device's policy (coap.max_payload_bytes)
+  uint8_t maxBlockSzx = 6;           // 2^(6+4) = 1024-byte blocks at most
+  uint32_t maxBodyBytes = 64 * 1024; // a block-wise body, all blocks together
 };
 
 struct Block {

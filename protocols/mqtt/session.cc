@@ -278,12 +278,12 @@ void Session::finishConnect(const policy::ConnectDecision& cd, Clock::time_point
     EventType type = EventType::AuthenticationFailed;
     uint8_t v5Code = reason::kNotAuthorized;
     uint8_t v311Code = v311::kNotAuthorized;
-    if (cd.decision.rule == "credentials.default") {
+    if (cd.decision.why == policy::Reason::DefaultCredentials) {
       type = EventType::DefaultCredentialRefused;
-    } else if (cd.decision.rule == "auth.lockout") {
+    } else if (cd.decision.why == policy::Reason::Lockout) {
       type = EventType::AuthenticationLockout;
       v5Code = reason::kBanned;
-    } else if (cd.decision.rule == "auth.password") {
+    } else if (cd.decision.why == policy::Reason::WrongPassword) {
       v5Code = reason::kBadUserNameOrPassword;
       v311Code = v311::kBadUserNameOrPassword;
     }
@@ -301,7 +301,7 @@ void Session::finishConnect(const policy::ConnectDecision& cd, Clock::time_point
         lock.type = EventType::AuthenticationLockout;
         lock.peer = peer_.label;
         lock.protocol = "mqtt";
-        lock.rule = "auth.lockout";
+        lock.rule = std::string(policy::describe(policy::Reason::Lockout).rule);
         lock.action = "lockout";
         lock.message = user ? "user name locked out after repeated failed logins"
                             : "source locked out after repeated failed logins";
@@ -411,16 +411,16 @@ Decision Session::topicLength(std::string_view topic) const {
     return Decision::allow("limits.max_topic_bytes");
   }
   return Decision::deny(
-      "limits.max_topic_bytes", policy::provision::kValidateInput,
+      policy::Reason::TopicTooLong,
       fmt::format("topic of {} bytes is longer than {}", topic.size(), settings_.maxTopicBytes),
       device_->onViolation);
 }
 
 void Session::violation(const Decision& d, Effects& out) {
   EventType type = EventType::AccessDenied;
-  if (d.rule.starts_with("mqtt.payload")) {
+  if (d.why == policy::Reason::PayloadRule) {
     type = EventType::PayloadRejected;
-  } else if (d.rule.starts_with("mqtt.rate")) {
+  } else if (policy::isRate(d.why)) {
     type = EventType::RateLimited;
   }
   out.events.push_back(policy::violationEvent(type, d, deviceName(), peer_.label, "mqtt"));
@@ -459,8 +459,7 @@ void Session::onPublish(Publish&& p, Clock::time_point now, Effects& out) {
     violation(d, out);
     if (d.action == ViolationAction::Drop) {
       // Acknowledge without forwarding: 5.0 says why, 3.1.1 has no way to.
-      const uint8_t code =
-          d.rule.starts_with("mqtt.rate") ? reason::kQuotaExceeded : reason::kNotAuthorized;
+      const uint8_t code = policy::isRate(d.why) ? reason::kQuotaExceeded : reason::kNotAuthorized;
       if (p.qos == 1) {
         send(Ack{PacketType::Puback, p.packetId, v5 ? code : uint8_t{0}, {}}, out);
       } else if (p.qos == 2) {
@@ -475,8 +474,7 @@ void Session::onPublish(Publish&& p, Clock::time_point now, Effects& out) {
       return;
     }
     if (v5) {
-      send(Disconnect{d.rule.starts_with("mqtt.rate") ? reason::kMessageRateTooHigh
-                                                      : reason::kNotAuthorized,
+      send(Disconnect{policy::isRate(d.why) ? reason::kMessageRateTooHigh : reason::kNotAuthorized,
                       {}},
            out);
     }
@@ -666,7 +664,7 @@ void Session::deliver(const std::string& brokerTopic, std::span<const uint8_t> p
   }
   // Fixed header, topic, packet identifier, 5.0 properties: at most 12 bytes besides.
   if (d.allowed() && topic.size() + payload.size() + 12 > clientMaximumPacket_) {
-    d = Decision::deny("limits.max_packet_bytes", policy::provision::kValidateInput,
+    d = Decision::deny(policy::Reason::PacketTooLarge,
                        "message larger than the packet size the device accepts",
                        ViolationAction::Drop);
   }

@@ -41,7 +41,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   limits.maxPathSegments = 4;
   limits.maxSegmentBytes = 16;
   limits.maxPayloadBytes = 64;
-  limits.contentFormats = {0, 50};
   limits.maxBlockSzx = 2;
   limits.maxBodyBytes = 1024;
   auto r = validateRequest(*m, limits);

@@ -2,6 +2,8 @@
 // Decision tables for the pure evaluator.
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 #include "policy/evaluator.h"
 #include "policy/policy_parser.h"
 #include "tests/unit/support/test_docs.h"
@@ -461,6 +463,65 @@ TEST_F(Evaluator, CoapTable) {
     const Decision d = evaluateCoapRequest(*thermo_, {row.method, row.path, row.payload, row.cf});
     EXPECT_EQ(d.verdict, row.verdict) << row.path;
     EXPECT_EQ(d.rule, row.rule) << row.path;
+  }
+}
+
+// One content-format rule for requests, pushes and answers: a declared format must be listed, a
+// body must declare one, and the refusal is the same Reason wherever it is decided.
+TEST(CoapPolicy, CoapContentFormatOneRule) {
+  auto parsed = parseDevicePolicy(R"([device]
+id = "sensor-9"
+mac = "02:00:00:00:00:09"
+addresses = ["192.168.50.9"]
+[coap]
+content_formats = [50]
+[[coap.rule]]
+methods = ["GET", "PUT"]
+path = "/a"
+[[coap.push]]
+path = "/r"
+topic = "r/%d"
+)",
+                                  "sensor-9.toml");
+  ASSERT_TRUE(parsed.has_value()) << parsed.error().front().str();
+  const DevicePolicy& p = *parsed;
+  const CoapPush* push = nullptr;
+  for (const auto& [bytes, format, allowed] :
+       {std::tuple<size_t, std::optional<uint16_t>, bool>{1, 50, true},
+        {1, 0, false},
+        {1, std::nullopt, false},
+        {0, std::nullopt, true},
+        {0, 0, false}}) {
+    const Decision request = evaluateCoapRequest(p, {CoapMethod::Put, "/a", bytes, format});
+    const Decision pushed = evaluateCoapPush(p, {CoapMethod::Post, "/r", bytes, format}, &push);
+    const Decision answer = evaluateCoapResponse(p, {0x45, bytes, format}); // 2.05
+    for (const Decision* d : {&request, &pushed, &answer}) {
+      EXPECT_EQ(d->allowed(), allowed) << bytes << " " << format.value_or(0);
+      if (!allowed) {
+        EXPECT_EQ(d->why, Reason::CoapContentFormat);
+        EXPECT_EQ(d->rule, "coap.content_formats");
+        EXPECT_EQ(d->provision, "5.13-1");
+      }
+    }
+    EXPECT_EQ(request.reason, answer.reason);
+  }
+  // An error answer carries a diagnostic, whatever its format.
+  EXPECT_TRUE(evaluateCoapResponse(p, {0x84, 9, std::nullopt}).allowed()); // 4.04
+}
+
+TEST(Reasons, EachHasItsRuleAndProvision) {
+  EXPECT_EQ(describe(Reason::DefaultCredentials).rule, "credentials.default");
+  EXPECT_EQ(describe(Reason::DefaultCredentials).provision, "5.1-1");
+  EXPECT_EQ(describe(Reason::Lockout).provision, "5.1-5");
+  EXPECT_EQ(describe(Reason::MessageRate).rule, "mqtt.rate.messages_per_second");
+  EXPECT_EQ(describe(Reason::CoapClientNotAllowed).provision, "5.5-4");
+  EXPECT_TRUE(isRate(Reason::ByteRate));
+  EXPECT_FALSE(isRate(Reason::PayloadRule));
+  for (int r = static_cast<int>(Reason::DefaultDeny); r <= static_cast<int>(Reason::CoapNoPush);
+       ++r) {
+    const ReasonInfo info = describe(static_cast<Reason>(r));
+    EXPECT_FALSE(info.rule.empty()) << r;
+    EXPECT_FALSE(info.provision.empty()) << r;
   }
 }
 

@@ -1,23 +1,31 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #pragma once
 
-// Inside the CoAP capability (daemon/coap_service.h): the DTLS proxy (CoapService::Engine:
-// libcoap's endpoint, the proxy's checks, observe relays, and the proxy's own CoAP client of each
-// device) and the device-side push endpoint (CoapService::DeviceEndpoint). Loop thread only.
+// The CoAP reverse proxy behind a DTLS endpoint. The endpoint is libcoap's (OpenSSL variant,
+// protocols/coap/libcoap.h), driven from the reactor through coap_context_get_coap_fd and
+// coap_io_do_epoll, with a stateless cookie exchange in front of it (dtls_gate.h). Clients
+// authenticate with a certificate from the endpoint's CA (checked against its CRLs, bounded per
+// source); a request names its target by its first Uri-Path segment
+// (coaps://gateway/<device-id>/<path on the device>), is validated (validate.h), checked against
+// the device's [coap] policy, and forwarded as plain CoAP from the gateway to the device by the
+// proxy's own client of it (upstream.h) with a guard timeout. The answer is checked before it is
+// relayed. Observe and block-wise transfers work through the proxy; what one session may make the
+// proxy hold is bounded (observe relationships, requests waiting for devices, block-wise bodies).
+// Loop thread only.
 //
-//   coap_service.cc       the capability: libcoap's context, the loop and timers, sessions, sweeps
-//   coap_proxy.cc         a client's request: checks, forwarding, answers
-//   coap_observe.cc       observe relays: notifications, ending relationships
-//   coap_links.cc         the proxy's clients of devices: sockets, sending, closing a device
-//   coap_certificates.cc  client certificates: verification, CRLs, identity
-//   coap_push.cc          the device-side endpoint: readings pushed by devices
-
-#include <net/if.h>
-#include <sys/socket.h>
+//   proxy.cc                libcoap's context, the loop and timers, sessions, sweeps
+//   proxy_requests.cc       a client's request: checks, forwarding, answers
+//   observe.cc              observe relays: notifications, ending relationships
+//   device_links.cc         the proxy's clients of devices: sockets, sending, closing a device
+//   client_certificates.cc  client certificates: verification, CRLs, identity, per-source limits
+//
+// Whoever runs it (daemon/coap_service) gives it its settings and hooks and reads its counters;
+// the proxy knows nothing of configuration files, the journal or the MQTT side.
 
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <expected>
 #include <functional>
 #include <map>
 #include <memory>
@@ -33,30 +41,22 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
-#include "daemon/coap_dtls_gate.h"
-#include "daemon/coap_service.h"
-#include "daemon/outcome.h"
 #include "policy/decision.h"
 #include "policy/events.h"
 #include "policy/policy_set.h"
-#include "policy/rate_limit.h"
 #include "protocols/coap/blockwise.h"
 #include "protocols/coap/dtls_admission.h"
+#include "protocols/coap/dtls_gate.h"
+#include "protocols/coap/libcoap.h"
 #include "protocols/coap/message.h"
 #include "protocols/coap/reply.h"
 #include "protocols/coap/upstream.h"
 #include "protocols/coap/validate.h"
+#include "protocols/io/arrival.h"
 #include "protocols/io/reactor.h"
+#include "protocols/tls/crl_store.h"
 
-namespace iotgw::daemon {
-
-namespace coapsvc {
-
-using Clock = std::chrono::steady_clock;
-using coap::Bytes;
-using coap::View;
-
-inline constexpr const char* kProtocol = "coap";
+namespace iotgw::coap {
 
 // What one DTLS client may make the gateway hold besides its observe relationships and pending
 // requests (limits.coap_max_*): block-wise bodies being collected from it, bodies libcoap serves
@@ -74,74 +74,80 @@ inline constexpr size_t kMaxBodyBytesTotal = 16 * 1024 * 1024;
 // notification, and a client that is there acknowledges, which counts as hearing from it.
 inline constexpr auto kConfirmNotificationsEvery = std::chrono::seconds(30);
 
-// Random bytes for tokens, message ids and libcoap's jitter (RFC 9175 §4.2: tokens a neighbour
-// cannot guess); 1 on success, as libcoap's PRNG hook wants it.
-int randomBytes(void* out, size_t len) noexcept;
-void randomSpan(std::span<uint8_t> out);
+struct ProxySettings {
+  std::vector<policy::IpAddress> addresses; // listeners.coap_dtls
+  uint16_t port = 5684;
+  // libcoap reads these at each handshake.
+  std::string certificateFile, keyFile, caFile;
+  std::string crlFile;                       // optional
+  std::vector<std::string> deviceInterfaces; // where the devices' answers may come from
+  uint32_t maxConnections = 1024;            // sessions with a verified certificate
+  uint32_t maxConnectionsPerSource = 16;
+  uint32_t maxHandshakes = 64; // half-open handshakes (the gate's table)
+  std::chrono::milliseconds handshakeTimeout{10'000};
+  std::chrono::seconds idleSession{300};
+  std::chrono::milliseconds requestTimeout{5'000}; // then 5.04 Gateway Timeout
+  uint32_t maxPendingPerSession = 16;              // requests waiting for devices (beyond: 4.29)
+  // Observe relationships per session, in all, and per device (beyond: served without Observe).
+  uint32_t maxObservePerSession = 32;
+  uint32_t maxObserve = 1024;
+  uint32_t maxObservePerDevice = 32;
+};
 
-std::string codeText(uint8_t code);
-void emitCoap(EventSink& sink, policy::EventType type, std::string device, std::string peer,
-              std::string rule, std::string provision, std::string action, std::string message);
-std::optional<policy::IpAddress> addressOf(const coap_address_t* a);
-std::string labelOf(const coap_address_t* a);
-bool isLoopback(const policy::IpAddress& a);
-coap::dtls::PeerKey peerKey(const policy::IpAddress& address, uint16_t port);
+struct ProxyHooks {
+  std::function<std::shared_ptr<const policy::PolicySet>()> policies;
+  std::function<bool(const policy::DeviceId&)> quarantined; // may be empty: nobody is
+  std::function<void(policy::Event)> emit;
+};
 
-// Which interfaces device traffic may arrive on: device_segment.interfaces, and loopback for
-// sources that are loopback addresses themselves (a process on the gateway; no datagram from a
-// network arrives on loopback, and a local process cannot make one from a device's real address
-// arrive on a device-segment interface). Interface names are looked up by index and remembered
-// for a few seconds, so that an interface created, renamed or removed later is seen.
-class DeviceInterfaces {
+struct ProxyCounters {
+  uint64_t sessions = 0;        // established now
+  uint64_t sessionsOpened = 0;  // handshakes completed
+  uint64_t sessionsRefused = 0; // over limits.max_connections or max_connections_per_source
+  uint64_t sessionsExpired = 0; // nothing heard from the client for limits.idle_session_seconds
+  uint64_t handshakesFailed = 0;
+  uint64_t certificatesRefused = 0; // a CA certificate, or one not for TLS clients (of the failed)
+  uint64_t requests = 0;            // requests that reached the proxy
+  uint64_t malformed = 0;           // refused by validation (4.00, 4.02, 4.13, 4.15, 5.05)
+  uint64_t denied = 0;              // refused by policy (4.03, 4.04, 5.03)
+  uint64_t forwarded = 0;           // sent on to a device
+  uint64_t answered = 0;            // device responses relayed
+  uint64_t timeouts = 0;            // the device was silent: 5.04
+  uint64_t badResponses = 0;        // the device's response broke its policy: 5.02
+  uint64_t observing = 0;           // observe relationships now
+  uint64_t observeRefused = 0; // registrations served without Observe (limits.coap_max_observe*)
+  uint64_t notifications = 0;
+  uint64_t rateLimited = 0;    // refused with 4.29 or 5.03 and Max-Age: a bound was reached
+  uint64_t sessionsClosed = 0; // closed for going on past a bound after being refused
+  uint64_t wrongInterface = 0; // a datagram from a device's address, not on its interfaces
+};
+
+class Proxy {
 public:
-  explicit DeviceInterfaces(std::vector<std::string> names) : names_(std::move(names)) {}
-  // `ifindex` from IP_PKTINFO / IPV6_PKTINFO (0: unknown, refused); `fd` any socket (for ioctl).
-  [[nodiscard]] bool allows(int fd, int ifindex, const policy::IpAddress& source,
-                            Clock::time_point now);
+  using Clock = std::chrono::steady_clock;
+  using PeerKey = dtls::PeerKey;
+
+  Proxy(io::Reactor& reactor, ProxySettings settings, ProxyHooks hooks, ProxyCounters& counters);
+  Proxy(const Proxy&) = delete;
+  Proxy& operator=(const Proxy&) = delete;
+  ~Proxy();
+
+  // Binds the endpoints; the error names what failed.
+  [[nodiscard]] std::expected<void, std::string> start();
+  // Ends the device's observe relationships and forgets its link (quarantine, removal).
+  void closeDevice(const std::string& device);
+  // The next handshake is checked against these (a reload's crl_file: tls::CrlStore::load).
+  void replaceCrls(tls::CrlStore::Crls next) { crls.replace(std::move(next)); }
+
+  [[nodiscard]] const std::vector<uint16_t>& boundPorts() const { return ports; }
+  [[nodiscard]] DtlsGateStats gateStats() const { return gate ? gate->stats() : DtlsGateStats{}; }
+  [[nodiscard]] size_t bodiesHeld() const { return bodies.used; }
+  [[nodiscard]] size_t deviceLinks() const { return links.size(); }
 
 private:
-  struct Entry {
-    bool deviceSegment = false;
-    bool loopback = false;
-    Clock::time_point expires;
-  };
-  static constexpr size_t kMaxEntries = 256;
-  std::vector<std::string> names_;
-  std::unordered_map<int, Entry> cache_;
-};
-
-// Asks for the arrival interface of every datagram on `fd` (IP_PKTINFO or IPV6_RECVPKTINFO).
-[[nodiscard]] bool wantPacketInfo(int fd, int family);
-// One datagram with its source and arrival interface; -1 and errno when there is none.
-struct Received {
-  sockaddr_storage from{};
-  socklen_t fromLen = 0;
-  int ifindex = 0;
-};
-ssize_t receiveWithInterface(int fd, uint8_t* buffer, size_t size, Received& r);
-
-// The response code for a request the device's policy refused, by the rule that refused it.
-[[nodiscard]] uint8_t codeOfDenial(std::string_view rule);
-
-} // namespace coapsvc
-
-// ------------------------------------------------------------------------------------------------
-// The DTLS endpoint and the reverse proxy.
-
-struct CoapService::Engine {
-  using Clock = coapsvc::Clock;
-  using Bytes = coap::Bytes;
-  using View = coap::View;
-  using PeerKey = coap::dtls::PeerKey;
-
-  explicit Engine(CoapService& service);
-  Engine(const Engine&) = delete;
-  Engine& operator=(const Engine&) = delete;
-  ~Engine();
-
   // A block-wise request body (Block1) being collected before it is checked and forwarded.
   struct Upload {
-    coap::BlockBody body{coap::Limits{}.maxBodyBytes};
+    BlockBody body{Limits{}.maxBodyBytes};
     Clock::time_point lastUsed;
   };
 
@@ -170,25 +176,25 @@ struct CoapService::Engine {
   // The proxy's CoAP client of one device's server (protocols/coap/upstream.h) and its socket,
   // connected to the device's address and port (so that ICMP errors are reported on it).
   struct Link {
-    Link(coap::UpstreamSettings settings, coap::Upstream::Random random)
+    Link(UpstreamSettings settings, Upstream::Random random)
         : client(settings, std::move(random)) {}
     io::UniqueFd fd;
-    coap::Upstream client;
+    Upstream client;
     PeerKey key;
     policy::IpAddress address;
     std::string device;
     std::string label; // "ip:port"
     Clock::time_point lastUsed;
-    std::optional<Clock::time_point> wake; // its entry in Engine::wakes
+    std::optional<Clock::time_point> wake; // its entry in Proxy::wakes
   };
 
   // A client's request forwarded to a device, waiting for its answer.
   struct Exchange {
-    explicit Exchange(Engine& e) : owner(e) {}
+    explicit Exchange(Proxy& p) : owner(p) {}
     Exchange(const Exchange&) = delete;
     Exchange& operator=(const Exchange&) = delete;
     ~Exchange(); // gives back its session's pending slot and the bytes it holds
-    Engine& owner;
+    Proxy& owner;
     uint64_t id = 0;
     PeerKey link;
     size_t charged = 0;            // bytes held for it: the request body, then the answer
@@ -234,7 +240,6 @@ struct CoapService::Engine {
   };
 
   // libcoap's callbacks and the loop.
-  Outcome start();
   void process();
   // Runs libcoap's due timers and arms ours for its next one: libcoap 4.3.1 disarms its own
   // timer when the next event it computes is already past by the time it arms it, and then
@@ -253,10 +258,8 @@ struct CoapService::Engine {
   void nack(coap_session_t* s, const coap_pdu_t* sent, coap_nack_reason_t reason);
   void event(coap_session_t* s, coap_event_t ev);
 
-  // Client certificates (coap_certificates.cc).
+  // Client certificates (client_certificates.cc).
   int verify(const char* cn, View der, coap_session_t* s, unsigned depth, int validated);
-  static Outcome loadCrls(const std::string& file,
-                          std::vector<std::unique_ptr<X509_CRL, decltype(&X509_CRL_free)>>& into);
   int setupTls(SSL* ssl);
   static int recordVerify(int ok, X509_STORE_CTX* store) noexcept;
   static int recordVerifyGuarded(int ok, X509_STORE_CTX* store);
@@ -264,7 +267,6 @@ struct CoapService::Engine {
     static SSL_verify_cb cb = nullptr;
     return cb;
   }
-  static STACK_OF(X509_CRL) * lookupCrls(const X509_STORE_CTX* ctx, const X509_NAME* issuer);
   void refuseCertificate(coap_session_t* s, std::string rule, std::string reason);
   // The enrolled device a client is, by its certificate's names or its source address, if any.
   [[nodiscard]] const policy::DevicePolicy*
@@ -282,7 +284,7 @@ struct CoapService::Engine {
   // Collects one block of a request body; the whole body once its last block is in, or nullopt
   // when the block is answered (2.31 Continue or a refusal) in `resp`.
   std::optional<Bytes> collect(Peer& peer, coap_session_t* s, const coap_pdu_t* req,
-                               const coap::Message& m, coap_pdu_t* resp);
+                               const Message& m, coap_pdu_t* resp);
   void released(coap_session_t* s, size_t bytes, bool answer);
 
   // The devices' side.
@@ -290,16 +292,16 @@ struct CoapService::Engine {
   void onLinkReadable(const PeerKey& key);
   // Sends what the device client wants sent and carries out its events; libcoap's timers are
   // run afterwards when an answer went to libcoap.
-  void apply(Link& link, coap::UpstreamOutput& out);
-  void handleEvent(Link& link, coap::UpstreamEvent e);
+  void apply(Link& link, UpstreamOutput& out);
+  void handleEvent(Link& link, UpstreamEvent e);
   void schedule(Link& link);
   void closeLink(const PeerKey& key);
-  void onAnswer(Exchange& ex, Link& link, coap::UpstreamAnswer answer);
-  void onFailure(Exchange& ex, coap::UpstreamFailure failure, const std::string& reason);
-  void onNotification(Relation& rel, const coap::UpstreamEvent& e);
+  void onAnswer(Exchange& ex, Link& link, UpstreamAnswer answer);
+  void onFailure(Exchange& ex, UpstreamFailure failure, const std::string& reason);
+  void onNotification(Relation& rel, const UpstreamEvent& e);
 
   // Checks a device's answer against its policy and keeps it in `into`; the refusal, or empty.
-  [[nodiscard]] std::string checkResponse(const policy::DevicePolicy* d, coap::UpstreamAnswer& a,
+  [[nodiscard]] std::string checkResponse(const policy::DevicePolicy* d, UpstreamAnswer& a,
                                           Exchange& into);
   // Answers the client with `code` and `text` instead of the device's answer.
   void fail(Exchange& ex, uint8_t code, std::string_view text);
@@ -320,17 +322,19 @@ struct CoapService::Engine {
                       std::optional<uint8_t> code = std::nullopt, std::string_view text = {});
   void dropPeer(coap_session_t* s);
   void closeSession(coap_session_t* s, std::string reason);
-  void closeDevice(const std::string& device);
 
   void emit(policy::EventType type, std::string device, std::string peer, std::string rule,
             std::string provision, std::string action, std::string message);
   [[nodiscard]] std::string peerLabel(coap_session_t* s) const;
 
-  CoapService& svc;
-  coap_context_t* ctx = nullptr;
+  io::Reactor& reactor;
+  const ProxySettings settings;
+  const ProxyHooks hooks;
+  ProxyCounters& counters;
+  libcoap::Context ctx; // freed first in ~Proxy: libcoap reports its sessions' end to us
   int fd = -1;
-  std::unique_ptr<DtlsGate> gate; // in front of the endpoint: see coap_dtls_gate.h
-  coapsvc::DeviceInterfaces interfaces;
+  std::unique_ptr<DtlsGate> gate; // in front of the endpoint: see dtls_gate.h
+  io::DeviceInterfaces interfaces;
   std::unordered_map<coap_session_t*, Peer> peers;
   std::map<std::string, uint32_t> perSource; // sessions with a verified certificate per IP
   uint32_t verified = 0;
@@ -347,9 +351,9 @@ struct CoapService::Engine {
   std::map<uint64_t, std::unique_ptr<Exchange>> exchanges;
   std::map<uint64_t, std::unique_ptr<Relation>> relations;
   std::map<std::string, uint32_t> observingPerDevice;
-  std::unordered_map<PeerKey, std::unique_ptr<Link>, coap::dtls::PeerKeyHash> links;
+  std::unordered_map<PeerKey, std::unique_ptr<Link>, dtls::PeerKeyHash> links;
   std::set<std::pair<Clock::time_point, Link*>> wakes;
-  coap::BodyBudget bodies{0, coapsvc::kMaxBodyBytesTotal}; // every body held now
+  BodyBudget bodies{0, kMaxBodyBytesTotal}; // every body held now
 
   // Our own timer: the device clients' deadlines and retransmissions, libcoap's next event and
   // the sweeps (idle sessions, idle links).
@@ -365,84 +369,29 @@ struct CoapService::Engine {
   // Events of the device clients that came while libcoap's own code runs (a request handler
   // sending to a device): carried out at the loop boundary, as answers must reach libcoap from
   // outside its callbacks.
-  std::vector<std::pair<PeerKey, coap::UpstreamEvent>> pendingEvents;
+  std::vector<std::pair<PeerKey, UpstreamEvent>> pendingEvents;
   int inLibcoap = 0;           // depth of libcoap's processing on the stack
   bool libcoapTouched = false; // an answer went to libcoap outside its own processing
 
   std::vector<uint16_t> ports;
-  std::string certificateFile, keyFile, caFile;
-  // listeners.coap_dtls.crl_file, read at start and again on every reload. libcoap's certificate
-  // store (made with its OpenSSL context) asks lookupCrls for them, so a reload only swaps this.
-  using Crls = std::vector<std::unique_ptr<X509_CRL, decltype(&X509_CRL_free)>>;
-  Crls crls;
-  X509_STORE* crlStore = nullptr; // the store lookupCrls is installed in
+  // listeners.coap_dtls.crl_file, read at start and again on every reload: libcoap's
+  // certificate store (made with its OpenSSL context) asks it, so a reload only swaps its list.
+  tls::CrlStore crls;
+  X509_STORE* storeOfProxy = nullptr; // where recordVerify finds the proxy
+
+  // libcoap's callbacks (nothing unwinds into libcoap).
+  static Proxy* of(coap_session_t* s);
+  static void onRequest(coap_resource_t* r, coap_session_t* s, const coap_pdu_t* req,
+                        const coap_string_t* q, coap_pdu_t* resp) noexcept;
+  static coap_response_t onResponse(coap_session_t*, const coap_pdu_t*, const coap_pdu_t*,
+                                    coap_mid_t) noexcept;
+  static void onNack(coap_session_t* s, const coap_pdu_t* sent, coap_nack_reason_t reason,
+                     coap_mid_t) noexcept;
+  static int onEvent(coap_session_t* s, coap_event_t ev) noexcept;
+  static int onCertificate(const char* cn, const uint8_t* der, size_t length, coap_session_t* s,
+                           unsigned depth, int validated, void* arg) noexcept;
+  static int onTlsSetup(void* tls, coap_dtls_pki_t* setup) noexcept;
+  static void onReleased(coap_session_t* s, void* body) noexcept;
 };
 
-// ------------------------------------------------------------------------------------------------
-// The device-side endpoint: our own sockets and codec.
-
-struct CoapService::DeviceEndpoint {
-  using Clock = coapsvc::Clock;
-  using Bytes = coap::Bytes;
-  using View = coap::View;
-
-  explicit DeviceEndpoint(CoapService& service);
-  DeviceEndpoint(const DeviceEndpoint&) = delete;
-  DeviceEndpoint& operator=(const DeviceEndpoint&) = delete;
-  ~DeviceEndpoint();
-
-  static constexpr size_t kMaxSources = 4096;
-  static constexpr size_t kMaxRecent = 4096;
-  static constexpr auto kExchangeLifetime = std::chrono::seconds(60);
-
-  struct Source {
-    coap::AmplificationBudget budget;
-    Clock::time_point lastSeen;
-  };
-  // A confirmable push seen recently: its answer, once there is one (deduplication, RFC 7252 §4.5).
-  struct Recent {
-    Bytes reply;
-    Clock::time_point expires;
-  };
-  // A device's budget for pushes: its policy's [mqtt.rate] (5.10-1), as its MQTT session has.
-  struct Rate {
-    policy::RateLimit settings;
-    policy::MessageRateLimiter limiter;
-  };
-
-  using RecentKey = std::pair<std::string, uint16_t>; // "ip:port", message id
-
-  CoapService& svc;
-  std::vector<io::UniqueFd> sockets;
-  coapsvc::DeviceInterfaces interfaces;
-  std::unordered_map<std::string, Source> sources; // unauthenticated sources by IP
-  std::map<RecentKey, Recent> recent;
-  // The same entries by expiry (one lifetime for all: insertion order), so that pruning looks at
-  // the expired ones only. An entry replaced in `recent` leaves a stale one here, skipped.
-  std::deque<std::pair<Clock::time_point, RecentKey>> recentOrder;
-  std::unordered_map<std::string, Rate> rates;     // by device id
-  std::weak_ptr<const policy::PolicySet> ratesFor; // the snapshot `rates` was pruned against
-  uint8_t buffer[2048];
-
-  Outcome start();
-  void onReadable(int fd);
-  // `size` is the datagram's real size; `datagram` holds at most the buffer's worth of it.
-  void handle(int fd, const sockaddr_storage& from, socklen_t fromLen, View datagram, size_t size);
-  // Sends to a device (no budget), or to an unknown source within its 3x budget.
-  void send(int fd, const sockaddr_storage& to, socklen_t toLen, const Bytes& bytes,
-            Source* budget);
-  Source& sourceFor(const std::string& ip, Clock::time_point now);
-  // Remembers a confirmable push's answer (empty while it waits for the broker); at most
-  // kMaxRecent entries, the oldest forgotten first.
-  void remember(const RecentKey& key, Bytes reply, Clock::time_point now);
-  void pruneRecent(Clock::time_point now);
-  // Charges a push to its device's budget: the refusal, or nullopt when it may go.
-  [[nodiscard]] std::optional<policy::Decision>
-  charge(const policy::DevicePolicy& d, const std::shared_ptr<const policy::PolicySet>& set,
-         size_t bytes, Clock::time_point now);
-  void forget(const std::string& device);
-  void emit(policy::EventType type, std::string device, std::string peer, std::string rule,
-            std::string provision, std::string action, std::string message);
-};
-
-} // namespace iotgw::daemon
+} // namespace iotgw::coap

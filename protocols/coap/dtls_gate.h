@@ -30,7 +30,9 @@
 
 #include <sys/epoll.h>
 
+#include <chrono>
 #include <cstdint>
+#include <expected>
 #include <map>
 #include <memory>
 #include <optional>
@@ -40,11 +42,10 @@
 #include <coap3/coap.h>
 #include <openssl/ssl.h>
 
-#include "daemon/outcome.h"
 #include "protocols/coap/dtls_admission.h"
 #include "protocols/coap/dtls_cookie.h"
 
-namespace iotgw::daemon {
+namespace iotgw::coap {
 
 struct DtlsGateStats {
   uint64_t helloVerifySent = 0; // stateless HelloVerifyRequests to unproven peers
@@ -73,17 +74,19 @@ public:
     std::vector<SSL_CTX*> created_;
   };
 
-  explicit DtlsGate(coap::dtls::Admission::Settings settings);
+  explicit DtlsGate(dtls::Admission::Settings settings);
   DtlsGate(const DtlsGate&) = delete;
   DtlsGate& operator=(const DtlsGate&) = delete;
   ~DtlsGate();
 
   // Takes over the cookie callbacks of libcoap's DTLS context among `created`.
-  [[nodiscard]] Outcome attach(coap_context_t* ctx, const std::vector<SSL_CTX*>& created);
+  [[nodiscard]] std::expected<void, std::string> attach(coap_context_t* ctx,
+                                                        const std::vector<SSL_CTX*>& created);
   // The members (fd, event data) of an epoll set.
   [[nodiscard]] static std::map<int, uint64_t> epollMembers(int epfd);
   // Adopts the socket coap_new_endpoint has just added to libcoap's epoll set.
-  [[nodiscard]] Outcome addEndpoint(int epfd, const std::map<int, uint64_t>& before);
+  [[nodiscard]] std::expected<void, std::string> addEndpoint(int epfd,
+                                                             const std::map<int, uint64_t>& before);
 
   // Before coap_io_do_epoll: for each endpoint event, answers and discards what unproven peers
   // sent until the datagram at the head of the socket is one for libcoap (the event stays) or
@@ -116,13 +119,13 @@ private:
   static int verifyCookie(SSL* ssl, const unsigned char* cookie, unsigned int length) noexcept;
 
   coap_context_t* ctx_ = nullptr;
-  coap::dtls::Admission admission_;
-  coap::dtls::CookieJar jar_;
+  dtls::Admission admission_;
+  dtls::CookieJar jar_;
   std::vector<Endpoint> endpoints_;
-  std::vector<coap::dtls::Cookie> approved_;   // verified in this batch, for libcoap's own checks
-  std::optional<coap::dtls::PeerKey> current_; // the peer of the datagram libcoap reads next
-  std::vector<coap::dtls::Admission::Ended> ended_;
+  std::vector<dtls::Cookie> approved_;   // verified in this batch, for libcoap's own checks
+  std::optional<dtls::PeerKey> current_; // the peer of the datagram libcoap reads next
+  std::vector<dtls::Admission::Ended> ended_;
   DtlsGateStats stats_;
 };
 
-} // namespace iotgw::daemon
+} // namespace iotgw::coap

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-#include "daemon/coap_dtls_gate.h"
+#include "protocols/coap/dtls_gate.h"
 
 #include <netinet/in.h>
 #include <sys/random.h>
@@ -15,11 +15,11 @@
 
 #include "protocols/io/callback_guard.h"
 
-namespace iotgw::daemon {
+namespace iotgw::coap {
 
 using coap::View;
-using coap::dtls::Admission;
-using coap::dtls::PeerKey;
+using dtls::Admission;
+using dtls::PeerKey;
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -169,22 +169,25 @@ DtlsGate::DtlsGate(Admission::Settings settings) : admission_(settings) {}
 
 DtlsGate::~DtlsGate() = default;
 
-Outcome DtlsGate::attach(coap_context_t* ctx, const std::vector<SSL_CTX*>& created) {
+std::expected<void, std::string> DtlsGate::attach(coap_context_t* ctx,
+                                                  const std::vector<SSL_CTX*>& created) {
   ctx_ = ctx;
   SSL_CTX* dtls = nullptr;
   for (SSL_CTX* c : created) {
     if (SSL_CTX_get_ssl_method(c) == DTLS_method()) {
       if (dtls != nullptr) {
-        return failure("libcoap created more than one DTLS context: cannot tell which one serves");
+        return std::unexpected(
+            "libcoap created more than one DTLS context: cannot tell which one serves");
       }
       dtls = c;
     }
   }
   if (dtls == nullptr) {
-    return failure("cannot find libcoap's DTLS context to put the cookie exchange in front of it");
+    return std::unexpected(
+        "cannot find libcoap's DTLS context to put the cookie exchange in front of it");
   }
   if (gateIndex() < 0 || SSL_CTX_set_ex_data(dtls, gateIndex(), this) != 1) {
-    return failure("cannot attach the DTLS cookie exchange to libcoap's context");
+    return std::unexpected("cannot attach the DTLS cookie exchange to libcoap's context");
   }
   SSL_CTX_set_cookie_generate_cb(dtls, generateCookie);
   SSL_CTX_set_cookie_verify_cb(dtls, verifyCookie);
@@ -210,7 +213,8 @@ std::map<int, uint64_t> DtlsGate::epollMembers(int epfd) {
   return out;
 }
 
-Outcome DtlsGate::addEndpoint(int epfd, const std::map<int, uint64_t>& before) {
+std::expected<void, std::string> DtlsGate::addEndpoint(int epfd,
+                                                       const std::map<int, uint64_t>& before) {
   std::vector<Endpoint> added;
   for (const auto& [fd, data] : epollMembers(epfd)) {
     if (!before.contains(fd)) {
@@ -221,7 +225,7 @@ Outcome DtlsGate::addEndpoint(int epfd, const std::map<int, uint64_t>& before) {
   socklen_t len = sizeof type;
   if (added.size() != 1 || getsockopt(added[0].fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 ||
       type != SOCK_DGRAM) {
-    return failure("cannot find the socket of libcoap's DTLS endpoint");
+    return std::unexpected("cannot find the socket of libcoap's DTLS endpoint");
   }
   endpoints_.push_back(added[0]);
   return {};
@@ -230,7 +234,7 @@ Outcome DtlsGate::addEndpoint(int epfd, const std::map<int, uint64_t>& before) {
 size_t DtlsGate::screen(epoll_event* events, size_t count) {
   const auto now = Clock::now();
   if (jar_.rotationDue(now)) {
-    coap::dtls::Secret secret;
+    dtls::Secret secret;
     size_t got = 0;
     while (got < secret.size()) {
       const ssize_t n = getrandom(secret.data() + got, secret.size() - got, 0);
@@ -274,7 +278,7 @@ size_t DtlsGate::screen(epoll_event* events, size_t count) {
 }
 
 std::optional<DtlsGate::Verdict> DtlsGate::screenOne(const Endpoint& ep) {
-  uint8_t head[coap::dtls::kPeekBytes];
+  uint8_t head[dtls::kPeekBytes];
   alignas(cmsghdr)
       uint8_t control[CMSG_SPACE(sizeof(in6_pktinfo)) + CMSG_SPACE(sizeof(in_pktinfo))];
   Datagram d;
@@ -303,7 +307,7 @@ std::optional<DtlsGate::Verdict> DtlsGate::screenOne(const Endpoint& ep) {
   const View peerBytes(d.peer.bytes.data(), d.peer.bytes.size());
   const auto now = Clock::now();
   const Admission::State state = admission_.touch(d.peer, now);
-  const auto hello = coap::dtls::parseClientHello(peeked, size);
+  const auto hello = dtls::parseClientHello(peeked, size);
   auto pass = [&] {
     current_ = d.peer;
     return Verdict::Pass;
@@ -319,19 +323,17 @@ std::optional<DtlsGate::Verdict> DtlsGate::screenOne(const Endpoint& ep) {
     // The session's own SSL handles whatever it is; a renegotiating ClientHello's cookie is
     // checked again by libcoap's callbacks.
     if (hello && !tooLong && jar_.verify(peerBytes, hello->cookie)) {
-      std::array<uint8_t, coap::dtls::kCookieBytes> c;
+      std::array<uint8_t, dtls::kCookieBytes> c;
       std::copy(hello->cookie.begin(), hello->cookie.end(), c.begin());
       approved_.push_back(c);
     }
     return pass();
   }
   if (!hello) {
-    if (state == Admission::State::Pending &&
-        hello.error() == coap::dtls::HelloError::NotClientHello) {
+    if (state == Admission::State::Pending && hello.error() == dtls::HelloError::NotClientHello) {
       return pass(); // the rest of an admitted peer's handshake
     }
-    ++(hello.error() == coap::dtls::HelloError::Malformed ? stats_.malformedHellos
-                                                          : stats_.dropped);
+    ++(hello.error() == dtls::HelloError::Malformed ? stats_.malformedHellos : stats_.dropped);
     return consume();
   }
   if (tooLong || size == 0) {
@@ -343,7 +345,7 @@ std::optional<DtlsGate::Verdict> DtlsGate::screenOne(const Endpoint& ep) {
       ++stats_.admitted;
       admission_.admit(d.peer, d.ifindex, now, ended_);
     }
-    std::array<uint8_t, coap::dtls::kCookieBytes> c;
+    std::array<uint8_t, dtls::kCookieBytes> c;
     std::copy(hello->cookie.begin(), hello->cookie.end(), c.begin());
     approved_.push_back(c);
     return pass();
@@ -351,7 +353,7 @@ std::optional<DtlsGate::Verdict> DtlsGate::screenOne(const Endpoint& ep) {
   // No cookie, or one from an older secret or another address: a fresh one (RFC 6347 §4.2.1
   // treats a bad cookie like none). Nothing is kept about the peer.
   if (const auto cookie = jar_.make(peerBytes)) {
-    const auto hvr = coap::dtls::helloVerifyRequest(*hello, View(cookie->data(), cookie->size()));
+    const auto hvr = dtls::helloVerifyRequest(*hello, View(cookie->data(), cookie->size()));
     sendFrom(ep.fd, d, hvr.view());
     ++stats_.helloVerifySent;
   }
@@ -418,7 +420,7 @@ int DtlsGate::verifyCookie(SSL* ssl, const unsigned char* cookie, unsigned int l
   return io::guarded("OpenSSL's cookie check", 0, [&] {
     const auto* gate =
         static_cast<const DtlsGate*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), gateIndex()));
-    if (gate == nullptr || length != coap::dtls::kCookieBytes) {
+    if (gate == nullptr || length != dtls::kCookieBytes) {
       return 0;
     }
     for (const auto& c : gate->approved_) {
@@ -430,4 +432,4 @@ int DtlsGate::verifyCookie(SSL* ssl, const unsigned char* cookie, unsigned int l
   });
 }
 
-} // namespace iotgw::daemon
+} // namespace iotgw::coap

@@ -9,57 +9,62 @@
 
 #include <fmt/format.h>
 
-#include "daemon/coap_engine.h"
-#include "daemon/mqtt_service.h"
 #include "policy/evaluator.h"
 #include "policy/topic.h"
+#include "protocols/coap/push_endpoint.h"
 #include "protocols/io/socket.h"
 
-namespace iotgw::daemon {
+namespace iotgw::coap {
 
 using policy::EventType;
-using namespace coapsvc;
 
-CoapService::DeviceEndpoint::DeviceEndpoint(CoapService& service)
-    : svc(service), interfaces(service.config_->deviceSegment.interfaces) {}
+PushEndpoint::PushEndpoint(io::Reactor& loop, PushSettings s, PushHooks h, PushCounters& c)
+    : reactor(loop), settings(std::move(s)), hooks(std::move(h)), counters(c),
+      interfaces(settings.deviceInterfaces) {}
 
-CoapService::DeviceEndpoint::~DeviceEndpoint() {
+PushEndpoint::~PushEndpoint() {
   for (const auto& s : sockets) {
-    svc.reactor_.remove(s.get());
+    reactor.remove(s.get());
   }
 }
 
-Outcome CoapService::DeviceEndpoint::start() {
-  const auto& c = svc.config_->coap;
+std::expected<void, std::string> PushEndpoint::start() {
+  const PushSettings& c = settings;
   for (const auto& a : c.addresses) {
     auto fd = io::bindUdp(a, c.port);
     if (!fd) {
-      return failure(fmt::format("cannot bind device-side CoAP to {}: {}",
-                                 io::endpointLabel(a, c.port), fd.error().message()));
+      return std::unexpected(fmt::format("cannot bind device-side CoAP to {}: {}",
+                                         io::endpointLabel(a, c.port), fd.error().message()));
     }
     // Which interface each datagram came in on: only the device segment's are devices'.
-    if (!wantPacketInfo(fd->get(), a.family)) {
-      return failure(
+    if (!io::wantPacketInfo(fd->get(), a.family)) {
+      return std::unexpected(
           fmt::format("cannot ask for the arrival interface on {}", io::endpointLabel(a, c.port)));
     }
     const int raw = fd->get();
-    if (svc.reactor_.add(raw, EPOLLIN, [this, raw](uint32_t) { onReadable(raw); })) {
-      return failure("cannot watch the device-side CoAP socket");
+    if (reactor.add(raw, EPOLLIN, [this, raw](uint32_t) { onReadable(raw); })) {
+      return std::unexpected("cannot watch the device-side CoAP socket");
     }
     sockets.push_back(std::move(*fd));
   }
   return {};
 }
 
-void CoapService::DeviceEndpoint::emit(EventType type, std::string device, std::string peer,
-                                       std::string rule, std::string provision, std::string action,
-                                       std::string message) {
-  emitCoap(svc.sink_, type, std::move(device), std::move(peer), std::move(rule),
-           std::move(provision), std::move(action), std::move(message));
+std::vector<uint16_t> PushEndpoint::boundPorts() const {
+  std::vector<uint16_t> ports;
+  for (const auto& s : sockets) {
+    ports.push_back(io::boundPort(s.get()));
+  }
+  return ports;
 }
 
-CoapService::DeviceEndpoint::Source& CoapService::DeviceEndpoint::sourceFor(const std::string& ip,
-                                                                            Clock::time_point now) {
+void PushEndpoint::emit(EventType type, std::string device, std::string peer, std::string rule,
+                        std::string provision, std::string action, std::string message) {
+  hooks.emit(coap::event(type, std::move(device), std::move(peer), std::move(rule),
+                         std::move(provision), std::move(action), std::move(message)));
+}
+
+PushEndpoint::Source& PushEndpoint::sourceFor(const std::string& ip, Clock::time_point now) {
   if (sources.size() >= kMaxSources && !sources.contains(ip)) {
     // Forget sources quiet for a minute; if that frees nothing, start over (a forgotten source
     // starts with an empty budget, so forgetting never allows more than 3x).
@@ -75,7 +80,7 @@ CoapService::DeviceEndpoint::Source& CoapService::DeviceEndpoint::sourceFor(cons
   return s;
 }
 
-void CoapService::DeviceEndpoint::pruneRecent(Clock::time_point now) {
+void PushEndpoint::pruneRecent(Clock::time_point now) {
   while (!recentOrder.empty() &&
          (recentOrder.front().first <= now || recent.size() >= kMaxRecent)) {
     const auto& [expires, key] = recentOrder.front();
@@ -86,35 +91,34 @@ void CoapService::DeviceEndpoint::pruneRecent(Clock::time_point now) {
   }
 }
 
-void CoapService::DeviceEndpoint::remember(const RecentKey& key, Bytes reply,
-                                           Clock::time_point now) {
+void PushEndpoint::remember(const RecentKey& key, Bytes reply, Clock::time_point now) {
   pruneRecent(now);
   const auto expires = now + kExchangeLifetime;
   recent.insert_or_assign(key, Recent{std::move(reply), expires});
   recentOrder.emplace_back(expires, key);
 }
 
-void CoapService::DeviceEndpoint::send(int fd, const sockaddr_storage& to, socklen_t toLen,
-                                       const Bytes& bytes, Source* budget) {
+void PushEndpoint::send(int fd, const sockaddr_storage& to, socklen_t toLen, const Bytes& bytes,
+                        Source* budget) {
   if (bytes.empty()) {
     return;
   }
   if (budget != nullptr) {
     if (!budget->budget.allows(bytes.size())) {
-      ++svc.stats_.budgetDrops;
+      ++counters.budgetDrops;
       return;
     }
     budget->budget.sent(bytes.size());
-    svc.stats_.unauthenticatedBytesOut += bytes.size();
+    counters.unauthenticatedBytesOut += bytes.size();
   }
   (void)::sendto(fd, bytes.data(), bytes.size(), MSG_DONTWAIT,
                  reinterpret_cast<const sockaddr*>(&to), toLen);
 }
 
 std::optional<policy::Decision>
-CoapService::DeviceEndpoint::charge(const policy::DevicePolicy& d,
-                                    const std::shared_ptr<const policy::PolicySet>& set,
-                                    size_t bytes, Clock::time_point now) {
+PushEndpoint::charge(const policy::DevicePolicy& d,
+                     const std::shared_ptr<const policy::PolicySet>& set, size_t bytes,
+                     Clock::time_point now) {
   if (ratesFor.lock() != set) {
     // A new snapshot: budgets of devices that left, or whose rate changed, start over.
     std::erase_if(rates, [&](const auto& kv) {
@@ -139,17 +143,17 @@ CoapService::DeviceEndpoint::charge(const policy::DevicePolicy& d,
   return policy::rateDecision(d, result);
 }
 
-void CoapService::DeviceEndpoint::forget(const std::string& device) { rates.erase(device); }
+void PushEndpoint::forget(const std::string& device) { rates.erase(device); }
 
-void CoapService::DeviceEndpoint::onReadable(int fd) {
+void PushEndpoint::onReadable(int fd) {
   const auto now = Clock::now();
   for (int i = 0; i < 64; ++i) { // bounded work per wake-up
-    Received r;
-    const ssize_t n = receiveWithInterface(fd, buffer, sizeof buffer, r);
+    io::Received r;
+    const ssize_t n = io::receiveWithInterface(fd, buffer, sizeof buffer, r);
     if (n < 0) {
       return;
     }
-    ++svc.stats_.datagrams;
+    ++counters.datagrams;
     if (r.from.ss_family != AF_INET && r.from.ss_family != AF_INET6) {
       continue;
     }
@@ -158,7 +162,7 @@ void CoapService::DeviceEndpoint::onReadable(int fd) {
     // Counted, and not even refused: an answer would go to the device the sender pretends to be.
     if (const auto [ip, port] = io::fromSockaddr(r.from);
         !interfaces.allows(fd, r.ifindex, ip, now)) {
-      ++svc.stats_.wrongInterface;
+      ++counters.wrongInterface;
       emit(EventType::AccessDenied, "", io::endpointLabel(ip, port), "device_segment.interfaces",
            "5.5-4", "drop",
            "CoAP datagram on the device-side endpoint from an interface that is not the device "
@@ -171,30 +175,30 @@ void CoapService::DeviceEndpoint::onReadable(int fd) {
   }
 }
 
-void CoapService::DeviceEndpoint::handle(int fd, const sockaddr_storage& from, socklen_t fromLen,
-                                         View datagram, size_t size) {
+void PushEndpoint::handle(int fd, const sockaddr_storage& from, socklen_t fromLen, View datagram,
+                          size_t size) {
   const auto now = Clock::now();
   const auto [ip, port] = io::fromSockaddr(from);
   const std::string peer = io::endpointLabel(ip, port);
-  const auto policies = svc.policies_();
+  const auto policies = hooks.policies();
   const policy::DevicePolicy* device = policies->findByAddress(ip);
   Source* budget = nullptr;
   if (device == nullptr) {
     budget = &sourceFor(ip.str(), now);
     budget->budget.received(size);
-    svc.stats_.unauthenticatedBytesIn += size;
-    ++svc.stats_.unknownSources;
+    counters.unauthenticatedBytesIn += size;
+    ++counters.unknownSources;
   }
   const std::string deviceName = device != nullptr ? device->id.str() : std::string();
   if (size > datagram.size()) {
-    ++svc.stats_.deviceMalformed;
+    ++counters.deviceMalformed;
     emit(EventType::MalformedPacket, deviceName, peer, "coap.datagram", "5.13-1", "drop",
          fmt::format("CoAP datagram of more than {} bytes dropped", sizeof buffer));
     return;
   }
   auto parsed = coap::parse(datagram);
   if (!parsed) {
-    ++svc.stats_.deviceMalformed;
+    ++counters.deviceMalformed;
     emit(EventType::MalformedPacket, deviceName, peer, "coap.message", "5.13-1", "drop",
          fmt::format("malformed CoAP datagram dropped: {}", coap::describe(parsed.error())));
     return;
@@ -233,8 +237,8 @@ void CoapService::DeviceEndpoint::handle(int fd, const sockaddr_storage& from, s
   auto answer = [&](uint8_t code, std::string_view reason) {
     reply(coap::refusalFor(m, code, reason));
   };
-  if (svc.quarantined_ && svc.quarantined_(device->id)) {
-    ++svc.stats_.pushesDenied;
+  if (hooks.quarantined && hooks.quarantined(device->id)) {
+    ++counters.pushesDenied;
     emit(EventType::AccessDenied, deviceName, peer, "quarantine", "5.3-15", "refuse",
          "CoAP push from a quarantined device refused");
     answer(coap::codes::kServiceUnavailable, "device is quarantined");
@@ -242,17 +246,16 @@ void CoapService::DeviceEndpoint::handle(int fd, const sockaddr_storage& from, s
   }
   coap::Limits limits;
   limits.maxPayloadBytes = device->coapRules.maxPayloadBytes;
-  limits.contentFormats = device->coapRules.contentFormats;
   auto v = coap::validateRequest(m, limits);
   if (!v) {
-    ++svc.stats_.deviceMalformed;
+    ++counters.deviceMalformed;
     emit(EventType::MalformedPacket, deviceName, peer, v.error().rule, "5.13-1", "refuse",
          fmt::format("CoAP push refused with {}: {}", codeText(v.error().code), v.error().reason));
     answer(v.error().code, v.error().reason);
     return;
   }
   if (v->block1 || v->block2) {
-    ++svc.stats_.pushesDenied;
+    ++counters.pushesDenied;
     answer(coap::codes::kRequestEntityTooLarge, "a reading fits in one datagram");
     return;
   }
@@ -264,11 +267,13 @@ void CoapService::DeviceEndpoint::handle(int fd, const sockaddr_storage& from, s
   const policy::CoapPush* push = nullptr;
   const auto decision = policy::evaluateCoapPush(*device, facts, &push);
   if (!decision.allowed()) {
-    ++svc.stats_.pushesDenied;
+    // A body in a format the device does not take is bad input, like validation's refusals.
+    const bool malformed = decision.why == policy::Reason::CoapContentFormat;
+    ++(malformed ? counters.deviceMalformed : counters.pushesDenied);
     const bool method = v->method != coap::codes::kPost && v->method != coap::codes::kPut;
-    const uint8_t code = method ? coap::codes::kMethodNotAllowed : codeOfDenial(decision.rule);
-    emit(EventType::AccessDenied, deviceName, peer, decision.rule, std::string(decision.provision),
-         "refuse",
+    const uint8_t code = method ? coap::codes::kMethodNotAllowed : codeOfDenial(decision.why);
+    emit(malformed ? EventType::MalformedPacket : EventType::AccessDenied, deviceName, peer,
+         decision.rule, std::string(decision.provision), "refuse",
          fmt::format("CoAP push to {} refused with {}: {}", v->path, codeText(code),
                      decision.reason));
     answer(code, decision.reason);
@@ -278,7 +283,7 @@ void CoapService::DeviceEndpoint::handle(int fd, const sockaddr_storage& from, s
   // A path segment of '+' or '#' (or one holding them) would put a wildcard into the topic name:
   // no broker takes that as a PUBLISH, and it is the request's fault, not the upstream's.
   if (const auto bad = policy::validateTopicName(topic)) {
-    ++svc.stats_.pushesBadTopic;
+    ++counters.pushesBadTopic;
     emit(EventType::MalformedPacket, deviceName, peer, "coap.push.topic", "5.13-1", "refuse",
          fmt::format("CoAP push to {} refused with 4.00: the topic it maps to is not a valid MQTT "
                      "topic name ({}, {})",
@@ -290,10 +295,10 @@ void CoapService::DeviceEndpoint::handle(int fd, const sockaddr_storage& from, s
   // The device's [mqtt.rate] holds for its readings whichever protocol carries them (5.10-1):
   // beyond it a push is 4.29 with the seconds until the next one may come (RFC 8516).
   if (const auto limited = charge(*device, policies, m.payload.size(), now)) {
-    ++svc.stats_.pushesRateLimited;
+    ++counters.pushesRateLimited;
     // Max-Age: about when the budget has room for one more reading like this one.
     const auto& rate = device->mqttRules.rate;
-    const double seconds = limited->rule == "mqtt.rate.bytes_per_second"
+    const double seconds = limited->why == policy::Reason::ByteRate
                                ? static_cast<double>(m.payload.size()) / rate.bytesPerSecond
                                : 1.0 / rate.messagesPerSecond;
     const auto wait = static_cast<uint32_t>(std::clamp(std::ceil(seconds), 1.0, 3600.0));
@@ -302,8 +307,8 @@ void CoapService::DeviceEndpoint::handle(int fd, const sockaddr_storage& from, s
     reply(coap::tooManyRequests(m, wait, limited->reason));
     return;
   }
-  if (svc.mqtt_ == nullptr) {
-    ++svc.stats_.pushesFailed;
+  if (!hooks.publish) {
+    ++counters.pushesFailed;
     answer(coap::codes::kServiceUnavailable, "no upstream broker");
     return;
   }
@@ -324,16 +329,16 @@ void CoapService::DeviceEndpoint::handle(int fd, const sockaddr_storage& from, s
     }
     send(fd, to, fromLen, changed, nullptr);
   };
-  const Outcome published = svc.mqtt_->publishFor(*device, topic, m.payload, push->qos, done);
+  const auto published = hooks.publish(*device, topic, m.payload, push->qos, done);
   if (!published) {
-    ++svc.stats_.pushesFailed;
+    ++counters.pushesFailed;
     recent.erase(key);
     emit(EventType::UpstreamUnavailable, deviceName, peer, "upstream", "5.9-1", "refuse",
          fmt::format("CoAP push to {} not published: {}", v->path, published.error()));
     answer(coap::codes::kServiceUnavailable, published.error());
     return;
   }
-  ++svc.stats_.pushesPublished;
+  ++counters.pushesPublished;
 }
 
-} // namespace iotgw::daemon
+} // namespace iotgw::coap

@@ -1,60 +1,21 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 // A client's request through the CoAP proxy: validation, policy, what a session may hold,
 // forwarding to the device, the device's answer checked and relayed (observe relays:
-// coap_observe.cc).
+// observe.cc).
 #include <algorithm>
 #include <cstring>
 
 #include <fmt/format.h>
 
-#include "daemon/coap_engine.h"
 #include "policy/evaluator.h"
+#include "protocols/coap/proxy.h"
 
-namespace iotgw::daemon {
+namespace iotgw::coap {
 
 using policy::EventType;
-using namespace coapsvc;
+using namespace libcoap;
 
 namespace {
-
-Bytes tokenOf(const coap_pdu_t* pdu) {
-  const coap_bin_const_t t = coap_pdu_get_token(pdu);
-  return Bytes(t.s, t.s + t.length);
-}
-
-coap_bin_const_t binOf(const Bytes& b) { return coap_bin_const_t{b.size(), b.data()}; }
-
-bool hasOption(const coap_pdu_t* pdu, uint16_t number) {
-  coap_opt_iterator_t it;
-  return coap_check_option(pdu, number, &it) != nullptr;
-}
-
-// A libcoap PDU as our codec's message: views into the PDU, which must outlive it. The payload is
-// the PDU's own (one block of a block-wise body); the Block1 option describes nothing we forward
-// and is left out when `dropBlock1`.
-coap::Message toMessage(const coap_pdu_t* pdu, bool dropBlock1) {
-  coap::Message m;
-  m.type = static_cast<coap::Type>(coap_pdu_get_type(pdu));
-  m.code = static_cast<uint8_t>(coap_pdu_get_code(pdu));
-  m.messageId = static_cast<uint16_t>(coap_pdu_get_mid(pdu));
-  const coap_bin_const_t t = coap_pdu_get_token(pdu);
-  m.token = View(t.s, t.length);
-  coap_opt_iterator_t it;
-  coap_option_iterator_init(pdu, &it, COAP_OPT_ALL);
-  while (coap_opt_t* o = coap_option_next(&it)) {
-    if (dropBlock1 && it.number == COAP_OPTION_BLOCK1) {
-      continue;
-    }
-    m.options.push_back(
-        {static_cast<uint16_t>(it.number), View(coap_opt_value(o), coap_opt_length(o))});
-  }
-  size_t len = 0, offset = 0, total = 0;
-  const uint8_t* data = nullptr;
-  if (coap_get_data_large(pdu, &len, &data, &offset, &total) && data != nullptr) {
-    m.payload = View(data, len);
-  }
-  return m;
-}
 
 // Heap copies of answer bodies handed to libcoap's large-data call, released when it is done with
 // them (the release callback gives the charge back).
@@ -62,25 +23,14 @@ struct HeldBody {
   Bytes data;
 };
 
-void releaseHeld(coap_session_t* s, void* body) {
-  std::unique_ptr<HeldBody> held(static_cast<HeldBody*>(body));
-  static_cast<CoapService::Engine*>(coap_get_app_data(coap_session_get_context(s)))
-      ->released(s, held->data.size(), true);
-}
-
 } // namespace
 
-uint8_t coapsvc::codeOfDenial(std::string_view rule) {
-  if (rule == "coap.max_payload_bytes") {
-    return coap::codes::kRequestEntityTooLarge;
-  }
-  if (rule == "coap.content_formats") {
-    return coap::codes::kUnsupportedContentFormat;
-  }
-  return coap::codes::kForbidden;
+void Proxy::onReleased(coap_session_t* s, void* body) noexcept {
+  std::unique_ptr<HeldBody> held(static_cast<HeldBody*>(body));
+  of(s)->released(s, held->data.size(), true);
 }
 
-CoapService::Engine::Exchange::~Exchange() {
+Proxy::Exchange::~Exchange() {
   owner.bodies.used -= std::min(owner.bodies.used, charged);
   if (counted) {
     // The async holds the client's session until the exchange ends: `down` is still that session.
@@ -90,7 +40,7 @@ CoapService::Engine::Exchange::~Exchange() {
   }
 }
 
-void CoapService::Engine::released(coap_session_t* s, size_t bytes, bool answer) {
+void Proxy::released(coap_session_t* s, size_t bytes, bool answer) {
   bodies.used -= std::min(bodies.used, bytes);
   if (answer) {
     if (auto p = peers.find(s); p != peers.end()) {
@@ -99,7 +49,7 @@ void CoapService::Engine::released(coap_session_t* s, size_t bytes, bool answer)
   }
 }
 
-void CoapService::Engine::refuse(coap_pdu_t* resp, uint8_t code, std::string_view reason) {
+void Proxy::refuse(coap_pdu_t* resp, uint8_t code, std::string_view reason) {
   coap_pdu_set_code(resp, static_cast<coap_pdu_code_t>(code));
   const std::string_view text = reason.substr(0, coap::kMaxDiagnosticBytes);
   // Cut at a UTF-8 boundary: a diagnostic payload is UTF-8 (RFC 7252 §5.5.2).
@@ -112,10 +62,9 @@ void CoapService::Engine::refuse(coap_pdu_t* resp, uint8_t code, std::string_vie
   coap_add_data(resp, n, reinterpret_cast<const uint8_t*>(text.data()));
 }
 
-void CoapService::Engine::refuseFor(coap_pdu_t* resp, uint8_t code, uint32_t seconds,
-                                    const std::string& peer, std::string rule,
-                                    std::string_view reason) {
-  ++svc.stats_.rateLimited;
+void Proxy::refuseFor(coap_pdu_t* resp, uint8_t code, uint32_t seconds, const std::string& peer,
+                      std::string rule, std::string_view reason) {
+  ++counters.rateLimited;
   emit(EventType::RateLimited, "", peer, std::move(rule), "5.9-3", "refuse",
        fmt::format("CoAP request refused with {}: {}", codeText(code), reason));
   uint8_t buf[4];
@@ -123,18 +72,18 @@ void CoapService::Engine::refuseFor(coap_pdu_t* resp, uint8_t code, uint32_t sec
   refuse(resp, code, reason);
 }
 
-void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const coap_pdu_t* req,
-                                 const coap_string_t* q, coap_pdu_t* resp) {
+void Proxy::handle(coap_resource_t* r, coap_session_t* s, const coap_pdu_t* req,
+                   const coap_string_t* q, coap_pdu_t* resp) {
   const Bytes token = tokenOf(req);
   if (coap_async_t* async = coap_find_async(s, binOf(token))) {
     finish(async, r, s, req, q, resp);
     return;
   }
-  ++svc.stats_.requests;
+  ++counters.requests;
   const std::string peer = peerLabel(s);
   const auto peerIt = peers.find(s);
   if (peerIt == peers.end()) {
-    ++svc.stats_.denied; // cannot happen on a DTLS endpoint with verify_peer_cert
+    ++counters.denied; // cannot happen on a DTLS endpoint with verify_peer_cert
     refuse(resp, coap::codes::kUnauthorized, "no client certificate");
     return;
   }
@@ -143,11 +92,11 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
     refuse(resp, coap::codes::kServiceUnavailable, "the session is being closed");
     return;
   }
-  const auto policies = svc.policies_();
+  const auto policies = hooks.policies();
   // A quarantined device reaches nothing, through the proxy either: not as a client (its own
   // certificate, or its address), and not as a target (below).
   if (std::string self; quarantinedDevice(client, policies, &self)) {
-    ++svc.stats_.denied;
+    ++counters.denied;
     emit(EventType::AccessDenied, self, peer, "quarantine", "5.3-15", "refuse",
          "CoAP request from a quarantined device refused; its session is closed");
     refuse(resp, coap::codes::kForbidden, "the client is a quarantined device");
@@ -159,7 +108,7 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
   coap::Message m = toMessage(req, true);
   auto v = coap::validateRequest(m, limits);
   if (!v) {
-    ++svc.stats_.malformed;
+    ++counters.malformed;
     emit(EventType::MalformedPacket, "", peer, v.error().rule, "5.13-1", "refuse",
          fmt::format("CoAP request refused with {}: {}", codeText(v.error().code),
                      v.error().reason));
@@ -175,15 +124,15 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
   const auto id = v->segments.empty() ? std::nullopt : policy::DeviceId::parse(v->segments[0]);
   const policy::DevicePolicy* device = id ? policies->find(*id) : nullptr;
   if (device == nullptr) {
-    ++svc.stats_.denied;
+    ++counters.denied;
     emit(EventType::AccessDenied, "", peer, "coap.target", "5.13-1", "refuse",
          fmt::format("CoAP request for {} names no enrolled device", v->path));
     refuse(resp, coap::codes::kNotFound, "no such device: the path starts with a device id");
     return;
   }
   const std::string deviceName = device->id.str();
-  if (svc.quarantined_ && svc.quarantined_(device->id)) {
-    ++svc.stats_.denied;
+  if (hooks.quarantined && hooks.quarantined(device->id)) {
+    ++counters.denied;
     emit(EventType::AccessDenied, deviceName, peer, "quarantine", "5.3-15", "refuse",
          "CoAP request for a quarantined device refused");
     refuse(resp, coap::codes::kServiceUnavailable, "device is quarantined");
@@ -213,10 +162,12 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
       decision = policy::evaluateCoapRequest(*device, facts);
     }
     if (!decision.allowed()) {
-      ++svc.stats_.denied;
-      const uint8_t code = codeOfDenial(decision.rule);
-      emit(EventType::AccessDenied, deviceName, peer, decision.rule,
-           std::string(decision.provision), "refuse",
+      // A body in a format the device does not take is bad input, like validation's refusals.
+      const bool malformed = decision.why == policy::Reason::CoapContentFormat;
+      ++(malformed ? counters.malformed : counters.denied);
+      const uint8_t code = codeOfDenial(decision.why);
+      emit(malformed ? EventType::MalformedPacket : EventType::AccessDenied, deviceName, peer,
+           decision.rule, std::string(decision.provision), "refuse",
            fmt::format("CoAP {} {} refused with {}: {}", policy::toString(method), path,
                        codeText(code), decision.reason));
       refuse(resp, code, decision.reason);
@@ -227,7 +178,7 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
     return;
   }
   if (device->addresses.empty()) {
-    ++svc.stats_.denied;
+    ++counters.denied;
     refuse(resp, coap::codes::kBadGateway, "the device's policy has no address");
     return;
   }
@@ -244,9 +195,9 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
   }
   // What the session may hold (limits.coap_max_pending_per_session, kMaxHeldPerSession) and the
   // gateway as a whole (kMaxBodyBytesTotal): beyond, the client is told when to try again.
-  const auto& lim = svc.config_->limits;
-  const auto guardSeconds = static_cast<uint32_t>((lim.coapRequestTimeout.count() + 999) / 1000);
-  if (client.pending >= lim.coapMaxPendingPerSession) {
+  const auto& lim = settings;
+  const auto guardSeconds = static_cast<uint32_t>((lim.requestTimeout.count() + 999) / 1000);
+  if (client.pending >= lim.maxPendingPerSession) {
     refuseFor(resp, coap::codes::kTooManyRequests, guardSeconds, peer,
               "limits.coap_max_pending_per_session", "too many requests waiting for devices");
     return;
@@ -272,16 +223,16 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
   // Observe option, which tells the client it is not observing (RFC 7641 §4.1).
   if (observe) {
     const char* full = nullptr;
-    if (client.observing >= lim.coapMaxObservePerSession) {
+    if (client.observing >= lim.maxObservePerSession) {
       full = "limits.coap_max_observe_per_session";
-    } else if (observingPerDevice[deviceName] >= lim.coapMaxObservePerDevice) {
+    } else if (observingPerDevice[deviceName] >= lim.maxObservePerDevice) {
       full = "limits.coap_max_observe_per_device";
-    } else if (relations.size() >= lim.coapMaxObserve) {
+    } else if (relations.size() >= lim.maxObserve) {
       full = "limits.coap_max_observe";
     }
     if (full != nullptr) {
       observe = false;
-      ++svc.stats_.observeRefused;
+      ++counters.observeRefused;
       emit(
           EventType::RateLimited, deviceName, peer, full, "5.9-3", "serve-without-observe",
           fmt::format("observe of {} not registered: at the limit; answered as a plain GET", path));
@@ -309,7 +260,7 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
   up.body.assign(m.payload.begin(), m.payload.end());
   up.observe = observe;
   const auto now = Clock::now();
-  up.deadline = now + lim.coapRequestTimeout;
+  up.deadline = now + lim.requestTimeout;
   // The async never fires by itself (a delay of 0): the device's client ends every exchange by
   // its deadline, and the answer, or 5.04, triggers it.
   coap_async_t* async = coap_register_async(s, req, 0);
@@ -345,7 +296,7 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
   ex->counted = true;
   exchanges[exchangeId] = std::move(ex);
   ++client.pending; // given back when the exchange ends (~Exchange)
-  ++svc.stats_.forwarded;
+  ++counters.forwarded;
   link->lastUsed = now;
   apply(*link, out);
   schedule(*link);
@@ -355,14 +306,13 @@ void CoapService::Engine::handle(coap_resource_t* r, coap_session_t* s, const co
   coap_pdu_set_type(resp, COAP_MESSAGE_NON);
 }
 
-std::optional<Bytes> CoapService::Engine::collect(Peer& peer, coap_session_t* s,
-                                                  const coap_pdu_t* req, const coap::Message& m,
-                                                  coap_pdu_t* resp) {
+std::optional<Bytes> Proxy::collect(Peer& peer, coap_session_t* s, const coap_pdu_t* req,
+                                    const coap::Message& m, coap_pdu_t* resp) {
   coap_opt_iterator_t it;
   const coap_opt_t* o = coap_check_option(req, COAP_OPTION_BLOCK1, &it);
   const auto block = coap::decodeBlock(View(coap_opt_value(o), coap_opt_length(o)));
   if (!block || block->szx > coap::Limits{}.maxBlockSzx) {
-    ++svc.stats_.malformed;
+    ++counters.malformed;
     refuse(resp, coap::codes::kBadRequest, "malformed Block1 option");
     return std::nullopt;
   }
@@ -396,7 +346,7 @@ std::optional<Bytes> CoapService::Engine::collect(Peer& peer, coap_session_t* s,
     }
     peer.uploadStarts.push_back(now);
     if (peer.uploadStarts.size() > 2 * kMaxUploadStartsPerWindow) {
-      ++svc.stats_.sessionsClosed;
+      ++counters.sessionsClosed;
       emit(EventType::RateLimited, "", label, "coap.block1", "5.9-3", "close",
            "DTLS session closed: it went on starting block-wise uploads after 4.29");
       closeSession(s, "block-wise uploads");
@@ -413,7 +363,7 @@ std::optional<Bytes> CoapService::Engine::collect(Peer& peer, coap_session_t* s,
     if (const coap_opt_t* size1 = coap_check_option(req, COAP_OPTION_SIZE1, &si)) {
       if (coap_decode_var_bytes(coap_opt_value(size1), coap_opt_length(size1)) >
           coap::Limits{}.maxBodyBytes) {
-        ++svc.stats_.malformed;
+        ++counters.malformed;
         uint8_t buf[4];
         coap_add_option(resp, COAP_OPTION_SIZE1,
                         coap_encode_var_safe(buf, sizeof buf, coap::Limits{}.maxBodyBytes), buf);
@@ -431,7 +381,7 @@ std::optional<Bytes> CoapService::Engine::collect(Peer& peer, coap_session_t* s,
     }
     u = peer.uploads.emplace(key, Upload{}).first;
   } else if (u == peer.uploads.end()) {
-    ++svc.stats_.malformed;
+    ++counters.malformed;
     refuse(resp, coap::codes::kRequestEntityIncomplete, "no earlier blocks of this body");
     return std::nullopt;
   }
@@ -447,7 +397,7 @@ std::optional<Bytes> CoapService::Engine::collect(Peer& peer, coap_session_t* s,
   bodies.used += u->second.body.size() - before;
   u->second.lastUsed = now;
   if (!step) {
-    ++svc.stats_.malformed;
+    ++counters.malformed;
     const bool gap = step.error() == coap::BlockBody::Error::Gap;
     drop(u);
     if (!gap) {
@@ -471,8 +421,8 @@ std::optional<Bytes> CoapService::Engine::collect(Peer& peer, coap_session_t* s,
 
 // libcoap calls the request handler again for the client's repeat of its request (the async is
 // found by token), and once more when the async is triggered: then the answer goes out.
-void CoapService::Engine::finish(coap_async_t* async, coap_resource_t* r, coap_session_t* s,
-                                 const coap_pdu_t* req, const coap_string_t* q, coap_pdu_t* resp) {
+void Proxy::finish(coap_async_t* async, coap_resource_t* r, coap_session_t* s,
+                   const coap_pdu_t* req, const coap_string_t* q, coap_pdu_t* resp) {
   auto* ex = static_cast<Exchange*>(coap_async_get_app_data(async));
   if (ex == nullptr) {
     refuse(resp, coap::codes::kInternalServerError, "lost track of the request");
@@ -507,7 +457,7 @@ void CoapService::Engine::finish(coap_async_t* async, coap_resource_t* r, coap_s
     // and states the body's Content-Format, Max-Age and ETag itself.
     addAnswer(resp, *ex, true);
     // Held by libcoap until the client has fetched it (or gives up): charged to the session
-    // until releaseHeld gives it back.
+    // until onReleased gives it back.
     auto* held = new HeldBody{std::move(ex->payload)};
     bodies.used -= std::min(bodies.used, ex->charged);
     ex->charged = 0;
@@ -517,12 +467,12 @@ void CoapService::Engine::finish(coap_async_t* async, coap_resource_t* r, coap_s
     }
     coap_add_data_large_response(r, s, req, resp, q, ex->contentFormat.value_or(0),
                                  ex->maxAge ? static_cast<int>(*ex->maxAge) : -1, 0,
-                                 held->data.size(), held->data.data(), releaseHeld, held);
+                                 held->data.size(), held->data.data(), onReleased, held);
   }
-  ++svc.stats_.answered;
+  ++counters.answered;
 }
 
-void CoapService::Engine::addAnswer(coap_pdu_t* pdu, Exchange& ex, bool blocks) {
+void Proxy::addAnswer(coap_pdu_t* pdu, Exchange& ex, bool blocks) {
   if (ex.relation) {
     if (auto rel = relations.find(ex.id); rel != relations.end()) {
       uint8_t buf[4];
@@ -545,7 +495,7 @@ void CoapService::Engine::addAnswer(coap_pdu_t* pdu, Exchange& ex, bool blocks) 
 // libcoap's async trigger would cost the loop another wake-up per request. The async (which holds
 // the client's session) is freed here, never inside its own trigger, and only outside libcoap's
 // processing.
-bool CoapService::Engine::answerNow(Exchange& ex) {
+bool Proxy::answerNow(Exchange& ex) {
   if (!ex.confirmable || ex.needsBlocks()) {
     return false;
   }
@@ -559,13 +509,13 @@ bool CoapService::Engine::answerNow(Exchange& ex) {
   if (coap_send(ex.down, pdu) == COAP_INVALID_MID) {
     return false; // coap_send freed it; the async path answers at its trigger
   }
-  ++svc.stats_.answered;
+  ++counters.answered;
   coap_free_async(ex.down, ex.async);
   exchanges.erase(ex.id); // ex is gone
   return true;
 }
 
-void CoapService::Engine::deliver(Exchange& ex) {
+void Proxy::deliver(Exchange& ex) {
   ex.done = true;
   if (ex.orphaned || !peers.contains(ex.down)) {
     abandon(ex.id);
@@ -577,7 +527,7 @@ void CoapService::Engine::deliver(Exchange& ex) {
   }
 }
 
-void CoapService::Engine::abandon(uint64_t id) {
+void Proxy::abandon(uint64_t id) {
   auto it = exchanges.find(id);
   if (it == exchanges.end()) {
     return;
@@ -600,8 +550,8 @@ void CoapService::Engine::abandon(uint64_t id) {
   exchanges.erase(id);
 }
 
-std::string CoapService::Engine::checkResponse(const policy::DevicePolicy* d,
-                                               coap::UpstreamAnswer& a, Exchange& into) {
+std::string Proxy::checkResponse(const policy::DevicePolicy* d, coap::UpstreamAnswer& a,
+                                 Exchange& into) {
   const uint8_t code = a.code;
   const uint8_t cls = code >> 5;
   if (cls != 2 && cls != 4 && cls != 5) {
@@ -648,25 +598,23 @@ std::string CoapService::Engine::checkResponse(const policy::DevicePolicy* d,
                        coap::Limits{}.maxBodyBytes);
   }
   into.payload = std::move(a.body);
-  if (d != nullptr && !into.payload.empty() && !d->coapRules.contentFormats.empty() && cls == 2) {
-    const auto& allowed = d->coapRules.contentFormats;
-    if (!into.contentFormat ||
-        std::find(allowed.begin(), allowed.end(), *into.contentFormat) == allowed.end()) {
-      return into.contentFormat
-                 ? fmt::format("content format {} is not allowed", *into.contentFormat)
-                 : std::string("a payload without Content-Format");
+  if (d != nullptr) {
+    const auto decision =
+        policy::evaluateCoapResponse(*d, {code, into.payload.size(), into.contentFormat});
+    if (!decision.allowed()) {
+      return decision.reason;
     }
   }
   return {};
 }
 
-void CoapService::Engine::onAnswer(Exchange& ex, Link& link, coap::UpstreamAnswer answer) {
-  const auto policies = svc.policies_();
+void Proxy::onAnswer(Exchange& ex, Link& link, coap::UpstreamAnswer answer) {
+  const auto policies = hooks.policies();
   const auto id = policy::DeviceId::parse(ex.device);
   const policy::DevicePolicy* d = id ? policies->find(*id) : nullptr;
   const bool observing = answer.observing;
   if (std::string bad = checkResponse(d, answer, ex); !bad.empty()) {
-    ++svc.stats_.badResponses;
+    ++counters.badResponses;
     emit(EventType::MalformedPacket, ex.device, link.label, "coap.response", "5.13-1", "refuse",
          fmt::format("response to {} refused: {}; 5.02 to the client", ex.path, bad));
     if (observing) {
@@ -683,12 +631,12 @@ void CoapService::Engine::onAnswer(Exchange& ex, Link& link, coap::UpstreamAnswe
   if (observing) {
     // The limits are checked again here: registrations in flight may have filled them. Without
     // a relationship the answer carries no Observe, and the device's next notification is reset.
-    const auto& lim = svc.config_->limits;
+    const auto& lim = settings;
     auto p = peers.find(ex.down);
     if (ex.observe && (ex.code >> 5) == 2 && p != peers.end() && !ex.orphaned &&
-        p->second.observing < lim.coapMaxObservePerSession &&
-        observingPerDevice[ex.device] < lim.coapMaxObservePerDevice &&
-        relations.size() < lim.coapMaxObserve) {
+        p->second.observing < lim.maxObservePerSession &&
+        observingPerDevice[ex.device] < lim.maxObservePerDevice &&
+        relations.size() < lim.maxObserve) {
       auto rel = std::make_unique<Relation>();
       rel->id = ex.id;
       rel->link = link.key;
@@ -703,9 +651,9 @@ void CoapService::Engine::onAnswer(Exchange& ex, Link& link, coap::UpstreamAnswe
       ex.relation = true;
       ++p->second.observing;
       ++observingPerDevice[ex.device];
-      ++svc.stats_.observing;
+      ++counters.observing;
     } else {
-      ++svc.stats_.observeRefused;
+      ++counters.observeRefused;
       coap::UpstreamOutput none;
       link.client.cancel(ex.id, Clock::now(), none);
     }
@@ -713,12 +661,11 @@ void CoapService::Engine::onAnswer(Exchange& ex, Link& link, coap::UpstreamAnswe
   deliver(ex);
 }
 
-void CoapService::Engine::onFailure(Exchange& ex, coap::UpstreamFailure failure,
-                                    const std::string& reason) {
+void Proxy::onFailure(Exchange& ex, coap::UpstreamFailure failure, const std::string& reason) {
   switch (failure) {
   case coap::UpstreamFailure::Timeout:
   case coap::UpstreamFailure::Unreachable:
-    ++svc.stats_.timeouts;
+    ++counters.timeouts;
     emit(EventType::UpstreamUnavailable, ex.device, ex.peer, "limits.coap_request_timeout_ms",
          "5.9-1", "refuse",
          fmt::format("device did not answer {} ({}): 5.04 to the client", ex.path, reason));
@@ -727,7 +674,7 @@ void CoapService::Engine::onFailure(Exchange& ex, coap::UpstreamFailure failure,
                                                        : "the device did not answer in time");
     return;
   case coap::UpstreamFailure::NoRoom:
-    ++svc.stats_.rateLimited;
+    ++counters.rateLimited;
     emit(EventType::RateLimited, ex.device, ex.peer, "coap.bodies", "5.9-3", "refuse",
          fmt::format("answer to {} not collected: {}; 5.03 to the client", ex.path, reason));
     fail(ex, coap::codes::kServiceUnavailable, "the gateway holds as many bodies as it may");
@@ -737,7 +684,7 @@ void CoapService::Engine::onFailure(Exchange& ex, coap::UpstreamFailure failure,
   case coap::UpstreamFailure::BadBlock:
     break;
   }
-  ++svc.stats_.badResponses;
+  ++counters.badResponses;
   emit(EventType::MalformedPacket, ex.device, ex.peer, "coap.response", "5.13-1", "refuse",
        fmt::format("answer to {} refused: {}; 5.02 to the client", ex.path, reason));
   fail(ex, coap::codes::kBadGateway,
@@ -745,7 +692,7 @@ void CoapService::Engine::onFailure(Exchange& ex, coap::UpstreamFailure failure,
                                                   : "the device's answer is broken");
 }
 
-void CoapService::Engine::fail(Exchange& ex, uint8_t code, std::string_view text) {
+void Proxy::fail(Exchange& ex, uint8_t code, std::string_view text) {
   ex.code = code;
   ex.options.clear();
   ex.contentFormat.reset();
@@ -760,4 +707,4 @@ void CoapService::Engine::fail(Exchange& ex, uint8_t code, std::string_view text
   deliver(ex);
 }
 
-} // namespace iotgw::daemon
+} // namespace iotgw::coap

@@ -9,13 +9,13 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
-#include "daemon/coap_engine.h"
+#include "protocols/coap/proxy.h"
 #include "protocols/io/callback_guard.h"
 
-namespace iotgw::daemon {
+namespace iotgw::coap {
 
 using policy::EventType;
-using namespace coapsvc;
+using namespace libcoap;
 
 namespace {
 
@@ -64,7 +64,8 @@ void namesOf(X509* x, std::string& cn, std::vector<policy::SubjectAltName>& sans
   }
 }
 
-int crlIndex() {
+// Where recordVerify finds the proxy from OpenSSL's store.
+int proxyIndex() {
   static const int index = X509_STORE_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
   return index;
 }
@@ -73,8 +74,7 @@ int crlIndex() {
 
 // Worked out once per policy snapshot (looking a device up by address walks every policy).
 const policy::DevicePolicy*
-CoapService::Engine::deviceOf(Peer& peer,
-                              const std::shared_ptr<const policy::PolicySet>& set) const {
+Proxy::deviceOf(Peer& peer, const std::shared_ptr<const policy::PolicySet>& set) const {
   if (peer.identitySet.lock() != set) {
     const policy::DevicePolicy* d = set->findByCertificate(peer.commonName, peer.subjectAltNames);
     if (d == nullptr && peer.ip) {
@@ -86,14 +86,13 @@ CoapService::Engine::deviceOf(Peer& peer,
   return peer.identity ? set->find(*peer.identity) : nullptr;
 }
 
-bool CoapService::Engine::quarantinedDevice(Peer& peer,
-                                            const std::shared_ptr<const policy::PolicySet>& set,
-                                            std::string* which) const {
-  if (!svc.quarantined_) {
+bool Proxy::quarantinedDevice(Peer& peer, const std::shared_ptr<const policy::PolicySet>& set,
+                              std::string* which) const {
+  if (!hooks.quarantined) {
     return false;
   }
   const policy::DevicePolicy* d = deviceOf(peer, set);
-  if (d == nullptr || !svc.quarantined_(d->id)) {
+  if (d == nullptr || !hooks.quarantined(d->id)) {
     return false;
   }
   if (which != nullptr) {
@@ -102,8 +101,7 @@ bool CoapService::Engine::quarantinedDevice(Peer& peer,
   return true;
 }
 
-int CoapService::Engine::verify(const char* cn, View der, coap_session_t* s, unsigned depth,
-                                int validated) {
+int Proxy::verify(const char* cn, View der, coap_session_t* s, unsigned depth, int validated) {
   if (validated == 0) {
     return 0;
   }
@@ -127,7 +125,7 @@ int CoapService::Engine::verify(const char* cn, View der, coap_session_t* s, uns
   if (peers.contains(s)) {
     return 1; // renegotiation: counted already
   }
-  const auto& limits = svc.config_->limits;
+  const auto& limits = settings;
   const auto* remote = coap_session_get_addr_remote(s);
   const auto ip = addressOf(remote);
   const std::string source = ip ? ip->str() : "?";
@@ -139,7 +137,7 @@ int CoapService::Engine::verify(const char* cn, View der, coap_session_t* s, uns
   peer.ip = ip;
   namesOf(x.get(), peer.commonName, peer.subjectAltNames);
   // A quarantined device's own certificate, or its address, opens no session.
-  if (std::string self; quarantinedDevice(peer, svc.policies_(), &self)) {
+  if (std::string self; quarantinedDevice(peer, hooks.policies(), &self)) {
     refuseCertificate(s, "quarantine",
                       fmt::format("the client is the quarantined device {}", self));
     return 0;
@@ -151,7 +149,7 @@ int CoapService::Engine::verify(const char* cn, View der, coap_session_t* s, uns
     limit = "limits.max_connections_per_source";
   }
   if (limit != nullptr) {
-    ++svc.stats_.sessionsRefused;
+    ++counters.sessionsRefused;
     emit(EventType::RateLimited, "", label, limit, "5.9-3", "refuse",
          "DTLS session refused: limit reached");
     return 0;
@@ -162,59 +160,20 @@ int CoapService::Engine::verify(const char* cn, View der, coap_session_t* s, uns
   return 1;
 }
 
-Outcome CoapService::Engine::loadCrls(const std::string& file, Crls& into) {
-  into.clear();
-  if (file.empty()) {
-    return {};
-  }
-  std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_file(file.c_str(), "r"), BIO_free);
-  if (!bio) {
-    ERR_clear_error();
-    return failure(fmt::format("cannot read the DTLS listener's CRL {}", file));
-  }
-  while (X509_CRL* crl = PEM_read_bio_X509_CRL(bio.get(), nullptr, nullptr, nullptr)) {
-    into.emplace_back(crl, X509_CRL_free);
-  }
-  const unsigned long last = ERR_peek_last_error();
-  ERR_clear_error();
-  if (into.empty() || (last != 0 && ERR_GET_REASON(last) != PEM_R_NO_START_LINE)) {
-    into.clear();
-    return failure(fmt::format("the DTLS listener's CRL {} holds no valid PEM CRL", file));
-  }
-  return {};
-}
-
-// OpenSSL's verifier asks for the CRLs of a certificate's issuer; the caller frees the stack and
-// drops one reference of each CRL in it.
-STACK_OF(X509_CRL) * CoapService::Engine::lookupCrls(const X509_STORE_CTX* ctx,
-                                                     const X509_NAME* issuer) {
-  STACK_OF(X509_CRL)* out = sk_X509_CRL_new_null();
-  const auto* e = static_cast<const Engine*>(
-      X509_STORE_get_ex_data(X509_STORE_CTX_get0_store(ctx), crlIndex()));
-  if (out == nullptr || e == nullptr) {
-    return out;
-  }
-  for (const auto& crl : e->crls) {
-    if (X509_NAME_cmp(X509_CRL_get_issuer(crl.get()), issuer) == 0 &&
-        X509_CRL_up_ref(crl.get()) == 1 && sk_X509_CRL_push(out, crl.get()) == 0) {
-      X509_CRL_free(crl.get());
-    }
-  }
-  return out;
-}
-
-int CoapService::Engine::setupTls(SSL* ssl) {
+int Proxy::setupTls(SSL* ssl) {
   X509_STORE* store = SSL_CTX_get_cert_store(SSL_get_SSL_CTX(ssl));
   if (store == nullptr) {
     return 0;
   }
-  if (store != crlStore) {
-    if (crlIndex() < 0 || X509_STORE_set_ex_data(store, crlIndex(), this) != 1) {
+  if (store != storeOfProxy) {
+    if (proxyIndex() < 0 || X509_STORE_set_ex_data(store, proxyIndex(), this) != 1) {
       ERR_clear_error();
-      return 0; // no session without the revocation check
+      return 0;
     }
-    X509_STORE_set_lookup_crls(store, lookupCrls);
-    crlStore = store;
+    storeOfProxy = store;
+  }
+  if (!crls.install(store)) {
+    return 0; // no session without the revocation check
   }
   if (!crls.empty() &&
       X509_VERIFY_PARAM_set_flags(SSL_get0_param(ssl), X509_V_FLAG_CRL_CHECK) != 1) {
@@ -230,13 +189,13 @@ int CoapService::Engine::setupTls(SSL* ssl) {
   return 1;
 }
 
-int CoapService::Engine::recordVerify(int ok, X509_STORE_CTX* store) noexcept {
+int Proxy::recordVerify(int ok, X509_STORE_CTX* store) noexcept {
   // Failed: the certificate is refused.
   return io::guarded("OpenSSL's certificate verification", 0,
                      [&] { return recordVerifyGuarded(ok, store); });
 }
 
-int CoapService::Engine::recordVerifyGuarded(int ok, X509_STORE_CTX* store) {
+int Proxy::recordVerifyGuarded(int ok, X509_STORE_CTX* store) {
   const SSL_verify_cb inner = libcoapVerify();
   ok = inner != nullptr ? inner(ok, store) : ok;
   if (ok != 0) {
@@ -245,7 +204,7 @@ int CoapService::Engine::recordVerifyGuarded(int ok, X509_STORE_CTX* store) {
   auto* ssl =
       static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
   auto* e =
-      static_cast<Engine*>(X509_STORE_get_ex_data(X509_STORE_CTX_get0_store(store), crlIndex()));
+      static_cast<Proxy*>(X509_STORE_get_ex_data(X509_STORE_CTX_get0_store(store), proxyIndex()));
   auto* s = ssl != nullptr ? static_cast<coap_session_t*>(SSL_get_app_data(ssl)) : nullptr;
   if (e == nullptr || s == nullptr || e->refusals.contains(s)) {
     return ok; // ours gave the reason already (CERT_REJECTED)
@@ -260,11 +219,10 @@ int CoapService::Engine::recordVerifyGuarded(int ok, X509_STORE_CTX* store) {
   return ok;
 }
 
-void CoapService::Engine::refuseCertificate(coap_session_t* s, std::string rule,
-                                            std::string reason) {
-  if (refusals.size() < 2 * static_cast<size_t>(svc.config_->limits.maxHandshakes) + 1) {
+void Proxy::refuseCertificate(coap_session_t* s, std::string rule, std::string reason) {
+  if (refusals.size() < 2 * static_cast<size_t>(settings.maxHandshakes) + 1) {
     refusals[s] = Refusal{std::move(rule), std::move(reason)}; // reported at DTLS_ERROR
   }
 }
 
-} // namespace iotgw::daemon
+} // namespace iotgw::coap

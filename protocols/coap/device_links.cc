@@ -10,35 +10,35 @@
 
 #include <fmt/format.h>
 
-#include "daemon/coap_engine.h"
+#include "protocols/coap/proxy.h"
 #include "protocols/io/socket.h"
 
-namespace iotgw::daemon {
+namespace iotgw::coap {
 
 using policy::EventType;
-using namespace coapsvc;
+using namespace libcoap;
 
-CoapService::Engine::Link* CoapService::Engine::linkFor(const policy::DevicePolicy& d) {
+Proxy::Link* Proxy::linkFor(const policy::DevicePolicy& d) {
   const auto& address = d.addresses.front();
   const uint16_t port = d.coapRules.port;
-  const PeerKey key = peerKey(address, port);
+  const PeerKey key = PeerKey::of(address, port);
   if (auto it = links.find(key); it != links.end()) {
     return it->second.get();
   }
   io::UniqueFd sock(::socket(address.family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   sockaddr_storage ss{};
   const socklen_t len = io::toSockaddr(address, port, ss);
-  if (!sock.valid() || !wantPacketInfo(sock.get(), address.family) ||
+  if (!sock.valid() || !io::wantPacketInfo(sock.get(), address.family) ||
       ::connect(sock.get(), reinterpret_cast<const sockaddr*>(&ss), len) != 0) {
     return nullptr;
   }
-  coap::UpstreamSettings settings;
+  coap::UpstreamSettings client;
   // Retransmit within the guard time: after 1 to 1.5 s, then twice that (RFC 7252's 2 s would
   // leave one retransmission within a 5 s guard).
-  settings.ackTimeout = std::chrono::milliseconds(1000);
-  settings.maxBodyBytes = coap::Limits{}.maxBodyBytes;
-  settings.budget = &bodies;
-  auto link = std::make_unique<Link>(settings, randomSpan);
+  client.ackTimeout = std::chrono::milliseconds(1000);
+  client.maxBodyBytes = coap::Limits{}.maxBodyBytes;
+  client.budget = &bodies;
+  auto link = std::make_unique<Link>(client, randomSpan);
   link->fd = std::move(sock);
   link->key = key;
   link->address = address;
@@ -46,13 +46,13 @@ CoapService::Engine::Link* CoapService::Engine::linkFor(const policy::DevicePoli
   link->label = io::endpointLabel(address, port);
   link->lastUsed = Clock::now();
   const int raw = link->fd.get();
-  if (svc.reactor_.add(raw, EPOLLIN, [this, key](uint32_t) { onLinkReadable(key); })) {
+  if (reactor.add(raw, EPOLLIN, [this, key](uint32_t) { onLinkReadable(key); })) {
     return nullptr;
   }
   return links.emplace(key, std::move(link)).first->second.get();
 }
 
-void CoapService::Engine::closeLink(const PeerKey& key) {
+void Proxy::closeLink(const PeerKey& key) {
   auto it = links.find(key);
   if (it == links.end()) {
     return;
@@ -62,11 +62,11 @@ void CoapService::Engine::closeLink(const PeerKey& key) {
     wakes.erase({*link.wake, &link});
   }
   std::erase_if(pendingEvents, [&](const auto& e) { return e.first == key; });
-  svc.reactor_.remove(link.fd.get());
+  reactor.remove(link.fd.get());
   links.erase(it);
 }
 
-void CoapService::Engine::schedule(Link& link) {
+void Proxy::schedule(Link& link) {
   const auto next = link.client.nextWake();
   if (link.wake == next) {
     return;
@@ -81,7 +81,7 @@ void CoapService::Engine::schedule(Link& link) {
   }
 }
 
-void CoapService::Engine::onLinkReadable(const PeerKey& key) {
+void Proxy::onLinkReadable(const PeerKey& key) {
   auto it = links.find(key);
   if (it == links.end()) {
     return;
@@ -91,8 +91,8 @@ void CoapService::Engine::onLinkReadable(const PeerKey& key) {
   coap::UpstreamOutput out;
   uint8_t buffer[2048];
   for (int i = 0; i < 64; ++i) { // bounded work per wake-up
-    Received r;
-    const ssize_t n = receiveWithInterface(link.fd.get(), buffer, sizeof buffer, r);
+    io::Received r;
+    const ssize_t n = io::receiveWithInterface(link.fd.get(), buffer, sizeof buffer, r);
     if (n < 0) {
       if (errno == EINTR) {
         continue;
@@ -108,7 +108,7 @@ void CoapService::Engine::onLinkReadable(const PeerKey& key) {
     // port. Where they came in is checked too: from anywhere but the device segment, someone
     // else made them.
     if (!interfaces.allows(link.fd.get(), r.ifindex, link.address, now)) {
-      ++svc.stats_.wrongInterface;
+      ++counters.wrongInterface;
       emit(EventType::AccessDenied, link.device, link.label, "device_segment.interfaces", "5.5-4",
            "drop",
            "a datagram from the device's address arrived on an interface that is not "
@@ -118,7 +118,7 @@ void CoapService::Engine::onLinkReadable(const PeerKey& key) {
     if (static_cast<size_t>(n) > sizeof buffer ||
         link.client.receive(View(buffer, static_cast<size_t>(n)), now, out) ==
             coap::Upstream::Received::Malformed) {
-      ++svc.stats_.badResponses;
+      ++counters.badResponses;
       emit(EventType::MalformedPacket, link.device, link.label, "coap.response", "5.13-1", "drop",
            "a malformed CoAP datagram from the device dropped");
     }
@@ -132,7 +132,7 @@ void CoapService::Engine::onLinkReadable(const PeerKey& key) {
   }
 }
 
-void CoapService::Engine::apply(Link& link, coap::UpstreamOutput& out) {
+void Proxy::apply(Link& link, coap::UpstreamOutput& out) {
   for (const auto& d : out.datagrams) {
     (void)::send(link.fd.get(), d.data(), d.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
   }
@@ -148,7 +148,7 @@ void CoapService::Engine::apply(Link& link, coap::UpstreamOutput& out) {
   out.events.clear();
 }
 
-void CoapService::Engine::handleEvent(Link& link, coap::UpstreamEvent e) {
+void Proxy::handleEvent(Link& link, coap::UpstreamEvent e) {
   using Kind = coap::UpstreamEvent::Kind;
   switch (e.kind) {
   case Kind::Answered:
@@ -177,7 +177,7 @@ void CoapService::Engine::handleEvent(Link& link, coap::UpstreamEvent e) {
   }
 }
 
-void CoapService::Engine::closeDevice(const std::string& device) {
+void Proxy::closeDevice(const std::string& device) {
   const std::string why = "the device was closed (quarantined, removed or given a new policy)";
   endRelationsIf([&](const Relation& r) { return r.device == device; },
                  coap::codes::kServiceUnavailable, why);
@@ -189,7 +189,7 @@ void CoapService::Engine::closeDevice(const std::string& device) {
   }
   for (const uint64_t id : waiting) {
     if (auto it = exchanges.find(id); it != exchanges.end()) {
-      ++svc.stats_.denied;
+      ++counters.denied;
       fail(*it->second, coap::codes::kServiceUnavailable, why);
     }
   }
@@ -205,7 +205,7 @@ void CoapService::Engine::closeDevice(const std::string& device) {
   }
   // The device's own DTLS sessions, where it is a client of the proxy (its certificate or its
   // address says so).
-  const auto set = svc.policies_();
+  const auto set = hooks.policies();
   const auto id = policy::DeviceId::parse(device);
   for (auto& [s, peer] : peers) {
     const policy::DevicePolicy* self = deviceOf(peer, set);
@@ -217,4 +217,4 @@ void CoapService::Engine::closeDevice(const std::string& device) {
   libcoapTimers();
 }
 
-} // namespace iotgw::daemon
+} // namespace iotgw::coap

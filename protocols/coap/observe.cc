@@ -5,29 +5,29 @@
 
 #include <fmt/format.h>
 
-#include "daemon/coap_engine.h"
+#include "protocols/coap/proxy.h"
 
-namespace iotgw::daemon {
+namespace iotgw::coap {
 
 using policy::EventType;
-using namespace coapsvc;
+using namespace libcoap;
 
-void CoapService::Engine::onNotification(Relation& rel, const coap::UpstreamEvent& e) {
+void Proxy::onNotification(Relation& rel, const coap::UpstreamEvent& e) {
   using Kind = coap::UpstreamEvent::Kind;
   if (e.kind == Kind::Dropped) {
-    ++svc.stats_.badResponses;
+    ++counters.badResponses;
     emit(EventType::MalformedPacket, rel.device, rel.peer, "coap.response", "5.13-1", "drop",
          fmt::format("notification for {} dropped: {}", rel.path, e.reason));
     return;
   }
   if (e.kind == Kind::Ended) {
-    ++svc.stats_.badResponses;
+    ++counters.badResponses;
     emit(EventType::MalformedPacket, rel.device, rel.peer, "coap.response", "5.13-1", "end",
          fmt::format("observation of {} ended: {}; 5.02 to the client", rel.path, e.reason));
     endRelation(rel.id, coap::codes::kBadGateway, "the device's notification is too large");
     return;
   }
-  const auto policies = svc.policies_();
+  const auto policies = hooks.policies();
   const auto id = policy::DeviceId::parse(rel.device);
   const policy::DevicePolicy* d = id ? policies->find(*id) : nullptr;
   const uint64_t relId = rel.id;
@@ -38,7 +38,7 @@ void CoapService::Engine::onNotification(Relation& rel, const coap::UpstreamEven
   Exchange answer(*this);
   coap::UpstreamAnswer a = e.answer;
   if (std::string bad = checkResponse(d, a, answer); !bad.empty()) {
-    ++svc.stats_.badResponses;
+    ++counters.badResponses;
     emit(EventType::MalformedPacket, rel.device, rel.peer, "coap.response", "5.13-1", "drop",
          fmt::format("notification for {} dropped: {}", rel.path, bad));
     return;
@@ -49,13 +49,13 @@ void CoapService::Engine::onNotification(Relation& rel, const coap::UpstreamEven
   }
 }
 
-void CoapService::Engine::notify(Relation& rel, const Exchange& answer) {
+void Proxy::notify(Relation& rel, const Exchange& answer) {
   if (!peers.contains(rel.down)) {
     return;
   }
   const size_t room = coap_session_max_pdu_size(rel.down);
   if (answer.payload.size() + 64 > room) {
-    ++svc.stats_.badResponses;
+    ++counters.badResponses;
     emit(EventType::MalformedPacket, rel.device, rel.peer, "coap.response", "5.13-1", "drop",
          fmt::format("notification for {} of {} bytes is larger than one datagram; dropped",
                      rel.path, answer.payload.size()));
@@ -64,8 +64,8 @@ void CoapService::Engine::notify(Relation& rel, const Exchange& answer) {
   const auto now = Clock::now();
   const bool confirm =
       !rel.lastConfirmable ||
-      now - *rel.lastConfirmable >= std::min<Clock::duration>(kConfirmNotificationsEvery,
-                                                              svc.config_->limits.idleSession / 4);
+      now - *rel.lastConfirmable >=
+          std::min<Clock::duration>(kConfirmNotificationsEvery, settings.idleSession / 4);
   coap_pdu_t* pdu =
       coap_pdu_init(confirm ? COAP_MESSAGE_CON : COAP_MESSAGE_NON,
                     static_cast<coap_pdu_code_t>(answer.code), coap_new_message_id(rel.down), room);
@@ -86,7 +86,7 @@ void CoapService::Engine::notify(Relation& rel, const Exchange& answer) {
     coap_add_data(pdu, answer.payload.size(), answer.payload.data());
   }
   if (coap_send(rel.down, pdu) != COAP_INVALID_MID) {
-    ++svc.stats_.notifications;
+    ++counters.notifications;
     libcoapTouched = true;
     if (confirm) {
       rel.lastConfirmable = now;
@@ -94,8 +94,7 @@ void CoapService::Engine::notify(Relation& rel, const Exchange& answer) {
   }
 }
 
-void CoapService::Engine::endRelation(uint64_t id, std::optional<uint8_t> code,
-                                      std::string_view text) {
+void Proxy::endRelation(uint64_t id, std::optional<uint8_t> code, std::string_view text) {
   auto it = relations.find(id);
   if (it == relations.end()) {
     return;
@@ -120,12 +119,12 @@ void CoapService::Engine::endRelation(uint64_t id, std::optional<uint8_t> code,
     }
   }
   coap_session_release(rel.down);
-  --svc.stats_.observing;
+  --counters.observing;
   relations.erase(it);
 }
 
-void CoapService::Engine::endRelationsIf(const std::function<bool(const Relation&)>& match,
-                                         std::optional<uint8_t> code, std::string_view text) {
+void Proxy::endRelationsIf(const std::function<bool(const Relation&)>& match,
+                           std::optional<uint8_t> code, std::string_view text) {
   std::vector<uint64_t> ids;
   for (const auto& [id, rel] : relations) {
     if (match(*rel)) {
@@ -137,4 +136,4 @@ void CoapService::Engine::endRelationsIf(const std::function<bool(const Relation
   }
 }
 
-} // namespace iotgw::daemon
+} // namespace iotgw::coap
