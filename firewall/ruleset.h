@@ -6,7 +6,7 @@
 // two tables, both named `iotgw`: `inet iotgw` (addresses, ports, routing) and `bridge iotgw`
 // (frames on the device bridges' ports, whether or not br_netfilter passes them to IP hooks).
 // compile.h fills them from a policy snapshot; netlink.h sends them to the kernel in one batch;
-// nft_text.h writes the same thing in nft's language (for `nft -f` comparisons and for people).
+// tests/tools/nft_text.h writes the same thing in nft's language (for `nft -f` comparisons).
 //
 // Every rule is a list of matches followed by at most one counting statement and one verdict.
 // No rule names a device: the number of rules a packet meets never depends on how many devices

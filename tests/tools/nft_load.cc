@@ -25,8 +25,8 @@
 
 #include "firewall/compile.h"
 #include "firewall/netlink.h"
-#include "firewall/nft_text.h"
 #include "policy/policy_parser.h"
+#include "tests/tools/nft_text.h"
 
 using namespace iotgw;
 using Clock = std::chrono::steady_clock;

@@ -8,8 +8,8 @@
 
 #include "firewall/compile.h"
 #include "firewall/exposure.h"
-#include "firewall/nft_text.h"
 #include "policy/policy_parser.h"
+#include "tests/tools/nft_text.h"
 
 using namespace iotgw;
 using firewall::Element;

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-#include "firewall/nft_text.h"
+#include "tests/tools/nft_text.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
