@@ -73,14 +73,18 @@ std::expected<std::unique_ptr<Daemon>, std::string> Daemon::create(Options optio
   return d;
 }
 
-Daemon::Daemon(Options options, Snapshot snapshot, std::unique_ptr<io::Reactor> reactor)
-    : options_(std::move(options)), current_(std::move(snapshot)), reactor_(std::move(reactor)) {}
+Daemon::Daemon(Options options, Snapshot snapshot, std::unique_ptr<io::Reactor> reactor) {
+  w_.options = std::move(options);
+  w_.current = std::move(snapshot);
+  w_.reactor = std::move(reactor);
+  manager_ = std::make_unique<Manager>(w_, [this] { return reload(); });
+}
 
 Daemon::~Daemon() = default;
 
 Outcome Daemon::setUp() {
-  const Config& config = *current_.config;
-  sink_ = std::make_unique<EventSink>(makeBackend(config.events.target), config.events);
+  const Config& config = *w_.current.config;
+  w_.sink = std::make_unique<EventSink>(makeBackend(config.events.target), config.events);
 
   // The state directory holds keys and persisted policies: owner only.
   std::error_code ec;
@@ -95,7 +99,7 @@ Outcome Daemon::setUp() {
   if (!ids) {
     return failure("gateway CA: " + ids.error());
   }
-  identities_ = std::move(*ids);
+  w_.identities = std::move(*ids);
 
   sigset_t mask;
   sigemptyset(&mask);
@@ -110,14 +114,14 @@ Outcome Daemon::setUp() {
   if (!signalFd_.valid()) {
     return failure("cannot create signalfd");
   }
-  if (auto e = reactor_->add(signalFd_.get(), EPOLLIN, [this](uint32_t) { onSignal(); })) {
+  if (auto e = w_.reactor->add(signalFd_.get(), EPOLLIN, [this](uint32_t) { onSignal(); })) {
     return failure("cannot watch signals: " + e.message());
   }
 
   if (auto interval = notify::watchdogInterval()) {
     const auto half = std::chrono::duration_cast<std::chrono::milliseconds>(*interval / 2);
     const auto period = std::max(half, std::chrono::milliseconds(1));
-    if (auto t = reactor_->addTimer(period, period, [] { notify::watchdog(); }); !t) {
+    if (auto t = w_.reactor->addTimer(period, period, [] { notify::watchdog(); }); !t) {
       return failure("cannot arm the watchdog timer");
     }
   }
@@ -125,26 +129,26 @@ Outcome Daemon::setUp() {
 
   // The table goes in before any listener accepts a device (fail closed: no table, no daemon).
   if (config.firewall.enabled) {
-    firewall_ =
-        std::make_unique<FirewallService>(*reactor_, *sink_, [this](const policy::DeviceId& id) {
-          if (mqtt_) {
-            mqtt_->closeDevice(id);
-          }
-          if (coap_) {
-            coap_->closeDevice(id);
-          }
-        });
-    if (auto err = firewall_->start(config, current_.policies); !err) {
+    w_.firewall = std::make_unique<FirewallService>(*w_.reactor, *w_.sink,
+                                                    [this](const policy::DeviceId& id) {
+                                                      if (w_.mqtt) {
+                                                        w_.mqtt->closeDevice(id);
+                                                      }
+                                                      if (w_.coap) {
+                                                        w_.coap->closeDevice(id);
+                                                      }
+                                                    });
+    if (auto err = w_.firewall->start(config, w_.current.policies); !err) {
       return err;
     }
     // The exposure scan: shortly after start, then every scan interval, with the policies in
     // force at that moment.
     if (config.firewall.scanInterval.count() > 0) {
-      scan_ = std::make_unique<ExposureScan>(*reactor_, *sink_);
+      w_.scan = std::make_unique<ExposureScan>(*w_.reactor, *w_.sink);
       const auto every =
           std::chrono::duration_cast<std::chrono::milliseconds>(config.firewall.scanInterval);
-      if (!reactor_->addTimer(std::chrono::seconds(2), every, [this] {
-            scan_->start(current_.policies, current_.config->firewall.scanProbesPerSecond);
+      if (!w_.reactor->addTimer(std::chrono::seconds(2), every, [this] {
+            w_.scan->start(w_.current.policies, w_.current.config->firewall.scanProbesPerSecond);
           })) {
         return failure("cannot arm the exposure scan timer");
       }
@@ -152,63 +156,64 @@ Outcome Daemon::setUp() {
     if (config.firewall.telemetryInterval.count() > 0) {
       const auto every =
           std::chrono::duration_cast<std::chrono::milliseconds>(config.firewall.telemetryInterval);
-      if (!reactor_->addTimer(every, every, [this] { firewall_->sampleTraffic(); })) {
+      if (!w_.reactor->addTimer(every, every, [this] { w_.firewall->sampleTraffic(); })) {
         return failure("cannot arm the telemetry timer");
       }
     }
   }
-  reconcileIdentities();
+  manager_->reconcileIdentities();
   // The CRL is valid for 30 days: checked hourly, rewritten a week into its life.
-  if (!reactor_->addTimer(std::chrono::hours(1), std::chrono::hours(1), [this] {
-        if (auto e = identities_->refreshCrl(std::chrono::system_clock::now()); !e) {
+  if (!w_.reactor->addTimer(std::chrono::hours(1), std::chrono::hours(1), [this] {
+        if (auto e = w_.identities->refreshCrl(std::chrono::system_clock::now()); !e) {
           Event ev;
           ev.type = EventType::UpstreamUnavailable;
           ev.protocol = "pki";
           ev.rule = "crl";
           ev.message = "cannot refresh the CRL: " + e.error();
-          sink_->emit(std::move(ev));
+          w_.sink->emit(std::move(ev));
         }
       })) {
     return failure("cannot arm the CRL timer");
   }
   // CoAP pushes ride on the MQTT capability's upstream sessions, so it runs for them too.
   if (config.mqtt.enabled || config.mqttTls.enabled || config.coap.enabled) {
-    mqtt_ = std::make_unique<MqttService>(
-        *reactor_, *sink_, current_.config, [this] { return current_.policies; },
-        current_.defaultCredentials);
-    mqtt_->setIdentities(identities_.get());
-    mqtt_->setQuarantineCheck(
-        [this](const policy::DeviceId& id) { return firewall_ && firewall_->quarantined(id); });
-    if (firewall_) {
-      mqtt_->setQuarantineHandler([this](const policy::DeviceId& id, const std::string& rule) {
-        (void)firewall_->quarantine(id, rule, // a failure is an event of its own
-                                    "the device broke its policy, whose action is quarantine");
+    w_.mqtt = std::make_unique<MqttService>(
+        *w_.reactor, *w_.sink, w_.current.config, [this] { return w_.current.policies; },
+        w_.current.defaultCredentials);
+    w_.mqtt->setIdentities(w_.identities.get());
+    w_.mqtt->setQuarantineCheck(
+        [this](const policy::DeviceId& id) { return w_.firewall && w_.firewall->quarantined(id); });
+    if (w_.firewall) {
+      w_.mqtt->setQuarantineHandler([this](const policy::DeviceId& id, const std::string& rule) {
+        (void)w_.firewall->quarantine(id, rule, // a failure is an event of its own
+                                      "the device broke its policy, whose action is quarantine");
       });
     }
-    if (auto err = mqtt_->start(); !err) {
+    if (auto err = w_.mqtt->start(); !err) {
       return err;
     }
   }
   if (config.coap.enabled || config.coapDtls.enabled) {
     CoapService::Publish publish; // none without the MQTT capability: pushes are answered 5.03
-    if (mqtt_) {
-      publish = [mqtt = mqtt_.get()](const policy::DevicePolicy& device, const std::string& topic,
-                                     std::span<const uint8_t> payload, uint8_t qos,
-                                     std::function<void(bool)> done) {
+    if (w_.mqtt) {
+      publish = [mqtt = w_.mqtt.get()](const policy::DevicePolicy& device, const std::string& topic,
+                                       std::span<const uint8_t> payload, uint8_t qos,
+                                       std::function<void(bool)> done) {
         return mqtt->publishFor(device, topic, payload, qos, std::move(done));
       };
     }
-    coap_ = std::make_unique<CoapService>(
-        *reactor_, *sink_, current_.config, [this] { return current_.policies; },
+    w_.coap = std::make_unique<CoapService>(
+        *w_.reactor, *w_.sink, w_.current.config, [this] { return w_.current.policies; },
         std::move(publish),
-        [this](const policy::DeviceId& id) { return firewall_ && firewall_->quarantined(id); });
-    if (auto err = coap_->start(); !err) {
+        [this](const policy::DeviceId& id) { return w_.firewall && w_.firewall->quarantined(id); });
+    if (auto err = w_.coap->start(); !err) {
       return err;
     }
   }
   // The control API last: by the time a caller can change anything, everything it changes runs.
   if (config.dbus.enabled) {
-    auto d = DbusService::start(*reactor_, *this, config.dbus.adminGroup, config.dbus.readerGroup);
+    auto d =
+        DbusService::start(*w_.reactor, *manager_, config.dbus.adminGroup, config.dbus.readerGroup);
     if (!d) {
       if (d.error().find("FileExists") != std::string::npos) {
         return failure(
@@ -219,7 +224,7 @@ Outcome Daemon::setUp() {
           d.error().find("FileNotFound") != std::string::npos ? "no system bus" : d.error();
     } else {
       dbus_ = std::move(*d);
-      sink_->setObserver([this](const Event& e, bool journaled) {
+      w_.sink->setObserver([this](const Event& e, bool journaled) {
         if (dbus_) {
           dbus_->onEvent(e, journaled);
         }
@@ -231,28 +236,28 @@ Outcome Daemon::setUp() {
 
 void Daemon::scheduleSummaries() {
   if (summaryTimer_) {
-    reactor_->cancelTimer(*summaryTimer_);
+    w_.reactor->cancelTimer(*summaryTimer_);
   }
   const auto every = std::chrono::duration_cast<std::chrono::milliseconds>(
-      current_.config->events.summaryInterval);
-  if (auto t = reactor_->addTimer(every, every, [this] { sink_->flushSuppressed(); })) {
+      w_.current.config->events.summaryInterval);
+  if (auto t = w_.reactor->addTimer(every, every, [this] { w_.sink->flushSuppressed(); })) {
     summaryTimer_ = *t;
   }
 }
 
 std::string Daemon::statusLine() const {
-  const auto& c = *current_.config;
-  const size_t n = current_.policies->size();
+  const auto& c = *w_.current.config;
+  const size_t n = w_.current.policies->size();
   std::string mqtt;
-  if (mqtt_) {
-    mqtt = fmt::format("; MQTT on port {}, {} connection{}", c.mqtt.port, mqtt_->connections(),
-                       mqtt_->connections() == 1 ? "" : "s");
+  if (w_.mqtt) {
+    mqtt = fmt::format("; MQTT on port {}, {} connection{}", c.mqtt.port, w_.mqtt->connections(),
+                       w_.mqtt->connections() == 1 ? "" : "s");
   }
   std::string coap;
-  if (coap_) {
+  if (w_.coap) {
     std::vector<std::string> parts;
     if (c.coapDtls.enabled) {
-      const uint64_t sessions = coap_->dtlsSessions();
+      const uint64_t sessions = w_.coap->dtlsSessions();
       parts.push_back(fmt::format("DTLS on port {}, {} session{}", c.coapDtls.port, sessions,
                                   sessions == 1 ? "" : "s"));
     }
@@ -262,7 +267,7 @@ std::string Daemon::statusLine() const {
     coap = fmt::format("; CoAP {}", fmt::join(parts, ", "));
   }
   std::string fw = "; firewall off";
-  if (firewall_) {
+  if (w_.firewall) {
     fw = fmt::format("; table inet iotgw on {}", fmt::join(c.deviceSegment.interfaces, ","));
   }
   std::string api;
@@ -282,21 +287,21 @@ int Daemon::run() {
   started.protocol = "daemon";
   started.message = fmt::format(
       "iotgwd {} started: {}; {} default credentials refused; events to {}", IOTGW_VERSION,
-      statusLine(), current_.defaultCredentials->size(), sink_->backend().name());
-  sink_->emit(started);
+      statusLine(), w_.current.defaultCredentials->size(), w_.sink->backend().name());
+  w_.sink->emit(started);
   notify::ready(statusLine());
 
-  if (auto ec = reactor_->run()) {
+  if (auto ec = w_.reactor->run()) {
     Event failed;
     failed.type = EventType::DaemonStopping;
     failed.message = "event loop failed: " + ec.message();
-    sink_->emit(failed);
+    w_.sink->emit(failed);
     return 1;
   }
-  if (firewall_) {
-    firewall_->stop();
+  if (w_.firewall) {
+    w_.firewall->stop();
   }
-  sink_->flushSuppressed();
+  w_.sink->flushSuppressed();
   return exitCode_;
 }
 
@@ -315,8 +320,8 @@ void Daemon::onSignal() {
       e.protocol = "daemon";
       e.message =
           fmt::format("iotgwd stopping on {}", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
-      sink_->emit(e);
-      reactor_->stop();
+      w_.sink->emit(e);
+      w_.reactor->stop();
       return;
     }
     default:
@@ -327,7 +332,7 @@ void Daemon::onSignal() {
 
 Outcome Daemon::reload() {
   notify::reloading();
-  auto next = loadSnapshot(options_);
+  auto next = loadSnapshot(w_.options);
   if (!next) {
     const auto& diags = next.error();
     Event e;
@@ -339,7 +344,7 @@ Outcome Daemon::reload() {
                             "force: {}",
                             diags.size(), diags.size() == 1 ? "" : "s",
                             diags.empty() ? "" : diags.front().str());
-    sink_->emit(e);
+    w_.sink->emit(e);
     notify::ready(statusLine());
     return failure(diags.empty() ? "rejected" : diags.front().str());
   }
@@ -350,7 +355,7 @@ Outcome Daemon::reload() {
     e.action = "keep-running-config";
     e.rule = err;
     e.message = "reload rejected; the running configuration stays in force: " + err;
-    sink_->emit(e);
+    w_.sink->emit(e);
     notify::ready(statusLine());
   };
   // Prepare: everything that can fail is built first (TLS contexts, CRLs) and changes nothing.
@@ -363,20 +368,20 @@ Outcome Daemon::reload() {
     reject(step.error());
     return Outcome(failure(step.error()));
   };
-  if (mqtt_) {
-    if (auto ok = prepare(mqtt_->prepareTls(*next->config)); !ok) {
+  if (w_.mqtt) {
+    if (auto ok = prepare(w_.mqtt->prepareTls(*next->config)); !ok) {
       return ok;
     }
   }
-  if (coap_) {
-    if (auto ok = prepare(coap_->prepareCrl(*next->config)); !ok) {
+  if (w_.coap) {
+    if (auto ok = prepare(w_.coap->prepareCrl(*next->config)); !ok) {
       return ok;
     }
   }
   // Apply: the firewall's one transaction is the last step that can fail (the kernel refuses it
   // whole, and then nothing has changed anywhere).
-  if (firewall_) {
-    if (auto err = firewall_->apply(*next->config, next->policies); !err) {
+  if (w_.firewall) {
+    if (auto err = w_.firewall->apply(*next->config, next->policies); !err) {
       reject(err.error());
       return err;
     }
@@ -387,20 +392,20 @@ Outcome Daemon::reload() {
   }
   // Everything checked: swap the snapshots in one step. Sessions already running keep the
   // snapshot they started with; listener and upstream addresses take effect at restart.
-  current_ = std::move(*next);
-  if (mqtt_) {
-    mqtt_->setDefaultCredentials(current_.defaultCredentials);
+  w_.current = std::move(*next);
+  if (w_.mqtt) {
+    w_.mqtt->setDefaultCredentials(w_.current.defaultCredentials);
   }
-  ++reloads_;
-  reconcileIdentities(); // a devices.d/ file may have come, gone, or changed its identity
-  sink_->reconfigure(current_.config->events);
+  ++w_.reloads;
+  manager_->reconcileIdentities(); // a devices.d/ file may have come, gone, or changed its identity
+  w_.sink->reconfigure(w_.current.config->events);
   scheduleSummaries();
   Event e;
   e.type = EventType::ConfigReloaded;
   e.protocol = "config";
   e.action = "apply";
-  e.message = fmt::format("reload {} applied: {}", reloads_, statusLine());
-  sink_->emit(e);
+  e.message = fmt::format("reload {} applied: {}", w_.reloads, statusLine());
+  w_.sink->emit(e);
   notify::ready(statusLine());
   return {};
 }

@@ -1,13 +1,11 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-// The daemon's Control side: enrolment, policy changes, removal, quarantine, as asked over D-Bus.
-// Devices enrolled over the API live in <state_directory>/devices/<id>.toml, read at start-up and
-// on reload together with devices.d/ (one parser, one validator for both).
+// The control API: enrolment, policy changes, removal, quarantine, as asked over D-Bus.
+#include "daemon/manager.h"
+
 #include <set>
 
 #include <fmt/format.h>
 
-#include "daemon/daemon.h"
-#include "daemon/state_files.h"
 #include "iotgw/build_config.h"
 #include "policy/policy_parser.h"
 
@@ -41,7 +39,7 @@ std::string joined(const policy::Diagnostics& diags) {
 
 } // namespace
 
-void Daemon::identityFailed(const std::string& id, const std::string& why) {
+void Manager::identityFailed(const std::string& id, const std::string& why) {
   Event e;
   e.type = EventType::UpstreamUnavailable;
   e.device = id;
@@ -50,11 +48,11 @@ void Daemon::identityFailed(const std::string& id, const std::string& why) {
   e.rule = "mqtt.upstream_identity";
   e.action = "identity-failed";
   e.message = why;
-  sink_->emit(std::move(e));
+  w_.sink->emit(std::move(e));
 }
 
-void Daemon::identityIssued(const std::string& id, const Identities::Identity& identity,
-                            bool renewal) {
+void Manager::identityIssued(const std::string& id, const Identities::Identity& identity,
+                             bool renewal) {
   const auto& s = identity.summary;
   Event e;
   e.type = EventType::DeviceChanged;
@@ -63,17 +61,17 @@ void Daemon::identityIssued(const std::string& id, const Identities::Identity& i
   e.protocol = "pki";
   e.action = renewal ? "identity-renewed" : "identity-issued";
   e.message = fmt::format("{} {} its own client certificate from {} (serial {}, valid {} days)", id,
-                          renewal ? "renewed" : "issued", identities_->ca().commonName(), s.serial,
-                          Identities::kDeviceValidity.count());
-  sink_->emit(std::move(e));
-  if (renewal && mqtt_) {
-    mqtt_->closeDevice(policy::DeviceId::parse(id).value()); // reconnects with the new one
+                          renewal ? "renewed" : "issued", w_.identities->ca().commonName(),
+                          s.serial, Identities::kDeviceValidity.count());
+  w_.sink->emit(std::move(e));
+  if (renewal && w_.mqtt) {
+    w_.mqtt->closeDevice(policy::DeviceId::parse(id).value()); // reconnects with the new one
   }
 }
 
-Outcome Daemon::issueIdentity(const std::string& id) {
-  const bool renewal = identities_->find(id) != nullptr;
-  auto issued = identities_->issue(id);
+Outcome Manager::issueIdentity(const std::string& id) {
+  const bool renewal = w_.identities->find(id) != nullptr;
+  auto issued = w_.identities->issue(id);
   if (!issued) {
     identityFailed(id, issued.error());
     return failure(issued.error());
@@ -82,21 +80,21 @@ Outcome Daemon::issueIdentity(const std::string& id) {
   return {};
 }
 
-void Daemon::reconcileIdentities() {
+void Manager::reconcileIdentities() {
   const auto now = std::chrono::system_clock::now();
   std::set<std::string, std::less<>> wanted;
-  for (const auto& d : current_.policies->devices()) {
+  for (const auto& d : w_.current.policies->devices()) {
     if (d.mqttRules.upstreamIdentity != policy::UpstreamIdentity::Issued) {
       continue;
     }
     const std::string id = d.id.str();
     wanted.insert(id);
-    const auto* have = identities_->find(id);
+    const auto* have = w_.identities->find(id);
     if (have == nullptr || have->summary.notAfter - now < std::chrono::days(30)) {
       (void)issueIdentity(id); // a failure is an event; the device's upstream says why
     }
   }
-  for (const auto& holder : identities_->holders()) {
+  for (const auto& holder : w_.identities->holders()) {
     if (wanted.contains(holder)) {
       continue;
     }
@@ -104,7 +102,7 @@ void Daemon::reconcileIdentities() {
     e.device = holder;
     e.protocol = "pki";
     e.provision = "5.11-1";
-    if (auto err = identities_->revoke(holder); !err) {
+    if (auto err = w_.identities->revoke(holder); !err) {
       e.type = EventType::UpstreamUnavailable;
       e.action = "revoke-failed";
       e.message = err.error();
@@ -112,67 +110,67 @@ void Daemon::reconcileIdentities() {
       e.type = EventType::DeviceChanged;
       e.action = "identity-revoked";
       e.message = fmt::format("{}'s client certificate revoked (CRL {}) and its key deleted",
-                              holder, identities_->crlPath().string());
+                              holder, w_.identities->crlPath().string());
     }
-    sink_->emit(std::move(e));
+    w_.sink->emit(std::move(e));
   }
 }
 
-std::filesystem::path Daemon::apiPolicyPath(const std::string& id) const {
-  return current_.config->stateDirectory / "devices" / (id + ".toml");
+std::filesystem::path Manager::apiPolicyPath(const std::string& id) const {
+  return w_.current.config->stateDirectory / "devices" / (id + ".toml");
 }
 
-bool Daemon::fromApi(const policy::DevicePolicy& d) const {
+bool Manager::fromApi(const policy::DevicePolicy& d) const {
   return std::filesystem::path(d.sourceName) == apiPolicyPath(d.id.str());
 }
 
 std::expected<const policy::DevicePolicy*, ControlError>
-Daemon::enrolled(std::string_view idText) const {
+Manager::enrolled(std::string_view idText) const {
   const auto id = policy::DeviceId::parse(idText);
   if (!id) {
     return std::unexpected(err(ControlErrorCode::InvalidArgument, "not a device id"));
   }
-  if (const auto* d = current_.policies->find(*id)) {
+  if (const auto* d = w_.current.policies->find(*id)) {
     return d;
   }
   return std::unexpected(err(ControlErrorCode::NoSuchDevice, "no device " + id->str()));
 }
 
-std::vector<DeviceSummary> Daemon::listDevices() const {
+std::vector<DeviceSummary> Manager::listDevices() const {
   std::vector<DeviceSummary> out;
-  for (const auto& d : current_.policies->devices()) {
-    out.push_back({d.id.str(), fromApi(d), firewall_ && firewall_->quarantined(d.id)});
+  for (const auto& d : w_.current.policies->devices()) {
+    out.push_back({d.id.str(), fromApi(d), w_.firewall && w_.firewall->quarantined(d.id)});
   }
   return out;
 }
 
-std::expected<DeviceDetail, ControlError> Daemon::device(std::string_view idText) const {
+std::expected<DeviceDetail, ControlError> Manager::device(std::string_view idText) const {
   const auto found = enrolled(idText);
   if (!found) {
     return std::unexpected(found.error());
   }
   const policy::DevicePolicy* d = *found;
   DeviceDetail out;
-  out.summary = {d->id.str(), fromApi(*d), firewall_ && firewall_->quarantined(d->id)};
+  out.summary = {d->id.str(), fromApi(*d), w_.firewall && w_.firewall->quarantined(d->id)};
   out.policy = policy::redactSecrets(d->document); // readers never see a password hash
   if (d->mqttRules.upstreamIdentity == policy::UpstreamIdentity::Issued) {
     out.identity = "issued";
-    if (const auto* identity = identities_->find(d->id.str())) {
+    if (const auto* identity = w_.identities->find(d->id.str())) {
       out.certificateSerial = identity->summary.serial;
       out.certificateExpires = std::chrono::duration_cast<std::chrono::seconds>(
                                    identity->summary.notAfter.time_since_epoch())
                                    .count();
     }
   }
-  if (firewall_) {
-    const auto& counters = firewall_->traffic().counters();
+  if (w_.firewall) {
+    const auto& counters = w_.firewall->traffic().counters();
     if (auto c = counters.find(d->id.str()); c != counters.end()) {
       out.txPackets = c->second.tx.packets;
       out.txBytes = c->second.tx.bytes;
       out.rxPackets = c->second.rx.packets;
       out.rxBytes = c->second.rx.bytes;
     }
-    const auto& rates = firewall_->traffic().rates();
+    const auto& rates = w_.firewall->traffic().rates();
     if (auto r = rates.find(d->id.str()); r != rates.end()) {
       out.txBytesPerSecond = r->second.txBytesPerSecond;
       out.rxBytesPerSecond = r->second.rxBytesPerSecond;
@@ -181,8 +179,8 @@ std::expected<DeviceDetail, ControlError> Daemon::device(std::string_view idText
   return out;
 }
 
-std::expected<policy::DevicePolicy, ControlError> Daemon::parseForApi(std::string_view idText,
-                                                                      std::string_view text) const {
+std::expected<policy::DevicePolicy, ControlError>
+Manager::parseForApi(std::string_view idText, std::string_view text) const {
   const auto id = policy::DeviceId::parse(idText);
   if (!id) {
     return std::unexpected(err(ControlErrorCode::InvalidArgument,
@@ -208,11 +206,11 @@ std::expected<policy::DevicePolicy, ControlError> Daemon::parseForApi(std::strin
 // staged); the firewall's transaction is the last step that can fail; then what was prepared is
 // put in place (renames) and the snapshot swapped. A failure before the commit leaves the
 // running state as it was and nothing on disk.
-ControlResult Daemon::commitDevices(std::vector<policy::DevicePolicy> next, const Stage& stage) {
-  if (next.size() > current_.config->limits.maxDevices) {
+ControlResult Manager::commitDevices(std::vector<policy::DevicePolicy> next, const Stage& stage) {
+  if (next.size() > w_.current.config->limits.maxDevices) {
     return std::unexpected(
         err(ControlErrorCode::Rejected,
-            fmt::format("at most {} devices", current_.config->limits.maxDevices)));
+            fmt::format("at most {} devices", w_.current.config->limits.maxDevices)));
   }
   auto set = policy::PolicySet::build(std::move(next));
   if (!set) {
@@ -223,8 +221,8 @@ ControlResult Daemon::commitDevices(std::vector<policy::DevicePolicy> next, cons
   std::vector<Identities::Prepared> identities;
   for (const auto& d : (*set)->devices()) {
     if (d.mqttRules.upstreamIdentity == policy::UpstreamIdentity::Issued &&
-        identities_->find(d.id.str()) == nullptr) {
-      auto prepared = identities_->prepareIssue(d.id.str());
+        w_.identities->find(d.id.str()) == nullptr) {
+      auto prepared = w_.identities->prepareIssue(d.id.str());
       if (!prepared) {
         identityFailed(d.id.str(), prepared.error());
         return std::unexpected(err(ControlErrorCode::Failed, prepared.error()));
@@ -236,8 +234,8 @@ ControlResult Daemon::commitDevices(std::vector<policy::DevicePolicy> next, cons
   if (!staged) {
     return std::unexpected(err(ControlErrorCode::Failed, staged.error()));
   }
-  if (firewall_) {
-    if (auto e = firewall_->apply(*current_.config, *set); !e) {
+  if (w_.firewall) {
+    if (auto e = w_.firewall->apply(*w_.current.config, *set); !e) {
       return std::unexpected(err(ControlErrorCode::Rejected, "firewall: " + e.error()));
     }
   }
@@ -245,7 +243,7 @@ ControlResult Daemon::commitDevices(std::vector<policy::DevicePolicy> next, cons
   // change is in force and says so in the journal (a restart would read the file as it is).
   for (auto& prepared : identities) {
     const std::string id = prepared.device;
-    if (auto issued = identities_->commit(std::move(prepared))) {
+    if (auto issued = w_.identities->commit(std::move(prepared))) {
       identityIssued(id, **issued, false);
     } else {
       identityFailed(id, issued.error()); // reconcileIdentities below tries again
@@ -258,9 +256,9 @@ ControlResult Daemon::commitDevices(std::vector<policy::DevicePolicy> next, cons
     e.action = "save-failed";
     e.message =
         fmt::format("the device change is in force but could not be saved: {}", saved.error());
-    sink_->emit(std::move(e));
+    w_.sink->emit(std::move(e));
   }
-  current_.policies = std::move(*set);
+  w_.current.policies = std::move(*set);
   reconcileIdentities(); // revokes what the previous set had and this one does not
   return {};
 }
@@ -280,34 +278,34 @@ std::vector<policy::DevicePolicy> without(const policy::PolicySet& set,
 
 } // namespace
 
-ControlResult Daemon::enrollDevice(std::string_view idText, std::string_view text) {
+ControlResult Manager::enrollDevice(std::string_view idText, std::string_view text) {
   auto parsed = parseForApi(idText, text);
   if (!parsed) {
     return std::unexpected(parsed.error());
   }
   const policy::DeviceId id = parsed->id;
-  if (current_.policies->find(id)) {
+  if (w_.current.policies->find(id)) {
     return std::unexpected(err(ControlErrorCode::DeviceExists, id.str() + " is already enrolled"));
   }
-  auto next = current_.policies->devices();
+  auto next = w_.current.policies->devices();
   next.push_back(std::move(*parsed));
   const auto path = apiPolicyPath(id.str());
   if (auto r = commitDevices(std::move(next), [&] { return StagedFile::write(path, text); }); !r) {
     return r;
   }
-  deviceChanged(*sink_, id.str(), "enrolled",
+  deviceChanged(*w_.sink, id.str(), "enrolled",
                 fmt::format("{} enrolled over the control API", id.str()));
   return {};
 }
 
-ControlResult Daemon::setDevicePolicy(std::string_view idText, std::string_view text) {
+ControlResult Manager::setDevicePolicy(std::string_view idText, std::string_view text) {
   auto parsed = parseForApi(idText, text);
   if (!parsed) {
     // A malformed id is the caller's mistake whatever the document says.
     return std::unexpected(parsed.error());
   }
   const policy::DeviceId id = parsed->id;
-  const auto* running = current_.policies->find(id);
+  const auto* running = w_.current.policies->find(id);
   if (!running) {
     return std::unexpected(err(ControlErrorCode::NoSuchDevice, "no device " + id.str()));
   }
@@ -316,7 +314,7 @@ ControlResult Daemon::setDevicePolicy(std::string_view idText, std::string_view 
         err(ControlErrorCode::ReadOnly, fmt::format("{} is defined by {}; change that file instead",
                                                     id.str(), running->sourceName)));
   }
-  auto next = without(*current_.policies, id);
+  auto next = without(*w_.current.policies, id);
   next.push_back(std::move(*parsed));
   const auto path = apiPolicyPath(id.str());
   if (auto r = commitDevices(std::move(next), [&] { return StagedFile::write(path, text); }); !r) {
@@ -324,18 +322,18 @@ ControlResult Daemon::setDevicePolicy(std::string_view idText, std::string_view 
   }
   // Sessions run on the snapshot they started with: end them, so the device reconnects under
   // the new policy rather than keeping what it may no longer do.
-  if (mqtt_) {
-    mqtt_->closeDevice(id);
+  if (w_.mqtt) {
+    w_.mqtt->closeDevice(id);
   }
-  if (coap_) {
-    coap_->closeDevice(id);
+  if (w_.coap) {
+    w_.coap->closeDevice(id);
   }
-  deviceChanged(*sink_, id.str(), "updated",
+  deviceChanged(*w_.sink, id.str(), "updated",
                 fmt::format("{}'s policy replaced over the control API", id.str()));
   return {};
 }
 
-ControlResult Daemon::removeDevice(std::string_view idText) {
+ControlResult Manager::removeDevice(std::string_view idText) {
   const auto found = enrolled(idText);
   if (!found) {
     return std::unexpected(found.error());
@@ -349,7 +347,7 @@ ControlResult Daemon::removeDevice(std::string_view idText) {
   }
   const auto path = apiPolicyPath(id.str());
   if (auto r = commitDevices(
-          without(*current_.policies, id),
+          without(*w_.current.policies, id),
           [&]() -> std::expected<StagedFile, std::string> { return StagedFile::removal(path); });
       !r) {
     return r;
@@ -358,16 +356,16 @@ ControlResult Daemon::removeDevice(std::string_view idText) {
   // firewall batch above already deleted its addresses and counters, and commitDevices revoked
   // its certificate and deleted its key.
   size_t dropped = 0;
-  if (mqtt_) {
-    dropped = mqtt_->forgetDevice(id);
+  if (w_.mqtt) {
+    dropped = w_.mqtt->forgetDevice(id);
   }
-  if (coap_) {
-    coap_->closeDevice(id);
+  if (w_.coap) {
+    w_.coap->closeDevice(id);
   }
-  if (firewall_) {
-    firewall_->forget(id);
+  if (w_.firewall) {
+    w_.firewall->forget(id);
   }
-  deviceChanged(*sink_, id.str(), "removed",
+  deviceChanged(*w_.sink, id.str(), "removed",
                 fmt::format("{} removed over the control API; nothing of it is kept{}", id.str(),
                             dropped == 0 ? std::string()
                                          : fmt::format(" ({} queued message{} dropped)", dropped,
@@ -375,7 +373,7 @@ ControlResult Daemon::removeDevice(std::string_view idText) {
   return {};
 }
 
-ControlResult Daemon::quarantineDevice(std::string_view idText, std::string_view reason) {
+ControlResult Manager::quarantineDevice(std::string_view idText, std::string_view reason) {
   if (reason.empty() || reason.size() > 200) {
     return std::unexpected(
         err(ControlErrorCode::InvalidArgument, "a reason of 1 to 200 characters is needed"));
@@ -384,65 +382,65 @@ ControlResult Daemon::quarantineDevice(std::string_view idText, std::string_view
   if (!found) {
     return std::unexpected(found.error());
   }
-  if (!firewall_) {
+  if (!w_.firewall) {
     return std::unexpected(
         err(ControlErrorCode::Failed, "the firewall is off ([firewall] enabled = false)"));
   }
-  if (auto e = firewall_->quarantine((*found)->id, "dbus", reason); !e) {
+  if (auto e = w_.firewall->quarantine((*found)->id, "dbus", reason); !e) {
     return std::unexpected(err(ControlErrorCode::Failed, e.error()));
   }
   return {};
 }
 
-ControlResult Daemon::releaseDevice(std::string_view idText) {
+ControlResult Manager::releaseDevice(std::string_view idText) {
   const auto found = enrolled(idText);
   if (!found) {
     return std::unexpected(found.error());
   }
-  if (!firewall_) {
+  if (!w_.firewall) {
     return std::unexpected(
         err(ControlErrorCode::Failed, "the firewall is off ([firewall] enabled = false)"));
   }
-  if (auto e = firewall_->release((*found)->id); !e) {
+  if (auto e = w_.firewall->release((*found)->id); !e) {
     return std::unexpected(err(ControlErrorCode::Failed, e.error()));
   }
   return {};
 }
 
-ControlResult Daemon::reloadAll() {
-  if (auto e = reload(); !e) {
+ControlResult Manager::reloadAll() {
+  if (auto e = reload_(); !e) {
     return std::unexpected(err(ControlErrorCode::Rejected, e.error()));
   }
   return {};
 }
 
-GatewayStatus Daemon::status() const {
+GatewayStatus Manager::status() const {
   GatewayStatus s;
   s.version = IOTGW_VERSION;
   s.config =
-      current_.config->source.empty() ? "built-in default" : current_.config->source.string();
-  s.devices = static_cast<uint32_t>(current_.policies->size());
-  for (const auto& d : current_.policies->devices()) {
-    s.quarantined += firewall_ && firewall_->quarantined(d.id) ? 1 : 0;
+      w_.current.config->source.empty() ? "built-in default" : w_.current.config->source.string();
+  s.devices = static_cast<uint32_t>(w_.current.policies->size());
+  for (const auto& d : w_.current.policies->devices()) {
+    s.quarantined += w_.firewall && w_.firewall->quarantined(d.id) ? 1 : 0;
   }
-  s.mqttConnections = mqtt_ ? static_cast<uint32_t>(mqtt_->connections()) : 0;
-  if (coap_) {
-    s.counters = coap_->counters();
+  s.mqttConnections = w_.mqtt ? static_cast<uint32_t>(w_.mqtt->connections()) : 0;
+  if (w_.coap) {
+    s.counters = w_.coap->counters();
   }
-  if (mqtt_) {
-    auto m = mqtt_->counters();
+  if (w_.mqtt) {
+    auto m = w_.mqtt->counters();
     s.counters.insert(s.counters.end(), std::make_move_iterator(m.begin()),
                       std::make_move_iterator(m.end()));
   }
-  s.firewall = firewall_ != nullptr;
-  s.reloads = reloads_;
-  s.ca = identities_->ca().commonName();
-  s.caCertificate = identities_->caCertificatePath().string();
-  s.crl = identities_->crlPath().string();
-  s.issuedIdentities = static_cast<uint32_t>(identities_->holders().size());
-  s.uptimeSeconds = static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started_)
-          .count());
+  s.firewall = w_.firewall != nullptr;
+  s.reloads = w_.reloads;
+  s.ca = w_.identities->ca().commonName();
+  s.caCertificate = w_.identities->caCertificatePath().string();
+  s.crl = w_.identities->crlPath().string();
+  s.issuedIdentities = static_cast<uint32_t>(w_.identities->holders().size());
+  s.uptimeSeconds = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
+                                              std::chrono::steady_clock::now() - w_.started)
+                                              .count());
   return s;
 }
 
