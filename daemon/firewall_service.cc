@@ -419,21 +419,19 @@ Outcome FirewallService::release(const policy::DeviceId& id) {
   if (!quarantined_.contains(id.str())) {
     return {};
   }
-  // The tables first, the mark's removal once they are in force: should that fail, a restart
-  // quarantines the device again (the safe way round).
+  // The mark is set aside first (what can fail), then the tables; it is gone for good only once
+  // they are in force, and put back if they are refused.
+  auto mark = StagedFile::removal(quarantineDirectory(*config_) / id.str());
+  if (!mark) {
+    return failure(mark.error());
+  }
   auto next = quarantined_;
   next.erase(id.str());
   if (auto err = commit(compileAll(*config_, *policies_, next, bindings_)); !err) {
     return err;
   }
   quarantined_ = std::move(next);
-  if (auto err = removeDurably(quarantineDirectory(*config_) / id.str()); !err) {
-    emitQuarantineEvent(EventType::DeviceReleased, id.str(), "", "release-not-saved",
-                        fmt::format("{} released, but its quarantine mark could not be removed "
-                                    "({}): it is quarantined again at the next start",
-                                    id.str(), err.error()));
-    return {};
-  }
+  (void)mark->commit(); // a leftover hidden file is read by nobody
   emitQuarantineEvent(
       EventType::DeviceReleased, id.str(), "", "release",
       fmt::format("{} released from quarantine: its policy applies again", id.str()));

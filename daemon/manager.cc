@@ -252,6 +252,7 @@ ControlResult Manager::commitDevices(std::vector<policy::DevicePolicy> next, con
   if (auto saved = staged->commit(); !saved) {
     Event e;
     e.type = EventType::DeviceChanged;
+    e.device = staged->path().stem().string(); // <id>.toml
     e.protocol = "daemon";
     e.action = "save-failed";
     e.message =
@@ -346,9 +347,8 @@ ControlResult Manager::removeDevice(std::string_view idText) {
                                                     id.str(), running->sourceName)));
   }
   const auto path = apiPolicyPath(id.str());
-  if (auto r = commitDevices(
-          without(*w_.current.policies, id),
-          [&]() -> std::expected<StagedFile, std::string> { return StagedFile::removal(path); });
+  if (auto r = commitDevices(without(*w_.current.policies, id),
+                             [&] { return StagedFile::removal(path); });
       !r) {
     return r;
   }

@@ -44,7 +44,7 @@ std::expected<StagedFile, std::string> StagedFile::write(const std::filesystem::
   if (!fd.valid()) {
     return failure(fmt::format("cannot write {}: {}", tmp.string(), std::strerror(errno)));
   }
-  StagedFile staged(path, tmp); // from here on, a failure deletes the temporary file
+  StagedFile staged(path, tmp, Kind::Write); // from here on, a failure deletes the temporary
   size_t done = 0;
   while (done < content.size()) {
     const ssize_t n = ::write(fd.get(), content.data() + done, content.size() - done);
@@ -62,15 +62,29 @@ std::expected<StagedFile, std::string> StagedFile::write(const std::filesystem::
   return staged;
 }
 
-StagedFile StagedFile::removal(const std::filesystem::path& path) { return StagedFile(path, {}); }
+std::expected<StagedFile, std::string> StagedFile::removal(const std::filesystem::path& path) {
+  const auto aside = path.parent_path() / ("." + path.filename().string() + ".removed");
+  if (::rename(path.c_str(), aside.c_str()) != 0) {
+    if (errno == ENOENT) {
+      return StagedFile(path, {}, Kind::Nothing);
+    }
+    return failure(fmt::format("cannot remove {}: {}", path.string(), std::strerror(errno)));
+  }
+  return StagedFile(path, aside, Kind::Removal);
+}
 
 StagedFile::StagedFile(StagedFile&& other) noexcept
-    : path_(std::move(other.path_)), temporary_(std::move(other.temporary_)),
+    : path_(std::move(other.path_)), aside_(std::move(other.aside_)), kind_(other.kind_),
       pending_(std::exchange(other.pending_, false)) {}
 
 StagedFile::~StagedFile() {
-  if (pending_ && !temporary_.empty()) {
-    ::unlink(temporary_.c_str());
+  if (!pending_) {
+    return;
+  }
+  if (kind_ == Kind::Write) {
+    ::unlink(aside_.c_str());
+  } else if (kind_ == Kind::Removal) {
+    ::rename(aside_.c_str(), path_.c_str()); // back where it was
   }
 }
 
@@ -79,14 +93,19 @@ Outcome StagedFile::commit() {
     return {};
   }
   pending_ = false;
-  if (temporary_.empty()) {
-    return removeDurably(path_);
+  switch (kind_) {
+  case Kind::Nothing:
+    return {};
+  case Kind::Removal:
+    // Off its name already: what is left is a hidden file nobody reads.
+    return removeDurably(aside_);
+  case Kind::Write:
+    break;
   }
-  if (::rename(temporary_.c_str(), path_.c_str()) != 0) {
+  if (::rename(aside_.c_str(), path_.c_str()) != 0) {
     const std::string err = std::strerror(errno);
-    ::unlink(temporary_.c_str());
-    return failure(
-        fmt::format("cannot rename {} to {}: {}", temporary_.string(), path_.string(), err));
+    ::unlink(aside_.c_str());
+    return failure(fmt::format("cannot rename {} to {}: {}", aside_.string(), path_.string(), err));
   }
   return syncDirectory(path_.parent_path());
 }

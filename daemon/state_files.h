@@ -7,6 +7,8 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
+
 #include <expected>
 #include <filesystem>
 #include <string>
@@ -24,15 +26,19 @@ namespace iotgw::daemon {
 [[nodiscard]] Outcome removeDurably(const std::filesystem::path& path);
 
 // A change to one file, prepared: the new content written and flushed under a temporary name
-// beside the target (or, for a removal, nothing yet). commit() puts it in place (a rename in the
-// same directory, or the unlink) and flushes the directory; a change never committed is dropped
-// with its temporary file. What can fail (space, permissions) fails in write(), before anything
-// else of a change is put in force.
+// beside the target, or the file renamed aside for a removal (hidden names, starting with '.',
+// that no reader takes for a policy, a mark or an identity). commit() puts it in place (a rename
+// in the same directory, or the unlink of what was set aside) and flushes the directory; a change
+// never committed is undone (the temporary deleted, the file put back). What can fail (space,
+// permissions) fails while preparing, before anything else of a change is put in force.
 class StagedFile {
 public:
   [[nodiscard]] static std::expected<StagedFile, std::string>
   write(const std::filesystem::path& path, std::string_view content, mode_t mode = 0600);
-  [[nodiscard]] static StagedFile removal(const std::filesystem::path& path);
+  // The file moved aside to a hidden name (put back if never committed); nothing to do if it
+  // does not exist.
+  [[nodiscard]] static std::expected<StagedFile, std::string>
+  removal(const std::filesystem::path& path);
 
   StagedFile(StagedFile&& other) noexcept;
   StagedFile& operator=(StagedFile&&) = delete;
@@ -45,10 +51,12 @@ public:
   [[nodiscard]] const std::filesystem::path& path() const { return path_; }
 
 private:
-  StagedFile(std::filesystem::path path, std::filesystem::path temporary)
-      : path_(std::move(path)), temporary_(std::move(temporary)) {}
+  enum class Kind : uint8_t { Write, Removal, Nothing };
+  StagedFile(std::filesystem::path path, std::filesystem::path aside, Kind kind)
+      : path_(std::move(path)), aside_(std::move(aside)), kind_(kind) {}
   std::filesystem::path path_;
-  std::filesystem::path temporary_; // empty: a removal, or committed
+  std::filesystem::path aside_; // the new content, or the file being removed
+  Kind kind_;
   bool pending_ = true;
 };
 

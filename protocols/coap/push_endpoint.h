@@ -83,7 +83,7 @@ public:
   [[nodiscard]] std::expected<void, std::string> start();
   // Forgets the device's rate budget (quarantine, removal).
   void forget(const std::string& device);
-  // Forgets what it holds for the device (quarantine, removal).
+  // The ports actually bound (tests bind port 0).
   [[nodiscard]] std::vector<uint16_t> boundPorts() const;
 
 private:

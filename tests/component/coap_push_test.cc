@@ -65,8 +65,10 @@ private:
   io::UniqueFd fd_;
 };
 
+// A push with the device's content format (50, JSON) unless `format` says otherwise.
 Bytes push(uint16_t messageId, std::string_view path, std::string_view payload,
-           Type type = Type::Confirmable, uint8_t code = codes::kPost) {
+           Type type = Type::Confirmable, uint8_t code = codes::kPost,
+           std::optional<uint8_t> format = 50) {
   Message m;
   m.type = type;
   m.code = code;
@@ -83,6 +85,11 @@ Bytes push(uint16_t messageId, std::string_view path, std::string_view payload,
   keep = segments;
   for (const auto& s : keep) {
     m.options.push_back({11, View(reinterpret_cast<const uint8_t*>(s.data()), s.size())});
+  }
+  static uint8_t cf = 0;
+  if (format) {
+    cf = *format;
+    m.options.push_back({12, View(&cf, 1)});
   }
   m.payload = View(reinterpret_cast<const uint8_t*>(payload.data()), payload.size());
   return encode(m);
@@ -105,6 +112,7 @@ mac = "02:00:00:00:00:10"
 addresses = ["127.0.0.1"]
 [coap]
 max_payload_bytes = 64
+content_formats = [50]
 [[coap.push]]
 path = "/readings/*"
 topic = "sensors/%d/%p"
@@ -221,17 +229,40 @@ TEST_F(CoapPush, AnUnreachableBrokerIsA503AndAnEvent) {
 
 TEST_F(CoapPush, AnotherAddressIsNoDeviceAndGetsNoMoreThanThreeTimesWhatItSent) {
   Client stranger("127.0.0.2");
-  for (uint16_t id = 0; id < 20; ++id) {
-    stranger.send(port_, push(id, "/readings/temp", "1"));
+  // Six bytes each (a POST to /r, no token), answered by a 4.03 with its reason: the answers
+  // would be more than three times what came in, so some are not sent.
+  for (uint8_t id = 0; id < 20; ++id) {
+    stranger.send(port_, Bytes{0x40, codes::kPost, 0x00, id, 0xb1, 'r'});
   }
   pump();
   EXPECT_TRUE(published_.empty());
   EXPECT_EQ(counters_.unknownSources, 20u);
   EXPECT_TRUE(eventWithRule("coap.source"));
-  for (const auto& a : stranger.answers()) {
+  const auto answers = stranger.answers();
+  EXPECT_FALSE(answers.empty());
+  EXPECT_LT(answers.size(), 20u);
+  EXPECT_GT(counters_.budgetDrops, 0u);
+  for (const auto& a : answers) {
     EXPECT_EQ(codeOf(a), codes::kForbidden);
   }
+  EXPECT_EQ(counters_.unauthenticatedBytesIn, 20u * 6);
   EXPECT_LE(counters_.unauthenticatedBytesOut, 3 * counters_.unauthenticatedBytesIn);
+}
+
+TEST_F(CoapPush, AReadingInAFormatTheDeviceDoesNotSendIsMalformedInput) {
+  Client device("127.0.0.1");
+  device.send(port_, push(40, "/readings/temp", "21.5", Type::Confirmable, codes::kPost, 0));
+  device.send(port_,
+              push(41, "/readings/temp", "21.5", Type::Confirmable, codes::kPost, std::nullopt));
+  pump();
+  const auto answers = device.answers();
+  ASSERT_EQ(answers.size(), 2u);
+  EXPECT_EQ(codeOf(answers[0]), codes::kUnsupportedContentFormat);
+  EXPECT_EQ(codeOf(answers[1]), codes::kUnsupportedContentFormat);
+  EXPECT_TRUE(published_.empty());
+  EXPECT_EQ(counters_.deviceMalformed, 2u);
+  EXPECT_EQ(counters_.pushesDenied, 0u);
+  EXPECT_TRUE(eventWithRule("coap.content_formats"));
 }
 
 TEST_F(CoapPush, PathsMethodsAndSizesOutsideThePolicyAreRefusedWithTheirCodes) {

@@ -5,14 +5,10 @@
 // part: which transaction goes out, that a failed one changes nothing, and that a quarantine is
 // on disk before it is applied.
 #include <gtest/gtest.h>
-#include <net/if.h>
 #include <sched.h>
-#include <sys/ioctl.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -118,19 +114,9 @@ class FirewallServiceTest : public ::testing::Test {
 protected:
   static void SetUpTestSuite() {
     // The monitor, the interface list and the report listener are the kernel's own: in a
-    // namespace of this process, nothing the host runs can see or disturb them. Loopback comes
-    // up again for the other tests of this binary.
-    if (::geteuid() == 0 && ::unshare(CLONE_NEWNET) == 0) {
-      isolated_ = true;
-      const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-      ifreq ifr{};
-      std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
-      if (::ioctl(fd, SIOCGIFFLAGS, &ifr) == 0) {
-        ifr.ifr_flags |= IFF_UP;
-        (void)::ioctl(fd, SIOCSIFFLAGS, &ifr);
-      }
-      ::close(fd);
-    }
+    // network namespace of this process (a test binary of its own), nothing the host runs can
+    // see or disturb them.
+    isolated_ = ::geteuid() == 0 && ::unshare(CLONE_NEWNET) == 0;
   }
 
   void SetUp() override {
