@@ -206,11 +206,12 @@ std::expected<Packet, CodecError> decodeConnect(Reader& r) {
   Connect c;
   IOTGW_TRY(name, r.string());
   IOTGW_TRY(level, r.u8());
-  if (name != "MQTT") {
+  // MQTT 3.1 names itself "MQIsdp" at level 3; 3.1.1 and 5.0 are "MQTT" at 4 and 5.
+  if (name != "MQTT" && name != "MQIsdp") {
     return std::unexpected(CodecError{"MQTT-3.1.2-1", reason::kUnsupportedProtocolVersion,
-                                      "protocol name is not \"MQTT\""});
+                                      "protocol name is not \"MQTT\" (or \"MQIsdp\", 3.1)"});
   }
-  if (level != 4 && level != 5) {
+  if (name == "MQTT" ? level != 4 && level != 5 : level != 3) {
     return std::unexpected(CodecError{"MQTT-3.1.2-2", reason::kUnsupportedProtocolVersion,
                                       "unsupported protocol level"});
   }

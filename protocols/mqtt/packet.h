@@ -13,7 +13,9 @@
 
 namespace iotgw::mqtt {
 
-enum class Version : uint8_t { V311 = 4, V5 = 5 };
+// The protocol level in CONNECT: 3 is MQTT 3.1 (protocol name "MQIsdp"), which the proxy takes
+// with the 3.1.1 rules where 3.1 has none of its own (the codec is the same).
+enum class Version : uint8_t { V31 = 3, V311 = 4, V5 = 5 };
 
 enum class PacketType : uint8_t {
   Connect = 1,

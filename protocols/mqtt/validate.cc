@@ -205,6 +205,12 @@ std::optional<CodecError> validate(const Connect& c, Version, const ServerLimits
     return CodecError{"MQTT-3.1.3-8", reason::kClientIdentifierNotValid,
                       "empty client identifier with CleanSession 0"};
   }
+  // MQTT 3.1 §3.1: a client identifier of 1 to 23 characters; anything else is "identifier
+  // rejected" (return code 2), which 3.1 clients know how to read.
+  if (c.version == Version::V31 && (c.clientId.empty() || c.clientId.size() > 23)) {
+    return CodecError{"MQTT-3.1.3-5", reason::kClientIdentifierNotValid,
+                      "an MQTT 3.1 client identifier has 1 to 23 bytes"};
+  }
   if (c.clientId.size() > 256) {
     // Servers may restrict client identifiers (§3.1.3.1); a device id that long is abuse.
     return CodecError{"MQTT-3.1.3-5", reason::kClientIdentifierNotValid,

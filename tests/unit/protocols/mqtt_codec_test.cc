@@ -112,6 +112,29 @@ TEST(MqttDecode, KnownConnectFromMosquittoPub) {
   EXPECT_FALSE(c.username);
 }
 
+TEST(MqttDecode, Mqtt31ConnectIsLevel3UnderItsOwnName) {
+  // mosquitto_pub -V mqttv31 -i test -k 60: protocol name "MQIsdp", level 3, clean session
+  auto p = receive(hex("101200064d51497364700302003c000474657374"), Version::V311);
+  ASSERT_TRUE(p) << p.error().clause << " " << p.error().what;
+  const auto& c = std::get<Connect>(*p);
+  EXPECT_EQ(c.version, Version::V31);
+  EXPECT_EQ(c.protocolName, "MQIsdp");
+  EXPECT_EQ(c.clientId, "test");
+  EXPECT_EQ(c.keepAlive, 60);
+  EXPECT_EQ(encode(c, Version::V31), hex("101200064d51497364700302003c000474657374"));
+  // The names and the levels do not mix.
+  for (const auto& [name, level] : {std::pair<std::string, Version>{"MQIsdp", Version::V311},
+                                    {"MQIsdp", Version::V5},
+                                    {"MQTT", Version::V31}}) {
+    Connect wrong = c;
+    wrong.protocolName = name;
+    wrong.version = level;
+    auto r = receive(encode(wrong, Version::V311), Version::V311);
+    ASSERT_FALSE(r) << name;
+    EXPECT_EQ(r.error().clause, "MQTT-3.1.2-2") << name;
+  }
+}
+
 TEST(MqttDecode, ConnectWithEverything) {
   Connect c;
   c.version = Version::V5;

@@ -187,6 +187,37 @@ TEST_F(SessionTest, ConnectsAndOpensUpstreamUnderTheDeviceIdentity) {
   EXPECT_TRUE(e.events.empty());
 }
 
+TEST_F(SessionTest, Mqtt31ClientsLogInAndOnlyShortIdentifiersAreTaken) {
+  makeSession();
+  Connect c = connect(Version::V31);
+  c.protocolName = "MQIsdp";
+  {
+    Effects e = send({c}, Version::V31);
+    auto r = replies(e, Version::V31);
+    ASSERT_EQ(r.size(), 1u);
+    EXPECT_EQ(std::get<Connack>(r[0]).reasonCode, 0);
+    EXPECT_EQ(session_->state(), Session::State::Connected);
+    EXPECT_EQ(session_->version(), Version::V31);
+    ASSERT_EQ(commands<upstream::Open>(e).size(), 1u); // upstream as 3.1.1, under the device
+  }
+  {
+    Effects e = send({Publish{false, 1, false, "devices/thermo-01/status", 7, {}, {'o', 'k'}}},
+                     Version::V31);
+    ASSERT_EQ(commands<upstream::Publish>(e).size(), 1u);
+  }
+  // 3.1: 1 to 23 bytes, anything else is return code 2 (identifier rejected).
+  for (const std::string& id : {std::string(24, 'x'), std::string()}) {
+    makeSession();
+    c.clientId = id;
+    Effects e = send({c}, Version::V31);
+    auto r = replies(e, Version::V31);
+    ASSERT_EQ(r.size(), 1u) << id.size();
+    EXPECT_EQ(std::get<Connack>(r[0]).reasonCode, v311::kIdentifierRejected);
+    EXPECT_TRUE(e.closeClient);
+    EXPECT_TRUE(e.upstream.empty());
+  }
+}
+
 TEST_F(SessionTest, DefaultCredentialRefusedNotAuthorized) {
   makeSession();
   for (Version v : {Version::V311, Version::V5}) {
