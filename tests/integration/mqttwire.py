@@ -28,7 +28,7 @@ def packet(header, body):
 
 def connect(client_id, username=None, password=None, version=4, clean=True, keepalive=60,
             will=None):
-    """CONNECT for 3.1.1 (version 4) or 5.0 (version 5); will = (topic, payload)."""
+    """CONNECT for 3.1 (version 3, "MQIsdp"), 3.1.1 (4) or 5.0 (5); will = (topic, payload)."""
     flags = 0x02 if clean else 0
     if username is not None:
         flags |= 0x80
@@ -36,7 +36,7 @@ def connect(client_id, username=None, password=None, version=4, clean=True, keep
         flags |= 0x40
     if will is not None:
         flags |= 0x04
-    body = utf8("MQTT") + bytes([version, flags]) + struct.pack("!H", keepalive)
+    body = utf8("MQIsdp" if version == 3 else "MQTT") + bytes([version, flags]) + struct.pack("!H", keepalive)
     if version == 5:
         body += b"\x00"  # no properties
     body += utf8(client_id)
