@@ -8,6 +8,8 @@
 
 #include <fmt/format.h>
 
+#include "protocols/mqtt/client_id.h"
+
 namespace iotgw::daemon {
 
 using mqtt::Clock;
@@ -64,8 +66,10 @@ MqttService::MqttService(io::Reactor& reactor, EventSink& sink,
       tlsSettings_(proxySettings(config_->limits, upstreamBudget_, true)) {
   hooks_.emit = [this](Event e) { sink_.emit(std::move(e)); };
   hooks_.newSession = [this](mqtt::PeerInfo peer) { return newSession(std::move(peer)); };
-  hooks_.openUpstream = [this](const policy::DevicePolicy* d, const mqtt::upstream::Open& open,
-                               mqtt::UpstreamObserver& o) { return createUpstream(d, open, o); };
+  hooks_.openUpstream = [this](mqtt::Proxy& p, const mqtt::upstream::Open& open) {
+    takeOver(p, open.clientId);
+    return createUpstream(p.device(), open, p);
+  };
   hooks_.checkPassword = [this](mqtt::Proxy& p, mqtt::PasswordCheck check) {
     checkPassword(p, std::move(check));
   };
@@ -244,8 +248,48 @@ std::unique_ptr<mqtt::Session> MqttService::newSession(mqtt::PeerInfo peer) {
   settings.maxTopicBytes = limits.maxTopicBytes;
   settings.upstreamClientIdPrefix = config_->upstream.clientIdPrefix;
   settings.quarantined = quarantined_;
+  settings.admit = [this](const policy::DevicePolicy& d, const std::string& upstreamId) {
+    return admitClient(d, upstreamId);
+  };
   return std::make_unique<mqtt::Session>(settings, policies_(), defaults_, throttle_,
                                          std::move(peer), Clock::now(), &subscriptions_);
+}
+
+bool MqttService::admitClient(const policy::DevicePolicy& d, const std::string& upstreamId) const {
+  size_t others = 0;
+  for (const auto& [raw, p] : connections_) {
+    const mqtt::Session* s = p->session();
+    if (p->dead() || s == nullptr || s->device() == nullptr || s->device()->id != d.id ||
+        s->upstreamClientId().empty()) {
+      continue;
+    }
+    if (s->upstreamClientId() == upstreamId) {
+      return true; // the same client coming back takes its own session over
+    }
+    ++others;
+  }
+  return others < d.mqttRules.maxClients;
+}
+
+void MqttService::takeOver(const mqtt::Proxy& by, const std::string& upstreamId) {
+  // MQTT-3.1.4-3: the connection already using the client identifier goes, and so does any
+  // upstream of an earlier connection still draining under it (it would take the broker's
+  // session back from the new one).
+  for (const auto& [raw, p] : connections_) {
+    if (p.get() != &by && !p->dead() && p->session() != nullptr &&
+        p->session()->upstreamClientId() == upstreamId) {
+      p->takenOver();
+    }
+  }
+  const auto superseded =
+      std::erase_if(draining_, [&](const Draining& d) { return d.clientId == upstreamId; });
+  if (superseded > 0) {
+    // What they still held was never acknowledged to the device, which sends it again.
+    stats_.drainingGivenUp += superseded;
+    reportDrainingGivenUp(by.device() != nullptr ? by.device()->id.str() : std::string(),
+                          "the same client logged in again before its last session had "
+                          "delivered everything: the new session takes the broker's over");
+  }
 }
 
 void MqttService::handshakeEnded(mqtt::Proxy& p) {
@@ -396,7 +440,7 @@ Outcome MqttService::publishFor(const policy::DevicePolicy& device, const std::s
   auto it = publishers_.find(id);
   if (it == publishers_.end()) {
     mqtt::upstream::Open open;
-    open.clientId = config_->upstream.clientIdPrefix + id + "-coap";
+    open.clientId = mqtt::pushClientId(config_->upstream.clientIdPrefix, id);
     open.keepAlive = config_->upstream.keepaliveSeconds;
     auto created = mqtt::Publisher::create(
         [&](mqtt::UpstreamObserver& o) { return createUpstream(&device, open, o); });
@@ -454,9 +498,10 @@ void MqttService::sweep() {
       } else if (draining_.size() >= maxDraining()) {
         draining_.erase(draining_.begin()); // all devices together: the oldest goes
         ++stats_.drainingGivenUp;
-        reportDrainingGivenUp(device);
+        reportDrainingGivenUp(device, "too many are waiting for the broker");
       }
-      draining_.push_back({p->takeUpstream(), now + std::chrono::seconds(10), device});
+      const std::string clientId = p->session()->upstreamClientId();
+      draining_.push_back({p->takeUpstream(), now + std::chrono::seconds(10), device, clientId});
     }
     byId_.erase(p->id());
     connections_.erase(p);

@@ -109,6 +109,12 @@ private:
   void accountHeldBytes(mqtt::Proxy& p);
   void connectionClosed(mqtt::Proxy& p);
   [[nodiscard]] std::unique_ptr<mqtt::Session> newSession(mqtt::PeerInfo peer);
+  // The device's mqtt.max_clients: whether one more of its clients may log in under `upstreamId`
+  // (always, when that client id is already connected: it takes its session over).
+  [[nodiscard]] bool admitClient(const policy::DevicePolicy& d,
+                                 const std::string& upstreamId) const;
+  // Ends whatever else uses the upstream client id `upstreamId` before `by` opens it.
+  void takeOver(const mqtt::Proxy& by, const std::string& upstreamId);
   // Closes every connection still logging in (a device's policy changed or it went away: a login
   // in progress must not finish under the old one).
   void closeLoginsInProgress();
@@ -116,7 +122,7 @@ private:
   void tick();
   void sweep();
   [[nodiscard]] size_t maxDraining() const;
-  void reportDrainingGivenUp(const std::string& device);
+  void reportDrainingGivenUp(const std::string& device, std::string_view why);
   [[nodiscard]] std::expected<std::unique_ptr<mqtt::Upstream>, std::string>
   createUpstream(const policy::DevicePolicy* device, const mqtt::upstream::Open& open,
                  mqtt::UpstreamObserver& observer);
@@ -154,6 +160,7 @@ private:
     std::unique_ptr<mqtt::Upstream> upstream;
     mqtt::Clock::time_point deadline;
     std::string device;
+    std::string clientId; // at the broker
   };
   std::vector<Draining> draining_;
   const Identities* identities_ = nullptr;

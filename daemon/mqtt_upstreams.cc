@@ -6,6 +6,8 @@
 
 #include <algorithm>
 
+#include <fmt/format.h>
+
 #include "daemon/mqtt_service.h"
 
 namespace iotgw::daemon {
@@ -49,27 +51,28 @@ std::expected<std::unique_ptr<mqtt::Upstream>, std::string>
 MqttService::createUpstream(const policy::DevicePolicy* device, const mqtt::upstream::Open& open,
                             mqtt::UpstreamObserver& observer) {
   const auto& u = config_->upstream;
-  mqtt::UpstreamSettings us{u.host,
-                            u.port,
-                            u.caFile.string(),
-                            u.certificate.string(),
-                            u.privateKey.string(),
-                            config_->limits.maxQueuedMessages,
-                            config_->limits.maxQueuedBytes,
-                            &upstreamBudget_,
-                            upstreamContext_};
+  mqtt::UpstreamSettings us;
+  us.host = u.host;
+  us.port = u.port;
+  us.maxQueued = config_->limits.maxQueuedMessages;
+  us.maxQueuedBytes = config_->limits.maxQueuedBytes;
+  // A message the device could be given, plus the broker side's topic prefix and header.
+  us.maxPacketBytes = config_->limits.maxPacketBytes + 2 * 1024;
+  us.budget = &upstreamBudget_;
+  us.sslContext = upstreamContext_;
+  us.emit = [this, device = device != nullptr ? device->id.str() : std::string()](Event e) {
+    e.device = device;
+    sink_.emit(std::move(e));
+  };
   if (device != nullptr && device->mqttRules.upstreamIdentity == policy::UpstreamIdentity::Issued) {
     // The device's own certificate: the broker sees this device, not the gateway.
     auto ctx = deviceContext(device->id.str());
     if (!ctx) {
       return std::unexpected("device identity: " + ctx.error());
     }
-    const auto* identity = identities_->find(device->id.str());
-    us.certificate = identity->certificate.string();
-    us.privateKey = identity->privateKey.string();
     us.sslContext = *ctx;
   }
-  auto created = mqtt::MosquittoUpstream::create(reactor_, us, open, observer);
+  auto created = mqtt::BrokerLink::create(reactor_, us, open, observer);
   if (!created) {
     return std::unexpected(created.error());
   }
@@ -102,15 +105,16 @@ size_t MqttService::maxDraining() const {
   return std::max<size_t>(16, config_->limits.maxConnections / 4);
 }
 
-void MqttService::reportDrainingGivenUp(const std::string& device) {
+void MqttService::reportDrainingGivenUp(const std::string& device, std::string_view why) {
   Event e;
   e.type = EventType::UpstreamUnavailable;
   e.device = device;
   e.protocol = "mqtt";
   e.rule = "upstream.draining";
   e.action = "drop";
-  e.message = "upstream sessions of closed connections were given up before they had delivered "
-              "everything: too many are waiting for the broker";
+  e.message = fmt::format("upstream sessions of closed connections were given up before they had "
+                          "delivered everything: {}",
+                          why);
   sink_.emit(std::move(e));
 }
 

@@ -80,6 +80,9 @@ struct MqttRules {
   uint8_t maxQos = 1;
   uint32_t maxPayloadBytes = 16 * 1024;
   bool retainAllowed = false;
+  // MQTT connections the device may have at once (each its own upstream session); one more is
+  // refused, except a client taking over its own session (the same client identifier).
+  uint32_t maxClients = 4;
   RateLimit rate;
   std::vector<PayloadRule> payloadRules;
 };

@@ -235,6 +235,9 @@ private:
       m.maxPayloadBytes = static_cast<uint32_t>(*b);
     }
     m.retainAllowed = r.boolean("retain").value_or(false);
+    if (auto n = r.integer("max_clients", 1, 64)) {
+      m.maxClients = static_cast<uint32_t>(*n);
+    }
     m.upstreamIdentity =
         r.choice<UpstreamIdentity>("upstream_identity", {{"shared", UpstreamIdentity::Shared},
                                                          {"issued", UpstreamIdentity::Issued}})

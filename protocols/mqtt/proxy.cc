@@ -111,11 +111,24 @@ void Proxy::onEvents(uint32_t events) {
   }
 }
 
+bool Proxy::mayRead() const {
+  return (!upstream_ || upstream_->acceptsMore()) && session_->wantsInput();
+}
+
 void Proxy::resume() {
-  if (dead_ || !paused_) {
+  if (dead_ || !paused_ || !mayRead()) {
     return;
   }
   paused_ = false;
+  {
+    // What the session held back (a full window, packets behind a CONNECT) goes first.
+    Effects e;
+    session_->receive({}, Clock::now(), e);
+    apply(e);
+  }
+  if (dead_ || paused_) {
+    return;
+  }
   flush(); // re-arms EPOLLIN
   read();
 }
@@ -140,10 +153,11 @@ void Proxy::read() {
   uint8_t buf[kReadChunk];
   // A stream that holds decrypted records is read until it wants more from the socket.
   for (int round = 0; round < 16 && !dead_; ++round) {
-    if (upstream_ && !upstream_->acceptsMore()) {
+    if (!mayRead()) {
       paused_ = true;
-      flush(); // drops EPOLLIN until the upstream is connected or the broker reads again
-      if (upstream_->stalled() && !stallReported_) {
+      flush(); // drops EPOLLIN until the upstream is connected, the broker reads again, or the
+               // session takes more
+      if (upstream_ && upstream_->stalled() && !stallReported_) {
         reportStall();
       }
       return;
@@ -193,17 +207,31 @@ void Proxy::upstreamAcked(uint64_t token) {
   apply(e);
 }
 
-void Proxy::upstreamMessage(const std::string& topic, std::span<const uint8_t> payload, uint8_t qos,
-                            bool retain) {
+void Proxy::upstreamMessage(const Delivery& message) {
   Effects e;
-  session_->deliver(topic, payload, qos, retain, e);
+  session_->deliver(message, e);
   apply(e);
 }
 
-void Proxy::upstreamConnected(bool up, int) {
-  if (up && paused_) {
-    resume();
+void Proxy::upstreamSubscribed(const SubscribeResult& result) {
+  Effects e;
+  session_->upstreamSubscribed(result, e);
+  apply(e);
+}
+
+void Proxy::upstreamUnsubscribed(uint64_t token) {
+  Effects e;
+  session_->upstreamUnsubscribed(token, e);
+  apply(e);
+}
+
+void Proxy::upstreamConnected(const UpstreamStatus& status) {
+  if (dead_) {
+    return;
   }
+  Effects e;
+  session_->upstreamStatus(status.up, status.sessionPresent, Clock::now(), e);
+  apply(e);
 }
 
 void Proxy::apply(Effects& e) {
@@ -250,11 +278,14 @@ void Proxy::apply(Effects& e) {
     closeAfterFlush_ = true;
   }
   flush();
+  if (paused_ && !dead_ && !closeAfterFlush_) {
+    resume(); // an acknowledgement or an answer may have made room
+  }
 }
 
 void Proxy::carryOut(upstream::Command& cmd) {
   if (auto* open = std::get_if<upstream::Open>(&cmd)) {
-    auto created = hooks_.openUpstream(device(), *open, *this);
+    auto created = hooks_.openUpstream(*this, *open);
     if (created) {
       upstream_ = std::move(*created);
       return;
@@ -281,11 +312,15 @@ void Proxy::carryOut(upstream::Command& cmd) {
     }
   } else if (auto* sub = std::get_if<upstream::Subscribe>(&cmd)) {
     if (upstream_) {
-      upstream_->subscribe(sub->filter, sub->qos);
+      upstream_->subscribe(sub->token, std::move(sub->filters));
     }
   } else if (auto* unsub = std::get_if<upstream::Unsubscribe>(&cmd)) {
     if (upstream_) {
-      upstream_->unsubscribe(unsub->filter);
+      upstream_->unsubscribe(unsub->token, std::move(unsub->filters));
+    }
+  } else if (const auto* ack = std::get_if<upstream::Acknowledge>(&cmd)) {
+    if (upstream_) {
+      upstream_->acknowledge(ack->packetId);
     }
   } else if (auto* end = std::get_if<upstream::Close>(&cmd)) {
     if (upstream_) {
@@ -383,12 +418,25 @@ void Proxy::close(bool publishWill) {
   hooks_.closed(*this);
 }
 
+void Proxy::takenOver() {
+  if (dead_) {
+    return;
+  }
+  upstream_.reset(); // dropped without a DISCONNECT: the broker sees the session taken over
+  if (session_ && session_->version() == Version::V5) {
+    const auto bye = encode(Disconnect{0x8E, {}}, Version::V5); // Session taken over
+    output_.insert(output_.end(), bye.begin(), bye.end());
+    flush(); // best effort: the socket closes right after
+  }
+  close(true);
+}
+
 size_t Proxy::forget() {
   close(false);
   size_t dropped = 0;
   if (upstream_) {
     dropped = upstream_->queued();
-    upstream_.reset(); // not inside a libmosquitto callback: called from the control API
+    upstream_.reset(); // not inside one of its callbacks: called from the control API
   }
   return dropped;
 }

@@ -44,8 +44,9 @@ struct ProxySettings {
 
 class Proxy;
 
+// Opens the connection's upstream session (the connection observes it).
 using UpstreamFactory = std::function<std::expected<std::unique_ptr<Upstream>, std::string>(
-    const policy::DevicePolicy* device, const upstream::Open& open, UpstreamObserver& observer)>;
+    Proxy& connection, const upstream::Open& open)>;
 
 // What a connection asks of whoever accepted it; one set for all connections of a service.
 struct ProxyHooks {
@@ -87,6 +88,10 @@ public:
   void close(bool publishWill);
   // Erase: closes without delivering what the upstream still queues; how many were dropped.
   size_t forget();
+  // Another connection logged in with the same client identifier (MQTT-3.1.4-3): this one is
+  // closed (5.0: DISCONNECT "session taken over") and its upstream dropped at once, so that the
+  // new one's takes the broker's session over; the broker publishes the will, as it would.
+  void takenOver();
   // The upstream of a closed connection, to be serviced until it has delivered everything.
   [[nodiscard]] std::unique_ptr<Upstream> takeUpstream() { return std::move(upstream_); }
 
@@ -103,14 +108,16 @@ public:
 
 private:
   void upstreamAcked(uint64_t token) override;
-  void upstreamMessage(const std::string& topic, std::span<const uint8_t> payload, uint8_t qos,
-                       bool retain) override;
-  void upstreamConnected(bool up, int code) override;
+  void upstreamMessage(const Delivery& message) override;
+  void upstreamSubscribed(const SubscribeResult& result) override;
+  void upstreamUnsubscribed(uint64_t token) override;
+  void upstreamConnected(const UpstreamStatus& status) override;
 
   void startSession();
   void onHandshake();
   void read();
   void resume();
+  [[nodiscard]] bool mayRead() const;
   void apply(Effects& e);
   void carryOut(upstream::Command& cmd);
   void flush();
@@ -134,7 +141,9 @@ private:
   bool handshaking_ = false;
   bool closeAfterFlush_ = false;
   bool dead_ = false;
-  bool paused_ = false; // not reading: the upstream is connecting, or the broker is not reading
+  // Not reading: the upstream is connecting, the broker is not reading, or the session waits
+  // (a login being decided, a full window).
+  bool paused_ = false;
   bool stallReported_ = false; // the broker-not-reading event went out for this pause
   uint32_t armed_ = 0;
 };

@@ -38,8 +38,8 @@ public:
 private:
   Publisher() = default;
   void upstreamAcked(uint64_t token) override;
-  void upstreamMessage(const std::string&, std::span<const uint8_t>, uint8_t, bool) override {}
-  void upstreamConnected(bool, int) override {}
+  void upstreamMessage(const Delivery&) override {} // it subscribes to nothing
+  void upstreamConnected(const UpstreamStatus&) override {}
 
   std::unique_ptr<Upstream> upstream_;
   std::map<uint64_t, std::function<void(bool)>> waiting_; // token → who hears of the PUBACK

@@ -14,18 +14,12 @@ using policy::ViolationAction;
 
 namespace {
 
-std::string_view text(std::span<const uint8_t> b) {
-  return {reinterpret_cast<const char*>(b.data()), b.size()};
-}
+// QoS 2 flows a 3.1/3.1.1 client may leave open (PUBREC sent, PUBREL not yet come), in Receive
+// Maximums: more than a client keeps in flight of its own.
+constexpr size_t kOpenQos2FlowsPerWindow = 4;
 
-std::string sourceKey(const PeerInfo& p) { return p.address ? p.address->str() : p.label; }
-
-Property number(PropertyId id, uint32_t v) {
-  Property p;
-  p.id = id;
-  p.number = v;
-  return p;
-}
+// QoS of a PUBLISH from its fixed header.
+uint8_t publishQos(const Frame& f) { return (f.header >> 1) & 0x03; }
 
 } // namespace
 
@@ -39,7 +33,8 @@ Session::Session(SessionSettings settings, std::shared_ptr<const policy::PolicyS
       subscriptionMemory_(subscriptionMemory) {}
 
 Clock::time_point Session::deadline() const {
-  if (state_ == State::AwaitingConnect || state_ == State::Authenticating) {
+  if (state_ == State::AwaitingConnect || state_ == State::Authenticating ||
+      state_ == State::Opening) {
     return connectDeadline_;
   }
   if (state_ == State::Connected && keepAlive_ > 0) {
@@ -55,8 +50,21 @@ void Session::send(const Packet& p, Effects& out) const {
   out.toClient.insert(out.toClient.end(), bytes.begin(), bytes.end());
 }
 
+bool Session::windowFull() const { return unacknowledgedFromClient_ >= settings_.receiveMaximum; }
+
+bool Session::wantsInput() const {
+  if (state_ == State::Authenticating || state_ == State::Opening) {
+    return false;
+  }
+  if (state_ != State::Connected) {
+    return true;
+  }
+  return pendingAcks_.size() < settings_.maxPendingSubscribes &&
+         (version_ == Version::V5 || !windowFull());
+}
+
 void Session::close(bool publishWill, Effects& out) {
-  if (state_ == State::Connected) {
+  if (state_ == State::Connected || state_ == State::Opening) {
     out.upstream.emplace_back(upstream::Close{publishWill && !willSuppressed_});
     rememberSubscriptions();
   }
@@ -70,8 +78,9 @@ void Session::receive(std::span<const uint8_t> bytes, Clock::time_point now, Eff
     return;
   }
   buffer_.insert(buffer_.end(), bytes.begin(), bytes.end());
-  if (state_ == State::Authenticating) {
-    // Packets sent right behind the CONNECT wait, unread, until its password is checked.
+  if (state_ == State::Authenticating || state_ == State::Opening) {
+    // Packets sent right behind the CONNECT wait, unread, until its password is checked and, for
+    // a persistent session, the broker has answered.
     if (buffer_.size() > settings_.maxConnectBytes) {
       tooMuchBeforeLogin(out);
       buffer_.clear();
@@ -95,6 +104,17 @@ void Session::receive(std::span<const uint8_t> bytes, Clock::time_point now, Eff
     if (!*frame) {
       break; // wait for the rest
     }
+    if (known && version_ != Version::V5 && (*frame)->typeBits() == 3 && publishQos(**frame) > 0 &&
+        (windowFull() || pendingAcks_.size() >= settings_.maxPendingSubscribes)) {
+      // A 3.1/3.1.1 client with as much in flight as we take: it waits, unread, until the broker
+      // acknowledges (its socket is not read meanwhile). Retransmissions wait too: the first
+      // copy's acknowledgement answers them.
+      break;
+    }
+    if (known && pendingAcks_.size() >= settings_.maxPendingSubscribes &&
+        ((*frame)->typeBits() == 8 || (*frame)->typeBits() == 10)) {
+      break; // SUBSCRIBE / UNSUBSCRIBE wait for the broker's answers to the earlier ones
+    }
     auto packet = decodePacket(**frame, version_.value_or(Version::V311));
     consumed += (*frame)->size;
     if (!packet) {
@@ -116,7 +136,8 @@ void Session::receive(std::span<const uint8_t> bytes, Clock::time_point now, Eff
   }
   if (state_ != State::Closed) {
     buffer_.erase(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(consumed));
-    if (state_ == State::Authenticating && buffer_.size() > settings_.maxConnectBytes) {
+    if ((state_ == State::Authenticating || state_ == State::Opening) &&
+        buffer_.size() > settings_.maxConnectBytes) {
       tooMuchBeforeLogin(out);
     }
   }
@@ -160,252 +181,6 @@ void Session::handle(Packet&& p, Clock::time_point now, Effects& out) {
   }
 }
 
-void Session::refuseConnect(uint8_t v5Code, uint8_t v311Code, Effects& out) {
-  const bool v5 = version_ == Version::V5;
-  send(Connack{false, v5 ? v5Code : v311Code, {}}, out);
-  state_ = State::Closed;
-  out.closeClient = true;
-}
-
-policy::ConnectFacts Session::connectFacts(const Connect& c) const {
-  policy::ConnectFacts facts;
-  facts.clientId = c.clientId;
-  if (c.username) {
-    facts.username = *c.username;
-  }
-  if (c.password) {
-    facts.password = text(*c.password);
-  }
-  facts.certificate = peer_.certificate ? &*peer_.certificate : nullptr;
-  facts.peer = peer_.address;
-  return facts;
-}
-
-void Session::onConnect(Connect&& c, Clock::time_point now, Effects& out) {
-  if (state_ == State::Connected) {
-    protocolViolation({"MQTT-3.1.0-2", reason::kProtocolError, "second CONNECT"}, out);
-    return;
-  }
-  version_ = c.version;
-  if (c.version == Version::V5 &&
-      findProperty(c.properties, PropertyId::AuthenticationMethod) != nullptr) {
-    refuseConnect(reason::kBadAuthenticationMethod, v311::kNotAuthorized, out);
-    return;
-  }
-  policy::ConnectFacts facts = connectFacts(c);
-  facts.sourceLockedOut = throttle_.sourceLockedOut(sourceKey(peer_), now);
-  facts.usernameLockedOut =
-      c.username && throttle_.userLockedOut(*c.username, sourceKey(peer_), now);
-  const policy::ConnectDecision cd = evaluateConnect(*policies_, *defaults_, facts);
-  pendingConnect_ = std::move(c);
-  if (cd.passwordHash != nullptr) {
-    pendingDecision_ = cd;
-    const auto& password = pendingConnect_->password;
-    out.passwordCheck.emplace(*cd.passwordHash, password ? text(*password) : std::string_view());
-    state_ = State::Authenticating;
-    return;
-  }
-  finishConnect(cd, now, out);
-}
-
-void Session::dropPendingConnect() {
-  if (pendingConnect_ && pendingConnect_->password) {
-    policy::secureWipe(pendingConnect_->password->data(), pendingConnect_->password->size());
-  }
-  pendingConnect_.reset();
-}
-
-bool Session::lockedOut(const Connect& c, Clock::time_point now) const {
-  const std::string source = sourceKey(peer_);
-  if (throttle_.sourceLockedOut(source, now)) {
-    return true;
-  }
-  if (!c.username || !throttle_.userLockedOut(*c.username, source, now)) {
-    return false;
-  }
-  // As in evaluateConnect: the device's own enrolled address is not locked out by its user name.
-  const policy::DevicePolicy* d = pendingDecision_.device;
-  return d == nullptr || !peer_.address ||
-         std::ranges::find(d->addresses, *peer_.address) == d->addresses.end();
-}
-
-void Session::tooMuchBeforeLogin(Effects& out) {
-  protocolViolation({"limits.max_connect_bytes", reason::kPacketTooLarge,
-                     "more bytes before the CONNECT was accepted than limits.max_connect_bytes"},
-                    out);
-}
-
-void Session::passwordChecked(PasswordResult result, Clock::time_point now, Effects& out) {
-  if (state_ != State::Authenticating || !pendingConnect_) {
-    return; // closed meanwhile (connect timeout, connection lost)
-  }
-  state_ = State::AwaitingConnect;
-  if (result == PasswordResult::Busy) {
-    // Too many checks in progress: a cheap refusal, not a failed login. The client retries.
-    Event e;
-    e.type = EventType::RateLimited;
-    e.peer = peer_.label;
-    e.protocol = "mqtt";
-    e.provision = std::string(policy::provision::kBruteForce);
-    e.rule = "limits.max_password_checks";
-    e.action = "refuse";
-    e.message = "login refused: too many password checks in progress";
-    out.events.push_back(std::move(e));
-    dropPendingConnect();
-    refuseConnect(reason::kServerBusy, v311::kServerUnavailable, out);
-    return;
-  }
-  policy::ConnectFacts facts = connectFacts(*pendingConnect_);
-  // A lockout that began while this check ran (guesses in parallel) holds for it too.
-  if (lockedOut(*pendingConnect_, now)) {
-    facts.sourceLockedOut = true;
-    finishConnect(evaluateConnect(*policies_, *defaults_, facts), now, out);
-    return;
-  }
-  const policy::ConnectDecision cd =
-      evaluateVerifiedConnect(pendingDecision_, result == PasswordResult::Matched, facts);
-  finishConnect(cd, now, out);
-  if (state_ == State::Connected) {
-    receive({}, now, out); // what the client sent behind its CONNECT
-  }
-}
-
-void Session::finishConnect(const policy::ConnectDecision& cd, Clock::time_point now,
-                            Effects& out) {
-  const std::string source = sourceKey(peer_);
-  Connect& c = *pendingConnect_;
-  if (!cd.decision.allowed()) {
-    EventType type = EventType::AuthenticationFailed;
-    uint8_t v5Code = reason::kNotAuthorized;
-    uint8_t v311Code = v311::kNotAuthorized;
-    if (cd.decision.why == policy::Reason::DefaultCredentials) {
-      type = EventType::DefaultCredentialRefused;
-    } else if (cd.decision.why == policy::Reason::Lockout) {
-      type = EventType::AuthenticationLockout;
-      v5Code = reason::kBanned;
-    } else if (cd.decision.why == policy::Reason::WrongPassword) {
-      v5Code = reason::kBadUserNameOrPassword;
-      v311Code = v311::kBadUserNameOrPassword;
-    }
-    Event e = policy::violationEvent(type, cd.decision, "", peer_.label, "mqtt");
-    e.action = "refuse";
-    out.events.push_back(std::move(e));
-    if (cd.authenticationFailure) {
-      out.authenticationFailed = true;
-      const auto started = throttle_.recordFailure(source, c.username.value_or(""), now);
-      for (const bool user : {false, true}) {
-        if (user ? !started.user : !started.source) {
-          continue;
-        }
-        Event lock;
-        lock.type = EventType::AuthenticationLockout;
-        lock.peer = peer_.label;
-        lock.protocol = "mqtt";
-        lock.rule = std::string(policy::describe(policy::Reason::Lockout).rule);
-        lock.action = "lockout";
-        lock.message = user ? "user name locked out after repeated failed logins"
-                            : "source locked out after repeated failed logins";
-        out.events.push_back(std::move(lock));
-      }
-    }
-    dropPendingConnect();
-    refuseConnect(v5Code, v311Code, out);
-    return;
-  }
-  if (settings_.quarantined && settings_.quarantined(cd.device->id)) {
-    // Isolated: by address, login or certificate alike, from anywhere.
-    Event e;
-    e.type = EventType::AccessDenied;
-    e.device = cd.device->id.str();
-    e.peer = peer_.label;
-    e.protocol = "mqtt";
-    e.provision = std::string(policy::provision::kIsolable);
-    e.rule = "device.quarantined";
-    e.action = "refuse";
-    e.message = "login of a quarantined device refused";
-    out.events.push_back(std::move(e));
-    dropPendingConnect();
-    refuseConnect(reason::kNotAuthorized, v311::kNotAuthorized, out);
-    return;
-  }
-  device_ = cd.device;
-  clientId_ = c.clientId;
-  const bool passwordLogin = cd.login == policy::Login::Password;
-  username_ = passwordLogin ? c.username.value_or("") : std::string();
-  if (passwordLogin) {
-    throttle_.recordSuccess(source, username_); // the source's failures stand
-  }
-  acceptConnect(now, out);
-}
-
-void Session::acceptConnect(Clock::time_point now, Effects& out) {
-  Connect c = std::move(*pendingConnect_);
-  dropPendingConnect();
-  if (c.password) {
-    policy::secureWipe(c.password->data(), c.password->size());
-  }
-  if (c.will) {
-    const Decision wd = evaluatePublish(
-        *device_, {username_, c.will->topic, c.will->qos, c.will->retain, c.will->payload});
-    if (!wd.allowed()) {
-      out.events.push_back(
-          policy::violationEvent(EventType::AccessDenied, wd, deviceName(), peer_.label, "mqtt"));
-      refuseConnect(reason::kNotAuthorized, v311::kNotAuthorized, out);
-      return;
-    }
-  }
-  keepAlive_ = c.keepAlive;
-  clientReceiveMaximum_ = settings_.sendMaximum;
-  clientMaximumPacket_ = settings_.maxPacketBytes;
-  if (c.version == Version::V5) {
-    if (const Property* mp = findProperty(c.properties, PropertyId::MaximumPacketSize)) {
-      clientMaximumPacket_ = std::min(clientMaximumPacket_, mp->number);
-    }
-    // The client may ask for fewer messages in flight towards it, never for more than we keep.
-    if (const Property* rm = findProperty(c.properties, PropertyId::ReceiveMaximum)) {
-      clientReceiveMaximum_ = std::min(clientReceiveMaximum_, static_cast<uint16_t>(rm->number));
-    }
-  }
-  rate_ = makeRateLimiter(*device_, now);
-  lastPacket_ = now; // the keepalive runs from the CONNACK: the password check took its time
-  upstreamPrefix_ = device_->mqttRules.upstreamPrefix;
-  if (const size_t at = upstreamPrefix_.find("%d"); at != std::string::npos) {
-    upstreamPrefix_.replace(at, 2, device_->id.str());
-  }
-  state_ = State::Connected;
-  persistent_ = !c.cleanStart;
-  if (subscriptionMemory_ != nullptr) {
-    // A persistent session at the broker still holds what earlier connections subscribed.
-    if (persistent_) {
-      subscriptions_ = (*subscriptionMemory_)[device_->id.str()];
-      for (const auto& f : subscriptions_) {
-        subscriptionBytes_ += f.size();
-      }
-    } else {
-      subscriptionMemory_->erase(device_->id.str());
-    }
-  }
-
-  Connack ack{false, 0, {}};
-  if (c.version == Version::V5) {
-    ack.properties.push_back(number(PropertyId::ReceiveMaximum, settings_.receiveMaximum));
-    ack.properties.push_back(number(PropertyId::MaximumPacketSize, settings_.maxPacketBytes));
-    ack.properties.push_back(
-        number(PropertyId::RetainAvailable, device_->mqttRules.retainAllowed ? 1 : 0));
-    if (device_->mqttRules.maxQos < 2) {
-      ack.properties.push_back(number(PropertyId::MaximumQos, device_->mqttRules.maxQos));
-    }
-    ack.properties.push_back(number(PropertyId::SubscriptionIdentifierAvailable, 0));
-    ack.properties.push_back(number(PropertyId::SharedSubscriptionAvailable, 0));
-  }
-  send(ack, out);
-  if (c.will) {
-    c.will->topic = toUpstream(c.will->topic);
-  }
-  out.upstream.emplace_back(upstream::Open{settings_.upstreamClientIdPrefix + device_->id.str(),
-                                           c.cleanStart, c.keepAlive, std::move(c.will)});
-}
-
 Decision Session::topicLength(std::string_view topic) const {
   if (topic.size() <= settings_.maxTopicBytes) {
     return Decision::allow("limits.max_topic_bytes");
@@ -441,7 +216,19 @@ void Session::onPublish(Publish&& p, Clock::time_point now, Effects& out) {
       return;
     }
   }
-  if (p.qos > 0 && unacknowledgedFromClient_ >= settings_.receiveMaximum) {
+  if (p.qos == 1 && std::ranges::any_of(awaitingBroker_, [&](const auto& kv) {
+        return kv.second.packetId == p.packetId && kv.second.qos == 1;
+      })) {
+    return; // a retransmission (DUP) of one on its way: its PUBACK answers both
+  }
+  if (p.qos == 2 &&
+      qos2Received_.size() >= kOpenQos2FlowsPerWindow * size_t{settings_.receiveMaximum}) {
+    protocolViolation({"limits.max_open_qos2_flows", reason::kReceiveMaximumExceeded,
+                       "too many QoS 2 flows left without their PUBREL"},
+                      out);
+    return;
+  }
+  if (p.qos > 0 && v5 && windowFull()) {
     protocolViolation({"MQTT-3.3.4-9", reason::kReceiveMaximumExceeded,
                        "more unacknowledged QoS 1/2 messages than Receive Maximum"},
                       out);
@@ -465,10 +252,8 @@ void Session::onPublish(Publish&& p, Clock::time_point now, Effects& out) {
       } else if (p.qos == 2) {
         send(Ack{PacketType::Pubrec, p.packetId, v5 ? code : uint8_t{0}, {}}, out);
         if (!v5) {
-          // 3.1.1 completes the flow with PUBREL; until then it counts against the receive
-          // maximum like a forwarded one, so a client cannot leave flows open without bound.
-          qos2Received_.emplace(p.packetId, true);
-          ++unacknowledgedFromClient_;
+          // 3.1.1 completes the flow with PUBREL (bounded by kOpenQos2FlowsPerWindow).
+          qos2Received_.emplace(p.packetId, false);
         }
       }
       return;
@@ -504,8 +289,16 @@ void Session::upstreamAcked(uint64_t token, Effects& out) {
   if (in.qos == 1) {
     --unacknowledgedFromClient_;
     send(Ack{PacketType::Puback, in.packetId, 0, {}}, out);
-  } else {
-    send(Ack{PacketType::Pubrec, in.packetId, 0, {}}, out);
+    return;
+  }
+  send(Ack{PacketType::Pubrec, in.packetId, 0, {}}, out);
+  if (version_ != Version::V5) {
+    // 3.1/3.1.1 knows no Receive Maximum: its window is what waits for the broker, so that the
+    // PUBREL behind a held-back PUBLISH can never be what frees it.
+    if (const auto q = qos2Received_.find(in.packetId); q != qos2Received_.end() && q->second) {
+      q->second = false;
+      --unacknowledgedFromClient_;
+    }
   }
 }
 
@@ -529,6 +322,9 @@ void Session::onAck(const Ack& a, Effects& out) {
   case PacketType::Pubcomp: {
     const auto it = awaitingClient_.find(a.packetId);
     if (it != awaitingClient_.end()) {
+      if (it->second.upstream != 0 && a.type == PacketType::Puback) {
+        out.upstream.emplace_back(upstream::Acknowledge{it->second.upstream}); // it has it now
+      }
       awaitingClient_.erase(it);
       sendQueued(out);
     }
@@ -538,6 +334,11 @@ void Session::onAck(const Ack& a, Effects& out) {
     const auto it = awaitingClient_.find(a.packetId);
     if (it == awaitingClient_.end()) {
       return;
+    }
+    if (it->second.upstream != 0) {
+      // The client has it (or refused it): either way the broker's flow is done with.
+      out.upstream.emplace_back(upstream::Acknowledge{it->second.upstream});
+      it->second.upstream = 0;
     }
     if (a.reasonCode >= 0x80) {
       awaitingClient_.erase(it); // the client refused it; the flow ends here
@@ -555,7 +356,8 @@ void Session::onAck(const Ack& a, Effects& out) {
 
 void Session::onSubscribe(const Subscribe& s, Effects& out) {
   const bool v5 = version_ == Version::V5;
-  SubAck ack{PacketType::Suback, s.packetId, {}, {}};
+  PendingAck pending{true, s.packetId, {}, {}, {}};
+  upstream::Subscribe forward{nextOperation_, {}};
   bool disconnect = false;
   size_t overLimit = 0;
   for (size_t i = 0; i < s.subscriptions.size(); ++i) {
@@ -565,7 +367,7 @@ void Session::onSubscribe(const Subscribe& s, Effects& out) {
     if (i >= settings_.maxFiltersPerSubscribe ||
         (!known && (subscriptions_.size() >= settings_.maxSubscriptions ||
                     subscriptionBytes_ + sub.filter.size() > settings_.maxSubscriptionBytes))) {
-      ack.reasonCodes.push_back(v5 ? reason::kQuotaExceeded : v311::kSubackFailure);
+      pending.codes.push_back(v5 ? reason::kQuotaExceeded : v311::kSubackFailure);
       ++overLimit;
       continue;
     }
@@ -574,13 +376,15 @@ void Session::onSubscribe(const Subscribe& s, Effects& out) {
       d = evaluateSubscribe(*device_, {username_, sub.filter, sub.qos()});
     }
     if (d.allowed()) {
-      ack.reasonCodes.push_back(d.grantedQos);
+      pending.codes.push_back(d.grantedQos); // the broker's grant may lower it
+      pending.forwarded.push_back(i);
+      pending.policyQos.push_back(d.grantedQos);
       if (subscriptions_.insert(sub.filter).second) {
         subscriptionBytes_ += sub.filter.size();
       }
-      out.upstream.emplace_back(upstream::Subscribe{toUpstream(sub.filter), d.grantedQos});
+      forward.filters.push_back(Subscription{toUpstream(sub.filter), d.grantedQos});
     } else {
-      ack.reasonCodes.push_back(v5 ? reason::kNotAuthorized : v311::kSubackFailure);
+      pending.codes.push_back(v5 ? reason::kNotAuthorized : v311::kSubackFailure);
       violation(d, out);
       disconnect = disconnect || d.action != ViolationAction::Drop;
     }
@@ -603,27 +407,65 @@ void Session::onSubscribe(const Subscribe& s, Effects& out) {
                     overLimit, settings_.maxSubscriptions, settings_.maxFiltersPerSubscribe);
     out.events.push_back(std::move(e));
   }
-  send(ack, out);
   if (disconnect) {
+    send(SubAck{PacketType::Suback, s.packetId, {}, std::move(pending.codes)}, out);
     if (v5) {
       send(Disconnect{reason::kNotAuthorized, {}}, out);
     }
     close(true, out);
+    return;
   }
+  if (forward.filters.empty()) {
+    send(SubAck{PacketType::Suback, s.packetId, {}, std::move(pending.codes)}, out);
+    return;
+  }
+  // "Subscribed" is said once it is true: after the broker's SUBACK (upstreamSubscribed).
+  pendingAcks_.emplace(nextOperation_++, std::move(pending));
+  out.upstream.emplace_back(std::move(forward));
+}
+
+void Session::upstreamSubscribed(const SubscribeResult& r, Effects& out) {
+  const auto it = pendingAcks_.find(r.token);
+  if (it == pendingAcks_.end() || !it->second.subscribe || state_ != State::Connected) {
+    return;
+  }
+  PendingAck p = std::move(it->second);
+  pendingAcks_.erase(it);
+  const bool v5 = version_ == Version::V5;
+  for (size_t k = 0; k < p.forwarded.size(); ++k) {
+    const uint8_t broker = k < r.codes.size() ? r.codes[k] : v311::kSubackFailure;
+    uint8_t& code = p.codes[p.forwarded[k]];
+    if (broker >= 0x80) {
+      code = v5 ? reason::kUnspecifiedError : v311::kSubackFailure; // the broker refused it
+    } else {
+      code = std::min(p.policyQos[k], broker);
+    }
+  }
+  send(SubAck{PacketType::Suback, p.packetId, {}, std::move(p.codes)}, out);
+}
+
+void Session::upstreamUnsubscribed(uint64_t token, Effects& out) {
+  const auto it = pendingAcks_.find(token);
+  if (it == pendingAcks_.end() || it->second.subscribe || state_ != State::Connected) {
+    return;
+  }
+  send(SubAck{PacketType::Unsuback, it->second.packetId, {}, std::move(it->second.codes)}, out);
+  pendingAcks_.erase(it);
 }
 
 void Session::rememberSubscriptions() {
   if (subscriptionMemory_ != nullptr && persistent_ && device_ != nullptr) {
-    (*subscriptionMemory_)[device_->id.str()] = subscriptions_;
+    (*subscriptionMemory_)[upstreamClientId_] = subscriptions_;
   }
 }
 
 void Session::onUnsubscribe(const Unsubscribe& u, Effects& out) {
-  SubAck ack{PacketType::Unsuback, u.packetId, {}, {}};
+  PendingAck pending{false, u.packetId, {}, {}, {}};
+  upstream::Unsubscribe forward{nextOperation_, {}};
   for (size_t i = 0; i < u.filters.size(); ++i) {
     const auto& f = u.filters[i];
     if (i >= settings_.maxFiltersPerSubscribe) {
-      ack.reasonCodes.push_back(reason::kUnspecifiedError); // 3.1.1 carries no codes
+      pending.codes.push_back(reason::kUnspecifiedError); // 3.1.1 carries no codes
       continue;
     }
     // Forwarded even when this connection did not subscribe it: a persistent session at the
@@ -631,10 +473,15 @@ void Session::onUnsubscribe(const Unsubscribe& u, Effects& out) {
     if (subscriptions_.erase(f) > 0) {
       subscriptionBytes_ -= f.size();
     }
-    out.upstream.emplace_back(upstream::Unsubscribe{toUpstream(f)});
-    ack.reasonCodes.push_back(reason::kSuccess);
+    forward.filters.push_back(toUpstream(f));
+    pending.codes.push_back(reason::kSuccess);
   }
-  send(ack, out);
+  if (forward.filters.empty()) {
+    send(SubAck{PacketType::Unsuback, u.packetId, {}, std::move(pending.codes)}, out);
+    return;
+  }
+  pendingAcks_.emplace(nextOperation_++, std::move(pending));
+  out.upstream.emplace_back(std::move(forward));
 }
 
 uint16_t Session::nextPacketId() {
@@ -645,25 +492,32 @@ uint16_t Session::nextPacketId() {
   return lastPacketId_;
 }
 
-void Session::deliver(const std::string& brokerTopic, std::span<const uint8_t> payload, uint8_t qos,
-                      bool retain, Effects& out) {
+void Session::deliver(const Delivery& m, Effects& out) {
   if (state_ != State::Connected) {
-    return;
+    return; // unacknowledged: a persistent session at the broker keeps it
   }
+  // Whatever is not passed on to the client is acknowledged at once: it has been dealt with
+  // (counted, reported), and the broker must not hold it in flight for ever.
+  const auto consumed = [&] {
+    if (m.qos > 0) {
+      out.upstream.emplace_back(upstream::Acknowledge{m.packetId});
+    }
+  };
   // The device sees its own topic names: strip the mapping; anything outside it is not ours.
-  if (!brokerTopic.starts_with(upstreamPrefix_)) {
+  if (!m.topic.starts_with(upstreamPrefix_)) {
     ++counters_.deliveriesDenied;
+    consumed();
     return;
   }
-  const std::string topic = brokerTopic.substr(upstreamPrefix_.size());
+  const std::string topic = m.topic.substr(upstreamPrefix_.size());
   // What the device gets is held to the device side's own limits, whatever the broker sends:
   // topic length, the packet size the client accepts, and retain only where its policy has it.
   Decision d = topicLength(topic);
   if (d.allowed()) {
-    d = evaluateDelivery(*device_, {username_, topic, qos, retain, payload});
+    d = evaluateDelivery(*device_, {username_, topic, m.qos, m.retain, m.payload});
   }
   // Fixed header, topic, packet identifier, 5.0 properties: at most 12 bytes besides.
-  if (d.allowed() && topic.size() + payload.size() + 12 > clientMaximumPacket_) {
+  if (d.allowed() && topic.size() + m.payload.size() + 12 > clientMaximumPacket_) {
     d = Decision::deny(policy::Reason::PacketTooLarge,
                        "message larger than the packet size the device accepts",
                        ViolationAction::Drop);
@@ -672,37 +526,41 @@ void Session::deliver(const std::string& brokerTopic, std::span<const uint8_t> p
     ++counters_.deliveriesDenied;
     d.action = ViolationAction::Drop; // the broker's message is not the device's fault
     violation(d, out);
+    consumed();
     return;
   }
   Publish p{false,
-            std::min(qos, device_->mqttRules.maxQos),
-            retain && device_->mqttRules.retainAllowed,
+            std::min(m.qos, device_->mqttRules.maxQos),
+            m.retain && device_->mqttRules.retainAllowed,
             topic,
             0,
             {},
-            std::vector<uint8_t>(payload.begin(), payload.end())};
+            m.payload};
   if (p.qos == 0) {
     ++counters_.deliveries;
     send(p, out);
+    consumed(); // the device's QoS 0 is all the delivery there is
     return;
   }
   const size_t bytes = p.topic.size() + p.payload.size();
   if (queuedToClient_.size() >= settings_.maxQueuedToClient ||
       queuedBytes_ + bytes > settings_.maxQueuedBytesToClient) {
     ++counters_.dropped;
+    consumed();
     return;
   }
   queuedBytes_ += bytes;
-  queuedToClient_.push_back(std::move(p));
+  queuedToClient_.push_back(Queued{std::move(p), m.qos > 0 ? m.packetId : uint16_t{0}});
   sendQueued(out);
 }
 
 void Session::sendQueued(Effects& out) {
   size_t sent = 0;
   while (sent < queuedToClient_.size() && awaitingClient_.size() < clientReceiveMaximum_) {
-    Publish& p = queuedToClient_[sent++];
+    Queued& q = queuedToClient_[sent++];
+    Publish& p = q.publish;
     p.packetId = nextPacketId();
-    awaitingClient_.emplace(p.packetId, Outbound{p.qos, false});
+    awaitingClient_.emplace(p.packetId, Outbound{p.qos, false, q.upstream});
     ++counters_.deliveries;
     queuedBytes_ -= p.topic.size() + p.payload.size();
     send(p, out);
@@ -741,6 +599,10 @@ void Session::protocolViolation(const CodecError& e, Effects& out) {
 }
 
 void Session::tick(Clock::time_point now, Effects& out) {
+  if (state_ == State::Opening && now >= connectDeadline_) {
+    upstreamStatus(false, false, now, out); // the broker did not answer in time
+    return;
+  }
   if ((state_ == State::AwaitingConnect || state_ == State::Authenticating) &&
       now >= connectDeadline_) {
     dropPendingConnect();

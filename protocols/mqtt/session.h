@@ -23,6 +23,7 @@
 #include "policy/events.h"
 #include "policy/policy_set.h"
 #include "policy/rate_limit.h"
+#include "protocols/mqtt/client.h"
 #include "protocols/mqtt/codec.h"
 #include "protocols/mqtt/validate.h"
 
@@ -48,10 +49,16 @@ struct SessionSettings {
   // Whether a device is quarantined (EN 303 645 5.3-15): its logins are refused, whatever
   // identity it presents. Unset: nothing is.
   std::function<bool(const policy::DeviceId&)> quarantined;
+  // Whether one more client of the device may log in with this upstream client id (the device's
+  // mqtt.max_clients; a client id already connected takes its own session over and is always
+  // admitted). Unset: every one may.
+  std::function<bool(const policy::DevicePolicy&, const std::string& upstreamClientId)> admit;
+  // SUBSCRIBE and UNSUBSCRIBE waiting for the broker's answer; past it the client is not read.
+  uint32_t maxPendingSubscribes = 8;
 };
 
-// The filters a device's persistent upstream sessions hold at the broker, as far as iotgwd knows
-// (device id → filters): a client that reconnects without a clean start finds its subscriptions
+// The filters persistent upstream sessions hold at the broker, as far as iotgwd knows (upstream
+// client id → filters): a client that reconnects without a clean start finds its subscriptions
 // counted again, so that reconnecting cannot grow the broker's session past the bounds. Owned by
 // the caller, shared by the sessions it creates.
 using SubscriptionMemory = std::map<std::string, std::set<std::string>>;
@@ -66,7 +73,7 @@ struct PeerInfo {
 // What the session asks of its upstream (the broker side).
 namespace upstream {
 struct Open {
-  std::string clientId; // prefix + device id: one device cannot take another's identity
+  std::string clientId; // client_id.h: one device cannot take another's identity
   bool cleanStart = true;
   uint16_t keepAlive = 60;
   std::optional<Will> will;
@@ -78,17 +85,23 @@ struct Publish {
   uint8_t qos = 0;
   bool retain = false;
 };
+// Answered with Session::upstreamSubscribed / upstreamUnsubscribed and the token.
 struct Subscribe {
-  std::string filter;
-  uint8_t qos = 0;
+  uint64_t token = 0;
+  std::vector<Subscription> filters; // already mapped to the broker's topics
 };
 struct Unsubscribe {
-  std::string filter;
+  uint64_t token = 0;
+  std::vector<std::string> filters;
+};
+// The device has the message the broker sent with this packet id.
+struct Acknowledge {
+  uint16_t packetId = 0;
 };
 struct Close {
   bool publishWill = false;
 };
-using Command = std::variant<Open, Publish, Subscribe, Unsubscribe, Close>;
+using Command = std::variant<Open, Publish, Subscribe, Unsubscribe, Acknowledge, Close>;
 } // namespace upstream
 
 // A password to check against a hash, off the event loop (PBKDF2 takes ~0.1 s by design). The
@@ -139,9 +152,10 @@ struct SessionCounters {
 
 class Session {
 public:
-  // Authenticating: the CONNECT waits for its password check; what the client sends meanwhile
-  // waits unread (bounded by maxConnectBytes).
-  enum class State { AwaitingConnect, Authenticating, Connected, Closed };
+  // Authenticating: the CONNECT waits for its password check; Opening: a persistent session's
+  // CONNACK waits for the broker's (session-present is the broker's to say). What the client
+  // sends meanwhile waits unread (bounded by maxConnectBytes).
+  enum class State { AwaitingConnect, Authenticating, Opening, Connected, Closed };
 
   Session(SessionSettings settings, std::shared_ptr<const policy::PolicySet> policies,
           std::shared_ptr<const policy::DefaultCredentials> defaults,
@@ -155,9 +169,14 @@ public:
   void receive(std::span<const uint8_t> bytes, Clock::time_point now, Effects& out);
   // The broker acknowledged the forwarded message `token` (PUBACK, or PUBCOMP for QoS 2).
   void upstreamAcked(uint64_t token, Effects& out);
-  // A message from the broker for this client.
-  void deliver(const std::string& topic, std::span<const uint8_t> payload, uint8_t qos, bool retain,
-               Effects& out);
+  // A message from the broker for this client; acknowledged upstream (Acknowledge) once the
+  // client has it, or at once when it is not for the client.
+  void deliver(const Delivery& message, Effects& out);
+  // The broker's answers to the SUBSCRIBE / UNSUBSCRIBE with this token.
+  void upstreamSubscribed(const SubscribeResult& result, Effects& out);
+  void upstreamUnsubscribed(uint64_t token, Effects& out);
+  // How the upstream session's attempt went: answers a persistent session's CONNACK.
+  void upstreamStatus(bool up, bool sessionPresent, Clock::time_point now, Effects& out);
   // The outcome of the Effects::passwordCheck this session asked for (Busy: it could not be run).
   void passwordChecked(PasswordResult result, Clock::time_point now, Effects& out);
   // Keepalive and connect timeouts.
@@ -168,6 +187,13 @@ public:
   [[nodiscard]] State state() const { return state_; }
   // Whether the CONNECT has been accepted (until then the client is nobody).
   [[nodiscard]] bool authenticated() const { return state_ == State::Connected; }
+  // Whether the client should be read from: not while its login is being decided, not while a
+  // 3.1/3.1.1 client has as many QoS 1/2 messages in flight as we take (it is slowed down, not
+  // disconnected: only 5.0 clients were told a Receive Maximum), not while too many SUBSCRIBEs
+  // wait for the broker.
+  [[nodiscard]] bool wantsInput() const;
+  // The client identifier of the upstream session (client_id.h), once logged in.
+  [[nodiscard]] const std::string& upstreamClientId() const { return upstreamClientId_; }
   // Bytes of partial packets held for the client.
   [[nodiscard]] size_t bufferedBytes() const { return buffer_.size(); }
   // The device a login in progress names (before the CONNECT is accepted), or nullptr.
@@ -186,6 +212,8 @@ private:
   [[nodiscard]] policy::ConnectFacts connectFacts(const Connect& c) const;
   void finishConnect(const policy::ConnectDecision& cd, Clock::time_point now, Effects& out);
   void acceptConnect(Clock::time_point now, Effects& out);
+  void sendConnack(bool sessionPresent, Effects& out);
+  [[nodiscard]] bool windowFull() const;
   void dropPendingConnect(); // wipes its password
   [[nodiscard]] bool lockedOut(const Connect& c, Clock::time_point now) const;
   void tooMuchBeforeLogin(Effects& out);
@@ -216,6 +244,8 @@ private:
   std::optional<Version> version_;
   const policy::DevicePolicy* device_ = nullptr;
   std::string clientId_;
+  std::string upstreamClientId_;
+  bool cleanStart_ = true;
   std::string username_; // verified with the password; empty for certificate and address logins
   // The CONNECT whose password is being checked, and what evaluateConnect said before the check.
   std::optional<Connect> pendingConnect_;
@@ -242,13 +272,30 @@ private:
   std::map<uint16_t, bool> qos2Received_;
   size_t unacknowledgedFromClient_ = 0;
 
-  // Broker → client, QoS > 0, awaiting the client's PUBACK / PUBREC / PUBCOMP.
+  // Broker → client, QoS > 0, awaiting the client's PUBACK / PUBREC / PUBCOMP; `upstream` is
+  // the broker's packet id, acknowledged once the client has the message (0: already done).
   struct Outbound {
     uint8_t qos;
     bool released = false; // PUBREL sent
+    uint16_t upstream = 0;
   };
   std::map<uint16_t, Outbound> awaitingClient_;
-  std::vector<Publish> queuedToClient_;
+  struct Queued {
+    Publish publish;
+    uint16_t upstream;
+  };
+  std::vector<Queued> queuedToClient_;
+  // SUBSCRIBE / UNSUBSCRIBE forwarded, by token: the client's packet and the reason codes
+  // decided here; `forwarded` are the positions the broker's answer fills in.
+  struct PendingAck {
+    bool subscribe = true;
+    uint16_t packetId = 0;
+    std::vector<uint8_t> codes;
+    std::vector<size_t> forwarded;
+    std::vector<uint8_t> policyQos; // granted by the policy, per forwarded filter
+  };
+  std::map<uint64_t, PendingAck> pendingAcks_;
+  uint64_t nextOperation_ = 1;
   size_t queuedBytes_ = 0;
   std::set<std::string> subscriptions_; // the client's filters (its own topic names)
   size_t subscriptionBytes_ = 0;

@@ -1,149 +1,345 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #include "protocols/mqtt/upstream.h"
 
-#include "protocols/io/callback_guard.h"
-
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 
 #include <fmt/format.h>
-#include <mosquitto.h>
 
 namespace iotgw::mqtt {
 
-void initialiseMosquitto() {
-  static const int once = mosquitto_lib_init();
-  (void)once;
-}
+using policy::Event;
+using policy::EventType;
 
-std::expected<std::unique_ptr<MosquittoUpstream>, std::string>
-MosquittoUpstream::create(io::Reactor& reactor, const UpstreamSettings& settings,
-                          const upstream::Open& open, UpstreamObserver& observer) {
-  initialiseMosquitto();
-  std::unique_ptr<MosquittoUpstream> u(new MosquittoUpstream(reactor, settings, observer));
-  u->mosq_ = mosquitto_new(open.clientId.c_str(), open.cleanStart, u.get());
-  if (u->mosq_ == nullptr) {
-    return std::unexpected("mosquitto_new failed");
-  }
-  mosquitto_int_option(u->mosq_, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311);
-  mosquitto_int_option(u->mosq_, MOSQ_OPT_TCP_NODELAY, 1);
-  // Everything the broker has not acknowledged stays with us, bounded by maxQueued.
-  mosquitto_max_inflight_messages_set(u->mosq_, 20);
-  if (settings.sslContext) {
-    // Ours as it is: libmosquitto 2.0 would otherwise re-apply its defaults to it on every
-    // connect (and insist on a CA file of its own).
-    mosquitto_int_option(u->mosq_, MOSQ_OPT_SSL_CTX_WITH_DEFAULTS, 0);
-    mosquitto_void_option(u->mosq_, MOSQ_OPT_SSL_CTX, settings.sslContext.get());
-  } else {
-    if (const int rc =
-            mosquitto_tls_set(u->mosq_, settings.caFile.c_str(), nullptr,
-                              settings.certificate.c_str(), settings.privateKey.c_str(), nullptr);
-        rc != MOSQ_ERR_SUCCESS) {
-      return std::unexpected(fmt::format("TLS set-up: {}", mosquitto_strerror(rc)));
-    }
-    mosquitto_tls_opts_set(u->mosq_, 1 /* SSL_VERIFY_PEER */, "tlsv1.2", nullptr);
-  }
-  if (open.will) {
-    const auto& w = *open.will;
-    mosquitto_will_set(u->mosq_, w.topic.c_str(), static_cast<int>(w.payload.size()),
-                       w.payload.data(), w.qos, w.retain);
-  }
-  mosquitto_connect_callback_set(u->mosq_, &MosquittoUpstream::onConnect);
-  mosquitto_disconnect_callback_set(u->mosq_, &MosquittoUpstream::onDisconnect);
-  mosquitto_publish_callback_set(u->mosq_, &MosquittoUpstream::onPublish);
-  mosquitto_message_callback_set(u->mosq_, &MosquittoUpstream::onMessage);
-  const int keepAlive = std::clamp<int>(open.keepAlive == 0 ? 60 : open.keepAlive, 5, 600);
-  // Non-blocking connect; the TLS handshake proceeds in loop_read/loop_write.
-  const int rc = mosquitto_connect_async(u->mosq_, settings.host.c_str(), settings.port, keepAlive);
-  if (rc != MOSQ_ERR_SUCCESS) {
-    u->scheduleReconnect(Clock::now());
-  }
-  u->syncSocket();
-  return u;
-}
+namespace {
 
-MosquittoUpstream::MosquittoUpstream(io::Reactor& reactor, const UpstreamSettings& settings,
-                                     UpstreamObserver& observer)
-    : reactor_(reactor), settings_(settings), observer_(observer) {}
+constexpr size_t kReadChunk = 16 * 1024;
 
-MosquittoUpstream::~MosquittoUpstream() {
-  release(queuedBytes_);
-  if (registeredFd_ >= 0) {
-    reactor_.remove(registeredFd_);
-  }
-  if (mosq_ != nullptr) {
-    mosquitto_destroy(mosq_);
+std::string connackMeaning(uint8_t code) {
+  switch (code) {
+  case v311::kUnacceptableProtocolVersion:
+    return "unacceptable protocol version";
+  case v311::kIdentifierRejected:
+    return "client identifier rejected";
+  case v311::kServerUnavailable:
+    return "server unavailable";
+  case v311::kBadUserNameOrPassword:
+    return "bad user name or password";
+  case v311::kNotAuthorized:
+    return "not authorized";
+  default:
+    return fmt::format("return code {}", code);
   }
 }
 
-void MosquittoUpstream::syncSocket() {
-  if (parked_) {
+} // namespace
+
+std::expected<std::unique_ptr<BrokerLink>, std::string>
+BrokerLink::create(io::Reactor& reactor, const UpstreamSettings& settings,
+                   const upstream::Open& open, UpstreamObserver& observer) {
+  if (settings.host.empty()) {
+    return std::unexpected("no broker host");
+  }
+  std::unique_ptr<BrokerLink> link(new BrokerLink(reactor, settings, open, observer));
+  link->connect(Clock::now());
+  return link;
+}
+
+BrokerLink::BrokerLink(io::Reactor& reactor, const UpstreamSettings& settings,
+                       const upstream::Open& open, UpstreamObserver& observer)
+    : reactor_(reactor), settings_(settings), observer_(observer),
+      client_(
+          ClientSettings{settings.maxPacketBytes, 20, settings.maxQueued, settings.maxQueuedBytes},
+          ClientLogin{open.clientId, open.cleanStart,
+                      static_cast<uint16_t>(
+                          std::clamp<int>(open.keepAlive == 0 ? 60 : open.keepAlive, 5, 600)),
+                      open.will, settings.username, settings.password}) {}
+
+BrokerLink::~BrokerLink() {
+  if (fd_.valid()) {
+    reactor_.remove(fd_.get());
+  }
+  stream_.reset(); // before the socket closes
+  if (settings_.budget != nullptr) {
+    settings_.budget->used -= held_;
+  }
+}
+
+void BrokerLink::report(const std::string& rule, const std::string& message) {
+  if (!settings_.emit) {
     return;
   }
-  const int fd = mosquitto_socket(mosq_);
-  if (registeredFd_ >= 0 && (fd != registeredFd_ || !reactor_.watching(fd))) {
-    // libmosquitto closed it; the kernel has already dropped it from epoll.
-    reactor_.forget(registeredFd_);
-    registeredFd_ = -1;
+  Event e;
+  e.type = EventType::UpstreamUnavailable;
+  e.protocol = "mqtt";
+  e.rule = rule;
+  e.action = "reconnect";
+  e.message = message;
+  settings_.emit(std::move(e));
+}
+
+void BrokerLink::connect(Clock::time_point now) {
+  attemptDeadline_ = now + settings_.attemptTimeout;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  // A host name is looked up here, on the loop (as libmosquitto did); an address costs nothing.
+  const std::string port = std::to_string(settings_.port);
+  if (const int rc = ::getaddrinfo(settings_.host.c_str(), port.c_str(), &hints, &found);
+      rc != 0 || found == nullptr) {
+    drop(fmt::format("cannot resolve {}: {}", settings_.host, gai_strerror(rc)), true);
+    return;
   }
+  const int fd = ::socket(found->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
+    ::freeaddrinfo(found);
+    drop(fmt::format("socket: {}", std::strerror(errno)), true);
     return;
   }
-  const bool wantWrite = mosquitto_want_write(mosq_);
-  const uint32_t events = EPOLLIN | (wantWrite ? EPOLLOUT : 0u);
-  if (registeredFd_ < 0) {
-    if (!reactor_.add(fd, events, [this](uint32_t ev) { onEvents(ev); })) {
-      registeredFd_ = fd;
-      wantWrite_ = wantWrite;
+  fd_ = io::UniqueFd(fd);
+  const int one = 1;
+  (void)::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  const int rc = ::connect(fd, found->ai_addr, found->ai_addrlen);
+  const int err = errno;
+  ::freeaddrinfo(found);
+  if (rc != 0 && err != EINPROGRESS) {
+    drop(fmt::format("connect to {} port {}: {}", settings_.host, settings_.port,
+                     std::strerror(err)),
+         true);
+    return;
+  }
+  phase_ = Phase::Connecting;
+  armed_ = EPOLLOUT;
+  if (reactor_.add(fd, armed_, [this](uint32_t ev) { onEvents(ev); })) {
+    drop("cannot watch the broker connection", true);
+  }
+}
+
+void BrokerLink::onEvents(uint32_t events) {
+  if (phase_ == Phase::Connecting) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    (void)::getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err != 0 || (events & (EPOLLERR | EPOLLHUP)) != 0) {
+      drop(fmt::format("connect to {} port {}: {}", settings_.host, settings_.port,
+                       std::strerror(err != 0 ? err : ECONNREFUSED)),
+           true);
+      return;
     }
-    return;
-  }
-  if (wantWrite != wantWrite_) {
-    if (reactor_.modify(fd, events)) {
-      // Stale registration (closed and reopened under the same number): register afresh.
-      reactor_.forget(fd);
-      registeredFd_ = -1;
-      if (!reactor_.add(fd, events, [this](uint32_t ev) { onEvents(ev); })) {
-        registeredFd_ = fd;
+    if (settings_.sslContext) {
+      auto s = makeUpstreamTlsStream(settings_.sslContext, fd_.get(), settings_.host);
+      if (!s) {
+        drop(s.error(), true);
+        return;
       }
+      stream_ = std::move(*s);
+    } else {
+      stream_ = std::make_unique<io::PlainStream>(fd_.get());
     }
-    wantWrite_ = wantWrite;
+    phase_ = Phase::Handshaking;
+    handshake();
+    return;
+  }
+  if (phase_ == Phase::Handshaking) {
+    handshake();
+    return;
+  }
+  if (phase_ != Phase::Session) {
+    return;
+  }
+  if ((events & EPOLLOUT) != 0) {
+    flush();
+    if (phase_ != Phase::Session) {
+      return;
+    }
+  }
+  if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) != 0) {
+    readBroker();
   }
 }
 
-void MosquittoUpstream::onEvents(uint32_t events) {
-  int rc = MOSQ_ERR_SUCCESS;
-  if ((events & (EPOLLIN | EPOLLERR | EPOLLHUP)) != 0) {
-    rc = mosquitto_loop_read(mosq_, 1);
-  }
-  if (rc == MOSQ_ERR_SUCCESS && (events & EPOLLOUT) != 0 && mosquitto_socket(mosq_) >= 0) {
-    rc = mosquitto_loop_write(mosq_, 1);
-  }
-  if (!connected_ && mosquitto_socket(mosq_) >= 0 &&
-      (rc != MOSQ_ERR_SUCCESS || (events & (EPOLLERR | EPOLLHUP)) != 0)) {
-    // A connect that failed in its TLS phase: libmosquitto 2.0.11 neither closes the socket nor
-    // calls on_disconnect (loop_read returns net__socket_connect_tls's error as it is), so the
-    // socket would stay readable forever. Park it; the next reconnect closes it.
-    park();
-    scheduleReconnect(Clock::now());
-    if (!closeRequested_) {
-      observer_.upstreamConnected(false, rc);
+void BrokerLink::handshake() {
+  const io::IoStatus st = stream_->handshake();
+  if (st == io::IoStatus::WantRead || st == io::IoStatus::WantWrite) {
+    const uint32_t want = st == io::IoStatus::WantRead ? EPOLLIN : EPOLLOUT;
+    if (want != armed_ && !reactor_.modify(fd_.get(), want)) {
+      armed_ = want;
     }
     return;
   }
-  syncSocket();
-}
-
-void MosquittoUpstream::park() {
-  if (registeredFd_ >= 0) {
-    reactor_.remove(registeredFd_);
-    registeredFd_ = -1;
+  if (st != io::IoStatus::Ok) {
+    drop("TLS handshake with the broker failed: " + stream_->lastError(), true);
+    return;
   }
-  parked_ = true;
+  phase_ = Phase::Session;
+  ClientOutput out;
+  client_.start(Clock::now(), out);
+  if (process(out)) {
+    readBroker(); // the CONNACK may have come with the last handshake flight
+  }
 }
 
-void MosquittoUpstream::scheduleReconnect(Clock::time_point now) {
+void BrokerLink::readBroker() {
+  uint8_t buf[kReadChunk];
+  for (int round = 0; round < 16 && phase_ == Phase::Session; ++round) {
+    size_t n = 0;
+    const io::IoStatus st = stream_->read(buf, n);
+    if (st == io::IoStatus::WantRead || st == io::IoStatus::WantWrite) {
+      return;
+    }
+    if (st != io::IoStatus::Ok) {
+      drop(st == io::IoStatus::Closed ? "the broker closed the connection"
+                                      : "connection to the broker lost: " + stream_->lastError(),
+           false);
+      return;
+    }
+    ClientOutput out;
+    client_.received(std::span(buf, n), out);
+    if (!process(out)) {
+      return;
+    }
+    if (!stream_->holdsReadBytes()) {
+      return; // level-triggered: called again when more is waiting
+    }
+  }
+}
+
+bool BrokerLink::process(ClientOutput& out) {
+  if (!out.toBroker.empty()) {
+    if (output_.empty()) {
+      output_ = std::move(out.toBroker);
+    } else {
+      output_.insert(output_.end(), out.toBroker.begin(), out.toBroker.end());
+    }
+  }
+  if (out.connack) {
+    if (out.connack->reasonCode != v311::kAccepted) {
+      const uint8_t code = out.connack->reasonCode;
+      const std::string why = "the broker refused the login: " + connackMeaning(code);
+      report("upstream.connect", why);
+      drop(why, false, UpstreamStatus{false, false, true, code});
+      return false;
+    }
+    attempts_ = 0;
+    if (!closeRequested_) {
+      observer_.upstreamConnected(UpstreamStatus{true, out.connack->sessionPresent, false, 0});
+    }
+  }
+  for (const auto& why : out.skipped) {
+    report("limits.max_packet_bytes", why + " (read past and acknowledged)");
+  }
+  if (out.failure) {
+    const std::string why = fmt::format("the broker broke the protocol ({}): {}",
+                                        out.failure->clause, out.failure->what);
+    report("upstream.protocol", why);
+    drop(why, false);
+    return false;
+  }
+  if (!closeRequested_) {
+    for (const uint64_t token : out.acked) {
+      observer_.upstreamAcked(token);
+    }
+    for (const auto& d : out.deliveries) {
+      observer_.upstreamMessage(d); // acknowledged once the device has it
+    }
+    for (const auto& s : out.subscribed) {
+      observer_.upstreamSubscribed(s);
+    }
+    for (const uint64_t token : out.unsubscribed) {
+      observer_.upstreamUnsubscribed(token);
+    }
+  }
+  // Deliveries after close() are left unacknowledged: a persistent session at the broker keeps
+  // them for the device's next connection.
+  flush();
+  if (phase_ == Phase::Session) {
+    finishIfDrained();
+  }
+  return phase_ == Phase::Session;
+}
+
+void BrokerLink::flush() {
+  while (!output_.empty() && phase_ == Phase::Session) {
+    size_t n = 0;
+    const io::IoStatus st = stream_->write(output_, n);
+    if (st == io::IoStatus::WantWrite || st == io::IoStatus::WantRead) {
+      break;
+    }
+    if (st != io::IoStatus::Ok) {
+      drop("connection to the broker lost: " + stream_->lastError(), false);
+      return;
+    }
+    output_.erase(output_.begin(), output_.begin() + static_cast<std::ptrdiff_t>(n));
+  }
+  if (output_.empty() && output_.capacity() > 4096) {
+    std::vector<uint8_t>().swap(output_);
+  }
+  account();
+  arm();
+}
+
+void BrokerLink::arm() {
+  if (phase_ != Phase::Session || !fd_.valid()) {
+    return;
+  }
+  const uint32_t want = EPOLLIN | EPOLLRDHUP | (output_.empty() ? 0u : EPOLLOUT);
+  if (want != armed_ && !reactor_.modify(fd_.get(), want)) {
+    armed_ = want;
+  }
+}
+
+void BrokerLink::account() {
+  const size_t now = client_.heldBytes() + output_.size();
+  if (settings_.budget != nullptr) {
+    settings_.budget->used = settings_.budget->used - held_ + now;
+  }
+  held_ = now;
+  if (held_ >= settings_.maxQueuedBytes) {
+    full_ = true;
+  } else if (held_ <= settings_.maxQueuedBytes / 2) {
+    full_ = false;
+  }
+}
+
+void BrokerLink::drop(const std::string& why, bool report, UpstreamStatus status) {
+  const bool wasUp = client_.up();
+  if (fd_.valid()) {
+    reactor_.remove(fd_.get());
+  }
+  stream_.reset();
+  fd_ = io::UniqueFd();
+  output_.clear(); // QoS 0 not yet written goes with it; QoS 1/2 stays with the client
+  std::vector<uint8_t>().swap(output_);
+  client_.lost();
+  account();
+  if (phase_ == Phase::Finished) {
+    return;
+  }
+  if (report && attempts_ == 0) {
+    this->report("upstream.connect", why); // once per outage, not per attempt
+  }
+  if (closeRequested_ && (!wasUp || publishWill_)) {
+    finish(); // nothing to deliver to a broker that is gone, or a will for it to publish
+    return;
+  }
+  phase_ = Phase::Waiting;
+  scheduleReconnect(Clock::now());
+  if (!closeRequested_) {
+    observer_.upstreamConnected(status); // down, or refused
+  }
+}
+
+void BrokerLink::scheduleReconnect(Clock::time_point now) {
   // 0.5 s, 1 s, 2 s ... capped at 30 s, each ±25 %, so that a broker restart does not see every
   // device come back in the same instant (EN 303 645 5.9-3).
   const double base = std::min(30.0, 0.5 * static_cast<double>(1 << std::min(attempts_, 6)));
@@ -153,223 +349,98 @@ void MosquittoUpstream::scheduleReconnect(Clock::time_point now) {
   ++attempts_;
 }
 
-void MosquittoUpstream::service(Clock::time_point now) {
-  if (closing_) {
+void BrokerLink::service(Clock::time_point now) {
+  if (phase_ == Phase::Finished) {
     return;
   }
-  finishIfDrained();
-  if (closing_) {
+  if (phase_ == Phase::Waiting) {
+    if (now >= reconnectAt_) {
+      connect(now);
+    }
     return;
   }
-  if (reconnectAt_ && now >= *reconnectAt_) {
-    reconnectAt_.reset();
-    forgetUnwritten(); // libmosquitto drops what QoS 0 it had not written with the old socket
-    // reconnect closes the old socket and may open the new one under the same number.
-    park();
-    parked_ = false;
-    if (mosquitto_reconnect_async(mosq_) != MOSQ_ERR_SUCCESS) {
-      scheduleReconnect(now);
+  if (!client_.up()) {
+    if (now >= attemptDeadline_) {
+      drop(fmt::format("no answer from the broker at {} port {} within {} s", settings_.host,
+                       settings_.port, settings_.attemptTimeout.count() / 1000),
+           true);
     }
-  } else if (mosquitto_socket(mosq_) >= 0) {
-    mosquitto_loop_misc(mosq_);
+    return;
   }
-  syncSocket();
+  ClientOutput out;
+  client_.tick(now, out);
+  (void)process(out);
 }
 
-void MosquittoUpstream::hold(size_t bytes) {
-  queuedBytes_ += bytes;
-  if (settings_.budget != nullptr) {
-    settings_.budget->used += bytes;
-  }
-}
-
-void MosquittoUpstream::release(size_t bytes) {
-  queuedBytes_ -= bytes;
-  if (settings_.budget != nullptr) {
-    settings_.budget->used -= bytes;
-  }
-}
-
-void MosquittoUpstream::forgetUnwritten() {
-  for (const auto& [mid, bytes] : unwritten_) {
-    release(bytes);
-  }
-  unwritten_.clear();
-}
-
-bool MosquittoUpstream::publish(const upstream::Publish& p) {
-  const size_t bytes = p.topic.size() + p.payload.size();
-  if (p.qos > 0 && pending_.size() >= settings_.maxQueued) {
+bool BrokerLink::publish(const upstream::Publish& p) {
+  if (phase_ == Phase::Finished || closeRequested_ || (p.qos == 0 && full())) {
     return false;
   }
-  if (p.qos == 0 && full()) {
-    // The broker is not taking what it has (or all sessions hold their budget). QoS 1/2 stays
-    // bounded by its count, and the client is no longer read from (acceptsMore).
+  ClientOutput out;
+  if (!client_.publish(Outgoing{p.token, p.topic, p.payload, p.qos, p.retain}, out)) {
     return false;
   }
-  if (p.qos == 0 && !connected_) {
-    // libmosquitto drops QoS 0 while disconnected; the session has only just been opened (or
-    // the broker is coming back), so hold a bounded number until the CONNACK.
-    if (waiting_.size() >= settings_.maxQueued) {
-      return false;
-    }
-    waiting_.push_back(p);
-    hold(bytes);
-    return true;
-  }
-  int mid = 0;
-  // libmosquitto may write a QoS 0 message before mosquitto_publish returns, and say so
-  // (on_publish) before we know its mid: onPublish keeps such mids for us.
-  publishing_ = true;
-  const int rc = mosquitto_publish(mosq_, &mid, p.topic.c_str(), static_cast<int>(p.payload.size()),
-                                   p.payload.data(), p.qos, p.retain);
-  publishing_ = false;
-  const bool writtenAlready =
-      std::ranges::find(writtenDuringPublish_, mid) != writtenDuringPublish_.end();
-  writtenDuringPublish_.clear();
-  // QoS > 0 while disconnected: libmosquitto returns NO_CONN but has queued the message, and
-  // sends it after the reconnect (on_publish fires then). Treating it as a failure would
-  // duplicate it.
-  if (rc != MOSQ_ERR_SUCCESS && !(rc == MOSQ_ERR_NO_CONN && p.qos > 0)) {
-    return false;
-  }
-  if (p.qos > 0) {
-    hold(bytes);
-    pending_.emplace(mid, Pending{p.token, bytes});
-  } else if (!writtenAlready) {
-    hold(bytes);
-    unwritten_.emplace(mid, bytes);
-  }
-  syncSocket();
+  (void)process(out);
   return true;
 }
 
-void MosquittoUpstream::subscribe(const std::string& filter, uint8_t qos) {
-  subscriptions_[filter] = qos;
-  if (connected_) {
-    mosquitto_subscribe(mosq_, nullptr, filter.c_str(), qos);
-    syncSocket();
-  }
+void BrokerLink::subscribe(uint64_t token, std::vector<Subscription> filters) {
+  ClientOutput out;
+  client_.subscribe(token, std::move(filters), out);
+  (void)process(out);
 }
 
-void MosquittoUpstream::unsubscribe(const std::string& filter) {
-  subscriptions_.erase(filter);
-  if (connected_) {
-    mosquitto_unsubscribe(mosq_, nullptr, filter.c_str());
-    syncSocket();
-  }
+void BrokerLink::unsubscribe(uint64_t token, std::vector<std::string> filters) {
+  ClientOutput out;
+  client_.unsubscribe(token, std::move(filters), out);
+  (void)process(out);
 }
 
-void MosquittoUpstream::close(bool publishWill) {
+void BrokerLink::acknowledge(uint16_t packetId) {
+  ClientOutput out;
+  client_.acknowledge(packetId, out);
+  (void)process(out);
+}
+
+void BrokerLink::close(bool publishWill) {
   if (closeRequested_) {
     return;
   }
   closeRequested_ = true;
   publishWill_ = publishWill;
+  if (phase_ == Phase::Waiting && (publishWill || client_.drained())) {
+    finish(); // never connected this time: nothing can be delivered now
+    return;
+  }
   finishIfDrained();
 }
 
-bool MosquittoUpstream::drained() const {
-  return waiting_.empty() && pending_.empty() && !mosquitto_want_write(mosq_);
-}
-
-void MosquittoUpstream::finishIfDrained() {
-  if (!closeRequested_ || closing_ || !(drained() || !connected_)) {
+void BrokerLink::finishIfDrained() {
+  if (!closeRequested_ || phase_ != Phase::Session || !client_.up() || !client_.drained() ||
+      !output_.empty()) {
+    // Still connecting: what the client sent goes first, and a clean end must be a DISCONNECT
+    // after the CONNACK (anything else before it is a protocol error to the broker).
     return;
   }
-  const bool connecting = !connected_ && !parked_ && mosquitto_socket(mosq_) >= 0;
-  if (connecting && (!waiting_.empty() || !publishWill_)) {
-    // Still connecting: what the client sent goes first, and a clean end must be a DISCONNECT —
-    // dropping a connection the broker may already have accepted would publish the will.
-    return;
-  }
-  closing_ = true;
-  if (!publishWill_ && connected_) {
-    mosquitto_disconnect(mosq_);
-    mosquitto_loop_write(mosq_, 1);
+  if (!publishWill_) {
+    ClientOutput out;
+    client_.disconnect(out);
+    size_t n = 0;
+    (void)stream_->write(out.toBroker, n); // a few bytes into an empty socket buffer
   }
   // Without DISCONNECT the broker sees the connection drop and publishes the will.
-  park();
+  finish();
 }
 
-void MosquittoUpstream::onConnect(mosquitto*, void* self, int rc) noexcept {
-  io::guarded("libmosquitto's connect callback", [&] {
-    auto* u = static_cast<MosquittoUpstream*>(self);
-    u->connected_ = rc == 0;
-    if (rc == 0) {
-      u->attempts_ = 0;
-      for (const auto& [filter, qos] : u->subscriptions_) {
-        mosquitto_subscribe(u->mosq_, nullptr, filter.c_str(), qos);
-      }
-      for (const auto& p : u->waiting_) {
-        int mid = 0;
-        const size_t bytes = p.topic.size() + p.payload.size();
-        if (mosquitto_publish(u->mosq_, &mid, p.topic.c_str(), static_cast<int>(p.payload.size()),
-                              p.payload.data(), 0, p.retain) == MOSQ_ERR_SUCCESS) {
-          u->unwritten_.emplace(mid, bytes); // still held, now by libmosquitto
-        } else {
-          u->release(bytes);
-        }
-      }
-      u->waiting_.clear();
-    } else {
-      u->scheduleReconnect(Clock::now());
-    }
-    if (!u->closeRequested_) {
-      u->observer_.upstreamConnected(rc == 0, rc);
-    }
-  });
-}
-
-void MosquittoUpstream::onDisconnect(mosquitto*, void* self, int rc) noexcept {
-  io::guarded("libmosquitto's disconnect callback", [&] {
-    auto* u = static_cast<MosquittoUpstream*>(self);
-    u->connected_ = false;
-    u->forgetUnwritten();
-    if (!u->closing_) {
-      u->scheduleReconnect(Clock::now());
-      if (!u->closeRequested_) {
-        u->observer_.upstreamConnected(false, rc);
-      }
-    }
-  });
-}
-
-void MosquittoUpstream::onPublish(mosquitto*, void* self, int mid) noexcept {
-  io::guarded("libmosquitto's publish callback", [&] {
-    auto* u = static_cast<MosquittoUpstream*>(self);
-    if (const auto q0 = u->unwritten_.find(mid); q0 != u->unwritten_.end()) {
-      u->release(q0->second); // a QoS 0 message, written
-      u->unwritten_.erase(q0);
-      return;
-    }
-    const auto it = u->pending_.find(mid);
-    if (it == u->pending_.end()) {
-      if (u->publishing_) {
-        u->writtenDuringPublish_.push_back(mid); // written inside mosquitto_publish
-      }
-      return;
-    }
-    const uint64_t token = it->second.token;
-    u->release(it->second.bytes);
-    u->pending_.erase(it);
-    if (!u->closeRequested_) {
-      u->observer_.upstreamAcked(token);
-    }
-  });
-}
-
-void MosquittoUpstream::onMessage(mosquitto*, void* self, const mosquitto_message* msg) noexcept {
-  io::guarded("libmosquitto's message callback", [&] {
-    auto* u = static_cast<MosquittoUpstream*>(self);
-    if (u->closeRequested_ || msg == nullptr || msg->topic == nullptr || msg->payloadlen < 0) {
-      return;
-    }
-    u->observer_.upstreamMessage(
-        msg->topic,
-        std::span(static_cast<const uint8_t*>(msg->payload), static_cast<size_t>(msg->payloadlen)),
-        static_cast<uint8_t>(msg->qos), msg->retain);
-  });
+void BrokerLink::finish() {
+  if (fd_.valid()) {
+    reactor_.remove(fd_.get());
+  }
+  stream_.reset();
+  fd_ = io::UniqueFd();
+  output_.clear();
+  phase_ = Phase::Finished;
+  account();
 }
 
 } // namespace iotgw::mqtt

@@ -1,33 +1,34 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 #pragma once
 
-// One client's session re-originated to the real broker with libmosquitto over mutual TLS,
-// driven from the daemon's reactor: mosquitto_socket / loop_read / loop_write / loop_misc, and
-// our own reconnect with jittered exponential backoff (libmosquitto's threaded loop dies with
-// TLS when the broker goes away; see shared notes).
+// One client's session re-originated to the real broker: our own MQTT client (client.h) over a
+// non-blocking TCP connection, with TLS (OpenSSL, the shared client context) unless the broker
+// is on this host's loopback, driven from the daemon's reactor, with our own reconnect
+// (jittered exponential backoff).
 
 #include <chrono>
 #include <cstdint>
 #include <expected>
-#include <map>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <random>
-#include <set>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "policy/events.h"
 #include "protocols/io/reactor.h"
+#include "protocols/io/socket.h"
+#include "protocols/io/stream.h"
+#include "protocols/mqtt/client.h"
 #include "protocols/mqtt/session.h"
 #include "protocols/mqtt/upstream_tls.h"
 
-struct mosquitto;
-struct mosquitto_message;
-
 namespace iotgw::mqtt {
 
-// Bytes all upstream sessions together may hold for the broker (messages handed to libmosquitto
-// and not yet written, or not yet acknowledged). Shared by the upstreams; loop thread only.
+// Bytes all upstream sessions together may hold for the broker (messages not yet written, or not
+// yet acknowledged). Shared by the upstreams; loop thread only.
 struct ByteBudget {
   size_t limit = 64 * 1024 * 1024;
   size_t used = 0;
@@ -37,30 +38,44 @@ struct ByteBudget {
 struct UpstreamSettings {
   std::string host;
   uint16_t port = 8883;
-  std::string caFile;
-  std::string certificate;
-  std::string privateKey;
   size_t maxQueued = 1000; // QoS > 0 messages waiting for the broker
-  // Bytes this session may hold for a broker that does not take them (libmosquitto queues
-  // QoS 0 without limit): past it QoS 0 is refused and the client is no longer read.
+  // Bytes this session may hold for a broker that does not take them: past it QoS 0 is refused
+  // and the client is no longer read.
   size_t maxQueuedBytes = 1024 * 1024;
+  // The largest packet taken from the broker; larger messages are read past and counted.
+  uint32_t maxPacketBytes = 256 * 1024 + 64 * 1024;
   ByteBudget* budget = nullptr; // all sessions together; none: only the session's own bound
-  SslContext sslContext;        // shared client context; when null, libmosquitto builds its own
+  SslContext sslContext;        // the client context; null: plaintext (a loopback broker only)
+  std::optional<std::string> username; // what the broker's password_file knows
+  std::optional<std::string> password;
+  // What the broker did that the operator should hear of: a refused login, a protocol error, a
+  // message read past. None: not reported.
+  std::function<void(policy::Event)> emit;
+  std::chrono::milliseconds attemptTimeout{10'000}; // TCP, TLS and CONNACK together
+};
+
+// How the broker answered, or that it could not be reached.
+struct UpstreamStatus {
+  bool up = false;
+  bool sessionPresent = false; // with up: the broker had the session (clean session 0)
+  bool refused = false;        // the broker answered the CONNECT with `code`
+  uint8_t code = 0;
 };
 
 class UpstreamObserver {
 public:
   virtual ~UpstreamObserver() = default;
   virtual void upstreamAcked(uint64_t token) = 0;
-  virtual void upstreamMessage(const std::string& topic, std::span<const uint8_t> payload,
-                               uint8_t qos, bool retain) = 0;
-  virtual void upstreamConnected(bool connected, int code) = 0;
+  // A message for the device; acknowledge it with Upstream::acknowledge(packetId) once the device
+  // has it (QoS > 0).
+  virtual void upstreamMessage(const Delivery& message) = 0;
+  virtual void upstreamSubscribed(const SubscribeResult&) {}
+  virtual void upstreamUnsubscribed(uint64_t) {}
+  // After each attempt: up (with the broker's session-present), refused, or unreachable.
+  virtual void upstreamConnected(const UpstreamStatus& status) = 0;
 };
 
-// Call once per process before creating upstreams.
-void initialiseMosquitto();
-
-// An upstream session as a device connection uses it: MosquittoUpstream below, or a test's.
+// An upstream session as a device connection uses it: BrokerLink below, or a test's.
 class Upstream {
 public:
   Upstream() = default;
@@ -71,8 +86,11 @@ public:
   // False when the message cannot be taken (queue full — in messages or bytes —, or QoS 0 while
   // disconnected past what is held for the CONNACK).
   virtual bool publish(const upstream::Publish& p) = 0;
-  virtual void subscribe(const std::string& filter, uint8_t qos) = 0;
-  virtual void unsubscribe(const std::string& filter) = 0;
+  // Answered through upstreamSubscribed / upstreamUnsubscribed with the token.
+  virtual void subscribe(uint64_t token, std::vector<Subscription> filters) = 0;
+  virtual void unsubscribe(uint64_t token, std::vector<std::string> filters) = 0;
+  // The device has the message the broker sent with this packet id.
+  virtual void acknowledge(uint16_t packetId) = 0;
   // Ends the session once what the client sent has reached the broker: then with a DISCONNECT
   // (the broker discards the will), or by closing the connection (the broker publishes the
   // will). The observer hears nothing more after this call.
@@ -94,75 +112,74 @@ public:
   [[nodiscard]] virtual bool stalled() const = 0;
 };
 
-class MosquittoUpstream final : public Upstream {
+class BrokerLink final : public Upstream {
 public:
-  [[nodiscard]] static std::expected<std::unique_ptr<MosquittoUpstream>, std::string>
+  [[nodiscard]] static std::expected<std::unique_ptr<BrokerLink>, std::string>
   create(io::Reactor& reactor, const UpstreamSettings& settings, const upstream::Open& open,
          UpstreamObserver& observer);
 
-  ~MosquittoUpstream() override;
+  ~BrokerLink() override;
 
   bool publish(const upstream::Publish& p) override;
-  void subscribe(const std::string& filter, uint8_t qos) override;
-  void unsubscribe(const std::string& filter) override;
+  void subscribe(uint64_t token, std::vector<Subscription> filters) override;
+  void unsubscribe(uint64_t token, std::vector<std::string> filters) override;
+  void acknowledge(uint16_t packetId) override;
   void close(bool publishWill) override;
-  [[nodiscard]] bool finished() const override { return closing_; }
+  [[nodiscard]] bool finished() const override { return phase_ == Phase::Finished; }
   void service(Clock::time_point now) override;
-  [[nodiscard]] bool connected() const override { return connected_; }
-  [[nodiscard]] size_t queued() const override { return pending_.size() + waiting_.size(); }
+  [[nodiscard]] bool connected() const override { return client_.up(); }
+  [[nodiscard]] size_t queued() const override { return client_.queued(); }
   [[nodiscard]] bool acceptsMore() const override {
-    return (connected_ || queued() < settings_.maxQueued / 4) && !full();
+    return (connected() || queued() < settings_.maxQueued / 4) && !full();
   }
-  [[nodiscard]] bool stalled() const override { return connected_ && full(); }
+  [[nodiscard]] bool stalled() const override { return connected() && full(); }
 
 private:
-  MosquittoUpstream(io::Reactor& reactor, const UpstreamSettings& settings,
-                    UpstreamObserver& observer);
+  // Waiting: for the next attempt. Connecting: TCP. Handshaking: TLS. Session: MQTT (the
+  // client waits for CONNACK, or is up).
+  enum class Phase { Waiting, Connecting, Handshaking, Session, Finished };
 
-  static void onConnect(mosquitto* m, void* self, int rc) noexcept;
-  static void onDisconnect(mosquitto* m, void* self, int rc) noexcept;
-  static void onPublish(mosquitto* m, void* self, int mid) noexcept;
-  static void onMessage(mosquitto* m, void* self, const mosquitto_message* msg) noexcept;
+  BrokerLink(io::Reactor& reactor, const UpstreamSettings& settings, const upstream::Open& open,
+             UpstreamObserver& observer);
 
+  void connect(Clock::time_point now);
   void onEvents(uint32_t events);
-  void syncSocket();
-  void park();
-  [[nodiscard]] bool drained() const;
-  void finishIfDrained();
+  void handshake();
+  void readBroker();
+  void flush();
+  void arm();
+  // Carries out what the client said; false when the connection was dropped.
+  bool process(ClientOutput& out);
+  // The connection is gone (or given up): everything unwritten goes, the client goes offline,
+  // the observer hears `status`. `report`: an attempt failed (said once per outage).
+  void drop(const std::string& why, bool report, UpstreamStatus status = {});
   void scheduleReconnect(Clock::time_point now);
+  void finishIfDrained();
+  void finish();
+  void account();
+  void report(const std::string& rule, const std::string& message);
   [[nodiscard]] bool full() const {
-    return queuedBytes_ >= settings_.maxQueuedBytes ||
-           (settings_.budget != nullptr && settings_.budget->exhausted());
+    return full_ || (settings_.budget != nullptr && settings_.budget->exhausted());
   }
-  void hold(size_t bytes);
-  void release(size_t bytes);
-  // QoS 0 messages libmosquitto had not written when the connection went: it drops them.
-  void forgetUnwritten();
 
   io::Reactor& reactor_;
   UpstreamSettings settings_;
   UpstreamObserver& observer_;
-  mosquitto* mosq_ = nullptr;
-  int registeredFd_ = -1;
-  bool wantWrite_ = false;
-  bool connected_ = false;
-  bool closing_ = false;        // finished: nothing more will be sent
+  Client client_;
+  Phase phase_ = Phase::Waiting;
+  io::UniqueFd fd_;
+  std::unique_ptr<io::Stream> stream_;
+  std::vector<uint8_t> output_; // bytes for the broker not yet written
+  uint32_t armed_ = 0;
+  Clock::time_point attemptDeadline_{};
+  Clock::time_point reconnectAt_{};
+  int attempts_ = 0;
   bool closeRequested_ = false; // the client is gone; drain, then finish
   bool publishWill_ = false;
-  bool parked_ = false; // socket not watched until the next reconnect
-  int attempts_ = 0;
-  std::optional<Clock::time_point> reconnectAt_;
-  struct Pending {
-    uint64_t token;
-    size_t bytes;
-  };
-  std::map<int, Pending> pending_;        // mid → a QoS > 0 publish
-  std::map<int, size_t> unwritten_;       // mid → bytes of a QoS 0 publish
-  bool publishing_ = false;               // inside mosquitto_publish
-  std::vector<int> writtenDuringPublish_; // mids libmosquitto wrote meanwhile
-  size_t queuedBytes_ = 0;
-  std::vector<upstream::Publish> waiting_;       // QoS 0 held until connected
-  std::map<std::string, uint8_t> subscriptions_; // re-subscribed after each reconnect
+  size_t held_ = 0; // what this link counts against the budget
+  // At its bound, until half of it has been taken by the broker (so that a broker that reads a
+  // little at a time does not wake the device for every few kilobytes).
+  bool full_ = false;
   std::mt19937 rng_{std::random_device{}()};
 };
 

@@ -68,6 +68,7 @@ private:
 struct Broker {
   std::vector<upstream::Publish> published;
   std::vector<std::string> subscribed;
+  std::vector<uint16_t> acknowledged;
   std::optional<bool> closedWithWill;
   bool takes = true;
   bool acceptsMore = true;
@@ -85,8 +86,18 @@ public:
     }
     return b_->takes;
   }
-  void subscribe(const std::string& filter, uint8_t) override { b_->subscribed.push_back(filter); }
-  void unsubscribe(const std::string&) override {}
+  void subscribe(uint64_t token, std::vector<Subscription> filters) override {
+    SubscribeResult r{token, {}};
+    for (const auto& f : filters) {
+      b_->subscribed.push_back(f.filter);
+      r.codes.push_back(f.qos());
+    }
+    b_->observer->upstreamSubscribed(r); // a broker that answers at once
+  }
+  void unsubscribe(uint64_t token, std::vector<std::string>) override {
+    b_->observer->upstreamUnsubscribed(token);
+  }
+  void acknowledge(uint16_t packetId) override { b_->acknowledged.push_back(packetId); }
   void close(bool publishWill) override { b_->closedWithWill = publishWill; }
   bool finished() const override { return b_->closedWithWill.has_value(); }
   void service(Clock::time_point) override {}
@@ -138,14 +149,13 @@ max_qos = 1
                                        std::make_shared<policy::DefaultCredentials>(), throttle_,
                                        std::move(peer), Clock::now(), &memory_);
     };
-    hooks_.openUpstream =
-        [this](const policy::DevicePolicy*, const upstream::Open& open,
-               UpstreamObserver& o) -> std::expected<std::unique_ptr<Upstream>, std::string> {
+    hooks_.openUpstream = [this](Proxy& o, const upstream::Open& open)
+        -> std::expected<std::unique_ptr<Upstream>, std::string> {
       opened_.push_back(open.clientId);
       if (!brokerError_.empty()) {
         return std::unexpected(brokerError_);
       }
-      broker_->observer = &o;
+      broker_->observer = static_cast<UpstreamObserver*>(&o);
       return std::make_unique<ScriptedUpstream>(broker_);
     };
     hooks_.checkPassword = [](Proxy& proxy, PasswordCheck check) {
@@ -320,10 +330,10 @@ TEST_F(ProxyTest, ADeviceThatDoesNotReadIsCutOff) {
   ASSERT_EQ(broker_->subscribed, std::vector<std::string>{"devices/thermo-01/cmd/#"});
   wire_->writeRoom = 0; // the device stops reading
   const std::vector<uint8_t> payload(100, 'c');
-  broker_->observer->upstreamMessage("devices/thermo-01/cmd/set", payload, 0, false);
-  broker_->observer->upstreamMessage("devices/thermo-01/cmd/set", payload, 0, false);
+  broker_->observer->upstreamMessage(Delivery{0, "devices/thermo-01/cmd/set", payload, 0, false});
+  broker_->observer->upstreamMessage(Delivery{0, "devices/thermo-01/cmd/set", payload, 0, false});
   EXPECT_FALSE(proxy_->dead());
-  broker_->observer->upstreamMessage("devices/thermo-01/cmd/set", payload, 0, false);
+  broker_->observer->upstreamMessage(Delivery{0, "devices/thermo-01/cmd/set", payload, 0, false});
   EXPECT_TRUE(proxy_->dead()); // past 300 bytes waiting for it
   EXPECT_EQ(closed_, 1);
 }

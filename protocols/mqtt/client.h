@@ -1,0 +1,185 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#pragma once
+
+// The client side of one MQTT 3.1.1 session with the broker, as a state machine: fed with the
+// broker's bytes, the device side's publishes, subscriptions and acknowledgements, and the time,
+// it says what to write and what happened in a ClientOutput, and does no I/O itself (the link in
+// upstream.h carries it over TCP or TLS). Our own rather than libmosquitto's, because a gateway
+// must
+//   * acknowledge a broker's message only once the device has it (libmosquitto acknowledges
+//     before its callback runs, so a persistent session could never redeliver what a device
+//     dropped),
+//   * bound what the broker can make it hold (libmosquitto allocates whatever remaining length
+//     the broker announces, up to 256 MiB: a larger PUBLISH is skipped here, acknowledged and
+//     counted, without being buffered),
+//   * tell the device "subscribed" only once the broker has said so, and report session-present
+//     as the broker does,
+//   * never send anything but CONNECT before the CONNACK (brokers call that a protocol error).
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "protocols/mqtt/codec.h"
+#include "protocols/mqtt/error.h"
+#include "protocols/mqtt/packet.h"
+
+namespace iotgw::mqtt {
+
+using ClientClock = std::chrono::steady_clock;
+
+struct ClientSettings {
+  // The largest packet taken from the broker. A PUBLISH past it is read past (never held),
+  // acknowledged so that the broker does not send it again, and reported in `skipped`.
+  uint32_t maxPacketBytes = 256 * 1024 + 64 * 1024;
+  uint16_t maxInflight = 20;           // QoS > 0 messages sent and not yet acknowledged
+  size_t maxQueued = 1000;             // QoS > 0 messages held (in flight and waiting) ...
+  size_t maxQueuedBytes = 1024 * 1024; // ... and the bytes of everything held, QoS 0 included
+};
+
+struct ClientLogin {
+  std::string clientId;
+  bool cleanSession = true;
+  uint16_t keepAlive = 60;
+  std::optional<Will> will;
+  std::optional<std::string> username;
+  std::optional<std::string> password;
+};
+
+// A message from the broker. `packetId` (QoS > 0) is what Client::acknowledge takes once the
+// device has it.
+struct Delivery {
+  uint16_t packetId = 0;
+  std::string topic;
+  std::vector<uint8_t> payload;
+  uint8_t qos = 0;
+  bool retain = false;
+};
+
+// One message handed to the client; `token` comes back in ClientOutput::acked (QoS > 0).
+struct Outgoing {
+  uint64_t token = 0;
+  std::string topic;
+  std::vector<uint8_t> payload;
+  uint8_t qos = 0;
+  bool retain = false;
+};
+
+struct SubscribeResult {
+  uint64_t token = 0;
+  std::vector<uint8_t> codes; // per filter: the granted QoS, or 0x80
+};
+
+struct ClientOutput {
+  std::vector<uint8_t> toBroker;
+  std::optional<Connack> connack; // the broker answered the CONNECT
+  std::vector<uint64_t> acked;    // tokens the broker acknowledged (PUBACK, or PUBCOMP)
+  std::vector<Delivery> deliveries;
+  std::vector<SubscribeResult> subscribed;
+  std::vector<uint64_t> unsubscribed;
+  std::vector<std::string> skipped; // why messages from the broker were read past
+  // The broker broke the protocol or stopped answering: close the connection.
+  std::optional<CodecError> failure;
+};
+
+class Client {
+public:
+  enum class State { Offline, AwaitingConnack, Up };
+
+  Client(ClientSettings settings, ClientLogin login);
+
+  // The transport is up: the CONNECT goes out.
+  void start(ClientClock::time_point now, ClientOutput& out);
+  // Bytes from the broker; every complete packet is taken.
+  void received(std::span<const uint8_t> bytes, ClientOutput& out);
+  // The transport has gone. Messages in flight are sent again (DUP) after the next CONNACK;
+  // QoS 0 ones the caller had not yet written are gone with its buffer.
+  void lost();
+  // Keepalive: a PINGREQ every keep alive, a failure when the broker has not answered one
+  // within it.
+  void tick(ClientClock::time_point now, ClientOutput& out);
+  [[nodiscard]] ClientClock::time_point deadline() const;
+
+  // False when it cannot be held (past maxQueued or maxQueuedBytes).
+  [[nodiscard]] bool publish(Outgoing&& message, ClientOutput& out);
+  // The answer comes in `subscribed` / `unsubscribed` with the token, once the broker's does;
+  // while offline they wait for the connection.
+  void subscribe(uint64_t token, std::vector<Subscription> filters, ClientOutput& out);
+  void unsubscribe(uint64_t token, std::vector<std::string> filters, ClientOutput& out);
+  // The device has the message with this packet id: PUBACK (QoS 1) or PUBREC (QoS 2) to the
+  // broker, if it was delivered on this connection (otherwise the broker sends it again).
+  void acknowledge(uint16_t packetId, ClientOutput& out);
+  // A DISCONNECT, when up: the broker discards the will.
+  void disconnect(ClientOutput& out);
+
+  [[nodiscard]] State state() const { return state_; }
+  [[nodiscard]] bool up() const { return state_ == State::Up; }
+  [[nodiscard]] size_t queued() const { return queuedQos_; } // QoS > 0 held
+  [[nodiscard]] size_t heldBytes() const { return heldBytes_; }
+  [[nodiscard]] bool full() const { return heldBytes_ >= settings_.maxQueuedBytes; }
+  // Nothing held for the broker, nothing waiting for its answer.
+  [[nodiscard]] bool drained() const {
+    return queuedQos_ == 0 && waiting_.empty() && operations_.empty();
+  }
+  [[nodiscard]] const std::string& clientId() const { return login_.clientId; }
+
+private:
+  struct InFlight {
+    Outgoing message;
+    bool released = false; // QoS 2: PUBREC came, PUBREL sent
+  };
+  // A SUBSCRIBE or UNSUBSCRIBE waiting for the broker's answer (sent again after a reconnect).
+  struct Operation {
+    uint16_t packetId = 0;
+    uint64_t token = 0; // 0: our own (subscriptions restored in a new broker session)
+    bool subscribe = true;
+    std::vector<Subscription> filters; // for UNSUBSCRIBE only the filter is used
+  };
+
+  void handle(Packet&& p, ClientOutput& out);
+  void onConnack(const Connack& c, ClientOutput& out);
+  void onPublish(Publish&& p, ClientOutput& out);
+  void onAck(const Ack& a, ClientOutput& out);
+  void onSubAck(const SubAck& a, ClientOutput& out);
+  // Reads the header of a PUBLISH too large to take and acknowledges it; false: not yet enough
+  // bytes.
+  [[nodiscard]] bool skipOversized(std::span<const uint8_t> view, uint8_t header, size_t headerSize,
+                                   uint32_t remaining, size_t& consumed, ClientOutput& out);
+  void send(const Packet& p, ClientOutput& out);
+  void sendPublish(uint16_t packetId, const InFlight& f, bool dup, ClientOutput& out);
+  void sendWaiting(ClientOutput& out);
+  void sendOperation(const Operation& op, ClientOutput& out);
+  [[nodiscard]] uint16_t nextPacketId();
+  void fail(std::string_view clause, std::string_view what, ClientOutput& out);
+  static size_t bytesOf(const Outgoing& m) { return m.topic.size() + m.payload.size(); }
+
+  ClientSettings settings_;
+  ClientLogin login_;
+  State state_ = State::Offline;
+  std::vector<uint8_t> buffer_;
+  uint32_t skipping_ = 0;              // bytes still to be read past of an oversized PUBLISH
+  ClientClock::time_point lastPing_{}; // a PINGREQ goes every keep alive
+  std::optional<ClientClock::time_point> pingSent_;
+
+  // Towards the broker: in flight by packet id, and what waits for room (in order; QoS 0 too).
+  std::map<uint16_t, InFlight> inFlight_;
+  std::deque<Outgoing> waiting_;
+  size_t queuedQos_ = 0;
+  size_t heldBytes_ = 0;
+  uint16_t lastPacketId_ = 0;
+  std::deque<Operation> operations_;             // in the order asked
+  std::map<std::string, uint8_t> subscriptions_; // what the broker granted, for a new session
+
+  // From the broker: QoS 1 ids the device has not acknowledged yet (this connection), and QoS 2
+  // ids until the broker's PUBREL (value: PUBREC sent).
+  std::set<uint16_t> qos1Unacknowledged_;
+  std::map<uint16_t, bool> qos2Received_;
+};
+
+} // namespace iotgw::mqtt
