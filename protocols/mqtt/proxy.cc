@@ -278,8 +278,16 @@ void Proxy::apply(Effects& e) {
     closeAfterFlush_ = true;
   }
   flush();
-  if (paused_ && !dead_ && !closeAfterFlush_) {
+  if (dead_ || closeAfterFlush_ || handshaking_ || !session_) {
+    return;
+  }
+  if (paused_) {
     resume(); // an acknowledgement or an answer may have made room
+  } else if (!mayRead()) {
+    // The session holds back what it has (a full window, a login being decided): the socket
+    // is not read until it takes more, and what it holds is given to it then (resume).
+    paused_ = true;
+    flush();
   }
 }
 

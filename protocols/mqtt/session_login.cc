@@ -222,6 +222,11 @@ void Session::finishConnect(const policy::ConnectDecision& cd, Clock::time_point
   device_ = cd.device;
   clientId_ = c.clientId;
   upstreamClientId_ = upstreamId;
+  const bool passwordLogin = cd.login == policy::Login::Password;
+  username_ = passwordLogin ? c.username.value_or("") : std::string();
+  if (passwordLogin) {
+    throttle_.recordSuccess(source, username_); // the source's failures stand
+  }
   acceptConnect(now, out);
 }
 

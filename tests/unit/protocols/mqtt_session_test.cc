@@ -228,6 +228,7 @@ TEST_F(SessionTest, ConnectsAndOpensUpstreamUnderTheDeviceIdentity) {
   EXPECT_EQ(opens[0].keepAlive, 10);
   EXPECT_EQ(session_->device()->id.str(), "thermo-01");
   EXPECT_TRUE(e.events.empty());
+  EXPECT_TRUE(throttle_.knownSource("192.168.50.10")) << "a password login vouches for its source";
 }
 
 TEST_F(SessionTest, Mqtt31ClientsLogInAndOnlyShortIdentifiersAreTaken) {
