@@ -93,10 +93,14 @@ public:
       if (auto p = r.integer("port", 1, 65535)) {
         c.upstream.port = static_cast<uint16_t>(*p);
       }
-      const Need files = c.upstream.enabled ? Need::Required : Need::Optional;
+      c.upstream.tls = r.boolean("tls").value_or(true);
+      const Need files = c.upstream.enabled && c.upstream.tls ? Need::Required : Need::Optional;
       file(r, *t, "ca_file", c.upstream.caFile, files);
-      file(r, *t, "certificate", c.upstream.certificate, files);
-      file(r, *t, "private_key", c.upstream.privateKey, files);
+      file(r, *t, "certificate", c.upstream.certificate, Need::Optional);
+      file(r, *t, "private_key", c.upstream.privateKey, Need::Optional);
+      c.upstream.username = r.string("username", Need::Optional, 256).value_or("");
+      file(r, *t, "password_file", c.upstream.passwordFile, Need::Optional);
+      upstreamAuthentication(r, *t, c.upstream);
       if (auto k = r.integer("keepalive_seconds", 5, 65535)) {
         c.upstream.keepaliveSeconds = static_cast<uint16_t>(*k);
       }
@@ -203,6 +207,43 @@ private:
       }
       out = p;
     }
+  }
+
+  // How iotgwd proves itself to the broker, and over what: checked as a whole.
+  void upstreamAuthentication(TableReader& r, const toml::table& t, const UpstreamConfig& u) {
+    if (!u.enabled) {
+      return;
+    }
+    const bool certificate = !u.certificate.empty();
+    if (certificate != !u.privateKey.empty()) {
+      r.error(*t.get(certificate ? "certificate" : "private_key"),
+              "'upstream.certificate' and 'upstream.private_key' go together");
+    }
+    if (!certificate && u.username.empty() && u.tls) {
+      r.error(t, "[upstream] needs a client certificate ('certificate', 'private_key') or a "
+                 "'username' (with 'password_file') for the broker");
+    }
+    if (!u.passwordFile.empty() && u.username.empty()) {
+      r.error(*t.get("password_file"), "'upstream.password_file' needs 'upstream.username'");
+    }
+    if (!u.tls && certificate) {
+      r.error(*t.get("certificate"), "'upstream.certificate' needs 'upstream.tls' = true");
+    }
+    if (!u.tls && !loopbackHost(u.host) && t.get("host") != nullptr) {
+      r.error(*t.get("host"),
+              fmt::format("'upstream.tls' = false only to a broker on this host's loopback "
+                          "(127.0.0.1, ::1 or localhost), not \"{}\": anything else would carry "
+                          "device data and passwords in the clear",
+                          u.host));
+    }
+  }
+
+  static bool loopbackHost(const std::string& host) {
+    if (host == "localhost" || host == "::1") {
+      return true;
+    }
+    const auto a = policy::IpAddress::parse(host);
+    return a && a->family == AF_INET && a->bytes[0] == 127;
   }
 
   void listener(TableReader& parent, std::string_view name, uint16_t defaultPort, bool tls,

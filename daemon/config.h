@@ -37,9 +37,19 @@ struct UpstreamConfig {
   bool enabled = false;
   std::string host;
   uint16_t port = 8883;
+  // false: plaintext, which the configuration takes only for a broker on this host's loopback.
+  bool tls = true;
   std::filesystem::path caFile;
+  // Both or neither: without them the TLS is server-authenticated and the broker is given a
+  // user name (and password) instead.
   std::filesystem::path certificate;
   std::filesystem::path privateKey;
+  // The user name at the broker; "%d" is the device id (broker ACLs then tell devices apart). A
+  // device's policy may name its own ([mqtt] upstream_username).
+  std::string username;
+  // "user:password" lines ("*:password" for any user name not listed); mode 0600 or 0640, never
+  // readable by others, so that passwords stay out of the world-readable configuration.
+  std::filesystem::path passwordFile;
   uint16_t keepaliveSeconds = 60;
   std::string clientIdPrefix = "iotgw-";
 };

@@ -61,8 +61,8 @@ public:
   // Binds the device-side and mutual-TLS listeners; the error names what failed.
   [[nodiscard]] Outcome start();
   // Builds the TLS contexts of `config` (the listener's certificate, key, CA and CRL; the
-  // broker's CA) for new connections; connections already up keep theirs. Nothing changes until
-  // the result runs.
+  // broker's CA) and reads the broker passwords, for new connections; connections already up keep
+  // theirs. Nothing changes until the result runs.
   [[nodiscard]] std::expected<Prepared, std::string> prepareTls(const Config& config);
   // New sessions use the new credentials list; running ones keep the snapshot they started with.
   void setDefaultCredentials(std::shared_ptr<const policy::DefaultCredentials> d) {
@@ -142,6 +142,7 @@ private:
   std::shared_ptr<tls::ServerContext> tlsContext_;
   mqtt::SslContext upstreamContext_;
   UpstreamConfig upstreamTls_; // the broker CA and host the contexts were built for
+  std::map<std::string, std::string> upstreamPasswords_; // user name ("*": any other) → password
   io::Admission admission_;
   mqtt::ByteBudget upstreamBudget_;        // what all upstreams together hold for the broker
   std::unique_ptr<io::Worker> worker_;     // password checks

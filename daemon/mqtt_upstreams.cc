@@ -2,7 +2,13 @@
 // MqttService, towards the broker: the TLS contexts (the upstream's, each issued device
 // identity's, the mutual-TLS listener's), the upstream sessions made with them, the bound on
 // upstreams still draining for closed connections, and the memory handshakes leave behind.
+#include <fcntl.h>
 #include <malloc.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 
@@ -16,17 +22,80 @@ using mqtt::Clock;
 using policy::Event;
 using policy::EventType;
 
+namespace {
+
+// The broker passwords: "user:password" lines, "*:password" for any other user name. The file
+// must not be readable by others (the configuration is world-readable; this is not).
+std::expected<std::map<std::string, std::string>, std::string>
+readPasswords(const std::filesystem::path& path) {
+  std::map<std::string, std::string> out;
+  if (path.empty()) {
+    return out;
+  }
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) {
+    return std::unexpected(fmt::format("{}: {}", path.string(), std::strerror(errno)));
+  }
+  struct stat st {};
+  std::string text;
+  if (::fstat(fd, &st) == 0 && (st.st_mode & S_IRWXO) == 0 && S_ISREG(st.st_mode) &&
+      st.st_size < 64 * 1024) {
+    text.resize(static_cast<size_t>(st.st_size));
+    if (::read(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
+      text.clear();
+    }
+  }
+  ::close(fd);
+  if ((st.st_mode & S_IRWXO) != 0) {
+    return std::unexpected(fmt::format("{} is readable by others (mode {:04o}): chmod 600 or 640 "
+                                       "(group: the service's)",
+                                       path.string(), st.st_mode & 07777));
+  }
+  size_t line = 0;
+  for (size_t at = 0; at < text.size();) {
+    const size_t end = std::min(text.find('\n', at), text.size());
+    std::string_view l(text.data() + at, end - at);
+    at = end + 1;
+    ++line;
+    if (!l.empty() && l.back() == '\r') {
+      l.remove_suffix(1);
+    }
+    if (l.empty() || l.front() == '#') {
+      continue;
+    }
+    const size_t colon = l.find(':');
+    if (colon == std::string_view::npos || colon == 0) {
+      policy::secureWipe(text.data(), text.size());
+      return std::unexpected(
+          fmt::format("{}:{}: expected \"user:password\" (or \"*:password\")", path.string(), line));
+    }
+    out[std::string(l.substr(0, colon))] = std::string(l.substr(colon + 1));
+  }
+  policy::secureWipe(text.data(), text.size());
+  return out;
+}
+
+} // namespace
+
 std::expected<Prepared, std::string> MqttService::prepareTls(const Config& config) {
   // Both contexts are built first; only when both are good may they replace the running ones.
   mqtt::SslContext upstream;
+  std::map<std::string, std::string> passwords;
   if (config.upstream.enabled) {
     const auto& u = config.upstream;
-    auto up = mqtt::makeUpstreamSslContext(
-        {u.host, u.caFile.string(), u.certificate.string(), u.privateKey.string()});
-    if (!up) {
-      return std::unexpected("upstream TLS: " + up.error());
+    if (u.tls) {
+      auto up = mqtt::makeUpstreamSslContext(
+          {u.host, u.caFile.string(), u.certificate.string(), u.privateKey.string()});
+      if (!up) {
+        return std::unexpected("upstream TLS: " + up.error());
+      }
+      upstream = std::move(*up);
     }
-    upstream = std::move(*up);
+    auto read = readPasswords(u.passwordFile);
+    if (!read) {
+      return std::unexpected("upstream password file: " + read.error());
+    }
+    passwords = std::move(*read);
   }
   std::shared_ptr<tls::ServerContext> listener;
   if (config.mqttTls.enabled) {
@@ -39,8 +108,20 @@ std::expected<Prepared, std::string> MqttService::prepareTls(const Config& confi
     listener = std::move(*ctx);
   }
   return Prepared([this, upstream = std::move(upstream), listener = std::move(listener),
-                   broker = config.upstream]() mutable {
+                   broker = config.upstream, passwords = std::move(passwords)]() mutable {
     upstreamContext_ = std::move(upstream);
+    upstreamPasswords_ = std::move(passwords);
+    if (broker.enabled && !broker.tls) {
+      Event e;
+      e.type = EventType::InsecureUpstream;
+      e.protocol = "mqtt";
+      e.rule = "upstream.tls";
+      e.action = "warn";
+      e.message = fmt::format("the broker at {} port {} is reached without TLS (a loopback "
+                              "broker on this host)",
+                              broker.host, broker.port);
+      sink_.emit(std::move(e));
+    }
     tlsContext_ = std::move(listener);
     upstreamTls_ = std::move(broker);
     deviceContexts_.clear(); // built again from the new broker CA on first use
@@ -60,6 +141,21 @@ MqttService::createUpstream(const policy::DevicePolicy* device, const mqtt::upst
   us.maxPacketBytes = config_->limits.maxPacketBytes + 2 * 1024;
   us.budget = &upstreamBudget_;
   us.sslContext = upstreamContext_;
+  // The user name: the device's own, or the gateway's; "%d" is the device id.
+  std::string user = device != nullptr && !device->mqttRules.upstreamUsername.empty()
+                         ? device->mqttRules.upstreamUsername
+                         : u.username;
+  if (const size_t at = user.find("%d"); at != std::string::npos) {
+    user.replace(at, 2, device != nullptr ? device->id.str() : std::string("gateway"));
+  }
+  if (!user.empty()) {
+    us.username = user;
+    if (auto it = upstreamPasswords_.find(user); it != upstreamPasswords_.end()) {
+      us.password = it->second;
+    } else if (auto any = upstreamPasswords_.find("*"); any != upstreamPasswords_.end()) {
+      us.password = any->second;
+    }
+  }
   us.emit = [this, device = device != nullptr ? device->id.str() : std::string()](Event e) {
     e.device = device;
     sink_.emit(std::move(e));

@@ -9,7 +9,7 @@ namespace {
 
 // What each type is called (IOTGW_EVENT) and the provision it cites by default. How the journal
 // shows it (MESSAGE_ID, priority) is the daemon's: daemon/event_catalog.cc.
-constexpr std::array<EventTypeInfo, 22> kTypes = {{
+constexpr std::array<EventTypeInfo, 23> kTypes = {{
     {EventType::DaemonStarted, "daemon-started", ""},
     {EventType::DaemonStopping, "daemon-stopping", ""},
     {EventType::ConfigReloaded, "config-reloaded", ""},
@@ -32,6 +32,7 @@ constexpr std::array<EventTypeInfo, 22> kTypes = {{
     {EventType::DevicePortBound, "device-port-bound", ""},
     {EventType::DevicePortConflict, "device-port-conflict", "5.10-1"},
     {EventType::NeighbourSpoofing, "neighbour-spoofing", "5.10-1"},
+    {EventType::InsecureUpstream, "insecure-upstream", "5.5-1"},
 }};
 
 } // namespace

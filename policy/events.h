@@ -37,9 +37,10 @@ enum class EventType : uint8_t {
   DevicePortBound,
   DevicePortConflict,
   NeighbourSpoofing,
+  InsecureUpstream,
 };
 
-inline constexpr size_t kEventTypeCount = static_cast<size_t>(EventType::NeighbourSpoofing) + 1;
+inline constexpr size_t kEventTypeCount = static_cast<size_t>(EventType::InsecureUpstream) + 1;
 
 struct EventTypeInfo {
   EventType type;

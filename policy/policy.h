@@ -72,6 +72,9 @@ enum class UpstreamIdentity {
 
 struct MqttRules {
   UpstreamIdentity upstreamIdentity = UpstreamIdentity::Shared;
+  // The user name this device's upstream sessions give the broker ("%d": the device id); empty:
+  // [upstream] username.
+  std::string upstreamUsername;
   // Prepended to every topic and filter on the broker side ("%d" = device id), stripped from
   // what the broker delivers; the device keeps its own topic names. Empty: no mapping.
   std::string upstreamPrefix;

@@ -235,6 +235,7 @@ private:
       m.maxPayloadBytes = static_cast<uint32_t>(*b);
     }
     m.retainAllowed = r.boolean("retain").value_or(false);
+    m.upstreamUsername = r.string("upstream_username", Need::Optional, 256).value_or("");
     if (auto n = r.integer("max_clients", 1, 64)) {
       m.maxClients = static_cast<uint32_t>(*n);
     }

@@ -93,14 +93,24 @@ void BrokerLink::connect(Clock::time_point now) {
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_NUMERICSERV;
   addrinfo* found = nullptr;
-  // A host name is looked up here, on the loop (as libmosquitto did); an address costs nothing.
+  // A host name is looked up here, on the loop; an address costs nothing. Each attempt takes the
+  // next of the addresses it has ("localhost": ::1, then 127.0.0.1).
   const std::string port = std::to_string(settings_.port);
   if (const int rc = ::getaddrinfo(settings_.host.c_str(), port.c_str(), &hints, &found);
       rc != 0 || found == nullptr) {
     drop(fmt::format("cannot resolve {}: {}", settings_.host, gai_strerror(rc)), true);
     return;
   }
-  const int fd = ::socket(found->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  size_t count = 0;
+  for (const addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    ++count;
+  }
+  addresses_ = count;
+  const addrinfo* chosen = found;
+  for (size_t i = 0; i < addressTurn_ % count; ++i) {
+    chosen = chosen->ai_next;
+  }
+  const int fd = ::socket(chosen->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     ::freeaddrinfo(found);
     drop(fmt::format("socket: {}", std::strerror(errno)), true);
@@ -109,13 +119,11 @@ void BrokerLink::connect(Clock::time_point now) {
   fd_ = io::UniqueFd(fd);
   const int one = 1;
   (void)::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  const int rc = ::connect(fd, found->ai_addr, found->ai_addrlen);
+  const int rc = ::connect(fd, chosen->ai_addr, chosen->ai_addrlen);
   const int err = errno;
   ::freeaddrinfo(found);
   if (rc != 0 && err != EINPROGRESS) {
-    drop(fmt::format("connect to {} port {}: {}", settings_.host, settings_.port,
-                     std::strerror(err)),
-         true);
+    unreachable(err);
     return;
   }
   phase_ = Phase::Connecting;
@@ -125,15 +133,28 @@ void BrokerLink::connect(Clock::time_point now) {
   }
 }
 
+void BrokerLink::unreachable(int err) {
+  if (++addressTurn_ % std::max<size_t>(addresses_, 1) != 0) {
+    // The host has another address: try it now, not after the backoff.
+    if (fd_.valid()) {
+      reactor_.remove(fd_.get());
+    }
+    fd_ = io::UniqueFd();
+    phase_ = Phase::Waiting;
+    reconnectAt_ = Clock::now();
+    return;
+  }
+  drop(fmt::format("connect to {} port {}: {}", settings_.host, settings_.port, std::strerror(err)),
+       true);
+}
+
 void BrokerLink::onEvents(uint32_t events) {
   if (phase_ == Phase::Connecting) {
     int err = 0;
     socklen_t len = sizeof err;
     (void)::getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len);
     if (err != 0 || (events & (EPOLLERR | EPOLLHUP)) != 0) {
-      drop(fmt::format("connect to {} port {}: {}", settings_.host, settings_.port,
-                       std::strerror(err != 0 ? err : ECONNREFUSED)),
-           true);
+      unreachable(err != 0 ? err : ECONNREFUSED);
       return;
     }
     if (settings_.sslContext) {

@@ -143,6 +143,8 @@ private:
              UpstreamObserver& observer);
 
   void connect(Clock::time_point now);
+  // TCP to the chosen address failed with `err`: the next address, or the backoff.
+  void unreachable(int err);
   void onEvents(uint32_t events);
   void handshake();
   void readBroker();
@@ -174,6 +176,8 @@ private:
   Clock::time_point attemptDeadline_{};
   Clock::time_point reconnectAt_{};
   int attempts_ = 0;
+  size_t addresses_ = 1;   // what the host name resolved to, last time
+  size_t addressTurn_ = 0; // which of them the next attempt takes
   bool closeRequested_ = false; // the client is gone; drain, then finish
   bool publishWill_ = false;
   size_t held_ = 0; // what this link counts against the budget

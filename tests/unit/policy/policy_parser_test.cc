@@ -51,6 +51,8 @@ TEST(PolicyParser, ParsesEveryConstruct) {
   EXPECT_EQ(m.maxQos, 1);
   EXPECT_EQ(m.maxPayloadBytes, 1024u);
   EXPECT_TRUE(m.retainAllowed);
+  EXPECT_EQ(m.upstreamUsername, "%d");
+  EXPECT_EQ(m.maxClients, 2u);
   EXPECT_DOUBLE_EQ(m.rate.messagesPerSecond, 5);
   EXPECT_DOUBLE_EQ(m.rate.messageBurst, 20);
   EXPECT_DOUBLE_EQ(m.rate.bytesPerSecond, 4096.5);
@@ -102,6 +104,8 @@ addresses = ["192.168.50.7"]
   EXPECT_TRUE(p->mqttRules.subscribe.empty());
   EXPECT_FALSE(p->mqttRules.retainAllowed);
   EXPECT_EQ(p->mqttRules.upstreamIdentity, UpstreamIdentity::Shared);
+  EXPECT_TRUE(p->mqttRules.upstreamUsername.empty());
+  EXPECT_EQ(p->mqttRules.maxClients, 4u);
   EXPECT_TRUE(p->coapRules.rules.empty());
   EXPECT_TRUE(p->network.outbound.empty());
   EXPECT_EQ(p->onViolation, ViolationAction::Drop);
@@ -127,6 +131,8 @@ INSTANTIATE_TEST_SUITE_P(
                     "missing required key 'device'"},
         BadDocument{"MissingId", "[device]\nmac = \"02:00:00:00:00:01\"\n", 1, 1, "'device.id'"},
         BadDocument{"IdWrongType", "[device]\nid = 42\n", 2, 6, "must be a string"},
+        BadDocument{"MaxClientsRange", "[device]\nid = \"a\"\n[mqtt]\nmax_clients = 65\n", 4, 15,
+                    "out of range"},
         BadDocument{"IdUppercase", "[device]\nid = \"Thermo\"\n", 2, 6, "[a-z0-9._-]"},
         BadDocument{"IdTooLong", "[device]\nid = \"" + std::string(64, 'a') + "\"\n", 2, 6,
                     "longer than 63"},

@@ -34,6 +34,8 @@ subject_alt_names = ["thermo-01.hub.local", "urn:dev:thermo-01"]
 [mqtt]
 upstream_prefix = "home/%d/"
 upstream_identity = "issued"
+upstream_username = "%d"
+max_clients = 2
 publish = ["devices/%c/telemetry/#", "devices/%c/state"]
 subscribe = ["devices/%c/cmd/#", "broadcast/+"]
 max_qos = 1
