@@ -36,7 +36,7 @@ readPasswords(const std::filesystem::path& path) {
   if (fd < 0) {
     return std::unexpected(fmt::format("{}: {}", path.string(), std::strerror(errno)));
   }
-  struct stat st {};
+  struct stat st{};
   std::string text;
   if (::fstat(fd, &st) == 0 && (st.st_mode & S_IRWXO) == 0 && S_ISREG(st.st_mode) &&
       st.st_size < 64 * 1024) {
@@ -66,8 +66,8 @@ readPasswords(const std::filesystem::path& path) {
     const size_t colon = l.find(':');
     if (colon == std::string_view::npos || colon == 0) {
       policy::secureWipe(text.data(), text.size());
-      return std::unexpected(
-          fmt::format("{}:{}: expected \"user:password\" (or \"*:password\")", path.string(), line));
+      return std::unexpected(fmt::format("{}:{}: expected \"user:password\" (or \"*:password\")",
+                                         path.string(), line));
     }
     out[std::string(l.substr(0, colon))] = std::string(l.substr(colon + 1));
   }

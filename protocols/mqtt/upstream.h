@@ -176,8 +176,8 @@ private:
   Clock::time_point attemptDeadline_{};
   Clock::time_point reconnectAt_{};
   int attempts_ = 0;
-  size_t addresses_ = 1;   // what the host name resolved to, last time
-  size_t addressTurn_ = 0; // which of them the next attempt takes
+  size_t addresses_ = 1;        // what the host name resolved to, last time
+  size_t addressTurn_ = 0;      // which of them the next attempt takes
   bool closeRequested_ = false; // the client is gone; drain, then finish
   bool publishWill_ = false;
   size_t held_ = 0; // what this link counts against the budget
