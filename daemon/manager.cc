@@ -325,6 +325,8 @@ ControlResult Manager::setDevicePolicy(std::string_view idText, std::string_view
   // the new policy rather than keeping what it may no longer do.
   if (w_.mqtt) {
     w_.mqtt->closeDevice(id);
+    // What the new policy no longer allows does not live on at the broker either.
+    (void)w_.mqtt->endPersistentSessions(id, w_.current.policies->find(id));
   }
   if (w_.coap) {
     w_.coap->closeDevice(id);

@@ -378,7 +378,6 @@ size_t MqttService::forgetDevice(const policy::DeviceId& id) {
     }
   }
   closeLoginsInProgress();
-  subscriptions_.erase(name);
   std::erase_if(draining_, [&](const Draining& d) {
     if (d.device != name) {
       return false;
@@ -392,6 +391,7 @@ size_t MqttService::forgetDevice(const policy::DeviceId& id) {
   }
   closedCounters_.erase(name);
   deviceContexts_.erase(name);
+  (void)endPersistentSessions(id, nullptr); // nothing of it is kept at the broker either
   return dropped;
 }
 

@@ -77,6 +77,15 @@ public:
   void setQuarantineCheck(QuarantineCheck q) { quarantined_ = std::move(q); }
   // Ends every session of the device (quarantine).
   void closeDevice(const policy::DeviceId& id);
+  // Ends the persistent sessions the device's clients hold at the broker (as far as iotgwd has
+  // seen them since it started) that `now` no longer allows: all of them when `now` is null
+  // (removed, quarantined), otherwise those with a subscription outside its subscribe list. Each
+  // is ended by a clean-session login under its client id (the broker drops what it held), then
+  // DISCONNECT. Call after closeDevice. Returns how many.
+  size_t endPersistentSessions(const policy::DeviceId& id, const policy::DevicePolicy* now);
+  // After a reload: the persistent sessions of devices that are gone, or whose new policy refuses
+  // what they subscribed, are ended (their connections first).
+  void reconcilePersistentSessions(const policy::PolicySet& policies);
   // Erase (5.11-1): ends the device's sessions without delivering what they still queue, and
   // drops its counters and TLS context. Returns how many queued messages were dropped.
   size_t forgetDevice(const policy::DeviceId& id);
@@ -123,9 +132,10 @@ private:
   void sweep();
   [[nodiscard]] size_t maxDraining() const;
   void reportDrainingGivenUp(const std::string& device, std::string_view why);
+  // `name` stands for the device in the user name's "%d" when there is no policy (any more).
   [[nodiscard]] std::expected<std::unique_ptr<mqtt::Upstream>, std::string>
   createUpstream(const policy::DevicePolicy* device, const mqtt::upstream::Open& open,
-                 mqtt::UpstreamObserver& observer);
+                 mqtt::UpstreamObserver& observer, std::string_view name = {});
   // The client context for a device's own identity (built once per certificate).
   [[nodiscard]] std::expected<mqtt::SslContext, std::string>
   deviceContext(const std::string& device);
@@ -147,8 +157,14 @@ private:
   mqtt::ByteBudget upstreamBudget_;        // what all upstreams together hold for the broker
   std::unique_ptr<io::Worker> worker_;     // password checks
   mqtt::SubscriptionMemory subscriptions_; // what devices' persistent upstream sessions hold
-  mqtt::ProxySettings plainSettings_;      // the device-side listener's connections
-  mqtt::ProxySettings tlsSettings_;        // the mutual-TLS listener's
+  // Hears nothing: for the upstreams that end persistent sessions.
+  struct Quiet final : mqtt::UpstreamObserver {
+    void upstreamAcked(uint64_t) override {}
+    void upstreamMessage(const mqtt::Delivery&) override {}
+    void upstreamConnected(const mqtt::UpstreamStatus&) override {}
+  } quiet_;
+  mqtt::ProxySettings plainSettings_; // the device-side listener's connections
+  mqtt::ProxySettings tlsSettings_;   // the mutual-TLS listener's
   mqtt::ProxyHooks hooks_;
   uint64_t nextConnectionId_ = 1;
   std::map<uint64_t, mqtt::Proxy*> byId_; // for completions that arrive after a connection closed

@@ -11,10 +11,12 @@
 #include <cstring>
 
 #include <algorithm>
+#include <set>
 
 #include <fmt/format.h>
 
 #include "daemon/mqtt_service.h"
+#include "policy/evaluator.h"
 
 namespace iotgw::daemon {
 
@@ -130,7 +132,7 @@ std::expected<Prepared, std::string> MqttService::prepareTls(const Config& confi
 
 std::expected<std::unique_ptr<mqtt::Upstream>, std::string>
 MqttService::createUpstream(const policy::DevicePolicy* device, const mqtt::upstream::Open& open,
-                            mqtt::UpstreamObserver& observer) {
+                            mqtt::UpstreamObserver& observer, std::string_view name) {
   const auto& u = config_->upstream;
   mqtt::UpstreamSettings us;
   us.host = u.host;
@@ -146,7 +148,9 @@ MqttService::createUpstream(const policy::DevicePolicy* device, const mqtt::upst
                          ? device->mqttRules.upstreamUsername
                          : u.username;
   if (const size_t at = user.find("%d"); at != std::string::npos) {
-    user.replace(at, 2, device != nullptr ? device->id.str() : std::string("gateway"));
+    user.replace(at, 2,
+                 device != nullptr ? device->id.str()
+                                   : (name.empty() ? std::string("gateway") : std::string(name)));
   }
   if (!user.empty()) {
     us.username = user;
@@ -156,7 +160,7 @@ MqttService::createUpstream(const policy::DevicePolicy* device, const mqtt::upst
       us.password = any->second;
     }
   }
-  us.emit = [this, device = device != nullptr ? device->id.str() : std::string()](Event e) {
+  us.emit = [this, device = device != nullptr ? device->id.str() : std::string(name)](Event e) {
     e.device = device;
     sink_.emit(std::move(e));
   };
@@ -173,6 +177,84 @@ MqttService::createUpstream(const policy::DevicePolicy* device, const mqtt::upst
     return std::unexpected(created.error());
   }
   return std::unique_ptr<mqtt::Upstream>(std::move(*created));
+}
+
+size_t MqttService::endPersistentSessions(const policy::DeviceId& id,
+                                          const policy::DevicePolicy* now) {
+  if (!config_->upstream.enabled) {
+    return 0;
+  }
+  sweep(); // closed connections' upstreams must not take the session back while it is ended
+  const std::string own = config_->upstream.clientIdPrefix + id.str();
+  std::vector<std::string> ending;
+  for (const auto& [clientId, filters] : subscriptions_) {
+    if (clientId != own && !clientId.starts_with(own + ":")) {
+      continue;
+    }
+    const bool allowed = now != nullptr && std::ranges::all_of(filters, [&](const auto& f) {
+                           return evaluateSubscribe(*now, {"", f, 0}).allowed();
+                         });
+    if (!allowed) {
+      ending.push_back(clientId);
+    }
+  }
+  for (const auto& clientId : ending) {
+    subscriptions_.erase(clientId);
+    std::erase_if(draining_, [&](const Draining& d) { return d.clientId == clientId; });
+    mqtt::upstream::Open open;
+    open.clientId = clientId;
+    open.cleanStart = true; // the broker discards the session it held
+    open.keepAlive = config_->upstream.keepaliveSeconds;
+    auto link = createUpstream(now, open, quiet_, id.str());
+    if (!link) {
+      continue;
+    }
+    (*link)->close(false); // DISCONNECT once the broker has said CONNACK
+    draining_.push_back(
+        {std::move(*link), Clock::now() + std::chrono::seconds(10), id.str(), clientId});
+  }
+  if (!ending.empty()) {
+    Event e;
+    e.type = EventType::DeviceChanged;
+    e.device = id.str();
+    e.protocol = "mqtt";
+    e.rule = now == nullptr ? "device" : "mqtt.subscribe";
+    e.action = "end-sessions";
+    e.message = fmt::format("{} persistent session(s) at the broker ended: {}", ending.size(),
+                            now == nullptr ? "the device may no longer connect"
+                                           : "they hold subscriptions its new policy refuses");
+    sink_.emit(std::move(e));
+  }
+  return ending.size();
+}
+
+void MqttService::reconcilePersistentSessions(const policy::PolicySet& policies) {
+  const std::string& prefix = config_->upstream.clientIdPrefix;
+  std::set<std::string> devices;
+  for (const auto& [clientId, filters] : subscriptions_) {
+    if (clientId.starts_with(prefix)) {
+      const std::string rest = clientId.substr(prefix.size());
+      devices.insert(rest.substr(0, rest.find(':')));
+    }
+  }
+  for (const auto& name : devices) {
+    const auto id = policy::DeviceId::parse(name);
+    if (!id) {
+      continue;
+    }
+    const policy::DevicePolicy* now = policies.find(*id);
+    const std::string own = prefix + name;
+    const bool refused = std::ranges::any_of(subscriptions_, [&](const auto& kv) {
+      return (kv.first == own || kv.first.starts_with(own + ":")) &&
+             (now == nullptr || !std::ranges::all_of(kv.second, [&](const auto& f) {
+                return evaluateSubscribe(*now, {"", f, 0}).allowed();
+              }));
+    });
+    if (refused) {
+      closeDevice(*id);
+      (void)endPersistentSessions(*id, now);
+    }
+  }
 }
 
 std::expected<mqtt::SslContext, std::string> MqttService::deviceContext(const std::string& device) {

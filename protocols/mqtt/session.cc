@@ -442,6 +442,7 @@ void Session::upstreamSubscribed(const SubscribeResult& r, Effects& out) {
     }
   }
   send(SubAck{PacketType::Suback, p.packetId, {}, std::move(p.codes)}, out);
+  rememberSubscriptions(); // what the broker now holds, should the policy change meanwhile
 }
 
 void Session::upstreamUnsubscribed(uint64_t token, Effects& out) {
@@ -476,6 +477,7 @@ void Session::onUnsubscribe(const Unsubscribe& u, Effects& out) {
     forward.filters.push_back(toUpstream(f));
     pending.codes.push_back(reason::kSuccess);
   }
+  rememberSubscriptions();
   if (forward.filters.empty()) {
     send(SubAck{PacketType::Unsuback, u.packetId, {}, std::move(pending.codes)}, out);
     return;

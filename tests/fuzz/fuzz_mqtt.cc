@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 // libFuzzer target: MQTT framing + decoding + validation over a byte stream, as a session reads
-// it. The first byte picks the protocol version. Whatever decodes and validates must survive an
-// encode/decode round trip unchanged.
+// it, and the same bytes fed to our upstream client as a hostile broker's. The first byte picks the
+// protocol version. Whatever decodes and validates must survive an encode/decode round trip
+// unchanged.
 #include <cstdint>
 #include <cstdlib>
 #include <span>
 
 #include "policy/policy_parser.h"
+#include "protocols/mqtt/client.h"
 #include "protocols/mqtt/codec.h"
 #include "protocols/mqtt/session.h"
 #include "protocols/mqtt/validate.h"
@@ -52,15 +54,51 @@ required = ["a"]
     session.passwordChecked(static_cast<PasswordResult>(stream.size() % 3), t0, out);
   }
   session.receive(stream.subspan(half), t0, out);
-  for (const auto& c : out.upstream) {
+  session.upstreamStatus(true, (stream.size() & 2) != 0, t0, out); // a persistent login's answer
+  const auto commands = out.upstream;
+  for (const auto& c : commands) {
     if (const auto* p = std::get_if<upstream::Publish>(&c)) {
       session.upstreamAcked(p->token, out);
+    } else if (const auto* sub = std::get_if<upstream::Subscribe>(&c)) {
+      SubscribeResult r{sub->token, {}};
+      for (const auto& f : sub->filters) {
+        r.codes.push_back(static_cast<uint8_t>(f.qos() ^ (stream.size() & 1))); // or a lower QoS
+      }
+      session.upstreamSubscribed(r, out);
+    } else if (const auto* u = std::get_if<upstream::Unsubscribe>(&c)) {
+      session.upstreamUnsubscribed(u->token, out);
     }
   }
-  session.deliver("devices/plug/cmd/x", stream.first(std::min<size_t>(stream.size(), 64)), 1, false,
-                  out);
+  const auto head = stream.first(std::min<size_t>(stream.size(), 64));
+  session.deliver(Delivery{7, "devices/plug/cmd/x", {head.begin(), head.end()}, 1, false}, out);
   session.tick(t0 + std::chrono::hours(1), out);
   if (session.state() == Session::State::Connected && session.device() == nullptr) {
+    std::abort();
+  }
+}
+
+// Our client over the same bytes as a hostile broker's: whatever arrives, nothing it holds may grow
+// past its bounds, and a failure ends the connection.
+void fuzzClient(std::span<const uint8_t> stream) {
+  ClientSettings settings;
+  settings.maxPacketBytes = 4096;
+  Client client(settings, ClientLogin{"iotgw-plug", (stream.size() & 1) != 0, 30, {}, {}, {}});
+  ClientOutput out;
+  const auto t0 = ClientClock::time_point{} + std::chrono::seconds(1000);
+  client.start(t0, out);
+  (void)client.publish(Outgoing{1, "devices/plug/t", {1, 2, 3}, 1, false}, out);
+  client.subscribe(2, {Subscription{"devices/plug/cmd/#", 1}}, out);
+  const auto connack = encode(Connack{(stream.size() & 2) != 0, 0, {}}, Version::V311);
+  client.received(connack, out);
+  for (size_t at = 0; at < stream.size() && !out.failure; at += 7) {
+    client.received(stream.subspan(at, std::min<size_t>(7, stream.size() - at)), out);
+    for (const auto& d : out.deliveries) {
+      client.acknowledge(d.packetId, out);
+    }
+    out.deliveries.clear();
+  }
+  client.tick(t0 + std::chrono::hours(1), out);
+  if (client.queued() > settings.maxQueued || client.heldBytes() > settings.maxQueuedBytes) {
     std::abort();
   }
 }
@@ -74,6 +112,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Version version = (data[0] & 1) != 0 ? Version::V5 : Version::V311;
   std::span<const uint8_t> stream(data + 1, size - 1);
   fuzzSession(stream);
+  fuzzClient(stream);
   while (!stream.empty()) {
     auto frame = readFrame(stream, 64 * 1024);
     if (!frame || !*frame) {

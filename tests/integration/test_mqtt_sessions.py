@@ -8,10 +8,13 @@ behaviour compared with the same client straight to mosquitto where they should 
   hears "subscribed" reaches it;
 * offline queueing: a persistent session (clean session 0) is told the truth about
   session-present, and what was published while it was away arrives when it comes back;
-* a QoS 1 message delivered and not acknowledged when the device dropped comes again when it
-  reconnects to its persistent session (MQTT-4.4.0-1);
+* a QoS 1 or QoS 2 message delivered and not acknowledged when the device dropped comes again
+  when it reconnects to its persistent session (MQTT-4.4.0-1); overlapping subscriptions give as
+  many copies as mosquitto gives; a 5.0 session (Clean Start 0, Session Expiry) is resumed;
 * the same client id connecting again takes its session over (MQTT-3.1.4-3), and the device's
   mqtt.max_clients is a clear refusal (3.1.1: return code 3; 5.0: 0x97);
+* a device's persistent sessions at the broker end when it is removed or its policy no longer
+  allows what they subscribed (and stay when it does);
 * a zero-length client id (3.1.1, clean session) is taken; a subscription the policy refuses is
   answered with 0x80 (3.1.1) and 0x87 (5.0);
 * iotgwd killed (SIGKILL) under a paho QoS 1 stream with 20 in flight, and restarted: the client
@@ -57,7 +60,14 @@ class Paho:
                            tls_version=ssl.PROTOCOL_TLS_CLIENT)
         self.c.on_connect = self.on_connect
         self.c.on_message = lambda c, u, m: self.received.append((m.topic, m.payload.decode(), m.qos))
-        self.c.connect("127.0.0.1", port, keepalive=30)
+        if version == paho.MQTTv5:
+            from paho.mqtt.properties import Properties
+            from paho.mqtt.packettypes import PacketTypes
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 300
+            self.c.connect("127.0.0.1", port, keepalive=30, clean_start=clean, properties=props)
+        else:
+            self.c.connect("127.0.0.1", port, keepalive=30)
         self.c.loop_start()
         self.connected.wait(10)
 
@@ -137,6 +147,7 @@ def read_publish(c):
 root = tmpdir()
 broker = d = None
 clients = []
+copies = {}
 try:
     pki = Pki(os.path.join(root, "pki"))
     plain = free_port()  # the broker's plaintext listener, for raw-socket clients straight to it
@@ -209,26 +220,60 @@ max_clients = 12
         check(back.wait_for(5), f"{name}: the 5 messages published meanwhile arrive ({len(back.received)})")
         back.stop()
 
-    print("redelivery of an unacknowledged QoS 1 message")
-    for name, p, login, topic in (("through iotgwd", port, True, "devices/hub-01/cmd/r"),
-                                  ("straight to mosquitto", plain, False, "direct/cmd/r")):
-        c, code = raw_connect(p, "redeliver-r", clean=False, login=login)
-        codes = suback_codes(c, 1, topic)
-        app.publish(topic, "once", 1)
-        first = read_publish(c)
-        c.close()  # without PUBACK
+    print("redelivery of an unacknowledged QoS 1 and QoS 2 message")
+    for qos in (1, 2):
+        for name, p, login, topic in (("through iotgwd", port, True, f"devices/hub-01/cmd/r{qos}"),
+                                      ("straight to mosquitto", plain, False, f"direct/cmd/r{qos}")):
+            cid = f"redeliver-{qos}"
+            c, code = raw_connect(p, cid, clean=False, login=login)
+            codes = suback_codes(c, 1, topic, qos=qos)
+            app.publish(topic, "once", qos)
+            first = read_publish(c)
+            c.close()  # without PUBACK / PUBREC
+            time.sleep(0.3)
+            c = w.Client(p)
+            sp = session_present(c, w.connect(cid, USER if login else None, PASSWORD if login else None,
+                                              clean=False))
+            again = read_publish(c)
+            check(code == 0 and codes == [qos] and first and first[1] == "once",
+                  f"QoS {qos}, {name}: subscribed and delivered ({codes}, {first})")
+            check(sp == (1, 0) and again and again[1] == "once",
+                  f"QoS {qos}, {name}: on reconnect the session is there and the message comes again "
+                  f"({sp}, {again})")
+            if again and qos == 1:
+                c.send(w.packet(0x40, struct.pack("!H", again[2])))
+            elif again:
+                c.send(w.packet(0x50, struct.pack("!H", again[2])))  # PUBREC
+                rel = c.read_packet()
+                c.send(w.packet(0x70, struct.pack("!H", again[2])))  # PUBCOMP
+                check(rel is not None and rel[0] == 0x62, f"QoS {qos}, {name}: the flow completes with PUBREL")
+            c.send(w.DISCONNECT)
+            c.close()
+
+    print("overlapping subscriptions, and a 5.0 session with an expiry")
+    for name, p, args, base in (("through iotgwd", port, {}, "devices/hub-01/cmd/o"),
+                                ("straight to mosquitto", broker.port, {"tls": (pki.ca, *pki.app), "login": False},
+                                 "direct/cmd/o")):
+        o = Paho(f"overlap-{len(name)}", p, **args)
+        clients.append(o)
+        o.subscribe(base + "/#", 1)
+        o.subscribe(base + "/+", 0)
+        app.publish(base + "/x", "overlap", 1)
+        o.wait_for(1)
+        time.sleep(0.5)
+        copies.setdefault("n", []).append(len(o.received))
+        v5 = Paho("persist-5", p, version=paho.MQTTv5, clean=False, **args)
+        v5.subscribe(base + "/five/#", 1)
+        v5.stop()
         time.sleep(0.3)
-        c = w.Client(p)
-        sp = session_present(c, w.connect("redeliver-r", USER if login else None, PASSWORD if login else None,
-                                          clean=False))
-        again = read_publish(c)
-        check(code == 0 and codes == [1] and first and first[1] == "once",
-              f"{name}: subscribed and delivered ({codes}, {first})")
-        check(sp == (1, 0) and again and again[1] == "once",
-              f"{name}: on reconnect the session is there and the message comes again ({sp}, {again})")
-        c.send(w.packet(0x40, struct.pack("!H", again[2])) if again else b"")
-        c.send(w.DISCONNECT)
-        c.close()
+        app.publish(base + "/five/a", "while away", 1)
+        back = Paho("persist-5", p, version=paho.MQTTv5, clean=False, **args)
+        clients.append(back)
+        present = getattr(back.flags, "get", lambda k: None)("session present")
+        check(present == 1 and back.wait_for(1),
+              f"5.0, {name}: Clean Start 0 with an expiry is resumed (session present {present}) with "
+              f"what came meanwhile ({back.received})")
+    check(copies["n"][0] == copies["n"][1], f"overlapping filters: as many copies as mosquitto sends ({copies['n']})")
 
     print("session takeover and the limit on clients per device")
     for name, p, login in (("through iotgwd", port, True), ("straight to mosquitto", plain, False)):
@@ -277,6 +322,42 @@ max_clients = 2
     c, _ = raw_connect(port, "refuse-5", version=5)
     check(suback_codes(c, 1, "devices/other/#", version=5) == [0x87], "5.0: and 0x87")
     c.close()
+
+    print("persistent sessions end when the policy no longer allows them")
+    for dev, sub_list in (("gone-01", '["devices/%d/#"]'), ("narrow-01", '["devices/%d/#"]'),
+                          ("kept-01", '["devices/%d/#"]')):
+        write(os.path.join(root, "devices.d", f"{dev}.toml"), f"""
+[device]
+id = "{dev}"
+[device.mqtt]
+username = "{dev}"
+password_hash = "{hashed}"
+[mqtt]
+publish = ["devices/%d/#"]
+subscribe = {sub_list}
+""")
+    d.signal(signal.SIGHUP)
+    time.sleep(1.0)
+    for dev in ("gone-01", "narrow-01", "kept-01"):
+        c = w.Client(port)
+        c.connack(w.connect(dev, dev, PASSWORD, clean=False))
+        suback_codes(c, 1, f"devices/{dev}/cmd/#")
+        c.send(w.DISCONNECT)
+        c.close()
+    os.remove(os.path.join(root, "devices.d", "gone-01.toml"))
+    narrowed = open(os.path.join(root, "devices.d", "narrow-01.toml")).read().replace(
+        'subscribe = ["devices/%d/#"]', 'subscribe = ["devices/%d/status"]')
+    write(os.path.join(root, "devices.d", "narrow-01.toml"), narrowed)
+    d.signal(signal.SIGHUP)
+    time.sleep(1.5)
+    for dev, expected, why in (("gone-01", 0, "a removed device's session is gone from the broker"),
+                               ("narrow-01", 0, "so is one whose subscription the new policy refuses"),
+                               ("kept-01", 1, "one the new policy still allows is kept")):
+        c = w.Client(plain)
+        sp = session_present(c, w.connect(f"iotgw-{dev}", clean=False))
+        c.send(w.DISCONNECT)
+        c.close()
+        check(sp == (expected, 0), f"{why} (session present at the broker: {sp})")
 
     print("iotgwd killed under a QoS 1 stream, and restarted")
     sub = Subscriber(broker, "devices/hub-01/stream", root)
