@@ -78,13 +78,8 @@ struct Open {
   uint16_t keepAlive = 60;
   std::optional<Will> will;
 };
-struct Publish {
-  uint64_t token = 0; // echoed in Session::upstreamAcked for QoS > 0
-  std::string topic;
-  std::vector<uint8_t> payload;
-  uint8_t qos = 0;
-  bool retain = false;
-};
+// A message for the broker (client.h); its token is echoed in Session::upstreamAcked for QoS > 0.
+using Publish = Outgoing;
 // Answered with Session::upstreamSubscribed / upstreamUnsubscribed and the token.
 struct Subscribe {
   uint64_t token = 0;

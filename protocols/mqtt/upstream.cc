@@ -398,7 +398,7 @@ bool BrokerLink::publish(const upstream::Publish& p) {
     return false;
   }
   ClientOutput out;
-  if (!client_.publish(Outgoing{p.token, p.topic, p.payload, p.qos, p.retain}, out)) {
+  if (!client_.publish(upstream::Publish(p), out)) {
     return false;
   }
   (void)process(out);
