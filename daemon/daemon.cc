@@ -129,16 +129,16 @@ Outcome Daemon::setUp() {
 
   // The table goes in before any listener accepts a device (fail closed: no table, no daemon).
   if (config.firewall.enabled) {
-    w_.firewall = std::make_unique<FirewallService>(
-        *w_.reactor, *w_.sink, [this](const policy::DeviceId& id) {
-          if (w_.mqtt) {
-            w_.mqtt->closeDevice(id);
-            (void)w_.mqtt->endPersistentSessions(id, nullptr);
-          }
-          if (w_.coap) {
-            w_.coap->closeDevice(id);
-          }
-        });
+    w_.firewall = std::make_unique<FirewallService>(*w_.reactor, *w_.sink,
+                                                    [this](const policy::DeviceId& id) {
+                                                      if (w_.mqtt) {
+                                                        w_.mqtt->closeDevice(id);
+                                                        w_.mqtt->endPersistentSessions(id, true);
+                                                      }
+                                                      if (w_.coap) {
+                                                        w_.coap->closeDevice(id);
+                                                      }
+                                                    });
     if (auto err = w_.firewall->start(config, w_.current.policies); !err) {
       return err;
     }

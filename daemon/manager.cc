@@ -326,7 +326,7 @@ ControlResult Manager::setDevicePolicy(std::string_view idText, std::string_view
   if (w_.mqtt) {
     w_.mqtt->closeDevice(id);
     // What the new policy no longer allows does not live on at the broker either.
-    (void)w_.mqtt->endPersistentSessions(id, w_.current.policies->find(id));
+    w_.mqtt->endPersistentSessions(id, false);
   }
   if (w_.coap) {
     w_.coap->closeDevice(id);

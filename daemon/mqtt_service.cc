@@ -391,7 +391,7 @@ size_t MqttService::forgetDevice(const policy::DeviceId& id) {
   }
   closedCounters_.erase(name);
   deviceContexts_.erase(name);
-  (void)endPersistentSessions(id, nullptr); // nothing of it is kept at the broker either
+  endPersistentSessions(id, true); // nothing of it is kept at the broker either
   return dropped;
 }
 
@@ -473,12 +473,13 @@ void MqttService::tick() {
   std::erase_if(publishers_,
                 [now](const auto& kv) { return kv.second->service(now, kPublisherIdle); });
   sweep();
+  endRequestedSessions();
   releaseIdleMemory(now);
 }
 
 void MqttService::sweep() {
-  // Runs only from the reactor's client and timer handlers, never inside a libmosquitto
-  // callback, so destroying an upstream here is safe.
+  // Runs only from the reactor's client and timer handlers, never inside an upstream's or a
+  // connection's callbacks, so destroying either here is safe.
   const auto now = Clock::now();
   std::erase_if(draining_,
                 [now](const auto& d) { return d.upstream->finished() || now >= d.deadline; });

@@ -78,11 +78,12 @@ public:
   // Ends every session of the device (quarantine).
   void closeDevice(const policy::DeviceId& id);
   // Ends the persistent sessions the device's clients hold at the broker (as far as iotgwd has
-  // seen them since it started) that `now` no longer allows: all of them when `now` is null
-  // (removed, quarantined), otherwise those with a subscription outside its subscribe list. Each
-  // is ended by a clean-session login under its client id (the broker drops what it held), then
-  // DISCONNECT. Call after closeDevice. Returns how many.
-  size_t endPersistentSessions(const policy::DeviceId& id, const policy::DevicePolicy* now);
+  // seen them since it started) that its policy no longer allows: all of them with `all` (removed,
+  // quarantined), otherwise those with a subscription outside its current subscribe list. Each is
+  // ended by a clean-session login under its client id (the broker drops what it held), then
+  // DISCONNECT. Carried out on the next timer turn, never inside the callback that asks for it
+  // (a quarantine may come from inside a connection's own callbacks).
+  void endPersistentSessions(const policy::DeviceId& id, bool all);
   // After a reload: the persistent sessions of devices that are gone, or whose new policy refuses
   // what they subscribed, are ended (their connections first).
   void reconcilePersistentSessions(const policy::PolicySet& policies);
@@ -128,6 +129,8 @@ private:
   // in progress must not finish under the old one).
   void closeLoginsInProgress();
   void releaseIdleMemory(mqtt::Clock::time_point now);
+  // The ends endPersistentSessions asked for; from tick() only.
+  void endRequestedSessions();
   void tick();
   void sweep();
   [[nodiscard]] size_t maxDraining() const;
@@ -180,6 +183,7 @@ private:
     std::string clientId; // at the broker
   };
   std::vector<Draining> draining_;
+  std::map<std::string, bool> endRequests_; // device id → all of its persistent sessions
   const Identities* identities_ = nullptr;
   struct DeviceContext {
     std::string serial;

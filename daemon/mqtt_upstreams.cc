@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <set>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -40,18 +41,27 @@ readPasswords(const std::filesystem::path& path) {
   }
   struct stat st{};
   std::string text;
-  if (::fstat(fd, &st) == 0 && (st.st_mode & S_IRWXO) == 0 && S_ISREG(st.st_mode) &&
-      st.st_size < 64 * 1024) {
+  std::string problem;
+  if (::fstat(fd, &st) != 0) {
+    problem = std::strerror(errno);
+  } else if (!S_ISREG(st.st_mode)) {
+    problem = "not a regular file";
+  } else if ((st.st_mode & S_IRWXO) != 0) {
+    problem = fmt::format("readable by others (mode {:04o}): chmod 600 or 640 (group: the "
+                          "service's)",
+                          st.st_mode & 07777);
+  } else if (st.st_size >= 64 * 1024) {
+    problem = "larger than 64 KiB";
+  } else {
     text.resize(static_cast<size_t>(st.st_size));
     if (::read(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
-      text.clear();
+      policy::secureWipe(text.data(), text.size());
+      problem = "not readable whole";
     }
   }
   ::close(fd);
-  if ((st.st_mode & S_IRWXO) != 0) {
-    return std::unexpected(fmt::format("{} is readable by others (mode {:04o}): chmod 600 or 640 "
-                                       "(group: the service's)",
-                                       path.string(), st.st_mode & 07777));
+  if (!problem.empty()) {
+    return std::unexpected(fmt::format("{} is {}", path.string(), problem));
   }
   size_t line = 0;
   for (size_t at = 0; at < text.size();) {
@@ -179,53 +189,64 @@ MqttService::createUpstream(const policy::DevicePolicy* device, const mqtt::upst
   return std::unique_ptr<mqtt::Upstream>(std::move(*created));
 }
 
-size_t MqttService::endPersistentSessions(const policy::DeviceId& id,
-                                          const policy::DevicePolicy* now) {
-  if (!config_->upstream.enabled) {
-    return 0;
+void MqttService::endPersistentSessions(const policy::DeviceId& id, bool all) {
+  if (config_->upstream.enabled) {
+    auto& entry = endRequests_[id.str()];
+    entry = entry || all;
   }
-  sweep(); // closed connections' upstreams must not take the session back while it is ended
-  const std::string own = config_->upstream.clientIdPrefix + id.str();
-  std::vector<std::string> ending;
-  for (const auto& [clientId, filters] : subscriptions_) {
-    if (clientId != own && !clientId.starts_with(own + ":")) {
-      continue;
+}
+
+void MqttService::endRequestedSessions() {
+  if (endRequests_.empty()) {
+    return;
+  }
+  const auto requests = std::exchange(endRequests_, {});
+  sweep(); // closed connections' upstreams must not take the sessions back while they are ended
+  const auto policies = policies_();
+  for (const auto& [name, all] : requests) {
+    const auto id = policy::DeviceId::parse(name);
+    const policy::DevicePolicy* now = id && !all ? policies->find(*id) : nullptr;
+    const std::string own = config_->upstream.clientIdPrefix + name;
+    std::vector<std::string> ending;
+    for (const auto& [clientId, filters] : subscriptions_) {
+      if (clientId != own && !clientId.starts_with(own + ":")) {
+        continue;
+      }
+      const bool allowed = now != nullptr && std::ranges::all_of(filters, [&](const auto& f) {
+                             return evaluateSubscribe(*now, {"", f, 0}).allowed();
+                           });
+      if (!allowed) {
+        ending.push_back(clientId);
+      }
     }
-    const bool allowed = now != nullptr && std::ranges::all_of(filters, [&](const auto& f) {
-                           return evaluateSubscribe(*now, {"", f, 0}).allowed();
-                         });
-    if (!allowed) {
-      ending.push_back(clientId);
+    for (const auto& clientId : ending) {
+      subscriptions_.erase(clientId);
+      std::erase_if(draining_, [&](const Draining& d) { return d.clientId == clientId; });
+      mqtt::upstream::Open open;
+      open.clientId = clientId;
+      open.cleanStart = true; // the broker discards the session it held
+      open.keepAlive = config_->upstream.keepaliveSeconds;
+      auto link = createUpstream(now, open, quiet_, name);
+      if (!link) {
+        continue;
+      }
+      (*link)->close(false); // DISCONNECT once the broker has said CONNACK
+      draining_.push_back(
+          {std::move(*link), Clock::now() + std::chrono::seconds(10), name, clientId});
+    }
+    if (!ending.empty()) {
+      Event e;
+      e.type = EventType::DeviceChanged;
+      e.device = name;
+      e.protocol = "mqtt";
+      e.rule = now == nullptr ? "device" : "mqtt.subscribe";
+      e.action = "end-sessions";
+      e.message = fmt::format("{} persistent session(s) at the broker ended: {}", ending.size(),
+                              now == nullptr ? "the device may no longer connect"
+                                             : "they hold subscriptions its new policy refuses");
+      sink_.emit(std::move(e));
     }
   }
-  for (const auto& clientId : ending) {
-    subscriptions_.erase(clientId);
-    std::erase_if(draining_, [&](const Draining& d) { return d.clientId == clientId; });
-    mqtt::upstream::Open open;
-    open.clientId = clientId;
-    open.cleanStart = true; // the broker discards the session it held
-    open.keepAlive = config_->upstream.keepaliveSeconds;
-    auto link = createUpstream(now, open, quiet_, id.str());
-    if (!link) {
-      continue;
-    }
-    (*link)->close(false); // DISCONNECT once the broker has said CONNACK
-    draining_.push_back(
-        {std::move(*link), Clock::now() + std::chrono::seconds(10), id.str(), clientId});
-  }
-  if (!ending.empty()) {
-    Event e;
-    e.type = EventType::DeviceChanged;
-    e.device = id.str();
-    e.protocol = "mqtt";
-    e.rule = now == nullptr ? "device" : "mqtt.subscribe";
-    e.action = "end-sessions";
-    e.message = fmt::format("{} persistent session(s) at the broker ended: {}", ending.size(),
-                            now == nullptr ? "the device may no longer connect"
-                                           : "they hold subscriptions its new policy refuses");
-    sink_.emit(std::move(e));
-  }
-  return ending.size();
 }
 
 void MqttService::reconcilePersistentSessions(const policy::PolicySet& policies) {
@@ -252,7 +273,7 @@ void MqttService::reconcilePersistentSessions(const policy::PolicySet& policies)
     });
     if (refused) {
       closeDevice(*id);
-      (void)endPersistentSessions(*id, now);
+      endPersistentSessions(*id, now == nullptr);
     }
   }
 }

@@ -61,6 +61,7 @@ void Client::start(ClientClock::time_point now, ClientOutput& out) {
     c.password = std::vector<uint8_t>(login_.password->begin(), login_.password->end());
   }
   send(c, out);
+  generation_ = static_cast<uint16_t>(generation_ == 0xFFFF ? 1 : generation_ + 1);
   if (c.password) {
     std::ranges::fill(*c.password, uint8_t{0});
   }
@@ -208,8 +209,10 @@ void Client::onConnack(const Connack& c, ClientOutput& out) {
   }
   state_ = State::Up;
   if (!c.sessionPresent) {
-    // A new session at the broker: nothing of an earlier one is there.
+    // A new session at the broker: nothing of an earlier one is there, restores still waiting
+    // from the last connection included (they are made again below).
     qos2Received_.clear();
+    std::erase_if(operations_, [](const Operation& op) { return op.token == 0; });
     std::vector<Subscription> restore;
     for (const auto& [filter, qos] : subscriptions_) {
       restore.push_back(Subscription{filter, qos});
@@ -264,17 +267,20 @@ void Client::onPublish(Publish&& p, ClientOutput& out) {
   } else if (p.qos == 2) {
     qos2Received_[p.packetId] = false;
   }
-  out.deliveries.push_back(Delivery{p.qos > 0 ? p.packetId : uint16_t{0}, std::move(p.topic),
-                                    std::move(p.payload), p.qos, p.retain});
+  const uint32_t id = p.qos > 0 ? (uint32_t{generation_} << 16) | p.packetId : 0;
+  out.deliveries.push_back(Delivery{id, std::move(p.topic), std::move(p.payload), p.qos, p.retain});
 }
 
-void Client::acknowledge(uint16_t packetId, ClientOutput& out) {
-  if (qos1Unacknowledged_.erase(packetId) > 0) {
+void Client::acknowledge(uint32_t id, ClientOutput& out) {
+  const auto packetId = static_cast<uint16_t>(id & 0xFFFF);
+  if ((id >> 16) == generation_ && qos1Unacknowledged_.erase(packetId) > 0) {
     if (up()) {
       send(Ack{PacketType::Puback, packetId, 0, {}}, out);
     }
     return;
   }
+  // QoS 2 state outlives a reconnect only into a session the broker kept: the id is the same
+  // message's whatever connection it came on.
   if (const auto it = qos2Received_.find(packetId); it != qos2Received_.end() && !it->second) {
     it->second = true;
     if (up()) {
@@ -321,6 +327,11 @@ void Client::onSubAck(const SubAck& a, ClientOutput& out) {
   const bool subscribe = a.type == PacketType::Suback;
   if (subscribe != it->subscribe || (subscribe && a.reasonCodes.size() != it->filters.size())) {
     fail("MQTT-3.9.3-1", "a SUBACK that does not answer its SUBSCRIBE", out);
+    return;
+  }
+  if (subscribe &&
+      std::ranges::any_of(a.reasonCodes, [](uint8_t c) { return c > 2 && c != 0x80; })) {
+    fail("MQTT-3.9.3-2", "a SUBACK return code that 3.1.1 does not define", out);
     return;
   }
   if (subscribe) {

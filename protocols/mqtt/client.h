@@ -52,10 +52,10 @@ struct ClientLogin {
   std::optional<std::string> password;
 };
 
-// A message from the broker. `packetId` (QoS > 0) is what Client::acknowledge takes once the
-// device has it.
+// A message from the broker. `id` (QoS > 0: the broker's packet identifier, and in the high 16
+// bits the connection it came on) is what Client::acknowledge takes once the device has it.
 struct Delivery {
-  uint16_t packetId = 0;
+  uint32_t id = 0;
   std::string topic;
   std::vector<uint8_t> payload;
   uint8_t qos = 0;
@@ -112,9 +112,10 @@ public:
   // while offline they wait for the connection.
   void subscribe(uint64_t token, std::vector<Subscription> filters, ClientOutput& out);
   void unsubscribe(uint64_t token, std::vector<std::string> filters, ClientOutput& out);
-  // The device has the message with this packet id: PUBACK (QoS 1) or PUBREC (QoS 2) to the
-  // broker, if it was delivered on this connection (otherwise the broker sends it again).
-  void acknowledge(uint16_t packetId, ClientOutput& out);
+  // The device has the message with this Delivery::id: PUBACK (QoS 1) or PUBREC (QoS 2) to the
+  // broker. A QoS 1 message delivered on an earlier connection is not acknowledged on this one
+  // (the broker sends it again, or the id is another message's now).
+  void acknowledge(uint32_t id, ClientOutput& out);
   // A DISCONNECT, when up: the broker discards the will.
   void disconnect(ClientOutput& out);
 
@@ -170,6 +171,7 @@ private:
   // Towards the broker: in flight by packet id, and what waits for room (in order; QoS 0 too).
   std::map<uint16_t, InFlight> inFlight_;
   std::deque<Outgoing> waiting_;
+  uint16_t generation_ = 0; // connections so far (the high half of Delivery::id)
   size_t queuedQos_ = 0;
   size_t heldBytes_ = 0;
   uint16_t lastPacketId_ = 0;

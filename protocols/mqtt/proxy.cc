@@ -154,12 +154,7 @@ void Proxy::read() {
   // A stream that holds decrypted records is read until it wants more from the socket.
   for (int round = 0; round < 16 && !dead_; ++round) {
     if (!mayRead()) {
-      paused_ = true;
-      flush(); // drops EPOLLIN until the upstream is connected, the broker reads again, or the
-               // session takes more
-      if (upstream_ && upstream_->stalled() && !stallReported_) {
-        reportStall();
-      }
+      pause();
       return;
     }
     // While the upstream connects, small reads keep what one read can add to its queue small;
@@ -230,7 +225,7 @@ void Proxy::upstreamConnected(const UpstreamStatus& status) {
     return;
   }
   Effects e;
-  session_->upstreamStatus(status.up, status.sessionPresent, Clock::now(), e);
+  session_->upstreamStatus(status.up, status.sessionPresent, Clock::now(), e, status.refused);
   apply(e);
 }
 
@@ -284,10 +279,18 @@ void Proxy::apply(Effects& e) {
   if (paused_) {
     resume(); // an acknowledgement or an answer may have made room
   } else if (!mayRead()) {
-    // The session holds back what it has (a full window, a login being decided): the socket
-    // is not read until it takes more, and what it holds is given to it then (resume).
-    paused_ = true;
-    flush();
+    // The session holds back what it has (a full window, a login being decided), or the broker
+    // is not reading: the socket is not read until there is room, and what the session holds is
+    // given to it then (resume).
+    pause();
+  }
+}
+
+void Proxy::pause() {
+  paused_ = true;
+  flush(); // drops EPOLLIN
+  if (upstream_ && upstream_->stalled() && !stallReported_) {
+    reportStall();
   }
 }
 
@@ -296,6 +299,9 @@ void Proxy::carryOut(upstream::Command& cmd) {
     auto created = hooks_.openUpstream(*this, *open);
     if (created) {
       upstream_ = std::move(*created);
+      if (dead_) {
+        upstream_->close(false); // closed meanwhile: the link must not outlive it unclosed
+      }
       return;
     }
     // Without an upstream nothing the client sends could be delivered: say so and close.
@@ -328,7 +334,7 @@ void Proxy::carryOut(upstream::Command& cmd) {
     }
   } else if (const auto* ack = std::get_if<upstream::Acknowledge>(&cmd)) {
     if (upstream_) {
-      upstream_->acknowledge(ack->packetId);
+      upstream_->acknowledge(ack->id);
     }
   } else if (auto* end = std::get_if<upstream::Close>(&cmd)) {
     if (upstream_) {

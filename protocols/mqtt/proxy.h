@@ -117,6 +117,7 @@ private:
   void onHandshake();
   void read();
   void resume();
+  void pause();
   [[nodiscard]] bool mayRead() const;
   void apply(Effects& e);
   void carryOut(upstream::Command& cmd);

@@ -356,7 +356,7 @@ void Session::onAck(const Ack& a, Effects& out) {
 
 void Session::onSubscribe(const Subscribe& s, Effects& out) {
   const bool v5 = version_ == Version::V5;
-  PendingAck pending{true, s.packetId, {}, {}, {}};
+  PendingAck pending{true, s.packetId, {}, {}, {}, {}, {}};
   upstream::Subscribe forward{nextOperation_, {}};
   bool disconnect = false;
   size_t overLimit = 0;
@@ -379,8 +379,11 @@ void Session::onSubscribe(const Subscribe& s, Effects& out) {
       pending.codes.push_back(d.grantedQos); // the broker's grant may lower it
       pending.forwarded.push_back(i);
       pending.policyQos.push_back(d.grantedQos);
-      if (subscriptions_.insert(sub.filter).second) {
-        subscriptionBytes_ += sub.filter.size();
+      pending.filters.push_back(sub.filter);
+      const bool added = subscriptions_.insert(sub.filter).second;
+      pending.wasHeld.push_back(!added);
+      if (added) {
+        subscriptionBytes_ += sub.filter.size(); // counted while the broker decides
       }
       forward.filters.push_back(Subscription{toUpstream(sub.filter), d.grantedQos});
     } else {
@@ -437,6 +440,9 @@ void Session::upstreamSubscribed(const SubscribeResult& r, Effects& out) {
     uint8_t& code = p.codes[p.forwarded[k]];
     if (broker >= 0x80) {
       code = v5 ? reason::kUnspecifiedError : v311::kSubackFailure; // the broker refused it
+      if (!p.wasHeld[k] && subscriptions_.erase(p.filters[k]) > 0) {
+        subscriptionBytes_ -= p.filters[k].size(); // not held at the broker: not counted
+      }
     } else {
       code = std::min(p.policyQos[k], broker);
     }
@@ -461,7 +467,7 @@ void Session::rememberSubscriptions() {
 }
 
 void Session::onUnsubscribe(const Unsubscribe& u, Effects& out) {
-  PendingAck pending{false, u.packetId, {}, {}, {}};
+  PendingAck pending{false, u.packetId, {}, {}, {}, {}, {}};
   upstream::Unsubscribe forward{nextOperation_, {}};
   for (size_t i = 0; i < u.filters.size(); ++i) {
     const auto& f = u.filters[i];
@@ -502,7 +508,7 @@ void Session::deliver(const Delivery& m, Effects& out) {
   // (counted, reported), and the broker must not hold it in flight for ever.
   const auto consumed = [&] {
     if (m.qos > 0) {
-      out.upstream.emplace_back(upstream::Acknowledge{m.packetId});
+      out.upstream.emplace_back(upstream::Acknowledge{m.id});
     }
   };
   // The device sees its own topic names: strip the mapping; anything outside it is not ours.
@@ -552,7 +558,7 @@ void Session::deliver(const Delivery& m, Effects& out) {
     return;
   }
   queuedBytes_ += bytes;
-  queuedToClient_.push_back(Queued{std::move(p), m.qos > 0 ? m.packetId : uint16_t{0}});
+  queuedToClient_.push_back(Queued{std::move(p), m.qos > 0 ? m.id : 0});
   sendQueued(out);
 }
 

@@ -89,9 +89,9 @@ struct Unsubscribe {
   uint64_t token = 0;
   std::vector<std::string> filters;
 };
-// The device has the message the broker sent with this packet id.
+// The device has the message the broker sent (its Delivery::id).
 struct Acknowledge {
-  uint16_t packetId = 0;
+  uint32_t id = 0;
 };
 struct Close {
   bool publishWill = false;
@@ -170,8 +170,11 @@ public:
   // The broker's answers to the SUBSCRIBE / UNSUBSCRIBE with this token.
   void upstreamSubscribed(const SubscribeResult& result, Effects& out);
   void upstreamUnsubscribed(uint64_t token, Effects& out);
-  // How the upstream session's attempt went: answers a persistent session's CONNACK.
-  void upstreamStatus(bool up, bool sessionPresent, Clock::time_point now, Effects& out);
+  // How the upstream session's attempt went: answers a persistent session's CONNACK; a broker
+  // that refuses the login (`refused`) ends a session that is up, so that the client is not left
+  // waiting for what can never be delivered.
+  void upstreamStatus(bool up, bool sessionPresent, Clock::time_point now, Effects& out,
+                      bool refused = false);
   // The outcome of the Effects::passwordCheck this session asked for (Busy: it could not be run).
   void passwordChecked(PasswordResult result, Clock::time_point now, Effects& out);
   // Keepalive and connect timeouts.
@@ -272,12 +275,12 @@ private:
   struct Outbound {
     uint8_t qos;
     bool released = false; // PUBREL sent
-    uint16_t upstream = 0;
+    uint32_t upstream = 0;
   };
   std::map<uint16_t, Outbound> awaitingClient_;
   struct Queued {
     Publish publish;
-    uint16_t upstream;
+    uint32_t upstream;
   };
   std::vector<Queued> queuedToClient_;
   // SUBSCRIBE / UNSUBSCRIBE forwarded, by token: the client's packet and the reason codes
@@ -287,7 +290,9 @@ private:
     uint16_t packetId = 0;
     std::vector<uint8_t> codes;
     std::vector<size_t> forwarded;
-    std::vector<uint8_t> policyQos; // granted by the policy, per forwarded filter
+    std::vector<uint8_t> policyQos;   // granted by the policy, per forwarded filter
+    std::vector<std::string> filters; // the client's own names of the forwarded filters
+    std::vector<bool> wasHeld;        // ... and whether the session held each one already
   };
   std::map<uint64_t, PendingAck> pendingAcks_;
   uint64_t nextOperation_ = 1;

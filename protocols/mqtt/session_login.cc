@@ -18,6 +18,9 @@ using policy::EventType;
 
 namespace {
 
+// Persistent client ids a device may hold at the broker, per client of mqtt.max_clients.
+constexpr uint32_t kPersistentPerClient = 4;
+
 std::string_view text(std::span<const uint8_t> b) {
   return {reinterpret_cast<const char*>(b.data()), b.size()};
 }
@@ -267,9 +270,35 @@ void Session::acceptConnect(Clock::time_point now, Effects& out) {
   // 5.0: Clean Start 0 is persistent only with a Session Expiry (without one the session ends
   // with the connection). The broker side is 3.1.1, where its expiry is the broker's to set.
   const Property* expiry = findProperty(c.properties, PropertyId::SessionExpiryInterval);
-  persistent_ =
-      !c.cleanStart && (c.version != Version::V5 || (expiry != nullptr && expiry->number > 0));
+  // Without a client id there is nothing to come back to (no Assigned Client Identifier is sent).
+  persistent_ = !c.cleanStart && !c.clientId.empty() &&
+                (c.version != Version::V5 || (expiry != nullptr && expiry->number > 0));
   cleanStart_ = !persistent_;
+  if (persistent_ && subscriptionMemory_ != nullptr &&
+      !subscriptionMemory_->contains(upstreamClientId_)) {
+    // Each persistent client id is a session the broker keeps (and queues for): a device that
+    // makes up new ones is held to a few per client it may have.
+    const std::string own = settings_.upstreamClientIdPrefix + device_->id.str();
+    const auto held = std::ranges::count_if(*subscriptionMemory_, [&](const auto& kv) {
+      return kv.first == own || kv.first.starts_with(own + ":");
+    });
+    if (static_cast<size_t>(held) >= size_t{kPersistentPerClient} * device_->mqttRules.maxClients) {
+      Event e;
+      e.type = EventType::RateLimited;
+      e.device = deviceName();
+      e.peer = peer_.label;
+      e.protocol = "mqtt";
+      e.provision = std::string(policy::provision::kValidateInput);
+      e.rule = "mqtt.max_clients";
+      e.action = "refuse";
+      e.message = fmt::format("persistent session refused: the device holds {} at the broker "
+                              "already ({} per client of mqtt.max_clients)",
+                              held, kPersistentPerClient);
+      out.events.push_back(std::move(e));
+      refuseConnect(reason::kQuotaExceeded, v311::kServerUnavailable, out);
+      return;
+    }
+  }
   if (subscriptionMemory_ != nullptr) {
     // A persistent session at the broker still holds what earlier connections subscribed.
     if (persistent_) {
@@ -312,13 +341,24 @@ void Session::sendConnack(bool sessionPresent, Effects& out) {
   send(ack, out);
 }
 
-void Session::upstreamStatus(bool up, bool sessionPresent, Clock::time_point now, Effects& out) {
+void Session::upstreamStatus(bool up, bool sessionPresent, Clock::time_point now, Effects& out,
+                             bool refused) {
+  // A broker that refuses the login, or that has lost a persistent session the client was told
+  // it had (a restart without persistence): the connection ends, so that the client is not left
+  // waiting for what cannot come, and learns the truth (session-present 0) when it logs in again.
+  if (state_ == State::Connected && (refused || (up && persistent_ && !sessionPresent))) {
+    if (version_ == Version::V5) {
+      send(Disconnect{reason::kServerUnavailable, {}}, out);
+    }
+    close(false, out); // the link has said why (upstream-unavailable) if it was refused
+    return;
+  }
   if (state_ != State::Opening) {
     return;
   }
   if (!up) {
-    // The broker cannot be reached or refused us: a persistent session cannot be resumed, and
-    // saying "no session" would be untrue. The client retries.
+    // The broker cannot be reached (this attempt failed) or refused us: a persistent session
+    // cannot be resumed, and saying "no session" would be untrue. The client retries.
     Event e;
     e.type = EventType::UpstreamUnavailable;
     e.device = deviceName();
@@ -337,6 +377,11 @@ void Session::upstreamStatus(bool up, bool sessionPresent, Clock::time_point now
   }
   state_ = State::Connected;
   lastPacket_ = now;
+  if (!sessionPresent) {
+    subscriptions_.clear(); // the broker holds none of what an earlier connection subscribed
+    subscriptionBytes_ = 0;
+    rememberSubscriptions();
+  }
   sendConnack(sessionPresent, out);
   receive({}, now, out); // what the client sent behind its CONNECT
 }

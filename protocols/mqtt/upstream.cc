@@ -49,7 +49,11 @@ BrokerLink::create(io::Reactor& reactor, const UpstreamSettings& settings,
     return std::unexpected("no broker host");
   }
   std::unique_ptr<BrokerLink> link(new BrokerLink(reactor, settings, open, observer));
+  // The observer hears nothing before it holds the link: a first attempt that fails at once
+  // (no route, no name) is said with the next one's outcome.
+  link->creating_ = true;
   link->connect(Clock::now());
+  link->creating_ = false;
   return link;
 }
 
@@ -64,6 +68,14 @@ BrokerLink::BrokerLink(io::Reactor& reactor, const UpstreamSettings& settings,
                       open.will, settings.username, settings.password}) {}
 
 BrokerLink::~BrokerLink() {
+  if (closeRequested_ && !publishWill_ && client_.up() && stream_) {
+    // Given up before it had delivered everything, after a clean DISCONNECT from the device: the
+    // broker must not publish the will for it.
+    ClientOutput out;
+    client_.disconnect(out);
+    size_t n = 0;
+    (void)stream_->write(out.toBroker, n);
+  }
   if (fd_.valid()) {
     reactor_.remove(fd_.get());
   }
@@ -213,6 +225,10 @@ void BrokerLink::handshake() {
 void BrokerLink::readBroker() {
   uint8_t buf[kReadChunk];
   for (int round = 0; round < 16 && phase_ == Phase::Session; ++round) {
+    if (output_.size() >= settings_.maxQueuedBytes) {
+      arm(); // a broker that does not read what we send is not read either (its acks pile up)
+      return;
+    }
     size_t n = 0;
     const io::IoStatus st = stream_->read(buf, n);
     if (st == io::IoStatus::WantRead || st == io::IoStatus::WantWrite) {
@@ -247,7 +263,9 @@ bool BrokerLink::process(ClientOutput& out) {
     if (out.connack->reasonCode != v311::kAccepted) {
       const uint8_t code = out.connack->reasonCode;
       const std::string why = "the broker refused the login: " + connackMeaning(code);
-      report("upstream.connect", why);
+      if (attempts_ == 0) {
+        report("upstream.connect", why); // once per outage, not per attempt
+      }
       drop(why, false, UpstreamStatus{false, false, true, code});
       return false;
     }
@@ -313,7 +331,8 @@ void BrokerLink::arm() {
   if (phase_ != Phase::Session || !fd_.valid()) {
     return;
   }
-  const uint32_t want = EPOLLIN | EPOLLRDHUP | (output_.empty() ? 0u : EPOLLOUT);
+  const uint32_t in = output_.size() < settings_.maxQueuedBytes ? EPOLLIN | EPOLLRDHUP : 0u;
+  const uint32_t want = in | (output_.empty() ? 0u : EPOLLOUT);
   if (want != armed_ && !reactor_.modify(fd_.get(), want)) {
     armed_ = want;
   }
@@ -355,7 +374,7 @@ void BrokerLink::drop(const std::string& why, bool report, UpstreamStatus status
   }
   phase_ = Phase::Waiting;
   scheduleReconnect(Clock::now());
-  if (!closeRequested_) {
+  if (!closeRequested_ && !creating_) {
     observer_.upstreamConnected(status); // down, or refused
   }
 }
@@ -417,9 +436,9 @@ void BrokerLink::unsubscribe(uint64_t token, std::vector<std::string> filters) {
   (void)process(out);
 }
 
-void BrokerLink::acknowledge(uint16_t packetId) {
+void BrokerLink::acknowledge(uint32_t id) {
   ClientOutput out;
-  client_.acknowledge(packetId, out);
+  client_.acknowledge(id, out);
   (void)process(out);
 }
 

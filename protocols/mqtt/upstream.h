@@ -66,7 +66,7 @@ class UpstreamObserver {
 public:
   virtual ~UpstreamObserver() = default;
   virtual void upstreamAcked(uint64_t token) = 0;
-  // A message for the device; acknowledge it with Upstream::acknowledge(packetId) once the device
+  // A message for the device; acknowledge it with Upstream::acknowledge(id) once the device
   // has it (QoS > 0).
   virtual void upstreamMessage(const Delivery& message) = 0;
   virtual void upstreamSubscribed(const SubscribeResult&) {}
@@ -89,8 +89,8 @@ public:
   // Answered through upstreamSubscribed / upstreamUnsubscribed with the token.
   virtual void subscribe(uint64_t token, std::vector<Subscription> filters) = 0;
   virtual void unsubscribe(uint64_t token, std::vector<std::string> filters) = 0;
-  // The device has the message the broker sent with this packet id.
-  virtual void acknowledge(uint16_t packetId) = 0;
+  // The device has the message the broker sent (Delivery::id).
+  virtual void acknowledge(uint32_t id) = 0;
   // Ends the session once what the client sent has reached the broker: then with a DISCONNECT
   // (the broker discards the will), or by closing the connection (the broker publishes the
   // will). The observer hears nothing more after this call.
@@ -123,7 +123,7 @@ public:
   bool publish(const upstream::Publish& p) override;
   void subscribe(uint64_t token, std::vector<Subscription> filters) override;
   void unsubscribe(uint64_t token, std::vector<std::string> filters) override;
-  void acknowledge(uint16_t packetId) override;
+  void acknowledge(uint32_t id) override;
   void close(bool publishWill) override;
   [[nodiscard]] bool finished() const override { return phase_ == Phase::Finished; }
   void service(Clock::time_point now) override;
@@ -179,6 +179,7 @@ private:
   size_t addresses_ = 1;        // what the host name resolved to, last time
   size_t addressTurn_ = 0;      // which of them the next attempt takes
   bool closeRequested_ = false; // the client is gone; drain, then finish
+  bool creating_ = false;       // inside create(): the observer does not hold the link yet
   bool publishWill_ = false;
   size_t held_ = 0; // what this link counts against the budget
   // At its bound, until half of it has been taken by the broker (so that a broker that reads a

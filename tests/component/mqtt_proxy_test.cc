@@ -68,7 +68,7 @@ private:
 struct Broker {
   std::vector<upstream::Publish> published;
   std::vector<std::string> subscribed;
-  std::vector<uint16_t> acknowledged;
+  std::vector<uint32_t> acknowledged;
   std::optional<bool> closedWithWill;
   bool takes = true;
   bool acceptsMore = true;
@@ -97,7 +97,7 @@ public:
   void unsubscribe(uint64_t token, std::vector<std::string>) override {
     b_->observer->upstreamUnsubscribed(token);
   }
-  void acknowledge(uint16_t packetId) override { b_->acknowledged.push_back(packetId); }
+  void acknowledge(uint32_t id) override { b_->acknowledged.push_back(id); }
   void close(bool publishWill) override { b_->closedWithWill = publishWill; }
   bool finished() const override { return b_->closedWithWill.has_value(); }
   void service(Clock::time_point) override {}

@@ -93,7 +93,7 @@ void fuzzClient(std::span<const uint8_t> stream) {
   for (size_t at = 0; at < stream.size() && !out.failure; at += 7) {
     client.received(stream.subspan(at, std::min<size_t>(7, stream.size() - at)), out);
     for (const auto& d : out.deliveries) {
-      client.acknowledge(d.packetId, out);
+      client.acknowledge(d.id, out);
     }
     out.deliveries.clear();
   }

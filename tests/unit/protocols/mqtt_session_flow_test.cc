@@ -137,20 +137,20 @@ TEST_F(SessionTest, BrokerMessagesAreAcknowledgedOnlyOnceTheDeviceHasThem) {
   const auto id = std::get<Publish>(replies(d).at(0)).packetId;
   Effects a = send({Ack{PacketType::Puback, id, 0, {}}});
   ASSERT_EQ(commands<upstream::Acknowledge>(a).size(), 1u);
-  EXPECT_EQ(commands<upstream::Acknowledge>(a)[0].packetId, 41);
+  EXPECT_EQ(commands<upstream::Acknowledge>(a)[0].id, 41);
   // QoS 2: the broker's flow is done once the device has sent PUBREC.
   Effects d2;
   session_->deliver(Delivery{42, "devices/thermo-01/cmd/set", bytesOf("1"), 2, false}, d2);
   const auto id2 = std::get<Publish>(replies(d2).at(0)).packetId;
   Effects rec = send({Ack{PacketType::Pubrec, id2, 0, {}}});
-  EXPECT_EQ(commands<upstream::Acknowledge>(rec).at(0).packetId, 42);
+  EXPECT_EQ(commands<upstream::Acknowledge>(rec).at(0).id, 42);
   Effects comp = send({Ack{PacketType::Pubcomp, id2, 0, {}}});
   EXPECT_TRUE(commands<upstream::Acknowledge>(comp).empty());
   // What the device may not have is acknowledged at once (dealt with, and counted).
   Effects other;
   session_->deliver(Delivery{43, "devices/thermo-01/elsewhere", bytesOf("1"), 1, false}, other);
   EXPECT_TRUE(replies(other).empty());
-  EXPECT_EQ(commands<upstream::Acknowledge>(other).at(0).packetId, 43);
+  EXPECT_EQ(commands<upstream::Acknowledge>(other).at(0).id, 43);
   // A device that drops before its PUBACK never acknowledged it: nothing goes to the broker.
   Effects d3;
   session_->deliver(Delivery{44, "devices/thermo-01/cmd/set", bytesOf("1"), 1, false}, d3);
@@ -198,4 +198,49 @@ TEST_F(SessionTest, ClientsOfOneDeviceGetUpstreamSessionsOfTheirOwn) {
     EXPECT_EQ(e.events.at(0).rule, "mqtt.max_clients");
     EXPECT_TRUE(commands<upstream::Open>(e).empty());
   }
+}
+
+TEST_F(SessionTest, PersistentClientIdsAreBoundedPerDevice) {
+  // max_clients 4 (the default): 16 persistent client ids at the broker, not a 17th.
+  int accepted = 0;
+  for (int i = 0; i < 17; ++i) {
+    makeSession("drop", "", true);
+    Connect c = connect();
+    c.clientId = "p" + std::to_string(i);
+    c.cleanStart = false;
+    Effects e = send({c});
+    const auto code = std::get<Connack>(replies(e).at(0)).reasonCode;
+    accepted += code == 0;
+    if (i == 16) {
+      EXPECT_EQ(code, v311::kServerUnavailable);
+      EXPECT_EQ(e.events.at(0).rule, "mqtt.max_clients");
+    }
+    session_->connectionLost(e);
+  }
+  EXPECT_EQ(accepted, 16);
+  // One it holds already comes back as ever.
+  makeSession("drop", "", true);
+  Connect again = connect();
+  again.clientId = "p3";
+  again.cleanStart = false;
+  EXPECT_EQ(std::get<Connack>(replies(send({again})).at(0)).reasonCode, 0);
+}
+
+TEST_F(SessionTest, ABrokerThatLosesTheSessionOrRefusesTheLoginEndsTheConnection) {
+  makeSession();
+  Connect c = connect();
+  c.cleanStart = false;
+  send({c}); // the broker answers: session present 0
+  ASSERT_EQ(session_->state(), Session::State::Connected);
+  Effects kept;
+  session_->upstreamStatus(true, true, now_, kept); // a reconnect into the same session
+  EXPECT_FALSE(kept.closeClient);
+  Effects lost;
+  session_->upstreamStatus(true, false, now_, lost); // restarted without it
+  EXPECT_TRUE(lost.closeClient) << "the client must learn session-present 0 by logging in again";
+  makeSession();
+  connected(); // a clean session: CONNACK at once
+  Effects refused;
+  session_->upstreamStatus(false, false, now_, refused, true);
+  EXPECT_TRUE(refused.closeClient);
 }

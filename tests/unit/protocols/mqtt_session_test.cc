@@ -586,7 +586,9 @@ TEST_F(SessionTest, PersistentSessionsKeepTheirSubscriptionsCounted) {
   send({c});
   EXPECT_EQ(subscribeOne(1, "devices/thermo-01/cmd/a"), 1);
   EXPECT_EQ(subscribeOne(2, "devices/thermo-01/cmd/b"), 1);
-  // The broker still holds both: reconnecting without a clean start does not make room.
+  // The broker still holds both (it says so): reconnecting without a clean start does not make
+  // room.
+  sessionPresent_ = true;
   reconnect(false);
   EXPECT_EQ(subscribeOne(3, "devices/thermo-01/cmd/c"), v311::kSubackFailure);
   EXPECT_EQ(subscribeOne(4, "devices/thermo-01/cmd/a"), 1); // already held
