@@ -175,7 +175,9 @@ subscribe = ["devices/%c/cmd/#"]
     spread = [attempt("dev-w", f"guess-{i}", source=f"127.0.12.{i + 1}") for i in range(6)]
     spread += [attempt("dev-z", f"guess-{i}", source=f"127.0.13.{i + 1}") for i in range(6)]
     print(f"   answers: {spread}")
-    check(attempt("dev-w", "pw-dev-w", source="127.0.12.100") == 0x8A,
+    locked = attempt("dev-w", "pw-dev-w", source="127.0.12.100")
+    print(f"   the right password from a new source: {locked}")
+    check(locked == 0x8A,
           "dev-w's user name is locked out after guesses from six sources")
     check(attempt("dev-z", "pw-dev-z", source="127.0.10.1") == 0,
           "dev-z still logs in from its own enrolled address")
