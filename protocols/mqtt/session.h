@@ -222,6 +222,10 @@ private:
   void onUnsubscribe(const Unsubscribe& u, Effects& out);
   void protocolViolation(const CodecError& e, Effects& out);
   void refuseConnect(uint8_t v5Code, uint8_t v311Code, Effects& out);
+  // A refused login with its event (action "refuse"); the pending CONNECT and its password go.
+  void refuseLogin(policy::EventType type, std::string_view device, std::string_view provision,
+                   std::string_view rule, std::string message, uint8_t v5Code, uint8_t v311Code,
+                   Effects& out);
   void violation(const policy::Decision& d, Effects& out);
   [[nodiscard]] policy::Decision topicLength(std::string_view topic) const;
   void send(const Packet& p, Effects& out) const;

@@ -36,6 +36,23 @@ Property number(PropertyId id, uint32_t v) {
 
 } // namespace
 
+void Session::refuseLogin(policy::EventType type, std::string_view device,
+                          std::string_view provision, std::string_view rule, std::string message,
+                          uint8_t v5Code, uint8_t v311Code, Effects& out) {
+  Event e;
+  e.type = type;
+  e.device = device;
+  e.peer = peer_.label;
+  e.protocol = "mqtt";
+  e.provision = provision;
+  e.rule = rule;
+  e.action = "refuse";
+  e.message = std::move(message);
+  out.events.push_back(std::move(e));
+  dropPendingConnect();
+  refuseConnect(v5Code, v311Code, out);
+}
+
 void Session::refuseConnect(uint8_t v5Code, uint8_t v311Code, Effects& out) {
   const bool v5 = version_ == Version::V5;
   send(Connack{false, v5 ? v5Code : v311Code, {}}, out);
@@ -118,17 +135,9 @@ void Session::passwordChecked(PasswordResult result, Clock::time_point now, Effe
   state_ = State::AwaitingConnect;
   if (result == PasswordResult::Busy) {
     // Too many checks in progress: a cheap refusal, not a failed login. The client retries.
-    Event e;
-    e.type = EventType::RateLimited;
-    e.peer = peer_.label;
-    e.protocol = "mqtt";
-    e.provision = std::string(policy::provision::kBruteForce);
-    e.rule = "limits.max_password_checks";
-    e.action = "refuse";
-    e.message = "login refused: too many password checks in progress";
-    out.events.push_back(std::move(e));
-    dropPendingConnect();
-    refuseConnect(reason::kServerBusy, v311::kServerUnavailable, out);
+    refuseLogin(EventType::RateLimited, "", policy::provision::kBruteForce,
+                "limits.max_password_checks", "login refused: too many password checks in progress",
+                reason::kServerBusy, v311::kServerUnavailable, out);
     return;
   }
   policy::ConnectFacts facts = connectFacts(*pendingConnect_);
@@ -190,36 +199,19 @@ void Session::finishConnect(const policy::ConnectDecision& cd, Clock::time_point
   }
   if (settings_.quarantined && settings_.quarantined(cd.device->id)) {
     // Isolated: by address, login or certificate alike, from anywhere.
-    Event e;
-    e.type = EventType::AccessDenied;
-    e.device = cd.device->id.str();
-    e.peer = peer_.label;
-    e.protocol = "mqtt";
-    e.provision = std::string(policy::provision::kIsolable);
-    e.rule = "device.quarantined";
-    e.action = "refuse";
-    e.message = "login of a quarantined device refused";
-    out.events.push_back(std::move(e));
-    dropPendingConnect();
-    refuseConnect(reason::kNotAuthorized, v311::kNotAuthorized, out);
+    refuseLogin(EventType::AccessDenied, cd.device->id.str(), policy::provision::kIsolable,
+                "device.quarantined", "login of a quarantined device refused",
+                reason::kNotAuthorized, v311::kNotAuthorized, out);
     return;
   }
   const std::string upstreamId =
       mqtt::upstreamClientId(settings_.upstreamClientIdPrefix, cd.device->id.str(), c.clientId);
   if (settings_.admit && !settings_.admit(*cd.device, upstreamId)) {
-    Event e;
-    e.type = EventType::RateLimited;
-    e.device = cd.device->id.str();
-    e.peer = peer_.label;
-    e.protocol = "mqtt";
-    e.provision = std::string(policy::provision::kValidateInput);
-    e.rule = "mqtt.max_clients";
-    e.action = "refuse";
-    e.message = fmt::format("login refused: the device already has {} MQTT clients connected",
-                            cd.device->mqttRules.maxClients);
-    out.events.push_back(std::move(e));
-    dropPendingConnect();
-    refuseConnect(reason::kQuotaExceeded, v311::kServerUnavailable, out);
+    refuseLogin(EventType::RateLimited, cd.device->id.str(), policy::provision::kValidateInput,
+                "mqtt.max_clients",
+                fmt::format("login refused: the device already has {} MQTT clients connected",
+                            cd.device->mqttRules.maxClients),
+                reason::kQuotaExceeded, v311::kServerUnavailable, out);
     return;
   }
   device_ = cd.device;
@@ -283,19 +275,12 @@ void Session::acceptConnect(Clock::time_point now, Effects& out) {
       return kv.first == own || kv.first.starts_with(own + ":");
     });
     if (static_cast<size_t>(held) >= size_t{kPersistentPerClient} * device_->mqttRules.maxClients) {
-      Event e;
-      e.type = EventType::RateLimited;
-      e.device = deviceName();
-      e.peer = peer_.label;
-      e.protocol = "mqtt";
-      e.provision = std::string(policy::provision::kValidateInput);
-      e.rule = "mqtt.max_clients";
-      e.action = "refuse";
-      e.message = fmt::format("persistent session refused: the device holds {} at the broker "
+      refuseLogin(EventType::RateLimited, deviceName(), policy::provision::kValidateInput,
+                  "mqtt.max_clients",
+                  fmt::format("persistent session refused: the device holds {} at the broker "
                               "already ({} per client of mqtt.max_clients)",
-                              held, kPersistentPerClient);
-      out.events.push_back(std::move(e));
-      refuseConnect(reason::kQuotaExceeded, v311::kServerUnavailable, out);
+                              held, kPersistentPerClient),
+                  reason::kQuotaExceeded, v311::kServerUnavailable, out);
       return;
     }
   }
