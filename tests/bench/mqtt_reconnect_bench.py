@@ -79,7 +79,7 @@ class Fleet:
                     continue
                 bufs[i] += chunk
                 while True:
-                    p = parse(bufs[i])
+                    p = w.parse_frame(bufs[i])
                     if p is None:
                         break
                     header, body, used = p
@@ -90,24 +90,6 @@ class Fleet:
     def close_all(self):
         for s in self.socks:
             s.close()
-
-
-def parse(buf):
-    if len(buf) < 2:
-        return None
-    n, mult, i = 0, 1, 1
-    while i < len(buf):
-        b = buf[i]
-        n += (b & 0x7F) * mult
-        mult *= 128
-        i += 1
-        if not b & 0x80:
-            break
-    else:
-        return None
-    if len(buf) < i + n:
-        return None
-    return buf[0], buf[i:i + n], i + n
 
 
 def subscribe_all(fleet, topics):

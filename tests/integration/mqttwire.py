@@ -67,6 +67,25 @@ def subscribe(packet_id, filters, qos=0, version=4):
     return packet(0x82, body)
 
 
+def parse_frame(buf):
+    """(header byte, body, bytes used) of the first whole packet in `buf`, or None."""
+    if len(buf) < 2:
+        return None
+    n, mult, i = 0, 1, 1
+    while i < len(buf):
+        b = buf[i]
+        n += (b & 0x7F) * mult
+        mult *= 128
+        i += 1
+        if not b & 0x80:
+            break
+    else:
+        return None
+    if len(buf) < i + n:
+        return None
+    return buf[0], buf[i:i + n], i + n
+
+
 PINGREQ = b"\xc0\x00"
 DISCONNECT = b"\xe0\x00"
 
@@ -88,21 +107,11 @@ class Client:
     def read_packet(self):
         """(header byte, body), or None when the gateway closed the connection."""
         while True:
-            if len(self.buf) >= 2:
-                n, mult, i = 0, 1, 1
-                while i < len(self.buf):
-                    b = self.buf[i]
-                    n += (b & 0x7F) * mult
-                    mult *= 128
-                    i += 1
-                    if not b & 0x80:
-                        break
-                else:
-                    i = None
-                if i is not None and len(self.buf) >= i + n:
-                    header, body = self.buf[0], self.buf[i:i + n]
-                    self.buf = self.buf[i + n:]
-                    return header, body
+            p = parse_frame(self.buf)
+            if p is not None:
+                header, body, used = p
+                self.buf = self.buf[used:]
+                return header, body
             try:
                 chunk = self.sock.recv(65536)
             except (ConnectionResetError, socket.timeout):
