@@ -150,6 +150,23 @@ public:
       }
       r.finish();
     }
+    if (const auto* t = top.table("store")) {
+      TableReader r(*t, "store", source_, diags_);
+      c.store.acknowledge = r.choice<StoreConfig::Acknowledge>(
+                                 "acknowledge", {{"durable", StoreConfig::Acknowledge::Durable},
+                                                 {"broker", StoreConfig::Acknowledge::Broker}})
+                                .value_or(StoreConfig::Acknowledge::Durable);
+      if (auto v = r.integer("max_messages_per_device", 1, 1'000'000)) {
+        c.store.maxMessagesPerDevice = static_cast<size_t>(*v);
+      }
+      if (auto v = r.integer("max_bytes_per_device", 4096, int64_t{1} << 32)) {
+        c.store.maxBytesPerDevice = static_cast<size_t>(*v);
+      }
+      if (auto v = r.integer("max_bytes", 4096, int64_t{1} << 40)) {
+        c.store.maxBytes = static_cast<size_t>(*v);
+      }
+      r.finish();
+    }
     if (const auto* t = top.table("dbus")) {
       TableReader r(*t, "dbus", source_, diags_);
       c.dbus.enabled = r.boolean("enabled").value_or(c.dbus.enabled);

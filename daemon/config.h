@@ -127,6 +127,19 @@ struct EventsConfig {
   std::chrono::seconds summaryInterval{60}; // how often suppressed counts are reported
 };
 
+// Store-and-forward (protocols/mqtt/outbox.h): what a device's QoS 1/2 messages wait in while its
+// broker cannot take them, in the state directory's outbox/.
+struct StoreConfig {
+  // When a device is told it has a message (PUBACK, PUBREC): once it is durable here (default;
+  // nothing acknowledged is lost, also across a crash or power cut), or only once the broker
+  // has it (no outbox; a device waits, unacknowledged, for as long as the broker is away).
+  enum class Acknowledge { Durable, Broker };
+  Acknowledge acknowledge = Acknowledge::Durable;
+  size_t maxMessagesPerDevice = 10'000;
+  size_t maxBytesPerDevice = 4 * 1024 * 1024;
+  size_t maxBytes = 64 * 1024 * 1024; // all devices' outboxes together, on disk
+};
+
 // The control API, org.iotgw.Gateway1 on the system bus.
 struct DbusConfig {
   bool enabled = true;
@@ -147,6 +160,7 @@ struct Config {
   FirewallConfig firewall;
   Limits limits;
   EventsConfig events;
+  StoreConfig store;
   DbusConfig dbus;
   std::vector<policy::CredentialPair> extraDefaultCredentials;
 

@@ -12,7 +12,7 @@ namespace {
 using policy::EventType;
 
 // Keep in step with systemd/iotgwd.catalog; a unit test checks that every id is there.
-constexpr std::array<JournalEntry, 23> kEntries = {{
+constexpr std::array<JournalEntry, policy::kEventTypeCount> kEntries = {{
     {EventType::DaemonStarted, "374298564b8a4ae3ada4bd102481fc30", LOG_NOTICE},
     {EventType::DaemonStopping, "34de99166a50412092525355db56601a", LOG_NOTICE},
     {EventType::ConfigReloaded, "b29e8957707b4045838e586f6327ea49", LOG_NOTICE},
@@ -36,6 +36,9 @@ constexpr std::array<JournalEntry, 23> kEntries = {{
     {EventType::DevicePortConflict, "bb34600f2add4e4d8f681a8a041da118", LOG_WARNING},
     {EventType::NeighbourSpoofing, "aedefb2bce3e4d678924fe23deb7b35d", LOG_WARNING},
     {EventType::InsecureUpstream, "5c0f3b1e9a8d4e27b6f1d2a4c8e97b31", LOG_WARNING},
+    {EventType::OutboxQueuing, "d828e7ec05d84bf9831118bf5e16ef96", LOG_WARNING},
+    {EventType::OutboxDrained, "6905a8a262354074aa21d497b1969e65", LOG_NOTICE},
+    {EventType::OutboxFull, "bdb688ce6588421a9e42ebfab5c38905", LOG_ERR},
 }};
 
 static_assert(kEntries.size() == policy::kEventTypeCount);

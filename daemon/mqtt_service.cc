@@ -85,11 +85,21 @@ MqttService::MqttService(io::Reactor& reactor, EventSink& sink,
   hooks_.received = [this](mqtt::Proxy& p) { accountHeldBytes(p); };
   hooks_.closed = [this](mqtt::Proxy& p) { connectionClosed(p); };
   hooks_.settle = [this] { sweep(); };
+  if (config_->store.acknowledge == StoreConfig::Acknowledge::Durable) {
+    hooks_.store = [this](mqtt::Proxy& p, const mqtt::upstream::Publish& m, bool down) {
+      return store(p, m, down);
+    };
+  }
+  diskBudget_.limit = config_->store.maxBytes;
 }
 
 MqttService::~MqttService() {
   if (timer_) {
     reactor_.cancelTimer(*timer_);
+  }
+  reactor_.setAfterEvents(nullptr);
+  for (auto& [device, s] : outboxes_) {
+    (void)s.box->commit(); // durable; the devices not told any more (they send it again)
   }
   connections_.clear(); // each stops watching its socket
   for (const auto& l : listeners_) {
@@ -139,6 +149,8 @@ Outcome MqttService::start() {
     return failure("cannot arm the MQTT timer");
   }
   timer_ = *t;
+  reactor_.setAfterEvents([this] { commitOutboxes(); });
+  openStoredOutboxes();
   return {};
 }
 
@@ -389,6 +401,7 @@ size_t MqttService::forgetDevice(const policy::DeviceId& id) {
     dropped += it->second->queued();
     publishers_.erase(it);
   }
+  dropped += eraseOutbox(name); // 5.11-1: the payloads it stored go with it
   closedCounters_.erase(name);
   deviceContexts_.erase(name);
   endPersistentSessions(id, true); // nothing of it is kept at the broker either
@@ -427,7 +440,11 @@ std::vector<std::pair<std::string, uint64_t>> MqttService::counters() const {
           {"mqtt_qos0_dropped", m.proxied.qos0Dropped},
           {"mqtt_upstream_stalls", m.proxied.upstreamStalls},
           {"mqtt_draining_given_up", m.drainingGivenUp},
-          {"mqtt_pushes_forwarded", m.pushesForwarded}};
+          {"mqtt_pushes_forwarded", m.pushesForwarded},
+          {"mqtt_stored", m.proxied.stored},
+          {"mqtt_store_refused", m.proxied.storeRefused},
+          {"mqtt_store_dropped", m.storeDropped},
+          {"mqtt_store_failed", m.storeFailed}};
 }
 
 Outcome MqttService::publishFor(const policy::DevicePolicy& device, const std::string& topic,
@@ -470,6 +487,7 @@ void MqttService::tick() {
   for (auto& d : draining_) {
     d.upstream->service(now);
   }
+  serviceOutboxes(now);
   std::erase_if(publishers_,
                 [now](const auto& kv) { return kv.second->service(now, kPublisherIdle); });
   sweep();

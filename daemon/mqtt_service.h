@@ -6,9 +6,11 @@
 // still draining for closed connections), each connection being an mqtt::Proxy; and the
 // publishers that carry readings devices push over CoAP.
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,6 +25,7 @@
 #include "protocols/io/reactor.h"
 #include "protocols/io/socket.h"
 #include "protocols/io/worker.h"
+#include "protocols/mqtt/outbox.h"
 #include "protocols/mqtt/proxy.h"
 #include "protocols/mqtt/publisher.h"
 #include "protocols/mqtt/session.h"
@@ -46,6 +49,18 @@ struct MqttStats {
   uint64_t drainingGivenUp = 0;    // closed connections' upstreams dropped before they finished
   mqtt::ProxyCounters proxied;     // forwarded, QoS 0 dropped, stalls, failed TLS handshakes
   uint64_t pushesForwarded = 0;    // CoAP readings handed to a device's publisher
+  uint64_t storeDropped = 0;       // stored messages dropped to make room (when_queue_full)
+  uint64_t storeFailed = 0;        // outboxes that could not be opened, or a failed fdatasync
+};
+
+// A device's outbox as GetStatus and GetDevice show it.
+struct OutboxInfo {
+  size_t messages = 0;
+  size_t bytes = 0;
+  std::optional<std::chrono::system_clock::time_point> oldest;
+  bool linkUp = false;    // its store session is connected
+  uint64_t delivered = 0; // since iotgwd started
+  uint64_t dropped = 0;
 };
 
 class MqttService {
@@ -99,6 +114,8 @@ public:
                                    std::span<const uint8_t> payload, uint8_t qos,
                                    std::function<void(bool)> done);
   [[nodiscard]] size_t connections() const { return connections_.size(); }
+  // The outboxes open now (store-and-forward), by device.
+  [[nodiscard]] std::map<std::string, OutboxInfo> outboxes() const;
   // Every counter, as GetStatus names them ("mqtt_accepted", ...); the session counters include
   // the sessions still up.
   [[nodiscard]] std::vector<std::pair<std::string, uint64_t>> counters() const;
@@ -133,6 +150,20 @@ private:
   void endRequestedSessions();
   void tick();
   void sweep();
+  // Store-and-forward (mqtt_store.cc). Whether the message goes to the device's outbox: QoS 2
+  // always (exactly once across a crash), QoS 1 while the upstream is down or the outbox still
+  // holds earlier messages.
+  [[nodiscard]] mqtt::StoreVerdict store(mqtt::Proxy& p, const mqtt::upstream::Publish& m,
+                                         bool upstreamDown);
+  // The device's outbox, opened (and recovered) on first use; null when it cannot be.
+  [[nodiscard]] mqtt::Outbox* outboxFor(const std::string& device);
+  // After each wake-up of the loop: one fdatasync per outbox written to, then the devices are
+  // told (PUBACK, PUBREC).
+  void commitOutboxes();
+  void serviceOutboxes(mqtt::Clock::time_point now);
+  // At start: the outboxes a previous run left with messages in them.
+  void openStoredOutboxes();
+  size_t eraseOutbox(const std::string& device); // how many stored messages went with it
   [[nodiscard]] size_t maxDraining() const;
   void reportDrainingGivenUp(const std::string& device, std::string_view why);
   // `name` stands for the device in the user name's "%d" when there is no policy (any more).
@@ -191,6 +222,13 @@ private:
   };
   std::map<std::string, DeviceContext> deviceContexts_;
   std::map<std::string, std::unique_ptr<mqtt::Publisher>> publishers_; // device id → its pushes
+  struct OutboxState {
+    std::unique_ptr<mqtt::Outbox> box;
+    bool reported = false; // the outbox-queuing event went out; outbox-drained ends it
+    uint64_t deliveredAtStart = 0;
+  };
+  std::map<std::string, OutboxState> outboxes_; // device id → its outbox, while it has one open
+  mqtt::DiskBudget diskBudget_;
   std::optional<io::Reactor::TimerId> timer_;
   MqttStats stats_;
   std::map<std::string, mqtt::SessionCounters> closedCounters_;

@@ -16,6 +16,7 @@ packages="
   libnftnl-dev libmnl-dev nftables
   libsdbus-c++-dev libsdbus-c++-bin dbus-daemon
   libsystemd-dev systemd
+  libsqlite3-dev
   iproute2 socat ncat nmap openssl sslscan python3 procps util-linux mount coreutils
 "
 

@@ -9,7 +9,7 @@ namespace {
 
 // What each type is called (IOTGW_EVENT) and the provision it cites by default. How the journal
 // shows it (MESSAGE_ID, priority) is the daemon's: daemon/event_catalog.cc.
-constexpr std::array<EventTypeInfo, 23> kTypes = {{
+constexpr std::array<EventTypeInfo, kEventTypeCount> kTypes = {{
     {EventType::DaemonStarted, "daemon-started", ""},
     {EventType::DaemonStopping, "daemon-stopping", ""},
     {EventType::ConfigReloaded, "config-reloaded", ""},
@@ -33,6 +33,9 @@ constexpr std::array<EventTypeInfo, 23> kTypes = {{
     {EventType::DevicePortConflict, "device-port-conflict", "5.10-1"},
     {EventType::NeighbourSpoofing, "neighbour-spoofing", "5.10-1"},
     {EventType::InsecureUpstream, "insecure-upstream", "5.5-1"},
+    {EventType::OutboxQueuing, "outbox-queuing", "5.9-1"},
+    {EventType::OutboxDrained, "outbox-drained", "5.9-1"},
+    {EventType::OutboxFull, "outbox-full", "5.9-2"},
 }};
 
 } // namespace

@@ -38,9 +38,12 @@ enum class EventType : uint8_t {
   DevicePortConflict,
   NeighbourSpoofing,
   InsecureUpstream,
+  OutboxQueuing,
+  OutboxDrained,
+  OutboxFull,
 };
 
-inline constexpr size_t kEventTypeCount = static_cast<size_t>(EventType::InsecureUpstream) + 1;
+inline constexpr size_t kEventTypeCount = static_cast<size_t>(EventType::OutboxFull) + 1;
 
 struct EventTypeInfo {
   EventType type;

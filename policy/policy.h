@@ -86,6 +86,11 @@ struct MqttRules {
   // MQTT connections the device may have at once (each its own upstream session); one more is
   // refused, except a client taking over its own session (the same client identifier).
   uint32_t maxClients = 4;
+  // When the device's outbox (store-and-forward) is full: refuse the new message (5.0: PUBACK
+  // "quota exceeded"; 3.1/3.1.1: no acknowledgement, the device keeps it) or drop the oldest
+  // waiting one to make room. Either is counted and reported.
+  enum class WhenQueueFull : uint8_t { Refuse, DropOldest };
+  WhenQueueFull whenQueueFull = WhenQueueFull::Refuse;
   RateLimit rate;
   std::vector<PayloadRule> payloadRules;
 };

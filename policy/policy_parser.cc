@@ -239,6 +239,11 @@ private:
     if (auto n = r.integer("max_clients", 1, 64)) {
       m.maxClients = static_cast<uint32_t>(*n);
     }
+    m.whenQueueFull =
+        r.choice<MqttRules::WhenQueueFull>("when_queue_full",
+                                           {{"refuse", MqttRules::WhenQueueFull::Refuse},
+                                            {"drop-oldest", MqttRules::WhenQueueFull::DropOldest}})
+            .value_or(MqttRules::WhenQueueFull::Refuse);
     m.upstreamIdentity =
         r.choice<UpstreamIdentity>("upstream_identity", {{"shared", UpstreamIdentity::Shared},
                                                          {"issued", UpstreamIdentity::Issued}})

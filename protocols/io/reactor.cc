@@ -140,6 +140,9 @@ std::error_code Reactor::run() {
       const std::shared_ptr<Handler> h = it->second;
       (*h)(events[static_cast<size_t>(i)].events);
     }
+    if (afterEvents_) {
+      afterEvents_();
+    }
   }
   return {};
 }

@@ -64,6 +64,11 @@ public:
                                                                  std::function<void()> fn);
   void cancelTimer(TimerId id);
 
+  // Runs after the handlers of each wake-up, before the loop sleeps again: what is batched
+  // across the descriptors that woke it (the outbox's one fdatasync for all devices). One; none
+  // unsets it.
+  void setAfterEvents(std::function<void()> fn) { afterEvents_ = std::move(fn); }
+
   // Runs until stop(); returns an error only if epoll itself fails.
   std::error_code run();
   void stop() { running_ = false; }
@@ -77,6 +82,7 @@ private:
     bool repeating = false;
   };
 
+  std::function<void()> afterEvents_;
   UniqueFd epoll_;
   // shared_ptr so that a handler removing itself does not destroy the function it runs in.
   std::unordered_map<int, std::shared_ptr<Handler>> handlers_;

@@ -225,8 +225,9 @@ void Client::onConnack(const Connack& c, ClientOutput& out) {
       operations_.push_front(Operation{nextPacketId(), 0, true, std::move(restore)});
     }
   }
-  // MQTT-4.4.0-1: what was in flight goes again, in order, before anything new.
-  for (const auto& [id, f] : inFlight_) {
+  // MQTT-4.4.0-1: what was in flight goes again, in the order it was sent, before anything new.
+  for (const uint16_t id : inFlightInOrder()) {
+    const InFlight& f = inFlight_.at(id);
     if (f.released) {
       send(Ack{PacketType::Pubrel, id, 0, {}}, out);
     } else {
@@ -301,7 +302,10 @@ void Client::onAck(const Ack& a, ClientOutput& out) {
     return; // an acknowledgement from before a reconnect, already dealt with
   }
   if (a.type == PacketType::Pubrec && it->second.message.qos == 2) {
-    it->second.released = true;
+    if (!it->second.released) {
+      it->second.released = true;
+      out.received.push_back(it->second.message.token);
+    }
     send(Ack{PacketType::Pubrel, a.packetId, 0, {}}, out);
     return;
   }
@@ -385,11 +389,52 @@ void Client::sendWaiting(ClientOutput& out) {
     if (inFlight_.size() >= settings_.maxInflight) {
       return;
     }
-    const uint16_t id = nextPacketId();
-    const auto& f = inFlight_.emplace(id, InFlight{std::move(m), false}).first->second;
+    const uint16_t id =
+        m.packetId != 0 && !inFlight_.contains(m.packetId) ? m.packetId : nextPacketId();
+    const bool released = m.released && m.qos == 2;
+    const auto& f = inFlight_.emplace(id, InFlight{std::move(m), released, ++sent_}).first->second;
     waiting_.pop_front();
-    sendPublish(id, f, false, out);
+    if (released) {
+      send(Ack{PacketType::Pubrel, id, 0, {}}, out);
+    } else {
+      sendPublish(id, f, false, out);
+    }
   }
+}
+
+std::vector<uint16_t> Client::inFlightInOrder() const {
+  std::vector<uint16_t> ids;
+  ids.reserve(inFlight_.size());
+  for (const auto& [id, f] : inFlight_) {
+    ids.push_back(id);
+  }
+  std::ranges::sort(ids, {}, [this](uint16_t id) { return inFlight_.at(id).order; });
+  return ids;
+}
+
+std::vector<Outgoing> Client::takeUnacknowledged() {
+  std::vector<Outgoing> taken;
+  for (const uint16_t id : inFlightInOrder()) {
+    auto it = inFlight_.find(id);
+    if (it->second.released) {
+      continue;
+    }
+    heldBytes_ -= bytesOf(it->second.message);
+    --queuedQos_;
+    taken.push_back(std::move(it->second.message));
+    inFlight_.erase(it);
+  }
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    if (it->qos == 0) {
+      ++it;
+      continue;
+    }
+    heldBytes_ -= bytesOf(*it);
+    --queuedQos_;
+    taken.push_back(std::move(*it));
+    it = waiting_.erase(it);
+  }
+  return taken;
 }
 
 void Client::sendPublish(uint16_t packetId, const InFlight& f, bool dup, ClientOutput& out) {

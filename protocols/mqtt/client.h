@@ -69,6 +69,12 @@ struct Outgoing {
   std::vector<uint8_t> payload;
   uint8_t qos = 0;
   bool retain = false;
+  // The packet identifier to send it under (0: the client picks one). A message stored across a
+  // restart keeps its identifier, so that the broker's session recognises a QoS 2 message it
+  // already has (a DUP, not a second message).
+  uint16_t packetId = 0;
+  // QoS 2: the broker's PUBREC came on an earlier run; only PUBREL is sent.
+  bool released = false;
 };
 
 struct SubscribeResult {
@@ -80,6 +86,9 @@ struct ClientOutput {
   std::vector<uint8_t> toBroker;
   std::optional<Connack> connack; // the broker answered the CONNECT
   std::vector<uint64_t> acked;    // tokens the broker acknowledged (PUBACK, or PUBCOMP)
+  // QoS 2 tokens whose PUBREC came: the broker has the message. Their PUBRELs are in toBroker; a
+  // caller that stores messages makes this durable before writing toBroker.
+  std::vector<uint64_t> received;
   std::vector<Delivery> deliveries;
   std::vector<SubscribeResult> subscribed;
   std::vector<uint64_t> unsubscribed;
@@ -118,6 +127,10 @@ public:
   void acknowledge(uint32_t id, ClientOutput& out);
   // A DISCONNECT, when up: the broker discards the will.
   void disconnect(ClientOutput& out);
+  // Gives up the QoS > 0 messages the broker has not acknowledged (in the order they were
+  // handed over) and forgets them: someone else delivers them now. A QoS 2 message whose PUBREC
+  // came stays (the broker has it; only its PUBREL is left to complete).
+  [[nodiscard]] std::vector<Outgoing> takeUnacknowledged();
 
   [[nodiscard]] State state() const { return state_; }
   [[nodiscard]] bool up() const { return state_ == State::Up; }
@@ -134,6 +147,7 @@ private:
   struct InFlight {
     Outgoing message;
     bool released = false; // QoS 2: PUBREC came, PUBREL sent
+    uint64_t order = 0;    // when it was sent first: resent (and given up) in that order
   };
   // A SUBSCRIBE or UNSUBSCRIBE waiting for the broker's answer (sent again after a reconnect).
   struct Operation {
@@ -155,6 +169,7 @@ private:
   void send(const Packet& p, ClientOutput& out);
   void sendPublish(uint16_t packetId, const InFlight& f, bool dup, ClientOutput& out);
   void sendWaiting(ClientOutput& out);
+  [[nodiscard]] std::vector<uint16_t> inFlightInOrder() const;
   void sendOperation(const Operation& op, ClientOutput& out);
   [[nodiscard]] uint16_t nextPacketId();
   void fail(std::string_view clause, std::string_view what, ClientOutput& out);
@@ -175,6 +190,7 @@ private:
   size_t queuedQos_ = 0;
   size_t heldBytes_ = 0;
   uint16_t lastPacketId_ = 0;
+  uint64_t sent_ = 0;                            // messages put in flight so far (InFlight::order)
   std::deque<Operation> operations_;             // in the order asked
   std::map<std::string, uint8_t> subscriptions_; // what the broker granted, for a new session
 

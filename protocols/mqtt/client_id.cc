@@ -65,4 +65,8 @@ std::string pushClientId(std::string_view prefix, std::string_view device) {
   return std::string(prefix).append(device).append(":!coap");
 }
 
+std::string storeClientId(std::string_view prefix, std::string_view device) {
+  return std::string(prefix).append(device).append(":!store");
+}
+
 } // namespace iotgw::mqtt

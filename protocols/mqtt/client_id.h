@@ -10,6 +10,7 @@
 //   anything else                     prefix + device + ":~" + hash    iotgw-thermo-01:~3f2a…
 //   empty (3.1.1, clean session)      prefix + device + ":~" + random  (new on every connection)
 //   the device's CoAP readings        prefix + device + ":!coap"
+//   the device's outbox (outbox.h)    prefix + device + ":!store"      (persistent)
 //
 // A device id never contains ':', so the device part cannot be forged by a client identifier,
 // and the three suffix forms cannot be mistaken for one another ("~" and "!" are not in the
@@ -25,5 +26,6 @@ namespace iotgw::mqtt {
 [[nodiscard]] std::string upstreamClientId(std::string_view prefix, std::string_view device,
                                            std::string_view clientId);
 [[nodiscard]] std::string pushClientId(std::string_view prefix, std::string_view device);
+[[nodiscard]] std::string storeClientId(std::string_view prefix, std::string_view device);
 
 } // namespace iotgw::mqtt

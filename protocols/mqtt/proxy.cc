@@ -220,9 +220,34 @@ void Proxy::upstreamUnsubscribed(uint64_t token) {
   apply(e);
 }
 
+void Proxy::stored(uint64_t token) {
+  if (dead_ || !session_) {
+    return;
+  }
+  Effects e;
+  session_->upstreamAcked(token, e);
+  apply(e);
+}
+
 void Proxy::upstreamConnected(const UpstreamStatus& status) {
   if (dead_) {
     return;
+  }
+  upstreamDown_ = !status.up;
+  if (upstreamDown_ && upstream_ && hooks_.store) {
+    // What the broker has not acknowledged goes to the outbox first, in order, so that what the
+    // device sends from now on comes after it.
+    for (auto& m : upstream_->takeUnacknowledged()) {
+      const StoreVerdict v = hooks_.store(*this, m, true);
+      if (v == StoreVerdict::Stored) {
+        ++counters_.stored;
+      } else if (v == StoreVerdict::Refused) {
+        ++counters_.storeRefused;
+        refused_.push_back(m.token);
+      } else {
+        (void)upstream_->publish(m); // nowhere to store it: back where it was
+      }
+    }
   }
   Effects e;
   session_->upstreamStatus(status.up, status.sessionPresent, Clock::now(), e, status.refused);
@@ -261,6 +286,14 @@ void Proxy::apply(Effects& e) {
   }
   for (auto& cmd : e.upstream) {
     carryOut(cmd);
+  }
+  if (!refused_.empty() && !dead_) {
+    Effects r;
+    for (const uint64_t token : refused_) {
+      session_->upstreamRefused(token, r);
+    }
+    refused_.clear();
+    e.toClient.insert(e.toClient.end(), r.toClient.begin(), r.toClient.end());
   }
   if (!e.toClient.empty() && !dead_) {
     output_.insert(output_.end(), e.toClient.begin(), e.toClient.end());
@@ -316,6 +349,18 @@ void Proxy::carryOut(upstream::Command& cmd) {
     hooks_.emit(std::move(ev));
     closeAfterFlush_ = true;
   } else if (auto* pub = std::get_if<upstream::Publish>(&cmd)) {
+    if (pub->qos > 0 && hooks_.store) {
+      const StoreVerdict v = hooks_.store(*this, *pub, upstreamDown_);
+      if (v == StoreVerdict::Stored) {
+        ++counters_.stored;
+        return;
+      }
+      if (v == StoreVerdict::Refused) {
+        ++counters_.storeRefused;
+        refused_.push_back(pub->token);
+        return;
+      }
+    }
     if (upstream_ && upstream_->publish(*pub)) {
       ++counters_.forwarded;
     } else if (pub->qos > 0) {

@@ -29,6 +29,8 @@ struct ProxyCounters {
   uint64_t forwarded = 0;           // publishes handed to the upstream session
   uint64_t qos0Dropped = 0;         // QoS 0 publishes a broker that does not read had no room for
   uint64_t upstreamStalls = 0;      // times a device was held back because its broker did not read
+  uint64_t stored = 0;              // publishes handed to the device's outbox
+  uint64_t storeRefused = 0;        // ... that a full outbox refused
   uint64_t tlsHandshakesFailed = 0; // failed, timed out, or a client that never said a word
 };
 
@@ -43,6 +45,13 @@ struct ProxySettings {
 };
 
 class Proxy;
+
+// What store-and-forward (outbox.h) did with a QoS > 0 message offered to it.
+enum class StoreVerdict {
+  Forward, // not needed: the upstream takes it
+  Stored,  // written; acknowledged through Proxy::stored once durable
+  Refused, // the device's outbox is full and its policy keeps what is there
+};
 
 // Opens the connection's upstream session (the connection observes it).
 using UpstreamFactory = std::function<std::expected<std::unique_ptr<Upstream>, std::string>(
@@ -66,6 +75,11 @@ struct ProxyHooks {
   // After each wake-up of a connection, outside every callback: the owner may destroy what has
   // closed, this connection included.
   std::function<void()> settle;
+  // Store-and-forward: offered each QoS > 0 message before the upstream, with whether the
+  // upstream is down (an attempt failed or the connection was lost, and it has not come back),
+  // and what the upstream gave back when it went down. Unset: nothing is stored (the
+  // acknowledgement waits for the broker).
+  std::function<StoreVerdict(Proxy&, const upstream::Publish&, bool upstreamDown)> store;
 };
 
 class Proxy final : public UpstreamObserver {
@@ -83,6 +97,8 @@ public:
   // Keepalive and connect deadlines, the handshake's timeout, the upstream's timers.
   void tick(Clock::time_point now);
   void passwordChecked(PasswordResult result);
+  // The message `token` that ProxyHooks::store took is durable: the device is told.
+  void stored(uint64_t token);
   // Ends the connection: the session ends (its events go out), the upstream delivers what it
   // holds and then disconnects (with the will published when `publishWill`).
   void close(bool publishWill);
@@ -145,7 +161,9 @@ private:
   // Not reading: the upstream is connecting, the broker is not reading, or the session waits
   // (a login being decided, a full window).
   bool paused_ = false;
-  bool stallReported_ = false; // the broker-not-reading event went out for this pause
+  bool stallReported_ = false;    // the broker-not-reading event went out for this pause
+  bool upstreamDown_ = false;     // the upstream's last attempt failed, or it was lost
+  std::vector<uint64_t> refused_; // tokens the outbox could not take, answered after carryOut
   uint32_t armed_ = 0;
 };
 

@@ -302,6 +302,33 @@ void Session::upstreamAcked(uint64_t token, Effects& out) {
   }
 }
 
+void Session::upstreamRefused(uint64_t token, Effects& out) {
+  const auto it = awaitingBroker_.find(token);
+  if (it == awaitingBroker_.end() || state_ != State::Connected) {
+    return;
+  }
+  ++counters_.storeRefused;
+  if (version_ != Version::V5) {
+    return; // no acknowledgement: the client keeps it (MQTT-4.4.0-1 sends it again)
+  }
+  const Inbound in = it->second;
+  awaitingBroker_.erase(it);
+  if (in.qos == 1) {
+    --unacknowledgedFromClient_;
+  } else if (const auto q = qos2Received_.find(in.packetId); q != qos2Received_.end()) {
+    // A PUBREC with an error code ends a QoS 2 flow: no PUBREL comes for it.
+    if (q->second) {
+      --unacknowledgedFromClient_;
+    }
+    qos2Received_.erase(q);
+  }
+  send(Ack{in.qos == 1 ? PacketType::Puback : PacketType::Pubrec,
+           in.packetId,
+           reason::kQuotaExceeded,
+           {}},
+       out);
+}
+
 void Session::onAck(const Ack& a, Effects& out) {
   switch (a.type) {
   case PacketType::Pubrel: {

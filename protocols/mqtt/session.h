@@ -143,6 +143,7 @@ struct SessionCounters {
   uint64_t malformed = 0;
   uint64_t dropped = 0;              // deliveries dropped because the client's queue was full
   uint64_t subscriptionsRefused = 0; // filters past the subscription limits
+  uint64_t storeRefused = 0;         // publishes a full outbox could not take
 };
 
 class Session {
@@ -164,6 +165,10 @@ public:
   void receive(std::span<const uint8_t> bytes, Clock::time_point now, Effects& out);
   // The broker acknowledged the forwarded message `token` (PUBACK, or PUBCOMP for QoS 2).
   void upstreamAcked(uint64_t token, Effects& out);
+  // The message `token` could not be taken (the device's outbox is full): a 5.0 client hears
+  // "quota exceeded" (and may send it again later); a 3.1/3.1.1 client hears nothing, keeps the
+  // message and sends it again when it reconnects (its window stays taken until then).
+  void upstreamRefused(uint64_t token, Effects& out);
   // A message from the broker for this client; acknowledged upstream (Acknowledge) once the
   // client has it, or at once when it is not for the client.
   void deliver(const Delivery& message, Effects& out);

@@ -285,6 +285,9 @@ bool BrokerLink::process(ClientOutput& out) {
     return false;
   }
   if (!closeRequested_) {
+    if (!out.received.empty()) {
+      observer_.upstreamReceived(out.received); // before the PUBRELs are written (flush below)
+    }
     for (const uint64_t token : out.acked) {
       observer_.upstreamAcked(token);
     }
@@ -336,6 +339,15 @@ void BrokerLink::arm() {
   if (want != armed_ && !reactor_.modify(fd_.get(), want)) {
     armed_ = want;
   }
+}
+
+std::vector<Outgoing> BrokerLink::takeUnacknowledged() {
+  if (connected()) {
+    return {};
+  }
+  auto taken = client_.takeUnacknowledged();
+  account();
+  return taken;
 }
 
 void BrokerLink::account() {

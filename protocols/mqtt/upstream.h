@@ -66,6 +66,9 @@ class UpstreamObserver {
 public:
   virtual ~UpstreamObserver() = default;
   virtual void upstreamAcked(uint64_t token) = 0;
+  // QoS 2 messages whose PUBREC came (the broker has them); their PUBRELs are written after
+  // this returns, so that an observer that stores messages can make that durable first.
+  virtual void upstreamReceived(const std::vector<uint64_t>& /*tokens*/) {}
   // A message for the device; acknowledge it with Upstream::acknowledge(id) once the device
   // has it (QoS > 0).
   virtual void upstreamMessage(const Delivery& message) = 0;
@@ -97,6 +100,9 @@ public:
   virtual void close(bool publishWill) = 0;
   // Closed, and nothing left to send: the object may be destroyed.
   [[nodiscard]] virtual bool finished() const = 0;
+  // While not connected: gives up the QoS > 0 messages the broker has not acknowledged
+  // (Client::takeUnacknowledged), in order, for someone else to deliver.
+  [[nodiscard]] virtual std::vector<Outgoing> takeUnacknowledged() { return {}; }
 
   // Keepalive, reconnect timer, write interest. Call a few times a second.
   virtual void service(Clock::time_point now) = 0;
@@ -126,6 +132,7 @@ public:
   void acknowledge(uint32_t id) override;
   void close(bool publishWill) override;
   [[nodiscard]] bool finished() const override { return phase_ == Phase::Finished; }
+  [[nodiscard]] std::vector<Outgoing> takeUnacknowledged() override;
   void service(Clock::time_point now) override;
   [[nodiscard]] bool connected() const override { return client_.up(); }
   [[nodiscard]] size_t queued() const override { return client_.queued(); }

@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The upstream leg verifies the broker: a broker whose certificate comes from another CA, or
-names another host, never receives a device's messages, and the device gets no PUBACK for them;
-the genuine broker does."""
+names another host, never receives a device's messages; the genuine broker does. With
+[store] acknowledge = "broker" the device gets no PUBACK for them; with the default ("durable")
+it gets its PUBACK once the reading is in its outbox on disk, where it stays."""
 import os
 import subprocess
 import time
@@ -28,7 +29,11 @@ try:
         brokers.append(broker)
         port = free_port()
         conf = os.path.join(root, f"iotgw-{port}.toml")
-        write(conf, gateway_config(root, broker, pki, port=port, extra='[events]\ntarget = "stderr"\n'))
+        ack = "broker" if case == "another CA" else "durable"
+        write(conf, gateway_config(root, broker, pki, port=port,
+                                   extra=f'[events]\ntarget = "stderr"\n[store]\nacknowledge = "{ack}"\n')
+              .replace(f"{root}/state", f"{root}/state-{port}"))
+        outbox = os.path.join(root, f"state-{port}", "outbox", "thermo-01.queue")
         write(os.path.join(root, "devices.d", "thermo-01.toml"), f"""
 [device]
 id = "thermo-01"
@@ -59,7 +64,12 @@ publish = ["t/#"]
                 acked = r.returncode == 0
             except subprocess.TimeoutExpired:
                 acked = False
-            check(not acked, f"{case}: the device gets no PUBACK")
+            if ack == "broker":
+                check(not acked, f"{case}, acknowledge = broker: the device gets no PUBACK")
+            else:
+                stored = open(outbox, "rb").read() if os.path.exists(outbox) else b""
+                check(acked and f"secret-reading-{len(brokers)}".encode() in stored,
+                      f"{case}, acknowledge = durable: the device gets its PUBACK, the reading waits in the outbox")
             time.sleep(0.5)
             log = open(broker.logname).read()
             check("OpenSSL Error" in log, f"{case}: the impostor saw the gateway abort the handshake")

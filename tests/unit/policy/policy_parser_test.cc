@@ -53,6 +53,7 @@ TEST(PolicyParser, ParsesEveryConstruct) {
   EXPECT_TRUE(m.retainAllowed);
   EXPECT_EQ(m.upstreamUsername, "%d");
   EXPECT_EQ(m.maxClients, 2u);
+  EXPECT_EQ(m.whenQueueFull, MqttRules::WhenQueueFull::DropOldest);
   EXPECT_DOUBLE_EQ(m.rate.messagesPerSecond, 5);
   EXPECT_DOUBLE_EQ(m.rate.messageBurst, 20);
   EXPECT_DOUBLE_EQ(m.rate.bytesPerSecond, 4096.5);
@@ -106,6 +107,7 @@ addresses = ["192.168.50.7"]
   EXPECT_EQ(p->mqttRules.upstreamIdentity, UpstreamIdentity::Shared);
   EXPECT_TRUE(p->mqttRules.upstreamUsername.empty());
   EXPECT_EQ(p->mqttRules.maxClients, 4u);
+  EXPECT_EQ(p->mqttRules.whenQueueFull, MqttRules::WhenQueueFull::Refuse);
   EXPECT_TRUE(p->coapRules.rules.empty());
   EXPECT_TRUE(p->network.outbound.empty());
   EXPECT_EQ(p->onViolation, ViolationAction::Drop);

@@ -315,3 +315,82 @@ TEST_F(ClientTest, QueuesAreBounded) {
   EXPECT_FALSE(client_.publish(message(0, 0, std::string(500, 'q')), out)) << "bytes held";
   EXPECT_EQ(client_.queued(), 10u);
 }
+
+// Messages from the outbox keep the packet identifiers they were stored under; a QoS 2 message
+// whose PUBREC came before a restart gets only its PUBREL; a PUBREC is reported before PUBREL.
+TEST_F(ClientTest, StoredMessagesKeepTheirPacketIdsAndAReleasedOneGetsOnlyItsPubrel) {
+  Outgoing stored = message(1, 2, "reading");
+  stored.packetId = 65535;
+  Outgoing released = message(2, 2, "earlier reading");
+  released.packetId = 77;
+  released.released = true;
+  ClientOutput held;
+  ASSERT_TRUE(client_.publish(std::move(stored), held));
+  ASSERT_TRUE(client_.publish(std::move(released), held));
+  ClientOutput out = up(true);
+  auto sent = packets(out.toBroker);
+  ASSERT_EQ(sent.size(), 2u);
+  const auto& first = std::get<Publish>(sent[0]);
+  EXPECT_EQ(first.packetId, 65535);
+  EXPECT_FALSE(first.dup);
+  const auto& rel = std::get<Ack>(sent[1]);
+  EXPECT_EQ(rel.type, PacketType::Pubrel);
+  EXPECT_EQ(rel.packetId, 77);
+
+  ClientOutput rec = broker(Ack{PacketType::Pubrec, 65535, 0, {}});
+  EXPECT_EQ(rec.received, (std::vector<uint64_t>{1}));
+  EXPECT_TRUE(rec.acked.empty());
+  EXPECT_EQ(std::get<Ack>(packets(rec.toBroker).at(0)).type, PacketType::Pubrel);
+  // PUBREC again (the broker did not see our PUBREL): PUBREL again, not reported twice.
+  ClientOutput again = broker(Ack{PacketType::Pubrec, 65535, 0, {}});
+  EXPECT_TRUE(again.received.empty());
+  EXPECT_EQ(packets(again.toBroker).size(), 1u);
+  EXPECT_EQ(broker(Ack{PacketType::Pubcomp, 77, 0, {}}).acked, (std::vector<uint64_t>{2}));
+  EXPECT_EQ(broker(Ack{PacketType::Pubcomp, 65535, 0, {}}).acked, (std::vector<uint64_t>{1}));
+  EXPECT_TRUE(client_.drained());
+}
+
+// After a reconnect what was in flight goes again in the order it was first sent, also when the
+// packet identifiers wrapped around in between.
+TEST_F(ClientTest, InFlightMessagesGoAgainInTheOrderTheyWereSent) {
+  up();
+  Outgoing last = message(1, 1, "first");
+  last.packetId = 65535;
+  ClientOutput out;
+  ASSERT_TRUE(client_.publish(std::move(last), out));
+  ASSERT_TRUE(client_.publish(message(2, 1, "second"), out)); // gets identifier 1
+  client_.lost();
+  out = up(true);
+  const auto resent = only<Publish>(packets(out.toBroker));
+  ASSERT_EQ(resent.size(), 2u);
+  EXPECT_EQ(resent[0].packetId, 65535);
+  EXPECT_EQ(resent[1].packetId, 1);
+  EXPECT_TRUE(resent[0].dup && resent[1].dup);
+}
+
+// When the broker is away someone else (the outbox) delivers what the client held: it gives up
+// every QoS > 0 message not acknowledged, in order, and keeps QoS 0 and what the broker has.
+TEST_F(ClientTest, GivesUpWhatTheBrokerHasNotAcknowledgedInOrder) {
+  up();
+  ClientOutput out;
+  ASSERT_TRUE(client_.publish(message(1, 2, "qos2, PUBREC comes"), out));
+  ASSERT_TRUE(client_.publish(message(2, 1, "in flight"), out));
+  ASSERT_TRUE(client_.publish(message(3, 1, "waiting"), out)); // maxInflight is 2
+  ASSERT_TRUE(client_.publish(message(4, 0, "qos0"), out));
+  ASSERT_TRUE(client_.publish(message(5, 2, "waiting qos2"), out));
+  ClientOutput rec = broker(Ack{PacketType::Pubrec, 1, 0, {}});
+  EXPECT_EQ(rec.received, (std::vector<uint64_t>{1}));
+  client_.lost();
+  const auto taken = client_.takeUnacknowledged();
+  std::vector<uint64_t> tokens;
+  for (const auto& m : taken) {
+    tokens.push_back(m.token);
+  }
+  EXPECT_EQ(tokens, (std::vector<uint64_t>{2, 3, 5}));
+  EXPECT_EQ(client_.queued(), 1u) << "the released QoS 2 message stays";
+  out = up(true);
+  const auto sent = packets(out.toBroker);
+  ASSERT_EQ(sent.size(), 2u);
+  EXPECT_EQ(std::get<Ack>(sent[0]).type, PacketType::Pubrel);
+  EXPECT_EQ(std::get<Publish>(sent[1]).qos, 0);
+}

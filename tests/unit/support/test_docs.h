@@ -36,6 +36,7 @@ upstream_prefix = "home/%d/"
 upstream_identity = "issued"
 upstream_username = "%d"
 max_clients = 2
+when_queue_full = "drop-oldest"
 publish = ["devices/%c/telemetry/#", "devices/%c/state"]
 subscribe = ["devices/%c/cmd/#", "broadcast/+"]
 max_qos = 1

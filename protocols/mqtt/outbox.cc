@@ -1,0 +1,139 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#include "protocols/mqtt/outbox.h"
+
+namespace iotgw::mqtt {
+
+std::expected<std::unique_ptr<Outbox>, std::string> Outbox::open(const std::filesystem::path& path,
+                                                                 OutboxLimits limits, Opener opener,
+                                                                 OutboxLog::Recovered* recovered) {
+  auto log = OutboxLog::open(path, limits, recovered);
+  if (!log) {
+    return std::unexpected(log.error());
+  }
+  return std::unique_ptr<Outbox>(new Outbox(std::move(*log), std::move(opener)));
+}
+
+Outbox::~Outbox() = default;
+
+std::optional<OutboxLog::Refusal> Outbox::store(const Outgoing& message, StoreTicket ticket) {
+  auto seq = log_->append(message.qos, message.retain, message.topic, message.payload);
+  if (!seq) {
+    return seq.error();
+  }
+  waiting_.push_back(ticket);
+  return std::nullopt;
+}
+
+bool Outbox::dropOldest() {
+  const auto oldest = log_->next();
+  if (!oldest) {
+    return false;
+  }
+  log_->done(*oldest);
+  ++dropped_;
+  return true;
+}
+
+std::vector<StoreTicket> Outbox::commit(bool* ok) {
+  const bool synced = log_->sync();
+  if (ok != nullptr) {
+    *ok = synced;
+  }
+  std::vector<StoreTicket> durable;
+  durable.swap(waiting_);
+  if (!synced) {
+    durable.clear(); // not acknowledged: the devices send them again
+  }
+  return durable;
+}
+
+void Outbox::feed() {
+  // Only to a connected session: what it holds can no longer be dropped to make room, and while
+  // the broker is away nothing needs to be held twice.
+  while (link_ && link_->connected() && !closing_ && inLink_ < kWindow) {
+    const auto seq = log_->next(fed_);
+    if (!seq) {
+      return;
+    }
+    auto m = log_->read(*seq);
+    if (!m) {
+      // Unreadable (the disk failed under us): not delivered, and not forgotten either; the
+      // next start reads the file again.
+      linkError_ = "reading the outbox failed";
+      return;
+    }
+    Outgoing out{*seq,       std::move(m->topic), std::move(m->payload),
+                 m->qos,     m->retain,           packetIdOf(*seq),
+                 m->released};
+    if (!link_->publish(out)) {
+      return; // its queue is full: more once it has room
+    }
+    fed_ = *seq;
+    ++inLink_;
+  }
+}
+
+void Outbox::upstreamAcked(uint64_t token) {
+  if (inLink_ > 0) {
+    --inLink_;
+  }
+  log_->done(token); // nothing if a full queue dropped it meanwhile
+  ++delivered_;
+  feed();
+}
+
+void Outbox::upstreamReceived(const std::vector<uint64_t>& tokens) {
+  for (const uint64_t seq : tokens) {
+    log_->release(seq);
+  }
+  // Durable before the PUBRELs go: after a crash the message must not be sent again as new.
+  (void)log_->sync();
+}
+
+void Outbox::upstreamConnected(const UpstreamStatus& status) {
+  if (status.up) {
+    linkError_.clear();
+    feed();
+  } else if (status.refused) {
+    linkError_ = "the broker refused the store session's login";
+  }
+}
+
+bool Outbox::service(Clock::time_point now, Clock::duration idle) {
+  if (pending() && !link_ && now >= retryAt_) {
+    auto link = opener_(*this);
+    if (link) {
+      link_ = std::move(*link);
+      fed_ = 0;
+      inLink_ = 0;
+    } else {
+      linkError_ = link.error();
+      retryAt_ = now + std::chrono::seconds(5);
+    }
+  }
+  if (link_) {
+    feed();
+    link_->service(now);
+  }
+  if (pending() || inLink_ > 0) {
+    lastActive_ = now;
+  } else if (link_ && !closing_ && now - lastActive_ > idle) {
+    link_->close(false); // DISCONNECT once drained; the broker keeps the (empty) session
+    closing_ = true;
+  }
+  if (link_ && link_->finished()) {
+    link_.reset();
+    closing_ = false;
+  }
+  return !pending() && !link_ && waiting_.empty() && !log_->dirty();
+}
+
+size_t Outbox::erase() {
+  const size_t n = log_->messages();
+  link_.reset();
+  log_->erase();
+  waiting_.clear();
+  return n;
+}
+
+} // namespace iotgw::mqtt

@@ -1,0 +1,447 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+#include "protocols/mqtt/outbox_log.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+
+namespace iotgw::mqtt {
+
+namespace {
+
+// "IOTGWQ" and the format's version: a later format sits beside this one.
+constexpr std::array<uint8_t, 8> kMagic = {'I', 'O', 'T', 'G', 'W', 'Q', '0', '1'};
+constexpr size_t kFrame = 8;                   // length and CRC
+constexpr size_t kMarkBody = 1 + 8;            // kind, sequence number
+constexpr size_t kMessageHead = 1 + 8 + 8 + 4; // kind, seq, stored (ms), qos, retain, topic length
+// No record is larger: a length past it is a torn or corrupt record, not an allocation.
+constexpr uint32_t kMaxBody = 16 * 1024 * 1024;
+
+enum Kind : uint8_t { kMessage = 1, kReleased = 2, kDone = 3 };
+
+// CRC-32C (Castagnoli), bytewise with a table: records are small and this is off the hot path.
+uint32_t crc32c(std::span<const uint8_t> data) {
+  static const auto table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) {
+        c = (c & 1U) != 0 ? 0x82F63B78U ^ (c >> 1) : c >> 1;
+      }
+      t[i] = c;
+    }
+    return t;
+  }();
+  uint32_t c = 0xFFFFFFFFU;
+  for (uint8_t b : data) {
+    c = table[(c ^ b) & 0xFFU] ^ (c >> 8);
+  }
+  return c ^ 0xFFFFFFFFU;
+}
+
+void put(std::vector<uint8_t>& out, uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) {
+    out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  }
+}
+
+uint64_t get(const uint8_t* p, int bytes) {
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) {
+    v |= static_cast<uint64_t>(p[i]) << (8 * i);
+  }
+  return v;
+}
+
+// Frames a record body: length, CRC-32C, body.
+std::vector<uint8_t> frame(const std::vector<uint8_t>& body) {
+  std::vector<uint8_t> out;
+  out.reserve(kFrame + body.size());
+  put(out, body.size(), 4);
+  put(out, crc32c(body), 4);
+  out.insert(out.end(), body.begin(), body.end());
+  return out;
+}
+
+bool writeAll(int fd, std::span<const uint8_t> bytes, off_t at) {
+  while (!bytes.empty()) {
+    const ssize_t n = ::pwrite(fd, bytes.data(), bytes.size(), at);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      return false;
+    }
+    bytes = bytes.subspan(static_cast<size_t>(n));
+    at += n;
+  }
+  return true;
+}
+
+bool readAll(int fd, uint8_t* into, size_t size, off_t at) {
+  while (size > 0) {
+    const ssize_t n = ::pread(fd, into, size, at);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      return false;
+    }
+    into += n;
+    size -= static_cast<size_t>(n);
+    at += n;
+  }
+  return true;
+}
+
+bool syncDirectory(const std::filesystem::path& dir) {
+  const int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (d < 0) {
+    return false;
+  }
+  const bool ok = ::fsync(d) == 0;
+  ::close(d);
+  return ok;
+}
+
+int64_t nowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+} // namespace
+
+OutboxLog::OutboxLog(std::filesystem::path path, int fd, OutboxLimits limits)
+    : path_(std::move(path)), fd_(fd), limits_(limits) {}
+
+OutboxLog::~OutboxLog() {
+  account(-static_cast<ptrdiff_t>(end_));
+  if (fd_ >= 0) {
+    ::close(fd_);
+  }
+}
+
+std::expected<std::unique_ptr<OutboxLog>, std::string>
+OutboxLog::open(const std::filesystem::path& path, OutboxLimits limits, Recovered* recovered) {
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    return std::unexpected(path.string() + ": " + std::strerror(errno));
+  }
+  // One writer: a second iotgwd on the same state directory would interleave records.
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return std::unexpected(path.string() + ": " +
+                           (err == EWOULDBLOCK ? std::string("in use by another process")
+                                               : std::string(std::strerror(err))));
+  }
+  std::unique_ptr<OutboxLog> log(new OutboxLog(path, fd, limits));
+  Recovered r;
+  if (!log->recover(r)) {
+    return std::unexpected(path.string() + ": " + log->error_);
+  }
+  if (recovered != nullptr) {
+    *recovered = r;
+  }
+  return log;
+}
+
+void OutboxLog::account(ptrdiff_t delta) {
+  if (limits_.budget != nullptr) {
+    limits_.budget->used =
+        static_cast<size_t>(static_cast<ptrdiff_t>(limits_.budget->used) + delta);
+  }
+}
+
+bool OutboxLog::recover(Recovered& r) {
+  struct stat st{};
+  if (::fstat(fd_, &st) != 0) {
+    error_ = std::strerror(errno);
+    return false;
+  }
+  if (st.st_size < static_cast<off_t>(kMagic.size())) {
+    // New, or torn before its header was whole: start it.
+    if (::ftruncate(fd_, 0) != 0 || !writeAll(fd_, kMagic, 0) || ::fdatasync(fd_) != 0) {
+      error_ = std::strerror(errno);
+      return false;
+    }
+    r.tornBytes = static_cast<size_t>(st.st_size);
+    end_ = static_cast<off_t>(kMagic.size());
+    account(end_);
+    return true;
+  }
+  std::array<uint8_t, kMagic.size()> magic{};
+  if (!readAll(fd_, magic.data(), magic.size(), 0) || magic != kMagic) {
+    error_ = "not an outbox of this version (its first bytes differ); left as it is";
+    return false;
+  }
+  off_t at = static_cast<off_t>(kMagic.size());
+  uint64_t highest = 0;
+  std::vector<uint8_t> body;
+  while (at + static_cast<off_t>(kFrame) <= st.st_size) {
+    std::array<uint8_t, kFrame> head{};
+    if (!readAll(fd_, head.data(), head.size(), at)) {
+      break;
+    }
+    const auto size = static_cast<uint32_t>(get(head.data(), 4));
+    const auto crc = static_cast<uint32_t>(get(head.data() + 4, 4));
+    if (size < kMarkBody || size > kMaxBody ||
+        at + static_cast<off_t>(kFrame + size) > st.st_size) {
+      break;
+    }
+    body.resize(size);
+    if (!readAll(fd_, body.data(), size, at + static_cast<off_t>(kFrame)) || crc32c(body) != crc) {
+      break;
+    }
+    const uint8_t kind = body[0];
+    const uint64_t seq = get(body.data() + 1, 8);
+    highest = std::max(highest, seq);
+    if (kind == kMessage && size >= kMessageHead) {
+      Entry e;
+      e.offset = at;
+      e.size = static_cast<uint32_t>(kFrame + size);
+      e.storedMs = static_cast<int64_t>(get(body.data() + 9, 8));
+      e.qos = body[17];
+      pending_[seq] = e;
+      liveBytes_ += e.size;
+    } else if (kind == kReleased) {
+      if (auto it = pending_.find(seq); it != pending_.end()) {
+        it->second.released = true;
+      }
+    } else if (kind == kDone) {
+      if (auto it = pending_.find(seq); it != pending_.end()) {
+        liveBytes_ -= it->second.size;
+        pending_.erase(it);
+      }
+    } else {
+      break; // a kind this version does not know: treated as the end
+    }
+    at += static_cast<off_t>(kFrame + size);
+  }
+  if (at < st.st_size) {
+    r.tornBytes = static_cast<size_t>(st.st_size - at);
+    if (::ftruncate(fd_, at) != 0 || ::fdatasync(fd_) != 0) {
+      error_ = std::string("cutting off a torn record: ") + std::strerror(errno);
+      return false;
+    }
+  }
+  end_ = at;
+  account(end_);
+  nextSeq_ = highest + 1;
+  r.messages = pending_.size();
+  return true;
+}
+
+bool OutboxLog::fits(size_t topicBytes, size_t payloadBytes) const {
+  const size_t record = kFrame + kMessageHead + topicBytes + payloadBytes;
+  return pending_.size() < limits_.maxMessages && liveBytes_ + record <= limits_.maxBytes &&
+         (limits_.budget == nullptr || limits_.budget->used + record <= limits_.budget->limit);
+}
+
+bool OutboxLog::write(std::span<const uint8_t> record) {
+  if (!writeAll(fd_, record, end_)) {
+    error_ = std::string("write: ") + (errno != 0 ? std::strerror(errno) : "short write");
+    // Whatever part of it reached the file is cut off again (or found torn on the next start).
+    (void)::ftruncate(fd_, end_);
+    return false;
+  }
+  end_ += static_cast<off_t>(record.size());
+  account(static_cast<ptrdiff_t>(record.size()));
+  dirty_ = true;
+  return true;
+}
+
+std::expected<uint64_t, OutboxLog::Refusal> OutboxLog::append(uint8_t qos, bool retain,
+                                                              std::string_view topic,
+                                                              std::span<const uint8_t> payload) {
+  const size_t record = kFrame + kMessageHead + topic.size() + payload.size();
+  if (pending_.size() >= limits_.maxMessages || liveBytes_ + record > limits_.maxBytes ||
+      topic.size() > 0xFFFF || record - kFrame > kMaxBody) {
+    return std::unexpected(Refusal::Full);
+  }
+  if (limits_.budget != nullptr && limits_.budget->used + record > limits_.budget->limit) {
+    return std::unexpected(Refusal::DiskFull);
+  }
+  const uint64_t seq = nextSeq_;
+  const int64_t stored = nowMs();
+  std::vector<uint8_t> body;
+  body.reserve(record - kFrame);
+  body.push_back(kMessage);
+  put(body, seq, 8);
+  put(body, static_cast<uint64_t>(stored), 8);
+  body.push_back(qos);
+  body.push_back(retain ? 1 : 0);
+  put(body, topic.size(), 2);
+  body.insert(body.end(), topic.begin(), topic.end());
+  body.insert(body.end(), payload.begin(), payload.end());
+  const off_t at = end_;
+  if (!write(frame(body))) {
+    return std::unexpected(Refusal::Failed);
+  }
+  ++nextSeq_;
+  pending_[seq] = Entry{at, static_cast<uint32_t>(record), qos, false, stored};
+  liveBytes_ += record;
+  return seq;
+}
+
+void OutboxLog::mark(uint8_t kind, uint64_t seq) {
+  std::vector<uint8_t> body;
+  body.push_back(kind);
+  put(body, seq, 8);
+  // A mark that does not reach the disk costs a duplicate at worst (the message is sent again
+  // after a restart), never a loss: nothing more to do about a failed one than to say so.
+  (void)write(frame(body));
+}
+
+void OutboxLog::release(uint64_t seq) {
+  auto it = pending_.find(seq);
+  if (it == pending_.end() || it->second.released) {
+    return;
+  }
+  it->second.released = true;
+  mark(kReleased, seq);
+}
+
+void OutboxLog::done(uint64_t seq) {
+  auto it = pending_.find(seq);
+  if (it == pending_.end()) {
+    return;
+  }
+  liveBytes_ -= it->second.size;
+  pending_.erase(it);
+  mark(kDone, seq);
+}
+
+bool OutboxLog::sync() {
+  if (!dirty_) {
+    return true;
+  }
+  if (::fdatasync(fd_) != 0) {
+    error_ = std::string("fdatasync: ") + std::strerror(errno);
+    return false;
+  }
+  ++syncs_;
+  dirty_ = false;
+  return compact();
+}
+
+bool OutboxLog::compact() {
+  const auto header = static_cast<off_t>(kMagic.size());
+  if (pending_.empty()) {
+    if (end_ > header) {
+      // Everything is done, and that is durable: nothing of the file is needed any more.
+      if (::ftruncate(fd_, header) != 0) {
+        error_ = std::string("ftruncate: ") + std::strerror(errno);
+        return false;
+      }
+      account(header - end_);
+      end_ = header;
+    }
+    return true;
+  }
+  // Rewritten only when the marks and done messages outweigh what is pending, and are worth it.
+  const auto live = static_cast<off_t>(liveBytes_);
+  if (end_ < 256 * 1024 || end_ < 2 * (live + header)) {
+    return true;
+  }
+  const std::filesystem::path tmp = path_.string() + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    error_ = tmp.string() + ": " + std::strerror(errno);
+    return false;
+  }
+  std::map<uint64_t, Entry> moved;
+  off_t at = header;
+  bool ok = ::flock(fd, LOCK_EX | LOCK_NB) == 0 && writeAll(fd, kMagic, 0); // it replaces ours
+  std::vector<uint8_t> record;
+  for (const auto& [seq, e] : pending_) {
+    record.resize(e.size);
+    ok = ok && readAll(fd_, record.data(), record.size(), e.offset) && writeAll(fd, record, at);
+    Entry n = e;
+    n.offset = at;
+    at += e.size;
+    if (ok && e.released) {
+      std::vector<uint8_t> body{kReleased};
+      put(body, seq, 8);
+      const auto m = frame(body);
+      ok = writeAll(fd, m, at);
+      at += static_cast<off_t>(m.size());
+    }
+    moved[seq] = n;
+  }
+  if (!ok || ::fsync(fd) != 0 || ::rename(tmp.c_str(), path_.c_str()) != 0 ||
+      !syncDirectory(path_.parent_path())) {
+    error_ = std::string("compacting: ") + std::strerror(errno);
+    ::close(fd);
+    (void)::unlink(tmp.c_str());
+    return true; // the old file is whole and still in use: nothing lost, only not smaller
+  }
+  ::close(fd_);
+  fd_ = fd;
+  account(at - end_);
+  end_ = at;
+  pending_ = std::move(moved);
+  return true;
+}
+
+std::optional<uint64_t> OutboxLog::next(uint64_t after) const {
+  auto it = pending_.upper_bound(after);
+  if (it == pending_.end()) {
+    return std::nullopt;
+  }
+  return it->first;
+}
+
+std::optional<OutboxMessage> OutboxLog::read(uint64_t seq) const {
+  auto it = pending_.find(seq);
+  if (it == pending_.end()) {
+    return std::nullopt;
+  }
+  std::vector<uint8_t> record(it->second.size);
+  if (!readAll(fd_, record.data(), record.size(), it->second.offset)) {
+    return std::nullopt;
+  }
+  const uint8_t* b = record.data() + kFrame;
+  const size_t size = record.size() - kFrame;
+  const auto topicBytes = static_cast<size_t>(get(b + 19, 2));
+  if (size < kMessageHead + topicBytes) {
+    return std::nullopt;
+  }
+  OutboxMessage m;
+  m.seq = seq;
+  m.stored = std::chrono::system_clock::time_point(
+      std::chrono::milliseconds(static_cast<int64_t>(get(b + 9, 8))));
+  m.qos = b[17];
+  m.retain = b[18] != 0;
+  m.released = it->second.released;
+  m.topic.assign(reinterpret_cast<const char*>(b + kMessageHead), topicBytes);
+  m.payload.assign(b + kMessageHead + topicBytes, b + size);
+  return m;
+}
+
+std::optional<std::chrono::system_clock::time_point> OutboxLog::oldest() const {
+  if (pending_.empty()) {
+    return std::nullopt;
+  }
+  return std::chrono::system_clock::time_point(
+      std::chrono::milliseconds(pending_.begin()->second.storedMs));
+}
+
+void OutboxLog::erase() {
+  pending_.clear();
+  liveBytes_ = 0;
+  (void)::unlink(path_.c_str());
+  (void)syncDirectory(path_.parent_path());
+  ::close(fd_);
+  fd_ = -1; // nothing is written any more
+  account(-static_cast<ptrdiff_t>(end_));
+  end_ = 0;
+}
+
+} // namespace iotgw::mqtt
