@@ -46,6 +46,9 @@ struct DeviceDetail {
   std::string identity = "shared";
   std::string certificateSerial;
   int64_t certificateExpires = 0;
+  // Its outbox (store-and-forward): messages waiting for the broker, their bytes, the oldest's
+  // age in seconds (0 when none waits).
+  uint64_t queuedMessages = 0, queuedBytes = 0, queuedOldestAgeSeconds = 0;
 };
 
 struct GatewayStatus {

@@ -154,6 +154,9 @@ private:
         {"tx_bytes_per_second", sdbus::Variant(d->txBytesPerSecond)},
         {"rx_bytes_per_second", sdbus::Variant(d->rxBytesPerSecond)},
         {"identity", sdbus::Variant(d->identity)},
+        {"queued_messages", sdbus::Variant(d->queuedMessages)},
+        {"queued_bytes", sdbus::Variant(d->queuedBytes)},
+        {"queued_oldest_age_seconds", sdbus::Variant(d->queuedOldestAgeSeconds)},
     };
     if (!d->certificateSerial.empty()) {
       state.emplace("certificate_serial", sdbus::Variant(d->certificateSerial));

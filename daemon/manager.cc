@@ -162,6 +162,14 @@ std::expected<DeviceDetail, ControlError> Manager::device(std::string_view idTex
                                    .count();
     }
   }
+  if (w_.mqtt) {
+    const auto boxes = w_.mqtt->outboxes();
+    if (auto b = boxes.find(d->id.str()); b != boxes.end()) {
+      out.queuedMessages = b->second.messages;
+      out.queuedBytes = b->second.bytes;
+      out.queuedOldestAgeSeconds = ageSeconds(b->second.oldest);
+    }
+  }
   if (w_.firewall) {
     const auto& counters = w_.firewall->traffic().counters();
     if (auto c = counters.find(d->id.str()); c != counters.end()) {

@@ -426,25 +426,30 @@ std::vector<std::pair<std::string, uint64_t>> MqttService::counters() const {
       add(live, p->session()->counters());
     }
   }
-  return {{"mqtt_accepted", m.accepted},
-          {"mqtt_refused_by_limits", m.refusedByLimits},
-          {"mqtt_refused_off_segment", m.refusedOffSegment},
-          {"mqtt_evicted_unauthenticated", m.evictedUnauthenticated},
-          {"mqtt_tls_handshakes_failed", m.proxied.tlsHandshakesFailed},
-          {"mqtt_password_checks", m.passwordChecks},
-          {"mqtt_password_checks_busy", m.passwordChecksBusy},
-          {"mqtt_forwarded", m.proxied.forwarded},
-          {"mqtt_denied", m.denied + live.publishesDenied + live.deliveriesDenied},
-          {"mqtt_malformed", m.malformed + live.malformed},
-          {"mqtt_delivered", m.delivered + live.deliveries},
-          {"mqtt_qos0_dropped", m.proxied.qos0Dropped},
-          {"mqtt_upstream_stalls", m.proxied.upstreamStalls},
-          {"mqtt_draining_given_up", m.drainingGivenUp},
-          {"mqtt_pushes_forwarded", m.pushesForwarded},
-          {"mqtt_stored", m.proxied.stored},
-          {"mqtt_store_refused", m.proxied.storeRefused},
-          {"mqtt_store_dropped", m.storeDropped},
-          {"mqtt_store_failed", m.storeFailed}};
+  std::vector<std::pair<std::string, uint64_t>> out{
+      {"mqtt_accepted", m.accepted},
+      {"mqtt_refused_by_limits", m.refusedByLimits},
+      {"mqtt_refused_off_segment", m.refusedOffSegment},
+      {"mqtt_evicted_unauthenticated", m.evictedUnauthenticated},
+      {"mqtt_tls_handshakes_failed", m.proxied.tlsHandshakesFailed},
+      {"mqtt_password_checks", m.passwordChecks},
+      {"mqtt_password_checks_busy", m.passwordChecksBusy},
+      {"mqtt_forwarded", m.proxied.forwarded},
+      {"mqtt_denied", m.denied + live.publishesDenied + live.deliveriesDenied},
+      {"mqtt_malformed", m.malformed + live.malformed},
+      {"mqtt_delivered", m.delivered + live.deliveries},
+      {"mqtt_qos0_dropped", m.proxied.qos0Dropped},
+      {"mqtt_upstream_stalls", m.proxied.upstreamStalls},
+      {"mqtt_draining_given_up", m.drainingGivenUp},
+      {"mqtt_pushes_forwarded", m.pushesForwarded},
+      {"mqtt_stored", m.proxied.stored},
+      {"mqtt_store_refused", m.proxied.storeRefused},
+      {"mqtt_store_dropped", m.storeDropped},
+      {"mqtt_store_failed", m.storeFailed}};
+  for (auto& c : outboxCounters()) {
+    out.push_back(std::move(c));
+  }
+  return out;
 }
 
 Outcome MqttService::publishFor(const policy::DevicePolicy& device, const std::string& topic,

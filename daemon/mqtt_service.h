@@ -54,6 +54,9 @@ struct MqttStats {
 };
 
 // A device's outbox as GetStatus and GetDevice show it.
+// Whole seconds since `t` (0 for none).
+[[nodiscard]] uint64_t ageSeconds(const std::optional<std::chrono::system_clock::time_point>& t);
+
 struct OutboxInfo {
   size_t messages = 0;
   size_t bytes = 0;
@@ -116,6 +119,8 @@ public:
   [[nodiscard]] size_t connections() const { return connections_.size(); }
   // The outboxes open now (store-and-forward), by device.
   [[nodiscard]] std::map<std::string, OutboxInfo> outboxes() const;
+  // What the outboxes hold together, as GetStatus counters (mqtt_queued_messages, ...).
+  [[nodiscard]] std::vector<std::pair<std::string, uint64_t>> outboxCounters() const;
   // Every counter, as GetStatus names them ("mqtt_accepted", ...); the session counters include
   // the sessions still up.
   [[nodiscard]] std::vector<std::pair<std::string, uint64_t>> counters() const;

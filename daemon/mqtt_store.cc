@@ -4,6 +4,7 @@
 // sessions that deliver it, and the events that say so.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <system_error>
 
 #include <fmt/format.h>
@@ -255,6 +256,34 @@ size_t MqttService::eraseOutbox(const std::string& device) {
   const size_t n = box != nullptr ? box->erase() : 0;
   outboxes_.erase(device);
   return n;
+}
+
+uint64_t ageSeconds(const std::optional<std::chrono::system_clock::time_point>& t) {
+  if (!t) {
+    return 0;
+  }
+  const auto age = std::chrono::system_clock::now() - *t;
+  return age.count() > 0
+             ? static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(age).count())
+             : 0;
+}
+
+std::vector<std::pair<std::string, uint64_t>> MqttService::outboxCounters() const {
+  uint64_t messages = 0;
+  uint64_t bytes = 0;
+  uint64_t oldest = 0;
+  uint64_t devices = 0;
+  for (const auto& [device, s] : outboxes_) {
+    messages += s.box->messages();
+    bytes += s.box->bytes();
+    oldest = std::max(oldest, ageSeconds(s.box->oldest()));
+    devices += s.box->pending() ? 1 : 0;
+  }
+  return {{"mqtt_queued_messages", messages},
+          {"mqtt_queued_bytes", bytes},
+          {"mqtt_queued_oldest_age_seconds", oldest},
+          {"mqtt_queued_devices", devices},
+          {"mqtt_store_disk_bytes", diskBudget_.used}};
 }
 
 std::map<std::string, OutboxInfo> MqttService::outboxes() const {

@@ -134,6 +134,31 @@ publish = ["devices/%c/telemetry/#"]
         got = sum("m-" in line for line in sub.lines())
         check(got == len(sent), f"every message reached the broker ({got} of {len(sent)})")
         sub.stop()
+
+        # The outbox through D-Bus: the broker away, three readings stored and acknowledged.
+        broker.stop()
+        for k in range(3):
+            r = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-i", "thermo-01",
+                                "-u", "thermo", "-P", "s3cret-thermo", "-t", "devices/thermo-01/telemetry/x",
+                                "-m", f"away-{k}", "-q", "1"], capture_output=True, text=True, timeout=15)
+            check(r.returncode == 0, f"reading {k} acknowledged while the broker is away")
+        time.sleep(1.1)
+
+        def call(method, *args):
+            return subprocess.run(["busctl", f"--address={address}", "--json=short", "call", NAME, PATH, IFACE,
+                                   method, *args], capture_output=True, text=True, timeout=20).stdout
+
+        import json
+        state = json.loads(call("GetDevice", "s", "thermo-01"))["data"][1]
+        status = json.loads(call("GetStatus"))["data"][0]
+        check(state["queued_messages"]["data"] == 3 and state["queued_bytes"]["data"] > 0
+              and state["queued_oldest_age_seconds"]["data"] >= 1,
+              f"GetDevice: its outbox depth and age ({state['queued_messages']['data']} messages, "
+              f"{state['queued_bytes']['data']} bytes, {state['queued_oldest_age_seconds']['data']} s)")
+        check(status["mqtt_queued_messages"]["data"] == 3 and status["mqtt_queued_devices"]["data"] == 1
+              and status["mqtt_stored"]["data"] >= 3,
+              f"GetStatus: queued {status['mqtt_queued_messages']['data']} messages of "
+              f"{status['mqtt_queued_devices']['data']} device(s), stored {status['mqtt_stored']['data']}")
     finally:
         if d is not None:
             d.terminate()
