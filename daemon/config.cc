@@ -340,6 +340,7 @@ private:
     u32("max_filters_per_subscribe", 1, 65'535, l.maxFiltersPerSubscribe);
     u32("max_queued_bytes", 1024, 1024 * 1024 * 1024, l.maxQueuedBytes);
     u32("max_queued_bytes_total", 1024, 4'294'967'295, l.maxQueuedBytesTotal);
+    u32("upstream_reconnects_per_second", 1, 100'000, l.upstreamReconnectsPerSecond);
     u32("max_topic_bytes", 16, 65'535, l.maxTopicBytes);
     u32("max_devices", 1, 1'000'000, l.maxDevices);
     u32("max_queued_messages", 0, 10'000'000, l.maxQueuedMessages);

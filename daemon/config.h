@@ -98,6 +98,9 @@ struct Limits {
   uint32_t maxQueuedBytes = 1024 * 1024;
   // ... and what all upstream sessions together may hold for the broker.
   uint32_t maxQueuedBytesTotal = 64 * 1024 * 1024;
+  // Upstream sessions that may reconnect per second, all together, after they were lost or an
+  // attempt failed (EN 303 645 5.9-3: a broker that restarts is not hit by every device at once).
+  uint32_t upstreamReconnectsPerSecond = 50;
   // Topic names and filters, both directions (the parsers behind us rarely expect 64 KiB ones).
   uint32_t maxTopicBytes = 1024;
   uint32_t maxDevices = 10'000;

@@ -62,6 +62,7 @@ MqttService::MqttService(io::Reactor& reactor, EventSink& sink,
       defaults_(std::move(defaults)), throttle_(config_->limits.authThrottle),
       admission_(admissionLimits(config_->limits)),
       upstreamBudget_{config_->limits.maxQueuedBytesTotal, 0},
+      reconnectPacer_(config_->limits.upstreamReconnectsPerSecond),
       plainSettings_(proxySettings(config_->limits, upstreamBudget_, false)),
       tlsSettings_(proxySettings(config_->limits, upstreamBudget_, true)) {
   hooks_.emit = [this](Event e) { sink_.emit(std::move(e)); };
@@ -445,7 +446,8 @@ std::vector<std::pair<std::string, uint64_t>> MqttService::counters() const {
       {"mqtt_stored", m.proxied.stored},
       {"mqtt_store_refused", m.proxied.storeRefused},
       {"mqtt_store_dropped", m.storeDropped},
-      {"mqtt_store_failed", m.storeFailed}};
+      {"mqtt_store_failed", m.storeFailed},
+      {"mqtt_reconnects_deferred", reconnectPacer_.deferred()}};
   for (auto& c : outboxCounters()) {
     out.push_back(std::move(c));
   }

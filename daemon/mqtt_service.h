@@ -194,6 +194,7 @@ private:
   std::map<std::string, std::string> upstreamPasswords_; // user name ("*": any other) → password
   io::Admission admission_;
   mqtt::ByteBudget upstreamBudget_;        // what all upstreams together hold for the broker
+  mqtt::ReconnectPacer reconnectPacer_;    // their reconnects together (5.9-3)
   std::unique_ptr<io::Worker> worker_;     // password checks
   mqtt::SubscriptionMemory subscriptions_; // what devices' persistent upstream sessions hold
   // Hears nothing: for the upstreams that end persistent sessions.

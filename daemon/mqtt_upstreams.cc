@@ -152,6 +152,7 @@ MqttService::createUpstream(const policy::DevicePolicy* device, const mqtt::upst
   // A message the device could be given, plus the broker side's topic prefix and header.
   us.maxPacketBytes = config_->limits.maxPacketBytes + 2 * 1024;
   us.budget = &upstreamBudget_;
+  us.pacer = &reconnectPacer_;
   us.sslContext = upstreamContext_;
   // The user name: the device's own, or the gateway's; "%d" is the device id.
   std::string user = device != nullptr && !device->mqttRules.upstreamUsername.empty()

@@ -401,14 +401,40 @@ void BrokerLink::scheduleReconnect(Clock::time_point now) {
   ++attempts_;
 }
 
+bool ReconnectPacer::take(Clock::time_point now) {
+  if (last_ != Clock::time_point{}) {
+    tokens_ = std::min(rate_, tokens_ + rate_ * std::chrono::duration<double>(now - last_).count());
+  }
+  last_ = now;
+  if (tokens_ >= 1.0) {
+    tokens_ -= 1.0;
+    return true;
+  }
+  ++deferred_;
+  return false;
+}
+
+Clock::duration ReconnectPacer::wait() const {
+  return std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>((1.0 - tokens_) / rate_));
+}
+
 void BrokerLink::service(Clock::time_point now) {
   if (phase_ == Phase::Finished) {
     return;
   }
   if (phase_ == Phase::Waiting) {
-    if (now >= reconnectAt_) {
-      connect(now);
+    if (now < reconnectAt_) {
+      return;
     }
+    if (settings_.pacer != nullptr && !settings_.pacer->take(now)) {
+      // Behind the others waiting: a little jitter so that the deferred do not line up again.
+      std::uniform_real_distribution<double> jitter(1.0, 2.0);
+      reconnectAt_ =
+          now + std::chrono::duration_cast<Clock::duration>(settings_.pacer->wait() * jitter(rng_));
+      return;
+    }
+    connect(now);
     return;
   }
   if (!client_.up()) {

@@ -35,6 +35,24 @@ struct ByteBudget {
   [[nodiscard]] bool exhausted() const { return used >= limit; }
 };
 
+// Reconnects of all upstream sessions together, as a token bucket (`rate` a second, a second's
+// worth at once): after an outage they come back spread out, not all in the same instant
+// (EN 303 645 5.9-3). Loop thread only.
+class ReconnectPacer {
+public:
+  explicit ReconnectPacer(double rate) : rate_(rate), tokens_(rate) {}
+  // Whether one more may reconnect now; if not, retry after wait().
+  [[nodiscard]] bool take(Clock::time_point now);
+  [[nodiscard]] Clock::duration wait() const;
+  [[nodiscard]] uint64_t deferred() const { return deferred_; }
+
+private:
+  double rate_;
+  double tokens_;
+  Clock::time_point last_{};
+  uint64_t deferred_ = 0;
+};
+
 struct UpstreamSettings {
   std::string host;
   uint16_t port = 8883;
@@ -44,8 +62,9 @@ struct UpstreamSettings {
   size_t maxQueuedBytes = 1024 * 1024;
   // The largest packet taken from the broker; larger messages are read past and counted.
   uint32_t maxPacketBytes = 256 * 1024 + 64 * 1024;
-  ByteBudget* budget = nullptr; // all sessions together; none: only the session's own bound
-  SslContext sslContext;        // the client context; null: plaintext (a loopback broker only)
+  ByteBudget* budget = nullptr;    // all sessions together; none: only the session's own bound
+  ReconnectPacer* pacer = nullptr; // reconnects of all sessions together; none: unpaced
+  SslContext sslContext;           // the client context; null: plaintext (a loopback broker only)
   std::optional<std::string> username; // what the broker's password_file knows
   std::optional<std::string> password;
   // What the broker did that the operator should hear of: a refused login, a protocol error, a

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "protocols/mqtt/client.h"
+#include "protocols/mqtt/upstream.h"
 
 using namespace iotgw::mqtt;
 using namespace std::chrono_literals;
@@ -393,4 +394,24 @@ TEST_F(ClientTest, GivesUpWhatTheBrokerHasNotAcknowledgedInOrder) {
   ASSERT_EQ(sent.size(), 2u);
   EXPECT_EQ(std::get<Ack>(sent[0]).type, PacketType::Pubrel);
   EXPECT_EQ(std::get<Publish>(sent[1]).qos, 0);
+}
+
+// Reconnects of every upstream together: a second's worth at once, then `rate` a second.
+TEST(ReconnectPacer, SpreadsReconnectsAtItsRate) {
+  ReconnectPacer pacer(10);
+  const auto t0 = Clock::time_point{} + 100s;
+  int now = 0;
+  while (pacer.take(t0)) {
+    ++now;
+  }
+  EXPECT_EQ(now, 10) << "a second's worth at once";
+  EXPECT_GT(pacer.wait(), 0ms);
+  EXPECT_LE(pacer.wait(), 100ms);
+  int later = 0;
+  for (int ms = 1; ms <= 2000; ++ms) {
+    later += pacer.take(t0 + std::chrono::milliseconds(ms)) ? 1 : 0;
+  }
+  EXPECT_GE(later, 19);
+  EXPECT_LE(later, 21) << "then ten a second";
+  EXPECT_GT(pacer.deferred(), 1000u);
 }
