@@ -169,6 +169,8 @@ private:
   // At start: the outboxes a previous run left with messages in them.
   void openStoredOutboxes();
   size_t eraseOutbox(const std::string& device); // how many stored messages went with it
+  void storeEvent(policy::EventType type, const std::string& device, std::string_view rule,
+                  std::string_view action, std::string message, std::string peer = {});
   [[nodiscard]] size_t maxDraining() const;
   void reportDrainingGivenUp(const std::string& device, std::string_view why);
   // `name` stands for the device in the user name's "%d" when there is no policy (any more).

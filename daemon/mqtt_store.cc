@@ -26,6 +26,19 @@ constexpr std::string_view kSuffix = ".queue";
 
 } // namespace
 
+void MqttService::storeEvent(EventType type, const std::string& device, std::string_view rule,
+                             std::string_view action, std::string message, std::string peer) {
+  Event e;
+  e.type = type;
+  e.device = device;
+  e.peer = std::move(peer);
+  e.protocol = "mqtt";
+  e.rule = rule;
+  e.action = action;
+  e.message = std::move(message);
+  sink_.emit(std::move(e));
+}
+
 mqtt::StoreVerdict MqttService::store(mqtt::Proxy& p, const mqtt::upstream::Publish& m,
                                       bool upstreamDown) {
   const policy::DevicePolicy* device = p.device();
@@ -55,17 +68,11 @@ mqtt::StoreVerdict MqttService::store(mqtt::Proxy& p, const mqtt::upstream::Publ
       refused = box->store(m, ticket);
     }
     if (drops > 0) {
-      Event e;
-      e.type = EventType::OutboxFull;
-      e.device = id;
-      e.peer = p.label();
-      e.protocol = "mqtt";
-      e.rule = "mqtt.when_queue_full";
-      e.action = "drop-oldest";
-      e.message = fmt::format("the outbox is full: {} of its oldest stored messages dropped to "
-                              "make room ({} dropped so far)",
-                              drops, box->dropped());
-      sink_.emit(std::move(e));
+      storeEvent(EventType::OutboxFull, id, "mqtt.when_queue_full", "drop-oldest",
+                 fmt::format("the outbox is full: {} of its oldest stored messages dropped to "
+                             "make room ({} dropped so far)",
+                             drops, box->dropped()),
+                 p.label());
     }
   }
   OutboxState& s = outboxes_.at(id);
@@ -73,35 +80,24 @@ mqtt::StoreVerdict MqttService::store(mqtt::Proxy& p, const mqtt::upstream::Publ
     // QoS 2 with the broker up always passes through: not worth an event.
     s.reported = true;
     s.deliveredAtStart = box->delivered();
-    Event e;
-    e.type = EventType::OutboxQueuing;
-    e.device = id;
-    e.protocol = "mqtt";
-    e.rule = "store";
-    e.action = "store";
-    e.message = upstreamDown ? "its upstream session is down: messages are stored and "
-                               "acknowledged, and delivered once the broker is back"
-                             : "messages are stored until the earlier ones are delivered";
-    sink_.emit(std::move(e));
+    storeEvent(EventType::OutboxQueuing, id, "store", "store",
+               upstreamDown ? "its upstream session is down: messages are stored and "
+                              "acknowledged, and delivered once the broker is back"
+                            : "messages are stored until the earlier ones are delivered");
   }
   if (!refused) {
     return mqtt::StoreVerdict::Stored;
   }
-  Event e;
-  e.type = EventType::OutboxFull;
-  e.device = id;
-  e.peer = p.label();
-  e.protocol = "mqtt";
-  e.rule =
-      *refused == mqtt::OutboxLog::Refusal::DiskFull ? "store.max_bytes" : "store.max_per_device";
-  e.action = "refuse";
-  e.message =
+  storeEvent(
+      EventType::OutboxFull, id,
+      *refused == mqtt::OutboxLog::Refusal::DiskFull ? "store.max_bytes" : "store.max_per_device",
+      "refuse",
       *refused == mqtt::OutboxLog::Refusal::Failed
           ? "the outbox could not be written (" + box->error() + "): the message was refused"
           : fmt::format("the outbox is full ({} messages, {} bytes): the message was refused, "
                         "the device keeps it",
-                        box->messages(), box->bytes());
-  sink_.emit(std::move(e));
+                        box->messages(), box->bytes()),
+      p.label());
   return mqtt::StoreVerdict::Refused;
 }
 
@@ -136,28 +132,16 @@ mqtt::Outbox* MqttService::outboxFor(const std::string& device) {
       std::move(opener), &recovered);
   if (!opened) {
     ++stats_.storeFailed;
-    Event e;
-    e.type = EventType::OutboxFull;
-    e.device = device;
-    e.protocol = "mqtt";
-    e.rule = "store";
-    e.action = "unavailable";
-    e.message = "cannot open the device's outbox (" + opened.error() +
-                "): its messages are acknowledged only once the broker has them";
-    sink_.emit(std::move(e));
+    storeEvent(EventType::OutboxFull, device, "store", "unavailable",
+               "cannot open the device's outbox (" + opened.error() +
+                   "): its messages are acknowledged only once the broker has them");
     return nullptr;
   }
   if (recovered.tornBytes > 0) {
-    Event e;
-    e.type = EventType::OutboxQueuing;
-    e.device = device;
-    e.protocol = "mqtt";
-    e.rule = "store";
-    e.action = "recover";
-    e.message = fmt::format("the outbox ended in a torn record ({} bytes, never acknowledged to "
-                            "the device) that was cut off; {} messages kept",
-                            recovered.tornBytes, recovered.messages);
-    sink_.emit(std::move(e));
+    storeEvent(EventType::OutboxQueuing, device, "store", "recover",
+               fmt::format("the outbox ended in a torn record ({} bytes, never acknowledged to "
+                           "the device) that was cut off; {} messages kept",
+                           recovered.tornBytes, recovered.messages));
   }
   auto& s = outboxes_[device];
   s.box = std::move(*opened);
@@ -177,15 +161,9 @@ void MqttService::commitOutboxes() {
     }
     if (!ok) {
       ++stats_.storeFailed;
-      Event e;
-      e.type = EventType::OutboxFull;
-      e.device = device;
-      e.protocol = "mqtt";
-      e.rule = "store";
-      e.action = "refuse";
-      e.message = "the outbox could not be made durable (" + s.box->error() +
-                  "): the messages were not acknowledged, the device sends them again";
-      sink_.emit(std::move(e));
+      storeEvent(EventType::OutboxFull, device, "store", "refuse",
+                 "the outbox could not be made durable (" + s.box->error() +
+                     "): the messages were not acknowledged, the device sends them again");
     }
   }
 }
@@ -196,15 +174,9 @@ void MqttService::serviceOutboxes(Clock::time_point now) {
     const bool done = s.box->service(now, kStoreIdle);
     if (s.reported && !s.box->pending()) {
       s.reported = false;
-      Event e;
-      e.type = EventType::OutboxDrained;
-      e.device = it->first;
-      e.protocol = "mqtt";
-      e.rule = "store";
-      e.action = "delivered";
-      e.message = fmt::format("the broker has every stored message ({} delivered from the outbox)",
-                              s.box->delivered() - s.deliveredAtStart);
-      sink_.emit(std::move(e));
+      storeEvent(EventType::OutboxDrained, it->first, "store", "delivered",
+                 fmt::format("the broker has every stored message ({} delivered from the outbox)",
+                             s.box->delivered() - s.deliveredAtStart));
     }
     it = done && !s.reported ? outboxes_.erase(it) : std::next(it);
   }
@@ -229,15 +201,9 @@ void MqttService::openStoredOutboxes() {
     OutboxState& s = outboxes_.at(device);
     s.reported = true;
     s.deliveredAtStart = 0;
-    Event e;
-    e.type = EventType::OutboxQueuing;
-    e.device = device;
-    e.protocol = "mqtt";
-    e.rule = "store";
-    e.action = "resume";
-    e.message = fmt::format("{} stored messages from before the restart are being delivered",
-                            box->messages());
-    sink_.emit(std::move(e));
+    storeEvent(EventType::OutboxQueuing, device, "store", "resume",
+               fmt::format("{} stored messages from before the restart are being delivered",
+                           box->messages()));
   }
 }
 
