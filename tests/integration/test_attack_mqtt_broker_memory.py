@@ -142,7 +142,11 @@ max_qos = 1
     check(hostile.done.wait(120), f"the broker streamed a {hostile.streamed >> 20} MiB message")
     grown = sampler.stop()
     print(f"   iotgwd RSS {base / 1024:.1f} MiB before, +{grown / 1024:.1f} MiB at its peak")
-    check(grown < 8 * 1024, f"iotgwd did not hold the message (+{grown / 1024:.1f} MiB)")
+    # A sanitizer build's allocator keeps freed chunks in its own caches (its quarantine is made
+    # 1 MiB here): there the peak is 8.2-8.3 MiB, in the release build +0.0 MiB; holding the
+    # message cost +247 MiB.
+    bound = 16 if b"__asan_init" in open(os.environ.get("IOTGWD", ""), "rb").read() else 8
+    check(grown < bound * 1024, f"iotgwd did not hold the message (+{grown / 1024:.1f} MiB, bound {bound} MiB)")
     check(hostile.puback.wait(5), "the broker got its PUBACK (it will not send the message again)")
     said = [x for x in open(events) if "limits.max_packet_bytes" in x and "broker" in x]
     check(len(said) >= 1, f"an event says a message from the broker was read past ({len(said)})")
