@@ -59,7 +59,6 @@ void Outbox::feed() {
     if (!m) {
       // Unreadable (the disk failed under us): not delivered, and not forgotten either; the
       // next start reads the file again.
-      linkError_ = "reading the outbox failed";
       return;
     }
     Outgoing out{*seq,       std::move(m->topic), std::move(m->payload),
@@ -92,10 +91,7 @@ void Outbox::upstreamReceived(const std::vector<uint64_t>& tokens) {
 
 void Outbox::upstreamConnected(const UpstreamStatus& status) {
   if (status.up) {
-    linkError_.clear();
     feed();
-  } else if (status.refused) {
-    linkError_ = "the broker refused the store session's login";
   }
 }
 
@@ -107,7 +103,7 @@ bool Outbox::service(Clock::time_point now, Clock::duration idle) {
       fed_ = 0;
       inLink_ = 0;
     } else {
-      linkError_ = link.error();
+      // Not reported (yet): no broker configured, or no identity for the device. Tried again.
       retryAt_ = now + std::chrono::seconds(5);
     }
   }

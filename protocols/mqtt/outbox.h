@@ -70,9 +70,7 @@ public:
   [[nodiscard]] bool linkUp() const { return link_ && link_->connected(); }
   [[nodiscard]] uint64_t delivered() const { return delivered_; }
   [[nodiscard]] uint64_t dropped() const { return dropped_; }
-  [[nodiscard]] uint64_t syncs() const { return log_->syncs(); }
   [[nodiscard]] const std::string& error() const { return log_->error(); }
-  [[nodiscard]] const std::string& linkError() const { return linkError_; }
 
   // The packet identifier a stored message goes under: fixed by its sequence number.
   [[nodiscard]] static uint16_t packetIdOf(uint64_t seq) {
@@ -91,7 +89,6 @@ private:
   std::unique_ptr<OutboxLog> log_;
   Opener opener_;
   std::unique_ptr<Upstream> link_;
-  std::string linkError_;
   uint64_t fed_ = 0;                 // the highest sequence number handed to the store session
   size_t inLink_ = 0;                // handed to it and not yet acknowledged
   std::vector<StoreTicket> waiting_; // stored, not yet durable
