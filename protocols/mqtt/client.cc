@@ -89,6 +89,7 @@ void Client::received(std::span<const uint8_t> bytes, ClientOutput& out) {
   if (state_ == State::Offline) {
     return;
   }
+  heard_ += bytes.empty() ? 0 : 1;
   size_t consumed = 0;
   if (skipping_ > 0) {
     const size_t n = std::min<size_t>(skipping_, bytes.size());
@@ -495,21 +496,40 @@ ClientClock::time_point Client::deadline() const {
   if (state_ != State::Up || login_.keepAlive == 0) {
     return ClientClock::time_point::max();
   }
-  const auto keepAlive = std::chrono::seconds(login_.keepAlive);
-  return (pingSent_ ? *pingSent_ : lastPing_) + keepAlive;
+  return pingSent_ ? *pingSent_ + answerTimeout()
+                   : lastPing_ + std::chrono::seconds(login_.keepAlive);
+}
+
+std::chrono::seconds Client::answerTimeout() const {
+  return std::min(settings_.answerTimeout, std::chrono::seconds(login_.keepAlive));
+}
+
+bool Client::answerDue() const {
+  return !inFlight_.empty() || !operations_.empty() || pingSent_.has_value();
 }
 
 void Client::tick(ClientClock::time_point now, ClientOutput& out) {
-  if (state_ != State::Up || login_.keepAlive == 0 || now < deadline()) {
+  if (state_ != State::Up || login_.keepAlive == 0) {
     return;
+  }
+  if (heard_ != heardSeen_ || !answerDue()) {
+    heardSeen_ = heard_;
+    silentSince_ = now;
   }
   if (pingSent_) {
-    fail("MQTT-3.1.2-24", "the broker did not answer PINGREQ within the keep alive", out);
+    if (now >= *pingSent_ + answerTimeout()) {
+      fail("MQTT-3.1.2-24", "the broker did not answer PINGREQ", out);
+      out.silent = true;
+    }
     return;
   }
-  send(Pingreq{}, out);
-  pingSent_ = now;
-  lastPing_ = now;
+  // Silent while answers are due: a dead link (no FIN, no RST) or a hung broker; ask.
+  const bool silent = now >= silentSince_ + answerTimeout();
+  if (silent || now >= deadline()) {
+    send(Pingreq{}, out);
+    pingSent_ = now;
+    lastPing_ = now;
+  }
 }
 
 } // namespace iotgw::mqtt

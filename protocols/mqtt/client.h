@@ -41,6 +41,11 @@ struct ClientSettings {
   uint16_t maxInflight = 20;           // QoS > 0 messages sent and not yet acknowledged
   size_t maxQueued = 1000;             // QoS > 0 messages held (in flight and waiting) ...
   size_t maxQueuedBytes = 1024 * 1024; // ... and the bytes of everything held, QoS 0 included
+  // While an answer is due (a PUBACK, PUBREC, PUBCOMP, SUBACK, UNSUBACK or PINGRESP) and nothing
+  // at all has come from the broker for this long, a PINGREQ goes; unanswered for as long
+  // again, the connection has failed. A link that died without a FIN or RST (an uplink cut) is
+  // found this way within about twice this, however long the keep alive (capped by it).
+  std::chrono::seconds answerTimeout{5};
 };
 
 struct ClientLogin {
@@ -95,6 +100,7 @@ struct ClientOutput {
   std::vector<std::string> skipped; // why messages from the broker were read past
   // The broker broke the protocol or stopped answering: close the connection.
   std::optional<CodecError> failure;
+  bool silent = false; // the failure is a broker (or link) that stopped answering
 };
 
 class Client {
@@ -110,8 +116,9 @@ public:
   // The transport has gone. Messages in flight are sent again (DUP) after the next CONNACK;
   // QoS 0 ones the caller had not yet written are gone with its buffer.
   void lost();
-  // Keepalive: a PINGREQ every keep alive, a failure when the broker has not answered one
-  // within it.
+  // Keepalive: a PINGREQ every keep alive, or sooner when the broker has been silent for
+  // answerTimeout while an answer is due; a failure when a PINGREQ is not answered within
+  // answerTimeout. Called about once a second while up.
   void tick(ClientClock::time_point now, ClientOutput& out);
   [[nodiscard]] ClientClock::time_point deadline() const;
 
@@ -170,6 +177,8 @@ private:
   void sendPublish(uint16_t packetId, const InFlight& f, bool dup, ClientOutput& out);
   void sendWaiting(ClientOutput& out);
   [[nodiscard]] std::vector<uint16_t> inFlightInOrder() const;
+  [[nodiscard]] std::chrono::seconds answerTimeout() const;
+  [[nodiscard]] bool answerDue() const; // something sent that the broker must answer
   void sendOperation(const Operation& op, ClientOutput& out);
   [[nodiscard]] uint16_t nextPacketId();
   void fail(std::string_view clause, std::string_view what, ClientOutput& out);
@@ -182,6 +191,9 @@ private:
   uint32_t skipping_ = 0;              // bytes still to be read past of an oversized PUBLISH
   ClientClock::time_point lastPing_{}; // a PINGREQ goes every keep alive
   std::optional<ClientClock::time_point> pingSent_;
+  uint64_t heard_ = 0;     // reads that brought bytes from the broker
+  uint64_t heardSeen_ = 0; // ... as of silentSince_
+  ClientClock::time_point silentSince_{};
 
   // Towards the broker: in flight by packet id, and what waits for room (in order; QoS 0 too).
   std::map<uint16_t, InFlight> inFlight_;

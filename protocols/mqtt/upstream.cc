@@ -278,9 +278,12 @@ bool BrokerLink::process(ClientOutput& out) {
     report("limits.max_packet_bytes", why + " (read past and acknowledged)");
   }
   if (out.failure) {
-    const std::string why = fmt::format("the broker broke the protocol ({}): {}",
-                                        out.failure->clause, out.failure->what);
-    report("upstream.protocol", why);
+    const std::string why =
+        out.silent ? "the broker stopped answering (no PINGRESP, nothing else either): the "
+                     "connection is taken as lost"
+                   : fmt::format("the broker broke the protocol ({}): {}", out.failure->clause,
+                                 out.failure->what);
+    report(out.silent ? "upstream.keepalive" : "upstream.protocol", why);
     drop(why, false);
     return false;
   }
@@ -367,6 +370,10 @@ void BrokerLink::drop(const std::string& why, bool report, UpstreamStatus status
   const bool wasUp = client_.up();
   if (fd_.valid()) {
     reactor_.remove(fd_.get());
+    // Reset, not closed: what this connection had not yet sent must not reach the broker
+    // later (a cut link that comes back), behind what goes again on the next connection.
+    const linger reset{1, 0};
+    (void)::setsockopt(fd_.get(), SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
   }
   stream_.reset();
   fd_ = io::UniqueFd();

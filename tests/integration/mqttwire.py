@@ -120,6 +120,25 @@ class Client:
                 return None
             self.buf += chunk
 
+    def read_packet_nowait(self):
+        """(header byte, body); None when no whole packet is there within the socket's timeout;
+        False when the gateway closed the connection."""
+        while True:
+            p = parse_frame(self.buf)
+            if p is not None:
+                header, body, used = p
+                self.buf = self.buf[used:]
+                return header, body
+            try:
+                chunk = self.sock.recv(65536)
+            except (socket.timeout, BlockingIOError):
+                return None
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            self.buf += chunk
+
     def connack(self, connect_packet):
         """Sends CONNECT; returns the CONNACK's reason code (None: closed without one)."""
         self.send(connect_packet)

@@ -304,6 +304,50 @@ TEST_F(ClientTest, KeepaliveSendsPingsAndGivesUpOnASilentBroker) {
   EXPECT_TRUE(silent.failure) << "no PINGRESP within the keep alive";
 }
 
+// An uplink cut leaves the connection open and silent: while a PUBACK is due and nothing comes
+// for answerTimeout (5 s), a PINGREQ goes at once, not after the keep alive (30 s here), and
+// the connection fails when that is not answered within 5 s either.
+TEST_F(ClientTest, ASilentBrokerWhileAnAnswerIsDueFailsWithinTwiceTheAnswerTimeout) {
+  up();
+  ClientOutput sent;
+  ASSERT_TRUE(client_.publish(message(1, 1), sent));
+  ASSERT_FALSE(sent.toBroker.empty());
+  ClientOutput t1;
+  client_.tick(now_ + 1s, t1); // the silence is counted from here
+  ClientOutput t5;
+  client_.tick(now_ + 5s, t5);
+  EXPECT_TRUE(t5.toBroker.empty()) << "4 s of silence is not yet overdue";
+  ClientOutput t6;
+  client_.tick(now_ + 6s, t6);
+  ASSERT_EQ(packets(t6.toBroker).size(), 1u);
+  EXPECT_TRUE(std::holds_alternative<Pingreq>(packets(t6.toBroker).at(0)));
+  ClientOutput t10;
+  client_.tick(now_ + 10s, t10);
+  EXPECT_FALSE(t10.failure);
+  ClientOutput t11;
+  client_.tick(now_ + 11s, t11);
+  ASSERT_TRUE(t11.failure) << "the PINGREQ unanswered for 5 s";
+  EXPECT_TRUE(t11.silent);
+}
+
+// A broker that answers keeps the connection, however long the stream; with nothing due, only
+// the keep alive sends a PINGREQ.
+TEST_F(ClientTest, ABrokerThatAnswersOrOwesNothingIsNotPinged) {
+  up();
+  ClientOutput idle;
+  client_.tick(now_ + 10s, idle);
+  EXPECT_TRUE(idle.toBroker.empty()) << "nothing due: 10 s of silence are fine";
+  for (uint16_t k = 1; k <= 8; ++k) { // to 26 s: before the keep alive's own PINGREQ at 30 s
+    ClientOutput sent;
+    ASSERT_TRUE(client_.publish(message(k, 1), sent));
+    const auto id = std::get<Publish>(packets(sent.toBroker).at(0)).packetId;
+    ClientOutput tick;
+    client_.tick(now_ + 10s + std::chrono::seconds(2 * k), tick);
+    EXPECT_TRUE(tick.toBroker.empty()) << "answered every 2 s: no PINGREQ at " << k;
+    broker(Ack{PacketType::Puback, id, 0, {}});
+  }
+}
+
 TEST_F(ClientTest, QueuesAreBounded) {
   ClientOutput start;
   client_.start(now_, start);
