@@ -43,7 +43,9 @@ std::vector<StoreTicket> Outbox::commit(bool* ok) {
   durable.swap(waiting_);
   if (!synced) {
     durable.clear(); // not acknowledged: the devices send them again
+    return durable;
   }
+  feed(); // on its way now, not at the next acknowledgement or tick (100 ms)
   return durable;
 }
 
@@ -111,6 +113,12 @@ bool Outbox::service(Clock::time_point now, Clock::duration idle) {
     feed();
     link_->service(now);
   }
+  // Done marks are synced a second at most after they were written, and at once when nothing
+  // is left (the file is then truncated): few duplicates after a crash, no sync per PUBACK.
+  if (!log_->settled() && (!pending() || now - settledAt_ >= std::chrono::seconds(1))) {
+    (void)log_->sync();
+    settledAt_ = now;
+  }
   if (pending() || inLink_ > 0) {
     lastActive_ = now;
   } else if (link_ && !closing_ && now - lastActive_ > idle) {
@@ -121,7 +129,7 @@ bool Outbox::service(Clock::time_point now, Clock::duration idle) {
     link_.reset();
     closing_ = false;
   }
-  return !pending() && !link_ && waiting_.empty() && !log_->dirty();
+  return !pending() && !link_ && waiting_.empty() && !log_->dirty() && log_->settled();
 }
 
 size_t Outbox::erase() {

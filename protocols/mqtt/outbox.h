@@ -51,10 +51,13 @@ public:
   // Makes room by dropping the oldest pending message (a full queue whose policy says so);
   // false when there is nothing to drop.
   bool dropOldest();
-  // Makes what was stored durable (one fdatasync) and returns the tickets to acknowledge. False
+  // Makes what was stored durable (one fdatasync), hands it to a connected store session, and
+  // returns the tickets to acknowledge. False
   // in `ok` when the disk failed: the tickets are then not acknowledged (the devices send again).
   [[nodiscard]] std::vector<StoreTicket> commit(bool* ok = nullptr);
-  [[nodiscard]] bool dirty() const { return log_->dirty(); }
+  // Something stored waits for commit(): unsynced, or synced by another path (a PUBREC's
+  // release, the done marks settling) and not yet acknowledged.
+  [[nodiscard]] bool dirty() const { return log_->dirty() || !waiting_.empty(); }
   // Opens the store session when something is pending, feeds it, services it, and closes it
   // once it has been idle for `idle`. True when the outbox has nothing left to do (it may go).
   bool service(Clock::time_point now, Clock::duration idle);
@@ -93,8 +96,9 @@ private:
   size_t inLink_ = 0;                // handed to it and not yet acknowledged
   std::vector<StoreTicket> waiting_; // stored, not yet durable
   Clock::time_point lastActive_ = Clock::now();
-  Clock::time_point retryAt_{}; // the next attempt to open the store session, after a failure
-  bool closing_ = false;        // idle: the store session drains and disconnects
+  Clock::time_point retryAt_{};   // the next attempt to open the store session, after a failure
+  Clock::time_point settledAt_{}; // the done marks were last made durable
+  bool closing_ = false;          // idle: the store session drains and disconnects
   uint64_t delivered_ = 0;
   uint64_t dropped_ = 0;
 };

