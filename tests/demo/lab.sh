@@ -220,7 +220,8 @@ cat "$pki/ca.crt" /var/lib/iotgw/ca/ca.pem > "$pki/trusted.pem"
 cat > "$work/mosquitto.conf" <<CONF
 user root
 allow_anonymous true
-persistence false
+persistence true
+persistence_location $work/
 log_dest stderr
 log_type error
 log_type notice
@@ -232,7 +233,8 @@ require_certificate true
 use_identity_as_username true
 CONF
 ip netns exec iotgw-gw mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
-pids+=($!)
+mosqpid=$!
+pids+=($mosqpid)
 for _ in $(seq 100); do ip netns exec iotgw-gw bash -c 'exec 3<>/dev/tcp/127.0.0.1/8883' 2>/dev/null && break; sleep 0.05; done
 
 # The companion app's way in: enrol the thermostat over D-Bus, with its own identity.
@@ -247,7 +249,7 @@ row "iotgwctl devices" "$("$iotgwctl" devices 2>&1 | tr -s ' ')"
 row "as nobody: iotgwctl remove thermo-01" "$( (setpriv --reuid=nobody --regid=nogroup --clear-groups "$iotgwctl" remove thermo-01 2>&1; echo "(exit $?)") | tr '\n' ' ')"
 
 app_tls=(-h 127.0.0.1 -p 8883 --cafile "$pki/ca.crt" --cert "$pki/app.crt" --key "$pki/app.key")
-ip netns exec iotgw-gw mosquitto_sub "${app_tls[@]}" -t 'devices/#' -v >"$work/app.txt" 2>&1 &
+ip netns exec iotgw-gw mosquitto_sub "${app_tls[@]}" -c -i demo-app -q 1 -t 'devices/#' -v >"$work/app.txt" 2>&1 &
 pids+=($!)
 sleep 0.5
 
@@ -318,6 +320,44 @@ for line in sys.stdin:
     print("    {:<27} device={:<10} provision={:<7} rule={:<24} {}".format(
         e.get("IOTGW_EVENT", ""), e.get("IOTGW_DEVICE", "-"), e.get("IOTGW_PROVISION", ""),
         e.get("IOTGW_RULE", ""), e.get("MESSAGE", "")))'
+
+# --- store-and-forward: the hub's broker goes away and comes back (5.9-1, 5.9-3)
+bold "The hub's broker goes away: the thermostat keeps publishing, every reading arrives later"
+kill -TERM "$mosqpid"
+wait "$mosqpid" 2>/dev/null || true
+cat > "$work/outage.py" <<'PY'
+import time
+import paho.mqtt.client as paho
+c = paho.Client(client_id="thermo-01", protocol=paho.MQTTv311)
+c.username_pw_set("thermo", "demo-password")
+c.connect("192.168.50.1", 1883, keepalive=30)
+c.loop_start()
+for i in range(5):
+    reading = f'{{"t":{19.0 + i / 10:.1f},"unit":"C"}}'
+    info = c.publish("devices/thermo-01/telemetry/temp", reading, qos=1)
+    info.wait_for_publish()
+    print(f"publish {reading}: acknowledged by the gateway (the broker is down)", flush=True)
+c.loop_stop()
+c.disconnect()
+PY
+ip netns exec iotgw-dev /usr/bin/python3 "$work/outage.py" 2>&1 | sed 's/^/    /'
+row "iotgwctl show thermo-01 (broker down)" "$("$iotgwctl" show thermo-01 | grep -E 'queued_messages' | tr -s ' ')   [in its outbox on disk]"
+ip netns exec iotgw-gw mosquitto -c "$work/mosquitto.conf" >>"$work/mosquitto.log" 2>&1 &
+mosqpid=$!
+pids+=($mosqpid)
+for _ in $(seq 300); do
+  "$iotgwctl" show thermo-01 | grep -qE 'queued_messages +0$' && grep -qF '"t":19.4' "$work/app.txt" && break
+  sleep 0.1
+done
+row "iotgwctl show thermo-01 (broker back)" "$("$iotgwctl" show thermo-01 | grep -E 'queued_messages' | tr -s ' ')"
+row "at the broker: the 5 readings sent during the outage" "$(grep -cE '"t":19\.[0-4]' "$work/app.txt") of 5, $(grep -E '"t":19\.[0-4]' "$work/app.txt" | sed 's/.*"t":\([0-9.]*\).*/\1/' | tr '\n' ' ')"
+journalctl --no-pager -o json SYSLOG_IDENTIFIER=iotgwd | python3 -c '
+import json, sys
+for line in sys.stdin:
+    e = json.loads(line)
+    if e.get("IOTGW_EVENT") in ("outbox-queuing", "outbox-drained"):
+        print("    {:<16} device={:<10} provision={:<6} {}".format(e.get("IOTGW_EVENT", ""),
+              e.get("IOTGW_DEVICE", "-"), e.get("IOTGW_PROVISION", ""), e.get("MESSAGE", "")))'
 
 # --- CoAP: the thermostat's plain CoAP server behind the DTLS reverse proxy
 bold "The thermostat's plain CoAP server, reached only through iotgwd's DTLS endpoint (coaps://192.168.1.1)"

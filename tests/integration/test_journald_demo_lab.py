@@ -89,6 +89,10 @@ check(re.search(r"access-denied +device=thermo-01 +provision=5\.13-1 +rule=coap\
 print("firewall, quarantine, removal")
 check((row("device -> lan :22 (not in its policy)") or "").startswith("dropped"),
       "the enrolled device cannot reach what its policy does not name")
+check((row("at the broker: the 5 readings sent during the outage") or "").startswith(
+    "5 of 5, 19.0 19.1 19.2 19.3 19.4"), "store-and-forward: every reading sent while the broker was down arrives, in order")
+check((row("iotgwctl show thermo-01 (broker down)") or "").startswith("queued_messages 5"),
+      "store-and-forward: the outbox held them meanwhile")
 check((row("table inet iotgw") or "") == "present again", "a deleted table is put back")
 check((row("iotgwctl remove thermo-01") or "") == "thermo-01 removed", "the device is removed")
 check(re.search(r"serial \w+ in the CRL +listed", out) is not None,
