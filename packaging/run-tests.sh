@@ -4,9 +4,11 @@
 #   0. format     clang-format-19 --dry-run -Werror over every C++ source (.clang-format), and
 #                 no source file over 800 lines
 #   1. fuzz       clang-19, libFuzzer + ASan/UBSan: each parser fuzzed for 30 s
-#   2. asan       clang-19, ASan + UBSan: unit and integration tests
+#   2. asan       clang-19, ASan + UBSan: unit and integration tests (not the chaos test,
+#                 label chaos: a minute of faults under a stream, run in default)
 #   3. nosystemd  g++ 12 without systemd (syslog events, no sd_notify), as on OpenWrt; the
-#                 attack suite (label attack) runs in asan and default, not again here
+#                 attack suite (label attack) runs in asan and default, not again here, and the
+#                 chaos test in default only
 #   4. default    g++ 12, RelWithDebInfo: the configuration that ships
 # Run as root on Debian 12 (integration tests use mount and network namespaces).
 set -eu
