@@ -17,7 +17,7 @@ packages="
   libsdbus-c++-dev libsdbus-c++-bin dbus-daemon
   libsystemd-dev systemd
   libsqlite3-dev
-  iproute2 socat ncat nmap openssl sslscan python3 procps util-linux mount coreutils
+  iproute2 socat ncat nmap openssl sslscan python3 python3-scapy procps util-linux mount coreutils
 "
 
 missing=""

@@ -105,20 +105,9 @@ class Client:
         self.sock.sendall(data)
 
     def read_packet(self):
-        """(header byte, body), or None when the gateway closed the connection."""
-        while True:
-            p = parse_frame(self.buf)
-            if p is not None:
-                header, body, used = p
-                self.buf = self.buf[used:]
-                return header, body
-            try:
-                chunk = self.sock.recv(65536)
-            except (ConnectionResetError, socket.timeout):
-                return None
-            if not chunk:
-                return None
-            self.buf += chunk
+        """(header byte, body), or None when the gateway closed the connection (or said nothing
+        within the socket's timeout)."""
+        return self.read_packet_nowait() or None
 
     def read_packet_nowait(self):
         """(header byte, body); None when no whole packet is there within the socket's timeout;

@@ -155,6 +155,17 @@ void finish(mosquitto* publisher, mosquitto* sub) {
   }
 }
 
+// A publisher with `window` QoS > 0 messages in flight, counted in `pub`, once its session (and
+// the gateway's upstream connect) has settled.
+mosquitto* publisher(const Endpoint& e, PubState& pub, int window) {
+  mosquitto* p = connect(e, e.id.empty() ? "bench-pub" : e.id, &pub);
+  mosquitto_max_inflight_messages_set(p, static_cast<unsigned>(window));
+  mosquitto_publish_callback_set(p, onPublish);
+  mosquitto_loop_start(p);
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  return p;
+}
+
 mosquitto* subscriber(const Endpoint& e, SubState& state, const std::string& topic, int qos) {
   mosquitto* s = connect(e, e.id.empty() ? "bench-sub" : e.id + "-sub", &state);
   mosquitto_message_callback_set(s, onMessage);
@@ -176,12 +187,7 @@ int throughput(int argc, char** argv) {
   SubState sub;
   mosquitto* s = subscriber(subEp, sub, subTopic, qos);
   PubState pub;
-  mosquitto* p = connect(pubEp, pubEp.id.empty() ? "bench-pub" : pubEp.id, &pub);
-  mosquitto_max_inflight_messages_set(p, static_cast<unsigned>(window));
-  mosquitto_publish_callback_set(p, onPublish);
-  mosquitto_loop_start(p);
-  // Let every session settle (the gateway's upstream connect included) before measuring.
-  std::this_thread::sleep_for(std::chrono::seconds(1));
+  mosquitto* p = publisher(pubEp, pub, window);
   std::vector<char> payload(static_cast<size_t>(size), 'x');
   const auto t0 = Clock::now();
   for (long i = 0; i < count; ++i) {
@@ -332,11 +338,7 @@ int publishOnly(int argc, char** argv) {
   const int window = static_cast<int>(arg(argc, argv, "--inflight", 20));
   const std::string topic = sarg(argc, argv, "--topic", "bench/t");
   PubState pub;
-  mosquitto* p = connect(ep, ep.id.empty() ? "bench-pub" : ep.id, &pub);
-  mosquitto_max_inflight_messages_set(p, static_cast<unsigned>(window));
-  mosquitto_publish_callback_set(p, onPublish);
-  mosquitto_loop_start(p);
-  std::this_thread::sleep_for(std::chrono::seconds(1));
+  mosquitto* p = publisher(ep, pub, window);
   std::vector<char> payload(static_cast<size_t>(size), 'x');
   const auto t0 = Clock::now();
   for (long i = 0; i < count; ++i) {
