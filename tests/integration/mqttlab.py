@@ -5,7 +5,7 @@ import socket
 import subprocess
 import time
 
-from iotgw_testlib import wait_port
+from iotgw_testlib import wait_port, write
 
 
 def free_port():
@@ -190,3 +190,17 @@ certificate = "{pki.gateway[0]}"
 private_key = "{pki.gateway[1]}"
 """
     return text + extra
+
+
+def password_device(devices, name, password_hash, extra=""):
+    """A device policy in `devices`: logs in as `name` with a password, publishes under
+    devices/<its id>/ at up to QoS 2; `extra` goes into its [mqtt] table."""
+    write(os.path.join(devices, f"{name}.toml"), f"""[device]
+id = "{name}"
+[device.mqtt]
+username = "{name}"
+password_hash = "{password_hash}"
+[mqtt]
+publish = ["devices/%d/#"]
+max_qos = 2
+{extra}""")

@@ -26,7 +26,7 @@ import paho.mqtt.client as paho
 
 from iotgw_testlib import (Daemon, NotifySocket, check, cleanup, finish, hash_password,
                            require_binary, tmpdir, wait_ready, write)
-from mqttlab import Broker, Pki, free_port, gateway_config
+from mqttlab import Broker, Pki, free_port, gateway_config, password_device
 import mqttwire as w
 
 require_binary()
@@ -146,16 +146,7 @@ max_messages_per_device = {BOUND}
 """))
     hashed = hash_password(PASSWORD)
     for name, extra in (("meter-01", ""), ("full-01", ""), ("drop-01", 'when_queue_full = "drop-oldest"\n')):
-        write(os.path.join(root, "devices.d", f"{name}.toml"), f"""
-[device]
-id = "{name}"
-[device.mqtt]
-username = "{name}"
-password_hash = "{hashed}"
-[mqtt]
-publish = ["devices/%d/#"]
-max_qos = 2
-{extra}""")
+        password_device(os.path.join(root, "devices.d"), name, hashed, extra)
     notify = NotifySocket(root)
     events = os.path.join(root, "events")
     log = open(events, "w")

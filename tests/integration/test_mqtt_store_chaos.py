@@ -29,7 +29,7 @@ import paho.mqtt.client as paho
 
 from iotgw_testlib import (IOTGWD, NotifySocket, check, cleanup, finish, hash_password, remove_namespaces,
                            require_binary, tmpdir, wait_ready, write)
-from mqttlab import Pki, free_port, gateway_config, wait_port
+from mqttlab import Pki, free_port, gateway_config, password_device
 from mqttwire import DISCONNECT, PINGREQ, Client, connect
 from mqttwire import publish as wire_publish
 
@@ -236,15 +236,7 @@ max_connections_per_source = 64
         names = [f"meter-{k}" for k in range(QOS1_DEVICES)] + ["valve-0"]
         hashed = hash_password(PASSWORD)
         for name in names:
-            write(os.path.join(root, "devices.d", f"{name}.toml"), f"""[device]
-id = "{name}"
-[device.mqtt]
-username = "{name}"
-password_hash = "{hashed}"
-[mqtt]
-publish = ["devices/%d/#"]
-max_qos = 2
-""")
+            password_device(os.path.join(root, "devices.d"), name, hashed)
         notify = NotifySocket(root)
         events = open(os.path.join(root, "events"), "w")
 
