@@ -118,7 +118,7 @@ public:
   void lost();
   // Keepalive: a PINGREQ every keep alive, or sooner when the broker has been silent for
   // answerTimeout while an answer is due; a failure when a PINGREQ is not answered within
-  // answerTimeout. Called about once a second while up.
+  // answerTimeout. Called often while up (the MQTT service ticks every 100 ms).
   void tick(ClientClock::time_point now, ClientOutput& out);
   [[nodiscard]] ClientClock::time_point deadline() const;
 

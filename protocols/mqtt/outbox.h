@@ -52,8 +52,8 @@ public:
   // false when there is nothing to drop.
   bool dropOldest();
   // Makes what was stored durable (one fdatasync), hands it to a connected store session, and
-  // returns the tickets to acknowledge. False
-  // in `ok` when the disk failed: the tickets are then not acknowledged (the devices send again).
+  // returns the tickets to acknowledge. False in `ok` when the disk failed: the tickets are then
+  // not acknowledged (the devices send again).
   [[nodiscard]] std::vector<StoreTicket> commit(bool* ok = nullptr);
   // Something stored waits for commit(): unsynced, or synced by another path (a PUBREC's
   // release, the done marks settling) and not yet acknowledged.
