@@ -25,10 +25,9 @@ import sys
 import threading
 import time
 
-import paho.mqtt.client as paho
 
-from iotgw_testlib import (IOTGWD, NotifySocket, check, cleanup, finish, hash_password, remove_namespaces,
-                           require_binary, tmpdir, wait_ready, write)
+from iotgw_testlib import (IOTGWD, NotifySocket, check, check_stopped_cleanly, cleanup, finish,
+                           hash_password, remove_namespaces, require_binary, tmpdir, wait_ready, write)
 from mqttlab import Pki, free_port, gateway_config, password_device
 from mqttwire import DISCONNECT, PINGREQ, Client, connect
 from mqttwire import publish as wire_publish
@@ -147,25 +146,52 @@ def dup(frame):
     return bytes([frame[0] | 0x08]) + frame[1:]
 
 
-class Subscriber:
-    def __init__(self, pki, port):
-        self.got, self.trace, self.lock = [], [], threading.Lock()
-        self.c = paho.Client(client_id="chaos-app", clean_session=False)
-        self.c.tls_set(ca_certs=pki.ca, certfile=pki.app[0], keyfile=pki.app[1])
-        self.c.reconnect_delay_set(0.2, 1)
-        self.c.on_connect = lambda c, u, f, rc: rc == 0 and c.subscribe("devices/#", 2)
-        self.c.on_message = self.on_message
-        self.c.connect(BROKER, port, keepalive=10)
-        self.c.loop_start()
+SUBSCRIBER = """
+import sys, time
+import paho.mqtt.client as paho
+host, port, ca, cert, key = sys.argv[1:6]
+c = paho.Client(client_id="chaos-app", clean_session=False)
+c.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
+c.reconnect_delay_set(0.2, 1)
+c.on_connect = lambda c, u, f, rc: rc == 0 and c.subscribe("devices/#", 2)
+c.on_message = lambda c, u, m: print(f"{time.monotonic():.3f} dup={int(m.dup)} qos={m.qos} mid={m.mid} "
+                                     f"{m.payload.decode()}", flush=True)
+c.on_subscribe = lambda *a: print("subscribed", flush=True)
+c.connect(host, int(port), keepalive=10)
+c.loop_forever()
+"""
 
-    def on_message(self, c, u, m):
-        with self.lock:
-            self.got.append(m.payload.decode())
-            self.trace.append(f"{time.monotonic():.3f} dup={int(m.dup)} qos={m.qos} mid={m.mid} {m.payload.decode()}")
+
+class Subscriber:
+    """The app at the broker: a persistent paho session in the broker's namespace, so that the
+    uplink cut is between the gateway and the broker only (a subscriber across it was once left
+    hanging in paho's TLS reconnect, and every later message looked lost)."""
+
+    def __init__(self, ns, pki, port):
+        self.got, self.trace, self.lock = [], [], threading.Lock()
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, "/usr/bin/python3", "-c", SUBSCRIBER, BROKER,
+                                      str(port), pki.ca, pki.app[0], pki.app[1]],
+                                     stdout=subprocess.PIPE, text=True)
+        self.subscribed = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        check(self.subscribed.wait(10), "the app at the broker has subscribed")
+
+    def _read(self):
+        for line in self.proc.stdout:
+            if line.startswith("subscribed"):
+                self.subscribed.set()
+                continue
+            with self.lock:
+                self.trace.append(line.rstrip("\n"))
+                self.got.append(line.split()[-1])
 
     def of(self, device):
         with self.lock:
             return [p for p in self.got if p.startswith(device + "-")]
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
 
 
 def inside():
@@ -247,7 +273,7 @@ max_connections_per_source = 64
             return p
 
         gw = start_gateway()
-        sub = Subscriber(pki, bport)
+        sub = Subscriber(ns, pki, bport)
         time.sleep(1)
         devices = [Device(n, port, 2 if n.startswith("valve") else 1,
                           QOS2_EACH if n.startswith("valve") else QOS1_EACH) for n in names]
@@ -335,11 +361,15 @@ max_connections_per_source = 64
                 check(not other, f"{dv.name}: QoS 2 exactly once ({len(other)} more than once{': ' + other[0] if other else ''})")
         print(f"  acknowledged {total_acked}, received {total_got}, duplicates {total_dups} (QoS 1 at least once)")
         check(gw.poll() is None, "iotgwd still runs")
+        gw.terminate()
+        gw.wait(timeout=30)
+        with open(os.path.join(root, "events")) as f:  # both runs' stderr (a sanitizer's too)
+            check_stopped_cleanly(gw, f.read().splitlines())
     finally:
         for dv in devices:
             dv.stop = True
         if sub:
-            sub.c.loop_stop()
+            sub.stop()
         if gw and gw.poll() is None:
             gw.terminate()
             gw.wait(timeout=10)
