@@ -53,16 +53,21 @@ def require_binary():
         sys.exit(2)
 
 
-def in_private_mount_namespace():
-    """Re-executes this script under `unshare -m --propagation private` once."""
+def in_private_namespaces(unshare_args, needs):
+    """Re-executes this script once under `unshare UNSHARE_ARGS` (["-n"]: a network namespace of
+    its own); `needs` says what it needs root for."""
     if os.environ.get("IOTGW_TEST_IN_NS") == "1":
         return
     if os.geteuid() != 0:
-        print("this test needs root (mount namespace, private services)", file=sys.stderr)
+        print(f"this test needs root ({needs})", file=sys.stderr)
         sys.exit(2)
     env = dict(os.environ, IOTGW_TEST_IN_NS="1")
-    rc = subprocess.call(["unshare", "-m", "--propagation", "private", sys.executable] + sys.argv, env=env)
-    sys.exit(rc)
+    sys.exit(subprocess.call(["unshare", *unshare_args, sys.executable] + sys.argv, env=env))
+
+
+def in_private_mount_namespace():
+    """Re-executes this script under `unshare -m --propagation private` once."""
+    in_private_namespaces(["-m", "--propagation", "private"], "mount namespace, private services")
 
 
 def tmpdir(prefix="iotgw-it-"):

@@ -27,7 +27,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from iotgw_testlib import check, cleanup, finish, require_binary, tmpdir, write  # noqa: E402
+from iotgw_testlib import in_private_namespaces, check, cleanup, finish, require_binary, tmpdir, write  # noqa: E402
 from coaplab import (IOTGWCTL, PROBE, Certificates, FakeDevice, Gateway, Probe, code_of,  # noqa: E402
                      coap_config, device_policy, free_udp_port, options, request)
 from mqttlab import Broker, Pki, Subscriber  # noqa: E402
@@ -199,13 +199,10 @@ private_key = "{bp.gateway[1]}"
 
 def main():
     require_binary()
-    if os.environ.get("IOTGW_TEST_IN_NS") != "1":
-        if os.geteuid() != 0 or not PROBE:
-            print("needs root (a network namespace, nftables, a private bus) and COAP_DTLS_PROBE",
-                  file=sys.stderr)
-            sys.exit(2)
-        env = dict(os.environ, IOTGW_TEST_IN_NS="1")
-        sys.exit(subprocess.call(["unshare", "-n", sys.executable] + sys.argv, env=env))
+    if not PROBE:
+        print("needs COAP_DTLS_PROBE", file=sys.stderr)
+        sys.exit(2)
+    in_private_namespaces(["-n"], "a network namespace, nftables, a private bus")
     inside()
     finish()
 

@@ -17,8 +17,8 @@ import time
 import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from iotgw_testlib import (IOTGWD, check, finish, hash_password, private_bus, require_binary,  # noqa: E402
-                           tmpdir, write)
+from iotgw_testlib import (IOTGWD, check, finish, hash_password, in_private_namespaces, private_bus,  # noqa: E402
+                           require_binary, tmpdir, write)
 
 SRC = os.environ.get("IOTGW_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 XML = os.path.join(SRC, "daemon", "dbus", "org.iotgw.Gateway1.xml")
@@ -325,12 +325,7 @@ def inside():
 
 def main():
     require_binary()
-    if os.environ.get("IOTGW_TEST_IN_NS") != "1":
-        if os.geteuid() != 0:
-            print("needs root (namespaces, private bus, nftables)", file=sys.stderr)
-            sys.exit(2)
-        env = dict(os.environ, IOTGW_TEST_IN_NS="1")
-        sys.exit(subprocess.call(["unshare", "-m", "-n", "--propagation", "private", sys.executable] + sys.argv, env=env))
+    in_private_namespaces(["-m", "-n", "--propagation", "private"], "namespaces, private bus, nftables")
     inside()
     finish()
 

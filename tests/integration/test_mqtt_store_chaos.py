@@ -27,7 +27,8 @@ import time
 
 
 from iotgw_testlib import (IOTGWD, NotifySocket, check, check_stopped_cleanly, cleanup, finish,
-                           hash_password, remove_namespaces, require_binary, tmpdir, wait_ready, write)
+                           hash_password, in_private_namespaces, remove_namespaces, require_binary, tmpdir,
+                           wait_ready, write)
 from mqttlab import Pki, free_port, gateway_config, password_device
 from mqttwire import DISCONNECT, PINGREQ, Client, connect
 from mqttwire import publish as wire_publish
@@ -387,12 +388,7 @@ max_connections_per_source = 64
 
 def main():
     require_binary()
-    if os.environ.get("IOTGW_TEST_IN_NS") != "1":
-        if os.geteuid() != 0:
-            print("needs root (network namespaces)", file=sys.stderr)
-            sys.exit(2)
-        env = dict(os.environ, IOTGW_TEST_IN_NS="1")
-        sys.exit(subprocess.call(["unshare", "-n", sys.executable] + sys.argv, env=env))
+    in_private_namespaces(["-n"], "network namespaces")
     inside()
     finish()
 
