@@ -90,6 +90,9 @@ MqttService::MqttService(io::Reactor& reactor, EventSink& sink,
     hooks_.store = [this](mqtt::Proxy& p, const mqtt::upstream::Publish& m, bool down) {
       return store(p, m, down);
     };
+    hooks_.release = [this](mqtt::Proxy& p, uint16_t packetId, uint64_t token) {
+      return release(p, packetId, token);
+    };
   }
   diskBudget_.limit = config_->store.maxBytes;
 }
@@ -261,6 +264,7 @@ std::unique_ptr<mqtt::Session> MqttService::newSession(mqtt::PeerInfo peer) {
   settings.maxTopicBytes = limits.maxTopicBytes;
   settings.upstreamClientIdPrefix = config_->upstream.clientIdPrefix;
   settings.quarantined = quarantined_;
+  settings.storedFlows = static_cast<bool>(hooks_.release);
   settings.admit = [this](const policy::DevicePolicy& d, const std::string& upstreamId) {
     return admitClient(d, upstreamId);
   };
@@ -446,6 +450,7 @@ std::vector<std::pair<std::string, uint64_t>> MqttService::counters() const {
       {"mqtt_stored", m.proxied.stored},
       {"mqtt_store_refused", m.proxied.storeRefused},
       {"mqtt_store_dropped", m.storeDropped},
+      {"mqtt_qos2_resends_absorbed", m.storeResends},
       {"mqtt_store_failed", m.storeFailed},
       {"mqtt_reconnects_deferred", reconnectPacer_.deferred()}};
   for (auto& c : outboxCounters()) {

@@ -51,6 +51,7 @@ struct MqttStats {
   uint64_t pushesForwarded = 0;    // CoAP readings handed to a device's publisher
   uint64_t storeDropped = 0;       // stored messages dropped to make room (when_queue_full)
   uint64_t storeFailed = 0;        // outboxes that could not be opened, or a failed fdatasync
+  uint64_t storeResends = 0;       // QoS 2 resends (DUP) of a stored message: answered, not stored
 };
 
 // A device's outbox as GetStatus and GetDevice show it.
@@ -160,6 +161,9 @@ private:
   // holds earlier messages.
   [[nodiscard]] mqtt::StoreVerdict store(mqtt::Proxy& p, const mqtt::upstream::Publish& m,
                                          bool upstreamDown);
+  // A device's PUBREL: whether its outbox holds the flow (outbox.h), which it then closes.
+  [[nodiscard]] bool release(mqtt::Proxy& p, uint16_t packetId, uint64_t token);
+  [[nodiscard]] std::filesystem::path outboxPath(const std::string& device) const;
   // The device's outbox, opened (and recovered) on first use; null when it cannot be.
   [[nodiscard]] mqtt::Outbox* outboxFor(const std::string& device);
   // After each wake-up of the loop: one fdatasync per outbox written to, then the devices are

@@ -23,6 +23,7 @@ namespace {
 // A store session with nothing to deliver is closed after this.
 constexpr auto kStoreIdle = std::chrono::seconds(30);
 constexpr std::string_view kSuffix = ".queue";
+constexpr uintmax_t kHeaderOnly = 8; // an outbox file that holds nothing
 
 } // namespace
 
@@ -56,7 +57,16 @@ mqtt::StoreVerdict MqttService::store(mqtt::Proxy& p, const mqtt::upstream::Publ
     return mqtt::StoreVerdict::Forward; // reported; the acknowledgement waits for the broker
   }
   const mqtt::StoreTicket ticket{p.id(), m.token};
-  auto refused = box->store(m, ticket);
+  const std::string client = p.session() != nullptr ? p.session()->upstreamClientId() : "";
+  auto stored = box->store(m, ticket, client);
+  if (stored == mqtt::Outbox::Stored::Again) {
+    ++stats_.storeResends;
+    return mqtt::StoreVerdict::Stored;
+  }
+  std::optional<mqtt::OutboxLog::Refusal> refused;
+  if (!stored) {
+    refused = stored.error();
+  }
   const bool dropOldest =
       device->mqttRules.whenQueueFull == policy::MqttRules::WhenQueueFull::DropOldest;
   if (refused && *refused != mqtt::OutboxLog::Refusal::Failed && dropOldest) {
@@ -65,7 +75,8 @@ mqtt::StoreVerdict MqttService::store(mqtt::Proxy& p, const mqtt::upstream::Publ
     int drops = 0;
     for (; drops < 8 && refused && box->dropOldest(); ++drops) {
       ++stats_.storeDropped;
-      refused = box->store(m, ticket);
+      stored = box->store(m, ticket, client);
+      refused = stored ? std::nullopt : std::optional(stored.error());
     }
     if (drops > 0) {
       storeEvent(EventType::OutboxFull, id, "mqtt.when_queue_full", "drop-oldest",
@@ -101,6 +112,31 @@ mqtt::StoreVerdict MqttService::store(mqtt::Proxy& p, const mqtt::upstream::Publ
   return mqtt::StoreVerdict::Refused;
 }
 
+bool MqttService::release(mqtt::Proxy& p, uint16_t packetId, uint64_t token) {
+  const policy::DevicePolicy* device = p.device();
+  if (device == nullptr || p.session() == nullptr) {
+    return false;
+  }
+  const std::string id = device->id.str();
+  mqtt::Outbox* box = nullptr;
+  if (const auto it = outboxes_.find(id); it != outboxes_.end()) {
+    box = it->second.box.get();
+  } else {
+    // Not open (idle for a while, or a new run): its file may still hold the flow. No file, no
+    // flow; one is not made for asking.
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(outboxPath(id), ec);
+    if (!ec && size > kHeaderOnly) {
+      box = outboxFor(id);
+    }
+  }
+  return box != nullptr && box->release(p.session()->upstreamClientId(), packetId, {p.id(), token});
+}
+
+std::filesystem::path MqttService::outboxPath(const std::string& device) const {
+  return config_->stateDirectory / "outbox" / (device + std::string(kSuffix));
+}
+
 mqtt::Outbox* MqttService::outboxFor(const std::string& device) {
   if (auto it = outboxes_.find(device); it != outboxes_.end()) {
     return it->second.box.get();
@@ -127,7 +163,7 @@ mqtt::Outbox* MqttService::outboxFor(const std::string& device) {
   };
   mqtt::OutboxLog::Recovered recovered;
   auto opened = mqtt::Outbox::open(
-      dir / (device + std::string(kSuffix)),
+      outboxPath(device),
       {config_->store.maxMessagesPerDevice, config_->store.maxBytesPerDevice, &diskBudget_},
       std::move(opener), &recovered);
   if (!opened) {
@@ -191,7 +227,7 @@ void MqttService::openStoredOutboxes() {
       continue;
     }
     const std::string device = name.substr(0, name.size() - kSuffix.size());
-    if (!policy::DeviceId::parse(device) || entry.file_size(ec) <= 8) {
+    if (!policy::DeviceId::parse(device) || entry.file_size(ec) <= kHeaderOnly) {
       continue; // not one of ours, or empty
     }
     mqtt::Outbox* box = outboxFor(device);
@@ -214,8 +250,7 @@ size_t MqttService::eraseOutbox(const std::string& device) {
     return n;
   }
   std::error_code ec;
-  if (!std::filesystem::exists(config_->stateDirectory / "outbox" / (device + std::string(kSuffix)),
-                               ec)) {
+  if (!std::filesystem::exists(outboxPath(device), ec)) {
     return 0;
   }
   mqtt::Outbox* box = outboxFor(device); // not open: counted, then removed

@@ -80,6 +80,10 @@ struct Outgoing {
   uint16_t packetId = 0;
   // QoS 2: the broker's PUBREC came on an earlier run; only PUBREL is sent.
   bool released = false;
+  // Not the client's business but the device side's (outbox.h): a QoS 2 message's packet
+  // identifier from the device (0: none), and whether the device sent it as a resend (DUP).
+  uint16_t origin = 0;
+  bool originDup = false;
 };
 
 struct SubscribeResult {

@@ -15,13 +15,32 @@ std::expected<std::unique_ptr<Outbox>, std::string> Outbox::open(const std::file
 
 Outbox::~Outbox() = default;
 
-std::optional<OutboxLog::Refusal> Outbox::store(const Outgoing& message, StoreTicket ticket) {
-  auto seq = log_->append(message.qos, message.retain, message.topic, message.payload);
+std::expected<Outbox::Stored, OutboxLog::Refusal>
+Outbox::store(const Outgoing& message, StoreTicket ticket, std::string_view client) {
+  std::optional<OutboxOrigin> origin;
+  if (message.qos == 2 && message.origin != 0 && !client.empty()) {
+    origin = OutboxOrigin{client, message.origin};
+  }
+  if (origin && message.originDup && log_->holds(*origin, message.topic, message.payload)) {
+    // Its PUBREC was lost on the way: it is answered again (after the next commit, should the
+    // flow still be on its way to the disk) and goes to the broker once, as stored.
+    waiting_.push_back(ticket);
+    return Stored::Again;
+  }
+  auto seq = log_->append(message.qos, message.retain, message.topic, message.payload, origin);
   if (!seq) {
-    return seq.error();
+    return std::unexpected(seq.error());
   }
   waiting_.push_back(ticket);
-  return std::nullopt;
+  return Stored::New;
+}
+
+bool Outbox::release(std::string_view client, uint16_t packetId, StoreTicket ticket) {
+  if (!log_->close(OutboxOrigin{client, packetId})) {
+    return false;
+  }
+  waiting_.push_back(ticket);
+  return true;
 }
 
 bool Outbox::dropOldest() {

@@ -7,10 +7,14 @@
 // there in order over the device's own store session (client id storeClientId, clean session 0),
 // opened while something is pending and closed once nothing has been for a while.
 //
-// Exactly once for QoS 2 across an iotgwd crash: a stored message keeps a packet identifier
-// derived from its sequence number, so that after a restart its PUBLISH goes again as the same
-// message (DUP) within the same broker session, and the PUBREC is made durable (a release mark)
-// before its PUBREL is sent, so that a message the broker has completed is never sent again.
+// Exactly once for QoS 2 across an iotgwd crash, towards the broker: a stored message keeps a
+// packet identifier derived from its sequence number, so that after a restart its PUBLISH goes
+// again as the same message (DUP) within the same broker session, and the PUBREC is made durable
+// (a release mark) before its PUBREL is sent, so that a message the broker has completed is never
+// sent again. Towards the device: the message's flow (OutboxLog, OutboxOrigin) is durable with it
+// and stays open until the device's PUBREL, whose PUBCOMP waits until the flow's end is durable;
+// a device that sends the message again (DUP) because its PUBREC was lost — iotgwd was killed, the
+// connection dropped — is answered PUBREC again and nothing is stored twice.
 
 #include <chrono>
 #include <cstdint>
@@ -45,9 +49,18 @@ public:
        OutboxLog::Recovered* recovered = nullptr);
   ~Outbox() override;
 
+  enum class Stored {
+    New,   // written
+    Again, // a QoS 2 resend (DUP) of the message its open flow holds: nothing written
+  };
   // Stores the message (`ticket` comes back from commit() once it is durable), or says why not.
-  [[nodiscard]] std::optional<OutboxLog::Refusal> store(const Outgoing& message,
-                                                        StoreTicket ticket);
+  // `client` is the sending device client's upstream client id: with it a QoS 2 message that
+  // names its origin (Outgoing::origin) opens that flow, or is recognised as a resend.
+  [[nodiscard]] std::expected<Stored, OutboxLog::Refusal>
+  store(const Outgoing& message, StoreTicket ticket, std::string_view client = {});
+  // The device's PUBREL for its QoS 2 message `packetId`: true when the outbox holds that flow;
+  // it is closed and `ticket` comes back from commit() once that is durable (then PUBCOMP).
+  [[nodiscard]] bool release(std::string_view client, uint16_t packetId, StoreTicket ticket);
   // Makes room by dropping the oldest pending message (a full queue whose policy says so);
   // false when there is nothing to drop.
   bool dropOldest();
@@ -73,6 +86,7 @@ public:
   [[nodiscard]] bool linkUp() const { return link_ && link_->connected(); }
   [[nodiscard]] uint64_t delivered() const { return delivered_; }
   [[nodiscard]] uint64_t dropped() const { return dropped_; }
+  [[nodiscard]] size_t flows() const { return log_->flows(); }
   [[nodiscard]] const std::string& error() const { return log_->error(); }
 
   // The packet identifier a stored message goes under: fixed by its sequence number.

@@ -19,13 +19,24 @@ constexpr std::array<uint8_t, 8> kMagic = {'I', 'O', 'T', 'G', 'W', 'Q', '0', '1
 constexpr size_t kFrame = 8;                   // length and CRC
 constexpr size_t kMarkBody = 1 + 8;            // kind, sequence number
 constexpr size_t kMessageHead = 1 + 8 + 8 + 4; // kind, seq, stored (ms), qos, retain, topic length
+// A message that opens a flow has it after the head, before the topic; a flow on its own (written
+// when its message is gone and the file is rewritten) has it after the kind and seq.
+constexpr size_t kFlowHead = 2 + 4 + 2; // packet identifier, digest, client length
 // No record is larger: a length past it is a torn or corrupt record, not an allocation.
 constexpr uint32_t kMaxBody = 16 * 1024 * 1024;
 
-enum Kind : uint8_t { kMessage = 1, kReleased = 2, kDone = 3 };
+enum Kind : uint8_t {
+  kMessage = 1,
+  kReleased = 2,
+  kDone = 3,
+  kFlowMessage = 4, // a QoS 2 message and the flow it opens
+  kFlow = 5,        // an open flow whose message is done
+  kFlowClosed = 6,  // the flow opened by this seq is closed (PUBREL)
+};
 
 // CRC-32C (Castagnoli), bytewise with a table: records are small and this is off the hot path.
-uint32_t crc32c(std::span<const uint8_t> data) {
+// Chained: crc32c(b, crc32c(a)) is the CRC of a and b together.
+uint32_t crc32c(std::span<const uint8_t> data, uint32_t crc = 0) {
   static const auto table = [] {
     std::array<uint32_t, 256> t{};
     for (uint32_t i = 0; i < 256; ++i) {
@@ -37,7 +48,7 @@ uint32_t crc32c(std::span<const uint8_t> data) {
     }
     return t;
   }();
-  uint32_t c = 0xFFFFFFFFU;
+  uint32_t c = crc ^ 0xFFFFFFFFU;
   for (uint8_t b : data) {
     c = table[(c ^ b) & 0xFFU] ^ (c >> 8);
   }
@@ -107,6 +118,49 @@ bool syncDirectory(const std::filesystem::path& dir) {
   const bool ok = ::fsync(d) == 0;
   ::close(d);
   return ok;
+}
+
+std::span<const uint8_t> bytesOf(std::string_view s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+// What tells a resend from a new message under the same packet identifier.
+uint32_t digestOf(std::string_view topic, std::span<const uint8_t> payload) {
+  return crc32c(payload, crc32c(bytesOf(topic)));
+}
+
+// The size of a flow written on its own.
+size_t flowRecordBytes(size_t clientBytes) { return kFrame + 1 + 8 + kFlowHead + clientBytes; }
+
+// Reads a flow's fields at `p` (within a body ending at `end`): its client and packet
+// identifier, its digest, and where what follows begins; nothing when they do not fit.
+struct ParsedFlow {
+  std::pair<std::string, uint16_t> key;
+  uint32_t digest = 0;
+  const uint8_t* rest = nullptr;
+};
+std::optional<ParsedFlow> parseFlow(const uint8_t* p, const uint8_t* end) {
+  if (end - p < static_cast<ptrdiff_t>(kFlowHead)) {
+    return std::nullopt;
+  }
+  const auto clientBytes = static_cast<size_t>(get(p + 6, 2));
+  if (end - p < static_cast<ptrdiff_t>(kFlowHead + clientBytes)) {
+    return std::nullopt;
+  }
+  ParsedFlow f;
+  f.key.first.assign(reinterpret_cast<const char*>(p + kFlowHead), clientBytes);
+  f.key.second = static_cast<uint16_t>(get(p, 2));
+  f.digest = static_cast<uint32_t>(get(p + 2, 4));
+  f.rest = p + kFlowHead + clientBytes;
+  return f;
+}
+
+void putFlow(std::vector<uint8_t>& body, std::string_view client, uint16_t packetId,
+             uint32_t digest) {
+  put(body, packetId, 2);
+  put(body, digest, 4);
+  put(body, client.size(), 2);
+  body.insert(body.end(), client.begin(), client.end());
 }
 
 int64_t nowMs() {
@@ -205,14 +259,31 @@ bool OutboxLog::recover(Recovered& r) {
     const uint8_t kind = body[0];
     const uint64_t seq = get(body.data() + 1, 8);
     highest = std::max(highest, seq);
-    if (kind == kMessage && size >= kMessageHead) {
+    const uint8_t* end = body.data() + body.size();
+    if ((kind == kMessage || kind == kFlowMessage) && size >= kMessageHead) {
       Entry e;
       e.offset = at;
       e.size = static_cast<uint32_t>(kFrame + size);
       e.storedMs = static_cast<int64_t>(get(body.data() + 9, 8));
       e.qos = body[17];
+      e.flow = kind == kFlowMessage;
+      if (e.flow) {
+        auto f = parseFlow(body.data() + kMessageHead, end);
+        if (!f || end - f->rest < static_cast<ptrdiff_t>(get(body.data() + 19, 2))) {
+          break; // its lengths do not add up: corrupt, treated as the end
+        }
+        openFlow(std::move(f->key), Flow{seq, f->digest});
+      }
       pending_[seq] = e;
       liveBytes_ += e.size;
+    } else if (kind == kFlow) {
+      auto f = parseFlow(body.data() + kMarkBody, end);
+      if (!f) {
+        break;
+      }
+      openFlow(std::move(f->key), Flow{seq, f->digest});
+    } else if (kind == kFlowClosed) {
+      closeFlow(seq);
     } else if (kind == kReleased) {
       if (auto it = pending_.find(seq); it != pending_.end()) {
         it->second.released = true;
@@ -262,25 +333,41 @@ bool OutboxLog::write(std::span<const uint8_t> record, bool mustSync) {
 
 std::expected<uint64_t, OutboxLog::Refusal> OutboxLog::append(uint8_t qos, bool retain,
                                                               std::string_view topic,
-                                                              std::span<const uint8_t> payload) {
-  const size_t record = kFrame + kMessageHead + topic.size() + payload.size();
+                                                              std::span<const uint8_t> payload,
+                                                              std::optional<OutboxOrigin> origin) {
+  const size_t flowBytes = origin ? kFlowHead + origin->client.size() : 0;
+  const size_t record = kFrame + kMessageHead + flowBytes + topic.size() + payload.size();
   if (pending_.size() >= limits_.maxMessages || liveBytes_ + record > limits_.maxBytes ||
-      topic.size() > 0xFFFF || record - kFrame > kMaxBody) {
+      topic.size() > 0xFFFF || (origin && origin->client.size() > 0xFFFF) ||
+      record - kFrame > kMaxBody) {
     return std::unexpected(Refusal::Full);
   }
   if (limits_.budget != nullptr && limits_.budget->used + record > limits_.budget->limit) {
     return std::unexpected(Refusal::DiskFull);
   }
+  std::optional<FlowKey> key;
+  if (origin) {
+    key.emplace(std::string(origin->client), origin->packetId);
+    if (!flows_.contains(*key) && flows_.size() >= kMaxFlows) {
+      const uint64_t oldest = flowBySeq_.begin()->first;
+      closeFlow(oldest);
+      mark(kFlowClosed, oldest);
+    }
+  }
   const uint64_t seq = nextSeq_;
   const int64_t stored = nowMs();
+  const uint32_t digest = origin ? digestOf(topic, payload) : 0;
   std::vector<uint8_t> body;
   body.reserve(record - kFrame);
-  body.push_back(kMessage);
+  body.push_back(origin ? kFlowMessage : kMessage);
   put(body, seq, 8);
   put(body, static_cast<uint64_t>(stored), 8);
   body.push_back(qos);
   body.push_back(retain ? 1 : 0);
   put(body, topic.size(), 2);
+  if (origin) {
+    putFlow(body, origin->client, origin->packetId, digest);
+  }
   body.insert(body.end(), topic.begin(), topic.end());
   body.insert(body.end(), payload.begin(), payload.end());
   const off_t at = end_;
@@ -288,9 +375,53 @@ std::expected<uint64_t, OutboxLog::Refusal> OutboxLog::append(uint8_t qos, bool 
     return std::unexpected(Refusal::Failed);
   }
   ++nextSeq_;
-  pending_[seq] = Entry{at, static_cast<uint32_t>(record), qos, false, stored};
+  pending_[seq] = Entry{at, static_cast<uint32_t>(record), qos, false, key.has_value(), stored};
   liveBytes_ += record;
+  if (key) {
+    closedUnsynced_.erase(*key);
+    openFlow(std::move(*key), Flow{seq, digest});
+  }
   return seq;
+}
+
+void OutboxLog::openFlow(FlowKey key, Flow flow) {
+  if (auto it = flows_.find(key); it != flows_.end()) {
+    flowBySeq_.erase(it->second.seq);
+    flowBytes_ -= flowRecordBytes(key.first.size());
+    flows_.erase(it);
+  }
+  flowBytes_ += flowRecordBytes(key.first.size());
+  flowBySeq_[flow.seq] = key;
+  flows_.emplace(std::move(key), flow);
+}
+
+void OutboxLog::closeFlow(uint64_t seq) {
+  const auto it = flowBySeq_.find(seq);
+  if (it == flowBySeq_.end()) {
+    return;
+  }
+  flowBytes_ -= flowRecordBytes(it->second.first.size());
+  flows_.erase(it->second);
+  flowBySeq_.erase(it);
+}
+
+bool OutboxLog::holds(const OutboxOrigin& origin, std::string_view topic,
+                      std::span<const uint8_t> payload) const {
+  const auto it = flows_.find(FlowKey{std::string(origin.client), origin.packetId});
+  return it != flows_.end() && it->second.digest == digestOf(topic, payload);
+}
+
+bool OutboxLog::close(const OutboxOrigin& origin) {
+  FlowKey key{std::string(origin.client), origin.packetId};
+  const auto it = flows_.find(key);
+  if (it == flows_.end()) {
+    return closedUnsynced_.contains(key);
+  }
+  const uint64_t seq = it->second.seq;
+  closeFlow(seq);
+  mark(kFlowClosed, seq);
+  closedUnsynced_.insert(std::move(key));
+  return true;
 }
 
 void OutboxLog::mark(uint8_t kind, uint64_t seq) {
@@ -334,12 +465,13 @@ bool OutboxLog::sync() {
   ++syncs_;
   dirty_ = false;
   lazy_ = false;
+  closedUnsynced_.clear();
   return compact();
 }
 
 bool OutboxLog::compact() {
   const auto header = static_cast<off_t>(kMagic.size());
-  if (pending_.empty()) {
+  if (pending_.empty() && flows_.empty()) {
     if (end_ > header) {
       // Everything is done, and that is durable: nothing of the file is needed any more.
       if (::ftruncate(fd_, header) != 0) {
@@ -351,8 +483,9 @@ bool OutboxLog::compact() {
     }
     return true;
   }
-  // Rewritten only when the marks and done messages outweigh what is pending, and are worth it.
-  const auto live = static_cast<off_t>(liveBytes_);
+  // Rewritten only when the marks and done messages outweigh what is pending (and the open
+  // flows), and are worth it.
+  const auto live = static_cast<off_t>(liveBytes_ + flowBytes_);
   if (end_ < 256 * 1024 || end_ < 2 * (live + header)) {
     return true;
   }
@@ -372,14 +505,31 @@ bool OutboxLog::compact() {
     Entry n = e;
     n.offset = at;
     at += e.size;
-    if (ok && e.released) {
-      std::vector<uint8_t> body{kReleased};
+    const auto markAlso = [&](uint8_t kind) {
+      std::vector<uint8_t> body{kind};
       put(body, seq, 8);
       const auto m = frame(body);
-      ok = writeAll(fd, m, at);
+      ok = ok && writeAll(fd, m, at);
       at += static_cast<off_t>(m.size());
+    };
+    if (e.released) {
+      markAlso(kReleased);
+    }
+    if (e.flow && !flowBySeq_.contains(seq)) {
+      markAlso(kFlowClosed); // closed, or replaced by a newer message under its identifier
     }
     moved[seq] = n;
+  }
+  for (const auto& [key, flow] : flows_) {
+    if (pending_.contains(flow.seq)) {
+      continue; // in its message's record
+    }
+    std::vector<uint8_t> body{kFlow};
+    put(body, flow.seq, 8);
+    putFlow(body, key.first, key.second, flow.digest);
+    const auto m = frame(body);
+    ok = ok && writeAll(fd, m, at);
+    at += static_cast<off_t>(m.size());
   }
   if (!ok || ::fsync(fd) != 0 || ::rename(tmp.c_str(), path_.c_str()) != 0 ||
       !syncDirectory(path_.parent_path())) {
@@ -414,9 +564,17 @@ std::optional<OutboxMessage> OutboxLog::read(uint64_t seq) const {
     return std::nullopt;
   }
   const uint8_t* b = record.data() + kFrame;
-  const size_t size = record.size() - kFrame;
+  const uint8_t* end = record.data() + record.size();
   const auto topicBytes = static_cast<size_t>(get(b + 19, 2));
-  if (size < kMessageHead + topicBytes) {
+  const uint8_t* topic = b + kMessageHead;
+  if (b[0] == kFlowMessage) {
+    const auto f = parseFlow(topic, end);
+    if (!f) {
+      return std::nullopt;
+    }
+    topic = f->rest;
+  }
+  if (end - topic < static_cast<ptrdiff_t>(topicBytes)) {
     return std::nullopt;
   }
   OutboxMessage m;
@@ -426,8 +584,8 @@ std::optional<OutboxMessage> OutboxLog::read(uint64_t seq) const {
   m.qos = b[17];
   m.retain = b[18] != 0;
   m.released = it->second.released;
-  m.topic.assign(reinterpret_cast<const char*>(b + kMessageHead), topicBytes);
-  m.payload.assign(b + kMessageHead + topicBytes, b + size);
+  m.topic.assign(reinterpret_cast<const char*>(topic), topicBytes);
+  m.payload.assign(topic + topicBytes, end);
   return m;
 }
 
@@ -442,6 +600,10 @@ std::optional<std::chrono::system_clock::time_point> OutboxLog::oldest() const {
 void OutboxLog::erase() {
   pending_.clear();
   liveBytes_ = 0;
+  flows_.clear();
+  flowBySeq_.clear();
+  flowBytes_ = 0;
+  closedUnsynced_.clear();
   (void)::unlink(path_.c_str());
   (void)syncDirectory(path_.parent_path());
   ::close(fd_);

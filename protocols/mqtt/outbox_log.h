@@ -8,17 +8,21 @@
 //
 // An append-only file of records, each framed by its length and a CRC-32C: a message, or a mark
 // that a message was released (QoS 2: the broker has it, only PUBREL remains) or is done (the
-// broker acknowledged it, or a full queue dropped it). Why a log and not SQLite in WAL mode:
-// measured (tests/bench/outbox_bench.py, the same messages and durable points for both; README,
-// Performance), the log wrote 0.3–0.5× the bytes to storage that SQLite with synchronous=FULL did
-// — what wears a router's flash — and stored messages 1.1–1.3× as fast; SQLite marked them
-// delivered faster in large batches (0.6–0.8×, both far above what a broker takes), and it would
-// be a dependency of iotgwd for one table. A record is written when appended and durable after
-// the next sync(); acknowledgements to the device wait for that sync (group commit: one
+// broker acknowledged it, or a full queue dropped it). A QoS 2 message also opens its flow towards
+// the device (OutboxOrigin: which client sent it under which packet identifier, and a digest of
+// it), which outlives the message until the device's PUBREL closes it: a device that sends the
+// message again (DUP) after losing its PUBREC — iotgwd was killed, the connection dropped — is
+// recognised and answered without a second copy going to the broker. Why a log and not SQLite in
+// WAL mode: measured (tests/bench/outbox_bench.py, the same messages and durable points for both;
+// README, Performance), the log wrote 0.3–0.5× the bytes to storage that SQLite with
+// synchronous=FULL did — what wears a router's flash — and stored messages 1.1–1.3× as fast; SQLite
+// marked them delivered faster in large batches (0.6–0.8×, both far above what a broker takes), and
+// it would be a dependency of iotgwd for one table. A record is written when appended and durable
+// after the next sync(); acknowledgements to the device wait for that sync (group commit: one
 // fdatasync for everything appended since the last one). Opening the file recovers it: a torn last
 // record (power lost mid-write) is cut off and every complete record before it kept. Once nothing
-// is pending the file is truncated; when the marks outgrow what is pending it is rewritten
-// (temporary file, fsync, rename).
+// is pending and no flow open the file is truncated; when the marks outgrow what is pending it is
+// rewritten (temporary file, fsync, rename).
 
 #include <sys/types.h>
 
@@ -29,9 +33,11 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace iotgw::mqtt {
@@ -46,6 +52,13 @@ struct OutboxLimits {
   size_t maxMessages = 10'000;       // pending messages of one device ...
   size_t maxBytes = 4 * 1024 * 1024; // ... and their bytes (records as stored)
   DiskBudget* budget = nullptr;      // all devices together; none: only the device's own
+};
+
+// Where a QoS 2 message came from: the device's client (its upstream client id, client_id.h) and
+// the packet identifier it sent the message under.
+struct OutboxOrigin {
+  std::string_view client;
+  uint16_t packetId = 0;
 };
 
 struct OutboxMessage {
@@ -75,8 +88,11 @@ public:
 
   // Writes the message; durable after the next sync(). Refused when the device's bounds or the
   // disk budget have no room for it (Full, DiskFull), or the write failed (Failed, in error()).
+  // With an origin (QoS 2) it opens that flow in the same record, replacing an older one under
+  // the same client and packet identifier (the device started a new message under it).
   [[nodiscard]] std::expected<uint64_t, Refusal>
-  append(uint8_t qos, bool retain, std::string_view topic, std::span<const uint8_t> payload);
+  append(uint8_t qos, bool retain, std::string_view topic, std::span<const uint8_t> payload,
+         std::optional<OutboxOrigin> origin = std::nullopt);
   // Whether a message of this size would be taken now.
   [[nodiscard]] bool fits(size_t topicBytes, size_t payloadBytes) const;
   // The broker has the QoS 2 message: only PUBREL remains (durable after the next sync()).
@@ -86,6 +102,18 @@ public:
   // the message being sent again — at least once for QoS 1, and for a released QoS 2 message
   // only its PUBREL — never a loss.
   void done(uint64_t seq);
+  // Whether the flow `origin` is open with this very message: the device sends again what was
+  // stored (kept until its PUBREL, whether or not the broker has it yet).
+  [[nodiscard]] bool holds(const OutboxOrigin& origin, std::string_view topic,
+                           std::span<const uint8_t> payload) const;
+  // The device's PUBREL: the flow is closed (durable after the next sync(), which its PUBCOMP
+  // waits for: after a crash the closed flow must not come back and take a new message under
+  // the same packet identifier for a resend). False when no such flow is open or closing.
+  bool close(const OutboxOrigin& origin);
+  // Open flows, at most kMaxFlows: past it the oldest is closed (its device, had it kept it,
+  // would have its resend stored again: a duplicate, never a loss).
+  static constexpr size_t kMaxFlows = 1024;
+  [[nodiscard]] size_t flows() const { return flows_.size(); }
   // Makes everything written so far durable (fdatasync); then compacts if it is worth it.
   [[nodiscard]] bool sync();
   // Whether something that must be durable (a message, a release) was written since sync().
@@ -114,12 +142,20 @@ private:
     uint32_t size = 0; // the whole record
     uint8_t qos = 1;
     bool released = false;
+    bool flow = false; // the record opens a flow (an origin is in it)
     int64_t storedMs = 0;
+  };
+  using FlowKey = std::pair<std::string, uint16_t>; // client, packet identifier
+  struct Flow {
+    uint64_t seq = 0; // the message that opened it
+    uint32_t digest = 0;
   };
   OutboxLog(std::filesystem::path path, int fd, OutboxLimits limits);
   [[nodiscard]] bool recover(Recovered& r);
   [[nodiscard]] bool write(std::span<const uint8_t> record, bool mustSync = true);
   void mark(uint8_t kind, uint64_t seq);
+  void openFlow(FlowKey key, Flow flow);
+  void closeFlow(uint64_t seq);
   [[nodiscard]] bool compact();
   void account(ptrdiff_t delta);
 
@@ -128,7 +164,11 @@ private:
   OutboxLimits limits_;
   std::map<uint64_t, Entry> pending_;
   size_t liveBytes_ = 0; // records of pending messages
-  off_t end_ = 0;        // where the next record goes
+  std::map<FlowKey, Flow> flows_;
+  std::map<uint64_t, FlowKey> flowBySeq_;
+  size_t flowBytes_ = 0;             // what the open flows take when written on their own
+  std::set<FlowKey> closedUnsynced_; // closed since the last sync
+  off_t end_ = 0;                    // where the next record goes
   uint64_t nextSeq_ = 1;
   uint64_t syncs_ = 0;
   bool dirty_ = false;

@@ -287,12 +287,16 @@ void Proxy::apply(Effects& e) {
   for (auto& cmd : e.upstream) {
     carryOut(cmd);
   }
-  if (!refused_.empty() && !dead_) {
+  if ((!refused_.empty() || !unknownReleases_.empty()) && !dead_) {
     Effects r;
     for (const uint64_t token : refused_) {
       session_->upstreamRefused(token, r);
     }
+    for (const uint64_t token : unknownReleases_) {
+      session_->upstreamReleaseUnknown(token, r);
+    }
     refused_.clear();
+    unknownReleases_.clear();
     e.toClient.insert(e.toClient.end(), r.toClient.begin(), r.toClient.end());
   }
   if (!e.toClient.empty() && !dead_) {
@@ -384,6 +388,10 @@ void Proxy::carryOut(upstream::Command& cmd) {
   } else if (auto* end = std::get_if<upstream::Close>(&cmd)) {
     if (upstream_) {
       upstream_->close(end->publishWill);
+    }
+  } else if (const auto* rel = std::get_if<upstream::Release>(&cmd)) {
+    if (!hooks_.release || !hooks_.release(*this, rel->packetId, rel->token)) {
+      unknownReleases_.push_back(rel->token);
     }
   }
 }

@@ -80,6 +80,9 @@ struct ProxyHooks {
   // and what the upstream gave back when it went down. Unset: nothing is stored (the
   // acknowledgement waits for the broker).
   std::function<StoreVerdict(Proxy&, const upstream::Publish&, bool upstreamDown)> store;
+  // The device's PUBREL for a QoS 2 message the outbox may hold the flow of: true when it does
+  // (the PUBCOMP waits for Proxy::stored with the token); false, or unset: answered at once.
+  std::function<bool(Proxy&, uint16_t packetId, uint64_t token)> release;
 };
 
 class Proxy final : public UpstreamObserver {
@@ -97,7 +100,8 @@ public:
   // Keepalive and connect deadlines, the handshake's timeout, the upstream's timers.
   void tick(Clock::time_point now);
   void passwordChecked(PasswordResult result);
-  // The message `token` that ProxyHooks::store took is durable: the device is told.
+  // The message `token` that ProxyHooks::store took (or the end of the flow ProxyHooks::release
+  // took) is durable: the device is told.
   void stored(uint64_t token);
   // Ends the connection: the session ends (its events go out), the upstream delivers what it
   // holds and then disconnects (with the will published when `publishWill`).
@@ -164,6 +168,7 @@ private:
   bool stallReported_ = false;    // the broker-not-reading event went out for this pause
   bool upstreamDown_ = false;     // the upstream's last attempt failed, or it was lost
   std::vector<uint64_t> refused_; // tokens the outbox could not take, answered after carryOut
+  std::vector<uint64_t> unknownReleases_; // PUBRELs the outbox has no flow for, likewise
   uint32_t armed_ = 0;
 };
 

@@ -274,12 +274,21 @@ void Session::onPublish(Publish&& p, Clock::time_point now, Effects& out) {
     ++unacknowledgedFromClient_;
     if (p.qos == 2) {
       qos2Received_.emplace(p.packetId, true);
+      fwd.origin = p.packetId; // the outbox tells a resend from a new message by these
+      fwd.originDup = p.dup;
     }
   }
   out.upstream.emplace_back(std::move(fwd));
 }
 
 void Session::upstreamAcked(uint64_t token, Effects& out) {
+  if ((token & kReleaseToken) != 0) {
+    const auto pid = static_cast<uint16_t>(token);
+    if (releasing_.erase(pid) > 0 && state_ == State::Connected) {
+      send(Ack{PacketType::Pubcomp, pid, 0, {}}, out);
+    }
+    return;
+  }
   const auto it = awaitingBroker_.find(token);
   if (it == awaitingBroker_.end() || state_ != State::Connected) {
     return;
@@ -300,6 +309,22 @@ void Session::upstreamAcked(uint64_t token, Effects& out) {
       --unacknowledgedFromClient_;
     }
   }
+}
+
+void Session::upstreamReleaseUnknown(uint64_t token, Effects& out) {
+  const auto it = releasing_.find(static_cast<uint16_t>(token));
+  if ((token & kReleaseToken) == 0 || it == releasing_.end()) {
+    return;
+  }
+  const auto [pid, known] = *it;
+  releasing_.erase(it);
+  if (state_ == State::Connected) {
+    send(Ack{PacketType::Pubcomp, pid, pubcompCode(known), {}}, out);
+  }
+}
+
+uint8_t Session::pubcompCode(bool known) const {
+  return known || version_ != Version::V5 ? uint8_t{0} : reason::kPacketIdentifierNotFound;
 }
 
 void Session::upstreamRefused(uint64_t token, Effects& out) {
@@ -333,16 +358,21 @@ void Session::onAck(const Ack& a, Effects& out) {
   switch (a.type) {
   case PacketType::Pubrel: {
     const auto it = qos2Received_.find(a.packetId);
-    uint8_t code = 0;
-    if (it == qos2Received_.end()) {
-      code = version_ == Version::V5 ? reason::kPacketIdentifierNotFound : uint8_t{0};
-    } else {
+    const bool known = it != qos2Received_.end();
+    if (known) {
       if (it->second) {
         --unacknowledgedFromClient_;
       }
       qos2Received_.erase(it);
     }
-    send(Ack{PacketType::Pubcomp, a.packetId, code, {}}, out);
+    if (!settings_.storedFlows) {
+      send(Ack{PacketType::Pubcomp, a.packetId, pubcompCode(known), {}}, out);
+    } else if (releasing_.emplace(a.packetId, known).second) {
+      // The outbox may hold the flow from an earlier connection (or iotgwd run): its end must
+      // be durable before PUBCOMP lets the client use the identifier again. A repeat while
+      // that is on its way is answered by the same PUBCOMP.
+      out.upstream.emplace_back(upstream::Release{kReleaseToken | a.packetId, a.packetId});
+    }
     return;
   }
   case PacketType::Puback:

@@ -55,6 +55,10 @@ struct SessionSettings {
   std::function<bool(const policy::DevicePolicy&, const std::string& upstreamClientId)> admit;
   // SUBSCRIBE and UNSUBSCRIBE waiting for the broker's answer; past it the client is not read.
   uint32_t maxPendingSubscribes = 8;
+  // QoS 2 flows outlive the session (the device's outbox keeps them, outbox.h): a PUBREL goes
+  // out as upstream::Release and its PUBCOMP waits for upstreamAcked (the flow's end is durable)
+  // or upstreamReleaseUnknown. Unset: PUBCOMP at once.
+  bool storedFlows = false;
 };
 
 // The filters persistent upstream sessions hold at the broker, as far as iotgwd knows (upstream
@@ -89,6 +93,12 @@ struct Unsubscribe {
   uint64_t token = 0;
   std::vector<std::string> filters;
 };
+// The client's PUBREL for its QoS 2 message `packetId` (SessionSettings::storedFlows): answered
+// with Session::upstreamAcked (the flow's end is durable) or upstreamReleaseUnknown, and the token.
+struct Release {
+  uint64_t token = 0;
+  uint16_t packetId = 0;
+};
 // The device has the message the broker sent (its Delivery::id).
 struct Acknowledge {
   uint32_t id = 0;
@@ -96,7 +106,7 @@ struct Acknowledge {
 struct Close {
   bool publishWill = false;
 };
-using Command = std::variant<Open, Publish, Subscribe, Unsubscribe, Acknowledge, Close>;
+using Command = std::variant<Open, Publish, Subscribe, Unsubscribe, Acknowledge, Close, Release>;
 } // namespace upstream
 
 // A password to check against a hash, off the event loop (PBKDF2 takes ~0.1 s by design). The
@@ -163,8 +173,11 @@ public:
 
   // Bytes read from the client. Consumes every complete packet; keeps a partial one.
   void receive(std::span<const uint8_t> bytes, Clock::time_point now, Effects& out);
-  // The broker acknowledged the forwarded message `token` (PUBACK, or PUBCOMP for QoS 2).
+  // The broker acknowledged the forwarded message `token` (PUBACK, or PUBCOMP for QoS 2), or the
+  // outbox made it (or the end of the flow an upstream::Release names) durable.
   void upstreamAcked(uint64_t token, Effects& out);
+  // Nobody keeps the flow an upstream::Release names: PUBCOMP says what the session knows of it.
+  void upstreamReleaseUnknown(uint64_t token, Effects& out);
   // The message `token` could not be taken (the device's outbox is full): a 5.0 client hears
   // "quota exceeded" (and may send it again later); a 3.1/3.1.1 client hears nothing, keeps the
   // message and sends it again when it reconnects (its window stays taken until then).
@@ -223,6 +236,8 @@ private:
   void rememberSubscriptions();
   void onPublish(Publish&& p, Clock::time_point now, Effects& out);
   void onAck(const Ack& a, Effects& out);
+  // A PUBCOMP's reason code: 5.0 says when the packet identifier was not known.
+  [[nodiscard]] uint8_t pubcompCode(bool known) const;
   void onSubscribe(const Subscribe& s, Effects& out);
   void onUnsubscribe(const Unsubscribe& u, Effects& out);
   void protocolViolation(const CodecError& e, Effects& out);
@@ -277,6 +292,10 @@ private:
   // QoS 2 packet ids taken from the client, until its PUBREL (exactly once); the value says
   // whether the message counts against Receive Maximum (it was forwarded).
   std::map<uint16_t, bool> qos2Received_;
+  // PUBRELs whose PUBCOMP waits (upstream::Release): packet id → whether the session knew it.
+  // Their tokens are the packet id with kReleaseToken set, apart from every publish's.
+  static constexpr uint64_t kReleaseToken = uint64_t{1} << 63;
+  std::map<uint16_t, bool> releasing_;
   size_t unacknowledgedFromClient_ = 0;
 
   // Broker → client, QoS > 0, awaiting the client's PUBACK / PUBREC / PUBCOMP; `upstream` is

@@ -12,6 +12,9 @@ QoS 2, and a persistent subscriber at the broker:
   and goes on publishing, acknowledged; the outbox is resumed (event);
 * the broker back: every acknowledged message reaches the subscriber, in order, QoS 2 exactly once;
   outbox-drained; the file is empty again;
+* a QoS 2 PUBREC lost on the way to the device (its connection dropped, iotgwd killed): the
+  device sends the message again (DUP) and it reaches the subscriber once; a PUBREL after an
+  iotgwd restart completes its flow (5.0 PUBCOMP "success", not "packet identifier not found");
 * a full outbox: a device whose policy refuses gets no PUBACK past the bound (3.1.1) or "quota
   exceeded" (5.0), and every one it was acknowledged arrives; one whose policy drops the oldest
   gets every PUBACK and loses exactly the oldest ones, each drop reported.
@@ -104,6 +107,30 @@ class LegacyDevice:
         self.c.loop_stop()
 
 
+def valve(port):
+    """valve-01 logs in as a MQTT 5.0 client on a raw socket (clean start, as paho's default)."""
+    c = w.Client(port, timeout=3.0)
+    check(c.connack(w.connect("valve-01-a", "valve-01", PASSWORD, version=5)) == 0, "valve-01 logs in")
+    return c
+
+
+def answer(c, kind, pid):
+    """The reason code of the next packet when it is a `kind` (5 PUBREC, 7 PUBCOMP) for `pid`."""
+    p = c.read_packet()
+    if p is None or p[0] >> 4 != kind or int.from_bytes(p[1][:2], "big") != pid:
+        return f"not that: {p}"
+    return p[1][2] if len(p[1]) > 2 else 0
+
+
+def qos2_publish(topic, payload, pid, dup=False):
+    frame = w.publish(topic, payload, qos=2, packet_id=pid, version=5)
+    return bytes([frame[0] | (0x08 if dup else 0)]) + frame[1:]
+
+
+def pubrel(pid):
+    return bytes([0x62, 2]) + pid.to_bytes(2, "big")
+
+
 def events_of(path, kind):
     return [line for line in open(path) if f"IOTGW_EVENT={kind}" in line]
 
@@ -145,7 +172,8 @@ burst = 1000
 max_messages_per_device = {BOUND}
 """))
     hashed = hash_password(PASSWORD)
-    for name, extra in (("meter-01", ""), ("full-01", ""), ("drop-01", 'when_queue_full = "drop-oldest"\n')):
+    for name, extra in (("meter-01", ""), ("valve-01", ""), ("full-01", ""),
+                        ("drop-01", 'when_queue_full = "drop-oldest"\n')):
         password_device(os.path.join(root, "devices.d"), name, hashed, extra)
     notify = NotifySocket(root)
     events = os.path.join(root, "events")
@@ -224,6 +252,43 @@ max_messages_per_device = {BOUND}
         time.sleep(0.2)
     check([e for e in events_of(events, "outbox-drained") if "meter-01" in e], "outbox-drained")
     check(os.path.getsize(outbox) == 8, f"the outbox file is empty again ({os.path.getsize(outbox)} bytes)")
+
+    print("a QoS 2 PUBREC lost on the way: the device sends the message again, it arrives once")
+    topic = "devices/valve-01/state"
+    c = valve(port)
+    c.send(qos2_publish(topic, "rec-lost-1", 7))
+    check(answer(c, 5, 7) == 0, "PUBREC")
+    c.close()  # as if it had never come: the connection dropped first
+    c = valve(port)
+    c.send(qos2_publish(topic, "rec-lost-1", 7, dup=True))
+    check(answer(c, 5, 7) == 0, "the resend (DUP, on a new connection) is answered PUBREC")
+    c.send(pubrel(7))
+    check(answer(c, 7, 7) == 0, "PUBREL: PUBCOMP")
+    c.send(pubrel(7))
+    check(answer(c, 7, 7) == 0x92, "a second PUBREL: 'packet identifier not found'")
+    c.send(qos2_publish(topic, "rec-lost-2", 8))
+    check(answer(c, 5, 8) == 0, "PUBREC")
+    c.send(qos2_publish(topic, "rec-lost-3", 9))
+    check(answer(c, 5, 9) == 0, "PUBREC")
+    c.send(pubrel(9))  # iotgwd is killed before its PUBCOMP can come (it may have)
+    d.signal(signal.SIGKILL)
+    d.proc.wait(timeout=10)
+    c.close()
+    d = start_gateway()
+    c = valve(port)
+    c.send(qos2_publish(topic, "rec-lost-2", 8, dup=True))
+    check(answer(c, 5, 8) == 0, "after a SIGKILL of iotgwd the resend is answered PUBREC")
+    c.send(pubrel(8))
+    check(answer(c, 7, 8) == 0, "and its PUBREL completes it")
+    c.send(pubrel(9))
+    code = answer(c, 7, 9)
+    check(code == 0, f"a PUBREL repeated after the restart completes its flow (PUBCOMP {code})")
+    c.close()
+    want = ["rec-lost-1", "rec-lost-2", "rec-lost-3"]
+    check(app.wait_for("valve-01", want, 10), "all three reach the subscriber")
+    time.sleep(1.5)  # what would come twice comes by now
+    got = app.payloads("valve-01")
+    check(sorted(got) == want, f"each exactly once ({got})")
 
     print("a full outbox: refuse, or drop the oldest, as the device's policy says")
     broker.stop()

@@ -244,3 +244,50 @@ TEST_F(SessionTest, ABrokerThatLosesTheSessionOrRefusesTheLoginEndsTheConnection
   session_->upstreamStatus(false, false, now_, refused, true);
   EXPECT_TRUE(refused.closeClient);
 }
+
+// With the outbox keeping QoS 2 flows (storedFlows), a PUBREL asks the outbox to end its flow and
+// the PUBCOMP waits until that is durable: the client may use the identifier again only once a
+// crash can no longer bring the flow back. The publish names its origin for the outbox.
+TEST_F(SessionTest, WithStoredFlowsPubcompWaitsForTheFlowsEnd) {
+  settings_.storedFlows = true;
+  makeSession();
+  connected(Version::V5);
+  Publish p{false, 2, false, "devices/thermo-01/status", 7, {}, bytesOf("on")};
+  p.dup = true; // a resend from an earlier connection
+  Effects e1 = send({p}, Version::V5);
+  const auto fwd = commands<upstream::Publish>(e1);
+  ASSERT_EQ(fwd.size(), 1U);
+  EXPECT_EQ(fwd[0].origin, 7U);
+  EXPECT_TRUE(fwd[0].originDup);
+  Effects ack;
+  session_->upstreamAcked(fwd[0].token, ack);
+  EXPECT_EQ(std::get<Ack>(replies(ack, Version::V5).at(0)).type, PacketType::Pubrec);
+
+  Effects rel = send({Ack{PacketType::Pubrel, 7, 0, {}}}, Version::V5);
+  EXPECT_TRUE(rel.toClient.empty()) << "no PUBCOMP before the flow's end is durable";
+  const auto releases = commands<upstream::Release>(rel);
+  ASSERT_EQ(releases.size(), 1U);
+  EXPECT_EQ(releases[0].packetId, 7U);
+  Effects again = send({Ack{PacketType::Pubrel, 7, 0, {}}}, Version::V5);
+  EXPECT_TRUE(commands<upstream::Release>(again).empty()) << "the coming PUBCOMP answers both";
+  Effects done;
+  session_->upstreamAcked(releases[0].token, done);
+  ASSERT_EQ(replies(done, Version::V5).size(), 1U);
+  EXPECT_EQ(std::get<Ack>(replies(done, Version::V5).at(0)), (Ack{PacketType::Pubcomp, 7, 0, {}}));
+  Effects late;
+  session_->upstreamAcked(releases[0].token, late);
+  EXPECT_TRUE(late.toClient.empty()) << "one PUBCOMP per PUBREL";
+
+  // A PUBREL nobody knows of (no flow in the session, none in the outbox): 5.0 says so.
+  Effects stray = send({Ack{PacketType::Pubrel, 9, 0, {}}}, Version::V5);
+  const auto unknown = commands<upstream::Release>(stray);
+  ASSERT_EQ(unknown.size(), 1U);
+  Effects answer;
+  session_->upstreamReleaseUnknown(unknown[0].token, answer);
+  EXPECT_EQ(std::get<Ack>(replies(answer, Version::V5).at(0)),
+            (Ack{PacketType::Pubcomp, 9, reason::kPacketIdentifierNotFound, {}}));
+  // Publish tokens are never taken for release tokens.
+  Effects notRelease;
+  session_->upstreamReleaseUnknown(fwd[0].token, notRelease);
+  EXPECT_TRUE(notRelease.toClient.empty());
+}

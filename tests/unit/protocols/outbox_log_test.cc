@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 // The outbox file: what it keeps across a reopen, what a torn or corrupt end costs (only the torn
-// record), its bounds, and that it shrinks once the broker has everything.
+// record), its bounds, that it shrinks once the broker has everything, and the QoS 2 flows it
+// keeps towards the devices until their PUBREL.
 #include <gtest/gtest.h>
 
 #include <sys/stat.h>
@@ -291,7 +292,7 @@ TEST_F(OutboxLogTest, AMessageSyncedByAnotherPathIsStillAcknowledged) {
   });
   ASSERT_TRUE(box.has_value());
   Outgoing m{7, "t/a", {'x'}, 2, false};
-  ASSERT_FALSE((*box)->store(m, StoreTicket{1, 7}).has_value());
+  ASSERT_EQ((*box)->store(m, StoreTicket{1, 7}), Outbox::Stored::New);
   UpstreamObserver& asObserver = **box; // as its store session calls it
   asObserver.upstreamReceived({});      // a release in the same turn: fdatasync now
   EXPECT_TRUE((*box)->dirty()) << "the ticket is not yet handed over";
@@ -299,6 +300,160 @@ TEST_F(OutboxLogTest, AMessageSyncedByAnotherPathIsStillAcknowledged) {
   ASSERT_EQ(tickets.size(), 1U);
   EXPECT_EQ(tickets[0].token, 7U);
   EXPECT_FALSE((*box)->dirty());
+}
+
+// A QoS 2 message's flow towards its device outlives the message (the broker may have it long
+// before the device's PUBREL comes) and a restart; it knows the message by its digest, and its
+// close is undone by nothing but a crash before the next sync.
+TEST_F(OutboxLogTest, AQos2FlowLastsFromItsMessageUntilItsPubrel) {
+  auto log = open();
+  const OutboxOrigin origin{"iotgw-valve-0", 7};
+  const std::string payload = "open";
+  const auto bytes = std::span(reinterpret_cast<const uint8_t*>(payload.data()), payload.size());
+  const uint64_t seq = *log->append(2, false, "valve/state", bytes, origin);
+  EXPECT_TRUE(log->holds(origin, "valve/state", bytes));
+  EXPECT_FALSE(log->holds(origin, "valve/other", bytes)) << "another message under the same id";
+  EXPECT_FALSE(log->holds({"iotgw-valve-1", 7}, "valve/state", bytes)) << "another client";
+  EXPECT_FALSE(log->holds({"iotgw-valve-0", 8}, "valve/state", bytes));
+  EXPECT_EQ(log->read(seq)->topic, "valve/state") << "the flow is not part of what is delivered";
+  EXPECT_EQ(payloadOf(*log->read(seq)), "open");
+  log->release(seq);
+  log->done(seq); // the broker has it; the device has not sent PUBREL yet
+  ASSERT_TRUE(log->sync());
+  EXPECT_EQ(log->messages(), 0U);
+  EXPECT_GT(fileSize(), 8U) << "an open flow keeps the file";
+  log.reset();
+
+  log = open();
+  EXPECT_EQ(log->flows(), 1U);
+  EXPECT_TRUE(log->holds(origin, "valve/state", bytes)) << "across a restart";
+  EXPECT_TRUE(log->close(origin));
+  EXPECT_FALSE(log->holds(origin, "valve/state", bytes));
+  EXPECT_TRUE(log->dirty()) << "the close must be durable before PUBCOMP";
+  EXPECT_TRUE(log->close(origin)) << "a repeated PUBREL before the sync: still closing";
+  ASSERT_TRUE(log->sync());
+  EXPECT_FALSE(log->close(origin)) << "closed: nothing to do";
+  EXPECT_EQ(fileSize(), 8U) << "nothing pending, no flow open: only the header is left";
+  log.reset();
+  log = open();
+  EXPECT_EQ(log->flows(), 0U);
+}
+
+// A rewrite keeps exactly the flows that are open: one whose message is still pending (in that
+// record), one whose message is done (on its own); one replaced by a newer message under the
+// same identifier and one closed stay gone.
+TEST_F(OutboxLogTest, ARewriteKeepsTheOpenFlowsAndNoClosedOne) {
+  auto log = open({.maxMessages = 100'000, .maxBytes = 64 << 20});
+  const auto b = [](const std::string& s) {
+    return std::span(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+  };
+  const std::string a = "a", bee = "b", c = "c", d = "d";
+  const uint64_t first = *log->append(2, false, "t", b(a), OutboxOrigin{"dev", 1});
+  const uint64_t second = *log->append(2, false, "t", b(bee), OutboxOrigin{"dev", 1}); // replaces
+  log->done(second);
+  const uint64_t third = *log->append(2, false, "t", b(c), OutboxOrigin{"dev", 2});
+  EXPECT_TRUE(log->close({"dev", 2}));
+  const uint64_t fourth = *log->append(2, false, "t", b(d), OutboxOrigin{"dev", 3});
+  log->done(fourth);
+  const std::string filler(512, 'p');
+  for (int i = 0; i < 2000; ++i) {
+    log->done(*log->append(1, false, "f", b(filler)));
+  }
+  ASSERT_TRUE(log->sync());
+  EXPECT_LT(log->fileBytes(), 2000U) << "rewritten";
+  for (int round = 0; round < 2; ++round) {
+    EXPECT_EQ(log->next(), first);
+    EXPECT_EQ(log->next(first), third);
+    EXPECT_EQ(log->flows(), 2U);
+    EXPECT_FALSE(log->holds({"dev", 1}, "t", b(a))) << "replaced";
+    EXPECT_TRUE(log->holds({"dev", 1}, "t", b(bee)));
+    EXPECT_FALSE(log->holds({"dev", 2}, "t", b(c))) << "closed";
+    EXPECT_TRUE(log->holds({"dev", 3}, "t", b(d)));
+    EXPECT_EQ(payloadOf(*log->read(third)), "c");
+    log.reset();
+    log = open(); // the same after a restart
+  }
+}
+
+// A flow message torn by a crash is gone with its flow (the device never had its PUBREC); the
+// complete ones before it keep theirs.
+TEST_F(OutboxLogTest, ATornFlowMessageTakesOnlyItsOwnFlow) {
+  auto log = open();
+  const std::string p = "x";
+  const auto bytes = std::span(reinterpret_cast<const uint8_t*>(p.data()), p.size());
+  (void)*log->append(2, false, "t", bytes, OutboxOrigin{"dev", 1});
+  ASSERT_TRUE(log->sync());
+  const size_t whole = fileSize();
+  (void)*log->append(2, false, "t", bytes, OutboxOrigin{"dev", 2});
+  ASSERT_TRUE(log->sync());
+  log.reset();
+  fs::resize_file(path_, fileSize() - 3);
+  OutboxLog::Recovered r;
+  log = open({}, &r);
+  EXPECT_EQ(r.messages, 1U);
+  EXPECT_EQ(fileSize(), whole);
+  EXPECT_TRUE(log->holds({"dev", 1}, "t", bytes));
+  EXPECT_FALSE(log->holds({"dev", 2}, "t", bytes));
+}
+
+// A device cannot make the outbox hold unbounded flows (a client that never sends PUBREL, or
+// many clients): past kMaxFlows the oldest is closed, durably.
+TEST_F(OutboxLogTest, OpenFlowsAreBounded) {
+  auto log = open({.maxMessages = 100'000, .maxBytes = 64 << 20});
+  const std::string p = "x";
+  const auto bytes = std::span(reinterpret_cast<const uint8_t*>(p.data()), p.size());
+  for (size_t i = 0; i <= OutboxLog::kMaxFlows; ++i) {
+    const std::string client = "c" + std::to_string(i / 60'000);
+    log->done(*log->append(2, false, "t", bytes,
+                           OutboxOrigin{client, static_cast<uint16_t>(i % 60'000 + 1)}));
+  }
+  EXPECT_EQ(log->flows(), OutboxLog::kMaxFlows);
+  EXPECT_FALSE(log->holds({"c0", 1}, "t", bytes)) << "the oldest went";
+  EXPECT_TRUE(log->holds({"c0", 2}, "t", bytes));
+  ASSERT_TRUE(log->sync());
+  log.reset();
+  log = open();
+  EXPECT_EQ(log->flows(), OutboxLog::kMaxFlows);
+  EXPECT_FALSE(log->holds({"c0", 1}, "t", bytes));
+}
+
+// The outbox answers a device's resend (DUP) of a stored QoS 2 message without storing it again,
+// also once the broker has it; a new message under the same identifier (no DUP, or other bytes)
+// is stored. Its PUBREL closes the flow and waits for the commit; an unknown one is not taken.
+TEST_F(OutboxLogTest, TheOutboxTakesAResendOnceAndReleasesItsFlow) {
+  auto box = Outbox::open(path_, {}, [](UpstreamObserver&) {
+    return std::expected<std::unique_ptr<Upstream>, std::string>(std::unexpected("no broker"));
+  });
+  ASSERT_TRUE(box.has_value());
+  Outbox& o = **box;
+  Outgoing m{1, "t/a", {'x'}, 2, false};
+  m.origin = 5;
+  ASSERT_EQ(o.store(m, StoreTicket{1, 1}, "dev"), Outbox::Stored::New);
+  EXPECT_EQ(o.commit().size(), 1U);
+  Outgoing resend = m;
+  resend.token = 2;
+  resend.originDup = true;
+  ASSERT_EQ(o.store(resend, StoreTicket{2, 2}, "dev"), Outbox::Stored::Again);
+  EXPECT_EQ(o.messages(), 1U);
+  const auto again = o.commit();
+  ASSERT_EQ(again.size(), 1U) << "answered again";
+  EXPECT_EQ(again[0].connection, 2U);
+  ASSERT_EQ(o.store(m, StoreTicket{1, 3}, "dev"), Outbox::Stored::New) << "no DUP: a new message";
+  Outgoing other = resend;
+  other.payload = {'y'};
+  ASSERT_EQ(o.store(other, StoreTicket{1, 4}, "dev"), Outbox::Stored::New) << "other bytes";
+  EXPECT_EQ(o.messages(), 3U);
+  (void)o.commit();
+
+  EXPECT_TRUE(o.release("dev", 5, StoreTicket{1, 9}));
+  EXPECT_TRUE(o.dirty());
+  const auto closed = o.commit();
+  ASSERT_EQ(closed.size(), 1U);
+  EXPECT_EQ(closed[0].token, 9U);
+  EXPECT_FALSE(o.release("dev", 5, StoreTicket{1, 10}));
+  EXPECT_FALSE(o.release("other", 6, StoreTicket{1, 11}));
+  ASSERT_EQ(o.store(resend, StoreTicket{2, 12}, "dev"), Outbox::Stored::New)
+      << "after its PUBREL the identifier is free";
 }
 
 } // namespace
