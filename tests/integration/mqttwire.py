@@ -51,13 +51,20 @@ def connect(client_id, username=None, password=None, version=4, clean=True, keep
     return packet(0x10, body)
 
 
-def publish(topic, payload, qos=0, packet_id=1, version=4):
+def publish(topic, payload, qos=0, packet_id=1, version=4, dup=False):
+    """PUBLISH; `dup` marks it a resend (MQTT-3.3.1-1)."""
     body = utf8(topic)
     if qos:
         body += struct.pack("!H", packet_id)
     if version == 5:
         body += b"\x00"
-    return packet(0x30 | (qos << 1), body + (payload.encode() if isinstance(payload, str) else payload))
+    return packet(0x30 | (0x08 if dup else 0) | (qos << 1),
+                  body + (payload.encode() if isinstance(payload, str) else payload))
+
+
+def pubrel(packet_id):
+    """PUBREL (no reason code: success in 5.0 too)."""
+    return struct.pack("!BBH", 0x62, 2, packet_id)
 
 
 def subscribe(packet_id, filters, qos=0, version=4):

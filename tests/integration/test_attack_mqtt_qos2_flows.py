@@ -46,8 +46,7 @@ def pubrecs(c, want):
 
 
 def publish(pid, payload, dup=False):
-    frame = w.publish("devices/flood-01/r", payload, qos=2, packet_id=pid)
-    return bytes([frame[0] | (0x08 if dup else 0)]) + frame[1:]
+    return w.publish("devices/flood-01/r", payload, qos=2, packet_id=pid, dup=dup)
 
 
 root = tmpdir()
@@ -95,7 +94,7 @@ target = "stderr"
     check(pubrecs(c, {last}) == 1, "the newest flow's resend is answered PUBREC")
     grew = os.path.getsize(outbox) - size_before
     check(grew == 0, f"and nothing is stored again (the outbox grew by {grew} bytes)")
-    c.send(bytes([0x62, 2]) + struct.pack("!H", last))
+    c.send(w.pubrel(last))
     p = c.read_packet()
     check(p is not None and p[0] >> 4 == 7, "its PUBREL is answered PUBCOMP")
     c.close()
@@ -112,7 +111,7 @@ target = "stderr"
     check(calm is not None, "another device logs in")
     calm.send(w.publish("devices/calm-01/r", "calm", qos=2, packet_id=1))
     check(pubrecs(calm, {1}) == 1, "and its QoS 2 message is answered PUBREC")
-    calm.send(bytes([0x62, 2]) + struct.pack("!H", 1))
+    calm.send(w.pubrel(1))
     p = calm.read_packet()
     check(p is not None and p[0] >> 4 == 7, "and PUBCOMP")
     calm.close()

@@ -123,12 +123,7 @@ def answer(c, kind, pid):
 
 
 def qos2_publish(topic, payload, pid, dup=False):
-    frame = w.publish(topic, payload, qos=2, packet_id=pid, version=5)
-    return bytes([frame[0] | (0x08 if dup else 0)]) + frame[1:]
-
-
-def pubrel(pid):
-    return bytes([0x62, 2]) + pid.to_bytes(2, "big")
+    return w.publish(topic, payload, qos=2, packet_id=pid, version=5, dup=dup)
 
 
 def events_of(path, kind):
@@ -262,15 +257,15 @@ max_messages_per_device = {BOUND}
     c = valve(port)
     c.send(qos2_publish(topic, "rec-lost-1", 7, dup=True))
     check(answer(c, 5, 7) == 0, "the resend (DUP, on a new connection) is answered PUBREC")
-    c.send(pubrel(7))
+    c.send(w.pubrel(7))
     check(answer(c, 7, 7) == 0, "PUBREL: PUBCOMP")
-    c.send(pubrel(7))
+    c.send(w.pubrel(7))
     check(answer(c, 7, 7) == 0x92, "a second PUBREL: 'packet identifier not found'")
     c.send(qos2_publish(topic, "rec-lost-2", 8))
     check(answer(c, 5, 8) == 0, "PUBREC")
     c.send(qos2_publish(topic, "rec-lost-3", 9))
     check(answer(c, 5, 9) == 0, "PUBREC")
-    c.send(pubrel(9))  # iotgwd is killed before its PUBCOMP can come (it may have)
+    c.send(w.pubrel(9))  # iotgwd is killed before its PUBCOMP can come (it may have)
     d.signal(signal.SIGKILL)
     d.proc.wait(timeout=10)
     c.close()
@@ -278,9 +273,9 @@ max_messages_per_device = {BOUND}
     c = valve(port)
     c.send(qos2_publish(topic, "rec-lost-2", 8, dup=True))
     check(answer(c, 5, 8) == 0, "after a SIGKILL of iotgwd the resend is answered PUBREC")
-    c.send(pubrel(8))
+    c.send(w.pubrel(8))
     check(answer(c, 7, 8) == 0, "and its PUBREL completes it")
-    c.send(pubrel(9))
+    c.send(w.pubrel(9))
     code = answer(c, 7, 9)
     check(code == 0, f"a PUBREL repeated after the restart completes its flow (PUBCOMP {code})")
     c.close()

@@ -30,7 +30,7 @@ from iotgw_testlib import (IOTGWD, NotifySocket, check, check_stopped_cleanly, c
                            hash_password, in_private_namespaces, remove_namespaces, require_binary, tmpdir,
                            wait_ready, write)
 from mqttlab import Pki, free_port, gateway_config, password_device
-from mqttwire import DISCONNECT, PINGREQ, Client, connect
+from mqttwire import DISCONNECT, PINGREQ, Client, connect, pubrel
 from mqttwire import publish as wire_publish
 
 QOS1_DEVICES, QOS1_EACH, QOS2_EACH = 4, 2500, 400
@@ -76,8 +76,8 @@ class Device(threading.Thread):
         for pid, (i, released) in self.unacked.items():  # §4.4: again, in order, first
             if not released:
                 self.resent.add(self.payload(i))
-            c.send(struct.pack("!BBH", 0x62, 2, pid) if released else
-                   dup(wire_publish(f"devices/{self.name}/r", self.payload(i), self.qos, pid)))
+            c.send(pubrel(pid) if released else
+                   wire_publish(f"devices/{self.name}/r", self.payload(i), self.qos, pid, dup=True))
         return c
 
     def _read(self, c):
@@ -101,7 +101,7 @@ class Device(threading.Thread):
                 del self.unacked[pid]
             elif kind == 5 and entry:            # PUBREC
                 entry[1] = True
-                c.send(struct.pack("!BBH", 0x62, 2, pid))
+                c.send(pubrel(pid))
             elif kind == 7 and entry:            # PUBCOMP
                 self.acked.add(self.payload(entry[0]))
                 del self.unacked[pid]
@@ -141,10 +141,6 @@ class Device(threading.Thread):
         while time.time() < deadline and len(self.acked) < self.count:
             time.sleep(0.2)
         return len(self.acked)
-
-
-def dup(frame):
-    return bytes([frame[0] | 0x08]) + frame[1:]
 
 
 SUBSCRIBER = """
