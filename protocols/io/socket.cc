@@ -86,7 +86,8 @@ int arrivalInterface(int fd, int family) {
       std::memcpy(&info, CMSG_DATA(c), sizeof info);
       return info.ipi_ifindex;
     }
-    if (v6 && c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_2292PKTINFO) {
+    if (v6 && c->cmsg_level == IPPROTO_IPV6 &&
+        (c->cmsg_type == IPV6_PKTINFO || c->cmsg_type == IPV6_2292PKTINFO)) {
       in6_pktinfo info{};
       std::memcpy(&info, CMSG_DATA(c), sizeof info);
       return static_cast<int>(info.ipi6_ifindex);
@@ -104,11 +105,16 @@ std::expected<UniqueFd, std::error_code> listenTcp(const policy::IpAddress& addr
     return std::unexpected(lastError());
   }
   setOption(fd.get(), SOL_SOCKET, SO_REUSEADDR, 1);
+  // The device segment's address may come after iotgwd (a bridge configured later, DHCP, a
+  // link that comes up late): bound anyway, the listener takes connections once it is there,
+  // instead of the start failing and the service restarting in a loop.
   if (address.family == AF_INET6) {
     setOption(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, 1);
     setOption(fd.get(), IPPROTO_IPV6, IPV6_RECVPKTINFO, 1); // inherited: arrival interface
+    setOption(fd.get(), IPPROTO_IPV6, IPV6_FREEBIND, 1);
   } else {
     setOption(fd.get(), IPPROTO_IP, IP_PKTINFO, 1);
+    setOption(fd.get(), IPPROTO_IP, IP_FREEBIND, 1);
   }
   sockaddr_storage ss{};
   const socklen_t len = toSockaddr(address, port, ss);

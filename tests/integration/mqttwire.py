@@ -98,10 +98,11 @@ DISCONNECT = b"\xe0\x00"
 
 
 class Client:
-    """A blocking MQTT client on a raw socket from `source` (an address on lo)."""
+    """A blocking MQTT client on a raw socket from `source` (an address on lo; IPv4 or IPv6, as
+    `host` is)."""
 
     def __init__(self, port, source="127.0.0.1", host="127.0.0.1", timeout=10.0):
-        self.sock = socket.socket()
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.bind((source, 0))
         self.sock.settimeout(timeout)

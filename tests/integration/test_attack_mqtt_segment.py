@@ -2,13 +2,14 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Who may log in, and from where, in network namespaces this test makes:
 
-    lan (192.168.1.20) --- gw: iotgwd, a mosquitto broker on its loopback --- br-iot (192.168.50.1)
-                                                                                  |
-                                                        dev (192.168.50.10, the device segment)
+    lan (192.168.1.20, fd00:1::20) --- gw: iotgwd, a mosquitto broker on its loopback
+                                       --- br-iot (192.168.50.1, fd00:50::1)
+                                              |
+                                       dev (192.168.50.10, fd00:50::10: the device segment)
 
 1. the device-side MQTT listener answers only what arrives on a device-segment interface, also
-   with the firewall off (iotgwd's own check): a LAN host with a device's login is refused, the
-   device itself is not;
+   with the firewall off (iotgwd's own check), over IPv4 and IPv6: a LAN host with a device's
+   login is refused, the device itself is not;
 2. quarantine holds for every identity: a quarantined login-only device (no address in its
    policy) and a quarantined certificate device over the mutual-TLS listener, from the LAN, are
    refused; released, they log in again.
@@ -27,6 +28,7 @@ from mqttlab import Broker, Pki  # noqa: E402
 P = os.environ.get("IOTGW_LAB", f"iotgwm{os.getpid() % 100000}")  # the same inside and out
 NS = {n: f"{P}-{n}" for n in ("gw", "dev", "lan")}
 GW, DEV, LAN = "192.168.50.1", "192.168.50.10", "192.168.1.20"
+GW6, DEV6, LAN6 = "fd00:50::1", "fd00:50::10", "fd00:1::20"
 
 
 def sh(*args):
@@ -50,11 +52,16 @@ def build_lab():
     sh("ip", "-n", gw, "link", "set", "br-iot", "up")
     sh("ip", "-n", gw, "addr", "add", f"{GW}/24", "dev", "br-iot")
     sh("ip", "-n", gw, "addr", "add", "192.168.1.1/24", "dev", "gw-lan")
+    sh("ip", "-n", gw, "addr", "add", f"{GW6}/64", "dev", "br-iot", "nodad")
+    sh("ip", "-n", gw, "addr", "add", "fd00:1::1/64", "dev", "gw-lan", "nodad")
     sh("ip", "-n", NS["dev"], "link", "set", "eth0", "address", "02:00:00:00:00:10")
     for host, addr, via in (("dev", f"{DEV}/24", GW), ("lan", f"{LAN}/24", "192.168.1.1")):
         sh("ip", "-n", NS[host], "addr", "add", addr, "dev", "eth0")
         sh("ip", "-n", NS[host], "link", "set", "eth0", "up")
         sh("ip", "-n", NS[host], "route", "add", "default", "via", via)
+    for host, addr, via in (("dev", f"{DEV6}/64", GW6), ("lan", f"{LAN6}/64", "fd00:1::1")):
+        sh("ip", "-n", NS[host], "addr", "add", addr, "dev", "eth0", "nodad")
+        sh("ip", "-n", NS[host], "-6", "route", "add", "default", "via", via)
 
 
 def destroy_lab():
@@ -115,9 +122,9 @@ state_directory = "{root}/state"
 devices_directory = "{root}/devices.d"
 [device_segment]
 interfaces = ["br-iot"]
-subnets = ["192.168.50.0/24"]
+subnets = ["192.168.50.0/24", "fd00:50::/64"]
 [listeners.mqtt]
-addresses = ["{GW}"]
+addresses = ["{GW}", "{GW6}"]
 port = 1883
 [listeners.mqtt_tls]
 addresses = ["192.168.1.1"]
@@ -198,6 +205,11 @@ publish = ["devices/%d/#"]
         print(f"   plug-01's login from the device segment: {from_dev}; from the LAN: {from_lan}")
         check(from_dev == 0, "from the device segment it logs in")
         check(from_lan == "closed", "from the LAN the device-side listener refuses it")
+        from_dev6 = login("dev", GW6, 1883, "plug-01", "plug", "pw-plug")
+        from_lan6 = login("lan", GW6, 1883, "plug-01", "plug", "pw-plug")
+        print(f"   over IPv6: from the device segment {from_dev6}; from the LAN {from_lan6}")
+        check(from_dev6 == 0, "over IPv6 too it logs in from the device segment")
+        check(from_lan6 == "closed", "and is refused from the LAN")
         check(any("device_segment.interfaces" in x for x in open(os.path.join(root, "events"))),
               "with an access-denied event naming device_segment.interfaces")
         stop(d)
