@@ -1,0 +1,35 @@
+#!/bin/sh
+# What `cmake --install` puts where, as a packager or `sudo cmake --install build` would get it:
+# every file where the system's own services look for it (systemd, dbus-daemon, journald,
+# systemd-sysusers), and the binaries where the unit runs them.
+# usage: install_tree.sh BUILD_DIR
+set -eu
+build=$1
+dest=$(mktemp -d)
+trap 'rm -rf "$dest"' EXIT
+DESTDIR=$dest cmake --install "$build" >/dev/null
+prefix=$(sed -n 's/^CMAKE_INSTALL_PREFIX:PATH=//p' "$build/CMakeCache.txt")
+fail=0
+expect() {
+  if [ -f "$dest$1" ]; then
+    echo "ok   $1"
+  else
+    echo "FAIL $1 is missing (installed: $(cd "$dest" && find . -type f | tr '\n' ' '))" >&2
+    fail=1
+  fi
+}
+[ "$prefix" = /usr ] || { echo "FAIL the default prefix is $prefix, not /usr" >&2; exit 1; }
+unit=/usr/lib/systemd/system/iotgwd.service
+for f in /usr/sbin/iotgwd /usr/bin/iotgwctl $unit /usr/lib/systemd/catalog/iotgwd.catalog \
+         /usr/share/dbus-1/system.d/org.iotgw.Gateway1.conf /usr/lib/sysusers.d/iotgw.conf; do
+  expect "$f"
+done
+# Every program the unit runs is where it was installed.
+for exe in $(sed -n 's/^Exec[A-Za-z]*=[-@+!]*\([^ ]*\).*/\1/p' "$dest$unit" | sort -u); do
+  case $exe in
+  /bin/kill) ;; # the system's
+  *) expect "$exe" ;;
+  esac
+done
+[ "$fail" -eq 0 ] && echo "PASS: the installed tree is where systemd, dbus-daemon and journald look"
+exit "$fail"
