@@ -29,6 +29,11 @@ Outbox::store(const Outgoing& message, StoreTicket ticket, std::string_view clie
   }
   auto seq = log_->append(message.qos, message.retain, message.topic, message.payload, origin);
   if (!seq) {
+    if (origin && !message.originDup) {
+      // A new message under this identifier: whatever flow was open under it is over, and must
+      // not take this message's resend for its own.
+      (void)log_->close(*origin);
+    }
     return std::unexpected(seq.error());
   }
   waiting_.push_back(ticket);
@@ -148,7 +153,9 @@ bool Outbox::service(Clock::time_point now, Clock::duration idle) {
     link_.reset();
     closing_ = false;
   }
-  return !pending() && !link_ && waiting_.empty() && !log_->dirty() && log_->settled();
+  // Open flows keep it too: its file is on disk (and counted in the disk budget) while they are.
+  return !pending() && !link_ && waiting_.empty() && !log_->dirty() && log_->settled() &&
+         log_->flows() == 0;
 }
 
 size_t Outbox::erase() {

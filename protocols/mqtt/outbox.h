@@ -72,7 +72,8 @@ public:
   // release, the done marks settling) and not yet acknowledged.
   [[nodiscard]] bool dirty() const { return log_->dirty() || !waiting_.empty(); }
   // Opens the store session when something is pending, feeds it, services it, and closes it
-  // once it has been idle for `idle`. True when the outbox has nothing left to do (it may go).
+  // once it has been idle for `idle`. True when the outbox has nothing left to do — no message,
+  // no open flow — and may go.
   bool service(Clock::time_point now, Clock::duration idle);
   // The device was removed: the file goes, and with it what it held (how many).
   size_t erase();

@@ -14,8 +14,12 @@ namespace iotgw::mqtt {
 
 namespace {
 
-// "IOTGWQ" and the format's version: a later format sits beside this one.
-constexpr std::array<uint8_t, 8> kMagic = {'I', 'O', 'T', 'G', 'W', 'Q', '0', '1'};
+// "IOTGWQ" and the format's version: a later format sits beside this one. Version 02 added the
+// flows (kinds 4 to 6); a version 01 file is read and marked 02 before anything is added to it,
+// so that an older iotgwd leaves it alone ("another format") instead of cutting it off at the
+// first record it does not know.
+constexpr std::array<uint8_t, 8> kMagic = {'I', 'O', 'T', 'G', 'W', 'Q', '0', '2'};
+constexpr std::array<uint8_t, 8> kMagicV1 = {'I', 'O', 'T', 'G', 'W', 'Q', '0', '1'};
 constexpr size_t kFrame = 8;                   // length and CRC
 constexpr size_t kMarkBody = 1 + 8;            // kind, sequence number
 constexpr size_t kMessageHead = 1 + 8 + 8 + 4; // kind, seq, stored (ms), qos, retain, topic length
@@ -234,8 +238,12 @@ bool OutboxLog::recover(Recovered& r) {
     return true;
   }
   std::array<uint8_t, kMagic.size()> magic{};
-  if (!readAll(fd_, magic.data(), magic.size(), 0) || magic != kMagic) {
+  if (!readAll(fd_, magic.data(), magic.size(), 0) || (magic != kMagic && magic != kMagicV1)) {
     error_ = "not an outbox of this version (its first bytes differ); left as it is";
+    return false;
+  }
+  if (magic == kMagicV1 && (!writeAll(fd_, kMagic, 0) || ::fdatasync(fd_) != 0)) {
+    error_ = std::string("marking the file version 02: ") + std::strerror(errno);
     return false;
   }
   off_t at = static_cast<off_t>(kMagic.size());
@@ -428,11 +436,18 @@ void OutboxLog::mark(uint8_t kind, uint64_t seq) {
   std::vector<uint8_t> body;
   body.push_back(kind);
   put(body, seq, 8);
-  // A mark that does not reach the disk costs a duplicate at worst (the message is sent again
-  // after a restart), never a loss: nothing more to do about a failed one than to say so. A
-  // release must be durable before its PUBREL goes; a done mark needs no sync of its own: one
-  // fdatasync per PUBACK would bound delivery at the disk's sync rate (measured: 4,400 a second).
-  (void)write(frame(body), kind != kDone);
+  // A done mark that does not reach the disk costs a duplicate at worst (the message is sent
+  // again after a restart), never a loss, and needs no sync of its own: one fdatasync per PUBACK
+  // would bound delivery at the disk's sync rate (measured: 4,400 a second). A release must be
+  // durable before its PUBREL goes and a flow's close before its PUBCOMP: one that could not be
+  // written is kept and written again by the next sync(), which fails until it is (marks name
+  // their message, so a late one means the same).
+  const bool mustSync = kind != kDone;
+  auto record = frame(body);
+  if (!write(record, mustSync) && mustSync) {
+    unwritten_.push_back(std::move(record));
+    dirty_ = true;
+  }
 }
 
 void OutboxLog::release(uint64_t seq) {
@@ -455,8 +470,22 @@ void OutboxLog::done(uint64_t seq) {
 }
 
 bool OutboxLog::sync() {
-  if (!dirty_ && !lazy_) {
+  if (!dirty_ && !lazy_ && !directoryUnsynced_) {
     return true;
+  }
+  while (!unwritten_.empty()) {
+    if (!write(unwritten_.front())) {
+      return false;
+    }
+    unwritten_.erase(unwritten_.begin());
+  }
+  if (directoryUnsynced_) {
+    // The last rewrite's rename is durable only with its directory.
+    if (!syncDirectory(path_.parent_path())) {
+      error_ = std::string("fsync of the outbox directory: ") + std::strerror(errno);
+      return false;
+    }
+    directoryUnsynced_ = false;
   }
   if (::fdatasync(fd_) != 0) {
     error_ = std::string("fdatasync: ") + std::strerror(errno);
@@ -484,9 +513,11 @@ bool OutboxLog::compact() {
     return true;
   }
   // Rewritten only when the marks and done messages outweigh what is pending (and the open
-  // flows), and are worth it.
+  // flows), and are worth it: with nothing pending sooner, so that a flow left open (a device
+  // that never sent its PUBREL) does not keep what came before it.
   const auto live = static_cast<off_t>(liveBytes_ + flowBytes_);
-  if (end_ < 256 * 1024 || end_ < 2 * (live + header)) {
+  const off_t worth = pending_.empty() ? 64 * 1024 : 256 * 1024;
+  if (end_ < worth || end_ < 2 * (live + header)) {
     return true;
   }
   const std::filesystem::path tmp = path_.string() + ".tmp";
@@ -531,13 +562,16 @@ bool OutboxLog::compact() {
     ok = ok && writeAll(fd, m, at);
     at += static_cast<off_t>(m.size());
   }
-  if (!ok || ::fsync(fd) != 0 || ::rename(tmp.c_str(), path_.c_str()) != 0 ||
-      !syncDirectory(path_.parent_path())) {
+  if (!ok || ::fsync(fd) != 0 || ::rename(tmp.c_str(), path_.c_str()) != 0) {
     error_ = std::string("compacting: ") + std::strerror(errno);
     ::close(fd);
     (void)::unlink(tmp.c_str());
     return true; // the old file is whole and still in use: nothing lost, only not smaller
   }
+  // Renamed: from now on the new file is the outbox, whether or not the rename is durable yet.
+  // Until it is, a crash may bring the old one back — which holds everything synced so far —
+  // so what is written from here on waits for the directory (the next sync() retries it).
+  directoryUnsynced_ = !syncDirectory(path_.parent_path());
   ::close(fd_);
   fd_ = fd;
   account(at - end_);

@@ -168,7 +168,9 @@ private:
   std::map<uint64_t, FlowKey> flowBySeq_;
   size_t flowBytes_ = 0;             // what the open flows take when written on their own
   std::set<FlowKey> closedUnsynced_; // closed since the last sync
-  off_t end_ = 0;                    // where the next record goes
+  std::vector<std::vector<uint8_t>> unwritten_; // marks whose write failed, for the next sync
+  bool directoryUnsynced_ = false; // a rewrite's rename waits for its directory's fsync
+  off_t end_ = 0;                  // where the next record goes
   uint64_t nextSeq_ = 1;
   uint64_t syncs_ = 0;
   bool dirty_ = false;

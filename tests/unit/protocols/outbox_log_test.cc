@@ -4,9 +4,11 @@
 // keeps towards the devices until their PUBREL.
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -454,6 +456,111 @@ TEST_F(OutboxLogTest, TheOutboxTakesAResendOnceAndReleasesItsFlow) {
   EXPECT_FALSE(o.release("other", 6, StoreTicket{1, 11}));
   ASSERT_EQ(o.store(resend, StoreTicket{2, 12}, "dev"), Outbox::Stored::New)
       << "after its PUBREL the identifier is free";
+}
+
+// A flow's close mark that could not be written (the disk full) is not taken as written: the
+// sync that its PUBCOMP waits for fails until the mark is on disk, and after a restart the flow
+// is closed.
+TEST_F(OutboxLogTest, AFailedCloseMarkIsWrittenAgainBeforeItsSyncSucceeds) {
+  auto log = open();
+  const std::string p = "x";
+  const auto bytes = std::span(reinterpret_cast<const uint8_t*>(p.data()), p.size());
+  log->done(*log->append(2, false, "t", bytes, OutboxOrigin{"dev", 1}));
+  ASSERT_TRUE(log->sync());
+  rlimit saved{};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &saved), 0);
+  const auto previous = ::signal(SIGXFSZ, SIG_IGN);
+  rlimit full = saved;
+  full.rlim_cur = fileSize(); // past it every write fails (EFBIG), as on a full disk
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &full), 0);
+  EXPECT_TRUE(log->close({"dev", 1}));
+  EXPECT_FALSE(log->sync()) << "not durable: no PUBCOMP yet";
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &saved), 0);
+  ::signal(SIGXFSZ, previous);
+  EXPECT_TRUE(log->sync()) << "the disk has room again: the mark is written and synced";
+  log.reset();
+  log = open();
+  EXPECT_EQ(log->flows(), 0U) << "the close survived";
+}
+
+// An open flow with nothing pending keeps only itself: the file is rewritten down to it instead
+// of keeping everything written before.
+TEST_F(OutboxLogTest, AFlowLeftOpenDoesNotKeepTheFileLarge) {
+  auto log = open({.maxMessages = 100'000, .maxBytes = 64 << 20});
+  const std::string p(100, 'p');
+  const auto bytes = std::span(reinterpret_cast<const uint8_t*>(p.data()), p.size());
+  log->done(*log->append(2, false, "t", bytes, OutboxOrigin{"never-releases", 1}));
+  for (int i = 0; i < 1000; ++i) {
+    log->done(*log->append(1, false, "t", bytes));
+    if (i % 50 == 0) {
+      ASSERT_TRUE(log->sync());
+    }
+  }
+  ASSERT_TRUE(log->sync());
+  EXPECT_LT(log->fileBytes(), 70U * 1024) << "rewritten once past 64 KiB";
+  ASSERT_TRUE(log->sync());
+  log.reset();
+  log = open();
+  EXPECT_TRUE(log->holds({"never-releases", 1}, "t", bytes));
+}
+
+// A file of version 01 (before the flows) is read, and marked 02 before anything is added, so
+// that an older iotgwd leaves it alone rather than cutting it off at a kind it does not know.
+TEST_F(OutboxLogTest, AVersion01FileIsReadAndMarked02) {
+  auto log = open();
+  const uint64_t seq = append(*log, "t", "kept");
+  ASSERT_TRUE(log->sync());
+  log.reset();
+  {
+    std::fstream f(path_, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(7);
+    f.put('1');
+  }
+  log = open();
+  EXPECT_EQ(payloadOf(*log->read(seq)), "kept");
+  std::ifstream f(path_, std::ios::binary);
+  std::string head(8, '\0');
+  f.read(head.data(), 8);
+  EXPECT_EQ(head, "IOTGWQ02");
+}
+
+// A new message (no DUP) under the identifier of an open flow that the outbox cannot take ends
+// that flow: its resend must not be taken for the earlier message with the same bytes.
+TEST_F(OutboxLogTest, ARefusedNewMessageEndsTheFlowUnderItsIdentifier) {
+  auto box = Outbox::open(path_, {.maxMessages = 1}, [](UpstreamObserver&) {
+    return std::expected<std::unique_ptr<Upstream>, std::string>(std::unexpected("no broker"));
+  });
+  ASSERT_TRUE(box.has_value());
+  Outbox& o = **box;
+  Outgoing m{1, "t/a", {'x'}, 2, false};
+  m.origin = 5;
+  ASSERT_EQ(o.store(m, StoreTicket{1, 1}, "dev"), Outbox::Stored::New);
+  (void)o.commit();
+  ASSERT_EQ(o.store(m, StoreTicket{1, 2}, "dev"), std::unexpected(OutboxLog::Refusal::Full));
+  Outgoing resend = m;
+  resend.originDup = true;
+  EXPECT_EQ(o.store(resend, StoreTicket{1, 3}, "dev"), std::unexpected(OutboxLog::Refusal::Full))
+      << "not taken for the first message";
+  EXPECT_EQ(o.flows(), 0U);
+}
+
+// An outbox does not go (and with it its share of the disk budget) while a flow is open.
+TEST_F(OutboxLogTest, AnOutboxStaysWhileAFlowIsOpen) {
+  auto box = Outbox::open(path_, {}, [](UpstreamObserver&) {
+    return std::expected<std::unique_ptr<Upstream>, std::string>(std::unexpected("no broker"));
+  });
+  ASSERT_TRUE(box.has_value());
+  Outbox& o = **box;
+  Outgoing m{1, "t/a", {'x'}, 2, false};
+  m.origin = 5;
+  ASSERT_EQ(o.store(m, StoreTicket{1, 1}, "dev"), Outbox::Stored::New);
+  (void)o.commit();
+  ASSERT_TRUE(o.dropOldest()); // the message is gone, its flow is not
+  const auto now = Clock::now();
+  EXPECT_FALSE(o.service(now, std::chrono::seconds(0)));
+  ASSERT_TRUE(o.release("dev", 5, StoreTicket{1, 2}));
+  (void)o.commit();
+  EXPECT_TRUE(o.service(now + std::chrono::seconds(2), std::chrono::seconds(0)));
 }
 
 } // namespace
