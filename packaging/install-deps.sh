@@ -18,6 +18,7 @@ packages="
   libsystemd-dev systemd
   libsqlite3-dev
   iproute2 socat ncat nmap openssl sslscan python3 python3-scapy procps util-linux mount coreutils
+  groff-base
 "
 
 missing=""

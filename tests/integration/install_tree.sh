@@ -1,7 +1,8 @@
 #!/bin/sh
 # What `cmake --install` puts where, as a packager or `sudo cmake --install build` would get it:
 # every file where the system's own services look for it (systemd, dbus-daemon, journald,
-# systemd-sysusers), and the binaries where the unit runs them.
+# systemd-sysusers, man), the binaries where the unit runs them, the man pages the unit names,
+# each rendering without a warning.
 # usage: install_tree.sh BUILD_DIR
 set -eu
 build=$1
@@ -21,8 +22,20 @@ expect() {
 [ "$prefix" = /usr ] || { echo "FAIL the default prefix is $prefix, not /usr" >&2; exit 1; }
 unit=/usr/lib/systemd/system/iotgwd.service
 for f in /usr/sbin/iotgwd /usr/bin/iotgwctl $unit /usr/lib/systemd/catalog/iotgwd.catalog \
-         /usr/share/dbus-1/system.d/org.iotgw.Gateway1.conf /usr/lib/sysusers.d/iotgw.conf; do
+         /usr/share/dbus-1/system.d/org.iotgw.Gateway1.conf /usr/lib/sysusers.d/iotgw.conf \
+         /usr/share/man/man8/iotgwd.8; do
   expect "$f"
+done
+# Every page the unit documents itself with is installed, and renders without a warning.
+for page in $(sed -n 's/^Documentation=//p' "$dest$unit" | tr ' ' '\n' | sed -n 's/^man:\(.*\)(\([0-9]\))$/\1.\2/p'); do
+  expect "/usr/share/man/man${page##*.}/$page"
+done
+for page in $(find "$dest/usr/share/man" -type f); do
+  warnings=$(groff -man -ww -z "$page" 2>&1)
+  if [ -n "$warnings" ]; then
+    echo "FAIL ${page#"$dest"}: $warnings" >&2
+    fail=1
+  fi
 done
 # Every program the unit runs is where it was installed.
 for exe in $(sed -n 's/^Exec[A-Za-z]*=[-@+!]*\([^ ]*\).*/\1/p' "$dest$unit" | sort -u); do
