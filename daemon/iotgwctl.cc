@@ -19,30 +19,15 @@
 #include <fmt/format.h>
 #include <sdbus-c++/sdbus-c++.h>
 
+#include "daemon/iotgwctl_args.h"
+#include "iotgw/build_config.h"
 #include "org.iotgw.Gateway1_proxy.h"
 
 namespace {
 
+using iotgw::ctl::Invocation;
+
 enum Exit { Ok = 0, Failed = 1, Invalid = 2, Denied = 3, NotRunning = 4 };
-
-constexpr const char* kUsage = R"(usage: iotgwctl [--json] COMMAND [ARGS]
-
-  devices                      list enrolled devices
-  show ID                      a device's policy, state and traffic counters
-  status                       the gateway's state
-  enroll ID FILE               enrol a device with a policy document (FILE or - for stdin)
-  set-policy ID FILE           replace an API-enrolled device's policy
-  remove ID                    remove a device and everything kept about it
-  quarantine ID --reason TEXT  cut a device off (DHCP only) and end its sessions
-  release ID                   end a quarantine
-  reload                       re-read the configuration and devices.d/ (as SIGHUP)
-  watch [--count N]            print the gateway's signals as they come (DeviceChanged,
-                               PolicyViolation, DeviceQuarantined, DeviceCount changes),
-                               one line each; stop after N of them
-
---json: read commands print JSON. Exit codes: 0 ok, 1 failed, 2 invalid input,
-3 access denied, 4 iotgwd not running.
-)";
 
 std::string json(const std::string& s);
 std::string jsonObject(const std::map<std::string, sdbus::Variant>& m);
@@ -231,15 +216,19 @@ bool readDocument(const std::string& file, std::string& out) {
   return true;
 }
 
-int usage(const char* why) {
-  std::fprintf(stderr, "iotgwctl: %s\n%s", why, kUsage);
+// A usage error: what is wrong, and where the rest is.
+int usage(const std::string& why) {
+  std::fprintf(stderr, "iotgwctl: %s\nTry 'iotgwctl --help'.\n", why.c_str());
   return Invalid;
 }
 
-int run(Gateway& gw, bool asJson, const std::vector<std::string>& a) {
-  const std::string& cmd = a[0];
-  const auto need = [&](size_t n) { return a.size() == n + 1; };
-  if (cmd == "devices" && need(0)) {
+// The command line is checked (iotgwctl_args.h); `document` is the FILE of enroll and set-policy.
+int run(Gateway& gw, const Invocation& inv, const std::string& document) {
+  const std::string& cmd = inv.command;
+  const bool asJson = inv.json;
+  std::vector<std::string> a{cmd};
+  a.insert(a.end(), inv.operands.begin(), inv.operands.end());
+  if (cmd == "devices") {
     const auto devices = gw.ListDevices();
     if (asJson) {
       std::string out = "[";
@@ -257,7 +246,7 @@ int run(Gateway& gw, bool asJson, const std::vector<std::string>& a) {
     }
     return Ok;
   }
-  if (cmd == "show" && need(1)) {
+  if (cmd == "show") {
     const auto [policy, state] = gw.GetDevice(a[1]);
     if (asJson) {
       std::printf("{\"id\": %s, \"state\": %s, \"policy\": %s}\n", json(a[1]).c_str(),
@@ -271,7 +260,7 @@ int run(Gateway& gw, bool asJson, const std::vector<std::string>& a) {
     }
     return Ok;
   }
-  if (cmd == "status" && need(0)) {
+  if (cmd == "status") {
     const auto s = gw.GetStatus();
     if (asJson) {
       std::puts(jsonObject(s).c_str());
@@ -282,45 +271,33 @@ int run(Gateway& gw, bool asJson, const std::vector<std::string>& a) {
     }
     return Ok;
   }
-  if ((cmd == "enroll" || cmd == "set-policy") && need(2)) {
-    std::string doc;
-    if (!readDocument(a[2], doc)) {
-      return Invalid;
-    }
+  if (cmd == "enroll" || cmd == "set-policy") {
     if (cmd == "enroll") {
-      gw.EnrollDevice(a[1], doc);
+      gw.EnrollDevice(a[1], document);
       std::printf("%s enrolled\n", a[1].c_str());
     } else {
-      gw.SetDevicePolicy(a[1], doc);
+      gw.SetDevicePolicy(a[1], document);
       std::printf("%s: policy replaced\n", a[1].c_str());
     }
     return Ok;
   }
-  if (cmd == "remove" && need(1)) {
+  if (cmd == "remove") {
     gw.RemoveDevice(a[1]);
     std::printf("%s removed\n", a[1].c_str());
     return Ok;
   }
-  if (cmd == "quarantine" && need(3) && a[2] == "--reason") {
-    gw.Quarantine(a[1], a[3]);
+  if (cmd == "quarantine") {
+    gw.Quarantine(a[1], *inv.reason);
     std::printf("%s quarantined\n", a[1].c_str());
     return Ok;
   }
-  if (cmd == "release" && need(1)) {
+  if (cmd == "release") {
     gw.Release(a[1]);
     std::printf("%s released\n", a[1].c_str());
     return Ok;
   }
-  if (cmd == "watch" && (need(0) || (need(2) && a[1] == "--count"))) {
-    unsigned count = 0;
-    if (a.size() == 3) {
-      char* end = nullptr;
-      const unsigned long n = std::strtoul(a[2].c_str(), &end, 10);
-      if (end == a[2].c_str() || *end != '\0' || n == 0 || n > 1'000'000) {
-        return usage("--count needs a number from 1 to 1000000");
-      }
-      count = static_cast<unsigned>(n);
-    }
+  if (cmd == "watch") {
+    const unsigned count = inv.count.value_or(0);
     gw.Version(); // fails with "not running" now rather than waiting on silence
     if (!asJson) {
       std::puts("watching org.iotgw.Gateway1 (Ctrl-C to stop)");
@@ -329,31 +306,43 @@ int run(Gateway& gw, bool asJson, const std::vector<std::string>& a) {
     gw.watch(asJson, count);
     return Ok;
   }
-  if (cmd == "reload" && need(0)) {
+  if (cmd == "reload") {
     gw.Reload();
     std::puts("reloaded");
     return Ok;
   }
-  return usage(("bad command line for '" + cmd + "'").c_str());
+  return usage("unknown command '" + cmd + "'"); // the parser knows every command above
 }
 
 } // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> args(argv + 1, argv + argc);
-  bool asJson = false;
-  if (!args.empty() && args[0] == "--json") {
-    asJson = true;
-    args.erase(args.begin());
+  if (argc == 1) {
+    std::fputs(iotgw::ctl::kUsage, stderr);
+    return Invalid;
   }
-  if (args.empty() || args[0] == "--help" || args[0] == "-h") {
-    std::fputs(kUsage, args.empty() ? stderr : stdout);
-    return args.empty() ? Invalid : Ok;
+  const auto inv = iotgw::ctl::parseCommandLine(argc, argv);
+  if (!inv) {
+    return usage(inv.error());
+  }
+  if (inv->help) {
+    std::fputs(iotgw::ctl::kUsage, stdout);
+    return Ok;
+  }
+  if (inv->version) {
+    std::printf("iotgwctl %s\n", IOTGW_VERSION);
+    return Ok;
+  }
+  // Read before the bus is touched: a missing file is the caller's mistake, found at once.
+  std::string document;
+  if ((inv->command == "enroll" || inv->command == "set-policy") &&
+      !readDocument(inv->operands[1], document)) {
+    return Invalid;
   }
   try {
     auto connection = sdbus::createSystemBusConnection();
     Gateway gw(*connection);
-    return run(gw, asJson, args);
+    return run(gw, *inv, document);
   } catch (const sdbus::Error& e) {
     return fromError(e);
   }

@@ -221,12 +221,19 @@ def inside():
         check(d.wait(timeout=10) == 0, "iotgwd stops cleanly")
         rc, _, errtext = ctl(address, "root", "status")
         check(rc == 4 and "not running" in errtext, f"iotgwctl with iotgwd stopped: exit 4 ({errtext.strip()[:80]})")
+        # The command line is checked before the bus: a mistake is exit 2 (not "not running"),
+        # named in one line rather than the whole help.
+        rc, _, errtext = ctl(address, "root", "show", "Thermo 01")
+        check(rc == 2 and "is not a device id" in errtext and "usage:" not in errtext,
+              f"iotgwctl show with a malformed id: exit 2, the mistake named ({errtext.strip()[:80]})")
+        rc, out, _ = ctl(address, "root", "--version")
+        check(rc == 0 and out.startswith("iotgwctl "), f"iotgwctl --version ({out.strip()})")
         d = start_iotgwd(root, address, state, err)
         rc, out, _ = ctl(address, "root", "--json", "show", "thermo-01")
         check(rc == 0 and json.loads(out)["policy"] == good, "after a restart the device and its policy are back")
-        rc, out, _ = ctl(address, "root", "--json", "status")
+        rc, out, _ = ctl(address, "root", "status", "--json")  # options go anywhere
         status = json.loads(out) if rc == 0 else {}
-        check(status.get("devices") == 1 and status.get("firewall") is True, f"iotgwctl --json status ({out.strip()})")
+        check(status.get("devices") == 1 and status.get("firewall") is True, f"iotgwctl status --json ({out.strip()})")
 
         print("signals are not held to the journal's budget")
         # Twelve quarantines and releases of one device in a few seconds, with the event sink's
