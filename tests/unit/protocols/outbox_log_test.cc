@@ -59,6 +59,14 @@ protected:
     return out;
   }
   [[nodiscard]] size_t fileSize() const { return static_cast<size_t>(fs::file_size(path_)); }
+  // An Outbox on the file whose store session never opens (no broker).
+  std::unique_ptr<Outbox> openBox(OutboxLimits limits = {}) {
+    auto box = Outbox::open(path_, limits, [](UpstreamObserver&) {
+      return std::expected<std::unique_ptr<Upstream>, std::string>(std::unexpected("no broker"));
+    });
+    EXPECT_TRUE(box.has_value()) << (box ? "" : box.error());
+    return box ? std::move(*box) : nullptr;
+  }
 
   fs::path dir_;
   fs::path path_;
@@ -289,19 +297,17 @@ TEST_F(OutboxLogTest, EraseRemovesTheFileAndTakesNothingMore) {
 // its PUBREL goes) or as the done marks settling is durable already, but its device still waits
 // for the acknowledgement: the outbox stays due for commit() until it has handed the ticket over.
 TEST_F(OutboxLogTest, AMessageSyncedByAnotherPathIsStillAcknowledged) {
-  auto box = Outbox::open(path_, {}, [](UpstreamObserver&) {
-    return std::expected<std::unique_ptr<Upstream>, std::string>(std::unexpected("no broker"));
-  });
-  ASSERT_TRUE(box.has_value());
+  auto box = openBox();
+  ASSERT_NE(box, nullptr);
   Outgoing m{7, "t/a", {'x'}, 2, false};
-  ASSERT_EQ((*box)->store(m, StoreTicket{1, 7}), Outbox::Stored::New);
-  UpstreamObserver& asObserver = **box; // as its store session calls it
-  asObserver.upstreamReceived({});      // a release in the same turn: fdatasync now
-  EXPECT_TRUE((*box)->dirty()) << "the ticket is not yet handed over";
-  const auto tickets = (*box)->commit();
+  ASSERT_EQ(box->store(m, StoreTicket{1, 7}), Outbox::Stored::New);
+  UpstreamObserver& asObserver = *box; // as its store session calls it
+  asObserver.upstreamReceived({});     // a release in the same turn: fdatasync now
+  EXPECT_TRUE(box->dirty()) << "the ticket is not yet handed over";
+  const auto tickets = box->commit();
   ASSERT_EQ(tickets.size(), 1U);
   EXPECT_EQ(tickets[0].token, 7U);
-  EXPECT_FALSE((*box)->dirty());
+  EXPECT_FALSE(box->dirty());
 }
 
 // A QoS 2 message's flow towards its device outlives the message (the broker may have it long
@@ -423,11 +429,9 @@ TEST_F(OutboxLogTest, OpenFlowsAreBounded) {
 // also once the broker has it; a new message under the same identifier (no DUP, or other bytes)
 // is stored. Its PUBREL closes the flow and waits for the commit; an unknown one is not taken.
 TEST_F(OutboxLogTest, TheOutboxTakesAResendOnceAndReleasesItsFlow) {
-  auto box = Outbox::open(path_, {}, [](UpstreamObserver&) {
-    return std::expected<std::unique_ptr<Upstream>, std::string>(std::unexpected("no broker"));
-  });
-  ASSERT_TRUE(box.has_value());
-  Outbox& o = **box;
+  auto box = openBox();
+  ASSERT_NE(box, nullptr);
+  Outbox& o = *box;
   Outgoing m{1, "t/a", {'x'}, 2, false};
   m.origin = 5;
   ASSERT_EQ(o.store(m, StoreTicket{1, 1}, "dev"), Outbox::Stored::New);
@@ -527,11 +531,9 @@ TEST_F(OutboxLogTest, AVersion01FileIsReadAndMarked02) {
 // A new message (no DUP) under the identifier of an open flow that the outbox cannot take ends
 // that flow: its resend must not be taken for the earlier message with the same bytes.
 TEST_F(OutboxLogTest, ARefusedNewMessageEndsTheFlowUnderItsIdentifier) {
-  auto box = Outbox::open(path_, {.maxMessages = 1}, [](UpstreamObserver&) {
-    return std::expected<std::unique_ptr<Upstream>, std::string>(std::unexpected("no broker"));
-  });
-  ASSERT_TRUE(box.has_value());
-  Outbox& o = **box;
+  auto box = openBox(OutboxLimits{.maxMessages = 1});
+  ASSERT_NE(box, nullptr);
+  Outbox& o = *box;
   Outgoing m{1, "t/a", {'x'}, 2, false};
   m.origin = 5;
   ASSERT_EQ(o.store(m, StoreTicket{1, 1}, "dev"), Outbox::Stored::New);
@@ -546,11 +548,9 @@ TEST_F(OutboxLogTest, ARefusedNewMessageEndsTheFlowUnderItsIdentifier) {
 
 // An outbox does not go (and with it its share of the disk budget) while a flow is open.
 TEST_F(OutboxLogTest, AnOutboxStaysWhileAFlowIsOpen) {
-  auto box = Outbox::open(path_, {}, [](UpstreamObserver&) {
-    return std::expected<std::unique_ptr<Upstream>, std::string>(std::unexpected("no broker"));
-  });
-  ASSERT_TRUE(box.has_value());
-  Outbox& o = **box;
+  auto box = openBox();
+  ASSERT_NE(box, nullptr);
+  Outbox& o = *box;
   Outgoing m{1, "t/a", {'x'}, 2, false};
   m.origin = 5;
   ASSERT_EQ(o.store(m, StoreTicket{1, 1}, "dev"), Outbox::Stored::New);
