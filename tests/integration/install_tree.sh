@@ -23,14 +23,14 @@ expect() {
 unit=/usr/lib/systemd/system/iotgwd.service
 for f in /usr/sbin/iotgwd /usr/bin/iotgwctl $unit /usr/lib/systemd/catalog/iotgwd.catalog \
          /usr/share/dbus-1/system.d/org.iotgw.Gateway1.conf /usr/lib/sysusers.d/iotgw.conf \
-         /usr/share/man/man8/iotgwd.8; do
+         /usr/share/man/man8/iotgwd.8 /usr/share/bash-completion/completions/iotgwctl; do
   expect "$f"
 done
 # Every page the unit documents itself with is installed, and renders without a warning.
 for page in $(sed -n 's/^Documentation=//p' "$dest$unit" | tr ' ' '\n' | sed -n 's/^man:\(.*\)(\([0-9]\))$/\1.\2/p'); do
   expect "/usr/share/man/man${page##*.}/$page"
 done
-for page in $(find "$dest/usr/share/man" -type f); do
+for page in "$dest"/usr/share/man/man*/*; do
   warnings=$(groff -man -ww -z "$page" 2>&1)
   if [ -n "$warnings" ]; then
     echo "FAIL ${page#"$dest"}: $warnings" >&2
@@ -38,6 +38,7 @@ for page in $(find "$dest/usr/share/man" -type f); do
   fi
 done
 # Every program the unit runs is where it was installed.
+# shellcheck disable=SC2013 # one path per line, without spaces
 for exe in $(sed -n 's/^Exec[A-Za-z]*=[-@+!]*\([^ ]*\).*/\1/p' "$dest$unit" | sort -u); do
   case $exe in
   /bin/kill) ;; # the system's
