@@ -170,7 +170,7 @@ private:
   // told (PUBACK, PUBREC).
   void commitOutboxes();
   void serviceOutboxes(mqtt::Clock::time_point now);
-  // At start: the outboxes a previous run left with messages in them.
+  // At start: the outboxes a previous run left with messages or open QoS 2 flows in them.
   void openStoredOutboxes();
   size_t eraseOutbox(const std::string& device); // how many stored messages went with it
   void storeEvent(policy::EventType type, const std::string& device, std::string_view rule,

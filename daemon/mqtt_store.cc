@@ -117,20 +117,12 @@ bool MqttService::release(mqtt::Proxy& p, uint16_t packetId, uint64_t token) {
   if (device == nullptr || p.session() == nullptr) {
     return false;
   }
-  const std::string id = device->id.str();
-  mqtt::Outbox* box = nullptr;
-  if (const auto it = outboxes_.find(id); it != outboxes_.end()) {
-    box = it->second.box.get();
-  } else {
-    // Not open (idle for a while, or a new run): its file may still hold the flow. No file, no
-    // flow; one is not made for asking.
-    std::error_code ec;
-    const auto size = std::filesystem::file_size(outboxPath(id), ec);
-    if (!ec && size > kHeaderOnly) {
-      box = outboxFor(id);
-    }
-  }
-  return box != nullptr && box->release(p.session()->upstreamClientId(), packetId, {p.id(), token});
+  // Every outbox that holds a flow is open: those a previous run left are opened at start
+  // (openStoredOutboxes), and one with open flows never goes (Outbox::service). Not open: no
+  // flow, and nothing on disk to ask.
+  const auto it = outboxes_.find(device->id.str());
+  return it != outboxes_.end() &&
+         it->second.box->release(p.session()->upstreamClientId(), packetId, {p.id(), token});
 }
 
 std::filesystem::path MqttService::outboxPath(const std::string& device) const {
@@ -230,7 +222,7 @@ void MqttService::openStoredOutboxes() {
     if (!policy::DeviceId::parse(device) || entry.file_size(ec) <= kHeaderOnly) {
       continue; // not one of ours, or empty
     }
-    mqtt::Outbox* box = outboxFor(device);
+    mqtt::Outbox* box = outboxFor(device); // kept open while it holds messages or flows
     if (box == nullptr || !box->pending()) {
       continue;
     }
