@@ -8,7 +8,8 @@ on the router's flash, with the broker up and every message delivered. Here one 
 client opens 8,000 flows over 100 connections (80 each, the most one connection may leave open)
 and never ends one: the outbox file stays small (at most 1,024 flows are kept open, past that the
 oldest is closed; without that bound it held 1.1 MB after this flood), a flow still open is
-answered as a resend, and another device's QoS 2 still completes. iotgwd's memory is printed
+answered as a resend, a PUBREL for every packet identifier at once is answered once each and ends
+the kept flows (the file is empty again), and another device's QoS 2 still completes. iotgwd's memory is printed
 (measured: +1.0 MiB with the bound, +3.2 MiB without): too close to its noise to assert."""
 import os
 import struct
@@ -112,6 +113,28 @@ target = "stderr"
           f"{rss_before} -> {rss_after} KiB")
     check(size <= FILE_BOUND, f"the outbox file stays small: at most 1,024 flows are kept "
                               f"({size} bytes, bound {FILE_BOUND})")
+
+    # A PUBREL for every packet identifier at once (262 KB): each is answered once, those of the
+    # flows still kept end them, and nothing is held for the rest.
+    c = login(port, "flood-01")
+    check(c is not None, "the device logs in again")
+    c.send(b"".join(w.pubrel(pid) for pid in range(1, 65536)))
+    completed = {}
+    while len(completed) < 65535:
+        p = c.read_packet()
+        if p is None:
+            break
+        if p[0] >> 4 == 7:
+            pid = struct.unpack("!H", p[1][:2])[0]
+            completed[pid] = completed.get(pid, 0) + 1
+    c.close()
+    check(len(completed) == 65535 and set(completed.values()) == {1},
+          f"65,535 PUBRELs: each answered PUBCOMP once ({len(completed)} identifiers answered)")
+    time.sleep(2.5)
+    size = os.path.getsize(outbox)
+    check(size == 8, f"the kept flows are ended: the outbox file is empty again ({size} bytes)")
+    rss_flood = w.rss_kib(d.proc.pid)
+    print(f"  iotgwd RSS after the PUBREL flood {rss_flood} KiB")
 
     calm = login(port, "calm-01", "calm")
     check(calm is not None, "another device logs in")
