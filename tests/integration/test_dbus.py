@@ -192,6 +192,13 @@ def inside():
         shown = json.loads(out) if rc == 0 else {}
         check(shown.get("policy") == THERMO and shown.get("state", {}).get("source") == "api",
               "iotgwctl --json show returns the policy document and state")
+        # The bash completion asks the real iotgwctl, over this bus, for the enrolled ids.
+        script = (f'source {SRC}/packaging/completion/iotgwctl.bash; PATH={os.path.dirname(IOTGWCTL)}:$PATH; '
+                  'COMP_WORDS=(iotgwctl show th); COMP_CWORD=2; _iotgwctl; echo "${COMPREPLY[*]}"')
+        r = subprocess.run(caller("reader") + ["bash", "-c", script], capture_output=True, text=True,
+                           timeout=20, env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=address))
+        check(r.stdout.strip() == "thermo-01",
+              f"bash completes 'iotgwctl show th' with the enrolled id ({r.stdout.strip() or r.stderr.strip()[:80]})")
         check(os.stat(os.path.join(state, "devices", "thermo-01.toml")).st_mode & 0o077 == 0,
               "the policy is persisted owner-only in the state directory")
         rc, out, errtext = ctl(address, "reader", "enroll", "plug-02", policy_file)
