@@ -1,8 +1,8 @@
 #!/bin/bash
 # iotgwctl's bash completion, as bash runs it: commands, the options each command takes, the
 # ids of enrolled devices (from `iotgwctl devices`, here a stand-in printing two; test_dbus.py asks
-# the real one over a private bus), and files for
-# the policy document. usage: completion_test.sh COMPLETION_FILE
+# the real one over a private bus), and files for the policy document.
+# usage: completion_test.sh COMPLETION_FILE
 set -u
 # shellcheck source=/dev/null
 source "$1"
