@@ -62,6 +62,7 @@ public:
                 std::string readerGroup)
       : AdaptorInterfaces(c, DbusService::kObjectPath), control_(control),
         adminGroup_(std::move(adminGroup)), readerGroup_(std::move(readerGroup)),
+        busDriver_(sdbus::createProxy(c, "org.freedesktop.DBus", "/org/freedesktop/DBus")),
         lastCount_(static_cast<uint32_t>(control_.listDevices().size())) {
     registerAdaptor();
   }
@@ -76,29 +77,38 @@ public:
   }
 
 private:
-  // Whether the caller is root or a member (primary or supplementary) of one of `groups`, as the
-  // bus reports its credentials. Anything unknown is a refusal.
+  // Whether the caller is root or a member of one of `groups`. Its uid and groups are what the
+  // bus daemon took from the socket when it connected (SO_PEERCRED, SO_PEERGROUPS), asked with
+  // GetConnectionCredentials: sd-bus's own credential queries fill in from /proc/<pid>, which the
+  // unit's ProtectProc=invisible hides (every caller was refused, root too) and which could name
+  // a process that reused the pid. Anything unknown is a refusal.
   bool callerIsIn(std::initializer_list<const std::string*> groups) {
     const sdbus::Message* m = getObject().getCurrentlyProcessedMessage();
+    if (m == nullptr) {
+      return false;
+    }
     try {
-      if (m == nullptr) {
+      const std::string sender = m->getSender();
+      std::map<std::string, sdbus::Variant> creds;
+      busDriver_->callMethod("GetConnectionCredentials")
+          .onInterface("org.freedesktop.DBus")
+          .withArguments(sender)
+          .storeResultsTo(creds);
+      const auto uid = creds.find("UnixUserID");
+      if (uid == creds.end()) {
         return false;
       }
-      if (m->getCredsUid() == 0) {
+      if (uid->second.get<uint32_t>() == 0) {
         return true;
       }
-      const auto supplementary = m->getCredsSupplementaryGids();
-      std::optional<gid_t> primary;
-      try {
-        primary = m->getCredsGid();
-      } catch (const sdbus::Error&) {
-        // The primary group may be unknowable here (the bus did not say); the supplementary list
-        // decides.
+      const auto gids = creds.find("UnixGroupIDs");
+      if (gids == creds.end()) {
+        return false;
       }
+      const auto member = gids->second.get<std::vector<uint32_t>>();
       for (const std::string* name : groups) {
         if (const group* g = ::getgrnam(name->c_str())) {
-          if (primary == g->gr_gid ||
-              std::ranges::find(supplementary, g->gr_gid) != supplementary.end()) {
+          if (std::ranges::find(member, g->gr_gid) != member.end()) {
             return true;
           }
         }
@@ -222,6 +232,7 @@ private:
   Control& control_;
   std::string adminGroup_;
   std::string readerGroup_;
+  std::unique_ptr<sdbus::IProxy> busDriver_; // the bus daemon itself, for callers' credentials
   uint32_t lastCount_; // what DeviceCount last said: a change is signalled only when it is one
 };
 
