@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <fmt/format.h>
 #include <tuple>
 
@@ -219,11 +220,31 @@ private:
         // Relative to the configuration file's directory.
         p = std::filesystem::path(source_).parent_path() / p;
       }
+      p = credentialCopy(p);
       if (::access(p.c_str(), R_OK) != 0) {
         r.error(*t.get(key), fmt::format("'{}': cannot read {}", r.child(key), p.string()));
       }
       out = p;
     }
+  }
+
+  // A file in credentials/ beside the configuration file is root's alone. The unit hands that
+  // directory to iotgwd as systemd credentials (LoadCredential=credentials:/etc/iotgw/credentials),
+  // so under it the file is read from its copy, $CREDENTIALS_DIRECTORY/credentials_<name>; run
+  // by hand as root, from the file itself. Only there: no other path is ever redirected.
+  [[nodiscard]] std::filesystem::path credentialCopy(const std::filesystem::path& p) const {
+    const char* dir = std::getenv("CREDENTIALS_DIRECTORY");
+    if (dir == nullptr || *dir == '\0') {
+      return p;
+    }
+    const auto normal = p.lexically_normal();
+    const auto store =
+        (std::filesystem::path(source_).parent_path() / "credentials").lexically_normal();
+    if (normal.parent_path() != store) {
+      return p;
+    }
+    auto copy = std::filesystem::path(dir) / ("credentials_" + normal.filename().string());
+    return ::access(copy.c_str(), R_OK) == 0 ? copy : p;
   }
 
   // How iotgwd proves itself to the broker, and over what: checked as a whole.

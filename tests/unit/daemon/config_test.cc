@@ -282,6 +282,41 @@ TEST(Config, LoadReportsMissingFile) {
             "/nonexistent/iotgw.toml:1:1: cannot open /nonexistent/iotgw.toml");
 }
 
+// Under the unit, a key in credentials/ beside the configuration is read from the copy systemd
+// made for the service user; no other path is redirected, and without a copy nothing is.
+TEST(Config, KeysInCredentialsAreReadFromTheServiceCopy) {
+  const auto root = std::filesystem::temp_directory_path() / "iotgw-config-credentials";
+  std::filesystem::remove_all(root);
+  std::filesystem::create_directories(root / "etc/credentials");
+  std::filesystem::create_directories(root / "run");
+  std::ofstream(root / "etc/credentials/gateway.key") << "the root-only original\n";
+  std::ofstream(root / "etc/gateway.crt") << "a certificate\n";
+  std::ofstream(root / "run/credentials_gateway.key") << "systemd's copy\n";
+  std::ofstream(root / "run/credentials_gateway.crt") << "not to be used\n";
+  const std::string doc = "[upstream]\nhost = \"127.0.0.1\"\nca_file = \"gateway.crt\"\n"
+                          "certificate = \"gateway.crt\"\n"
+                          "private_key = \"credentials/../credentials/gateway.key\"\n";
+  const auto source = (root / "etc/iotgw.toml").string();
+
+  ::unsetenv("CREDENTIALS_DIRECTORY");
+  auto byHand = parseConfig(doc, source);
+  ASSERT_TRUE(byHand) << byHand.error().front().str();
+  EXPECT_EQ(byHand->upstream.privateKey.lexically_normal(), root / "etc/credentials/gateway.key");
+
+  ::setenv("CREDENTIALS_DIRECTORY", (root / "run").c_str(), 1);
+  auto underUnit = parseConfig(doc, source);
+  ASSERT_TRUE(underUnit) << underUnit.error().front().str();
+  EXPECT_EQ(underUnit->upstream.privateKey, root / "run/credentials_gateway.key");
+  EXPECT_EQ(underUnit->upstream.certificate, root / "etc/gateway.crt");
+
+  std::filesystem::remove(root / "run/credentials_gateway.key");
+  auto noCopy = parseConfig(doc, source);
+  ::unsetenv("CREDENTIALS_DIRECTORY");
+  ASSERT_TRUE(noCopy) << noCopy.error().front().str();
+  EXPECT_EQ(noCopy->upstream.privateKey.lexically_normal(), root / "etc/credentials/gateway.key");
+  std::filesystem::remove_all(root);
+}
+
 TEST(Config, PreLoginDefaultsFollowSmallerBounds) {
   auto c = parseConfig("[limits]\nmax_handshakes = 2\nmax_packet_bytes = 1024\n"
                        "max_password_checks = 1\n",
