@@ -23,7 +23,12 @@ expect() {
 unit=/usr/lib/systemd/system/iotgwd.service
 for f in /usr/sbin/iotgwd /usr/bin/iotgwctl $unit /usr/lib/systemd/catalog/iotgwd.catalog \
          /usr/share/dbus-1/system.d/org.iotgw.Gateway1.conf /usr/lib/sysusers.d/iotgw.conf \
-         /usr/share/man/man8/iotgwd.8 /usr/share/bash-completion/completions/iotgwctl; do
+         /usr/lib/tmpfiles.d/iotgw.conf /usr/share/doc/iotgw/examples/iotgw.toml.default \
+         /usr/share/doc/iotgw/examples/devices.d/thermo-01.toml \
+         /usr/share/doc/iotgw/examples/mosquitto/iotgw.conf \
+         /usr/share/man/man8/iotgwd.8 /usr/share/man/man1/iotgwctl.1 \
+         /usr/share/man/man5/iotgw.toml.5 /usr/share/man/man5/iotgw-device.5 \
+         /usr/share/bash-completion/completions/iotgwctl; do
   expect "$f"
 done
 # Every page the unit documents itself with is installed, and renders without a warning.
