@@ -171,6 +171,9 @@ public:
     if (const auto* t = top.table("dbus")) {
       TableReader r(*t, "dbus", source_, diags_);
       c.dbus.enabled = r.boolean("enabled").value_or(c.dbus.enabled);
+      if (c.dbus.enabled && !IOTGW_WITH_DBUS) {
+        r.error(*t->get("enabled"), "'dbus.enabled' = true needs a build with D-Bus support");
+      }
       c.dbus.adminGroup = r.string("admin_group", Need::Optional, 64).value_or(c.dbus.adminGroup);
       c.dbus.readerGroup =
           r.string("reader_group", Need::Optional, 64).value_or(c.dbus.readerGroup);

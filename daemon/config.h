@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "iotgw/build_config.h"
 #include "policy/credentials.h"
 #include "policy/device.h"
 #include "policy/diagnostic.h"
@@ -145,7 +146,7 @@ struct StoreConfig {
 
 // The control API, org.iotgw.Gateway1 on the system bus.
 struct DbusConfig {
-  bool enabled = true;
+  bool enabled = IOTGW_WITH_DBUS != 0; // a build without D-Bus has no control API
   std::string adminGroup = "iotgw-admin"; // who may change the gateway (besides root)
   std::string readerGroup = "iotgw";      // who may read it (besides root and the admin group)
 };

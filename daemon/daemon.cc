@@ -9,7 +9,9 @@
 #include <csignal>
 #include <fmt/format.h>
 
+#if IOTGW_WITH_DBUS
 #include "daemon/dbus_service.h"
+#endif
 #include "daemon/notify.h"
 #include "iotgw/build_config.h"
 
@@ -212,6 +214,8 @@ Outcome Daemon::setUp() {
     }
   }
   // The control API last: by the time a caller can change anything, everything it changes runs.
+  // (A build without D-Bus has none; its configuration cannot ask for one.)
+#if IOTGW_WITH_DBUS
   if (config.dbus.enabled) {
     auto d =
         DbusService::start(*w_.reactor, *manager_, config.dbus.adminGroup, config.dbus.readerGroup);
@@ -232,6 +236,7 @@ Outcome Daemon::setUp() {
       });
     }
   }
+#endif
   return {};
 }
 
@@ -271,12 +276,16 @@ std::string Daemon::statusLine() const {
   if (w_.firewall) {
     fw = fmt::format("; table inet iotgw on {}", fmt::join(c.deviceSegment.interfaces, ","));
   }
-  std::string api;
+  std::string api = "; no control API (built without D-Bus)";
+#if IOTGW_WITH_DBUS
   if (dbus_) {
     api = "; D-Bus org.iotgw.Gateway1";
   } else if (!dbusError_.empty()) {
     api = "; no D-Bus API (" + dbusError_ + ")";
+  } else {
+    api.clear();
   }
+#endif
   return fmt::format("{} device{} enrolled, default deny; config {}{}{}{}{}", n, n == 1 ? "" : "s",
                      c.source.empty() ? "built-in default" : c.source.string(), fw, mqtt, coap,
                      api);

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "daemon/manager.h"
+#include "iotgw/build_config.h"
 #include "daemon/outcome.h"
 #include "protocols/io/reactor.h"
 
@@ -47,8 +48,10 @@ private:
 
   Wiring w_;
   std::unique_ptr<Manager> manager_;
+#if IOTGW_WITH_DBUS
   std::unique_ptr<DbusService> dbus_; // ends before the manager it calls
   std::string dbusError_;             // why there is no control API, if there is none
+#endif
   io::UniqueFd signalFd_;
   std::optional<io::Reactor::TimerId> summaryTimer_;
   int exitCode_ = 0;

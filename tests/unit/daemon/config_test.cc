@@ -51,6 +51,24 @@ TEST(Config, EmptyDocumentEqualsDefaults) {
   EXPECT_EQ(c->limits.maxConnections, 1024u);
 }
 
+// The control API is there exactly when the build has D-Bus; asking a build without it for one is
+// an error at its line, not an API that silently never appears.
+TEST(Config, DbusFollowsTheBuild) {
+  EXPECT_EQ(builtinDefault().dbus.enabled, IOTGW_WITH_DBUS != 0);
+  auto c = parseConfig("[dbus]\nenabled = true\n", "dbus.toml");
+  if (IOTGW_WITH_DBUS) {
+    ASSERT_TRUE(c) << c.error().front().str();
+    EXPECT_TRUE(c->dbus.enabled);
+  } else {
+    ASSERT_FALSE(c);
+    EXPECT_EQ(c.error().front().str(),
+              "dbus.toml:2:11: 'dbus.enabled' = true needs a build with D-Bus support");
+  }
+  auto off = parseConfig("[dbus]\nenabled = false\n", "dbus.toml");
+  ASSERT_TRUE(off);
+  EXPECT_FALSE(off->dbus.enabled);
+}
+
 TEST(Config, ParsesEverySection) {
   const std::string f = readableFile();
   const std::string doc = R"(
