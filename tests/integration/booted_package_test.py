@@ -25,27 +25,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from iotgw_testlib import check, finish  # noqa: E402
+from iotgw_testlib import check, debootstrap, finish  # noqa: E402
 
 CAP_NET_BIND_SERVICE, CAP_NET_ADMIN = 10, 12
 CAPS = (1 << CAP_NET_ADMIN) | (1 << CAP_NET_BIND_SERVICE)
-
-
-def archive():
-    """The Debian archive this machine's apt uses: its first bookworm source."""
-    for path in ["/etc/apt/sources.list"] + sorted(glob.glob("/etc/apt/sources.list.d/*")):
-        try:
-            text = open(path).read()
-        except OSError:
-            continue
-        for m in re.finditer(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm\s", text, re.M):
-            return m.group(1)
-        for stanza in text.split("\n\n"):
-            uris = re.search(r"^URIs:\s*(\S+)", stanza, re.M)
-            suites = re.search(r"^Suites:(.*)$", stanza, re.M)
-            if uris and suites and "bookworm" in suites.group(1).split():
-                return uris.group(1)
-    return "http://deb.debian.org/debian"
 
 
 def runtime_packages(deb):
@@ -165,12 +148,7 @@ def main():
     root = os.path.join(work, "root")
     include = ["systemd", "systemd-sysv", "dbus", "nftables", "openssl", "procps", "iproute2"]
     include += runtime_packages(deb)
-    started = time.time()
-    with open(os.path.join(work, "debootstrap.log"), "w") as log:
-        subprocess.run(["debootstrap", "--variant=minbase", "--include=" + ",".join(include),
-                        "bookworm", root, archive()], check=True, stdout=log,
-                       stderr=subprocess.STDOUT)
-    print(f"debootstrap: {time.time() - started:.0f} s, {len(include)} packages asked for")
+    debootstrap(root, include, os.path.join(work, "debootstrap.log"))
     shutil.copy(deb, os.path.join(root, "var/tmp/iotgw.deb"))
     shutil.copy(upgraded_deb(deb, work), os.path.join(root, "var/tmp/iotgw-upgrade.deb"))
 

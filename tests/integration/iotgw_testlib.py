@@ -5,8 +5,10 @@ Each test is a script run by ctest. Tests that need private system services re-e
 themselves in a private mount namespace (unshare -m), where a private systemd-journald,
 /dev/log or notify socket cannot disturb the host.
 """
+import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -45,6 +47,34 @@ def finish():
         sys.exit(1)
     print("all expectations met")
     sys.exit(0)
+
+
+def debian_archive():
+    """The Debian archive this machine's apt uses: its first bookworm source."""
+    for path in ["/etc/apt/sources.list"] + sorted(glob.glob("/etc/apt/sources.list.d/*")):
+        try:
+            text = open(path).read()
+        except OSError:
+            continue
+        for m in re.finditer(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm\s", text, re.M):
+            return m.group(1)
+        for stanza in text.split("\n\n"):
+            uris = re.search(r"^URIs:\s*(\S+)", stanza, re.M)
+            suites = re.search(r"^Suites:(.*)$", stanza, re.M)
+            if uris and suites and "bookworm" in suites.group(1).split():
+                return uris.group(1)
+    return "http://deb.debian.org/debian"
+
+
+def debootstrap(root, include, log_path):
+    """A minimal Debian 12 in `root` with `include` and what they depend on, from the machine's own
+    archive (the only network CI has)."""
+    started = time.time()
+    with open(log_path, "w") as log:
+        subprocess.run(["debootstrap", "--variant=minbase", "--include=" + ",".join(include),
+                        "bookworm", root, debian_archive()], check=True, stdout=log,
+                       stderr=subprocess.STDOUT)
+    print(f"debootstrap: {time.time() - started:.0f} s, {len(include)} packages asked for")
 
 
 def require_binary():
