@@ -19,7 +19,7 @@ packages="
   libsqlite3-dev
   iproute2 socat ncat nmap openssl sslscan python3 python3-scapy procps util-linux mount coreutils
   groff-base
-  debhelper dpkg-dev fakeroot lintian debootstrap systemd-container
+  debhelper dpkg-dev fakeroot lintian debootstrap systemd-container shellcheck devscripts busybox
 "
 
 missing=""
