@@ -146,7 +146,7 @@ struct StoreConfig {
 
 // The control API, org.iotgw.Gateway1 on the system bus.
 struct DbusConfig {
-  bool enabled = IOTGW_WITH_DBUS != 0; // a build without D-Bus has no control API
+  bool enabled = IOTGW_WITH_DBUS != 0;    // a build without D-Bus has no control API
   std::string adminGroup = "iotgw-admin"; // who may change the gateway (besides root)
   std::string readerGroup = "iotgw";      // who may read it (besides root and the admin group)
 };

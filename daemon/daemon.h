@@ -12,8 +12,8 @@
 #include <string>
 
 #include "daemon/manager.h"
-#include "iotgw/build_config.h"
 #include "daemon/outcome.h"
+#include "iotgw/build_config.h"
 #include "protocols/io/reactor.h"
 
 namespace iotgw::daemon {
