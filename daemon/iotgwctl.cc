@@ -8,6 +8,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -20,17 +21,21 @@
 #include <sdbus-c++/sdbus-c++.h>
 
 #include "daemon/iotgwctl_args.h"
+#include "daemon/iotgwctl_format.h"
 #include "iotgw/build_config.h"
 #include "org.iotgw.Gateway1_proxy.h"
 
 namespace {
 
+using iotgw::ctl::Fields;
 using iotgw::ctl::Invocation;
+using iotgw::ctl::jsonObject;
+using iotgw::ctl::jsonString;
 
 enum Exit { Ok = 0, Failed = 1, Invalid = 2, Denied = 3, NotRunning = 4 };
 
-std::string json(const std::string& s);
-std::string jsonObject(const std::map<std::string, sdbus::Variant>& m);
+Fields fieldsOf(const std::map<std::string, sdbus::Variant>& m);
+std::int64_t now();
 
 class Gateway final
     : public sdbus::ProxyInterfaces<org::iotgw::Gateway1::Manager_proxy, sdbus::Properties_proxy> {
@@ -55,9 +60,9 @@ private:
     if (!watching_) {
       return;
     }
-    std::string line = asJson_ ? fmt::format("{{\"signal\": {}", json(signal)) : signal;
+    std::string line = asJson_ ? fmt::format("{{\"signal\": {}", jsonString(signal)) : signal;
     for (const auto& [name, value] : args) {
-      line += asJson_ ? fmt::format(", {}: {}", json(name), value) : " " + value;
+      line += asJson_ ? fmt::format(", {}: {}", jsonString(name), value) : " " + value;
     }
     std::puts((line + (asJson_ ? "}" : "")).c_str());
     std::fflush(stdout);
@@ -65,7 +70,7 @@ private:
       connection_.leaveEventLoop();
     }
   }
-  std::string quoted(const std::string& s) const { return asJson_ ? json(s) : s; }
+  std::string quoted(const std::string& s) const { return asJson_ ? jsonString(s) : s; }
 
   void onDeviceChanged(const std::string& id, const std::string& what) override {
     print("DeviceChanged", {{"id", quoted(id)}, {"change", quoted(what)}});
@@ -83,17 +88,15 @@ private:
   void onPropertiesChanged(const std::string& interface,
                            const std::map<std::string, sdbus::Variant>& changed,
                            const std::vector<std::string>&) override {
-    print("PropertiesChanged",
-          {{"interface", quoted(interface)}, {"changed", asJson_ ? jsonObject(changed) : [&] {
-                                                std::string out;
-                                                for (const auto& [k, v] : changed) {
-                                                  out += (out.empty() ? "" : " ") + k + "=" +
-                                                         (v.peekValueType() == "u"
-                                                              ? std::to_string(v.get<uint32_t>())
-                                                              : std::string("?"));
-                                                }
-                                                return out;
-                                              }()}});
+    print("PropertiesChanged", {{"interface", quoted(interface)},
+                                {"changed", asJson_ ? jsonObject(fieldsOf(changed)) : [&] {
+                                   std::string out;
+                                   for (const auto& [k, v] : fieldsOf(changed)) {
+                                     out += (out.empty() ? "" : " ") + k + "=" +
+                                            iotgw::ctl::humanValue(k, v, now());
+                                   }
+                                   return out;
+                                 }()}});
   }
 
   sdbus::IConnection& connection_;
@@ -102,70 +105,39 @@ private:
   unsigned remaining_ = 0;
 };
 
-std::string json(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-    case '"':
-      out += "\\\"";
-      break;
-    case '\\':
-      out += "\\\\";
-      break;
-    case '\n':
-      out += "\\n";
-      break;
-    case '\r':
-      out += "\\r";
-      break;
-    case '\t':
-      out += "\\t";
-      break;
-    default:
-      if (c < 0x20) {
-        out += fmt::format("\\u{:04x}", c);
-      } else {
-        out += static_cast<char>(c);
-      }
-    }
-  }
-  return out + "\"";
-}
-
-std::string text(const sdbus::Variant& v) {
-  const std::string sig = v.peekValueType();
-  if (sig == "s") {
-    return v.get<std::string>();
-  }
-  if (sig == "b") {
-    return v.get<bool>() ? "true" : "false";
-  }
-  if (sig == "u") {
-    return std::to_string(v.get<uint32_t>());
-  }
-  if (sig == "t") {
-    return std::to_string(v.get<uint64_t>());
-  }
-  if (sig == "x") {
-    return std::to_string(v.get<int64_t>());
-  }
-  if (sig == "d") {
-    return fmt::format("{:.1f}", v.get<double>());
-  }
-  return "?";
-}
-
-std::string jsonValue(const sdbus::Variant& v) {
-  return v.peekValueType() == "s" ? json(v.get<std::string>()) : text(v);
-}
-
-std::string jsonObject(const std::map<std::string, sdbus::Variant>& m) {
-  std::string out = "{";
+// The a{sv} answer as values this client prints; a type it does not know stays unknown (null).
+Fields fieldsOf(const std::map<std::string, sdbus::Variant>& m) {
+  Fields out;
   for (const auto& [k, v] : m) {
-    out += (out.size() > 1 ? ", " : "") + json(k) + ": " + jsonValue(v);
+    const std::string sig = v.peekValueType();
+    iotgw::ctl::Value value;
+    if (sig == "s" || sig == "o" || sig == "g") {
+      value = v.get<std::string>();
+    } else if (sig == "b") {
+      value = v.get<bool>();
+    } else if (sig == "y") {
+      value = std::uint64_t{v.get<uint8_t>()};
+    } else if (sig == "q") {
+      value = std::uint64_t{v.get<uint16_t>()};
+    } else if (sig == "u") {
+      value = std::uint64_t{v.get<uint32_t>()};
+    } else if (sig == "t") {
+      value = v.get<uint64_t>();
+    } else if (sig == "n") {
+      value = std::int64_t{v.get<int16_t>()};
+    } else if (sig == "i") {
+      value = std::int64_t{v.get<int32_t>()};
+    } else if (sig == "x") {
+      value = v.get<int64_t>();
+    } else if (sig == "d") {
+      value = v.get<double>();
+    }
+    out.emplace_back(k, std::move(value));
   }
-  return out + "}";
+  return out;
 }
+
+std::int64_t now() { return static_cast<std::int64_t>(std::time(nullptr)); }
 
 int fromError(const sdbus::Error& e) {
   const std::string& n = e.getName();
@@ -234,8 +206,8 @@ int run(Gateway& gw, const Invocation& inv, const std::string& document) {
       std::string out = "[";
       for (const auto& d : devices) {
         out += fmt::format("{}{{\"id\": {}, \"source\": {}, \"quarantined\": {}}}",
-                           out.size() > 1 ? ", " : "", json(d.get<0>()), json(d.get<1>()),
-                           d.get<2>() ? "true" : "false");
+                           out.size() > 1 ? ", " : "", jsonString(d.get<0>()),
+                           jsonString(d.get<1>()), d.get<2>() ? "true" : "false");
       }
       std::puts((out + "]").c_str());
     } else {
@@ -249,12 +221,12 @@ int run(Gateway& gw, const Invocation& inv, const std::string& document) {
   if (cmd == "show") {
     const auto [policy, state] = gw.GetDevice(a[1]);
     if (asJson) {
-      std::printf("{\"id\": %s, \"state\": %s, \"policy\": %s}\n", json(a[1]).c_str(),
-                  jsonObject(state).c_str(), json(policy).c_str());
+      std::printf("{\"id\": %s, \"state\": %s, \"policy\": %s}\n", jsonString(a[1]).c_str(),
+                  jsonObject(fieldsOf(state)).c_str(), jsonString(policy).c_str());
     } else {
       std::printf("device %s\n", a[1].c_str());
-      for (const auto& [k, v] : state) {
-        std::printf("  %-22s %s\n", k.c_str(), text(v).c_str());
+      for (const auto& [k, v] : fieldsOf(state)) {
+        std::printf("  %-25s %s\n", k.c_str(), iotgw::ctl::humanValue(k, v, now()).c_str());
       }
       std::printf("policy:\n%s%s", policy.c_str(), policy.ends_with("\n") ? "" : "\n");
     }
@@ -263,10 +235,10 @@ int run(Gateway& gw, const Invocation& inv, const std::string& document) {
   if (cmd == "status") {
     const auto s = gw.GetStatus();
     if (asJson) {
-      std::puts(jsonObject(s).c_str());
+      std::puts(jsonObject(fieldsOf(s)).c_str());
     } else {
-      for (const auto& [k, v] : s) {
-        std::printf("%-18s %s\n", k.c_str(), text(v).c_str());
+      for (const auto& [k, v] : fieldsOf(s)) {
+        std::printf("%-25s %s\n", k.c_str(), iotgw::ctl::humanValue(k, v, now()).c_str());
       }
     }
     return Ok;

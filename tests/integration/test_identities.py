@@ -15,6 +15,7 @@ what iotgwd wrote.
   device's certificate and still accepts another device's;
 * every step is seen as a D-Bus signal.
 """
+import datetime
 import json
 import os
 import re
@@ -173,8 +174,17 @@ def main():
         st = json.loads(shown)["state"] if rc == 0 else {}
         check(st.get("identity") == "issued" and serial and st.get("certificate_serial") == serial.group(1).lower(),
               f"GetDevice gives the identity and serial: {st}")
-        check(abs(st.get("certificate_expires", 0) - (time.time() + 730 * 86400)) < 2 * 86400,
-              "valid for two years")
+        expires = st.get("certificate_expires", "")
+        try:
+            expires_at = datetime.datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+        except (TypeError, ValueError):
+            expires_at = None
+        check(expires_at is not None and abs(expires_at.timestamp() - (time.time() + 730 * 86400)) < 2 * 86400,
+              f"valid for two years, in ISO 8601 UTC with --json ({expires!r})")
+        rc, shown = ctl("show", "thermo-01")
+        line = next((l for l in shown.splitlines() if "certificate_expires" in l), "")
+        check(re.search(r"certificate_expires +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+ \(in 7(29|30) days\)$", line) is not None,
+              f"and for a person as a date with how far away it is ({line.strip()!r})")
 
         # 3. The upstream presents it: the broker lets thermo-01 (and only it) publish under its name.
         sub = Subscriber(broker, "home/#", root)
