@@ -5,7 +5,7 @@
 // whether it binds a device's MAC to the port it came in on, and which event it is. Pure: the
 // daemon persists bindings, applies them and raises the events.
 //
-// The rule (README, "The firewall"): an enrolled MAC is bound to the first port it is seen on
+// The rule (packaging/doc/firewall.md): an enrolled MAC is bound to the first port it is seen on
 // after enrolment (or that port's interface group, when the port has one) and stays bound —
 // across restarts, while the device is offline, and whatever comes in elsewhere — until an
 // administrator releases the binding. Elsewhere it is dropped and reported. A device moved to

@@ -14,7 +14,7 @@
 // message again (DUP) after losing its PUBREC — iotgwd was killed, the connection dropped — is
 // recognised and answered without a second copy going to the broker. Why a log and not SQLite in
 // WAL mode: measured (tests/bench/outbox_bench.py, the same messages and durable points for both;
-// README, Performance), the log wrote 0.3–0.5× the bytes to storage that SQLite with
+// packaging/doc/performance.md), the log wrote 0.3–0.5× the bytes to storage that SQLite with
 // synchronous=FULL did — what wears a router's flash — and stored messages 1.1–1.3× as fast; SQLite
 // marked them delivered faster in large batches (0.6–0.8×, both far above what a broker takes), and
 // it would be a dependency of iotgwd for one table. A record is written when appended and durable

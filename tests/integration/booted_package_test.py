@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -29,6 +30,7 @@ from iotgw_testlib import check, debootstrap, finish  # noqa: E402
 
 CAP_NET_BIND_SERVICE, CAP_NET_ADMIN = 10, 12
 CAPS = (1 << CAP_NET_ADMIN) | (1 << CAP_NET_BIND_SERVICE)
+README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "README.md")
 
 
 def runtime_packages(deb):
@@ -137,6 +139,58 @@ addresses = ["192.168.50.31"]
 """
 
 
+def guide_blocks():
+    """The shell blocks of the README's "Protect your first device", as an administrator types them."""
+    text = open(README).read()
+    section = text.split("\n## Protect your first device\n", 1)[1].split("\n## ", 1)[0]
+    return [textwrap.dedent(body) for _, body in re.findall(r"^( *)```sh\n(.*?)^\1```", section, re.M | re.S)]
+
+
+def queued(c):
+    r = c.sh("iotgwctl --json show thermo-01", check=False)
+    return json.loads(r.stdout)["state"].get("queued_messages") if r.returncode == 0 else None
+
+
+def first_device(c):
+    """The README's walk-through, its commands run as written: the thermostat's readings reach the
+    hub's mosquitto over TLS, under the certificate the gateway's CA issued it."""
+    blocks = guide_blocks()
+    check(len(blocks) == 3, f"the README's first-device guide has its three command blocks ({len(blocks)})")
+    # Step 1, the segment, is br-iot above; the thermostat sits on a port of it with the example
+    # policy's MAC and address. An anonymous loopback listener lets the test see the broker's side.
+    c.sh("ip netns add thermo && ip link add thermo0 type veth peer name eth0 netns thermo"
+         " && ip link set thermo0 master br-iot up && ip -n thermo link set lo up"
+         " && ip -n thermo link set eth0 address 02:00:00:00:00:10"
+         " && ip -n thermo addr add 192.168.50.10/24 dev eth0 && ip -n thermo link set eth0 up")
+    c.sh("printf 'listener 1884 127.0.0.1\\nallow_anonymous true\\n' > /etc/mosquitto/conf.d/zz-test.conf")
+    for n, block in enumerate(blocks, 2):
+        r = c.sh("set -e; cd /root\n" + block, check=False, timeout=120)
+        said = (r.stdout + r.stderr).strip()
+        shown = said.splitlines()[-1] if r.returncode == 0 and said else said[-600:]
+        check(r.returncode == 0, f"step {n} of the guide runs as written ({shown})")
+    check(wait_for("iotgwd active with the example configuration",
+                   lambda: c.out("systemctl is-active iotgwd", check=False) == "active"),
+          "iotgwd is active with the example configuration")
+    st = json.loads(c.out("iotgwctl --json show thermo-01"))["state"]
+    check(st.get("identity") == "issued", f"thermo-01 is enrolled with its own certificate ({st.get('identity')})")
+    sub = subprocess.Popen(["nsenter", "-t", str(c.pid1), "-a", "--", "mosquitto_sub", "-h", "127.0.0.1",
+                            "-p", "1884", "-i", "app", "-c", "-q", "1", "-t", "devices/#", "-v", "-C", "1",
+                            "-W", "30"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(0.5)
+    r = c.sh("ip netns exec thermo mosquitto_pub -h 192.168.50.1 -i thermo-01 -q 1"
+             " -t devices/thermo-01/telemetry/temp -m '{\"t\":20}'", check=False, timeout=30)
+    check(r.returncode == 0, f"the thermostat publishes a reading to 192.168.50.1 ({r.stderr.strip()})")
+    out = sub.communicate(timeout=40)[0].strip()
+    check(out == 'devices/thermo-01/telemetry/temp {"t":20}',
+          f"it reaches the hub's mosquitto, through its ACL for user thermo-01 ({out!r})")
+    c.sh("ip netns exec thermo mosquitto_pub -h 192.168.50.1 -i thermo-01 -q 1"
+         " -t devices/thermo-01/telemetry/temp -m '{\"t\":200}'", check=False, timeout=30)
+    rejected = lambda: c.out("journalctl --no-pager -o verbose IOTGW_EVENT=payload-rejected", check=False)
+    found = wait_for("a payload-rejected event", lambda: "IOTGW_DEVICE=thermo-01" in rejected())
+    check(found, "a reading out of range is refused: a payload-rejected event for thermo-01 in the journal"
+          + ("" if found else "; the journal ends:\n" + c.out("journalctl -u iotgwd --no-pager | tail -15")))
+
+
 def main():
     deb_dir, work = sys.argv[1], sys.argv[2]
     debs = [d for d in glob.glob(os.path.join(deb_dir, "iotgw_*.deb"))]
@@ -146,7 +200,8 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     root = os.path.join(work, "root")
-    include = ["systemd", "systemd-sysv", "dbus", "nftables", "openssl", "procps", "iproute2"]
+    include = ["systemd", "systemd-sysv", "dbus", "nftables", "openssl", "procps", "iproute2",
+               "mosquitto", "mosquitto-clients"]
     include += runtime_packages(deb)
     debootstrap(root, include, os.path.join(work, "debootstrap.log"))
     shutil.copy(deb, os.path.join(root, "var/tmp/iotgw.deb"))
@@ -235,11 +290,6 @@ def run_checks(c):
                    lambda: "192.168.50.22" in c.out("iotgwctl show plug-01", check=False)),
           "systemctl reload applies the changed policy (plug-01 now at 192.168.50.22)")
     check("192.168.50.22" in c.out("nft list table inet iotgw"), "and the firewall names its new address")
-    c.sh("cp /usr/share/doc/iotgw/examples/devices.d/thermo-01.toml /etc/iotgw/devices.d/")
-    c.sh("systemctl reload iotgwd")
-    check(wait_for("the shipped example device after a reload",
-                   lambda: "thermo-01" in c.out("iotgwctl devices", check=False)),
-          "the shipped example device policy is enrolled as it is")
     check(c.out("systemctl is-active iotgwd") == "active", "iotgwd is still active after the reloads")
 
     # No loop of the drift monitor over its own changes (the pid namespace of a container).
@@ -267,7 +317,16 @@ def run_checks(c):
           "the journal says 'Watchdog timeout'")
     c.sh("rm -r /run/systemd/system/iotgwd.service.d && systemctl daemon-reload && systemctl restart iotgwd")
 
-    # An upgrade keeps the policies, the gateway CA and the edited configuration.
+    first_device(c)
+
+    # An upgrade keeps the policies, the gateway CA, the edited configuration and what is queued:
+    # with the broker stopped, the thermostat's readings are acknowledged from its outbox.
+    c.sh("systemctl stop mosquitto")
+    for k in range(1, 4):
+        r = c.sh(f"ip netns exec thermo mosquitto_pub -h 192.168.50.1 -i thermo-01 -q 1"
+                 f" -t devices/thermo-01/telemetry/temp -m '{{\"t\":{20 + k}}}'", check=False, timeout=30)
+        check(r.returncode == 0, f"reading {k} acknowledged while the broker is stopped ({r.stderr.strip()})")
+    check(wait_for("3 queued messages", lambda: queued(c) == 3), "iotgwctl show thermo-01 counts 3 queued")
     ca = c.out("sha256sum /var/lib/iotgw/ca/ca.pem /var/lib/iotgw/ca/ca.key")
     c.sh("apt-get install -y -q /var/tmp/iotgw-upgrade.deb")
     check(c.out("dpkg-query -W -f '${Version}' iotgw") == "0.1.0+1", "upgraded to 0.1.0+1")
@@ -280,12 +339,21 @@ def run_checks(c):
     check("cam-01" in devices and "plug-01" in devices,
           "both devices (D-Bus enrolled and devices.d/) are still enrolled after the upgrade")
     check("br-iot" in c.out("cat /etc/iotgw/iotgw.toml"), "the edited conffile is kept")
+    check(queued(c) == 3, f"the 3 queued messages are still queued after the upgrade ({queued(c)})")
+    c.sh("systemctl start mosquitto")
+    r = c.sh("mosquitto_sub -h 127.0.0.1 -p 1884 -i app -c -q 1 -t 'devices/#' -C 3 -W 60", check=False,
+             timeout=90)
+    got = r.stdout.split()
+    check(got == ['{"t":21}', '{"t":22}', '{"t":23}'],
+          f"once the broker is back the app gets all three, in order ({got})")
+    check(wait_for("an empty outbox", lambda: queued(c) == 0), "and the outbox is empty")
 
     # Remove keeps the state and the rules (fail closed); purge leaves nothing behind.
     files = [f for f in c.out("dpkg -L iotgw").splitlines() if f.strip()]
     c.sh("apt-get remove -y -q iotgw")
-    check(c.sh("nft list table inet iotgw", check=False).returncode == 0,
-          "apt-get remove keeps the firewall table (devices stay isolated)")
+    tables = c.out("nft list tables")
+    check("table inet iotgw" in tables and "table bridge iotgw" in tables,
+          f"apt-get remove keeps the firewall tables (devices stay isolated): {tables!r}")
     check(c.sh("test -d /var/lib/iotgw/ca", check=False).returncode == 0, "and the state")
     c.sh("apt-get purge -y -q iotgw")
     left = c.out("for f in " + " ".join(f"'{f}'" for f in files) +
@@ -293,8 +361,8 @@ def run_checks(c):
     check(left == "", f"after purge no file of the package is left ({left or 'none'})")
     for path in ("/var/lib/iotgw", "/var/lib/private/iotgw", "/etc/iotgw"):
         check(c.sh(f"test -e {path}", check=False).returncode != 0, f"after purge {path} is gone")
-    check(c.sh("nft list table inet iotgw", check=False).returncode != 0,
-          "after purge the nftables table inet iotgw is gone")
+    tables = c.out("nft list tables")
+    check("iotgw" not in tables, f"after purge no nftables table of iotgw is left ({tables!r})")
     check(c.out("systemctl list-unit-files --no-legend 'iotgwd*'", check=False) == "", "and the unit")
 
 
